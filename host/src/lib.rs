@@ -1,0 +1,1 @@
+//! llmlocal: the plugin host library.

@@ -1,0 +1,66 @@
+//! The `#[sabi_trait]` objects that cross the boundary. Plugin authors never implement these
+//! directly: they implement [`crate::Backend`] & co. and `export_backend!` wraps them in
+//! panic-guarded adapters. The host calls these objects.
+//!
+//! Methods after `last_prefix_field` may be appended in minor versions; the host then sees
+//! them as missing on older plugins.
+
+// abi_stable's generated code trips `non_local_definitions`; nothing to change on our side.
+#![allow(non_local_definitions)]
+
+use crate::{
+    error::PluginError,
+    types::{GenerateRequest, GenerationStats, LoadRequest, ModelMetadata, Step},
+};
+use abi_stable::{
+    sabi_trait,
+    std_types::{RBox, RResult, RSlice, RStr, RString, RVec},
+};
+
+/// A backend instance: loads models.
+#[sabi_trait]
+pub trait FfiBackend: Send + Sync {
+    #[sabi(last_prefix_field)]
+    fn load(&self, request: LoadRequest) -> RResult<ModelBox, PluginError>;
+}
+
+/// A loaded model. Shared between threads by the host; generations own what they need.
+#[sabi_trait]
+pub trait FfiModel: Send + Sync {
+    fn metadata(&self) -> RResult<ModelMetadata, PluginError>;
+
+    fn tokenize(
+        &self,
+        text: RStr<'_>,
+        add_special: bool,
+        parse_special: bool,
+    ) -> RResult<RVec<u32>, PluginError>;
+
+    fn detokenize(
+        &self,
+        tokens: RSlice<'_, u32>,
+        skip_special: bool,
+    ) -> RResult<RString, PluginError>;
+
+    fn generate(&self, request: GenerateRequest) -> RResult<GenerationBox, PluginError>;
+
+    /// Next-token logits (vocab_size values) after evaluating `tokens` from an empty context.
+    fn logits(&self, tokens: RSlice<'_, u32>) -> RResult<RVec<f32>, PluginError>;
+
+    #[sabi(last_prefix_field)]
+    fn embed(&self, tokens: RSlice<'_, u32>) -> RResult<RVec<f32>, PluginError>;
+}
+
+/// A running generation. Pull-based: every `next` returns one token or the end.
+/// Dropping it cancels the generation.
+#[sabi_trait]
+pub trait FfiGeneration: Send {
+    fn next(&mut self) -> RResult<Step, PluginError>;
+
+    #[sabi(last_prefix_field)]
+    fn stats(&self) -> RResult<GenerationStats, PluginError>;
+}
+
+pub type BackendBox = FfiBackend_TO<'static, RBox<()>>;
+pub type ModelBox = FfiModel_TO<'static, RBox<()>>;
+pub type GenerationBox = FfiGeneration_TO<'static, RBox<()>>;
