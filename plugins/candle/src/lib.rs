@@ -1,1 +1,64 @@
-//! (work in progress)
+//! llmlocal backend plugin on [candle](https://github.com/huggingface/candle).
+//!
+//! Reads Hugging Face safetensors folders (llama, mistral, qwen2; f32/f16/bf16) and GGUF
+//! llama files (f32, f16, Q8_0, k-quants, ... through candle's `quantized_llama`), with the
+//! tokenizer from tokenizer.json or, for a GGUF without one, built from the GGUF vocabulary.
+//! PEFT LoRA adapters are merged into safetensors weights at load.
+//!
+//! # Threads and concurrency
+//!
+//! The plugin starts no threads of its own. Each [`llmlocal_plugin_api::Generation`] owns
+//! its KV cache (candle's model structs are cheap `Arc`-backed clones, see [`net`]) and
+//! computes only inside `next()`, on the thread the host pulls it from; several
+//! generations of one model therefore run at once on the host's threads, sharing the
+//! read-only weights. Dropping a generation frees its cache; nothing keeps running.
+//! candle's CPU kernels parallelise each matmul over its own rayon pool
+//! (`RAYON_NUM_THREADS`); `LoadRequest::threads` is not used.
+//!
+//! # Devices and features
+//!
+//! The default build is CPU only. The `cuda`, `metal`, `mkl` and `accelerate` features pass
+//! through to candle; `cuda:N` / `metal` are listed in the manifest only when compiled in
+//! and a device really opens. On the CPU every model computes in f32 (f16/bf16 checkpoints
+//! are widened at load); on a GPU in the checkpoint's dtype.
+
+pub mod backend;
+pub mod device;
+pub mod error;
+pub mod files;
+pub mod generation;
+pub mod gguf;
+pub mod gguf_meta;
+pub mod hf;
+pub mod lora;
+pub mod model;
+pub mod net;
+pub mod sampling;
+pub mod tokenizer;
+
+pub use backend::CandleBackend;
+
+use llmlocal_plugin_api::{abi_stable::std_types::RString, Manifest, ModelFormat};
+
+/// Generations one model runs at once (each on its caller's thread, with its own cache).
+pub const PARALLEL_GENERATIONS: u32 = 4;
+
+/// The plugin's manifest: name `candle`, the devices usable now, formats and capabilities.
+pub fn manifest() -> Manifest {
+    let mut manifest = Manifest::new(
+        "candle",
+        env!("CARGO_PKG_VERSION"),
+        "candle (Hugging Face) backend: safetensors llama/mistral/qwen2 and GGUF llama",
+    );
+    manifest.devices = device::available().into_iter().map(RString::from).collect();
+    manifest.formats = vec![ModelFormat::Safetensors, ModelFormat::Gguf].into();
+    manifest.capabilities.lora = true;
+    manifest.capabilities.lora_per_generation = false;
+    manifest.capabilities.parallel_generations = PARALLEL_GENERATIONS;
+    manifest
+}
+
+llmlocal_plugin_api::export_backend! {
+    manifest: manifest,
+    backend: CandleBackend::new,
+}

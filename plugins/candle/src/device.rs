@@ -1,0 +1,99 @@
+//! Which devices this build can use, and opening the one a load asks for.
+//!
+//! `cuda:N` and `metal` exist only when the crate is compiled with the `cuda` / `metal`
+//! feature AND the device really opens at run time; a default build is CPU only.
+
+use crate::error::Result;
+use candle_core::Device;
+use llmlocal_plugin_api::PluginError;
+
+/// The devices usable now, named as the host names them (`cpu`, `cuda:0`, `metal`).
+pub fn available() -> Vec<String> {
+    let mut devices = Vec::new();
+    devices.extend(cuda_devices());
+    if metal_opens() {
+        devices.push("metal".to_string());
+    }
+    devices.push("cpu".to_string());
+    devices
+}
+
+#[cfg(feature = "cuda")]
+fn cuda_devices() -> Vec<String> {
+    // Probe ordinals until one fails to open; a machine rarely has more than 16 GPUs.
+    (0..16)
+        .take_while(|&i| Device::new_cuda(i).is_ok())
+        .map(|i| format!("cuda:{i}"))
+        .collect()
+}
+
+#[cfg(not(feature = "cuda"))]
+fn cuda_devices() -> Vec<String> {
+    Vec::new()
+}
+
+#[cfg(feature = "metal")]
+fn metal_opens() -> bool {
+    Device::new_metal(0).is_ok()
+}
+
+#[cfg(not(feature = "metal"))]
+fn metal_opens() -> bool {
+    false
+}
+
+/// Opens the device named in a load request. `auto` (or empty) picks CUDA, then Metal, then
+/// the CPU. Returns the device and its name for the model metadata.
+pub fn open(name: &str) -> Result<(Device, String)> {
+    let name = name.trim().to_ascii_lowercase();
+    match name.as_str() {
+        "" | "auto" => Ok(auto()),
+        "cpu" => Ok((Device::Cpu, "cpu".to_string())),
+        "metal" | "metal:0" => open_metal(),
+        "cuda" => open_cuda(0),
+        _ => match name.strip_prefix("cuda:").map(str::parse::<usize>) {
+            Some(Ok(ordinal)) => open_cuda(ordinal),
+            _ => Err(PluginError::invalid_request(format!(
+                "unknown device `{name}`: the candle backend knows cpu, cuda, cuda:N, metal and auto"
+            ))),
+        },
+    }
+}
+
+fn auto() -> (Device, String) {
+    if let Ok(found) = open_cuda(0) {
+        return found;
+    }
+    if let Ok(found) = open_metal() {
+        return found;
+    }
+    (Device::Cpu, "cpu".to_string())
+}
+
+#[cfg(feature = "cuda")]
+fn open_cuda(ordinal: usize) -> Result<(Device, String)> {
+    Device::new_cuda(ordinal)
+        .map(|d| (d, format!("cuda:{ordinal}")))
+        .map_err(|e| PluginError::invalid_request(format!("cannot open cuda:{ordinal}: {e}")))
+}
+
+#[cfg(not(feature = "cuda"))]
+fn open_cuda(_ordinal: usize) -> Result<(Device, String)> {
+    Err(PluginError::invalid_request(
+        "this build of the candle backend has no CUDA support (build it with the `cuda` feature)",
+    ))
+}
+
+#[cfg(feature = "metal")]
+fn open_metal() -> Result<(Device, String)> {
+    Device::new_metal(0)
+        .map(|d| (d, "metal".to_string()))
+        .map_err(|e| PluginError::invalid_request(format!("cannot open the Metal device: {e}")))
+}
+
+#[cfg(not(feature = "metal"))]
+fn open_metal() -> Result<(Device, String)> {
+    Err(PluginError::invalid_request(
+        "this build of the candle backend has no Metal support (build it with the `metal` feature)",
+    ))
+}

@@ -1,0 +1,125 @@
+//! One running generation. It owns its KV cache (a [`Session`]) and does work only inside
+//! `next()`, on the caller's thread: the host pulls each generation on its own blocking
+//! thread, several run at once, and dropping one frees its cache with nothing left running.
+
+use crate::error::Result;
+use crate::model::Shared;
+use crate::net::Session;
+use crate::sampling::Sampler;
+use llmlocal_plugin_api::{
+    abi_stable::std_types::RString, FinishReason, GenerateRequest, Generation, GenerationStats,
+    PluginError, StatsClock, Step, Token, Utf8Decoder,
+};
+use std::sync::Arc;
+
+pub struct CandleGeneration {
+    shared: Arc<Shared>,
+    session: Session,
+    /// Prompt and generated tokens so far.
+    history: Vec<u32>,
+    prompt_len: usize,
+    /// Tokens already in the KV cache.
+    cached: usize,
+    generated: u32,
+    max_tokens: u32,
+    ignore_eos: bool,
+    sampler: Sampler,
+    text: Utf8Decoder,
+    clock: StatsClock,
+    /// Set once the generation ended (or failed): every later call returns it again.
+    done: Option<std::result::Result<FinishReason, PluginError>>,
+}
+
+impl CandleGeneration {
+    pub fn new(shared: Arc<Shared>, request: GenerateRequest) -> Result<Self> {
+        let prompt: Vec<u32> = request.prompt_tokens.to_vec();
+        if prompt.is_empty() {
+            return Err(PluginError::invalid_request("the prompt is empty"));
+        }
+        shared.check_tokens(&prompt)?;
+        let context = shared.info.context_length;
+        if prompt.len() > context {
+            return Err(PluginError::invalid_request(format!(
+                "the prompt has {} tokens, more than the context of {context}",
+                prompt.len()
+            )));
+        }
+        let sampler = Sampler::new(request.sampling)?;
+        let session = shared.net.session(&shared.device)?;
+        Ok(CandleGeneration {
+            clock: StatsClock::start(u32::try_from(prompt.len()).unwrap_or(u32::MAX)),
+            prompt_len: prompt.len(),
+            history: prompt,
+            session,
+            shared,
+            cached: 0,
+            generated: 0,
+            max_tokens: request.max_tokens,
+            ignore_eos: request.ignore_eos,
+            sampler,
+            text: Utf8Decoder::new(),
+            done: None,
+        })
+    }
+
+    /// The logits for the next token: the whole prompt first, then one token a step.
+    fn next_logits(&mut self) -> Result<Vec<f32>> {
+        let pending = &self.history[self.cached..];
+        let logits = if self.cached == 0 {
+            self.shared.prefill(&mut self.session, pending, 0)?
+        } else {
+            self.session
+                .forward(pending, self.cached, &self.shared.device)?
+        };
+        self.cached = self.history.len();
+        Ok(logits)
+    }
+
+    fn step(&mut self) -> Result<Step> {
+        if self.generated >= self.max_tokens {
+            return Ok(self.finish(FinishReason::Length));
+        }
+        if self.history.len() >= self.shared.info.context_length {
+            return Ok(self.finish(FinishReason::ContextFull));
+        }
+        let mut logits = self.next_logits()?;
+        let id = self.sampler.sample(&mut logits, &self.history);
+        if !self.ignore_eos && self.shared.vocab.is_eog(id) {
+            return Ok(self.finish(FinishReason::EndOfGeneration));
+        }
+        self.history.push(id);
+        self.generated += 1;
+        self.clock.token();
+        let text = self.text.push(self.shared.vocab.piece(id));
+        Ok(Step::Token(Token {
+            id,
+            text: RString::from(text),
+        }))
+    }
+
+    fn finish(&mut self, reason: FinishReason) -> Step {
+        self.done = Some(Ok(reason));
+        Step::Finished(reason)
+    }
+}
+
+impl Generation for CandleGeneration {
+    fn next(&mut self) -> Result<Step> {
+        match &self.done {
+            Some(Ok(reason)) => return Ok(Step::Finished(*reason)),
+            Some(Err(e)) => return Err(e.clone()),
+            None => {}
+        }
+        let step = self.step();
+        if let Err(e) = &step {
+            self.done = Some(Err(e.clone()));
+        }
+        step
+    }
+
+    fn stats(&self) -> GenerationStats {
+        let mut stats = self.clock.stats();
+        stats.prompt_tokens = u32::try_from(self.prompt_len).unwrap_or(u32::MAX);
+        stats
+    }
+}

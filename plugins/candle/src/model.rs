@@ -1,0 +1,152 @@
+//! A loaded model: the network, its tokenizer and what the files say about it.
+
+use crate::error::Result;
+use crate::generation::CandleGeneration;
+use crate::net::Net;
+use crate::tokenizer::Vocab;
+use candle_core::Device;
+use llmlocal_plugin_api::{
+    abi_stable::std_types::{ROption, RString, RVec},
+    GenerateRequest, Generation, Model, ModelMetadata, PluginError,
+};
+use std::sync::Arc;
+
+/// Default prompt chunk: long prompts are fed in pieces of this many tokens.
+pub const DEFAULT_BATCH: usize = 512;
+
+/// The numbers a loader reads from the files.
+#[derive(Debug, Clone)]
+pub struct ModelInfo {
+    pub architecture: String,
+    pub name: String,
+    pub context_length: usize,
+    pub train_context_length: usize,
+    /// Rows of the output layer (logits per step).
+    pub vocab_size: usize,
+    pub embedding_length: usize,
+    pub layer_count: usize,
+    pub parameter_count: u64,
+    pub size_bytes: u64,
+}
+
+/// What generations share: read-only after load.
+pub struct Shared {
+    pub net: Net,
+    pub vocab: Vocab,
+    pub info: ModelInfo,
+    pub device: Device,
+    pub device_name: String,
+    pub batch: usize,
+    pub load_ms: f64,
+}
+
+impl Shared {
+    /// Ids the network can take.
+    pub fn check_tokens(&self, tokens: &[u32]) -> Result<()> {
+        let vocab = self.info.vocab_size;
+        match tokens.iter().find(|&&t| t as usize >= vocab) {
+            Some(t) => Err(PluginError::invalid_request(format!(
+                "token id {t} is outside the vocabulary of {vocab} tokens"
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    /// Runs `tokens` through a fresh session in chunks; the logits after the last one.
+    pub fn prefill(
+        &self,
+        session: &mut crate::net::Session,
+        tokens: &[u32],
+        start: usize,
+    ) -> Result<Vec<f32>> {
+        let mut logits = Vec::new();
+        let mut pos = start;
+        for chunk in tokens.chunks(self.batch.max(1)) {
+            logits = session.forward(chunk, pos, &self.device)?;
+            pos += chunk.len();
+        }
+        Ok(logits)
+    }
+}
+
+pub struct CandleModel {
+    shared: Arc<Shared>,
+}
+
+impl CandleModel {
+    pub fn new(shared: Shared) -> Self {
+        CandleModel {
+            shared: Arc::new(shared),
+        }
+    }
+}
+
+impl Model for CandleModel {
+    fn metadata(&self) -> ModelMetadata {
+        let s = &self.shared;
+        let to_u32 = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+        ModelMetadata {
+            architecture: RString::from(s.info.architecture.as_str()),
+            name: RString::from(s.info.name.as_str()),
+            context_length: to_u32(s.info.context_length),
+            train_context_length: to_u32(s.info.train_context_length),
+            vocab_size: to_u32(s.info.vocab_size),
+            embedding_length: to_u32(s.info.embedding_length),
+            layer_count: to_u32(s.info.layer_count),
+            parameter_count: s.info.parameter_count,
+            size_bytes: s.info.size_bytes,
+            bos_token: s.vocab.bos.into(),
+            eos_token: s.vocab.eos.into(),
+            end_of_generation_tokens: RVec::from(s.vocab.eog.clone()),
+            chat_template: match &s.vocab.chat_template {
+                Some(t) => ROption::RSome(RString::from(t.as_str())),
+                None => ROption::RNone,
+            },
+            device: RString::from(s.device_name.as_str()),
+            load_ms: s.load_ms,
+        }
+    }
+
+    fn tokenize(&self, text: &str, add_special: bool, parse_special: bool) -> Result<Vec<u32>> {
+        self.shared.vocab.tokenize(text, add_special, parse_special)
+    }
+
+    fn detokenize(&self, tokens: &[u32], skip_special: bool) -> Result<String> {
+        if let Some(t) = tokens
+            .iter()
+            .find(|&&t| t as usize >= self.shared.vocab.len())
+        {
+            return Err(PluginError::invalid_request(format!(
+                "token id {t} is outside the tokenizer's {} tokens",
+                self.shared.vocab.len()
+            )));
+        }
+        self.shared.vocab.detokenize(tokens, skip_special)
+    }
+
+    fn generate(&self, request: GenerateRequest) -> Result<Box<dyn Generation>> {
+        Ok(Box::new(CandleGeneration::new(
+            self.shared.clone(),
+            request,
+        )?))
+    }
+
+    fn logits(&self, tokens: &[u32]) -> Result<Vec<f32>> {
+        let s = &self.shared;
+        if tokens.is_empty() {
+            return Err(PluginError::invalid_request(
+                "logits need at least one token",
+            ));
+        }
+        s.check_tokens(tokens)?;
+        if tokens.len() > s.info.context_length {
+            return Err(PluginError::invalid_request(format!(
+                "{} tokens do not fit in the context of {}",
+                tokens.len(),
+                s.info.context_length
+            )));
+        }
+        let mut session = s.net.session(&s.device)?;
+        s.prefill(&mut session, tokens, 0)
+    }
+}

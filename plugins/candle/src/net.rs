@@ -1,0 +1,97 @@
+//! The loaded networks and their per-generation state.
+//!
+//! candle's models differ in where the KV cache lives: `llama::Llama` takes a separate
+//! `llama::Cache`, while `mistral`, `qwen2` and `quantized_llama` keep it inside the model
+//! (`forward(&mut self, ..)`). Their weights are `Arc`-backed tensors, so cloning a model
+//! copies only pointers: every generation gets its own clone (or its own `Cache`), and
+//! several generations run at once without sharing any mutable state.
+
+use crate::error::Result;
+use candle_core::{DType, Device, Tensor};
+use candle_transformers::models::{llama, mistral, quantized_llama, qwen2};
+use llmlocal_plugin_api::PluginError;
+use std::sync::Arc;
+
+/// A loaded network, shared by all generations of one model.
+#[derive(Clone)]
+pub enum Net {
+    Llama {
+        model: Arc<llama::Llama>,
+        config: Arc<llama::Config>,
+        dtype: DType,
+    },
+    Mistral(mistral::Model),
+    Qwen2(qwen2::ModelForCausalLM),
+    Gguf(quantized_llama::ModelWeights),
+}
+
+/// The state of one sequence: its own KV cache.
+pub enum Session {
+    Llama {
+        model: Arc<llama::Llama>,
+        cache: Box<llama::Cache>,
+    },
+    Mistral(Box<mistral::Model>),
+    Qwen2(Box<qwen2::ModelForCausalLM>),
+    Gguf(Box<quantized_llama::ModelWeights>),
+}
+
+impl Net {
+    /// A fresh, empty sequence.
+    pub fn session(&self, device: &Device) -> Result<Session> {
+        Ok(match self {
+            Net::Llama {
+                model,
+                config,
+                dtype,
+            } => {
+                Session::Llama {
+                    model: model.clone(),
+                    cache: Box::new(llama::Cache::new(true, *dtype, config, device).map_err(
+                        |e| PluginError::internal(format!("cannot create the KV cache: {e}")),
+                    )?),
+                }
+            }
+            Net::Mistral(m) => {
+                let mut m = m.clone();
+                m.clear_kv_cache();
+                Session::Mistral(Box::new(m))
+            }
+            Net::Qwen2(m) => {
+                let mut m = m.clone();
+                m.clear_kv_cache();
+                Session::Qwen2(Box::new(m))
+            }
+            Net::Gguf(m) => {
+                let mut m = m.clone();
+                m.clear_kv_cache();
+                Session::Gguf(Box::new(m))
+            }
+        })
+    }
+}
+
+impl Session {
+    /// Feeds `tokens` at positions `pos..` and returns the next-token logits (f32) after
+    /// the last of them.
+    pub fn forward(&mut self, tokens: &[u32], pos: usize, device: &Device) -> Result<Vec<f32>> {
+        self.forward_inner(tokens, pos, device)
+            .map_err(|e| PluginError::internal(format!("forward pass at position {pos}: {e}")))
+    }
+
+    fn forward_inner(
+        &mut self,
+        tokens: &[u32],
+        pos: usize,
+        device: &Device,
+    ) -> candle_core::Result<Vec<f32>> {
+        let input = Tensor::new(tokens, device)?.unsqueeze(0)?;
+        let logits = match self {
+            Session::Llama { model, cache } => model.forward(&input, pos, cache)?,
+            Session::Mistral(m) => m.forward(&input, pos)?,
+            Session::Qwen2(m) => m.forward(&input, pos)?,
+            Session::Gguf(m) => m.forward(&input, pos)?,
+        };
+        logits.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()
+    }
+}

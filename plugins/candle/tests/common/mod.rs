@@ -1,0 +1,118 @@
+//! Shared helpers for the candle backend's tests: finding the shared test models, loading
+//! through the author traits, greedy runs.
+#![allow(dead_code)]
+
+use candle_core::quantized::gguf_file::{self, Content};
+use candle_core::Device;
+use llmlocal_backend_candle::CandleBackend;
+use llmlocal_plugin_api::{
+    abi_stable::std_types::RString, Backend, GenerateRequest, Generation, LoadRequest, Model,
+    PluginError, Step,
+};
+use std::path::{Path, PathBuf};
+
+/// `$LLMLOCAL_SHARED_MODELS`, else `<workspace>/../shared/models`.
+pub fn shared_models() -> Option<PathBuf> {
+    let dir = std::env::var_os("LLMLOCAL_SHARED_MODELS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/models"));
+    dir.is_dir().then_some(dir)
+}
+
+/// The stories260K folder, or `None` after printing why the test skips.
+pub fn stories() -> Option<PathBuf> {
+    match shared_models().map(|d| d.join("stories260K")) {
+        Some(dir) if dir.join("stories260K.gguf").is_file() && dir.join("hf").is_dir() => Some(dir),
+        _ => {
+            eprintln!("SKIP: stories260K not found (set LLMLOCAL_SHARED_MODELS to the shared models folder)");
+            None
+        }
+    }
+}
+
+pub fn load_paths(paths: &[&Path]) -> Result<Box<dyn Model>, PluginError> {
+    let mut request = LoadRequest::new(paths[0].to_string_lossy());
+    request.model_paths = paths
+        .iter()
+        .map(|p| RString::from(p.to_string_lossy().as_ref()))
+        .collect();
+    request.device = RString::from("cpu");
+    CandleBackend::new()?.load(request)
+}
+
+pub fn load(path: &Path) -> Box<dyn Model> {
+    load_paths(&[path]).unwrap_or_else(|e| panic!("loading {}: {e}", path.display()))
+}
+
+/// Pulls a generation to its end: (ids, streamed text, finish step).
+pub fn drain(mut generation: Box<dyn Generation>) -> (Vec<u32>, String, Step) {
+    let mut ids = Vec::new();
+    let mut text = String::new();
+    loop {
+        match generation.next().expect("generation step") {
+            Step::Token(t) => {
+                ids.push(t.id);
+                text.push_str(t.text.as_str());
+            }
+            end @ Step::Finished(_) => return (ids, text, end),
+        }
+    }
+}
+
+pub fn greedy(model: &dyn Model, prompt: &[u32], max_tokens: u32) -> (Vec<u32>, String, Step) {
+    let generation = model
+        .generate(GenerateRequest::greedy(prompt.to_vec(), max_tokens))
+        .expect("start generation");
+    drain(generation)
+}
+
+/// Copies the files of `src` into `dst` (flat).
+pub fn copy_dir(src: &Path, dst: &Path) {
+    std::fs::create_dir_all(dst).unwrap();
+    for entry in std::fs::read_dir(src).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_file() {
+            std::fs::copy(&path, dst.join(path.file_name().unwrap())).unwrap();
+        }
+    }
+}
+
+/// Rewrites config.json in `dir` through `edit`.
+pub fn edit_config(dir: &Path, edit: impl FnOnce(&mut serde_json::Map<String, serde_json::Value>)) {
+    let path = dir.join("config.json");
+    let mut json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    edit(json.as_object_mut().unwrap());
+    std::fs::write(&path, serde_json::to_vec_pretty(&json).unwrap()).unwrap();
+}
+
+/// Rewrites the stories GGUF with edited metadata.
+pub fn rewrite_gguf(
+    src: &Path,
+    dst: &Path,
+    edit: impl FnOnce(&mut Vec<(String, gguf_file::Value)>),
+) {
+    let mut file = std::fs::File::open(src).unwrap();
+    let content = Content::read(&mut file).unwrap();
+    let mut metadata: Vec<(String, gguf_file::Value)> =
+        content.metadata.clone().into_iter().collect();
+    metadata.sort_by(|a, b| a.0.cmp(&b.0));
+    edit(&mut metadata);
+    let mut names: Vec<&String> = content.tensor_infos.keys().collect();
+    names.sort();
+    let tensors: Vec<(String, candle_core::quantized::QTensor)> = names
+        .iter()
+        .map(|n| {
+            (
+                (*n).clone(),
+                content.tensor(&mut file, n, &Device::Cpu).unwrap(),
+            )
+        })
+        .collect();
+    let md: Vec<(&str, &gguf_file::Value)> =
+        metadata.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let ts: Vec<(&str, &candle_core::quantized::QTensor)> =
+        tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let mut out = std::fs::File::create(dst).unwrap();
+    gguf_file::write(&mut out, &md, &ts).unwrap();
+}
