@@ -1,1 +1,5 @@
-fn main() {}
+//! The `llmlocal` binary.
+
+fn main() -> std::process::ExitCode {
+    llmlocal::cli::main()
+}

@@ -1,0 +1,76 @@
+//! The `llmlocal` command line.
+
+mod logging;
+mod plugins_cmd;
+mod run_cmd;
+
+use crate::{config::Config, plugins};
+use clap::{Parser, Subcommand};
+use std::{path::PathBuf, process::ExitCode};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "llmlocal",
+    version,
+    about = "Local LLM inference with pluggable backends"
+)]
+pub struct Cli {
+    /// Config file (default: $LLMLOCAL_CONFIG, else <config dir>/llmlocal/config.toml).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// An extra plugin directory, searched before the configured ones (repeatable).
+    #[arg(long = "plugin-dir", global = true, value_name = "DIR")]
+    pub plugin_dirs: Vec<PathBuf>,
+    /// More log output on stderr (-v info, -vv debug, -vvv trace); $LLMLOCAL_LOG or
+    /// $RUST_LOG take a full filter.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// List every backend plugin library found, loaded or refused (with the reason).
+    Plugins(plugins_cmd::PluginsArgs),
+    /// Load a model file with a backend and stream a completion of PROMPT to stdout.
+    Run(run_cmd::RunArgs),
+}
+
+/// Parses the arguments and runs the command; errors are printed to stderr.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    logging::init(cli.verbose);
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let config = Config::load(cli.config.as_deref())?;
+    let dirs = plugin_search_dirs(&cli, &config);
+    match cli.command {
+        Command::Plugins(args) => plugins_cmd::run(&args, &dirs),
+        Command::Run(args) => run_cmd::run(&args, &config, &dirs),
+    }
+}
+
+/// `--plugin-dir` directories first, then the configured ones, within the standard order.
+fn plugin_search_dirs(cli: &Cli, config: &Config) -> Vec<PathBuf> {
+    let extra: Vec<PathBuf> = cli
+        .plugin_dirs
+        .iter()
+        .chain(&config.plugins.dirs)
+        .cloned()
+        .collect();
+    for dir in &cli.plugin_dirs {
+        if !dir.is_dir() {
+            tracing::warn!("plugin directory {} does not exist", dir.display());
+        }
+    }
+    plugins::search_dirs(&extra)
+}

@@ -1,0 +1,107 @@
+//! `llmlocal run`: load one model file with a backend and stream a completion to stdout.
+
+use crate::{
+    config::Config,
+    plugins::{
+        FinishReason, GenerateRequest, GenerationStats, LoadRequest, ModelFormat, PluginRegistry,
+        RunningGeneration, Sampling, Step,
+    },
+};
+use anyhow::Context as _;
+use std::{
+    io::Write as _,
+    path::{Path, PathBuf},
+    time::Instant,
+};
+
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// The backend to use (default: the config's default_backend, else the first loaded
+    /// backend that reads the model's format).
+    #[arg(long)]
+    pub backend: Option<String>,
+    /// A model file (.gguf) or a Hugging Face model folder.
+    pub model_path: PathBuf,
+    pub prompt: String,
+    #[arg(long, default_value_t = 128)]
+    pub max_tokens: u32,
+    /// 0 = greedy.
+    #[arg(long, default_value_t = Sampling::default().temperature)]
+    pub temperature: f32,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}
+
+pub fn run(args: &RunArgs, config: &Config, dirs: &[PathBuf]) -> anyhow::Result<()> {
+    let registry = PluginRegistry::load(dirs);
+    let backend = registry.choose(
+        args.backend.as_deref(),
+        config.default_backend.as_deref(),
+        format_of(&args.model_path),
+    )?;
+    let path = args.model_path.to_string_lossy().into_owned();
+    let started = Instant::now();
+    let model = backend.load_model(LoadRequest::new(path))?;
+    tracing::info!(
+        "loaded {} with `{}` in {:.0} ms",
+        args.model_path.display(),
+        backend.name(),
+        started.elapsed().as_secs_f64() * 1000.0
+    );
+    let prompt_tokens = model.tokenize(&args.prompt, true, false)?;
+    let request = GenerateRequest {
+        sampling: Sampling {
+            temperature: args.temperature,
+            seed: args.seed,
+            ..Sampling::default()
+        },
+        ..GenerateRequest::greedy(prompt_tokens, args.max_tokens)
+    };
+    let mut generation = model.generate(request)?;
+    let reason = stream(&mut generation)?;
+    print_stats(&generation.stats()?, reason);
+    Ok(())
+}
+
+/// Prints each piece of text as it comes; returns why the generation ended.
+fn stream(generation: &mut RunningGeneration) -> anyhow::Result<FinishReason> {
+    let mut stdout = std::io::stdout().lock();
+    loop {
+        match generation.next()? {
+            Step::Token(token) => {
+                stdout.write_all(token.text.as_bytes())?;
+                stdout.flush().context("cannot write to stdout")?;
+            }
+            Step::Finished(reason) => {
+                writeln!(stdout)?;
+                return Ok(reason);
+            }
+        }
+    }
+}
+
+fn print_stats(stats: &GenerationStats, reason: FinishReason) {
+    eprintln!(
+        "[{} prompt tokens, {} generated, {:.1} tok/s, time to first token {:.1} ms, finished: {}]",
+        stats.prompt_tokens,
+        stats.generated_tokens,
+        stats.tokens_per_second,
+        stats.time_to_first_token_ms,
+        reason.as_str()
+    );
+}
+
+/// The format a path looks like, to pick a backend that reads it.
+fn format_of(path: &Path) -> Option<ModelFormat> {
+    if path.is_dir() {
+        return path
+            .join("config.json")
+            .is_file()
+            .then_some(ModelFormat::Safetensors);
+    }
+    match path.extension().and_then(|e| e.to_str()) {
+        Some(ext) if ext.eq_ignore_ascii_case("gguf") => Some(ModelFormat::Gguf),
+        Some(ext) if ext.eq_ignore_ascii_case("safetensors") => Some(ModelFormat::Safetensors),
+        _ => None,
+    }
+}

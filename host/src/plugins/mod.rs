@@ -1,0 +1,24 @@
+//! The plugin subsystem: find backend libraries ([`search_dirs`], [`discover`]), load and
+//! check each one on its own ([`PluginRegistry`]), and call the loaded backends through safe
+//! handles ([`LoadedBackend`], [`LoadedModel`], [`RunningGeneration`]).
+
+mod discover;
+mod error;
+mod handles;
+mod load;
+mod log_sink;
+mod registry;
+pub mod version;
+
+pub use discover::{
+    backend_name_of_file, discover, library_file_name, search_dirs, PLUGIN_PATH_ENV,
+};
+pub use error::{BackendError, PluginError, Refusal};
+pub use handles::{LoadedBackend, LoadedModel, RunningGeneration};
+pub use log_sink::PLUGIN_LOG_TARGET;
+pub use registry::{PluginEntry, PluginRegistry, PluginStatus};
+
+pub use llmlocal_plugin_api::{
+    ErrorKind, FinishReason, GenerateRequest, GenerationStats, LoadRequest, Manifest, ModelFormat,
+    ModelMetadata, Sampling, Step, Token,
+};

@@ -1,0 +1,137 @@
+//! A running replay of the script: the `Generation` implementation. All state is local, so
+//! several generations run at once and dropping one costs nothing.
+
+use crate::{
+    model::check_tokens,
+    script::{token_bytes, Script, EOS},
+    Behaviour,
+};
+use llmlocal_plugin_api::{
+    abi_stable::std_types::RString, FinishReason, GenerateRequest, Generation, GenerationStats,
+    PluginError, StatsClock, Step, Token, Utf8Decoder,
+};
+
+pub struct ScriptedGeneration {
+    script: Script,
+    /// Where the replay started in the script (rotation).
+    offset: usize,
+    /// Script bytes emitted in the current pass.
+    position: usize,
+    generated: u32,
+    /// 0 = no limit besides the context (and the end of the script).
+    max_tokens: u32,
+    /// Tokens that still fit in the context after the prompt.
+    room: u32,
+    ignore_eos: bool,
+    finished: Option<FinishReason>,
+    clock: StatsClock,
+    decoder: Utf8Decoder,
+    behaviour: Behaviour,
+}
+
+impl ScriptedGeneration {
+    pub fn start(
+        script: Script,
+        request: &GenerateRequest,
+        context_length: u32,
+        behaviour: Behaviour,
+    ) -> Result<Self, PluginError> {
+        let prompt = request.prompt_tokens.as_slice();
+        check_tokens(prompt)?;
+        if request
+            .adapters
+            .as_ref()
+            .into_option()
+            .is_some_and(|a| !a.is_empty())
+        {
+            return Err(PluginError::unsupported(
+                "the scripted backend does not take LoRA adapters",
+            ));
+        }
+        let prompt_len = u32::try_from(prompt.len()).unwrap_or(u32::MAX);
+        if prompt_len >= context_length {
+            return Err(PluginError::invalid_request(format!(
+                "the prompt has {prompt_len} tokens but the context holds {context_length}"
+            )));
+        }
+        let sampling = &request.sampling;
+        // Greedy continues the script after whatever of it the prompt already ends with (as
+        // `logits` predicts); sampling replays the whole script from a rotated start.
+        let (offset, position) = if sampling.is_greedy() {
+            (0, script.matched_prefix(prompt))
+        } else {
+            (script.start_offset(prompt, sampling.seed), 0)
+        };
+        Ok(ScriptedGeneration {
+            script,
+            offset,
+            position,
+            generated: 0,
+            max_tokens: request.max_tokens,
+            room: context_length - prompt_len,
+            ignore_eos: request.ignore_eos,
+            finished: None,
+            clock: StatsClock::start(prompt_len),
+            decoder: Utf8Decoder::new(),
+            behaviour,
+        })
+    }
+
+    /// The next scripted token, or `None` at the end of the script.
+    fn next_id(&mut self) -> Option<u32> {
+        let len = self.script.len();
+        if self.position >= len {
+            // ignore_eos: start the script over instead of ending (an empty script has
+            // nothing to loop, so it repeats EOS).
+            if !self.ignore_eos {
+                return None;
+            }
+            self.position = 0;
+            if len == 0 {
+                return Some(EOS);
+            }
+        }
+        let byte = self.script.bytes()[(self.offset + self.position) % len];
+        self.position += 1;
+        Some(u32::from(byte))
+    }
+
+    fn finish(&mut self, reason: FinishReason) -> Step {
+        self.finished = Some(reason);
+        Step::Finished(reason)
+    }
+}
+
+impl Generation for ScriptedGeneration {
+    fn next(&mut self) -> Result<Step, PluginError> {
+        if let Some(reason) = self.finished {
+            return Ok(Step::Finished(reason));
+        }
+        if self.max_tokens > 0 && self.generated >= self.max_tokens {
+            return Ok(self.finish(FinishReason::Length));
+        }
+        if self.generated >= self.room {
+            return Ok(self.finish(FinishReason::ContextFull));
+        }
+        if self.behaviour.panic_at_token == Some(self.generated + 1) {
+            panic!(
+                "deliberate test panic in next() at token {}",
+                self.generated + 1
+            );
+        }
+        let Some(id) = self.next_id() else {
+            return Ok(self.finish(FinishReason::EndOfGeneration));
+        };
+        let text = self.decoder.push(token_bytes(id, true)?);
+        self.generated += 1;
+        self.clock.token();
+        Ok(Step::Token(Token {
+            id,
+            text: RString::from(text),
+        }))
+    }
+
+    fn stats(&self) -> GenerationStats {
+        self.clock.stats()
+    }
+}
