@@ -1,1 +1,83 @@
-fn main() {}
+//! `cargo xtask <command>`: the project's build, fixture, test, demo and bench commands.
+
+mod bench;
+mod build_plugins;
+mod demo;
+mod fixtures;
+mod process;
+mod report;
+mod suite_child;
+mod table;
+mod test;
+mod test_plugins;
+mod workspace;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use std::{path::PathBuf, process::ExitCode};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "llmlocal project tasks")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Build every in-tree plugin; copy real backends to target/plugins and test plugins to
+    /// target/test-plugins.
+    BuildPlugins,
+    /// Write the fixture models (tiny llama as HF folder and GGUF, the scripted model).
+    Fixtures,
+    /// Run the conformance suite against every plugin (or only --plugin with its --model).
+    TestPlugins {
+        /// A plugin library to test instead of the in-tree ones.
+        #[arg(long)]
+        plugin: Option<PathBuf>,
+        /// A model for --plugin (repeatable).
+        #[arg(long = "model", requires = "plugin")]
+        models: Vec<PathBuf>,
+        /// A prompt that ends with EOS for every --model (makes a missing EOS a failure).
+        #[arg(long, requires = "plugin")]
+        eos_prompt: Option<String>,
+    },
+    /// Build everything and run a short generation with the llama.cpp plugin.
+    Demo,
+    /// fmt check, clippy, plugins, fixtures, workspace tests, plugin conformance.
+    Test,
+    /// Run the benchmark binary against target/plugins; arguments after `--` go to it.
+    Bench {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match dispatch(cli.command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            // The chain of causes, without anyhow's backtrace (RUST_BACKTRACE is often set).
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn dispatch(command: Command) -> Result<()> {
+    let ws = workspace::Workspace::locate()?;
+    match command {
+        Command::BuildPlugins => build_plugins::command(&ws),
+        Command::Fixtures => fixtures::command(&ws).map(|_| ()),
+        Command::TestPlugins {
+            plugin: Some(plugin),
+            models,
+            eos_prompt,
+        } => test_plugins::third_party(&ws, &plugin, &models, eos_prompt.as_deref()),
+        Command::TestPlugins { plugin: None, .. } => test_plugins::in_tree(&ws),
+        Command::Demo => demo::command(&ws),
+        Command::Test => test::command(&ws),
+        Command::Bench { args } => bench::command(&ws, &args),
+    }
+}

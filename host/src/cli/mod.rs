@@ -1,8 +1,11 @@
 //! The `llmlocal` command line.
 
 mod logging;
+mod models_cmd;
 mod plugins_cmd;
+mod router_cmd;
 mod run_cmd;
+mod serve_cmd;
 
 use crate::{config::Config, plugins};
 use clap::{Parser, Subcommand};
@@ -35,6 +38,16 @@ pub enum Command {
     Plugins(plugins_cmd::PluginsArgs),
     /// Load a model file with a backend and stream a completion of PROMPT to stdout.
     Run(run_cmd::RunArgs),
+    /// Serve the OpenAI- and Ollama-compatible HTTP API.
+    Serve(serve_cmd::ServeArgs),
+    /// Download a model from the Hugging Face hub into the shared cache (with progress).
+    Pull(models_cmd::PullArgs),
+    /// List the models in the Hugging Face cache.
+    List,
+    /// Delete a model repo from the cache.
+    Rm(models_cmd::RmArgs),
+    /// Put many `llmlocal serve --join` nodes behind one OpenAI/Ollama endpoint.
+    Router(router_cmd::RouterArgs),
 }
 
 /// Parses the arguments and runs the command; errors are printed to stderr.
@@ -56,6 +69,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Plugins(args) => plugins_cmd::run(&args, &dirs),
         Command::Run(args) => run_cmd::run(&args, &config, &dirs),
+        Command::Serve(args) => serve_cmd::run(args, &config, &dirs),
+        Command::Pull(args) => models_cmd::pull(&args),
+        Command::List => models_cmd::list(),
+        Command::Rm(args) => models_cmd::rm(&args),
+        Command::Router(args) => router_cmd::run(args, &config),
     }
 }
 

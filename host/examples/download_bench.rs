@@ -1,0 +1,239 @@
+//! Download throughput and peak memory: llmlocal's downloader vs `curl -o`, both fetching the
+//! same generated file from a loopback mock of the Hugging Face hub in the same run.
+//!
+//! ```text
+//! cargo run -p llmlocal --example download_bench -- [--size-mib 1024] [--runs 2]
+//! ```
+//! Each download runs in a child process (this binary with `--client`, or curl), so its peak
+//! RSS (VmHWM) is its own and not the mock's. The file is generated chunk by chunk by the mock,
+//! never held in memory. A third child (`--raw`) fetches with plain reqwest and no hash: the
+//! HTTP stack's own speed, to tell transfer cost from verification cost.
+
+#[path = "../tests/support/hf_mock.rs"]
+mod hf_mock;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+use hf_mock::{Content, MockHub};
+use llmlocal::models::{CancellationToken, ManagerConfig, ModelManager, ModelSpec};
+
+const REPO: &str = "bench/big";
+const FILE: &str = "big-Q8_0.gguf";
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    if args.get(1).map(String::as_str) == Some("--client") {
+        let (url, cache) = (args.get(2).context("url")?, args.get(3).context("cache")?);
+        return rt.block_on(client(url, Path::new(cache)));
+    }
+    if args.get(1).map(String::as_str) == Some("--raw") {
+        let (url, out) = (args.get(2).context("url")?, args.get(3).context("out")?);
+        return rt.block_on(raw(url, Path::new(out)));
+    }
+    let size_mib: u64 = flag(&args, "--size-mib").unwrap_or(1024);
+    let runs: usize = flag(&args, "--runs").unwrap_or(2) as usize;
+    rt.block_on(bench(size_mib, runs))
+}
+
+fn flag(args: &[String], name: &str) -> Option<u64> {
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+}
+
+/// The child: one pull into `cache`, then print the peak RSS.
+async fn client(url: &str, cache: &Path) -> anyhow::Result<()> {
+    let mut config = ManagerConfig::new(cache);
+    config.endpoint = url.to_string();
+    let manager = ModelManager::new(config)?;
+    let spec = ModelSpec::parse(&format!("hf://{REPO}/{FILE}"))?;
+    let r = manager.pull(&spec, None, CancellationToken::new()).await?;
+    println!(
+        "downloaded {} bytes, cpu_s {:.2}, vmhwm_kib {}",
+        r.downloaded_bytes,
+        cpu_seconds(),
+        vm_hwm_kib().unwrap_or(0)
+    );
+    Ok(())
+}
+
+/// Baseline: a plain reqwest GET written to a file, no hashing (what the HTTP stack alone does).
+async fn raw(url: &str, out: &Path) -> anyhow::Result<()> {
+    use std::io::Write;
+    let client = if std::env::var_os("BENCH_RAW_TIMEOUT").is_some() {
+        reqwest::Client::builder()
+            .read_timeout(std::time::Duration::from_secs(30))
+            .build()?
+    } else {
+        reqwest::Client::new()
+    };
+    let mut resp = client.get(url).send().await?.error_for_status()?;
+    let mut file = std::io::BufWriter::with_capacity(256 << 10, std::fs::File::create(out)?);
+    let mut n = 0u64;
+    while let Some(chunk) = resp.chunk().await? {
+        file.write_all(&chunk)?;
+        n += chunk.len() as u64;
+    }
+    file.flush()?;
+    println!(
+        "raw {n} bytes, cpu_s {:.2}, vmhwm_kib {}",
+        cpu_seconds(),
+        vm_hwm_kib().unwrap_or(0)
+    );
+    Ok(())
+}
+
+/// User + system CPU time of this process (all threads), from /proc/self/stat.
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<u64> = after
+        .split_whitespace()
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    // Fields 14 and 15 of stat (utime, stime) are the 12th and 13th after the `)`, minus the state letter.
+    f.get(10)
+        .zip(f.get(11))
+        .map(|(u, s)| (u + s) as f64 / 100.0)
+        .unwrap_or(0.0)
+}
+
+fn vm_hwm_kib() -> Option<u64> {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+async fn bench(size_mib: u64, runs: usize) -> anyhow::Result<()> {
+    let hub = MockHub::start().await;
+    let size = size_mib << 20;
+    eprintln!("hashing the {size_mib} MiB test file for the mock's etag...");
+    hub.add_repo(
+        REPO,
+        &format!("{:040x}", 1),
+        vec![(FILE, Content::generated(size, 7), true)],
+    );
+    let sha = hub.sha256_of(REPO, FILE);
+    let cdn_url = format!("{}/cdn/{sha}", hub.cdn_url);
+    let tmp = tempfile::tempdir()?;
+    let mib_s = |s: f64| size as f64 / (1 << 20) as f64 / s;
+    let (mut best_curl, mut best_ours, mut hwm) = (f64::MAX, f64::MAX, 0u64);
+    for run in 0..runs {
+        // Alternate the order so that neither always meets the other's page-cache writeback.
+        let (curl_s, (ours_s, run_hwm, cpu)) = if run % 2 == 0 {
+            let c = tokio::task::block_in_place(|| run_curl(&cdn_url, tmp.path(), size))?;
+            (
+                c,
+                tokio::task::block_in_place(|| run_ours(&hub.url, tmp.path(), run))?,
+            )
+        } else {
+            let o = tokio::task::block_in_place(|| run_ours(&hub.url, tmp.path(), run))?;
+            (
+                tokio::task::block_in_place(|| run_curl(&cdn_url, tmp.path(), size))?,
+                o,
+            )
+        };
+        let raw_s = tokio::task::block_in_place(|| run_raw(&cdn_url, tmp.path()))?;
+        println!(
+            "run {run}: curl {curl_s:.2}s ({:.0} MiB/s)  llmlocal {ours_s:.2}s ({:.0} MiB/s, sha256 verified, cpu {cpu})  \
+             ratio {:.2}  llmlocal peak RSS {} MiB  [plain reqwest, no hash: {raw_s:.2}s]",
+            mib_s(curl_s),
+            mib_s(ours_s),
+            curl_s / ours_s,
+            run_hwm / 1024
+        );
+        best_curl = best_curl.min(curl_s);
+        best_ours = best_ours.min(ours_s);
+        hwm = hwm.max(run_hwm);
+    }
+    println!(
+        "best of {runs}: {size_mib} MiB  curl {:.0} MiB/s  llmlocal {:.0} MiB/s  ratio {:.2}  llmlocal peak RSS {} MiB",
+        mib_s(best_curl),
+        mib_s(best_ours),
+        best_curl / best_ours,
+        hwm / 1024
+    );
+    Ok(())
+}
+
+/// `curl -o` of the CDN URL; seconds.
+fn run_curl(url: &str, dir: &Path, size: u64) -> anyhow::Result<f64> {
+    let out = dir.join("curl.out");
+    let t = Instant::now();
+    let status = Command::new("curl")
+        .args(["-s", "-f", "-o"])
+        .arg(&out)
+        .arg(url)
+        .status()
+        .context("run curl")?;
+    let secs = t.elapsed().as_secs_f64();
+    if !status.success() || std::fs::metadata(&out)?.len() != size {
+        bail!("curl failed: {status}");
+    }
+    std::fs::remove_file(&out)?;
+    Ok(secs)
+}
+
+/// This binary as `--client` (a full pull: HEAD, GET, verify, link); (seconds, VmHWM KiB, cpu).
+fn run_ours(hub_url: &str, dir: &Path, run: usize) -> anyhow::Result<(f64, u64, String)> {
+    let cache = dir.join(format!("cache{run}"));
+    let t = Instant::now();
+    let child = Command::new(std::env::current_exe()?)
+        .arg("--client")
+        .arg(hub_url)
+        .arg(&cache)
+        .output()?;
+    let secs = t.elapsed().as_secs_f64();
+    let stdout = String::from_utf8_lossy(&child.stdout);
+    if !child.status.success() {
+        bail!(
+            "llmlocal client failed: {stdout}{}",
+            String::from_utf8_lossy(&child.stderr)
+        );
+    }
+    let field = |name: &str| {
+        stdout
+            .split(name)
+            .nth(1)
+            .and_then(|v| v.split([',', '\n']).next())
+            .map(|v| v.trim().to_string())
+    };
+    let hwm = field("vmhwm_kib ")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    std::fs::remove_dir_all(&cache)?;
+    Ok((
+        secs,
+        hwm,
+        format!("{}s", field("cpu_s ").unwrap_or_default()),
+    ))
+}
+
+/// This binary as `--raw` (plain reqwest to a file, no hash); seconds.
+fn run_raw(url: &str, dir: &Path) -> anyhow::Result<f64> {
+    let out = dir.join("raw.out");
+    let t = Instant::now();
+    let child = Command::new(std::env::current_exe()?)
+        .arg("--raw")
+        .arg(url)
+        .arg(&out)
+        .output()?;
+    let secs = t.elapsed().as_secs_f64();
+    if !child.status.success() {
+        bail!(
+            "raw client failed: {}",
+            String::from_utf8_lossy(&child.stderr)
+        );
+    }
+    std::fs::remove_file(&out)?;
+    Ok(secs)
+}

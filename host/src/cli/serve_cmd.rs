@@ -1,0 +1,226 @@
+//! `llmlocal serve`: the OpenAI- and Ollama-compatible HTTP server.
+
+use crate::{
+    config::Config,
+    engine::{Engine, EngineSettings},
+    models::ModelManager,
+    plugins::PluginRegistry,
+    server::{self, ServerSettings},
+};
+use anyhow::Context as _;
+use std::{io::Write as _, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    /// Address to listen on (default: the config's [server] bind, else 127.0.0.1:11435;
+    /// port 0 picks a free one).
+    #[arg(long, env = "LLMLOCAL_BIND", value_name = "ADDR")]
+    pub bind: Option<SocketAddr>,
+    /// A model requests can name: NAME=SPEC, where SPEC is a path or a Hugging Face spec
+    /// (org/repo:Q4_K_M, hf://org/repo/file.gguf) (repeatable).
+    #[arg(long = "model", value_name = "NAME=SPEC")]
+    pub models: Vec<String>,
+    /// The backend for models that name none (default: the config's default_backend, else
+    /// the first loaded backend that reads the model's format).
+    #[arg(long)]
+    pub backend: Option<String>,
+    /// Require `Authorization: Bearer KEY` (repeatable; also $LLMLOCAL_API_KEYS).
+    #[arg(long = "api-key", value_name = "KEY")]
+    pub api_keys: Vec<String>,
+    /// Accept any model spec as a model name, not only the configured names.
+    #[arg(long)]
+    pub allow_any_model: bool,
+    /// Unload a model idle this many seconds (0 = never).
+    #[arg(long, value_name = "SECS")]
+    pub keep_alive: Option<u64>,
+    /// Requests that may wait per model before new ones get 429.
+    #[arg(long, value_name = "N")]
+    pub queue_depth: Option<usize>,
+    /// Generations run at once per model (default: what the backend says).
+    #[arg(long, value_name = "N")]
+    pub parallel: Option<u32>,
+    /// Context length for models that set none (default: from the machine's memory).
+    #[arg(long, value_name = "TOKENS")]
+    pub context_length: Option<u32>,
+    /// The most tokens one request may generate (and the default).
+    #[arg(long, value_name = "TOKENS")]
+    pub max_tokens_cap: Option<u32>,
+    /// Largest request body accepted (413 above).
+    #[arg(long, value_name = "BYTES")]
+    pub max_body_bytes: Option<usize>,
+    /// Memory loaded models may use in all (default: what the OS has available).
+    #[arg(long, value_name = "MIB")]
+    pub memory_limit_mib: Option<u64>,
+    /// On Ctrl-C/SIGTERM, wait this long for in-flight requests before exiting anyway.
+    #[arg(long, value_name = "SECS", default_value_t = 30)]
+    pub drain_timeout: u64,
+    /// Join an `llmlocal router` at this URL (needs --join-token).
+    #[arg(long, value_name = "ROUTER_URL", requires = "join_token")]
+    pub join: Option<String>,
+    /// The router's join token.
+    #[arg(
+        long,
+        env = "LLMLOCAL_JOIN_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
+    pub join_token: Option<String>,
+    /// The URL the router reaches this node at (default: http://<bound address>).
+    #[arg(long, value_name = "URL", requires = "join")]
+    pub advertise: Option<String>,
+    /// This node's id at the router (default: from the advertised address).
+    #[arg(long, value_name = "ID", requires = "join")]
+    pub node_id: Option<String>,
+}
+
+pub fn run(args: ServeArgs, config: &Config, dirs: &[PathBuf]) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(serve(args, config, dirs))
+}
+
+fn settings(args: &ServeArgs, config: &Config) -> anyhow::Result<(EngineSettings, ServerSettings)> {
+    let mut engine = EngineSettings {
+        default_backend: config.default_backend.clone(),
+        open_specs: false,
+        ..EngineSettings::default()
+    };
+    let mut server = ServerSettings::default();
+    if let Some(path) = &config.path {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read config file {}", path.display()))?;
+        let invalid =
+            |err: String| anyhow::anyhow!("invalid config file {}: {err}", path.display());
+        engine.apply_config_text(&text).map_err(invalid)?;
+        server.apply_config_text(&text).map_err(invalid)?;
+    }
+    for flag in &args.models {
+        engine.add_model_flag(flag).map_err(anyhow::Error::msg)?;
+    }
+    engine.default_backend = args.backend.clone().or(engine.default_backend);
+    engine.open_specs |= args.allow_any_model;
+    if let Some(secs) = args.keep_alive {
+        engine.keep_alive = (secs > 0).then(|| Duration::from_secs(secs));
+    }
+    engine.queue_depth = args.queue_depth.unwrap_or(engine.queue_depth);
+    engine.parallel = args.parallel.or(engine.parallel);
+    engine.context_length = args.context_length.or(engine.context_length);
+    engine.memory_limit = args
+        .memory_limit_mib
+        .map(|m| m << 20)
+        .or(engine.memory_limit);
+    server.bind = args.bind.unwrap_or(server.bind);
+    server.api_keys.extend(args.api_keys.iter().cloned());
+    server.apply_env();
+    server.max_tokens_cap = args.max_tokens_cap.unwrap_or(server.max_tokens_cap);
+    server.max_body_bytes = args.max_body_bytes.unwrap_or(server.max_body_bytes);
+    Ok((engine, server))
+}
+
+async fn serve(args: ServeArgs, config: &Config, dirs: &[PathBuf]) -> anyhow::Result<()> {
+    let (engine_settings, server_settings) = settings(&args, config)?;
+    let registry = Arc::new(PluginRegistry::load(dirs));
+    let backends = registry.backend_names();
+    if backends.is_empty() {
+        tracing::warn!("no backend plugin loaded; `llmlocal plugins` lists what was found");
+    }
+    let manager = match ModelManager::from_env() {
+        Ok(manager) => Some(Arc::new(manager)),
+        Err(err) => {
+            tracing::warn!("no model cache ({err}): only local model paths will work");
+            None
+        }
+    };
+    let models: Vec<String> = engine_settings.models.keys().cloned().collect();
+    let engine = Engine::new(engine_settings, registry, manager);
+    let bind = server_settings.bind;
+    let listener = tokio::net::TcpListener::bind(bind)
+        .await
+        .with_context(|| format!("cannot listen on {bind}"))?;
+    let address = listener.local_addr()?;
+    let mut stdout = std::io::stdout();
+    writeln!(stdout, "llmlocal listening on http://{address}")?;
+    stdout.flush()?;
+    eprintln!(
+        "backends: {}; models: {}; auth: {}",
+        list(&backends),
+        list(&models),
+        if server_settings.api_keys.is_empty() {
+            "off"
+        } else {
+            "API key"
+        }
+    );
+    // `--join`: register with a router and send it heartbeats while serving (router/).
+    if let Some(router_url) = args.join.clone() {
+        let options = crate::router::serve_join::JoinOptions {
+            router_url,
+            join_token: args.join_token.clone().unwrap_or_default(),
+            advertise: args.advertise.clone(),
+            node_id: args.node_id.clone(),
+        };
+        crate::router::serve_join::spawn_engine_agent(options, address, engine.clone());
+    }
+    let stop = tokio_util::sync::CancellationToken::new();
+    tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            shutdown_signal().await;
+            stop.cancel();
+        }
+    });
+    let drain = Duration::from_secs(args.drain_timeout);
+    let served = server::serve(
+        listener,
+        engine,
+        server_settings,
+        stop.clone().cancelled_owned(),
+    );
+    tokio::select! {
+        result = served => result?,
+        () = async { stop.cancelled().await; tokio::time::sleep(drain).await } => {
+            eprintln!("llmlocal: in-flight requests did not finish within {}s; exiting", drain.as_secs());
+        }
+    }
+    eprintln!("llmlocal: stopped");
+    Ok(())
+}
+
+fn list(names: &[String]) -> String {
+    if names.is_empty() {
+        "none".to_string()
+    } else {
+        names.join(", ")
+    }
+}
+
+/// Ctrl-C, or SIGTERM on Unix.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(err) = tokio::signal::ctrl_c().await {
+            tracing::warn!("cannot listen for Ctrl-C: {err}");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(err) => {
+                tracing::warn!("cannot listen for SIGTERM: {err}");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+    eprintln!("llmlocal: shutting down, finishing in-flight requests");
+}

@@ -1,0 +1,635 @@
+//! [`Engine`]: ensure cached -> ensure loaded -> generate, over the plugins and the model
+//! manager, with several models loaded at once.
+
+use super::{
+    error::EngineError,
+    memory,
+    metrics::Metrics,
+    pool::{BusyGuard, Gate, LoadedInfo, Pool, Slot},
+    request::{Completion, GenerationConfig, Prompt, TokenStream},
+    runner::{self, Job, OnEnd, CHANNEL_CAPACITY},
+    settings::{EngineSettings, ModelEntry},
+    stop::StopMatcher,
+    template::{read_tokenizer_config, ChatTemplate},
+};
+use crate::{
+    models::{format_of_path, ModelError, ModelManager, ModelSource, ModelSpec},
+    plugins::{
+        GenerateRequest, LoadRequest, LoadedBackend, LoadedModel, ModelFormat, ModelMetadata,
+        PluginRegistry, Sampling,
+    },
+};
+use abi_stable::std_types::{RString, RVec};
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex, MutexGuard, RwLock, Weak},
+    time::{Duration, Instant, SystemTime},
+};
+use tokio::sync::mpsc;
+
+/// The engine: cheap to clone, shared by every request.
+#[derive(Clone)]
+pub struct Engine {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    settings: EngineSettings,
+    aliases: RwLock<BTreeMap<String, ModelEntry>>,
+    registry: Arc<PluginRegistry>,
+    manager: Option<Arc<ModelManager>>,
+    pool: Mutex<Pool>,
+    /// Loads run one at a time, so two requests for one model load it once.
+    load_lock: tokio::sync::Mutex<()>,
+    metrics: Arc<Metrics>,
+    last_stats: Mutex<Option<Completion>>,
+    total_memory: u64,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("backends", &self.inner.registry.backend_names())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Where a model's files are.
+#[derive(Debug, Clone)]
+pub struct ResolvedFiles {
+    pub spec: ModelSpec,
+    pub path: PathBuf,
+    pub format: Option<ModelFormat>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl Engine {
+    /// An engine over the loaded plugins; `manager` resolves Hugging Face specs (without one,
+    /// only local paths work).
+    pub fn new(
+        settings: EngineSettings,
+        registry: Arc<PluginRegistry>,
+        manager: Option<Arc<ModelManager>>,
+    ) -> Engine {
+        let aliases = RwLock::new(settings.models.clone());
+        Engine {
+            inner: Arc::new(Inner {
+                settings,
+                aliases,
+                registry,
+                manager,
+                pool: Mutex::new(Pool::default()),
+                load_lock: tokio::sync::Mutex::new(()),
+                metrics: Arc::new(Metrics::new()),
+                last_stats: Mutex::new(None),
+                total_memory: memory::read().total,
+            }),
+        }
+    }
+
+    pub fn settings(&self) -> &EngineSettings {
+        &self.inner.settings
+    }
+
+    pub fn registry(&self) -> &PluginRegistry {
+        &self.inner.registry
+    }
+
+    pub fn model_manager(&self) -> Option<&Arc<ModelManager>> {
+        self.inner.manager.as_ref()
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.inner.metrics
+    }
+
+    /// The named models (aliases), configured or added since.
+    pub fn models(&self) -> BTreeMap<String, ModelEntry> {
+        self.inner
+            .aliases
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Names a model (a later request may use `name`).
+    pub fn add_model(&self, name: &str, entry: ModelEntry) {
+        let mut aliases = self
+            .inner
+            .aliases
+            .write()
+            .unwrap_or_else(|p| p.into_inner());
+        aliases.insert(name.to_string(), entry);
+    }
+
+    /// Forgets a name and unloads the model; returns its entry.
+    pub fn remove_model(&self, name: &str) -> Option<ModelEntry> {
+        self.unload(name);
+        let mut aliases = self
+            .inner
+            .aliases
+            .write()
+            .unwrap_or_else(|p| p.into_inner());
+        aliases.remove(name)
+    }
+
+    /// The models loaded now.
+    pub fn loaded(&self) -> Vec<LoadedInfo> {
+        lock(&self.inner.pool).infos()
+    }
+
+    /// The completion of the last generation that finished.
+    pub fn last_stats(&self) -> Option<Completion> {
+        lock(&self.inner.last_stats).clone()
+    }
+
+    /// The spec a model name stands for: an alias, else (with `open_specs`) the name itself.
+    pub fn spec_for(&self, name: &str) -> Result<(ModelSpec, ModelEntry), EngineError> {
+        if let Some(entry) = self.models().get(name) {
+            let mut spec = ModelSpec::parse(&entry.spec)?.with_name(name);
+            spec.backend = entry.backend.clone().or(spec.backend);
+            spec.context_length = entry.context_length.or(spec.context_length);
+            return Ok((spec, entry.clone()));
+        }
+        if self.inner.settings.open_specs {
+            let spec = ModelSpec::parse(name)?;
+            return Ok((spec, ModelEntry::new(name)));
+        }
+        let known: Vec<String> = self.models().into_keys().collect();
+        Err(EngineError::UnknownModel {
+            name: name.to_string(),
+            hint: if known.is_empty() {
+                "no models are configured; add one with --model NAME=SPEC or [models.NAME] in the config".to_string()
+            } else {
+                format!("available models: {}", known.join(", "))
+            },
+        })
+    }
+
+    /// Ensures the model's files are on disk (downloading them if needed) without loading it.
+    pub async fn prefetch(&self, name: &str) -> Result<ResolvedFiles, EngineError> {
+        let (spec, _) = self.spec_for(name)?;
+        self.resolve_files(spec).await
+    }
+
+    /// Whether the model's files are on disk already.
+    pub fn is_cached(&self, name: &str) -> bool {
+        let Ok((spec, _)) = self.spec_for(name) else {
+            return false;
+        };
+        match (&spec.source, &self.inner.manager) {
+            (ModelSource::Local(path), _) => path.exists(),
+            (_, Some(manager)) => manager.is_cached(&spec),
+            (_, None) => false,
+        }
+    }
+
+    async fn resolve_files(&self, spec: ModelSpec) -> Result<ResolvedFiles, EngineError> {
+        if let ModelSource::Local(path) = &spec.source {
+            if !path.exists() {
+                return Err(ModelError::LocalPath {
+                    path: path.clone(),
+                    reason: "does not exist".to_string(),
+                }
+                .into());
+            }
+            let format = spec.format.or_else(|| format_of_path(path));
+            let path = path.clone();
+            return Ok(ResolvedFiles { spec, path, format });
+        }
+        let manager = self.inner.manager.as_ref().ok_or_else(|| {
+            EngineError::Internal(format!(
+                "model `{}` needs a download but the engine has no model manager",
+                spec.name
+            ))
+        })?;
+        let resolved = manager.resolve(&spec).await?;
+        Ok(ResolvedFiles {
+            spec,
+            path: resolved.path,
+            format: Some(resolved.format),
+        })
+    }
+
+    /// Loads the model (if it is not loaded) and returns what is loaded.
+    pub async fn load(&self, name: &str, backend: Option<&str>) -> Result<LoadedInfo, EngineError> {
+        let (slot, _busy, _) = self.ensure_loaded(name, backend).await?;
+        Ok(LoadedInfo::from(&slot))
+    }
+
+    /// Unloads every instance of the model (running generations finish first); true if any.
+    pub fn unload(&self, name: &str) -> bool {
+        let mut pool = lock(&self.inner.pool);
+        let removed = pool.remove(name) > 0;
+        self.inner.metrics.loaded_models.set(pool.len() as i64);
+        removed
+    }
+
+    /// Pins (never unloaded for memory or idleness) or unpins a model, loaded or not.
+    pub fn pin(&self, name: &str, pinned: bool) -> bool {
+        let found = lock(&self.inner.pool).set_pinned(name, pinned);
+        let mut aliases = self
+            .inner
+            .aliases
+            .write()
+            .unwrap_or_else(|p| p.into_inner());
+        match aliases.get_mut(name) {
+            Some(entry) => {
+                entry.pinned = pinned;
+                true
+            }
+            None => found,
+        }
+    }
+
+    /// The loaded slot for `name`, loading it first if needed; marked busy.
+    async fn ensure_loaded(
+        &self,
+        name: &str,
+        backend: Option<&str>,
+    ) -> Result<(Slot, BusyGuard, f64), EngineError> {
+        let (spec, entry) = self.spec_for(name)?;
+        let wanted = backend.or(entry.backend.as_deref());
+        if let Some(found) = self.find_busy(name, wanted) {
+            return Ok(found);
+        }
+        let _loading = self.inner.load_lock.lock().await;
+        if let Some(found) = self.find_busy(name, wanted) {
+            return Ok(found);
+        }
+        let started = Instant::now();
+        let files = self.resolve_files(spec).await?;
+        let default_backend = self.inner.settings.default_backend.as_deref();
+        let chosen = Arc::clone(self.inner.registry.choose(
+            wanted,
+            default_backend,
+            files.format,
+        )?);
+        if let Some(found) = self.find_busy(name, Some(chosen.name())) {
+            return Ok(found);
+        }
+        let slot = self.load_slot(name, &entry, &files, chosen).await?;
+        let load_ms = started.elapsed().as_secs_f64() * 1000.0;
+        self.inner
+            .metrics
+            .load_seconds
+            .get_or_create(&Metrics::model(name))
+            .observe(load_ms / 1000.0);
+        let busy = slot.gate.busy();
+        let mut pool = lock(&self.inner.pool);
+        pool.insert(slot.clone());
+        self.inner.metrics.loaded_models.set(pool.len() as i64);
+        Ok((slot, busy, load_ms))
+    }
+
+    fn find_busy(&self, name: &str, backend: Option<&str>) -> Option<(Slot, BusyGuard, f64)> {
+        let mut pool = lock(&self.inner.pool);
+        let slot = pool.find(name, backend)?;
+        let busy = slot.gate.busy();
+        Some((slot, busy, 0.0))
+    }
+
+    async fn load_slot(
+        &self,
+        name: &str,
+        entry: &ModelEntry,
+        files: &ResolvedFiles,
+        backend: Arc<LoadedBackend>,
+    ) -> Result<Slot, EngineError> {
+        let settings = &self.inner.settings;
+        let model_max = memory::model_max_context(&files.path);
+        let explicit = entry.context_length.or(settings.context_length);
+        let context_length = explicit
+            .unwrap_or_else(|| memory::default_context_length(self.inner.total_memory, model_max));
+        if let (Some(asked), Some(max)) = (explicit, model_max) {
+            if asked > max {
+                tracing::warn!(
+                    "model `{name}`: context_length {asked} is over the {max} tokens it was trained with; \
+                     quality may drop beyond {max}"
+                );
+            }
+        }
+        let bytes = memory::estimate_load_bytes(memory::model_bytes(&files.path), context_length);
+        self.make_room(name, bytes, context_length)?;
+        let parallel = settings
+            .parallel
+            .unwrap_or(backend.manifest.capabilities.parallel_generations)
+            .max(1);
+        let request = LoadRequest {
+            model_paths: RVec::from(vec![RString::from(
+                files.path.to_string_lossy().into_owned(),
+            )]),
+            device: RString::from(settings.device.as_str()),
+            context_length,
+            threads: settings.threads,
+            parallel,
+            ..LoadRequest::new("")
+        };
+        tracing::info!(
+            "loading `{name}` from {} with backend `{}` (context {context_length})",
+            files.path.display(),
+            backend.name()
+        );
+        let path = files.path.clone();
+        let (model, metadata, template) = tokio::task::spawn_blocking(move || {
+            let model = backend.load_model(request)?;
+            let metadata = model.metadata()?;
+            let template = build_template(&model, &metadata, &path);
+            Ok::<_, EngineError>((model, metadata, template))
+        })
+        .await
+        .map_err(|err| EngineError::Internal(format!("the load thread failed: {err}")))??;
+        let keep_alive = match entry.keep_alive_secs {
+            Some(0) => None,
+            Some(secs) => Some(Duration::from_secs(secs)),
+            None => settings.keep_alive,
+        };
+        Ok(Slot {
+            name: name.to_string(),
+            backend: model.backend_name().to_string(),
+            model,
+            metadata,
+            template: Arc::new(template),
+            path: files.path.clone(),
+            bytes,
+            pinned: entry.pinned,
+            keep_alive,
+            last_used: Instant::now(),
+            loaded_at: SystemTime::now(),
+            gate: Gate::new(parallel, settings.queue_depth),
+        })
+    }
+
+    /// Unloads idle models, least recently used first, until `need` bytes fit.
+    fn make_room(&self, name: &str, need: u64, context_length: u32) -> Result<(), EngineError> {
+        let settings = &self.inner.settings;
+        let mut pool = lock(&self.inner.pool);
+        loop {
+            let available = match settings.memory_limit {
+                Some(limit) => limit.saturating_sub(pool.bytes()),
+                None => memory::read()
+                    .available
+                    .saturating_sub(settings.low_memory_threshold),
+            };
+            if need <= available {
+                return Ok(());
+            }
+            match pool.evict_lru() {
+                Some(slot) => {
+                    tracing::info!(
+                        "unloading `{}` ({}) to make room for `{name}`",
+                        slot.name,
+                        slot.backend
+                    );
+                    self.inner.metrics.loaded_models.set(pool.len() as i64);
+                }
+                None => {
+                    return Err(EngineError::OutOfMemory {
+                        model: name.to_string(),
+                        need_mib: need >> 20,
+                        available_mib: available >> 20,
+                        context_length,
+                    })
+                }
+            }
+        }
+    }
+
+    /// Starts a generation. Errors before the first token (unknown model, bad parameters,
+    /// full queue) come back here; later ones arrive in the stream.
+    pub async fn generate(
+        &self,
+        name: &str,
+        prompt: Prompt,
+        config: GenerationConfig,
+    ) -> Result<TokenStream, EngineError> {
+        let received = Instant::now();
+        validate(&config)?;
+        let (slot, busy, load_ms) = self.ensure_loaded(name, config.backend.as_deref()).await?;
+        let queued = Instant::now();
+        let permit = slot.gate.enter(name, &self.inner.metrics).await?;
+        let queue_ms = queued.elapsed().as_secs_f64() * 1000.0;
+        let is_chat = matches!(prompt, Prompt::Chat(_));
+        let prepared = {
+            let slot = slot.clone();
+            tokio::task::spawn_blocking(move || prepare_prompt(&slot, &prompt))
+                .await
+                .map_err(|err| {
+                    EngineError::Internal(format!("the tokenizer thread failed: {err}"))
+                })??
+        };
+        let context = slot.metadata.context_length;
+        let prompt_len = prepared.len() as u32;
+        let room = context.saturating_sub(prompt_len);
+        let mut stops = config.stop.clone();
+        if is_chat {
+            stops.extend(slot.template.stop_sequences());
+        }
+        let request = GenerateRequest {
+            max_tokens: config.max_tokens.unwrap_or(room).min(room.max(1)),
+            sampling: sampling_of(&config),
+            ignore_eos: config.ignore_eos,
+            ..GenerateRequest::greedy(prepared, 0)
+        };
+        let (sender, receiver) = mpsc::channel(CHANNEL_CAPACITY);
+        let job = Job {
+            model: slot.model.clone(),
+            name: name.to_string(),
+            request,
+            stop: StopMatcher::new(stops),
+            metrics: Arc::clone(&self.inner.metrics),
+            received,
+            load_ms,
+            queue_ms,
+            permit,
+            busy,
+            on_end: on_end(Arc::downgrade(&self.inner), name, &slot.backend),
+        };
+        runner::spawn(job, sender);
+        Ok(TokenStream {
+            receiver,
+            model: name.to_string(),
+            backend: slot.backend.clone(),
+            prompt_tokens: prompt_len,
+        })
+    }
+
+    /// Unloads models idle past their keep-alive, and one idle model when the OS's available
+    /// memory is under the threshold; returns what was unloaded.
+    pub fn reap(&self) -> Vec<String> {
+        let settings = &self.inner.settings;
+        let mut pool = lock(&self.inner.pool);
+        let mut gone = pool.evict_expired(Instant::now());
+        if settings.memory_limit.is_none() && !pool.is_empty() {
+            let available = memory::read().available;
+            if available < settings.low_memory_threshold {
+                if let Some(slot) = pool.evict_lru() {
+                    tracing::warn!(
+                        "available memory is low ({} MiB): unloading `{}`",
+                        available >> 20,
+                        slot.name
+                    );
+                    gone.push(format!("{} ({})", slot.name, slot.backend));
+                }
+            }
+        }
+        self.inner.metrics.loaded_models.set(pool.len() as i64);
+        for name in &gone {
+            tracing::info!("unloaded {name}");
+        }
+        gone
+    }
+
+    /// Runs [`Engine::reap`] periodically until the engine is dropped.
+    pub fn spawn_maintenance(&self) -> tokio::task::JoinHandle<()> {
+        let weak = Arc::downgrade(&self.inner);
+        let tick = self
+            .inner
+            .settings
+            .keep_alive
+            .map(|k| (k / 4).clamp(Duration::from_millis(50), Duration::from_secs(5)))
+            .unwrap_or(Duration::from_secs(5));
+        tokio::spawn(async move {
+            let mut interval = tokio::time::interval(tick);
+            loop {
+                interval.tick().await;
+                let Some(inner) = weak.upgrade() else { break };
+                Engine { inner }.reap();
+            }
+        })
+    }
+}
+
+/// Touches the model and records the completion when a generation ends.
+fn on_end(weak: Weak<Inner>, name: &str, backend: &str) -> OnEnd {
+    let (name, backend) = (name.to_string(), backend.to_string());
+    Box::new(move |completion| {
+        let Some(inner) = weak.upgrade() else { return };
+        lock(&inner.pool).touch(&name, &backend);
+        if let Some(done) = completion {
+            *lock(&inner.last_stats) = Some(done.clone());
+        }
+    })
+}
+
+fn validate(config: &GenerationConfig) -> Result<(), EngineError> {
+    let bad = |m: String| Err(EngineError::InvalidRequest(m));
+    if config.max_tokens == Some(0) {
+        return bad("max_tokens must be at least 1".into());
+    }
+    if let Some(t) = config.temperature {
+        if !(0.0..=100.0).contains(&t) {
+            return bad(format!("temperature must be between 0 and 100, got {t}"));
+        }
+    }
+    if let Some(p) = config.top_p {
+        if !(p > 0.0 && p <= 1.0) {
+            return bad(format!("top_p must be in (0, 1], got {p}"));
+        }
+    }
+    if let Some(p) = config.min_p {
+        if !(0.0..=1.0).contains(&p) {
+            return bad(format!("min_p must be in [0, 1], got {p}"));
+        }
+    }
+    if let Some(r) = config.repeat_penalty {
+        if !(r > 0.0 && r.is_finite()) {
+            return bad(format!("repeat_penalty must be positive, got {r}"));
+        }
+    }
+    Ok(())
+}
+
+fn sampling_of(config: &GenerationConfig) -> Sampling {
+    let d = Sampling::default();
+    Sampling {
+        temperature: config.temperature.unwrap_or(d.temperature),
+        top_k: config.top_k.unwrap_or(d.top_k),
+        top_p: config.top_p.unwrap_or(d.top_p),
+        min_p: config.min_p.unwrap_or(d.min_p),
+        repeat_penalty: config.repeat_penalty.unwrap_or(d.repeat_penalty),
+        repeat_last_n: d.repeat_last_n,
+        seed: config.seed.unwrap_or_else(rand::random),
+    }
+}
+
+/// Tokenizes the prompt: raw text as given (plus the backend's BOS), chat messages through
+/// the model's chat template (special tokens in the rendered text are parsed).
+fn prepare_prompt(slot: &Slot, prompt: &Prompt) -> Result<Vec<u32>, EngineError> {
+    let model = &slot.model;
+    let mut tokens = match prompt {
+        Prompt::Text(text) => model.tokenize(text, true, false)?,
+        Prompt::Chat(messages) => {
+            if messages.is_empty() {
+                return Err(EngineError::InvalidRequest(
+                    "messages must not be empty".into(),
+                ));
+            }
+            let text =
+                slot.template
+                    .render(messages, true)
+                    .map_err(|message| EngineError::Template {
+                        model: slot.name.clone(),
+                        message,
+                    })?;
+            model.tokenize(&text, true, true)?
+        }
+    };
+    // A template that writes BOS itself plus the tokenizer adding one gives two.
+    if let Some(bos) = slot.metadata.bos_token.into_option() {
+        if tokens.len() >= 2 && tokens[0] == bos && tokens[1] == bos {
+            tokens.remove(0);
+        }
+    }
+    if tokens.is_empty() {
+        return Err(EngineError::InvalidRequest("the prompt is empty".into()));
+    }
+    let context = slot.metadata.context_length;
+    if tokens.len() as u64 >= u64::from(context) {
+        return Err(EngineError::InvalidRequest(format!(
+            "the prompt has {} tokens but the context of `{}` holds {context}; shorten it or \
+             load the model with a larger context_length",
+            tokens.len(),
+            slot.name
+        )));
+    }
+    Ok(tokens)
+}
+
+/// The model's chat template (GGUF metadata, else tokenizer_config.json), else ChatML.
+fn build_template(model: &LoadedModel, metadata: &ModelMetadata, path: &Path) -> ChatTemplate {
+    let config = if path.is_dir() {
+        read_tokenizer_config(path)
+    } else {
+        Default::default()
+    };
+    let text_of = |id: Option<u32>| {
+        id.and_then(|id| model.detokenize(&[id], false).ok())
+            .unwrap_or_default()
+    };
+    let bos = config
+        .bos_token
+        .unwrap_or_else(|| text_of(metadata.bos_token.into_option()));
+    let eos = config
+        .eos_token
+        .unwrap_or_else(|| text_of(metadata.eos_token.into_option()));
+    let source = metadata
+        .chat_template
+        .clone()
+        .into_option()
+        .map(|s| s.to_string())
+        .or(config.chat_template);
+    match source {
+        Some(source) => ChatTemplate::new(&source, &bos, &eos).unwrap_or_else(|err| {
+            tracing::warn!("the model's chat template does not compile ({err}); using ChatML");
+            ChatTemplate::fallback(&bos, &eos)
+        }),
+        None => ChatTemplate::fallback(&bos, &eos),
+    }
+}

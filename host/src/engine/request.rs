@@ -1,0 +1,142 @@
+//! What a generation asks for and what it streams back.
+
+use super::{error::EngineError, template::ChatMessage};
+use crate::plugins::GenerationStats;
+use futures_util::Stream;
+use std::{
+    pin::Pin,
+    task::{Context, Poll},
+};
+use tokio::sync::mpsc;
+
+/// A raw prompt, or chat messages rendered with the model's chat template.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Prompt {
+    Text(String),
+    Chat(Vec<ChatMessage>),
+}
+
+/// How to generate. `None` fields take the defaults llama.cpp and Ollama use.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct GenerationConfig {
+    /// The most tokens to generate; `None` = until the end or the context is full.
+    pub max_tokens: Option<u32>,
+    pub temperature: Option<f32>,
+    pub top_p: Option<f32>,
+    pub top_k: Option<u32>,
+    pub min_p: Option<f32>,
+    pub repeat_penalty: Option<f32>,
+    /// `None` = a random seed.
+    pub seed: Option<u64>,
+    /// Text that ends the generation (not included in the output).
+    pub stop: Vec<String>,
+    /// Keep going after end-of-generation tokens (benchmarks, tests).
+    pub ignore_eos: bool,
+    /// The backend to use, over the model's configured one and the default.
+    pub backend: Option<String>,
+}
+
+impl GenerationConfig {
+    /// Greedy decoding of at most `max_tokens`.
+    pub fn greedy(max_tokens: u32) -> Self {
+        GenerationConfig {
+            max_tokens: Some(max_tokens),
+            temperature: Some(0.0),
+            ..GenerationConfig::default()
+        }
+    }
+}
+
+/// Why a generation ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FinishReason {
+    /// End-of-generation token or a stop sequence.
+    Stop,
+    /// `max_tokens` reached.
+    Length,
+    /// The context is full.
+    ContextFull,
+}
+
+impl FinishReason {
+    /// The OpenAI/Ollama spelling: `stop` or `length` (a full context counts as `length`).
+    pub fn as_openai(self) -> &'static str {
+        match self {
+            FinishReason::Stop => "stop",
+            FinishReason::Length | FinishReason::ContextFull => "length",
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FinishReason::Stop => "stop",
+            FinishReason::Length => "length",
+            FinishReason::ContextFull => "context_full",
+        }
+    }
+}
+
+/// The end of a generation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Completion {
+    pub model: String,
+    pub backend: String,
+    pub finish_reason: FinishReason,
+    pub prompt_tokens: u32,
+    pub completion_tokens: u32,
+    /// The backend's counters.
+    pub stats: GenerationStats,
+    /// Time spent loading the model for this request (0 when it was loaded already).
+    pub load_ms: f64,
+    /// Time waiting in the model's queue.
+    pub queue_ms: f64,
+    /// From the engine receiving the request to the end.
+    pub total_ms: f64,
+}
+
+/// One event of a generation's stream.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// The next piece of text (whole characters, never empty).
+    Text(String),
+    /// The end; the last event.
+    Done(Completion),
+}
+
+/// The stream of a running generation. Dropping it cancels the generation.
+#[derive(Debug)]
+pub struct TokenStream {
+    pub(crate) receiver: mpsc::Receiver<Result<Event, EngineError>>,
+    pub model: String,
+    pub backend: String,
+    pub prompt_tokens: u32,
+}
+
+impl Stream for TokenStream {
+    type Item = Result<Event, EngineError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.receiver.poll_recv(cx)
+    }
+}
+
+impl TokenStream {
+    /// The next event if one is ready now, without waiting.
+    pub fn try_next(&mut self) -> Option<Result<Event, EngineError>> {
+        self.receiver.try_recv().ok()
+    }
+
+    /// Collects the whole answer.
+    pub async fn collect_text(mut self) -> Result<(String, Completion), EngineError> {
+        let mut text = String::new();
+        while let Some(event) = self.receiver.recv().await {
+            match event? {
+                Event::Text(piece) => text.push_str(&piece),
+                Event::Done(done) => return Ok((text, done)),
+            }
+        }
+        Err(EngineError::Internal(
+            "the generation ended without a final event".to_string(),
+        ))
+    }
+}

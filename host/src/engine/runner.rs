@@ -1,0 +1,184 @@
+//! The blocking side of a generation: a thread pulls tokens from the backend and sends text
+//! into a bounded channel. A full channel blocks the thread (back-pressure); a closed one
+//! (the consumer dropped the stream: the client went away) stops it, and dropping the
+//! plugin's generation cancels it there.
+
+use super::{
+    error::EngineError,
+    metrics::{FinishLabel, Metrics},
+    pool::BusyGuard,
+    request::{Completion, Event, FinishReason},
+    stop::{Scan, StopMatcher},
+};
+use crate::plugins::{self, GenerateRequest, LoadedModel, Step};
+use std::{sync::Arc, time::Instant};
+use tokio::sync::{mpsc, OwnedSemaphorePermit};
+
+/// Events buffered between the generation thread and its consumer.
+pub const CHANNEL_CAPACITY: usize = 16;
+
+/// Everything one generation thread needs.
+pub struct Job {
+    pub model: LoadedModel,
+    pub name: String,
+    pub request: GenerateRequest,
+    pub stop: StopMatcher,
+    pub metrics: Arc<Metrics>,
+    /// When the engine received the request (time to first token counts from here).
+    pub received: Instant,
+    pub load_ms: f64,
+    pub queue_ms: f64,
+    pub permit: OwnedSemaphorePermit,
+    pub busy: BusyGuard,
+    /// Called when the generation ends, with its completion if it finished.
+    pub on_end: OnEnd,
+}
+
+type Sender = mpsc::Sender<Result<Event, EngineError>>;
+
+/// Called once when a generation ends, with its completion if it finished.
+pub type OnEnd = Box<dyn FnOnce(Option<&Completion>) + Send>;
+
+/// How the token loop ended.
+enum Outcome {
+    Finished(FinishReason),
+    /// The consumer went away.
+    Cancelled,
+    Failed(EngineError),
+}
+
+/// Runs the job on a blocking thread.
+pub fn spawn(job: Job, sender: Sender) {
+    tokio::task::spawn_blocking(move || run(job, sender));
+}
+
+fn run(mut job: Job, sender: Sender) {
+    let label = Metrics::model(&job.name);
+    job.metrics.active_generations.inc();
+    job.metrics
+        .prompt_tokens
+        .get_or_create(&label)
+        .inc_by(job.request.prompt_tokens.len() as u64);
+    let outcome = match job.model.generate(job.request.clone()) {
+        Ok(mut generation) => {
+            let outcome = pump(&mut job, &mut generation, &sender);
+            let stats = generation.stats().unwrap_or_default();
+            // Dropping the generation here cancels it in the plugin when it did not finish.
+            drop(generation);
+            (outcome, stats)
+        }
+        Err(err) => (Outcome::Failed(err.into()), Default::default()),
+    };
+    finish(job, sender, outcome);
+}
+
+fn finish(job: Job, sender: Sender, (outcome, stats): (Outcome, plugins::GenerationStats)) {
+    let reason_label = match &outcome {
+        Outcome::Finished(reason) => reason.as_str(),
+        Outcome::Cancelled => "cancelled",
+        Outcome::Failed(_) => "error",
+    };
+    job.metrics
+        .generations
+        .get_or_create(&FinishLabel {
+            model: job.name.clone(),
+            reason: reason_label.to_string(),
+        })
+        .inc();
+    job.metrics.active_generations.dec();
+    let (completion, failure) = match outcome {
+        Outcome::Finished(reason) => {
+            let done = Completion {
+                model: job.name.clone(),
+                backend: job.model.backend_name().to_string(),
+                finish_reason: reason,
+                prompt_tokens: job.request.prompt_tokens.len() as u32,
+                completion_tokens: stats.generated_tokens,
+                stats,
+                load_ms: job.load_ms,
+                queue_ms: job.queue_ms,
+                total_ms: job.received.elapsed().as_secs_f64() * 1000.0,
+            };
+            (Some(done), None)
+        }
+        Outcome::Cancelled => {
+            tracing::debug!(model = %job.name, "generation cancelled: the consumer went away");
+            (None, None)
+        }
+        Outcome::Failed(err) => {
+            job.metrics.error(err.code());
+            (None, Some(err))
+        }
+    };
+    (job.on_end)(completion.as_ref());
+    // Free the run slot and the busy mark before the consumer hears of the end, so a
+    // request it makes next sees the model idle.
+    drop(job.permit);
+    drop(job.busy);
+    let last = match (completion, failure) {
+        (Some(done), _) => Ok(Event::Done(done)),
+        (None, Some(err)) => Err(err),
+        (None, None) => return,
+    };
+    let _ = sender.blocking_send(last);
+}
+
+/// Pulls tokens until the end, a stop sequence, an error, or the consumer leaving.
+fn pump(job: &mut Job, generation: &mut plugins::RunningGeneration, sender: &Sender) -> Outcome {
+    let label = Metrics::model(&job.name);
+    let tokens_out = job.metrics.generated_tokens.get_or_create(&label).clone();
+    let latency = job.metrics.token_latency.get_or_create(&label).clone();
+    let mut last_token: Option<Instant> = None;
+    loop {
+        if sender.is_closed() {
+            return Outcome::Cancelled;
+        }
+        let step = match generation.next() {
+            Ok(step) => step,
+            Err(err) => return Outcome::Failed(err.into()),
+        };
+        let token = match step {
+            Step::Token(token) => token,
+            Step::Finished(reason) => {
+                if !send_text(sender, job.stop.finish()) {
+                    return Outcome::Cancelled;
+                }
+                return Outcome::Finished(map_reason(reason));
+            }
+        };
+        let now = Instant::now();
+        match last_token {
+            None => job
+                .metrics
+                .time_to_first_token
+                .get_or_create(&label)
+                .observe((now - job.received).as_secs_f64()),
+            Some(previous) => latency.observe((now - previous).as_secs_f64()),
+        }
+        last_token = Some(now);
+        tokens_out.inc();
+        let (text, stopped) = match job.stop.push(token.text.as_str()) {
+            Scan::Emit(text) => (text, false),
+            Scan::Stopped(text) => (text, true),
+        };
+        if !send_text(sender, text) {
+            return Outcome::Cancelled;
+        }
+        if stopped {
+            return Outcome::Finished(FinishReason::Stop);
+        }
+    }
+}
+
+/// Sends non-empty text; false when the consumer is gone.
+fn send_text(sender: &Sender, text: String) -> bool {
+    text.is_empty() || sender.blocking_send(Ok(Event::Text(text))).is_ok()
+}
+
+fn map_reason(reason: plugins::FinishReason) -> FinishReason {
+    match reason {
+        plugins::FinishReason::EndOfGeneration => FinishReason::Stop,
+        plugins::FinishReason::Length => FinishReason::Length,
+        plugins::FinishReason::ContextFull => FinishReason::ContextFull,
+    }
+}

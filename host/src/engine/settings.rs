@@ -1,0 +1,212 @@
+//! Engine settings: model aliases and limits, from the config file's `[engine]` and
+//! `[models.NAME]` sections, plus `--model NAME=SPEC` flags.
+//!
+//! ```toml
+//! [engine]
+//! keep_alive_secs = 300        # unload a model idle this long (0 = never)
+//! memory_limit_mib = 8192      # memory models may use (default: what the OS says is free)
+//! queue_depth = 64             # requests that may wait per model before 429
+//! context_length = 4096        # default for every model (default: from the machine's memory)
+//!
+//! [models.tiny]
+//! spec = "./models/tiny.gguf"  # or `path = ...`; any model spec (org/repo:Q4_K_M, hf://...)
+//! backend = "llama-cpp"
+//! context_length = 2048
+//! pinned = true                # never unloaded for memory or idleness
+//! ```
+
+use serde::Deserialize;
+use std::{collections::BTreeMap, path::Path, time::Duration};
+
+/// One named model.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelEntry {
+    /// A model spec (see [`crate::models::ModelSpec`]).
+    #[serde(alias = "path")]
+    pub spec: String,
+    #[serde(default)]
+    pub backend: Option<String>,
+    #[serde(default)]
+    pub context_length: Option<u32>,
+    #[serde(default)]
+    pub pinned: bool,
+    /// Overrides the engine's keep-alive for this model.
+    #[serde(default)]
+    pub keep_alive_secs: Option<u64>,
+}
+
+impl ModelEntry {
+    pub fn new(spec: impl Into<String>) -> Self {
+        ModelEntry {
+            spec: spec.into(),
+            ..ModelEntry::default()
+        }
+    }
+}
+
+/// How the engine runs.
+#[derive(Debug, Clone)]
+pub struct EngineSettings {
+    /// Backend for models that name none (after the request and the model entry).
+    pub default_backend: Option<String>,
+    /// Model aliases: the names requests use.
+    pub models: BTreeMap<String, ModelEntry>,
+    /// Accept any model spec (Hugging Face repo, path) as a model name, not only aliases.
+    pub open_specs: bool,
+    /// Idle time after which a model is unloaded; `None` = never.
+    pub keep_alive: Option<Duration>,
+    /// Bytes loaded models may use in all; `None` = the OS's available memory.
+    pub memory_limit: Option<u64>,
+    /// Below this much available OS memory, idle models are unloaded (least recently used first).
+    pub low_memory_threshold: u64,
+    /// Requests that may wait for a busy model before new ones are refused.
+    pub queue_depth: usize,
+    /// Generations run at once per model; `None` = what the backend's manifest says.
+    pub parallel: Option<u32>,
+    /// Context length for models whose entry sets none; `None` = chosen from the machine.
+    pub context_length: Option<u32>,
+    /// Device for loads (`auto`, `cpu`, `cuda:0`, ...).
+    pub device: String,
+    /// CPU threads per model; 0 = backend default.
+    pub threads: u32,
+}
+
+impl Default for EngineSettings {
+    fn default() -> Self {
+        EngineSettings {
+            default_backend: None,
+            models: BTreeMap::new(),
+            open_specs: true,
+            keep_alive: Some(Duration::from_secs(300)),
+            memory_limit: None,
+            low_memory_threshold: 256 << 20,
+            queue_depth: 64,
+            parallel: None,
+            context_length: None,
+            device: "auto".to_string(),
+            threads: 0,
+        }
+    }
+}
+
+/// The config file sections the engine reads (other sections are ignored here).
+#[derive(Debug, Default, Deserialize)]
+struct FileSections {
+    #[serde(default)]
+    engine: EngineSection,
+    #[serde(default)]
+    models: BTreeMap<String, ModelEntry>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EngineSection {
+    keep_alive_secs: Option<u64>,
+    memory_limit_mib: Option<u64>,
+    low_memory_threshold_mib: Option<u64>,
+    queue_depth: Option<usize>,
+    parallel: Option<u32>,
+    context_length: Option<u32>,
+    device: Option<String>,
+    threads: Option<u32>,
+    open_specs: Option<bool>,
+}
+
+impl EngineSettings {
+    /// Applies the `[engine]` and `[models.*]` sections of config text.
+    pub fn apply_config_text(&mut self, text: &str) -> Result<(), String> {
+        let sections: FileSections =
+            toml::from_str(text).map_err(|err| err.to_string().trim_end().to_string())?;
+        let e = sections.engine;
+        if let Some(secs) = e.keep_alive_secs {
+            self.keep_alive = (secs > 0).then(|| Duration::from_secs(secs));
+        }
+        self.memory_limit = e.memory_limit_mib.map(|m| m << 20).or(self.memory_limit);
+        if let Some(mib) = e.low_memory_threshold_mib {
+            self.low_memory_threshold = mib << 20;
+        }
+        self.queue_depth = e.queue_depth.unwrap_or(self.queue_depth);
+        self.parallel = e.parallel.or(self.parallel);
+        self.context_length = e.context_length.or(self.context_length);
+        self.device = e.device.unwrap_or(std::mem::take(&mut self.device));
+        self.threads = e.threads.unwrap_or(self.threads);
+        self.open_specs = e.open_specs.unwrap_or(self.open_specs);
+        self.models.extend(sections.models);
+        Ok(())
+    }
+
+    /// Reads the engine sections of a config file.
+    pub fn apply_config_file(&mut self, path: &Path) -> Result<(), String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|err| format!("cannot read config file {}: {err}", path.display()))?;
+        self.apply_config_text(&text)
+            .map_err(|err| format!("invalid config file {}: {err}", path.display()))
+    }
+
+    /// Adds a `NAME=SPEC` (or bare `SPEC`, named after itself) model flag.
+    pub fn add_model_flag(&mut self, flag: &str) -> Result<(), String> {
+        let (name, spec) = parse_model_flag(flag)?;
+        let entry = self.models.entry(name).or_default();
+        entry.spec = spec;
+        Ok(())
+    }
+}
+
+/// Splits `NAME=SPEC`; a flag without `=` names the model after its spec.
+pub fn parse_model_flag(flag: &str) -> Result<(String, String), String> {
+    let (name, spec) = match flag.split_once('=') {
+        Some((name, spec)) => (name.trim(), spec.trim()),
+        None => (flag.trim(), flag.trim()),
+    };
+    if name.is_empty() || spec.is_empty() {
+        return Err(format!(
+            "`--model {flag}`: expected NAME=SPEC, e.g. `--model tiny=./tiny.gguf`"
+        ));
+    }
+    Ok((name.to_string(), spec.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_engine_and_model_sections() {
+        let mut settings = EngineSettings::default();
+        settings
+            .apply_config_text(
+                "default_backend = \"x\"\n[engine]\nkeep_alive_secs = 0\nqueue_depth = 3\n\
+                 [models.tiny]\npath = \"./t.gguf\"\nbackend = \"llama-cpp\"\npinned = true\n",
+            )
+            .expect("valid");
+        assert_eq!(settings.keep_alive, None);
+        assert_eq!(settings.queue_depth, 3);
+        let tiny = &settings.models["tiny"];
+        assert_eq!(tiny.spec, "./t.gguf");
+        assert_eq!(tiny.backend.as_deref(), Some("llama-cpp"));
+        assert!(tiny.pinned);
+    }
+
+    #[test]
+    fn unknown_engine_key_is_an_error() {
+        let err = EngineSettings::default()
+            .apply_config_text("[engine]\nkeepalive = 3\n")
+            .expect_err("unknown key");
+        assert!(err.contains("keepalive"), "{err}");
+    }
+
+    #[test]
+    fn model_flags() {
+        assert_eq!(
+            parse_model_flag("a=./x.gguf").expect("ok"),
+            ("a".into(), "./x.gguf".into())
+        );
+        assert_eq!(
+            parse_model_flag("org/repo:Q4_K_M").expect("ok"),
+            ("org/repo:Q4_K_M".into(), "org/repo:Q4_K_M".into())
+        );
+        assert!(parse_model_flag("=x").is_err());
+        assert!(parse_model_flag("a=").is_err());
+    }
+}

@@ -1,0 +1,256 @@
+//! Chat templates, rendered by the host so every backend formats chats the same way.
+//!
+//! The template comes from the model: `chat_template` in a Hugging Face folder's
+//! tokenizer_config.json, or `tokenizer.chat_template` in a GGUF (the backend reports it in
+//! [`crate::plugins::ModelMetadata::chat_template`]). It is rendered with minijinja plus
+//! Python string methods (`.strip()`, `.startswith()`, ...), with the variables transformers
+//! passes: `messages`, `add_generation_prompt`, `bos_token`, `eos_token`, and a
+//! `raise_exception(msg)` function.
+//!
+//! Fallback: a model without a template is prompted with ChatML
+//! (`<|im_start|>role\ncontent<|im_end|>\n` ... `<|im_start|>assistant\n`), and `<|im_end|>`
+//! becomes a stop sequence, so the answer ends where ChatML would end it.
+
+use minijinja::{Environment, ErrorKind};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+/// One chat message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChatMessage {
+    pub role: String,
+    pub content: String,
+}
+
+impl ChatMessage {
+    pub fn new(role: impl Into<String>, content: impl Into<String>) -> Self {
+        ChatMessage {
+            role: role.into(),
+            content: content.into(),
+        }
+    }
+}
+
+/// The fallback template (ChatML).
+pub const CHATML_TEMPLATE: &str = "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}";
+/// The stop sequence that goes with the fallback template.
+pub const CHATML_STOP: &str = "<|im_end|>";
+
+const NAME: &str = "chat";
+
+/// A compiled chat template with the model's special-token texts.
+pub struct ChatTemplate {
+    env: Environment<'static>,
+    source: String,
+    bos_token: String,
+    eos_token: String,
+    is_fallback: bool,
+}
+
+impl std::fmt::Debug for ChatTemplate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChatTemplate")
+            .field("is_fallback", &self.is_fallback)
+            .field("bos_token", &self.bos_token)
+            .field("eos_token", &self.eos_token)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ChatTemplate {
+    /// Compiles `source`; the error says where the syntax is wrong.
+    pub fn new(source: &str, bos_token: &str, eos_token: &str) -> Result<Self, String> {
+        Self::build(source, bos_token, eos_token, false)
+    }
+
+    /// The ChatML fallback.
+    pub fn fallback(bos_token: &str, eos_token: &str) -> Self {
+        Self::build(CHATML_TEMPLATE, bos_token, eos_token, true)
+            .unwrap_or_else(|err| unreachable!("the built-in template compiles: {err}"))
+    }
+
+    fn build(source: &str, bos: &str, eos: &str, is_fallback: bool) -> Result<Self, String> {
+        let mut env = Environment::new();
+        env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+        env.add_function("raise_exception", raise_exception);
+        env.add_function("strftime_now", strftime_now);
+        env.add_template_owned(NAME, source.to_string())
+            .map_err(|err| err.to_string())?;
+        Ok(ChatTemplate {
+            env,
+            source: source.to_string(),
+            bos_token: bos.to_string(),
+            eos_token: eos.to_string(),
+            is_fallback,
+        })
+    }
+
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    pub fn is_fallback(&self) -> bool {
+        self.is_fallback
+    }
+
+    /// Stop sequences this template implies (ChatML's end marker for the fallback).
+    pub fn stop_sequences(&self) -> Vec<String> {
+        if self.is_fallback {
+            vec![CHATML_STOP.to_string()]
+        } else {
+            Vec::new()
+        }
+    }
+
+    /// Renders the conversation, ending with the assistant's turn opened when
+    /// `add_generation_prompt`.
+    pub fn render(
+        &self,
+        messages: &[ChatMessage],
+        add_generation_prompt: bool,
+    ) -> Result<String, String> {
+        let template = self.env.get_template(NAME).map_err(|err| err.to_string())?;
+        template
+            .render(minijinja::context! {
+                messages => messages,
+                add_generation_prompt => add_generation_prompt,
+                bos_token => &self.bos_token,
+                eos_token => &self.eos_token,
+            })
+            .map_err(|err| describe(&err))
+    }
+}
+
+fn describe(err: &minijinja::Error) -> String {
+    match err.kind() {
+        ErrorKind::InvalidOperation => err.detail().unwrap_or("invalid operation").to_string(),
+        _ => err.to_string(),
+    }
+}
+
+/// `raise_exception("...")` in templates (e.g. "roles must alternate").
+fn raise_exception(message: String) -> Result<String, minijinja::Error> {
+    Err(minijinja::Error::new(ErrorKind::InvalidOperation, message))
+}
+
+/// `strftime_now(format)`, which some templates use for today's date.
+fn strftime_now(format: String) -> String {
+    chrono::Local::now().format(&format).to_string()
+}
+
+/// The template, BOS and EOS texts a Hugging Face folder's tokenizer_config.json holds.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TokenizerConfig {
+    pub chat_template: Option<String>,
+    pub bos_token: Option<String>,
+    pub eos_token: Option<String>,
+}
+
+/// Reads `dir/tokenizer_config.json` (absent or unreadable: all `None`).
+pub fn read_tokenizer_config(dir: &Path) -> TokenizerConfig {
+    let Ok(text) = std::fs::read_to_string(dir.join("tokenizer_config.json")) else {
+        return TokenizerConfig::default();
+    };
+    let Ok(json) = serde_json::from_str::<serde_json::Value>(&text) else {
+        tracing::warn!("{}/tokenizer_config.json is not valid JSON", dir.display());
+        return TokenizerConfig::default();
+    };
+    TokenizerConfig {
+        chat_template: template_of(json.get("chat_template")),
+        bos_token: token_text(json.get("bos_token")),
+        eos_token: token_text(json.get("eos_token")),
+    }
+}
+
+/// `chat_template` is a string, or a list of `{name, template}` of which `default` is used.
+fn template_of(value: Option<&serde_json::Value>) -> Option<String> {
+    match value? {
+        serde_json::Value::String(s) => Some(s.clone()),
+        serde_json::Value::Array(list) => {
+            let named = |name: &str| {
+                list.iter()
+                    .find(|t| t.get("name").and_then(|n| n.as_str()) == Some(name))
+            };
+            named("default")
+                .or_else(|| list.first())
+                .and_then(|t| t.get("template"))
+                .and_then(|t| t.as_str())
+                .map(str::to_string)
+        }
+        _ => None,
+    }
+}
+
+/// A special token is a string or `{"content": "..."}`.
+fn token_text(value: Option<&serde_json::Value>) -> Option<String> {
+    match value? {
+        serde_json::Value::String(s) => Some(s.clone()),
+        other => other.get("content")?.as_str().map(str::to_string),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chat() -> Vec<ChatMessage> {
+        vec![
+            ChatMessage::new("system", "Be brief."),
+            ChatMessage::new("user", "Hi"),
+        ]
+    }
+
+    #[test]
+    fn fallback_is_chatml() {
+        let t = ChatTemplate::fallback("<s>", "</s>");
+        let text = t.render(&chat(), true).expect("renders");
+        assert_eq!(
+            text,
+            "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+        );
+        assert_eq!(t.stop_sequences(), vec![CHATML_STOP.to_string()]);
+    }
+
+    #[test]
+    fn renders_a_llama_style_template_with_python_methods() {
+        let source = "{{ bos_token }}{% for m in messages %}{% if m['role'] == 'user' %}[INST] {{ m['content'].strip() }} [/INST]{% elif m['role'] == 'system' %}<<SYS>>{{ m['content'] | trim }}<</SYS>>{% endif %}{% endfor %}";
+        let t = ChatTemplate::new(source, "<s>", "</s>").expect("compiles");
+        let messages = vec![
+            ChatMessage::new("system", " Be brief. "),
+            ChatMessage::new("user", "  Hi  "),
+        ];
+        assert_eq!(
+            t.render(&messages, true).expect("renders"),
+            "<s><<SYS>>Be brief.<</SYS>>[INST] Hi [/INST]"
+        );
+        assert!(t.stop_sequences().is_empty());
+    }
+
+    #[test]
+    fn raise_exception_reports_the_templates_message() {
+        let source = "{% if messages[0]['role'] != 'user' %}{{ raise_exception('Conversation must start with user') }}{% endif %}";
+        let t = ChatTemplate::new(source, "", "").expect("compiles");
+        let err = t.render(&chat(), true).expect_err("raises");
+        assert!(err.contains("Conversation must start with user"), "{err}");
+    }
+
+    #[test]
+    fn syntax_errors_are_reported_at_compile_time() {
+        assert!(ChatTemplate::new("{% for %}", "", "").is_err());
+    }
+
+    #[test]
+    fn reads_tokenizer_config_forms() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::write(
+            dir.path().join("tokenizer_config.json"),
+            r#"{"chat_template":[{"name":"tool_use","template":"T"},{"name":"default","template":"D"}],
+                "bos_token":{"content":"<s>"},"eos_token":"</s>"}"#,
+        )
+        .expect("write");
+        let config = read_tokenizer_config(dir.path());
+        assert_eq!(config.chat_template.as_deref(), Some("D"));
+        assert_eq!(config.bos_token.as_deref(), Some("<s>"));
+        assert_eq!(config.eos_token.as_deref(), Some("</s>"));
+    }
+}

@@ -1,0 +1,86 @@
+//! Router errors: each maps to an HTTP status and a JSON body a client can act on.
+
+use axum::{
+    http::StatusCode,
+    response::{IntoResponse, Response},
+    Json,
+};
+use serde_json::json;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RouterError {
+    #[error("invalid or missing join token")]
+    BadJoinToken,
+    #[error("invalid or missing admin key (send `Authorization: Bearer KEY`)")]
+    BadAdminKey,
+    #[error("the admin API is off: start the router with --admin-key KEY")]
+    AdminDisabled,
+    #[error("invalid or missing API key (send `Authorization: Bearer KEY`)")]
+    BadApiKey,
+    #[error("invalid registration: {0}")]
+    BadRegistration(String),
+    #[error("unknown node `{0}`: register it first")]
+    UnknownNode(String),
+    #[error("model `{0}` is not served by any registered node")]
+    UnknownModel(String),
+    #[error("no healthy node can serve {0} right now; retry later")]
+    NoNode(String),
+    #[error("every node that serves {what} failed: {last}")]
+    AllNodesFailed { what: String, last: String },
+    #[error("routing loop: a node's advertised address leads back to a router")]
+    Loop,
+    #[error("request body too large (limit {0} bytes)")]
+    TooLarge(usize),
+    #[error("database error: {0}")]
+    Database(#[from] rusqlite::Error),
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl RouterError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            RouterError::BadJoinToken | RouterError::BadAdminKey | RouterError::BadApiKey => {
+                StatusCode::UNAUTHORIZED
+            }
+            RouterError::AdminDisabled => StatusCode::FORBIDDEN,
+            RouterError::BadRegistration(_) => StatusCode::BAD_REQUEST,
+            RouterError::UnknownNode(_) | RouterError::UnknownModel(_) => StatusCode::NOT_FOUND,
+            RouterError::NoNode(_) => StatusCode::SERVICE_UNAVAILABLE,
+            // Every candidate refused or failed: to the client, no node is available.
+            RouterError::AllNodesFailed { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            RouterError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            RouterError::Loop => StatusCode::LOOP_DETECTED,
+            RouterError::Database(_) | RouterError::Internal(_) => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
+        }
+    }
+
+    fn kind(&self) -> &'static str {
+        match self {
+            RouterError::BadJoinToken
+            | RouterError::BadAdminKey
+            | RouterError::BadApiKey
+            | RouterError::AdminDisabled => "authentication_error",
+            RouterError::UnknownNode(_) | RouterError::UnknownModel(_) => "not_found_error",
+            RouterError::NoNode(_) | RouterError::AllNodesFailed { .. } => "unavailable_error",
+            RouterError::Database(_) | RouterError::Internal(_) => "server_error",
+            _ => "invalid_request_error",
+        }
+    }
+}
+
+impl IntoResponse for RouterError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        if status.is_server_error() {
+            tracing::warn!("router: {self}");
+        }
+        // OpenAI's error shape (`error.message`); Ollama clients show the whole `error`.
+        let body = json!({ "error": { "message": self.to_string(), "type": self.kind() } });
+        (status, Json(body)).into_response()
+    }
+}
+
+pub type Result<T> = std::result::Result<T, RouterError>;

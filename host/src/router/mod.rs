@@ -1,0 +1,194 @@
+//! `llmlocal router`: many `llmlocal serve` nodes behind one OpenAI/Ollama endpoint.
+//!
+//! Nodes register with a join token ([`node_agent`] is their side) and send heartbeats
+//! with their load; a monitor marks silent nodes offline and probes their `/health`.
+//! Requests to `/v1/*` and `/api/*` go to a healthy node serving the requested model,
+//! chosen by [`Strategy`], with failover before the first response byte ([`proxy`]).
+//! Nodes and request history live in SQLite ([`store`]); `/dashboard` shows them live.
+
+mod api;
+mod auth;
+mod dashboard;
+mod error;
+mod history;
+mod models;
+mod monitor;
+pub mod node_agent;
+mod nodes;
+mod proxy;
+pub mod serve_join;
+mod settings;
+mod store;
+mod stream;
+pub mod types;
+mod validate;
+
+pub use error::RouterError;
+pub use settings::{RouterSettings, Strategy};
+pub use store::{Retention, Store};
+
+use axum::{
+    routing::{delete, get, post},
+    Router,
+};
+use history::History;
+use nodes::{Change, Nodes};
+use std::{future::Future, sync::Arc};
+use tokio::net::TcpListener;
+
+/// Settings key of the generated join token.
+const JOIN_TOKEN_KEY: &str = "join_token";
+
+/// What every handler shares.
+#[derive(Clone)]
+pub struct RouterState {
+    inner: Arc<Inner>,
+}
+
+pub struct Inner {
+    settings: RouterSettings,
+    join_token: String,
+    nodes: Nodes,
+    store: Store,
+    history: History,
+    client: reqwest::Client,
+    /// Cancelled when the server shuts down: ends the dashboards' sockets, which graceful
+    /// shutdown does not wait for (upgraded connections are not tracked).
+    closing: tokio_util::sync::CancellationToken,
+}
+
+impl std::ops::Deref for RouterState {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.inner
+    }
+}
+
+/// The join token in use and whether it was just generated (print it once).
+#[derive(Debug, Clone)]
+pub struct JoinToken {
+    pub token: String,
+    pub generated: bool,
+}
+
+impl RouterState {
+    /// Opens the database, restores nodes, settles the join token.
+    pub fn open(settings: RouterSettings) -> Result<(Self, JoinToken), RouterError> {
+        let store = match &settings.db_path {
+            Some(path) => Store::open(path)?,
+            None => Store::in_memory()?,
+        };
+        let join = join_token(&settings, &store)?;
+        let nodes = Nodes::default();
+        nodes.restore(store.nodes()?);
+        let history = History::start(store.clone(), settings.retention);
+        let client = reqwest::Client::builder()
+            .connect_timeout(settings.connect_timeout)
+            .tcp_nodelay(true)
+            .pool_max_idle_per_host(512)
+            .http1_only()
+            .build()
+            .map_err(|err| RouterError::Internal(format!("cannot build the HTTP client: {err}")))?;
+        let inner = Inner {
+            settings,
+            join_token: join.token.clone(),
+            nodes,
+            store,
+            history,
+            client,
+            closing: tokio_util::sync::CancellationToken::new(),
+        };
+        Ok((
+            Self {
+                inner: Arc::new(inner),
+            },
+            join,
+        ))
+    }
+
+    /// Saves a node status change (rare: registration, online/offline, drain).
+    fn persist(&self, change: Change) {
+        let stored = change.stored;
+        tracing::info!(
+            "router: node {} is {}{}",
+            stored.registration.node_id,
+            stored.status.as_str(),
+            if stored.drained { " (drained)" } else { "" }
+        );
+        if let Err(err) = self.store.upsert_node(&stored) {
+            tracing::warn!(
+                "router db: cannot save node {}: {err}",
+                stored.registration.node_id
+            );
+        }
+    }
+
+    pub fn settings(&self) -> &RouterSettings {
+        &self.settings
+    }
+}
+
+/// The explicit token, else the stored one, else a new random one (stored).
+fn join_token(settings: &RouterSettings, store: &Store) -> Result<JoinToken, RouterError> {
+    if let Some(token) = settings.join_token.clone().filter(|t| !t.is_empty()) {
+        return Ok(JoinToken {
+            token,
+            generated: false,
+        });
+    }
+    if let Some(token) = store.setting(JOIN_TOKEN_KEY)? {
+        return Ok(JoinToken {
+            token,
+            generated: false,
+        });
+    }
+    let token = auth::generate_token();
+    store.set_setting(JOIN_TOKEN_KEY, &token)?;
+    Ok(JoinToken {
+        token,
+        generated: true,
+    })
+}
+
+/// The router's routes; anything else under `/v1/` and `/api/` is proxied.
+pub fn app(state: RouterState) -> Router {
+    Router::new()
+        .route("/api/nodes/register", post(api::register))
+        .route("/api/nodes/{id}/heartbeat", post(api::heartbeat))
+        .route("/api/nodes", get(api::list_nodes))
+        .route(
+            "/api/nodes/{id}",
+            delete(api::remove_node).get(api::get_node),
+        )
+        .route(
+            "/api/nodes/{id}/drain",
+            post(api::drain).delete(api::undrain),
+        )
+        .route("/admin/requests", get(api::requests))
+        .route("/v1/models", get(models::openai_models))
+        .route("/api/tags", get(models::ollama_tags))
+        .route("/health", get(api::health))
+        .route("/dashboard", get(dashboard::page))
+        .route("/dashboard/ws", get(dashboard::socket))
+        .fallback(api::proxy)
+        .with_state(state)
+}
+
+/// Serves until `shutdown` completes; the monitor runs alongside.
+pub async fn serve(
+    listener: TcpListener,
+    state: RouterState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let monitor = tokio::spawn(monitor::run(state.clone()));
+    let closing = state.closing.clone();
+    let shutdown = async move {
+        shutdown.await;
+        closing.cancel();
+    };
+    let result = axum::serve(listener, app(state))
+        .with_graceful_shutdown(shutdown)
+        .await;
+    monitor.abort();
+    result
+}

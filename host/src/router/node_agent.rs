@@ -1,0 +1,262 @@
+//! The node side of the router: registers this node with a router and sends heartbeats
+//! with its load until the returned future is dropped. Re-registers when the router
+//! answers 404/401 to a heartbeat (it forgot the node: new database, removed) and keeps
+//! retrying, with backoff, while the router is unreachable (e.g. restarting).
+
+use super::types::{Heartbeat, RegisterReply, Registration};
+use std::{sync::Mutex, time::Duration};
+use sysinfo::{MemoryRefreshKind, RefreshKind, System};
+
+/// Where and how to join.
+#[derive(Debug, Clone)]
+pub struct NodeAgentConfig {
+    /// Router base URL, e.g. `http://10.0.0.1:11500`.
+    pub router_url: String,
+    pub join_token: String,
+    /// This node's id (1-64 of `A-Z a-z 0-9 . _ -`); see [`NodeAgentConfig::new`].
+    pub node_id: String,
+    /// The URL the router should use to reach this node's API.
+    pub advertise_url: String,
+    /// Used until the router says otherwise in its registration reply.
+    pub heartbeat_interval: Duration,
+    pub version: String,
+    pub backends: Vec<String>,
+    pub devices: Vec<String>,
+    /// Requests this node runs at once (0 = unknown).
+    pub capacity: u32,
+}
+
+impl NodeAgentConfig {
+    /// A config whose node id is derived from the advertised address (`host-port`).
+    pub fn new(router_url: &str, join_token: &str, advertise_url: &str) -> Self {
+        Self {
+            router_url: router_url.trim_end_matches('/').to_string(),
+            join_token: join_token.to_string(),
+            node_id: node_id_for(advertise_url),
+            advertise_url: advertise_url.trim_end_matches('/').to_string(),
+            heartbeat_interval: Duration::from_secs(10),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            backends: Vec::new(),
+            devices: Vec::new(),
+            capacity: 0,
+        }
+    }
+}
+
+/// `http://127.0.0.1:8080` -> `127.0.0.1-8080`.
+pub fn node_id_for(url: &str) -> String {
+    let hostport = url
+        .split_once("://")
+        .map_or(url, |(_, rest)| rest)
+        .split('/')
+        .next()
+        .unwrap_or("");
+    let id: String = hostport
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' || c == '_' || c == '-' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect::<String>()
+        .trim_matches('-')
+        .chars()
+        .take(64)
+        .collect();
+    if id.is_empty() {
+        "node".to_string()
+    } else {
+        id
+    }
+}
+
+/// What the server knows about its own load; the agent adds CPU and memory itself.
+#[derive(Debug, Clone, Default)]
+pub struct NodeStatus {
+    pub active_requests: u32,
+    pub queued_requests: u32,
+    pub tokens_per_second: f32,
+    pub models_available: Vec<String>,
+    pub models_loaded: Vec<String>,
+    pub gpu_percent: Option<f32>,
+}
+
+/// Registers, then heartbeats forever (cancel by dropping the future or aborting its task).
+pub async fn run_node_agent(
+    cfg: NodeAgentConfig,
+    status: impl Fn() -> NodeStatus + Send + Sync + 'static,
+) {
+    let client = match reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+    {
+        Ok(client) => client,
+        Err(err) => {
+            tracing::error!("node agent: cannot build an HTTP client: {err}; not joining");
+            return;
+        }
+    };
+    let sampler = Sampler::new();
+    let mut interval = cfg.heartbeat_interval;
+    loop {
+        interval = register_until_done(&client, &cfg, &status, interval).await;
+        heartbeat_until_forgotten(&client, &cfg, &status, &sampler, interval).await;
+    }
+}
+
+async fn register_until_done(
+    client: &reqwest::Client,
+    cfg: &NodeAgentConfig,
+    status: &impl Fn() -> NodeStatus,
+    interval: Duration,
+) -> Duration {
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        match register(client, cfg, &status()).await {
+            Ok(reply) => {
+                tracing::info!("node agent: joined {} as {}", cfg.router_url, reply.node_id);
+                return Duration::from_millis(reply.heartbeat_interval_ms.max(50));
+            }
+            Err(Fatal(message)) => tracing::error!("node agent: {message}"),
+            Err(Retry(message)) => tracing::warn!("node agent: {message}; retrying"),
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(interval.max(Duration::from_secs(1)));
+    }
+}
+
+/// Returns when the router no longer knows this node.
+async fn heartbeat_until_forgotten(
+    client: &reqwest::Client,
+    cfg: &NodeAgentConfig,
+    status: &impl Fn() -> NodeStatus,
+    sampler: &Sampler,
+    interval: Duration,
+) {
+    let url = format!("{}/api/nodes/{}/heartbeat", cfg.router_url, cfg.node_id);
+    loop {
+        tokio::time::sleep(interval).await;
+        let beat = sampler.heartbeat(status());
+        let body = match serde_json::to_vec(&beat) {
+            Ok(body) => body,
+            Err(err) => {
+                tracing::error!("node agent: cannot encode a heartbeat: {err}");
+                continue;
+            }
+        };
+        let sent = client
+            .post(&url)
+            .bearer_auth(&cfg.join_token)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await;
+        match sent {
+            Ok(resp) if resp.status().is_success() => {}
+            Ok(resp) if matches!(resp.status().as_u16(), 401 | 404) => {
+                tracing::warn!(
+                    "node agent: router answered {}; registering again",
+                    resp.status()
+                );
+                return;
+            }
+            Ok(resp) => tracing::warn!("node agent: heartbeat answered {}", resp.status()),
+            // Router down or restarting: keep the same id; the next beat may get through.
+            Err(err) => tracing::debug!("node agent: heartbeat failed: {err}"),
+        }
+    }
+}
+
+enum Failure {
+    /// Wrong token or a rejected registration: retrying will not help until the
+    /// operator fixes it, but the router may be reconfigured, so we still retry slowly.
+    Fatal(String),
+    Retry(String),
+}
+use Failure::{Fatal, Retry};
+
+async fn register(
+    client: &reqwest::Client,
+    cfg: &NodeAgentConfig,
+    status: &NodeStatus,
+) -> Result<RegisterReply, Failure> {
+    let registration = Registration {
+        node_id: cfg.node_id.clone(),
+        url: cfg.advertise_url.clone(),
+        version: cfg.version.clone(),
+        backends: cfg.backends.clone(),
+        devices: cfg.devices.clone(),
+        models_available: status.models_available.clone(),
+        models_loaded: status.models_loaded.clone(),
+        capacity: cfg.capacity,
+    };
+    let body = serde_json::to_vec(&registration).map_err(|e| Fatal(e.to_string()))?;
+    let resp = client
+        .post(format!("{}/api/nodes/register", cfg.router_url))
+        .bearer_auth(&cfg.join_token)
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .map_err(|err| Retry(format!("cannot reach router {}: {err}", cfg.router_url)))?;
+    let code = resp.status();
+    let bytes = resp.bytes().await.map_err(|e| Retry(e.to_string()))?;
+    if !code.is_success() {
+        let text = String::from_utf8_lossy(&bytes);
+        let message = format!("router refused registration ({code}): {text}");
+        return Err(if code.is_client_error() {
+            Fatal(message)
+        } else {
+            Retry(message)
+        });
+    }
+    serde_json::from_slice(&bytes).map_err(|err| Retry(format!("bad registration reply: {err}")))
+}
+
+/// CPU and memory of this machine.
+struct Sampler {
+    system: Mutex<System>,
+}
+
+impl Sampler {
+    fn new() -> Self {
+        let kind = RefreshKind::nothing()
+            .with_cpu(sysinfo::CpuRefreshKind::nothing().with_cpu_usage())
+            .with_memory(MemoryRefreshKind::nothing().with_ram());
+        Self {
+            system: Mutex::new(System::new_with_specifics(kind)),
+        }
+    }
+
+    fn heartbeat(&self, status: NodeStatus) -> Heartbeat {
+        let mut system = self.system.lock().unwrap_or_else(|p| p.into_inner());
+        // CPU use is measured between two refreshes: the previous heartbeat and now.
+        system.refresh_cpu_usage();
+        system.refresh_memory();
+        Heartbeat {
+            cpu_percent: system.global_cpu_usage(),
+            memory_used_bytes: system.used_memory(),
+            memory_total_bytes: system.total_memory(),
+            gpu_percent: status.gpu_percent,
+            active_requests: status.active_requests,
+            queued_requests: status.queued_requests,
+            tokens_per_second: status.tokens_per_second,
+            models_loaded: status.models_loaded,
+            models_available: Some(status.models_available),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn derives_node_ids() {
+        assert_eq!(node_id_for("http://127.0.0.1:8080/"), "127.0.0.1-8080");
+        assert_eq!(node_id_for("https://[::1]:9"), "1--9");
+        assert_eq!(node_id_for(""), "node");
+    }
+}

@@ -1,0 +1,377 @@
+//! The live node table: registration, heartbeats, status changes and node choice.
+
+use super::{
+    settings::Strategy,
+    store::StoredNode,
+    types::{Heartbeat, NodeState, NodeView, Registration},
+};
+use std::{
+    collections::BTreeMap,
+    sync::{
+        atomic::{AtomicU32, AtomicUsize, Ordering},
+        Arc, RwLock, RwLockReadGuard, RwLockWriteGuard,
+    },
+    time::Instant,
+};
+
+/// One node as the router tracks it.
+#[derive(Debug, Clone)]
+struct Node {
+    registration: Registration,
+    url: String,
+    status: NodeState,
+    drained: bool,
+    load: Heartbeat,
+    last_seen: Option<Instant>,
+    registered_at_ms: i64,
+    /// Requests the router has in flight there (its own count, fresher than heartbeats).
+    inflight: Arc<AtomicU32>,
+}
+
+impl Node {
+    fn serves(&self, model: &str) -> bool {
+        self.registration
+            .models_available
+            .iter()
+            .any(|m| m == model)
+            || self.load.models_loaded.iter().any(|m| m == model)
+    }
+
+    fn has_loaded(&self, model: &str) -> bool {
+        self.load.models_loaded.iter().any(|m| m == model)
+    }
+
+    fn takes_requests(&self) -> bool {
+        self.status == NodeState::Online && !self.drained
+    }
+
+    /// Lower is better: requests waiting or running, then CPU.
+    fn load_key(&self) -> (u32, u32) {
+        let reported = self.load.active_requests + self.load.queued_requests;
+        let ours = self.inflight.load(Ordering::Relaxed);
+        // The router's own count is exact for its traffic; the report adds other clients'.
+        let requests = ours.max(reported);
+        (requests, (self.load.cpu_percent.max(0.0) * 10.0) as u32)
+    }
+
+    fn view(&self) -> NodeView {
+        let status = match (self.status, self.drained) {
+            (NodeState::Online, true) => NodeState::Draining,
+            (status, _) => status,
+        };
+        NodeView {
+            node_id: self.registration.node_id.clone(),
+            url: self.url.clone(),
+            status,
+            version: self.registration.version.clone(),
+            backends: self.registration.backends.clone(),
+            devices: self.registration.devices.clone(),
+            models_available: self.registration.models_available.clone(),
+            models_loaded: self.load.models_loaded.clone(),
+            capacity: self.registration.capacity,
+            load: self.load.clone(),
+            inflight: self.inflight.load(Ordering::Relaxed),
+            last_seen_ms_ago: self.last_seen.map(|t| t.elapsed().as_millis() as u64),
+            registered_at_ms: self.registered_at_ms,
+        }
+    }
+
+    fn stored(&self, now_ms: i64) -> StoredNode {
+        StoredNode {
+            registration: self.registration.clone(),
+            url: self.url.clone(),
+            status: self.status,
+            drained: self.drained,
+            registered_at_ms: self.registered_at_ms,
+            last_seen_ms: self.last_seen.map(|_| now_ms),
+        }
+    }
+}
+
+/// A node picked for a request: where to send it and the in-flight counter to hold.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub node_id: String,
+    pub url: String,
+    pub inflight: Arc<AtomicU32>,
+}
+
+/// What a model lookup found.
+pub enum Pick {
+    /// Healthy nodes, best first.
+    Nodes(Vec<Target>),
+    /// Some node knows the model but none can take requests now.
+    NoneHealthy,
+    /// No registered node lists the model.
+    UnknownModel,
+}
+
+/// A status change worth persisting and logging.
+#[derive(Debug, Clone)]
+pub struct Change {
+    pub stored: StoredNode,
+}
+
+#[derive(Default)]
+pub struct Nodes {
+    map: RwLock<BTreeMap<String, Node>>,
+    next: AtomicUsize,
+}
+
+impl Nodes {
+    fn read(&self) -> RwLockReadGuard<'_, BTreeMap<String, Node>> {
+        self.map.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, BTreeMap<String, Node>> {
+        self.map.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Loads nodes from the database after a restart: offline until heard from.
+    pub fn restore(&self, stored: Vec<StoredNode>) {
+        let mut map = self.write();
+        for s in stored {
+            let load = Heartbeat {
+                models_loaded: s.registration.models_loaded.clone(),
+                ..Heartbeat::default()
+            };
+            map.insert(
+                s.registration.node_id.clone(),
+                Node {
+                    url: s.url,
+                    status: NodeState::Offline,
+                    drained: s.drained,
+                    load,
+                    last_seen: None,
+                    registered_at_ms: s.registered_at_ms,
+                    inflight: Arc::default(),
+                    registration: s.registration,
+                },
+            );
+        }
+    }
+
+    /// Adds or refreshes a node; it is online from now on (a drain survives re-registering).
+    pub fn register(&self, registration: Registration, url: String, now_ms: i64) -> Change {
+        let mut map = self.write();
+        let id = registration.node_id.clone();
+        let load = Heartbeat {
+            models_loaded: registration.models_loaded.clone(),
+            ..Heartbeat::default()
+        };
+        let node = match map.remove(&id) {
+            Some(old) => Node {
+                registration,
+                url,
+                status: NodeState::Online,
+                load,
+                last_seen: Some(Instant::now()),
+                ..old
+            },
+            None => Node {
+                registration,
+                url,
+                status: NodeState::Online,
+                drained: false,
+                load,
+                last_seen: Some(Instant::now()),
+                registered_at_ms: now_ms,
+                inflight: Arc::default(),
+            },
+        };
+        let change = Change {
+            stored: node.stored(now_ms),
+        };
+        map.insert(id, node);
+        change
+    }
+
+    /// Records a heartbeat. `None`: unknown node. `Some(Some(change))`: it came back online.
+    pub fn heartbeat(&self, id: &str, beat: Heartbeat, now_ms: i64) -> Option<Option<Change>> {
+        let mut map = self.write();
+        let node = map.get_mut(id)?;
+        if let Some(models) = &beat.models_available {
+            node.registration.models_available = models.clone();
+        }
+        node.load = beat;
+        Some(mark_seen(node, now_ms))
+    }
+
+    /// A successful `/health` probe counts as hearing from the node.
+    pub fn probe_ok(&self, id: &str, now_ms: i64) -> Option<Change> {
+        let mut map = self.write();
+        mark_seen(map.get_mut(id)?, now_ms)
+    }
+
+    /// Marks a node offline (missed heartbeats, failed probe or refused connection).
+    pub fn mark_offline(&self, id: &str, now_ms: i64) -> Option<Change> {
+        let mut map = self.write();
+        let node = map.get_mut(id)?;
+        if node.status == NodeState::Offline {
+            return None;
+        }
+        node.status = NodeState::Offline;
+        Some(Change {
+            stored: node.stored(now_ms),
+        })
+    }
+
+    pub fn set_drained(&self, id: &str, drained: bool, now_ms: i64) -> Option<Change> {
+        let mut map = self.write();
+        let node = map.get_mut(id)?;
+        node.drained = drained;
+        Some(Change {
+            stored: node.stored(now_ms),
+        })
+    }
+
+    pub fn remove(&self, id: &str) -> bool {
+        self.write().remove(id).is_some()
+    }
+
+    /// Nodes to check: (id, url, time since last heard, currently offline).
+    pub fn silent_since(&self) -> Vec<(String, String, Option<std::time::Duration>, bool)> {
+        self.read()
+            .values()
+            .map(|n| {
+                (
+                    n.registration.node_id.clone(),
+                    n.url.clone(),
+                    n.last_seen.map(|t| t.elapsed()),
+                    n.status == NodeState::Offline,
+                )
+            })
+            .collect()
+    }
+
+    pub fn views(&self) -> Vec<NodeView> {
+        self.read().values().map(Node::view).collect()
+    }
+
+    pub fn view(&self, id: &str) -> Option<NodeView> {
+        self.read().get(id).map(Node::view)
+    }
+
+    /// Healthy nodes for a request without a model (e.g. `/api/version`), best first.
+    pub fn any(&self, strategy: Strategy) -> Vec<Target> {
+        let map = self.read();
+        let nodes: Vec<&Node> = map.values().filter(|n| n.takes_requests()).collect();
+        self.order(nodes, strategy, None)
+    }
+
+    /// Healthy nodes that serve `model`, in the order to try them.
+    pub fn pick(&self, model: &str, strategy: Strategy) -> Pick {
+        let map = self.read();
+        let serving: Vec<&Node> = map.values().filter(|n| n.serves(model)).collect();
+        if serving.is_empty() {
+            return Pick::UnknownModel;
+        }
+        let healthy: Vec<&Node> = serving.into_iter().filter(|n| n.takes_requests()).collect();
+        if healthy.is_empty() {
+            return Pick::NoneHealthy;
+        }
+        Pick::Nodes(self.order(healthy, strategy, Some(model)))
+    }
+
+    /// Orders candidates by strategy; the rest follow as failover choices.
+    fn order(&self, mut nodes: Vec<&Node>, strategy: Strategy, model: Option<&str>) -> Vec<Target> {
+        if nodes.is_empty() {
+            return Vec::new();
+        }
+        // Rotate first so that ties (and round-robin) spread over the nodes.
+        let start = self.next.fetch_add(1, Ordering::Relaxed) % nodes.len();
+        nodes.rotate_left(start);
+        match strategy {
+            Strategy::RoundRobin => {}
+            Strategy::LeastLoaded => nodes.sort_by_key(|n| n.load_key()),
+            Strategy::PreferLoaded => {
+                let loaded = |n: &Node| model.is_some_and(|m| n.has_loaded(m));
+                nodes.sort_by_key(|n| (!loaded(n), n.load_key()));
+            }
+        }
+        nodes
+            .into_iter()
+            .map(|n| Target {
+                node_id: n.registration.node_id.clone(),
+                url: n.url.clone(),
+                inflight: n.inflight.clone(),
+            })
+            .collect()
+    }
+}
+
+fn mark_seen(node: &mut Node, now_ms: i64) -> Option<Change> {
+    node.last_seen = Some(Instant::now());
+    if node.status == NodeState::Online {
+        return None;
+    }
+    node.status = NodeState::Online;
+    Some(Change {
+        stored: node.stored(now_ms),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reg(id: &str, models: &[&str], loaded: &[&str]) -> Registration {
+        Registration {
+            node_id: id.into(),
+            url: format!("http://127.0.0.1:1/{id}"),
+            version: String::new(),
+            backends: vec![],
+            devices: vec![],
+            models_available: models.iter().map(|s| s.to_string()).collect(),
+            models_loaded: loaded.iter().map(|s| s.to_string()).collect(),
+            capacity: 1,
+        }
+    }
+
+    fn first(nodes: &Nodes, model: &str, strategy: Strategy) -> String {
+        match nodes.pick(model, strategy) {
+            Pick::Nodes(t) => t[0].node_id.clone(),
+            _ => panic!("no node"),
+        }
+    }
+
+    #[test]
+    fn strategies_pick_as_documented() {
+        let nodes = Nodes::default();
+        for (id, loaded) in [("a", vec![]), ("b", vec!["m"]), ("c", vec![])] {
+            let r = reg(id, &["m"], &loaded);
+            let url = r.url.clone();
+            nodes.register(r, url, 0);
+        }
+        let mut seen: Vec<String> = (0..3)
+            .map(|_| first(&nodes, "m", Strategy::RoundRobin))
+            .collect();
+        seen.sort();
+        assert_eq!(seen, ["a", "b", "c"]);
+        for _ in 0..3 {
+            assert_eq!(first(&nodes, "m", Strategy::PreferLoaded), "b");
+        }
+        let busy = Heartbeat {
+            active_requests: 3,
+            ..Heartbeat::default()
+        };
+        nodes.heartbeat("a", busy.clone(), 0);
+        nodes.heartbeat("b", busy, 0);
+        for _ in 0..3 {
+            assert_eq!(first(&nodes, "m", Strategy::LeastLoaded), "c");
+        }
+        nodes.set_drained("c", true, 0);
+        assert_ne!(first(&nodes, "m", Strategy::LeastLoaded), "c");
+        assert!(matches!(
+            nodes.pick("x", Strategy::RoundRobin),
+            Pick::UnknownModel
+        ));
+        for id in ["a", "b", "c"] {
+            nodes.mark_offline(id, 0);
+        }
+        assert!(matches!(
+            nodes.pick("m", Strategy::RoundRobin),
+            Pick::NoneHealthy
+        ));
+    }
+}

@@ -1,0 +1,215 @@
+//! Forwarding `/v1/*` and `/api/*` to nodes: model-aware node choice, failover before the
+//! first response byte, streaming pass-through after it.
+
+use super::{
+    error::RouterError,
+    history::now_ms,
+    nodes::{Pick, Target},
+    stream::{ErrorFlavor, Recorder, RelayStream},
+    RouterState,
+};
+use axum::{
+    body::{Body, Bytes},
+    http::{header, HeaderMap, HeaderName, Method, Response, StatusCode, Uri},
+};
+use std::{sync::atomic::Ordering, time::Instant};
+
+/// Headers that describe one hop, not the message (RFC 9110 §7.6.1), plus the ones the
+/// HTTP client sets itself.
+const HOP_HEADERS: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "host",
+    "content-length",
+];
+
+/// Set on every forwarded request: a router receiving it is talking to itself (a node
+/// advertised a router's address), and refuses instead of looping forever.
+pub const HOP_MARK: &str = "x-llmlocal-routed";
+
+/// The request as read from the client, ready to send to any node.
+pub struct Outgoing {
+    pub method: Method,
+    pub uri: Uri,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+    pub model: Option<String>,
+}
+
+/// The `model` (OpenAI, Ollama) or `name` (older Ollama) field of a JSON body.
+pub fn model_of(body: &[u8]) -> Option<String> {
+    if !body.trim_ascii_start().starts_with(b"{") {
+        return None;
+    }
+    #[derive(serde::Deserialize)]
+    struct Named {
+        model: Option<String>,
+        name: Option<String>,
+    }
+    let named: Named = serde_json::from_slice(body).ok()?;
+    named.model.or(named.name).filter(|m| !m.is_empty())
+}
+
+/// Sends the request to the best node, failing over to the next ones.
+pub async fn forward(state: &RouterState, req: Outgoing) -> Result<Response<Body>, RouterError> {
+    let started = Instant::now();
+    let ts_ms = now_ms();
+    let what = match &req.model {
+        Some(model) => format!("model `{model}`"),
+        None => "this request".to_string(),
+    };
+    let strategy = state.settings.strategy;
+    let mut recorder = Recorder::new(state.history.clone(), &req, ts_ms, started);
+    let picked = match &req.model {
+        Some(model) => match state.nodes.pick(model, strategy) {
+            Pick::Nodes(targets) => Ok(targets),
+            Pick::NoneHealthy => Err(RouterError::NoNode(what.clone())),
+            Pick::UnknownModel => Err(RouterError::UnknownModel(model.clone())),
+        },
+        None => Ok(state.nodes.any(strategy)),
+    };
+    let targets = match picked {
+        Ok(targets) if !targets.is_empty() => targets,
+        Ok(_) => return Err(record(&mut recorder, RouterError::NoNode(what.clone()))),
+        Err(err) => return Err(record(&mut recorder, err)),
+    };
+    let max = state.settings.max_attempts.max(1).min(targets.len());
+    let mut last_error = String::new();
+    for (attempt, target) in targets.into_iter().take(max).enumerate() {
+        let is_last = attempt + 1 == max;
+        target.inflight.fetch_add(1, Ordering::Relaxed);
+        match send(state, &req, &target).await {
+            Ok(resp) if resp.status().is_server_error() && !is_last => {
+                target.inflight.fetch_sub(1, Ordering::Relaxed);
+                last_error = format!("node {} answered {}", target.node_id, resp.status());
+                tracing::info!("router: {last_error}; trying another node");
+            }
+            Ok(resp) => {
+                recorder.attempts = attempt as u32;
+                return Ok(relay(resp, target, recorder));
+            }
+            Err(err) => {
+                target.inflight.fetch_sub(1, Ordering::Relaxed);
+                last_error = format!("node {}: {}", target.node_id, describe(&err));
+                tracing::info!("router: {last_error}; trying another node");
+                if err.is_connect() {
+                    // Refused: the node is gone; stop sending it traffic until it is back.
+                    if let Some(change) = state.nodes.mark_offline(&target.node_id, now_ms()) {
+                        state.persist(change);
+                    }
+                }
+            }
+        }
+    }
+    let err = RouterError::AllNodesFailed {
+        what,
+        last: last_error,
+    };
+    recorder.attempts = max as u32;
+    recorder.fail(err.status().as_u16(), err.to_string());
+    Err(err)
+}
+
+/// Puts a request the router answered itself (no node) into the history.
+fn record(recorder: &mut Recorder, err: RouterError) -> RouterError {
+    recorder.fail(err.status().as_u16(), err.to_string());
+    err
+}
+
+async fn send(
+    state: &RouterState,
+    req: &Outgoing,
+    target: &Target,
+) -> reqwest::Result<reqwest::Response> {
+    let path = req.uri.path_and_query().map_or("/", |p| p.as_str());
+    let url = format!("{}{}", target.url, path);
+    let mut headers = HeaderMap::with_capacity(req.headers.len() + 1);
+    for (name, value) in &req.headers {
+        if !is_hop(name) {
+            headers.append(name.clone(), value.clone());
+        }
+    }
+    headers.insert(HOP_MARK, header::HeaderValue::from_static("1"));
+    state
+        .client
+        .request(req.method.clone(), url)
+        .headers(headers)
+        .body(req.body.clone())
+        .send()
+        .await
+}
+
+/// Passes the node's response through: status, headers, and the body chunk by chunk.
+fn relay(resp: reqwest::Response, target: Target, mut recorder: Recorder) -> Response<Body> {
+    let status = resp.status();
+    let flavor = ErrorFlavor::of(resp.headers());
+    let mut builder = Response::builder().status(status);
+    for (name, value) in resp.headers() {
+        if !is_hop(name) {
+            builder = builder.header(name, value);
+        }
+    }
+    builder = builder.header("x-llmlocal-node", target.node_id.as_str());
+    recorder.node(&target.node_id, status.as_u16());
+    let stream = RelayStream::new(resp.bytes_stream(), flavor, recorder, target.inflight);
+    builder
+        .body(Body::from_stream(stream))
+        .unwrap_or_else(|err| {
+            let mut fallback = Response::new(Body::from(format!("bad upstream response: {err}")));
+            *fallback.status_mut() = StatusCode::BAD_GATEWAY;
+            fallback
+        })
+}
+
+fn is_hop(name: &HeaderName) -> bool {
+    HOP_HEADERS.contains(&name.as_str())
+}
+
+/// A short reason for a failed upstream request.
+pub fn describe(err: &reqwest::Error) -> String {
+    if err.is_connect() {
+        "connection refused or unreachable".into()
+    } else if err.is_timeout() {
+        "timed out".into()
+    } else {
+        let mut text = err.to_string();
+        let mut source = std::error::Error::source(err);
+        while let Some(inner) = source {
+            text = format!("{text}: {inner}");
+            source = inner.source();
+        }
+        text
+    }
+}
+
+/// Response headers for a JSON body.
+pub fn json_response(status: StatusCode, body: &serde_json::Value) -> Response<Body> {
+    let mut resp = Response::new(Body::from(body.to_string()));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_model() {
+        assert_eq!(model_of(br#"{"model":"a","x":1}"#).as_deref(), Some("a"));
+        assert_eq!(model_of(br#" {"name":"b"}"#).as_deref(), Some("b"));
+        assert_eq!(model_of(br#"{"model":""}"#), None);
+        assert_eq!(model_of(b"not json"), None);
+        assert_eq!(model_of(b""), None);
+    }
+}

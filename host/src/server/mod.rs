@@ -1,0 +1,204 @@
+//! The HTTP server of `llmlocal serve` (axum): OpenAI `/v1/*`, Ollama `/api/*`, `/health`
+//! and Prometheus `/metrics` over one [`Engine`].
+//!
+//! Limits: optional API keys (`Authorization: Bearer KEY` on every route but `/health`), a
+//! request body limit (413), a `max_tokens` cap (400 above it; also the default), and the
+//! engine's bounded queue per model (429 + `Retry-After` when full). Shutdown is graceful:
+//! the listener closes and in-flight streams finish. A client that disconnects drops its
+//! response stream, which cancels its generation.
+
+mod error;
+mod extract;
+mod ollama;
+mod openai;
+mod params;
+mod pull;
+mod settings;
+mod streaming;
+
+pub use error::{ApiError, Flavor};
+pub use settings::ServerSettings;
+
+use crate::engine::{metrics::RequestLabel, Engine};
+use axum::{
+    extract::{DefaultBodyLimit, Request, State},
+    http::{header, StatusCode},
+    middleware::{self, Next},
+    response::{IntoResponse, Response},
+    routing::{delete, get, post},
+    Json, Router,
+};
+use serde_json::json;
+use std::{future::Future, sync::Arc, time::Instant};
+use tokio::net::TcpListener;
+
+/// What every handler shares.
+#[derive(Clone)]
+pub struct AppState {
+    pub engine: Engine,
+    pub settings: Arc<ServerSettings>,
+    pub started: Instant,
+}
+
+/// Routes whose names label the request counter (anything else counts as `other`).
+const ENDPOINTS: &[&str] = &[
+    "/v1/models",
+    "/v1/chat/completions",
+    "/v1/completions",
+    "/api/generate",
+    "/api/chat",
+    "/api/tags",
+    "/api/ps",
+    "/api/show",
+    "/api/pull",
+    "/api/delete",
+    "/api/version",
+    "/health",
+    "/metrics",
+];
+
+/// The application: every route with its limits.
+pub fn router(engine: Engine, settings: ServerSettings) -> Router {
+    let state = AppState {
+        engine,
+        settings: Arc::new(settings),
+        started: Instant::now(),
+    };
+    let body_limit = state.settings.max_body_bytes;
+    Router::new()
+        .route("/v1/models", get(openai::list_models))
+        .route("/v1/chat/completions", post(openai::chat_completions))
+        .route("/v1/completions", post(openai::completions))
+        .route("/api/generate", post(ollama::generate))
+        .route("/api/chat", post(ollama::chat))
+        .route("/api/tags", get(ollama::tags))
+        .route("/api/ps", get(ollama::ps))
+        .route("/api/show", post(ollama::show))
+        .route("/api/pull", post(ollama::pull))
+        .route("/api/delete", delete(ollama::delete))
+        .route("/api/version", get(ollama::version))
+        .route("/health", get(health))
+        .route("/metrics", get(metrics))
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(middleware::from_fn_with_state(state.clone(), authorize))
+        .layer(middleware::from_fn_with_state(state.clone(), count))
+        .with_state(state)
+}
+
+/// Serves until `shutdown` resolves, then lets in-flight requests (streams included) finish.
+pub async fn serve(
+    listener: TcpListener,
+    engine: Engine,
+    settings: ServerSettings,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let maintenance = engine.spawn_maintenance();
+    let app = router(engine, settings);
+    let result = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await;
+    maintenance.abort();
+    result
+}
+
+async fn health(State(state): State<AppState>) -> Response {
+    let backends = state.engine.registry().backend_names();
+    let status = if backends.is_empty() {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::OK
+    };
+    let body = json!({
+        "status": if backends.is_empty() { "no backends" } else { "ok" },
+        "backends": backends,
+        "loaded_models": state.engine.loaded().len(),
+        "uptime_seconds": state.started.elapsed().as_secs(),
+    });
+    (status, Json(body)).into_response()
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    let text = state.engine.metrics().render();
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response()
+}
+
+async fn not_found(request: Request) -> ApiError {
+    let path = request.uri().path().to_string();
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "invalid_request_error",
+        "not_found",
+        format!("no route for {path}"),
+    )
+    .flavor(Flavor::of_path(&path))
+}
+
+/// Checks `Authorization: Bearer KEY` when keys are configured (`/health` is open).
+async fn authorize(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let keys = &state.settings.api_keys;
+    let path = request.uri().path();
+    if keys.is_empty() || path == "/health" {
+        return next.run(request).await;
+    }
+    let flavor = Flavor::of_path(path);
+    let given = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(str::trim);
+    let message = match given {
+        Some(key) if keys.iter().any(|k| same(k.as_bytes(), key.as_bytes())) => {
+            return next.run(request).await
+        }
+        Some(_) => "invalid API key",
+        None => "missing API key: send `Authorization: Bearer KEY`",
+    };
+    ApiError::new(
+        StatusCode::UNAUTHORIZED,
+        "authentication_error",
+        "invalid_api_key",
+        message,
+    )
+    .flavor(flavor)
+    .into_response()
+}
+
+/// Compares in time independent of where the first difference is.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Counts requests by endpoint and status, and errors by code.
+async fn count(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let path = request.uri().path();
+    let endpoint = ENDPOINTS
+        .iter()
+        .find(|e| **e == path)
+        .copied()
+        .unwrap_or("other");
+    let response = next.run(request).await;
+    let metrics = state.engine.metrics();
+    metrics
+        .requests
+        .get_or_create(&RequestLabel {
+            endpoint: endpoint.to_string(),
+            status: response.status().as_u16().to_string(),
+        })
+        .inc();
+    if let Some(code) = response.extensions().get::<error::ErrorCode>() {
+        metrics.error(code.0);
+    }
+    response
+}

@@ -1,0 +1,403 @@
+//! OpenAI-compatible routes: `GET /v1/models`, `POST /v1/chat/completions`,
+//! `POST /v1/completions` (SSE streaming with `data: [DONE]`, or one JSON answer).
+
+use super::{
+    error::{ApiError, Flavor},
+    extract::JsonBody,
+    params::{new_id, unix_now, Params, StopField},
+    streaming::{self, sse, Framer, Slotted, SLOT, SSE_DONE},
+    AppState,
+};
+use crate::engine::{ChatMessage, Completion, EngineError, Prompt, TokenStream};
+use axum::{
+    extract::State,
+    http::header,
+    response::{IntoResponse, Response},
+    Json,
+};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+/// Message content: a string, or a list of parts of which the text ones are used.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum Content {
+    Text(String),
+    Parts(Vec<ContentPart>),
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ContentPart {
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(default)]
+    pub text: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct InMessage {
+    pub role: String,
+    #[serde(default)]
+    pub content: Option<Content>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+pub struct StreamOptions {
+    #[serde(default)]
+    pub include_usage: bool,
+}
+
+/// Fields both completion routes take.
+#[derive(Debug, Deserialize)]
+pub struct Common {
+    pub model: String,
+    #[serde(default)]
+    pub stream: bool,
+    #[serde(default)]
+    pub stream_options: Option<StreamOptions>,
+    pub max_tokens: Option<i64>,
+    pub max_completion_tokens: Option<i64>,
+    pub temperature: Option<f64>,
+    pub top_p: Option<f64>,
+    pub seed: Option<i64>,
+    pub stop: Option<StopField>,
+    pub n: Option<i64>,
+    /// Extensions (llama.cpp server spellings).
+    pub top_k: Option<i64>,
+    pub min_p: Option<f64>,
+    pub repeat_penalty: Option<f64>,
+    #[serde(default)]
+    pub ignore_eos: bool,
+    /// Extension: the backend plugin to run the model with.
+    pub backend: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ChatRequest {
+    pub messages: Vec<InMessage>,
+    #[serde(flatten)]
+    pub common: Common,
+}
+
+/// `prompt`: a string or a list with one string.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum PromptField {
+    One(String),
+    Many(Vec<String>),
+}
+
+#[derive(Debug, Deserialize)]
+pub struct CompletionRequest {
+    pub prompt: PromptField,
+    #[serde(flatten)]
+    pub common: Common,
+}
+
+impl Common {
+    fn params(&self) -> Result<Params, ApiError> {
+        if let Some(n) = self.n.filter(|&n| n != 1) {
+            return Err(ApiError::bad_request(format!(
+                "only n = 1 is supported, got {n}"
+            )));
+        }
+        Ok(Params {
+            max_tokens: self.max_completion_tokens.or(self.max_tokens),
+            temperature: self.temperature,
+            top_p: self.top_p,
+            top_k: self.top_k,
+            min_p: self.min_p,
+            repeat_penalty: self.repeat_penalty,
+            seed: self.seed,
+            stop: self
+                .stop
+                .clone()
+                .map(StopField::into_vec)
+                .unwrap_or_default(),
+            backend: self.backend.clone(),
+            ignore_eos: self.ignore_eos,
+        })
+    }
+
+    fn include_usage(&self) -> bool {
+        self.stream_options
+            .as_ref()
+            .is_some_and(|o| o.include_usage)
+    }
+}
+
+fn usage(done: &Completion) -> Value {
+    json!({
+        "prompt_tokens": done.prompt_tokens,
+        "completion_tokens": done.completion_tokens,
+        "total_tokens": done.prompt_tokens + done.completion_tokens,
+    })
+}
+
+fn messages_of(input: Vec<InMessage>) -> Result<Vec<ChatMessage>, ApiError> {
+    if input.is_empty() {
+        return Err(ApiError::bad_request("messages must not be empty"));
+    }
+    input
+        .into_iter()
+        .map(|m| {
+            let content = match m.content {
+                None => String::new(),
+                Some(Content::Text(text)) => text,
+                Some(Content::Parts(parts)) => parts
+                    .into_iter()
+                    .filter(|p| p.kind == "text")
+                    .filter_map(|p| p.text)
+                    .collect::<Vec<_>>()
+                    .join(""),
+            };
+            Ok(ChatMessage::new(m.role, content))
+        })
+        .collect()
+}
+
+fn sse_response(body: axum::body::Body) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/event-stream"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+fn engine_error(err: EngineError) -> ApiError {
+    ApiError::engine(&err, Flavor::OpenAi)
+}
+
+/// `POST /v1/chat/completions`
+pub async fn chat_completions(
+    State(state): State<AppState>,
+    JsonBody(request): JsonBody<ChatRequest>,
+) -> Result<Response, ApiError> {
+    let common = request.common;
+    let config = common
+        .params()?
+        .into_config(state.settings.max_tokens_cap, "max_tokens")?;
+    let messages = messages_of(request.messages)?;
+    let tokens = state
+        .engine
+        .generate(&common.model, Prompt::Chat(messages), config)
+        .await
+        .map_err(engine_error)?;
+    let id = new_id("chatcmpl");
+    if common.stream {
+        let framer = ChatFramer {
+            id,
+            created: unix_now(),
+            model: common.model.clone(),
+            include_usage: common.include_usage(),
+            content: None,
+        };
+        return Ok(sse_response(streaming::body(tokens, framer)));
+    }
+    let (text, done) = tokens.collect_text().await.map_err(engine_error)?;
+    Ok(Json(json!({
+        "id": id,
+        "object": "chat.completion",
+        "created": unix_now(),
+        "model": common.model,
+        "system_fingerprint": done.backend,
+        "choices": [{
+            "index": 0,
+            "message": { "role": "assistant", "content": text },
+            "logprobs": null,
+            "finish_reason": done.finish_reason.as_openai(),
+        }],
+        "usage": usage(&done),
+    }))
+    .into_response())
+}
+
+struct ChatFramer {
+    id: String,
+    created: u64,
+    model: String,
+    include_usage: bool,
+    content: Option<Slotted>,
+}
+
+impl ChatFramer {
+    fn chunk(&self, delta: Value, finish: Option<&str>) -> Value {
+        let mut chunk = json!({
+            "id": self.id,
+            "object": "chat.completion.chunk",
+            "created": self.created,
+            "model": self.model,
+            "choices": [{ "index": 0, "delta": delta, "logprobs": null, "finish_reason": finish }],
+        });
+        if self.include_usage {
+            chunk["usage"] = Value::Null;
+        }
+        chunk
+    }
+}
+
+impl Framer for ChatFramer {
+    fn start(&mut self) -> Vec<String> {
+        vec![sse(
+            &self.chunk(json!({ "role": "assistant", "content": "" }), None)
+        )]
+    }
+
+    fn text(&mut self, text: &str) -> Vec<String> {
+        let frame = match &self.content {
+            Some(slotted) => slotted,
+            None => {
+                let frame = sse(&self.chunk(json!({ "content": SLOT }), None));
+                self.content.insert(Slotted::new(&frame))
+            }
+        };
+        vec![frame.fill(text)]
+    }
+
+    fn done(&mut self, done: &Completion) -> Vec<String> {
+        let mut frames = vec![sse(
+            &self.chunk(json!({}), Some(done.finish_reason.as_openai()))
+        )];
+        if self.include_usage {
+            frames.push(sse(&json!({
+                "id": self.id,
+                "object": "chat.completion.chunk",
+                "created": self.created,
+                "model": self.model,
+                "choices": [],
+                "usage": usage(done),
+            })));
+        }
+        frames.push(SSE_DONE.to_string());
+        frames
+    }
+
+    fn error(&mut self, err: &EngineError) -> Vec<String> {
+        vec![
+            sse(&ApiError::engine(err, Flavor::OpenAi).body()),
+            SSE_DONE.to_string(),
+        ]
+    }
+}
+
+/// `POST /v1/completions`
+pub async fn completions(
+    State(state): State<AppState>,
+    JsonBody(request): JsonBody<CompletionRequest>,
+) -> Result<Response, ApiError> {
+    let common = request.common;
+    let config = common
+        .params()?
+        .into_config(state.settings.max_tokens_cap, "max_tokens")?;
+    let prompt = match request.prompt {
+        PromptField::One(p) => p,
+        PromptField::Many(mut list) if list.len() == 1 => list.remove(0),
+        PromptField::Many(list) => {
+            return Err(ApiError::bad_request(format!(
+                "prompt must be one string (batches are not supported), got a list of {}",
+                list.len()
+            )))
+        }
+    };
+    let tokens: TokenStream = state
+        .engine
+        .generate(&common.model, Prompt::Text(prompt), config)
+        .await
+        .map_err(engine_error)?;
+    let id = new_id("cmpl");
+    if common.stream {
+        let framer = TextFramer {
+            id,
+            created: unix_now(),
+            model: common.model.clone(),
+            include_usage: common.include_usage(),
+            text: None,
+        };
+        return Ok(sse_response(streaming::body(tokens, framer)));
+    }
+    let (text, done) = tokens.collect_text().await.map_err(engine_error)?;
+    Ok(Json(json!({
+        "id": id,
+        "object": "text_completion",
+        "created": unix_now(),
+        "model": common.model,
+        "system_fingerprint": done.backend,
+        "choices": [{
+            "index": 0,
+            "text": text,
+            "logprobs": null,
+            "finish_reason": done.finish_reason.as_openai(),
+        }],
+        "usage": usage(&done),
+    }))
+    .into_response())
+}
+
+struct TextFramer {
+    id: String,
+    created: u64,
+    model: String,
+    include_usage: bool,
+    text: Option<Slotted>,
+}
+
+impl TextFramer {
+    fn chunk(&self, text: &str, finish: Option<&str>) -> Value {
+        json!({
+            "id": self.id,
+            "object": "text_completion",
+            "created": self.created,
+            "model": self.model,
+            "choices": [{ "index": 0, "text": text, "logprobs": null, "finish_reason": finish }],
+        })
+    }
+}
+
+impl Framer for TextFramer {
+    fn text(&mut self, text: &str) -> Vec<String> {
+        let frame = match &self.text {
+            Some(slotted) => slotted,
+            None => {
+                let frame = sse(&self.chunk(SLOT, None));
+                self.text.insert(Slotted::new(&frame))
+            }
+        };
+        vec![frame.fill(text)]
+    }
+
+    fn done(&mut self, done: &Completion) -> Vec<String> {
+        let mut last = self.chunk("", Some(done.finish_reason.as_openai()));
+        if self.include_usage {
+            last["usage"] = usage(done);
+        }
+        vec![sse(&last), SSE_DONE.to_string()]
+    }
+
+    fn error(&mut self, err: &EngineError) -> Vec<String> {
+        vec![
+            sse(&ApiError::engine(err, Flavor::OpenAi).body()),
+            SSE_DONE.to_string(),
+        ]
+    }
+}
+
+/// `GET /v1/models`
+pub async fn list_models(State(state): State<AppState>) -> Json<Value> {
+    let created = unix_now();
+    let mut names: Vec<String> = state.engine.models().into_keys().collect();
+    for loaded in state.engine.loaded() {
+        if !names.contains(&loaded.name) {
+            names.push(loaded.name);
+        }
+    }
+    let data: Vec<Value> = names
+        .into_iter()
+        .map(
+            |id| json!({ "id": id, "object": "model", "created": created, "owned_by": "llmlocal" }),
+        )
+        .collect();
+    Json(json!({ "object": "list", "data": data }))
+}

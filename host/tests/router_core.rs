@@ -1,0 +1,684 @@
+//! Router end to end on loopback with fake nodes and the real node agent: registration,
+//! strategies, streaming, failover, offline detection, persistence and bad input.
+
+mod router_support;
+
+use futures_util::StreamExt as _;
+use llmlocal::router::Strategy;
+use router_support::*;
+use serde_json::{json, Value};
+use std::{
+    collections::BTreeMap,
+    sync::{atomic::Ordering, Arc},
+    time::{Duration, Instant},
+};
+
+fn node_of(body: &Value) -> String {
+    body["node"].as_str().unwrap_or("?").to_string()
+}
+
+async fn spread(router: &str, n: usize) -> BTreeMap<String, usize> {
+    let mut counts = BTreeMap::new();
+    for _ in 0..n {
+        let (status, body) = chat(router, "m").await;
+        assert_eq!(status, 200, "{body}");
+        *counts.entry(node_of(&body)).or_default() += 1;
+    }
+    counts
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn round_robin_spreads_evenly_over_registered_nodes() {
+    let router = TestRouter::start(settings(None)).await;
+    let _nodes = three_nodes(&router.url()).await;
+    let counts = spread(&router.url(), 30).await;
+    assert_eq!(counts.len(), 3, "{counts:?}");
+    assert!(
+        counts.values().all(|&c| c == 10),
+        "uneven round robin: {counts:?}"
+    );
+    router.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn least_loaded_sends_to_the_idle_node() {
+    let mut s = settings(None);
+    s.strategy = Strategy::LeastLoaded;
+    let router = TestRouter::start(s).await;
+    let nodes = three_nodes(&router.url()).await;
+    nodes[0].behaviour.active.store(5, Ordering::Relaxed);
+    nodes[1].behaviour.active.store(5, Ordering::Relaxed);
+    // Let a heartbeat carry the load (every 200 ms).
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let counts = spread(&router.url(), 12).await;
+    assert_eq!(counts.get("n3"), Some(&12), "{counts:?}");
+    // Now n3 is the busiest: the two others share the traffic.
+    nodes[2].behaviour.active.store(9, Ordering::Relaxed);
+    nodes[0].behaviour.active.store(1, Ordering::Relaxed);
+    nodes[1].behaviour.active.store(1, Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let counts = spread(&router.url(), 12).await;
+    assert_eq!(counts.get("n3"), None, "{counts:?}");
+    assert_eq!(counts.values().sum::<usize>(), 12);
+    assert!(
+        counts.get("n1") >= Some(&4) && counts.get("n2") >= Some(&4),
+        "{counts:?}"
+    );
+    router.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn least_loaded_counts_the_routers_own_open_streams() {
+    let mut s = settings(None);
+    s.strategy = Strategy::LeastLoaded;
+    let router = TestRouter::start(s).await;
+    let nodes = three_nodes(&router.url()).await;
+    nodes[1].behaviour.active.store(2, Ordering::Relaxed);
+    nodes[2].behaviour.active.store(2, Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    for n in &nodes {
+        n.behaviour.chunk_delay_ms.store(400, Ordering::Relaxed);
+    }
+    // Five slow streams opened faster than heartbeats report them: by reported load alone
+    // all would go to n1; the router's own in-flight count stops n1 at the others' level.
+    let mut open = Vec::new();
+    for _ in 0..5 {
+        let resp = client()
+            .post(format!("{}/v1/chat/completions", router.url()))
+            .header("content-type", "application/json")
+            .body(json!({ "model": "m", "stream": true, "messages": [] }).to_string())
+            .send()
+            .await
+            .unwrap();
+        let node = resp.headers()["x-llmlocal-node"]
+            .to_str()
+            .unwrap()
+            .to_string();
+        open.push((node, resp));
+    }
+    let on_n1 = open.iter().filter(|(n, _)| n == "n1").count();
+    assert!((2..5).contains(&on_n1), "n1 got {on_n1} of 5 streams");
+    router.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn prefer_loaded_picks_the_node_with_the_model_in_memory() {
+    let mut s = settings(None);
+    s.strategy = Strategy::PreferLoaded;
+    let router = TestRouter::start(s).await;
+    let nodes = three_nodes(&router.url()).await;
+    nodes[1].behaviour.loaded.lock().unwrap().push("m".into());
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let counts = spread(&router.url(), 9).await;
+    assert_eq!(counts.get("n2"), Some(&9), "{counts:?}");
+    // Drained, n2 takes nothing; the others share.
+    let (code, _) = post_json(
+        &format!("{}/api/nodes/n2/drain", router.url()),
+        Some(ADMIN),
+        "",
+    )
+    .await;
+    assert_eq!(code, 200);
+    let counts = spread(&router.url(), 8).await;
+    assert_eq!(counts.get("n2"), None, "{counts:?}");
+    assert_eq!(counts.len(), 2, "{counts:?}");
+    let statuses = node_statuses(&router.url()).await;
+    assert_eq!(status_of(&statuses, "n2"), Some("draining"));
+    router.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn streams_pass_through_as_they_arrive() {
+    let router = TestRouter::start(settings(None)).await;
+    let mut node = FakeNode::start("slow", &["m"], loopback(), Arc::default());
+    node.behaviour.chunk_delay_ms.store(300, Ordering::Relaxed);
+    node.join(&router.url(), TOKEN);
+    wait_nodes(&router.url(), Duration::from_secs(5), |n| {
+        all_online(n, &["slow"])
+    })
+    .await;
+    let start = Instant::now();
+    let resp = client()
+        .post(format!("{}/v1/chat/completions", router.url()))
+        .header("content-type", "application/json")
+        .body(json!({ "model": "m", "stream": true, "messages": [] }).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.headers()["content-type"], "text/event-stream");
+    let mut stream = resp.bytes_stream();
+    let first = stream.next().await.unwrap().unwrap();
+    let first_at = start.elapsed();
+    let mut text = String::from_utf8_lossy(&first).to_string();
+    while let Some(chunk) = stream.next().await {
+        text.push_str(&String::from_utf8_lossy(&chunk.unwrap()));
+    }
+    let total = start.elapsed();
+    assert!(
+        text.contains("t0") && text.contains("data: [DONE]"),
+        "{text}"
+    );
+    // 6 delays of 300 ms: the first chunk must come long before the end.
+    assert!(total >= Duration::from_millis(1500), "total {total:?}");
+    assert!(
+        first_at < Duration::from_millis(500),
+        "first chunk after {first_at:?} (buffered?)"
+    );
+    router.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fails_over_on_5xx_and_refused_connections() {
+    let router = TestRouter::start(settings(None)).await;
+    let mut nodes = three_nodes(&router.url()).await;
+    nodes[0].behaviour.fail_500.store(true, Ordering::Relaxed);
+    let counts = spread(&router.url(), 12).await;
+    assert_eq!(counts.get("n1"), None, "{counts:?}");
+    assert!(
+        nodes[0].behaviour.served.load(Ordering::Relaxed) > 0,
+        "n1 was never tried"
+    );
+    // Kill n2: requests still succeed (on n3), right away, not after the offline timeout.
+    nodes[1].kill();
+    let start = Instant::now();
+    let counts = spread(&router.url(), 6).await;
+    assert_eq!(counts.get("n3"), Some(&6), "{counts:?}");
+    assert!(
+        start.elapsed() < Duration::from_secs(1),
+        "failover took {:?}",
+        start.elapsed()
+    );
+    // The refused connection marks n2 offline at once.
+    let statuses = node_statuses(&router.url()).await;
+    assert_eq!(status_of(&statuses, "n2"), Some("offline"));
+    // Every node failing: a 503 with a JSON error.
+    nodes[2].behaviour.fail_500.store(true, Ordering::Relaxed);
+    let (code, body) = chat(&router.url(), "m").await;
+    assert_eq!(code, 500, "last node's own 5xx passes through: {body}");
+    nodes[2].kill();
+    nodes[0].kill();
+    let (code, body) = chat(&router.url(), "m").await;
+    assert_eq!(code, 503, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("model `m`"),
+        "{body}"
+    );
+    router.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stream_broken_after_the_first_byte_ends_with_an_error_event() {
+    let router = TestRouter::start(settings(None)).await;
+    let mut node = FakeNode::start("flaky", &["m"], loopback(), Arc::default());
+    node.behaviour.break_stream.store(true, Ordering::Relaxed);
+    node.join(&router.url(), TOKEN);
+    wait_nodes(&router.url(), Duration::from_secs(5), |n| {
+        all_online(n, &["flaky"])
+    })
+    .await;
+    // OpenAI SSE.
+    let resp = client()
+        .post(format!("{}/v1/chat/completions", router.url()))
+        .header("content-type", "application/json")
+        .body(json!({ "model": "m", "stream": true, "messages": [] }).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let text = String::from_utf8(resp.bytes().await.unwrap().to_vec()).unwrap();
+    let events: Vec<&str> = text.split("\n\n").filter(|e| !e.is_empty()).collect();
+    assert_eq!(events.len(), 3, "{text}");
+    let last: Value = serde_json::from_str(events[2].strip_prefix("data: ").unwrap()).unwrap();
+    assert!(
+        last["error"]["message"].as_str().unwrap().contains("flaky"),
+        "{last}"
+    );
+    // Ollama NDJSON.
+    let resp = client()
+        .post(format!("{}/api/chat", router.url()))
+        .header("content-type", "application/json")
+        .body(json!({ "model": "m", "messages": [] }).to_string())
+        .send()
+        .await
+        .unwrap();
+    let text = String::from_utf8(resp.bytes().await.unwrap().to_vec()).unwrap();
+    let lines: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 3, "{text}");
+    assert!(
+        lines[2]["error"].as_str().unwrap().contains("mid-response"),
+        "{text}"
+    );
+    // The router keeps serving.
+    node.behaviour.break_stream.store(false, Ordering::Relaxed);
+    assert_eq!(chat(&router.url(), "m").await.0, 200);
+    router.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn silent_node_goes_offline_within_the_timeout_and_comes_back() {
+    let s = settings(None);
+    let timeout = s.offline_after;
+    let router = TestRouter::start(s).await;
+    let mut nodes = three_nodes(&router.url()).await;
+    let addr = nodes[0].addr;
+    nodes[0].kill();
+    let took = wait_nodes(&router.url(), timeout * 2, |n| {
+        status_of(n, "n1") == Some("offline")
+    })
+    .await;
+    assert!(
+        took <= timeout,
+        "offline after {took:?}, timeout {timeout:?}"
+    );
+    // Traffic goes to the others meanwhile.
+    let counts = spread(&router.url(), 4).await;
+    assert_eq!(counts.get("n1"), None);
+    // Same node back on the same address.
+    let mut back = FakeNode::start("n1", &["m"], addr, Arc::default());
+    back.join(&router.url(), TOKEN);
+    wait_nodes(&router.url(), Duration::from_secs(3), |n| {
+        status_of(n, "n1") == Some("online")
+    })
+    .await;
+    let counts = spread(&router.url(), 6).await;
+    assert_eq!(counts.get("n1"), Some(&2), "{counts:?}");
+    router.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_without_agent_stays_online_while_its_health_answers() {
+    let s = settings(None);
+    let timeout = s.offline_after;
+    let router = TestRouter::start(s).await;
+    let mut nodes = three_nodes(&router.url()).await;
+    // The agent stops, the server keeps answering /health: the probe keeps it online.
+    if let Some(agent) = nodes[0].agent_handle() {
+        agent.abort();
+    }
+    tokio::time::sleep(timeout * 2).await;
+    assert_eq!(
+        status_of(&node_statuses(&router.url()).await, "n1"),
+        Some("online")
+    );
+    // /health failing: offline.
+    nodes[0].behaviour.unhealthy.store(true, Ordering::Relaxed);
+    wait_nodes(&router.url(), timeout * 2, |n| {
+        status_of(n, "n1") == Some("offline")
+    })
+    .await;
+    nodes[0].behaviour.unhealthy.store(false, Ordering::Relaxed);
+    wait_nodes(&router.url(), timeout * 2, |n| {
+        status_of(n, "n1") == Some("online")
+    })
+    .await;
+    drop(nodes);
+    router.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn agent_registers_again_after_the_router_forgets_it() {
+    let router = TestRouter::start(settings(None)).await;
+    let _nodes = three_nodes(&router.url()).await;
+    let resp = client()
+        .delete(format!("{}/api/nodes/n3", router.url()))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(status_of(&node_statuses(&router.url()).await, "n3"), None);
+    wait_nodes(&router.url(), Duration::from_secs(3), |n| {
+        all_online(n, &["n3"])
+    })
+    .await;
+    router.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn models_are_the_union_over_healthy_nodes() {
+    let router = TestRouter::start(settings(None)).await;
+    let mut a = FakeNode::start("a", &["m1", "shared"], loopback(), Arc::default());
+    let mut b = FakeNode::start("b", &["m2", "shared"], loopback(), Arc::default());
+    a.join(&router.url(), TOKEN);
+    b.join(&router.url(), TOKEN);
+    wait_nodes(&router.url(), Duration::from_secs(5), |n| {
+        all_online(n, &["a", "b"])
+    })
+    .await;
+    let body: Value = client()
+        .get(format!("{}/v1/models", router.url()))
+        .send()
+        .await
+        .unwrap()
+        .json_value()
+        .await;
+    let ids: Vec<&str> = body["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["m1", "m2", "shared"]);
+    let body: Value = client()
+        .get(format!("{}/api/tags", router.url()))
+        .send()
+        .await
+        .unwrap()
+        .json_value()
+        .await;
+    let names: Vec<&str> = body["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["m1", "m2", "shared"]);
+    // Model-aware: m1 only ever goes to a, m2 to b.
+    for _ in 0..4 {
+        assert_eq!(node_of(&chat(&router.url(), "m1").await.1), "a");
+        assert_eq!(node_of(&chat(&router.url(), "m2").await.1), "b");
+    }
+    b.kill();
+    wait_nodes(&router.url(), Duration::from_secs(3), |n| {
+        status_of(n, "b") == Some("offline")
+    })
+    .await;
+    let body: Value = client()
+        .get(format!("{}/v1/models", router.url()))
+        .send()
+        .await
+        .unwrap()
+        .json_value()
+        .await;
+    assert_eq!(body["data"].as_array().unwrap().len(), 2, "{body}");
+    // A known model whose nodes are all offline: 503, not 404.
+    let (code, body) = chat(&router.url(), "m2").await;
+    assert_eq!(code, 503, "{body}");
+    router.stop().await;
+}
+
+trait JsonValue {
+    async fn json_value(self) -> Value;
+}
+
+impl JsonValue for reqwest::Response {
+    async fn json_value(self) -> Value {
+        serde_json::from_slice(&self.bytes().await.unwrap()).unwrap()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn nodes_history_and_token_survive_a_router_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("router.sqlite");
+    let mut s = settings(Some(db.clone()));
+    s.join_token = None; // generated and stored
+    let (state, join) = llmlocal::router::RouterState::open(s.clone()).unwrap();
+    assert!(join.generated);
+    drop(state);
+    let router = TestRouter::start(s.clone()).await;
+    let (_, again) = llmlocal::router::RouterState::open(s.clone()).unwrap();
+    assert!(!again.generated);
+    assert_eq!(again.token, join.token, "stored token reused");
+    let mut nodes: Vec<FakeNode> = ["p1", "p2"]
+        .iter()
+        .map(|n| FakeNode::start(n, &["m"], loopback(), Arc::default()))
+        .collect();
+    for n in &mut nodes {
+        n.join(&router.url(), &join.token);
+    }
+    wait_nodes(&router.url(), Duration::from_secs(5), |n| {
+        all_online(n, &["p1", "p2"])
+    })
+    .await;
+    for _ in 0..5 {
+        assert_eq!(chat(&router.url(), "m").await.0, 200);
+    }
+    assert_eq!(chat(&router.url(), "nope").await.0, 404);
+    // Drain survives the restart too.
+    post_json(
+        &format!("{}/api/nodes/p2/drain", router.url()),
+        Some(ADMIN),
+        "",
+    )
+    .await;
+    let history = wait_history(&router.url(), 6).await;
+    router.stop().await;
+    // Nodes stopped too, so the restarted router sees them only from its database.
+    drop(nodes);
+    let router = TestRouter::start(s).await;
+    let statuses = node_statuses(&router.url()).await;
+    assert_eq!(statuses.len(), 2, "{statuses:?}");
+    let after = wait_history(&router.url(), 6).await;
+    assert_eq!(after.len(), history.len());
+    let refused = after
+        .iter()
+        .find(|r| r["status"] == 404)
+        .expect("404 recorded");
+    assert_eq!(refused["model"], "nope");
+    assert!(refused["error"].as_str().unwrap().contains("not served"));
+    let ok = after.iter().find(|r| r["status"] == 200).unwrap();
+    assert_eq!(ok["model"], "m");
+    assert_eq!(ok["tokens_in"], 3);
+    assert_eq!(ok["tokens_out"], 5);
+    assert!(ok["node_id"].as_str().unwrap().starts_with('p'));
+    assert!(ok["latency_ms"].as_f64().unwrap() > 0.0);
+    // Stored nodes are offline until heard from; a node coming back is online again.
+    wait_nodes(&router.url(), Duration::from_secs(3), |n| {
+        status_of(n, "p1") == Some("offline")
+    })
+    .await;
+    let mut p1 = FakeNode::start("p1", &["m"], loopback(), Arc::default());
+    p1.join(&router.url(), &join.token);
+    wait_nodes(&router.url(), Duration::from_secs(3), |n| {
+        status_of(n, "p1") == Some("online")
+    })
+    .await;
+    assert_eq!(chat(&router.url(), "m").await.0, 200);
+    router.stop().await;
+}
+
+/// The persisted history, once it holds at least `min` rows.
+async fn wait_history(router: &str, min: usize) -> Vec<Value> {
+    let start = Instant::now();
+    loop {
+        let body = client()
+            .get(format!("{router}/admin/requests?limit=1000"))
+            .bearer_auth(ADMIN)
+            .send()
+            .await
+            .unwrap()
+            .json_value()
+            .await;
+        let rows = body["requests"].as_array().unwrap().clone();
+        if rows.len() >= min {
+            return rows;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "history has {} rows",
+            rows.len()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bad_input_is_rejected_with_clear_errors() {
+    let mut s = settings(None);
+    s.api_keys = vec!["client-key".into()];
+    let router = TestRouter::start(s).await;
+    let url = router.url();
+    let register = format!("{url}/api/nodes/register");
+    let good = json!({ "node_id": "x1", "url": "http://127.0.0.1:9" });
+    // Join token: wrong, missing.
+    let (code, body) = post_json(&register, Some("wrong"), &good.to_string()).await;
+    assert_eq!(code, 401, "{body}");
+    assert!(body["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("join token"));
+    assert_eq!(post_json(&register, None, &good.to_string()).await.0, 401);
+    // Malformed registrations.
+    let cases = [
+        ("{not json", "invalid registration"),
+        (r#"{"url":"http://127.0.0.1:9"}"#, "node_id"),
+        (
+            r#"{"node_id":"x","url":"http://h:1","extra":1}"#,
+            "unknown field",
+        ),
+        (r#"{"node_id":"a b","url":"http://127.0.0.1:9"}"#, "node_id"),
+        (r#"{"node_id":"x","url":"ftp://127.0.0.1:21"}"#, "scheme"),
+        (
+            r#"{"node_id":"x","url":"http://user:pw@127.0.0.1:9"}"#,
+            "user:password",
+        ),
+        (r#"{"node_id":"x","url":"http://127.0.0.1:0"}"#, "port"),
+        (r#"{"node_id":"x","url":"not a url"}"#, "url"),
+        (
+            r#"{"node_id":"x","url":"http://127.0.0.1:9/?q=1"}"#,
+            "query",
+        ),
+        (
+            r#"{"node_id":"x","url":"http://127.0.0.1:9","models_available":[""]}"#,
+            "models_available",
+        ),
+    ];
+    for (body, expected) in cases {
+        let (code, reply) = post_json(&register, Some(TOKEN), body).await;
+        assert_eq!(code, 400, "{body} -> {reply}");
+        let message = reply["error"]["message"].as_str().unwrap();
+        assert!(
+            message.contains(expected),
+            "{body}: {message:?} lacks {expected:?}"
+        );
+    }
+    // Heartbeats: unknown node, wrong token, bad body.
+    let (code, body) = post_json(
+        &format!("{url}/api/nodes/ghost/heartbeat"),
+        Some(TOKEN),
+        "{}",
+    )
+    .await;
+    assert_eq!(code, 404, "{body}");
+    assert_eq!(
+        post_json(&format!("{url}/api/nodes/ghost/heartbeat"), Some("x"), "{}")
+            .await
+            .0,
+        401
+    );
+    // Admin API.
+    let resp = client()
+        .get(format!("{url}/api/nodes"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 401);
+    let resp = client()
+        .get(format!("{url}/api/nodes"))
+        .bearer_auth("client-key")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 401);
+    assert_eq!(
+        post_json(&format!("{url}/api/nodes/ghost/drain"), Some(ADMIN), "")
+            .await
+            .0,
+        404
+    );
+    // Client keys on the proxied API.
+    let chat_body = json!({ "model": "m", "messages": [] }).to_string();
+    let (code, _) = post_json(&format!("{url}/v1/chat/completions"), None, &chat_body).await;
+    assert_eq!(code, 401);
+    // No node at all: unknown model 404, JSON.
+    let (code, body) = post_json(
+        &format!("{url}/v1/chat/completions"),
+        Some("client-key"),
+        &chat_body,
+    )
+    .await;
+    assert_eq!(code, 404, "{body}");
+    assert!(body["error"]["message"].as_str().unwrap().contains("`m`"));
+    // Ollama routes answer errors the Ollama way: `error` is a string.
+    let (code, body) = post_json(&format!("{url}/api/chat"), Some("client-key"), &chat_body).await;
+    assert_eq!(code, 404, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("`m`"), "{body}");
+    // A node advertising the router's own address: refused as a loop, not recursion.
+    let looped = json!({ "node_id": "loop", "url": url, "models_available": ["loopy"] });
+    assert_eq!(
+        post_json(&register, Some(TOKEN), &looped.to_string())
+            .await
+            .0,
+        200
+    );
+    let (code, body) = post_json(
+        &format!("{url}/v1/chat/completions"),
+        Some("client-key"),
+        r#"{"model":"loopy"}"#,
+    )
+    .await;
+    assert_eq!(code, 508, "{body}");
+    assert!(
+        body["error"]["message"].as_str().unwrap().contains("loop"),
+        "{body}"
+    );
+    let resp = client()
+        .delete(format!("{url}/api/nodes/loop"))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    // Requests without a model and no node: 503.
+    let resp = client()
+        .get(format!("{url}/api/version"))
+        .bearer_auth("client-key")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 503);
+    // Not a proxied path.
+    assert_eq!(
+        client()
+            .get(format!("{url}/etc/passwd"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
+    // After all that, a real node joins and requests work.
+    let mut node = FakeNode::start("good", &["m"], loopback(), Arc::default());
+    node.join(&url, TOKEN);
+    wait_nodes(&url, Duration::from_secs(5), |n| all_online(n, &["good"])).await;
+    let (code, body) = post_json(
+        &format!("{url}/v1/chat/completions"),
+        Some("client-key"),
+        &chat_body,
+    )
+    .await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(node_of(&body), "good");
+    let (code, body) = post_json(
+        &format!("{url}/v1/chat/completions"),
+        Some("client-key"),
+        r#"{"model":"other"}"#,
+    )
+    .await;
+    assert_eq!(code, 404, "{body}");
+    let resp = client()
+        .get(format!("{url}/api/version"))
+        .bearer_auth("client-key")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    router.stop().await;
+}

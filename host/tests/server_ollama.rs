@@ -1,0 +1,260 @@
+//! Ollama-compatible routes over loopback HTTP on the scripted backend.
+
+mod server_support;
+
+use llmlocal::{
+    engine::Engine,
+    models::{ManagerConfig, ModelManager},
+    server::ServerSettings,
+};
+use serde_json::{json, Value};
+use server_support::{client, parse_ndjson, registry, scripted_settings, write_script, TestServer};
+use std::sync::Arc;
+
+const SCRIPT: &str = "Ollama says hi ✓";
+
+async fn server(dir: &std::path::Path) -> TestServer {
+    server_with(dir, false).await
+}
+
+async fn server_with(dir: &std::path::Path, open_specs: bool) -> TestServer {
+    let mut settings = scripted_settings(dir, &[("s", SCRIPT)]);
+    settings.open_specs = open_specs;
+    // Pulled `.gguf`-named scripted files have a format the scripted backend does not list.
+    settings.default_backend = Some("scripted".into());
+    let manager = ModelManager::new(ManagerConfig::new(dir.join("hub-cache"))).expect("manager");
+    let engine = Engine::new(settings, registry(&["scripted"]), Some(Arc::new(manager)));
+    TestServer::start(engine, ServerSettings::default()).await
+}
+
+async fn post(server: &TestServer, path: &str, body: Value) -> (u16, String) {
+    let response = client()
+        .post(server.url(path))
+        .json(&body)
+        .send()
+        .await
+        .expect("request");
+    (
+        response.status().as_u16(),
+        response.text().await.expect("body"),
+    )
+}
+
+fn check_final(last: &Value, completion_tokens: usize) {
+    assert_eq!(last["done"], true);
+    assert_eq!(last["done_reason"], "stop");
+    assert_eq!(last["eval_count"], completion_tokens);
+    assert!(last["prompt_eval_count"].as_u64().expect("count") > 0);
+    for field in [
+        "total_duration",
+        "load_duration",
+        "prompt_eval_duration",
+        "eval_duration",
+    ] {
+        assert!(last[field].is_u64(), "{field} in {last}");
+    }
+    assert!(last["created_at"]
+        .as_str()
+        .expect("created_at")
+        .ends_with('Z'));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn generate_streams_ndjson_and_answers_whole() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server = server(dir.path()).await;
+    let (status, body) = post(
+        &server,
+        "/api/generate",
+        json!({"model": "s", "prompt": "Hi", "options": {"temperature": 0}}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let lines = parse_ndjson(&body);
+    assert!(lines.len() > 3, "streams by default");
+    let text: String = lines
+        .iter()
+        .filter_map(|l| l["response"].as_str())
+        .collect();
+    assert_eq!(text, SCRIPT);
+    assert!(lines[..lines.len() - 1].iter().all(|l| l["done"] == false));
+    check_final(lines.last().expect("final"), SCRIPT.len());
+
+    let (status, body) = post(
+        &server,
+        "/api/generate",
+        json!({"model": "s", "prompt": "Hi", "stream": false, "raw": true, "options": {"temperature": 0, "num_predict": 6}}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).expect("one JSON object");
+    assert_eq!(v["response"], &SCRIPT[..6]);
+    assert_eq!(v["done_reason"], "length");
+    assert_eq!(v["prompt_eval_count"], 3, "raw: BOS + 2 bytes, no template");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn chat_streams_messages_and_answers_whole() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server = server(dir.path()).await;
+    let messages =
+        json!([{"role": "system", "content": "Be nice."}, {"role": "user", "content": "Hi"}]);
+    let (status, body) = post(
+        &server,
+        "/api/chat",
+        json!({"model": "s", "messages": messages, "options": {"temperature": 0, "stop": ["hi"]}}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let lines = parse_ndjson(&body);
+    let text: String = lines
+        .iter()
+        .filter_map(|l| l["message"]["content"].as_str())
+        .collect();
+    assert_eq!(text, "Ollama says ", "the stop option applies");
+    assert!(lines.iter().all(|l| l["message"]["role"] == "assistant"));
+    let (status, body) = post(
+        &server,
+        "/api/chat",
+        json!({"model": "s", "messages": messages, "stream": false, "options": {"temperature": 0}}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).expect("one object");
+    assert_eq!(v["message"]["content"], SCRIPT);
+    check_final(&v, SCRIPT.len());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tags_ps_show_and_load_only_requests() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server = server(dir.path()).await;
+    let tags: Value = client()
+        .get(server.url("/api/tags"))
+        .send()
+        .await
+        .expect("req")
+        .json()
+        .await
+        .expect("json");
+    let models = tags["models"].as_array().expect("models");
+    assert_eq!(models.len(), 1);
+    assert_eq!(models[0]["name"], "s");
+    assert_eq!(
+        models[0]["size"],
+        (SCRIPT.len() + "llmlocal-scripted-model v1\n".len()) as u64
+    );
+    let ps: Value = client()
+        .get(server.url("/api/ps"))
+        .send()
+        .await
+        .expect("req")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(ps["models"], json!([]), "nothing loaded yet");
+    // An empty prompt only loads the model.
+    let (status, body) = post(&server, "/api/generate", json!({"model": "s"})).await;
+    assert_eq!(status, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(v["done_reason"], "load");
+    let ps: Value = client()
+        .get(server.url("/api/ps"))
+        .send()
+        .await
+        .expect("req")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(ps["models"][0]["name"], "s");
+    assert_eq!(ps["models"][0]["details"]["family"], "scripted");
+    assert!(ps["models"][0]["expires_at"].is_string());
+    let (status, body) = post(&server, "/api/show", json!({"model": "s"})).await;
+    assert_eq!(status, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).expect("json");
+    assert!(v["template"]
+        .as_str()
+        .expect("template")
+        .contains("<|im_start|>"));
+    assert_eq!(v["model_info"]["general.architecture"], "scripted");
+    let version: Value = client()
+        .get(server.url("/api/version"))
+        .send()
+        .await
+        .expect("req")
+        .json()
+        .await
+        .expect("json");
+    assert!(version["version"].is_string());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pull_reports_progress_and_makes_the_model_usable_and_delete_forgets_it() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = write_script(dir.path(), "pulled.gguf", "pulled!");
+    let name = file.to_string_lossy().into_owned();
+    // Without --allow-any-model a client cannot make the server load local files.
+    let closed = server(dir.path()).await;
+    let (status, body) = post(&closed, "/api/pull", json!({"model": name})).await;
+    assert_eq!(status, 403, "{body}");
+    let server = server_with(dir.path(), true).await;
+    let (status, body) = post(&server, "/api/pull", json!({"model": name})).await;
+    assert_eq!(status, 200, "{body}");
+    let lines = parse_ndjson(&body);
+    assert_eq!(lines.first().expect("first")["status"], "pulling manifest");
+    assert_eq!(
+        lines.last().expect("last")["status"],
+        "success",
+        "{lines:?}"
+    );
+    let (status, body) = post(&server, "/api/generate", json!({"model": name, "prompt": "x", "raw": true, "stream": false, "options": {"temperature": 0}})).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).expect("json")["response"],
+        "pulled!"
+    );
+    let tags: Value = client()
+        .get(server.url("/api/tags"))
+        .send()
+        .await
+        .expect("req")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(tags["models"].as_array().expect("models").len(), 2);
+
+    // A spec that is not valid is a 400, a missing name too.
+    let (status, body) = post(&server, "/api/pull", json!({"model": "bad//spec"})).await;
+    assert_eq!(status, 400, "{body}");
+    let (status, _) = post(&server, "/api/pull", json!({})).await;
+    assert_eq!(status, 400);
+
+    let deleted = client()
+        .delete(server.url("/api/delete"))
+        .json(&json!({"model": name}))
+        .send()
+        .await
+        .expect("req");
+    assert_eq!(deleted.status(), 200);
+    assert!(file.exists(), "a local file is forgotten, not deleted");
+    let again = client()
+        .delete(server.url("/api/delete"))
+        .json(&json!({"model": name}))
+        .send()
+        .await
+        .expect("req");
+    assert_eq!(again.status(), 404);
+    let tags: Value = client()
+        .get(server.url("/api/tags"))
+        .send()
+        .await
+        .expect("req")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(
+        tags["models"].as_array().expect("models").len(),
+        1,
+        "the name is gone: {tags}"
+    );
+}

@@ -1,0 +1,173 @@
+//! Streams under stress: a client that disconnects cancels its generation; 64 concurrent
+//! streams all complete with the right text; shutdown lets in-flight streams finish.
+
+mod server_support;
+
+use llmlocal::server::ServerSettings;
+use serde_json::{json, Value};
+use server_support::{
+    client, eventually, metric, parse_sse, scripted_engine, scripted_settings, TestServer,
+};
+use std::time::Duration;
+
+const DIGITS: &str = "0123456789";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_that_disconnects_cancels_its_generation() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut settings = scripted_settings(dir.path(), &[("s", DIGITS)]);
+    settings.context_length = Some(1 << 30);
+    let server_settings = ServerSettings {
+        max_tokens_cap: 1 << 29,
+        ..ServerSettings::default()
+    };
+    let server = TestServer::start(scripted_engine(settings), server_settings).await;
+    let asked: u64 = 1 << 29;
+    let body = json!({"model": "s", "messages": [{"role": "user", "content": "go"}], "stream": true,
+                      "ignore_eos": true, "max_tokens": asked, "temperature": 0});
+    let mut response = client()
+        .post(server.url("/v1/chat/completions"))
+        .json(&body)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(response.status(), 200);
+    let mut received = 0;
+    while received < 4096 {
+        received += response
+            .chunk()
+            .await
+            .expect("read")
+            .expect("more data")
+            .len();
+    }
+    drop(response); // closes the connection
+    let metrics = || {
+        let text = server.engine.metrics().render();
+        let generated =
+            metric(&text, "llmlocal_generated_tokens_total{model=\"s\"}").unwrap_or(-1.0);
+        let cancelled = metric(
+            &text,
+            "llmlocal_generations_total{model=\"s\",reason=\"cancelled\"}",
+        );
+        (
+            generated,
+            cancelled,
+            metric(&text, "llmlocal_active_generations"),
+        )
+    };
+    let stopped = eventually(Duration::from_secs(10), || metrics().2 == Some(0.0)).await;
+    assert!(
+        stopped,
+        "the generation ended after the disconnect: {:?}",
+        metrics()
+    );
+    let (generated, cancelled, _) = metrics();
+    assert_eq!(cancelled, Some(1.0));
+    assert!(
+        generated > 0.0 && generated < 1_000_000.0,
+        "decoding stopped early: {generated} of {asked}"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(metrics().0, generated, "no decoding after the cancel");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sixty_four_concurrent_streams_complete_with_their_own_text() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let script = "abcdefghijklmnopqrstuvwxyz0123456789";
+    let server = TestServer::start(
+        scripted_engine(scripted_settings(dir.path(), &[("s", script)])),
+        ServerSettings::default(),
+    )
+    .await;
+    let http = client();
+    let tasks: Vec<_> = (0..64usize)
+        .map(|i| {
+            let http = http.clone();
+            let url = server.url("/v1/chat/completions");
+            let n = 1 + i % script.len();
+            tokio::spawn(async move {
+                let body = json!({"model": "s", "messages": [{"role": "user", "content": format!("request {i}")}],
+                                  "stream": true, "max_tokens": n, "temperature": 0});
+                let response = http.post(url).json(&body).send().await.expect("request");
+                assert_eq!(response.status(), 200);
+                let (events, done) = parse_sse(&response.text().await.expect("body"));
+                assert!(done, "request {i} ended with [DONE]");
+                let text: String = events
+                    .iter()
+                    .filter_map(|e| e["choices"][0]["delta"]["content"].as_str())
+                    .collect();
+                (n, text)
+            })
+        })
+        .collect();
+    for task in tasks {
+        let (n, text) = task.await.expect("task");
+        assert_eq!(text, &script[..n]);
+    }
+    let text = server.engine.metrics().render();
+    let finished: f64 = ["length", "stop"]
+        .iter()
+        .filter_map(|r| {
+            metric(
+                &text,
+                &format!("llmlocal_generations_total{{model=\"s\",reason=\"{r}\"}}"),
+            )
+        })
+        .sum();
+    assert_eq!(finished, 64.0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn shutdown_lets_in_flight_streams_finish() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let script: String = (0..200)
+        .map(|i| char::from(b'a' + (i % 26) as u8))
+        .collect();
+    let mut server = TestServer::start(
+        scripted_engine(scripted_settings(dir.path(), &[("s", &script)])),
+        ServerSettings::default(),
+    )
+    .await;
+    let body = json!({"model": "s", "prompt": "x", "stream": true, "temperature": 0});
+    let mut response = client()
+        .post(server.url("/v1/completions"))
+        .json(&body)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(response.status(), 200);
+    let mut text = String::from_utf8(
+        response
+            .chunk()
+            .await
+            .expect("read")
+            .expect("chunk")
+            .to_vec(),
+    )
+    .expect("utf-8");
+    let task = server.begin_shutdown();
+    while let Some(chunk) = response
+        .chunk()
+        .await
+        .expect("the stream goes on during shutdown")
+    {
+        text.push_str(std::str::from_utf8(&chunk).expect("utf-8"));
+    }
+    let (events, done) = parse_sse(&text);
+    assert!(done, "the in-flight stream finished");
+    let streamed: String = events
+        .iter()
+        .filter_map(|e| e["choices"][0]["text"].as_str())
+        .collect();
+    assert_eq!(streamed, script);
+    tokio::time::timeout(Duration::from_secs(10), task)
+        .await
+        .expect("the server stops after the stream")
+        .expect("task")
+        .expect("serve");
+    let refused = client().get(server.url("/health")).send().await;
+    assert!(refused.is_err(), "no new connections after shutdown");
+    let _: Option<Value> = None;
+}

@@ -1,0 +1,203 @@
+//! Helpers for the engine and server tests: the built plugins, scripted models, an
+//! in-process server on loopback, SSE/NDJSON parsing and metric reading.
+#![allow(dead_code)] // each test binary uses a different subset
+
+use llmlocal::{
+    engine::{Engine, EngineSettings, ModelEntry},
+    plugins::{library_file_name, PluginRegistry},
+    server::{self, ServerSettings},
+};
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
+
+/// Where built plugins are looked for, in order.
+pub fn plugin_dirs() -> Vec<PathBuf> {
+    let mut dirs = Vec::new();
+    for var in ["LLMLOCAL_TEST_PLUGIN_DIR", "LLMLOCAL_PLUGIN_DIR_BUILT"] {
+        if let Some(dir) = std::env::var_os(var).filter(|d| !d.is_empty()) {
+            dirs.push(PathBuf::from(dir));
+        }
+    }
+    // The test binary is target/<profile>/deps/<name>-<hash>.
+    if let Ok(exe) = std::env::current_exe() {
+        if let Some(profile) = exe.parent().and_then(Path::parent) {
+            dirs.push(profile.to_path_buf());
+            if let Some(target) = profile.parent() {
+                dirs.push(target.join("test-plugins"));
+                dirs.push(target.join("plugins"));
+            }
+        }
+    }
+    dirs
+}
+
+/// The library of backend `name` (e.g. `scripted`, `llama_cpp`); fails the test if missing.
+pub fn plugin_library(name: &str) -> PathBuf {
+    let file = library_file_name(name);
+    let dirs = plugin_dirs();
+    dirs.iter()
+        .map(|d| d.join(&file))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| {
+            panic!(
+                "plugin {file} not found in {dirs:?}: run cargo xtask build-plugins first \
+                 (or cargo build -p llmlocal-backend-<name>), or set $LLMLOCAL_TEST_PLUGIN_DIR"
+            )
+        })
+}
+
+/// A registry holding only the named backends.
+pub fn registry(names: &[&str]) -> Arc<PluginRegistry> {
+    let files: Vec<PathBuf> = names.iter().map(|n| plugin_library(n)).collect();
+    let registry = PluginRegistry::load_files(&files);
+    assert_eq!(
+        registry.backend_names().len(),
+        names.len(),
+        "every plugin loads: {:?}",
+        registry.entries()
+    );
+    Arc::new(registry)
+}
+
+/// Writes a scripted model replaying `script`.
+pub fn write_script(dir: &Path, file: &str, script: &str) -> PathBuf {
+    let path = dir.join(file);
+    std::fs::write(&path, format!("llmlocal-scripted-model v1\n{script}"))
+        .expect("write script model");
+    path
+}
+
+/// Engine settings with scripted models `name -> script` written under `dir`.
+pub fn scripted_settings(dir: &Path, models: &[(&str, &str)]) -> EngineSettings {
+    let mut settings = EngineSettings {
+        open_specs: false,
+        ..EngineSettings::default()
+    };
+    for (name, script) in models {
+        let path = write_script(dir, &format!("{name}.txt"), script);
+        settings
+            .models
+            .insert(name.to_string(), ModelEntry::new(path.to_string_lossy()));
+    }
+    settings
+}
+
+/// A scripted engine.
+pub fn scripted_engine(settings: EngineSettings) -> Engine {
+    Engine::new(settings, registry(&["scripted"]), None)
+}
+
+/// A server running in this process on a free loopback port.
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub engine: Engine,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+}
+
+impl TestServer {
+    pub async fn start(engine: Engine, settings: ServerSettings) -> TestServer {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind loopback");
+        let addr = listener.local_addr().expect("local addr");
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(server::serve(
+            listener,
+            engine.clone(),
+            settings,
+            async move {
+                let _ = rx.await;
+            },
+        ));
+        TestServer {
+            addr,
+            engine,
+            shutdown: Some(tx),
+            task: Some(task),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// Starts the graceful shutdown; returns the server task to await.
+    pub fn begin_shutdown(&mut self) -> tokio::task::JoinHandle<std::io::Result<()>> {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        self.task.take().expect("server task")
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(task) = &self.task {
+            task.abort();
+        }
+    }
+}
+
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .expect("http client")
+}
+
+/// The JSON payloads of an SSE body, and whether it ended with `data: [DONE]`.
+pub fn parse_sse(body: &str) -> (Vec<serde_json::Value>, bool) {
+    let mut events = Vec::new();
+    let mut done = false;
+    for line in body.lines() {
+        let Some(data) = line.strip_prefix("data: ") else {
+            assert!(line.is_empty(), "unexpected SSE line {line:?}");
+            continue;
+        };
+        assert!(!done, "data after [DONE]");
+        if data == "[DONE]" {
+            done = true;
+        } else {
+            events.push(serde_json::from_str(data).expect("SSE data is JSON"));
+        }
+    }
+    (events, done)
+}
+
+/// The JSON lines of an NDJSON body.
+pub fn parse_ndjson(body: &str) -> Vec<serde_json::Value> {
+    body.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).expect("NDJSON line is JSON"))
+        .collect()
+}
+
+/// The value of the sample `series` (`name{labels}` exactly as exposed) in Prometheus text.
+pub fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+        l.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
+}
+
+/// Waits until `check` holds, up to `timeout`.
+pub async fn eventually(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if check() {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -1,0 +1,82 @@
+//! A running generation as the host sees it: the receiving end of its sequence's channel plus
+//! the cancel flag the decode thread checks every step.
+
+use crate::engine::Engine;
+use llmlocal_plugin_api::{
+    FinishReason, Generation, GenerationStats, PluginError, StatsClock, Step,
+};
+use std::sync::{
+    atomic::{AtomicBool, Ordering},
+    mpsc::Receiver,
+    Arc,
+};
+
+pub struct LlamaGeneration {
+    steps: Receiver<Result<Step, PluginError>>,
+    cancel: Arc<AtomicBool>,
+    /// Keeps the decode thread (and the model) alive while this generation exists.
+    engine: Arc<Engine>,
+    clock: StatsClock,
+    /// Once ended, every later `next` returns the same.
+    ended: Option<Result<FinishReason, PluginError>>,
+}
+
+impl LlamaGeneration {
+    pub fn new(
+        steps: Receiver<Result<Step, PluginError>>,
+        cancel: Arc<AtomicBool>,
+        engine: Arc<Engine>,
+        prompt_tokens: u32,
+    ) -> Self {
+        LlamaGeneration {
+            steps,
+            cancel,
+            engine,
+            clock: StatsClock::start(prompt_tokens),
+            ended: None,
+        }
+    }
+}
+
+impl Generation for LlamaGeneration {
+    fn next(&mut self) -> Result<Step, PluginError> {
+        if let Some(end) = &self.ended {
+            return end.clone().map(Step::Finished);
+        }
+        let step = match self.steps.recv() {
+            Ok(step) => step,
+            Err(_) => Err(PluginError::internal(
+                "the llama.cpp decode thread stopped before the generation ended",
+            )),
+        };
+        // The channel had room again: the decode thread may have skipped this sequence.
+        self.engine.wake();
+        match step {
+            Ok(Step::Token(token)) => {
+                self.clock.token();
+                Ok(Step::Token(token))
+            }
+            Ok(Step::Finished(reason)) => {
+                self.ended = Some(Ok(reason));
+                Ok(Step::Finished(reason))
+            }
+            Err(err) => {
+                self.ended = Some(Err(err.clone()));
+                Err(err)
+            }
+        }
+    }
+
+    fn stats(&self) -> GenerationStats {
+        self.clock.stats()
+    }
+}
+
+impl Drop for LlamaGeneration {
+    /// Cancelling: the decode thread frees this sequence's KV cells on its next step, and the
+    /// wake-up makes that step happen now even if the thread was idle.
+    fn drop(&mut self) {
+        self.cancel.store(true, Ordering::Relaxed);
+        self.engine.wake();
+    }
+}

@@ -1,0 +1,238 @@
+//! The loaded model: metadata, tokenizer, and requests handed to the decode thread.
+
+use crate::{
+    adapters::AdapterSet,
+    engine::{Command, Engine, EngineConfig, GenerateJob, Job, JobKind, OUTPUT_CHANNEL_CAPACITY},
+    generation::LlamaGeneration,
+    runtime::Device,
+    sampler::SamplerChain,
+};
+use llama_cpp_2::{model::LlamaModel, token::LlamaToken};
+use llmlocal_plugin_api::{
+    abi_stable::std_types::{ROption, RString, RVec},
+    GenerateRequest, Generation, Model, ModelMetadata, PluginError,
+};
+use std::sync::{atomic::AtomicBool, Arc};
+
+/// Everything `load` hands over.
+pub struct Parts {
+    pub model: Arc<LlamaModel>,
+    pub engine: Arc<Engine>,
+    pub config: EngineConfig,
+    pub device: Device,
+    pub name: String,
+    pub load_ms: f64,
+    pub adapter_paths: Vec<String>,
+    pub load_set: AdapterSet,
+}
+
+pub struct LlamaCppModel {
+    model: Arc<LlamaModel>,
+    engine: Arc<Engine>,
+    metadata: ModelMetadata,
+    n_vocab: i32,
+    context_per_sequence: u32,
+    adapter_paths: Vec<String>,
+    load_set: AdapterSet,
+}
+
+impl LlamaCppModel {
+    pub fn new(parts: Parts) -> Self {
+        let metadata = read_metadata(&parts);
+        LlamaCppModel {
+            n_vocab: parts.model.n_vocab(),
+            model: parts.model,
+            engine: parts.engine,
+            metadata,
+            context_per_sequence: parts.config.context_per_sequence,
+            adapter_paths: parts.adapter_paths,
+            load_set: parts.load_set,
+        }
+    }
+
+    /// Token ids from the caller, checked against the vocabulary: llama.cpp aborts the process
+    /// on an out-of-range id.
+    fn to_llama_tokens(&self, tokens: &[u32]) -> Result<Vec<LlamaToken>, PluginError> {
+        tokens
+            .iter()
+            .map(|&id| match i32::try_from(id) {
+                Ok(id) if id < self.n_vocab => Ok(LlamaToken::new(id)),
+                _ => Err(PluginError::invalid_request(format!(
+                    "token id {id} is outside the vocabulary (size {})",
+                    self.n_vocab
+                ))),
+            })
+            .collect()
+    }
+
+    fn check_prompt(&self, tokens: &[u32]) -> Result<Vec<LlamaToken>, PluginError> {
+        if tokens.is_empty() {
+            return Err(PluginError::invalid_request("the prompt is empty"));
+        }
+        let len = u32::try_from(tokens.len()).unwrap_or(u32::MAX);
+        if len >= self.context_per_sequence {
+            return Err(PluginError::invalid_request(format!(
+                "the prompt has {len} tokens but the context holds {} per sequence; shorten the \
+                 prompt or load the model with a longer context_length",
+                self.context_per_sequence
+            )));
+        }
+        self.to_llama_tokens(tokens)
+    }
+
+    /// The adapter set a generation asks for, checked against those loaded.
+    fn adapters_for(&self, request: &GenerateRequest) -> Result<Option<AdapterSet>, PluginError> {
+        let ROption::RSome(requests) = &request.adapters else {
+            return Ok(None);
+        };
+        let set = AdapterSet::from_requests(requests.as_slice())?;
+        for (path, _) in &set.0 {
+            if !self.adapter_paths.contains(path) {
+                return Err(PluginError::invalid_request(format!(
+                    "adapter '{path}' was not loaded with this model; the llama-cpp backend \
+                     switches per generation among the adapters given at load"
+                )));
+            }
+        }
+        Ok(if set == self.load_set {
+            None
+        } else {
+            Some(set)
+        })
+    }
+}
+
+fn read_metadata(parts: &Parts) -> ModelMetadata {
+    let model = &parts.model;
+    let vocab = model.vocab();
+    let token = |t: LlamaToken| match u32::try_from(t.0) {
+        Ok(id) if t.0 < vocab.n_tokens() => ROption::RSome(id),
+        _ => ROption::RNone,
+    };
+    // One pass over the vocabulary at load: every token llama.cpp treats as end of generation.
+    let eog: Vec<u32> = vocab
+        .tokens()
+        .filter(|&t| vocab.is_eog(t))
+        .filter_map(|t| u32::try_from(t.0).ok())
+        .collect();
+    let architecture = model
+        .meta_val_str("general.architecture")
+        .unwrap_or_default();
+    let chat_template = model
+        .meta_val_str("tokenizer.chat_template")
+        .ok()
+        .or_else(|| {
+            model
+                .chat_template(None)
+                .ok()
+                .and_then(|t| t.to_string().ok())
+        });
+    ModelMetadata {
+        architecture: RString::from(architecture),
+        name: RString::from(parts.name.clone()),
+        context_length: parts.config.context_per_sequence,
+        train_context_length: model.n_ctx_train(),
+        vocab_size: u32::try_from(vocab.n_tokens()).unwrap_or(0),
+        embedding_length: u32::try_from(model.n_embd()).unwrap_or(0),
+        layer_count: model.n_layer(),
+        parameter_count: model.n_params(),
+        size_bytes: model.size(),
+        bos_token: token(vocab.bos()),
+        eos_token: token(vocab.eos()),
+        end_of_generation_tokens: RVec::from(eog),
+        chat_template: chat_template.map(RString::from).into(),
+        device: RString::from(parts.device.name.clone()),
+        load_ms: parts.load_ms,
+    }
+}
+
+impl Model for LlamaCppModel {
+    fn metadata(&self) -> ModelMetadata {
+        self.metadata.clone()
+    }
+
+    fn tokenize(
+        &self,
+        text: &str,
+        add_special: bool,
+        parse_special: bool,
+    ) -> Result<Vec<u32>, PluginError> {
+        if i32::try_from(text.len()).is_err() {
+            return Err(PluginError::invalid_request(
+                "the text is too long to tokenize (2 GiB at most)",
+            ));
+        }
+        let tokens = self
+            .model
+            .vocab()
+            .tokenize(text.as_bytes(), add_special, parse_special);
+        Ok(tokens
+            .into_iter()
+            .filter_map(|t| u32::try_from(t.0).ok())
+            .collect())
+    }
+
+    fn detokenize(&self, tokens: &[u32], skip_special: bool) -> Result<String, PluginError> {
+        if tokens.is_empty() {
+            return Ok(String::new());
+        }
+        let mut tokens = self.to_llama_tokens(tokens)?;
+        let vocab = self.model.vocab();
+        if skip_special {
+            // llama.cpp keeps the SPM space prefix after a BOS it removes itself; dropping
+            // leading BOS tokens first makes "<s> Once" detokenize to "Once", as tokenizers do.
+            let bos = vocab.bos();
+            let leading = tokens.iter().take_while(|&&t| t == bos).count();
+            tokens.drain(..leading);
+            if tokens.is_empty() {
+                return Ok(String::new());
+            }
+        }
+        // skip_special: drop BOS/EOS and render control tokens as nothing; otherwise render
+        // special tokens as their text.
+        let bytes = vocab.detokenize(&tokens, skip_special, !skip_special);
+        Ok(String::from_utf8_lossy(&bytes).into_owned())
+    }
+
+    fn generate(&self, request: GenerateRequest) -> Result<Box<dyn Generation>, PluginError> {
+        let prompt = self.check_prompt(request.prompt_tokens.as_slice())?;
+        let adapters = self.adapters_for(&request)?;
+        let sampler = SamplerChain::new(&request.sampling, self.n_vocab)?;
+        let (out, steps) = std::sync::mpsc::sync_channel(OUTPUT_CHANNEL_CAPACITY);
+        let cancel = Arc::new(AtomicBool::new(false));
+        let prompt_len = u32::try_from(prompt.len()).unwrap_or(u32::MAX);
+        let job = Job {
+            prompt,
+            cancel: Arc::clone(&cancel),
+            adapters,
+            kind: JobKind::Generate(GenerateJob {
+                sampler,
+                max_tokens: request.max_tokens,
+                ignore_eos: request.ignore_eos,
+                out,
+            }),
+        };
+        self.engine.send(Command::Start(Box::new(job)))?;
+        Ok(Box::new(LlamaGeneration::new(
+            steps,
+            cancel,
+            Arc::clone(&self.engine),
+            prompt_len,
+        )))
+    }
+
+    fn logits(&self, tokens: &[u32]) -> Result<Vec<f32>, PluginError> {
+        let prompt = self.check_prompt(tokens)?;
+        let (reply, result) = std::sync::mpsc::sync_channel(1);
+        let job = Job {
+            prompt,
+            cancel: Arc::new(AtomicBool::new(false)),
+            adapters: None,
+            kind: JobKind::Logits(reply),
+        };
+        self.engine.send(Command::Start(Box::new(job)))?;
+        result
+            .recv()
+            .map_err(|_| PluginError::internal("the llama.cpp decode thread stopped"))?
+    }
+}

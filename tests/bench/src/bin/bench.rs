@@ -1,0 +1,185 @@
+//! `bench`: llama.cpp direct vs through the llmlocal plugin host, and 1 vs N parallel
+//! generations. See the crate docs. Example:
+//!
+//! ```text
+//! cargo build -p llmlocal-backend-llama-cpp
+//! cargo run -p llmlocal-bench --bin bench -- --threads 2 --json target/bench/llama-cpp.json
+//! ```
+//!
+//! Backend comparison (candle plugin vs llama-cpp plugin, F32 and Q8_0 random models):
+//!
+//! ```text
+//! cargo build -p llmlocal-backend-llama-cpp -p llmlocal-backend-candle
+//! cargo run -p llmlocal-bench --bin bench -- --threads 2 --compare candle --json target/bench/candle.json
+//! ```
+
+use anyhow::Context as _;
+use clap::Parser;
+use llmlocal_bench::{
+    compare, direct, plugin,
+    random_gguf::{self, Shape, Storage},
+    report::Report,
+    Setup,
+};
+use std::path::PathBuf;
+
+#[derive(Debug, Parser)]
+#[command(about = "Benchmark the llama-cpp backend: direct llama.cpp vs the plugin host")]
+struct Args {
+    /// Folder holding the plugin libraries, e.g. libllmlocal_backend_llama_cpp.so (default: next
+    /// to this binary).
+    #[arg(long)]
+    plugin_dir: Option<PathBuf>,
+    /// GGUF model (default: a random-weight 85M-parameter F16 llama, written once under
+    /// target/bench/, with the stories260K tokenizer; with --compare, random 50M-parameter F32
+    /// and Q8_0 llamas of the same weights).
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// CPU threads for both paths (default: all cores).
+    #[arg(long)]
+    threads: Option<u32>,
+    /// Prompt-processing batch size for both paths.
+    #[arg(long, default_value_t = 512)]
+    batch_size: u32,
+    #[arg(long, default_value_t = 128)]
+    prompt_tokens: usize,
+    #[arg(long, default_value_t = 128)]
+    gen_tokens: usize,
+    /// Parallel generations for the aggregate measurement.
+    #[arg(long, default_value_t = 4)]
+    parallel: u32,
+    /// Runs per measurement; the best is reported.
+    #[arg(long, default_value_t = 3)]
+    repeat: usize,
+    /// Instead of the llama.cpp direct/plugin benchmark, compare this backend plugin (e.g.
+    /// `candle`) with the llama-cpp plugin, both through the host, same threads. Sets
+    /// RAYON_NUM_THREADS and CANDLE_NUM_THREADS to --threads: candle sizes its pools from them.
+    #[arg(long, value_name = "BACKEND")]
+    compare: Option<String>,
+    /// Also write the results as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+fn exe_dir() -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe().context("locate the bench binary")?;
+    Ok(exe
+        .parent()
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(".")))
+}
+
+/// A random model written once next to the target dir (target/bench/).
+fn default_model(name: &str, shape: &Shape, storage: Storage) -> anyhow::Result<PathBuf> {
+    let target = exe_dir()?.parent().map(PathBuf::from).unwrap_or_default();
+    let dir = target.join("bench");
+    std::fs::create_dir_all(&dir)?;
+    let path = dir.join(format!("random-llama-{name}-{}.gguf", storage.suffix()));
+    if path.is_file() {
+        return Ok(path);
+    }
+    let shared = std::env::var_os("LLMLOCAL_SHARED_MODELS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/models")
+        });
+    let tokenizer = shared.join("stories260K/stories260K.gguf");
+    eprintln!("writing the random benchmark model {} ...", path.display());
+    random_gguf::write_as(&path, &tokenizer, shape, storage)
+        .with_context(|| format!("write {} (or pass --model)", path.display()))?;
+    Ok(path)
+}
+
+/// The models of a comparison: --model alone, or the random F32 and Q8_0 pair.
+fn compare_models(model: Option<PathBuf>) -> anyhow::Result<Vec<(String, PathBuf)>> {
+    if let Some(m) = model {
+        return Ok(vec![("model".into(), m)]);
+    }
+    [(Storage::F32, "F32"), (Storage::Q8_0, "Q8_0")]
+        .into_iter()
+        .map(|(storage, label)| {
+            Ok((
+                label.to_string(),
+                default_model("50m", &Shape::RANDOM_50M, storage)?,
+            ))
+        })
+        .collect()
+}
+
+fn write_json(path: Option<&PathBuf>, value: &impl serde::Serialize) -> anyhow::Result<()> {
+    if let Some(path) = path {
+        std::fs::write(path, serde_json::to_string_pretty(value)?)
+            .with_context(|| format!("write {}", path.display()))?;
+        eprintln!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let threads = args.threads.unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map(|n| u32::try_from(n.get()).unwrap_or(1))
+            .unwrap_or(1)
+    });
+    if args.compare.is_some() {
+        // candle ignores LoadRequest::threads: its CPU ops run on rayon's global pool (sized by
+        // RAYON_NUM_THREADS) and its quantized matmuls on its own spinning pool (sized by
+        // CANDLE_NUM_THREADS, else RAYON_NUM_THREADS); both are built on first use. Set here,
+        // before any thread or plugin exists.
+        std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
+        std::env::set_var("CANDLE_NUM_THREADS", threads.to_string());
+    }
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("LLMLOCAL_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    llama_cpp_2::send_logs_to_tracing(llama_cpp_2::LogOptions::default());
+    let context_length = u32::try_from(args.prompt_tokens + args.gen_tokens + 16)?;
+    let plugin_dir = match &args.plugin_dir {
+        Some(d) => d.clone(),
+        None => exe_dir()?,
+    };
+    let mut setup = Setup {
+        model: PathBuf::new(),
+        threads,
+        batch_size: args.batch_size,
+        prompt_tokens: args.prompt_tokens,
+        gen_tokens: args.gen_tokens,
+        parallel: args.parallel,
+        repeat: args.repeat.max(1),
+        context_length,
+    };
+    if let Some(backend) = &args.compare {
+        let models = compare_models(args.model)?;
+        let comparison = compare::run(&plugin_dir, backend, &setup, &models)?;
+        println!("{}", comparison.table());
+        return write_json(args.json.as_ref(), &comparison);
+    }
+    setup.model = match args.model {
+        Some(m) => m,
+        None => default_model("85m", &Shape::RANDOM_85M, Storage::F16)?,
+    };
+
+    eprintln!("direct llama.cpp ...");
+    let (direct, prompt) = direct::run(&setup)?;
+    eprintln!("through the plugin host ...");
+    let single_model = plugin::load(&plugin_dir, "llama-cpp", &setup, 1)?;
+    let through = plugin::run(&single_model, &setup, &prompt)?;
+    drop(single_model);
+    eprintln!(
+        "aggregate: 1 vs {} parallel generations ...",
+        setup.parallel
+    );
+    let parallel_model = plugin::load(&plugin_dir, "llama-cpp", &setup, setup.parallel)?;
+    let one = plugin::aggregate(&parallel_model, &setup, &prompt, 1)?;
+    let many = plugin::aggregate(&parallel_model, &setup, &prompt, setup.parallel as usize)?;
+    drop(parallel_model);
+
+    let report = Report::new(setup, direct, through, one, many);
+    println!("{}", report.table());
+    write_json(args.json.as_ref(), &report)
+}

@@ -1,0 +1,150 @@
+//! The same work through the llmlocal host: a backend plugin library (llama-cpp, candle, ...)
+//! loaded at run time, every call crossing the stable ABI.
+
+use crate::{best, Setup, Speed};
+use anyhow::{anyhow, bail, Context as _};
+use llmlocal::plugins::{LoadedModel, PluginRegistry, RunningGeneration};
+use llmlocal_plugin_api::{GenerateRequest, LoadRequest, Step};
+use std::{
+    path::{Path, PathBuf},
+    time::Instant,
+};
+
+/// The library file of the plugin of `backend` in `dir` (backend `llama-cpp` is
+/// `libllmlocal_backend_llama_cpp.so` on Linux).
+pub fn library_path(dir: &Path, backend: &str) -> PathBuf {
+    dir.join(format!(
+        "{}llmlocal_backend_{}{}",
+        std::env::consts::DLL_PREFIX,
+        backend.replace('-', "_"),
+        std::env::consts::DLL_SUFFIX
+    ))
+}
+
+/// Loads the plugin of `backend` from the folder `dir` and the model with `parallel` sequences.
+pub fn load(
+    dir: &Path,
+    backend: &str,
+    setup: &Setup,
+    parallel: u32,
+) -> anyhow::Result<LoadedModel> {
+    let plugin = library_path(dir, backend);
+    if !plugin.is_file() {
+        bail!(
+            "plugin library {} not found: build it with `cargo build -p llmlocal-backend-{backend}` \
+             or pass --plugin-dir",
+            plugin.display()
+        );
+    }
+    let registry = PluginRegistry::load_files(std::slice::from_ref(&plugin));
+    let handle = registry
+        .backend(backend)
+        .map_err(|e| anyhow!("the {backend} plugin did not load: {e}"))?;
+    let mut request = LoadRequest::new(setup.model.to_string_lossy());
+    request.device = "cpu".into();
+    request.threads = setup.threads;
+    request.batch_size = setup.batch_size;
+    request.context_length = setup.context_length;
+    request.parallel = parallel;
+    handle
+        .load_model(request)
+        .with_context(|| format!("load {} through the plugin", setup.model.display()))
+}
+
+fn request(prompt: &[u32], max_tokens: usize) -> GenerateRequest {
+    let mut request = GenerateRequest::greedy(
+        prompt.to_vec(),
+        u32::try_from(max_tokens).unwrap_or(u32::MAX),
+    );
+    request.ignore_eos = true;
+    request
+}
+
+/// Receipt time of every token until the end.
+fn token_times(generation: &mut RunningGeneration) -> anyhow::Result<Vec<Instant>> {
+    let mut times = Vec::new();
+    loop {
+        match generation.next()? {
+            Step::Token(_) => times.push(Instant::now()),
+            Step::Finished(_) => return Ok(times),
+        }
+    }
+}
+
+/// A prompt of exactly `n` tokens made with the model's own tokenizer: BOS, then a story
+/// repeated as needed.
+pub fn prompt_tokens(model: &LoadedModel, n: usize) -> anyhow::Result<Vec<u32>> {
+    let text = "Once upon a time, there was a little girl named Lily. She loved to play \
+                outside in the park with her friends and her big red ball. ";
+    let mut ids = model.tokenize("", true, false)?;
+    let story = model.tokenize(text, false, false)?;
+    if story.is_empty() {
+        bail!("the tokenizer produced no tokens for the prompt text");
+    }
+    while ids.len() < n {
+        ids.extend_from_slice(&story);
+    }
+    ids.truncate(n);
+    Ok(ids)
+}
+
+/// Prompt processing (time to the first token) and single-sequence generation speed.
+pub fn run(model: &LoadedModel, setup: &Setup, prompt: &[u32]) -> anyhow::Result<Speed> {
+    let mut pp = Vec::new();
+    let mut tg = Vec::new();
+    for _ in 0..setup.repeat {
+        let started = Instant::now();
+        let mut generation = model.generate(request(prompt, setup.gen_tokens + 1))?;
+        let times = token_times(&mut generation)?;
+        let (Some(first), Some(last)) = (times.first(), times.last()) else {
+            bail!("the plugin generated no tokens");
+        };
+        pp.push(prompt.len() as f64 / (*first - started).as_secs_f64());
+        tg.push((times.len() - 1) as f64 / (*last - *first).as_secs_f64());
+    }
+    Ok(Speed {
+        prompt_tps: best(&pp),
+        gen_tps: best(&tg),
+    })
+}
+
+/// Aggregate generation speed of `n` generations started together, each consumed on its own
+/// thread: tokens received after every generation has its first token (the prompts are
+/// done), over the time from then to the last token.
+pub fn aggregate(
+    model: &LoadedModel,
+    setup: &Setup,
+    prompt: &[u32],
+    n: usize,
+) -> anyhow::Result<f64> {
+    let mut results = Vec::new();
+    for _ in 0..setup.repeat {
+        let mut generations = (0..n)
+            .map(|_| model.generate(request(prompt, setup.gen_tokens + 1)))
+            .collect::<Result<Vec<_>, _>>()?;
+        let all: Vec<Vec<Instant>> = std::thread::scope(|s| {
+            let handles: Vec<_> = generations
+                .iter_mut()
+                .map(|g| s.spawn(move || token_times(g)))
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join()
+                        .map_err(|_| anyhow!("a consumer thread panicked"))?
+                })
+                .collect::<anyhow::Result<Vec<_>>>()
+        })?;
+        let start = all.iter().filter_map(|t| t.first()).max().copied();
+        let end = all.iter().filter_map(|t| t.last()).max().copied();
+        let (Some(start), Some(end)) = (start, end) else {
+            bail!("the plugin generated no tokens");
+        };
+        let tokens: usize = all
+            .iter()
+            .map(|t| t.iter().filter(|&&x| x > start).count())
+            .sum();
+        results.push(tokens as f64 / (end - start).as_secs_f64());
+    }
+    Ok(best(&results))
+}

@@ -1,0 +1,95 @@
+//! `conformance`: runs the plugin conformance suite against one plugin library, or (with
+//! `--probe-dir`) reports what the loader makes of every library in a folder.
+//! Exit status: 0 all checks passed (or skipped), 1 a check failed, 2 bad usage or I/O.
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use llmlocal_conformance::{probe_dir, probe_files, run_suite, ModelUnderTest, ProbeReport};
+use std::{path::PathBuf, process::ExitCode};
+
+#[derive(Parser, Debug)]
+#[command(about = "Run the llmlocal plugin conformance suite against one backend plugin")]
+struct Args {
+    /// The plugin library file (libllmlocal_backend_<name>.so / .dylib / .dll).
+    #[arg(
+        long,
+        required_unless_present_any = ["probe_dir", "probe"],
+        conflicts_with_all = ["probe_dir", "probe"]
+    )]
+    plugin: Option<PathBuf>,
+    /// A model to test: a GGUF file, a Hugging Face folder, or any file the backend reads.
+    /// Repeatable.
+    #[arg(long = "model")]
+    models: Vec<PathBuf>,
+    /// A prompt known to end with EOS under greedy decoding for every --model given; a
+    /// missing EOS then fails instead of being skipped.
+    #[arg(long)]
+    eos_prompt: Option<String>,
+    /// Instead of the suite: load every plugin in this folder and report loaded/refused.
+    #[arg(long, conflicts_with = "probe")]
+    probe_dir: Option<PathBuf>,
+    /// Instead of the suite: load these libraries, in this order, into one registry and
+    /// report loaded/refused. Repeatable.
+    #[arg(long)]
+    probe: Vec<PathBuf>,
+    /// Also write the report as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    match run(args) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(err) => {
+            eprintln!("conformance: {err:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// Returns whether everything passed.
+fn run(args: Args) -> Result<bool> {
+    let probe = match &args.probe_dir {
+        Some(dir) => Some(probe_dir(dir)),
+        None if !args.probe.is_empty() => Some(probe_files(&args.probe)),
+        None => None,
+    };
+    if let Some(report) = probe {
+        print_probe(&report);
+        write_json(args.json.as_ref(), &report)?;
+        return Ok(true);
+    }
+    let plugin = args.plugin.context("--plugin is required")?;
+    let models: Vec<_> = args
+        .models
+        .iter()
+        .map(|path| ModelUnderTest {
+            path: path.clone(),
+            eos_prompt: args.eos_prompt.clone(),
+        })
+        .collect();
+    let report = run_suite(&plugin, &models);
+    print!("{}", report.to_text());
+    write_json(args.json.as_ref(), &report)?;
+    Ok(report.passed())
+}
+
+fn print_probe(report: &ProbeReport) {
+    for e in &report.entries {
+        let what = match &e.reason {
+            None => "loaded".to_string(),
+            Some(reason) => format!("refused: {reason}"),
+        };
+        println!("{}  {what}", e.path.display());
+    }
+}
+
+fn write_json(path: Option<&PathBuf>, value: &impl serde::Serialize) -> Result<()> {
+    if let Some(path) = path {
+        let text = serde_json::to_string_pretty(value)?;
+        std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}

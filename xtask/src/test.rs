@@ -1,0 +1,60 @@
+//! `cargo xtask test`: every check the project has, in order, stopping at the first failure.
+
+use crate::{
+    build_plugins, fixtures,
+    process::{cargo, run},
+    test_plugins,
+    workspace::Workspace,
+};
+use anyhow::{Context, Result};
+
+pub fn command(ws: &Workspace) -> Result<()> {
+    step("format", || {
+        run(
+            cargo(&ws.root).args(["fmt", "--all", "--", "--check"]),
+            "cargo fmt --check",
+        )
+    })?;
+    step("clippy", || {
+        run(
+            cargo(&ws.root).args([
+                "clippy",
+                "--workspace",
+                "--all-targets",
+                "--",
+                "-D",
+                "warnings",
+            ]),
+            "cargo clippy",
+        )
+    })?;
+    step("build-plugins", || build_plugins::command(ws))?;
+    step("fixtures", || fixtures::command(ws).map(|_| ()))?;
+    step("workspace tests", || workspace_tests(ws))?;
+    step("test-plugins", || test_plugins::in_tree(ws))?;
+    println!("==> all steps passed");
+    Ok(())
+}
+
+fn step(name: &str, body: impl FnOnce() -> Result<()>) -> Result<()> {
+    println!("==> {name}");
+    body().with_context(|| format!("step `{name}` failed; later steps were not run"))
+}
+
+/// nextest when installed, else cargo test; the tests find the built plugins through env.
+fn workspace_tests(ws: &Workspace) -> Result<()> {
+    let nextest = cargo(&ws.root)
+        .args(["nextest", "--version"])
+        .output()
+        .is_ok_and(|out| out.status.success());
+    let mut command = cargo(&ws.root);
+    if nextest {
+        command.args(["nextest", "run", "--workspace"]);
+    } else {
+        command.args(["test", "--workspace"]);
+    }
+    command
+        .env("LLMLOCAL_TEST_PLUGIN_DIR", ws.test_plugins_dir())
+        .env("LLMLOCAL_PLUGIN_DIR_BUILT", ws.plugins_dir());
+    run(&mut command, "the workspace tests")
+}
