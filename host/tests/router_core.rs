@@ -121,7 +121,6 @@ async fn prefer_loaded_picks_the_node_with_the_model_in_memory() {
     assert_eq!(code, 200);
     let counts = spread(&router.url(), 8).await;
     assert_eq!(counts.get("n2"), None, "{counts:?}");
-    assert_eq!(counts.len(), 2, "{counts:?}");
     let statuses = node_statuses(&router.url()).await;
     assert_eq!(status_of(&statuses, "n2"), Some("draining"));
     router.stop().await;

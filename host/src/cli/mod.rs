@@ -1,5 +1,6 @@
 //! The `llmlocal` command line.
 
+mod adapter_cmd;
 mod logging;
 mod models_cmd;
 mod plugins_cmd;
@@ -46,6 +47,9 @@ pub enum Command {
     List,
     /// Delete a model repo from the cache.
     Rm(models_cmd::RmArgs),
+    /// Fetch, list and delete LoRA adapters (GitHub Releases, Hugging Face, local).
+    #[command(subcommand)]
+    Adapter(adapter_cmd::AdapterCommand),
     /// Put many `llmlocal serve --join` nodes behind one OpenAI/Ollama endpoint.
     Router(router_cmd::RouterArgs),
 }
@@ -73,6 +77,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Pull(args) => models_cmd::pull(&args),
         Command::List => models_cmd::list(),
         Command::Rm(args) => models_cmd::rm(&args),
+        Command::Adapter(command) => adapter_cmd::run(&command),
         Command::Router(args) => router_cmd::run(args, &config),
     }
 }

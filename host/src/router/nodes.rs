@@ -51,7 +51,12 @@ impl Node {
         let ours = self.inflight.load(Ordering::Relaxed);
         // The router's own count is exact for its traffic; the report adds other clients'.
         let requests = ours.max(reported);
-        (requests, (self.load.cpu_percent.max(0.0) * 10.0) as u32)
+        // CPU in coarse steps: small differences between samples are noise, and treating
+        // them as ties lets the rotation spread requests over equally idle nodes.
+        (
+            requests,
+            (self.load.cpu_percent.clamp(0.0, 100.0) / 20.0) as u32,
+        )
     }
 
     fn view(&self) -> NodeView {
@@ -333,6 +338,32 @@ mod tests {
             Pick::Nodes(t) => t[0].node_id.clone(),
             _ => panic!("no node"),
         }
+    }
+
+    #[test]
+    fn least_loaded_breaks_ties_by_cpu() {
+        let nodes = Nodes::default();
+        for id in ["hot", "cool"] {
+            let r = reg(id, &["m"], &[]);
+            let url = r.url.clone();
+            nodes.register(r, url, 0);
+        }
+        let cpu = |cpu_percent| Heartbeat {
+            cpu_percent,
+            active_requests: 1,
+            ..Heartbeat::default()
+        };
+        nodes.heartbeat("hot", cpu(90.0), 0);
+        nodes.heartbeat("cool", cpu(10.0), 0);
+        for _ in 0..4 {
+            assert_eq!(first(&nodes, "m", Strategy::LeastLoaded), "cool");
+        }
+        // Within one 20-point step the nodes tie and take turns.
+        nodes.heartbeat("hot", cpu(12.0), 0);
+        let picks: std::collections::BTreeSet<String> = (0..4)
+            .map(|_| first(&nodes, "m", Strategy::LeastLoaded))
+            .collect();
+        assert_eq!(picks.len(), 2);
     }
 
     #[test]

@@ -5,7 +5,16 @@ use llama_cpp_2::{
     model::{params::LlamaModelParams, LlamaModel},
 };
 use llmlocal_bench::random_gguf::{write, write_as, Shape, Storage};
-use std::path::PathBuf;
+use std::{path::PathBuf, sync::OnceLock};
+
+/// llama.cpp's backend may be initialised once per process; the tests share it.
+fn backend() -> &'static LlamaBackend {
+    static BACKEND: OnceLock<LlamaBackend> = OnceLock::new();
+    BACKEND.get_or_init(|| {
+        llama_cpp_2::send_logs_to_tracing(llama_cpp_2::LogOptions::default());
+        LlamaBackend::init().unwrap()
+    })
+}
 
 #[test]
 fn a_small_random_model_loads_with_its_shape() {
@@ -30,9 +39,7 @@ fn a_small_random_model_loads_with_its_shape() {
         context_length: 256,
     };
     write(&path, &tokenizer, &shape).unwrap();
-    llama_cpp_2::send_logs_to_tracing(llama_cpp_2::LogOptions::default());
-    let backend = LlamaBackend::init().unwrap();
-    let model = LlamaModel::load_from_file(&backend, &path, &LlamaModelParams::default()).unwrap();
+    let model = LlamaModel::load_from_file(backend(), &path, &LlamaModelParams::default()).unwrap();
     assert_eq!(model.n_layer(), 3);
     assert_eq!(model.n_embd(), 64);
     assert_eq!(model.n_head(), 4);
@@ -68,14 +75,12 @@ fn f32_and_q8_0_random_models_load_with_their_storage() {
         n_head_kv: 4,
         context_length: 256,
     };
-    llama_cpp_2::send_logs_to_tracing(llama_cpp_2::LogOptions::default());
-    let backend = LlamaBackend::init().unwrap();
     let mut sizes = Vec::new();
     for (storage, file_type) in [(Storage::F32, "0"), (Storage::Q8_0, "7")] {
         let path = dir.path().join(format!("random-{}.gguf", storage.suffix()));
         write_as(&path, &tokenizer, &shape, storage).unwrap();
         let model =
-            LlamaModel::load_from_file(&backend, &path, &LlamaModelParams::default()).unwrap();
+            LlamaModel::load_from_file(backend(), &path, &LlamaModelParams::default()).unwrap();
         assert_eq!(model.n_layer(), 2);
         assert_eq!(model.n_embd(), 128);
         assert_eq!(model.n_vocab(), 512);
