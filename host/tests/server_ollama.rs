@@ -8,7 +8,9 @@ use llmlocal::{
     server::ServerSettings,
 };
 use serde_json::{json, Value};
-use server_support::{client, parse_ndjson, registry, scripted_settings, write_script, TestServer};
+use server_support::{
+    client, parse_ndjson, post, registry, scripted_settings, write_script, TestServer,
+};
 use std::sync::Arc;
 
 const SCRIPT: &str = "Ollama says hi ✓";
@@ -25,19 +27,6 @@ async fn server_with(dir: &std::path::Path, open_specs: bool) -> TestServer {
     let manager = ModelManager::new(ManagerConfig::new(dir.join("hub-cache"))).expect("manager");
     let engine = Engine::new(settings, registry(&["scripted"]), Some(Arc::new(manager)));
     TestServer::start(engine, ServerSettings::default()).await
-}
-
-async fn post(server: &TestServer, path: &str, body: Value) -> (u16, String) {
-    let response = client()
-        .post(server.url(path))
-        .json(&body)
-        .send()
-        .await
-        .expect("request");
-    (
-        response.status().as_u16(),
-        response.text().await.expect("body"),
-    )
 }
 
 fn check_final(last: &Value, completion_tokens: usize) {

@@ -4,24 +4,13 @@ mod server_support;
 
 use llmlocal::server::ServerSettings;
 use serde_json::{json, Value};
-use server_support::{client, parse_sse, scripted_engine, scripted_settings, TestServer};
+use server_support::{client, parse_sse, post, scripted_engine, scripted_settings, TestServer};
 
 const SCRIPT: &str = "The quick brown fox ✓ jumps.";
 
 async fn server(dir: &std::path::Path) -> TestServer {
     let engine = scripted_engine(scripted_settings(dir, &[("fox", SCRIPT), ("other", "xyz")]));
     TestServer::start(engine, ServerSettings::default()).await
-}
-
-async fn post(server: &TestServer, path: &str, body: Value) -> (u16, String) {
-    let response = client()
-        .post(server.url(path))
-        .json(&body)
-        .send()
-        .await
-        .expect("request");
-    let status = response.status().as_u16();
-    (status, response.text().await.expect("body"))
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -150,6 +150,18 @@ pub fn client() -> reqwest::Client {
         .expect("http client")
 }
 
+/// POSTs a JSON body; returns the status and the body text.
+pub async fn post(server: &TestServer, path: &str, body: serde_json::Value) -> (u16, String) {
+    let response = client()
+        .post(server.url(path))
+        .json(&body)
+        .send()
+        .await
+        .expect("request");
+    let status = response.status().as_u16();
+    (status, response.text().await.expect("body"))
+}
+
 /// The JSON payloads of an SSE body, and whether it ended with `data: [DONE]`.
 pub fn parse_sse(body: &str) -> (Vec<serde_json::Value>, bool) {
     let mut events = Vec::new();
