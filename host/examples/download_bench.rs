@@ -8,6 +8,16 @@
 //! RSS (VmHWM) is its own and not the mock's. The file is generated chunk by chunk by the mock,
 //! never held in memory. A third child (`--raw`) fetches with plain reqwest and no hash: the
 //! HTTP stack's own speed, to tell transfer cost from verification cost.
+//!
+//! Knobs for finding where time goes: `BENCH_RAW_HASH=1` makes the raw child sha256 inline
+//! (the price of the hash alone), `BENCH_RAW_TIMEOUT=1` gives it a reqwest read timeout,
+//! `BENCH_NO_LFS=1` serves the file as a plain git file, so llmlocal has no sha256 to check.
+//!
+//! Numbers to compare with curl come from `--release` (`cargo run --release -p llmlocal
+//! --example download_bench`): in the dev profile our crate is at opt-level 1 (its deps at 3),
+//! which slows the mock's data generation and the download loop alike. Where sha256 is
+//! verified, one core's SHA-256 rate bounds the result: on a 2.1 GHz Xeon OpenSSL's best is
+//! ~1.26 GiB/s, below curl's loopback rate there.
 
 #[path = "../tests/support/hf_mock.rs"]
 mod hf_mock;
@@ -77,8 +87,16 @@ async fn raw(url: &str, out: &Path) -> anyhow::Result<()> {
     let mut resp = client.get(url).send().await?.error_for_status()?;
     let mut file = std::io::BufWriter::with_capacity(256 << 10, std::fs::File::create(out)?);
     let mut n = 0u64;
+    // BENCH_RAW_HASH: sha256 inline on the async task, to price the hash on its own.
+    let mut hasher = std::env::var_os("BENCH_RAW_HASH").map(|_| {
+        use sha2::Digest;
+        sha2::Sha256::new()
+    });
     while let Some(chunk) = resp.chunk().await? {
         file.write_all(&chunk)?;
+        if let Some(h) = hasher.as_mut() {
+            sha2::Digest::update(h, &chunk);
+        }
         n += chunk.len() as u64;
     }
     file.flush()?;
@@ -120,7 +138,12 @@ async fn bench(size_mib: u64, runs: usize) -> anyhow::Result<()> {
     hub.add_repo(
         REPO,
         &format!("{:040x}", 1),
-        vec![(FILE, Content::generated(size, 7), true)],
+        // BENCH_NO_LFS: serve it as a plain git file (no sha256 to check), to price the hash.
+        vec![(
+            FILE,
+            Content::generated(size, 7),
+            std::env::var_os("BENCH_NO_LFS").is_none(),
+        )],
     );
     let sha = hub.sha256_of(REPO, FILE);
     let cdn_url = format!("{}/cdn/{sha}", hub.cdn_url);

@@ -134,6 +134,20 @@ impl HubCache {
             .join(format!("{etag}.incomplete"))
     }
 
+    /// The lock file guarding the download of `etag`: `<root>/.locks/models--org--name/<etag>.lock`,
+    /// the path huggingface_hub locks (with `filelock`, i.e. flock) for the same purpose.
+    pub fn lock_path(&self, repo: &str, etag: &str) -> PathBuf {
+        let folder = self
+            .repo_dir(repo)
+            .file_name()
+            .map(|f| f.to_os_string())
+            .unwrap_or_default();
+        self.root
+            .join(".locks")
+            .join(folder)
+            .join(format!("{etag}.lock"))
+    }
+
     pub fn snapshot_dir(&self, repo: &str, commit: &str) -> PathBuf {
         self.cache_repo(repo, "main").pointer_path(commit)
     }
@@ -266,6 +280,7 @@ impl HubCache {
         self.update_usage(|u| {
             u.last_used.remove(repo);
         });
+        self.remove_manifests(repo);
         tracing::info!(
             repo,
             bytes = entry.size_bytes + entry.partial_bytes,

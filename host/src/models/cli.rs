@@ -73,6 +73,12 @@ fn print_pulled(model: &ResolvedModel) {
                 .unwrap_or_else(|| "an unknown amount".into()),
         );
     }
+    if let Some(why) = &model.cache_only {
+        println!(
+            "{}: every file is in the cache; using it without checking the hub ({why})",
+            model.repo.as_deref().unwrap_or(&model.name)
+        );
+    }
     println!(
         "{} {} -> {} ({} downloaded)",
         model.repo.as_deref().unwrap_or(&model.name),

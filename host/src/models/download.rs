@@ -9,31 +9,27 @@
 //! hf-hub's. (huggingface_hub 2.x writes `<etag>.<random>.incomplete` and does not resume
 //! across processes, so partial files are not shared with Python; complete blobs are.)
 //!
-//! Received chunks are batched and fanned out to a writer thread and a sha256 thread through
-//! bounded channels, so the network read, the disk write and the hash overlap and memory stays
-//! bounded (`PIPE_DEPTH` x `BATCH` per channel) whatever the file size.
+//! Two processes (or two managers) fetching the same blob take turns: each download holds an
+//! advisory lock (flock, through fs4) on `<cache>/.locks/models--org--name/<etag>.lock`, the
+//! lock file huggingface_hub uses for the same blob. A separate lock file, not the partial file
+//! itself, because the partial file is renamed to the blob when done: a waiter holding the old
+//! handle would otherwise lock (and append to) the finished blob. The second one waits, saying
+//! so, then finds the blob done, or resumes the partial data the first one left.
+//!
+//! The bytes go to the partial file and the hasher through `pipeline.rs`.
 
 use std::fs::{File, OpenOptions};
-use std::io::{BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use sha2::{Digest, Sha256};
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::cache::HubCache;
 use super::error::{ModelError, Result};
+use super::pipeline::Writer;
 use super::progress::Tracker;
 use super::remote::{backoff_delay, Ctx, FileMeta, Hub};
-
-/// Batches in flight between the network, the writer thread and the hasher thread: with
-/// [`BATCH`] this bounds memory to a few MiB whatever the file size.
-const PIPE_DEPTH: usize = 32;
-/// Bytes collected from the network before one hand-off to the writer thread.
-const BATCH: usize = 256 << 10;
-const WRITE_BUFFER: usize = 256 << 10;
 
 /// One file to fetch.
 pub(crate) struct FileJob<'a> {
@@ -64,14 +60,76 @@ pub(crate) async fn fetch_file(
 ) -> Result<(PathBuf, u64)> {
     let blob = cache.blob_path(job.repo, &job.meta.etag);
     let mut transferred = 0;
+    // Held until the blob is in place (the writer thread holds a clone until it has flushed).
+    let mut lock = None;
     if !blob.is_file() {
-        transferred = transfer(hub, cache, job, tracker, cancel).await?;
+        lock = lock_download(cache, job, cancel).await?;
+    }
+    if !blob.is_file() {
+        transferred = transfer(hub, cache, job, tracker, cancel, lock.clone()).await?;
     } else {
         tracker.start_file(job.file, job.meta.size, job.meta.size);
     }
     let link = cache.link_snapshot(job.repo, &job.meta.commit, job.file, &job.meta.etag)?;
+    drop(lock);
     tracker.finish_file();
     Ok((link, transferred))
+}
+
+/// How often a download waiting for another one's lock checks again.
+const LOCK_POLL: Duration = Duration::from_millis(100);
+
+/// Takes the blob's download lock, waiting (cancellably) while another process holds it.
+/// `None` where the file system has no locks: the download goes on unguarded, as before.
+async fn lock_download(
+    cache: &HubCache,
+    job: &FileJob<'_>,
+    cancel: &CancellationToken,
+) -> Result<Option<Arc<File>>> {
+    let path = cache.lock_path(job.repo, &job.meta.etag);
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| ModelError::io("creating", dir, e))?;
+    }
+    let file = OpenOptions::new()
+        .create(true)
+        .read(true)
+        .write(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(|e| ModelError::io("opening the lock file", &path, e))?;
+    let mut said = false;
+    loop {
+        // The trait's method, by path: std's inherent `File::try_lock` needs Rust 1.89.
+        match fs4::FileExt::try_lock(&file) {
+            Ok(()) => {
+                if said {
+                    tracing::warn!(file = job.file, "the other download finished; going on");
+                }
+                return Ok(Some(Arc::new(file)));
+            }
+            Err(fs4::TryLockError::WouldBlock) => {
+                if !said {
+                    tracing::warn!(
+                        file = job.file,
+                        lock = %path.display(),
+                        "another process is downloading this file; waiting for it"
+                    );
+                    said = true;
+                }
+            }
+            Err(fs4::TryLockError::Error(e)) if e.kind() == std::io::ErrorKind::Unsupported => {
+                tracing::warn!(lock = %path.display(), error = %e, "file locks are not supported here; downloading without one");
+                return Ok(None);
+            }
+            Err(fs4::TryLockError::Error(e)) => {
+                return Err(ModelError::io("locking", &path, e));
+            }
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return Err(ModelError::Cancelled { file: job.file.into() }),
+            _ = tokio::time::sleep(LOCK_POLL) => {}
+        }
+    }
 }
 
 /// Downloads into the `.incomplete` file, verifies, renames to the blob. Returns bytes received.
@@ -81,6 +139,7 @@ async fn transfer(
     job: &FileJob<'_>,
     tracker: &mut Tracker,
     cancel: &CancellationToken,
+    lock: Option<Arc<File>>,
 ) -> Result<u64> {
     let partial = cache.incomplete_path(job.repo, &job.meta.etag);
     if let Some(dir) = partial.parent() {
@@ -94,7 +153,7 @@ async fn transfer(
     if have > 0 {
         tracing::info!(file = job.file, bytes = have, "resuming a partial download");
     }
-    let mut writer = Writer::start(partial.clone(), have, job.meta.sha256)?;
+    let mut writer = Writer::start(partial.clone(), have, job.meta.sha256, lock)?;
     let outcome = receive(hub, job, tracker, cancel, &mut writer, have).await;
     let (written, digest) = writer.finish().await?;
     let received = outcome?;
@@ -221,13 +280,32 @@ async fn one_request(
             )))
         }
     }
+    // One watchdog for the whole transfer, re-armed only when it fires: a stall is caught
+    // without a timer per chunk.
+    let stall = hub.read_timeout;
+    let mut last_data = Instant::now();
+    let watchdog = tokio::time::sleep(stall);
+    tokio::pin!(watchdog);
     loop {
-        match response.chunk().await {
+        let next = tokio::select! {
+            biased;
+            next = response.chunk() => next,
+            _ = &mut watchdog => {
+                let idle = last_data.elapsed();
+                if idle >= stall {
+                    return Err(Interrupted::Transient(format!("no data for {idle:?}")));
+                }
+                watchdog.as_mut().reset((last_data + stall).into());
+                continue;
+            }
+        };
+        match next {
             Ok(Some(chunk)) => {
+                last_data = Instant::now();
                 let len = chunk.len() as u64;
                 let len = len.min(job.meta.size - *have);
                 writer
-                    .write(chunk.slice(..len as usize))
+                    .write(&chunk[..len as usize])
                     .await
                     .map_err(Interrupted::Fatal)?;
                 *have += len;
@@ -265,188 +343,4 @@ fn check_range_start(
             "server answered a Range request for offset {have} with Content-Range start {other:?}"
         ))),
     }
-}
-
-#[derive(Clone)]
-enum Cmd {
-    Data(Arc<Vec<Bytes>>),
-    Restart,
-}
-
-type Joined<T> = tokio::task::JoinHandle<std::io::Result<T>>;
-
-/// Batches network chunks (~16-64 KiB each) and fans them out to a writer thread and a hasher
-/// thread, which then run side by side; one message per [`BATCH`] bytes keeps cross-thread
-/// wake-ups off the hot path.
-struct Writer {
-    to_file: mpsc::Sender<Cmd>,
-    to_hash: Option<mpsc::Sender<Cmd>>,
-    file_thread: Joined<u64>,
-    hash_thread: Option<Joined<String>>,
-    path: PathBuf,
-    pending: Vec<Bytes>,
-    pending_len: usize,
-}
-
-impl Writer {
-    /// Opens `path` for appending at `have` bytes; hashes the existing prefix when `hash`.
-    fn start(path: PathBuf, have: u64, hash: bool) -> Result<Self> {
-        let mut file = OpenOptions::new()
-            .create(true)
-            .read(true)
-            .write(true)
-            .truncate(false)
-            .open(&path)
-            .map_err(|e| ModelError::io("opening", &path, e))?;
-        let (to_file, file_rx) = mpsc::channel(PIPE_DEPTH);
-        let (to_hash, hash_thread) = if hash {
-            let prefix =
-                hash_prefix(&mut file, have).map_err(|e| ModelError::io("reading", &path, e))?;
-            let (tx, rx) = mpsc::channel(PIPE_DEPTH);
-            (
-                Some(tx),
-                Some(tokio::task::spawn_blocking(move || {
-                    Ok(hash_loop(prefix, rx))
-                })),
-            )
-        } else {
-            (None, None)
-        };
-        let thread_path = path.clone();
-        let file_thread =
-            tokio::task::spawn_blocking(move || write_loop(file, &thread_path, have, file_rx));
-        Ok(Writer {
-            to_file,
-            to_hash,
-            file_thread,
-            hash_thread,
-            path,
-            pending: Vec::new(),
-            pending_len: 0,
-        })
-    }
-
-    async fn write(&mut self, data: Bytes) -> Result<()> {
-        self.pending_len += data.len();
-        self.pending.push(data);
-        if self.pending_len >= BATCH {
-            self.flush_pending().await?;
-        }
-        Ok(())
-    }
-
-    async fn flush_pending(&mut self) -> Result<()> {
-        if self.pending.is_empty() {
-            return Ok(());
-        }
-        self.pending_len = 0;
-        let batch = Arc::new(std::mem::take(&mut self.pending));
-        self.send(Cmd::Data(batch)).await
-    }
-
-    async fn restart(&mut self) -> Result<()> {
-        self.pending.clear();
-        self.pending_len = 0;
-        self.send(Cmd::Restart).await
-    }
-
-    async fn send(&self, cmd: Cmd) -> Result<()> {
-        // A closed channel means a thread stopped on an I/O error; `finish` reports it.
-        let stopped = || {
-            ModelError::io(
-                "writing",
-                &self.path,
-                std::io::Error::other("the writer thread stopped"),
-            )
-        };
-        if let Some(hash) = &self.to_hash {
-            hash.send(cmd.clone()).await.map_err(|_| stopped())?;
-        }
-        self.to_file.send(cmd).await.map_err(|_| stopped())
-    }
-
-    /// Flushes and returns (bytes in the file, sha256 hex if hashing).
-    async fn finish(mut self) -> Result<(u64, Option<String>)> {
-        // On failure the thread's own error (below) says more.
-        let _ = self.flush_pending().await;
-        drop(self.to_file);
-        drop(self.to_hash);
-        let failed = |e: &dyn std::fmt::Display| {
-            ModelError::io("writing", &self.path, std::io::Error::other(e.to_string()))
-        };
-        let len = match self.file_thread.await {
-            Ok(r) => r.map_err(|e| ModelError::io("writing", &self.path, e))?,
-            Err(e) => return Err(failed(&e)),
-        };
-        let digest = match self.hash_thread {
-            Some(h) => Some(h.await.map_err(|e| failed(&e))?.map_err(|e| failed(&e))?),
-            None => None,
-        };
-        Ok((len, digest))
-    }
-}
-
-fn write_loop(
-    mut file: File,
-    path: &Path,
-    have: u64,
-    mut rx: mpsc::Receiver<Cmd>,
-) -> std::io::Result<u64> {
-    use std::io::Seek;
-    file.set_len(have)?;
-    file.seek(std::io::SeekFrom::Start(have))?;
-    let mut len = have;
-    let mut out = BufWriter::with_capacity(WRITE_BUFFER, file);
-    while let Some(cmd) = rx.blocking_recv() {
-        match cmd {
-            Cmd::Data(batch) => {
-                for data in batch.iter() {
-                    out.write_all(data)?;
-                    len += data.len() as u64;
-                }
-            }
-            Cmd::Restart => {
-                out.flush()?;
-                out.get_mut().set_len(0)?;
-                out.get_mut().seek(std::io::SeekFrom::Start(0))?;
-                len = 0;
-            }
-        }
-    }
-    out.flush()?;
-    tracing::debug!(path = %path.display(), len, "partial file flushed");
-    Ok(len)
-}
-
-fn hash_loop(mut hasher: Sha256, mut rx: mpsc::Receiver<Cmd>) -> String {
-    while let Some(cmd) = rx.blocking_recv() {
-        match cmd {
-            Cmd::Data(batch) => batch.iter().for_each(|d| hasher.update(d)),
-            Cmd::Restart => hasher = Sha256::new(),
-        }
-    }
-    hex(&hasher.finalize())
-}
-
-/// Hashes the first `len` bytes of a partial file (a resumed download).
-fn hash_prefix(file: &mut File, len: u64) -> std::io::Result<Sha256> {
-    use std::io::Seek;
-    let mut hasher = Sha256::new();
-    file.seek(std::io::SeekFrom::Start(0))?;
-    let mut buf = vec![0u8; WRITE_BUFFER];
-    let mut left = len;
-    while left > 0 {
-        let want = left.min(buf.len() as u64) as usize;
-        let n = file.read(&mut buf[..want])?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-        left -= n as u64;
-    }
-    Ok(hasher)
-}
-
-pub(crate) fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -32,13 +32,25 @@ pub enum ModelError {
 
     #[error(
         "offline mode (HF_HUB_OFFLINE=1): `{file}` of `{repo}` (revision `{revision}`) is not in the cache at {cache}; \
-         run `llmlocal pull {repo}` while online"
+         unset HF_HUB_OFFLINE and run `llmlocal pull {repo}` while online"
     )]
     NotCachedOffline {
         repo: String,
         revision: String,
         file: String,
         cache: PathBuf,
+    },
+
+    #[error(
+        "`{file}` of `{repo}` (revision `{revision}`) is not in the cache and the hub at {endpoint} could not be reached ({reason}); \
+         check the network, the proxy (HTTPS_PROXY) or HF_ENDPOINT, then run `llmlocal pull {repo}` again"
+    )]
+    HubUnreachable {
+        repo: String,
+        revision: String,
+        file: String,
+        endpoint: String,
+        reason: String,
     },
 
     #[error("checksum mismatch for `{file}` of `{repo}`: expected sha256 {expected}, got {actual}; the bad data was deleted, try again")]

@@ -1,21 +1,24 @@
 //! [`ModelManager`]: turns a [`ModelSpec`] into local paths, downloading what is missing.
 //!
-//! `resolve` is cache-first: a model whose files are cached for the revision is used without
-//! touching the network (a local engine should start offline); `pull` always asks the hub for
-//! the revision's current commit and fetches what changed.
+//! `resolve` is cache-first: a model whose files are *all* cached for the revision is used
+//! without touching the network (a local engine should start offline); a snapshot that lacks a
+//! file is completed from the hub, or, offline, named in the error. `pull` asks the hub for the
+//! revision's current commit and fetches what changed; when it cannot ask (offline mode, or the
+//! hub unreachable) a fully cached model is used as it is, and a missing file is named.
 
 use std::path::PathBuf;
 
 use llmlocal_plugin_api::ModelFormat;
 use tokio_util::sync::CancellationToken;
 
-use super::cache::{CachedFile, CachedRepo, HubCache};
+use super::cache::{CachedRepo, HubCache};
+use super::cached::{cache_state, wanted, CacheState, PickLimits};
 use super::config::ManagerConfig;
 use super::download::{fetch_file, present_bytes, FileJob};
 use super::error::{ModelError, Result};
 use super::progress::{ProgressSender, Tracker};
 use super::quant::{self, PickedQuant, QuantCandidate};
-use super::remote::{FileMeta, Hub, Sibling};
+use super::remote::{FileMeta, Hub, RepoInfo, Sibling};
 use super::spec::{format_of_path, FileSelector, HfSource, ModelSource, ModelSpec};
 
 /// A model ready to load: where its files are on disk.
@@ -37,6 +40,17 @@ pub struct ResolvedModel {
     pub downloaded_bytes: u64,
     pub backend: Option<String>,
     pub context_length: Option<u32>,
+    /// Set when every file came from the cache without asking the hub, saying why: a
+    /// cache-first resolve, offline mode, or the hub could not be reached.
+    pub cache_only: Option<String>,
+}
+
+/// What a pull fetches: files, their metadata, the quant picked, the commit.
+struct Plan {
+    files: Vec<String>,
+    metas: Vec<FileMeta>,
+    picked: Option<PickedQuant>,
+    commit: String,
 }
 
 /// The model manager facade: cache + hub.
@@ -72,14 +86,17 @@ impl ModelManager {
             ModelSource::Local(path) => return resolve_local(spec, path),
             ModelSource::HuggingFace(hf) => hf,
         };
-        if let Some(found) = self.cached_model(spec, hf)? {
-            self.cache.touch(&hf.repo);
-            return Ok(found);
+        match self.cache_state(spec, hf) {
+            CacheState::Complete(mut found) => {
+                self.cache.touch(&hf.repo);
+                found.cache_only = Some("resolve uses the cache first".into());
+                Ok(*found)
+            }
+            CacheState::Missing(missing) if self.config.offline => {
+                Err(self.offline_miss(hf, &missing))
+            }
+            CacheState::Missing(_) => self.pull(spec, None, CancellationToken::new()).await,
         }
-        if self.config.offline {
-            return Err(self.offline_miss(hf));
-        }
-        self.pull(spec, None, CancellationToken::new()).await
     }
 
     /// Fetches `spec` from the hub (what is already cached is not downloaded again), sending
@@ -94,18 +111,46 @@ impl ModelManager {
             ModelSource::Local(path) => return resolve_local(spec, path),
             ModelSource::HuggingFace(hf) => hf,
         };
+        let cached = self.cache_state(spec, hf);
         if self.config.offline {
-            return self
-                .cached_model(spec, hf)?
-                .ok_or_else(|| self.offline_miss(hf));
+            return self.answer_from_cache(
+                hf,
+                cached,
+                "offline mode: HF_HUB_OFFLINE is set".into(),
+            );
         }
-        let (files, picked, commit) = self.plan(spec, hf).await?;
-        let metas = self.file_metas(hf, commit.as_deref(), &files).await?;
-        let commit = metas
-            .first()
-            .map(|m| m.commit.clone())
-            .or(commit)
-            .unwrap_or_default();
+        // With everything cached the hub is only asked whether the revision moved: one try,
+        // not the full backoff, before answering from the cache (as huggingface_hub does).
+        let probe = if cached.is_complete() {
+            self.hub.with_retries(0)
+        } else {
+            self.hub.clone()
+        };
+        let plan = match self.plan(&probe, spec, hf).await {
+            Ok(plan) => plan,
+            Err(ModelError::Network { url, reason, .. }) => {
+                return self.unreachable(hf, cached, &url, &reason)
+            }
+            Err(e) => return Err(e),
+        };
+        self.download(spec, hf, plan, progress, cancel).await
+    }
+
+    /// Fetches the planned files (what is already cached is not downloaded again).
+    async fn download(
+        &self,
+        spec: &ModelSpec,
+        hf: &HfSource,
+        plan: Plan,
+        progress: Option<ProgressSender>,
+        cancel: CancellationToken,
+    ) -> Result<ResolvedModel> {
+        let Plan {
+            files,
+            metas,
+            picked,
+            commit,
+        } = plan;
         let total: u64 = metas.iter().map(|m| m.size).sum();
         let mut tracker = Tracker::new(progress, total, files.len());
         let mut paths = Vec::with_capacity(files.len());
@@ -142,7 +187,50 @@ impl ModelManager {
             downloaded_bytes: downloaded,
             backend: spec.backend.clone(),
             context_length: spec.context_length,
+            cache_only: None,
         })
+    }
+
+    /// The answer when the hub is not asked: the cached model, or an error naming what is missing.
+    fn answer_from_cache(
+        &self,
+        hf: &HfSource,
+        cached: CacheState,
+        why: String,
+    ) -> Result<ResolvedModel> {
+        match cached {
+            CacheState::Complete(mut model) => {
+                tracing::info!(repo = %hf.repo, %why, "using the cached copy");
+                self.cache.touch(&hf.repo);
+                model.cache_only = Some(why);
+                Ok(*model)
+            }
+            CacheState::Missing(missing) => Err(self.offline_miss(hf, &missing)),
+        }
+    }
+
+    /// The hub could not be reached: a fully cached model is used, else the missing files are named.
+    fn unreachable(
+        &self,
+        hf: &HfSource,
+        cached: CacheState,
+        url: &str,
+        reason: &str,
+    ) -> Result<ResolvedModel> {
+        match cached {
+            CacheState::Complete(_) => {
+                let why = format!("the hub could not be reached ({reason})");
+                tracing::warn!(repo = %hf.repo, url, %reason, "hub unreachable; using the cached copy");
+                self.answer_from_cache(hf, cached, why)
+            }
+            CacheState::Missing(missing) => Err(ModelError::HubUnreachable {
+                repo: hf.repo.clone(),
+                revision: hf.revision.clone(),
+                file: missing.join(", "),
+                endpoint: self.config.endpoint.clone(),
+                reason: reason.to_string(),
+            }),
+        }
     }
 
     /// Cached model repositories.
@@ -169,7 +257,7 @@ impl ModelManager {
     pub fn is_cached(&self, spec: &ModelSpec) -> bool {
         match &spec.source {
             ModelSource::Local(path) => path.exists(),
-            ModelSource::HuggingFace(hf) => matches!(self.cached_model(spec, hf), Ok(Some(_))),
+            ModelSource::HuggingFace(hf) => self.cache_state(spec, hf).is_complete(),
         }
     }
 
@@ -182,18 +270,40 @@ impl ModelManager {
         self.config.memory_limit.or_else(quant::available_memory)
     }
 
-    /// Which files to fetch, the quant picked, and the commit if the repo info was read.
-    async fn plan(
+    /// Which files to fetch (with their metadata), the quant picked, and the commit.
+    async fn plan(&self, hub: &Hub, spec: &ModelSpec, hf: &HfSource) -> Result<Plan> {
+        let (files, picked, commit) = match &hf.selector {
+            FileSelector::File(file) => (vec![file.clone()], None, None),
+            _ => {
+                let info = hub.repo_info(&hf.repo, &hf.revision).await?;
+                let (files, picked) = self.select_remote(spec, hf, &info)?;
+                self.cache
+                    .write_manifest(&hf.repo, &info.sha, &info.siblings);
+                (files, picked, Some(info.sha))
+            }
+        };
+        let metas = self.file_metas(hub, hf, commit.as_deref(), &files).await?;
+        let commit = metas
+            .first()
+            .map(|m| m.commit.clone())
+            .or(commit)
+            .unwrap_or_default();
+        Ok(Plan {
+            files,
+            metas,
+            picked,
+            commit,
+        })
+    }
+
+    fn select_remote(
         &self,
         spec: &ModelSpec,
         hf: &HfSource,
-    ) -> Result<(Vec<String>, Option<PickedQuant>, Option<String>)> {
-        if let FileSelector::File(file) = &hf.selector {
-            return Ok((vec![file.clone()], None, None));
-        }
-        let info = self.hub.repo_info(&hf.repo, &hf.revision).await?;
+        info: &RepoInfo,
+    ) -> Result<(Vec<String>, Option<PickedQuant>)> {
         let names: Vec<&str> = info.siblings.iter().map(|s| s.rfilename.as_str()).collect();
-        let (files, picked) = select_files(
+        select_files(
             &hf.repo,
             &hf.revision,
             &hf.selector,
@@ -201,13 +311,13 @@ impl ModelManager {
             &names,
             self.memory_budget(),
             self.context_length(spec),
-        )?;
-        Ok((files, picked, Some(info.sha)))
+        )
     }
 
     /// HEAD every file (pinned to the commit when known, so all files come from one snapshot).
     async fn file_metas(
         &self,
+        hub: &Hub,
         hf: &HfSource,
         commit: Option<&str>,
         files: &[String],
@@ -215,7 +325,7 @@ impl ModelManager {
         let revision = commit.unwrap_or(&hf.revision);
         let mut metas = Vec::with_capacity(files.len());
         for file in files {
-            let mut meta = self.hub.file_meta(&hf.repo, revision, file).await?;
+            let mut meta = hub.file_meta(&hf.repo, revision, file).await?;
             if let Some(c) = commit {
                 meta.commit = c.to_string();
             }
@@ -230,71 +340,20 @@ impl ModelManager {
         Ok(metas)
     }
 
-    /// Resolves from the cache alone; `Ok(None)` when something is missing.
-    fn cached_model(&self, spec: &ModelSpec, hf: &HfSource) -> Result<Option<ResolvedModel>> {
-        let Some((commit, cached)) = self.cache.snapshot_files(&hf.repo, &hf.revision) else {
-            return Ok(None);
+    /// Whether the cache holds every file `spec` needs.
+    fn cache_state(&self, spec: &ModelSpec, hf: &HfSource) -> CacheState {
+        let limits = PickLimits {
+            budget: self.memory_budget(),
+            context_length: self.context_length(spec),
         };
-        let names: Vec<&str> = cached.iter().map(|f| f.name.as_str()).collect();
-        let siblings: Vec<Sibling> = cached
-            .iter()
-            .map(|f| Sibling {
-                rfilename: f.name.clone(),
-                size: Some(f.size),
-                lfs: None,
-            })
-            .collect();
-        let selected = match &hf.selector {
-            FileSelector::File(f) => names.contains(&f.as_str()).then(|| (vec![f.clone()], None)),
-            FileSelector::Quant(_) | FileSelector::Auto | FileSelector::Snapshot => select_files(
-                &hf.repo,
-                &hf.revision,
-                &hf.selector,
-                &siblings,
-                &names,
-                self.memory_budget(),
-                self.context_length(spec),
-            )
-            .ok(),
-        };
-        let Some((files, picked)) = selected else {
-            return Ok(None);
-        };
-        let paths: Vec<PathBuf> = files
-            .iter()
-            .filter_map(|f| {
-                cached
-                    .iter()
-                    .find(|c| &c.name == f)
-                    .map(|c: &CachedFile| c.path.clone())
-            })
-            .collect();
-        if paths.len() != files.len() {
-            return Ok(None);
-        }
-        let format = detect_format(spec, &files);
-        let path = model_path(&self.cache, hf, &commit, format, &paths);
-        Ok(Some(ResolvedModel {
-            name: spec.name.clone(),
-            format,
-            path,
-            files: paths,
-            repo: Some(hf.repo.clone()),
-            revision: Some(hf.revision.clone()),
-            commit: Some(commit),
-            picked,
-            downloaded_bytes: 0,
-            backend: spec.backend.clone(),
-            context_length: spec.context_length,
-        }))
+        cache_state(&self.cache, spec, hf, &limits)
     }
 
-    fn offline_miss(&self, hf: &HfSource) -> ModelError {
-        let file = match &hf.selector {
-            FileSelector::File(f) => f.clone(),
-            FileSelector::Quant(q) => format!("a {q} .gguf file"),
-            FileSelector::Auto => "a .gguf or .safetensors model file".into(),
-            FileSelector::Snapshot => "the safetensors snapshot".into(),
+    fn offline_miss(&self, hf: &HfSource, missing: &[String]) -> ModelError {
+        let file = if missing.is_empty() {
+            wanted(&hf.selector)
+        } else {
+            missing.join(", ")
         };
         ModelError::NotCachedOffline {
             repo: hf.repo.clone(),
@@ -306,7 +365,7 @@ impl ModelManager {
 }
 
 /// Files for a selector, from the repository's (or the snapshot's) file list.
-fn select_files(
+pub(super) fn select_files(
     repo: &str,
     revision: &str,
     selector: &FileSelector,
@@ -366,7 +425,7 @@ const OTHER_WEIGHTS: &[&str] = &[
     ".bin", ".pt", ".pth", ".h5", ".msgpack", ".onnx", ".gguf", ".ot", ".tflite", ".ckpt",
 ];
 
-fn snapshot_files(repo: &str, revision: &str, names: &[&str]) -> Result<Vec<String>> {
+pub(super) fn snapshot_files(repo: &str, revision: &str, names: &[&str]) -> Result<Vec<String>> {
     if !names.iter().any(|n| n.ends_with(".safetensors")) {
         return Err(ModelError::NoModelFiles {
             repo: repo.into(),
@@ -381,7 +440,7 @@ fn snapshot_files(repo: &str, revision: &str, names: &[&str]) -> Result<Vec<Stri
         .collect())
 }
 
-fn detect_format(spec: &ModelSpec, files: &[String]) -> ModelFormat {
+pub(super) fn detect_format(spec: &ModelSpec, files: &[String]) -> ModelFormat {
     spec.format.unwrap_or_else(|| {
         if !files.is_empty() && files.iter().all(|f| f.ends_with(".gguf")) {
             ModelFormat::Gguf
@@ -391,7 +450,7 @@ fn detect_format(spec: &ModelSpec, files: &[String]) -> ModelFormat {
     })
 }
 
-fn model_path(
+pub(super) fn model_path(
     cache: &HubCache,
     hf: &HfSource,
     commit: &str,
@@ -452,5 +511,6 @@ fn resolve_local(spec: &ModelSpec, path: &std::path::Path) -> Result<ResolvedMod
         downloaded_bytes: 0,
         backend: spec.backend.clone(),
         context_length: spec.context_length,
+        cache_only: None,
     })
 }

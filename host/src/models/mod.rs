@@ -17,11 +17,14 @@
 //! check, and no retry policy that tells a 404 from a reset.
 
 mod cache;
+mod cached;
 pub mod cli;
 mod config;
 mod download;
 mod error;
 mod manager;
+mod manifest;
+mod pipeline;
 mod progress;
 pub mod quant;
 mod remote;

@@ -16,6 +16,10 @@ use super::config::ManagerConfig;
 use super::error::{ModelError, Result};
 
 const MAX_REDIRECTS: usize = 10;
+/// Retries when no connection can be made at all (refused, no route, DNS): that is rarely
+/// over within seconds, and a pull with a complete cache, or a clear error, should not wait
+/// out the whole backoff.
+const CONNECT_RETRIES: u32 = 2;
 
 /// A file of a repository as listed by the hub (`?blobs=true` adds sizes and LFS hashes).
 #[derive(Debug, Clone, Deserialize)]
@@ -58,6 +62,8 @@ pub struct FileMeta {
 enum Failure {
     /// Worth another try: timeouts, resets, 5xx, 429.
     Transient(String),
+    /// No connection could be made: worth a try or two.
+    Unreachable(String),
     Fatal(ModelError),
 }
 
@@ -70,16 +76,21 @@ pub struct Hub {
     api: hf_hub::api::tokio::Api,
     pub(crate) retries: u32,
     pub(crate) backoff: Duration,
+    /// A request or transfer that receives nothing for this long is retried.
+    pub(crate) read_timeout: Duration,
 }
 
 impl Hub {
     pub fn new(config: &ManagerConfig) -> Result<Self> {
         let user_agent = format!("llmlocal/{}", env!("CARGO_PKG_VERSION"));
         // reqwest reads HTTP_PROXY / HTTPS_PROXY / NO_PROXY from the environment by default.
+        // No reqwest `read_timeout`: it arms and drops a timer for every body frame (two trips
+        // through the timer wheel per ~16 KiB), which measurably slowed large downloads. Stalls
+        // are caught instead by one watchdog per transfer (`download.rs`) and a timeout on
+        // waiting for response headers (`send_with_retry`).
         let http = Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(config.connect_timeout)
-            .read_timeout(config.read_timeout)
             .user_agent(&user_agent)
             .build()
             .map_err(|e| ModelError::Client(e.to_string()))?;
@@ -98,7 +109,16 @@ impl Hub {
             api,
             retries: config.max_retries,
             backoff: config.retry_base_delay,
+            read_timeout: config.read_timeout,
         })
+    }
+
+    /// The same hub, retrying transient failures `retries` times (0: one try).
+    pub(crate) fn with_retries(&self, retries: u32) -> Hub {
+        Hub {
+            retries,
+            ..self.clone()
+        }
     }
 
     /// The `resolve` URL of a file (the path is percent-encoded per segment).
@@ -236,28 +256,30 @@ impl Hub {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let failure = match make().send().await {
-                Ok(resp) => match classify(resp, ctx, &self.endpoint) {
+            let failure = match tokio::time::timeout(self.read_timeout, make().send()).await {
+                Ok(Ok(resp)) => match classify(resp, ctx, &self.endpoint) {
                     Ok(resp) => return Ok(resp),
                     Err(f) => f,
                 },
-                Err(e) => Failure::Transient(describe(&e)),
+                Ok(Err(e)) if e.is_connect() => Failure::Unreachable(describe(&e)),
+                Ok(Err(e)) => Failure::Transient(describe(&e)),
+                Err(_) => Failure::Transient(format!("no response within {:?}", self.read_timeout)),
             };
-            match failure {
+            let (reason, limit) = match failure {
                 Failure::Fatal(e) => return Err(e),
-                Failure::Transient(reason) if attempt > self.retries => {
-                    return Err(ModelError::Network {
-                        url: url.to_string(),
-                        attempts: attempt,
-                        reason,
-                    });
-                }
-                Failure::Transient(reason) => {
-                    let delay = backoff_delay(self.backoff, attempt);
-                    tracing::warn!(url, attempt, %reason, ?delay, "request failed, retrying");
-                    tokio::time::sleep(delay).await;
-                }
+                Failure::Transient(reason) => (reason, self.retries),
+                Failure::Unreachable(reason) => (reason, self.retries.min(CONNECT_RETRIES)),
+            };
+            if attempt > limit {
+                return Err(ModelError::Network {
+                    url: url.to_string(),
+                    attempts: attempt,
+                    reason,
+                });
             }
+            let delay = backoff_delay(self.backoff, attempt);
+            tracing::warn!(url, attempt, %reason, ?delay, "request failed, retrying");
+            tokio::time::sleep(delay).await;
         }
     }
 }
