@@ -681,3 +681,93 @@ async fn bad_input_is_rejected_with_clear_errors() {
     assert_eq!(resp.status(), 200);
     router.stop().await;
 }
+
+/// The node agent reads GPU load with nvidia-smi (here a stand-in script printing the
+/// query's real output format) and the router shows it; a node without one reports none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn heartbeats_carry_gpu_load_read_with_nvidia_smi() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let smi = dir.path().join("nvidia-smi");
+    // Two GPUs, as `--format=csv,noheader,nounits` prints them; other arguments fail.
+    let script =
+        "#!/bin/sh\n[ \"$1\" = --query-gpu=utilization.gpu,memory.used,memory.total ] || exit 2\n\
+                  printf '30, 2048, 81559\\n50, 0, 81559\\n'\n";
+    std::fs::write(&smi, script).unwrap();
+    std::fs::set_permissions(&smi, std::fs::Permissions::from_mode(0o755)).unwrap();
+
+    let router = TestRouter::start(settings(None)).await;
+    let mut gpu = FakeNode::start("gpu", &["m"], loopback(), Arc::default());
+    gpu.nvidia_smi = Some(smi);
+    gpu.join(&router.url(), TOKEN);
+    let mut cpu = FakeNode::start("cpu", &["m"], loopback(), Arc::default());
+    cpu.nvidia_smi = Some(dir.path().join("missing-nvidia-smi"));
+    cpu.join(&router.url(), TOKEN);
+
+    let start = Instant::now();
+    let nodes = loop {
+        let resp = client()
+            .get(format!("{}/api/nodes", router.url()))
+            .bearer_auth(ADMIN)
+            .send()
+            .await
+            .unwrap();
+        let body: Value = serde_json::from_slice(&resp.bytes().await.unwrap()).unwrap();
+        let nodes = body["nodes"].as_array().cloned().unwrap_or_default();
+        // Registration carries no load; a heartbeat always sets the memory total.
+        let beaten = |n: &Value| n["load"]["memory_total_bytes"].as_u64() > Some(0);
+        if nodes.len() == 2 && nodes.iter().all(beaten) {
+            break nodes;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "no heartbeats: {nodes:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let load = |id: &str| nodes.iter().find(|n| n["node_id"] == id).unwrap()["load"].clone();
+    let gpu_load = load("gpu");
+    assert_eq!(gpu_load["gpu_percent"].as_f64(), Some(40.0), "{gpu_load}");
+    assert_eq!(gpu_load["gpu_memory_used_bytes"].as_u64(), Some(2048 << 20));
+    assert_eq!(
+        gpu_load["gpu_memory_total_bytes"].as_u64(),
+        Some((2 * 81559) << 20)
+    );
+    let cpu_load = load("cpu");
+    assert!(cpu_load["gpu_percent"].is_null(), "{cpu_load}");
+    assert!(cpu_load["gpu_memory_used_bytes"].is_null(), "{cpu_load}");
+    router.stop().await;
+}
+
+/// A plain answer keeps the node's Content-Length (one write, no chunked framing); a stream
+/// has none, so the router can still append an error event if the node breaks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn plain_answers_keep_their_length_and_streams_do_not() {
+    let router = TestRouter::start(settings(None)).await;
+    let _nodes = three_nodes(&router.url()).await;
+    let ask = |stream: bool| {
+        client()
+            .post(format!("{}/v1/chat/completions", router.url()))
+            .header("content-type", "application/json")
+            .body(json!({ "model": "m", "stream": stream, "messages": [] }).to_string())
+            .send()
+    };
+    let plain = ask(false).await.unwrap();
+    assert_eq!(plain.status(), 200);
+    let length = plain.headers().get("content-length").cloned();
+    assert!(plain.headers().get("transfer-encoding").is_none());
+    let body = plain.bytes().await.unwrap();
+    assert_eq!(
+        length.and_then(|l| l.to_str().ok()?.parse().ok()),
+        Some(body.len())
+    );
+    let streamed = ask(true).await.unwrap();
+    assert_eq!(streamed.status(), 200);
+    assert!(streamed.headers().get("content-length").is_none());
+    assert!(streamed
+        .bytes()
+        .await
+        .unwrap()
+        .ends_with(b"data: [DONE]\n\n"));
+    router.stop().await;
+}

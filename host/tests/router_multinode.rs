@@ -16,12 +16,17 @@ use std::{
 
 const IDS: [&str; 3] = ["node-a", "node-b", "node-c"];
 
-/// One chat completion through the router: (status, node that answered).
+/// One chat completion of the scripted model through the router: (status, node).
 async fn ask(router: &str) -> (u16, String) {
+    ask_model(router, "s").await
+}
+
+/// One chat completion through the router: (status, node that answered).
+async fn ask_model(router: &str, model: &str) -> (u16, String) {
     let resp = client()
         .post(format!("{router}/v1/chat/completions"))
         .header("content-type", "application/json")
-        .body(json!({ "model": "s", "max_tokens": 8, "messages": [{ "role": "user", "content": "hi" }] }).to_string())
+        .body(json!({ "model": model, "max_tokens": 8, "messages": [{ "role": "user", "content": "hi" }] }).to_string())
         .send()
         .await;
     match resp {
@@ -153,4 +158,114 @@ async fn three_serve_processes_behind_a_router_process() {
     assert_eq!(statuses.len(), 3, "{statuses:?}");
     let counts = spread(&url, 30).await;
     assert!(counts.get("node-b").is_some_and(|&c| c > 0), "{counts:?}");
+}
+
+/// Reads an SSE body until the first event with generated text; returns the text so far.
+async fn first_content(
+    body: &mut (impl futures_util::Stream<Item = reqwest::Result<bytes::Bytes>> + Unpin),
+) -> String {
+    use futures_util::StreamExt as _;
+    let mut text = String::new();
+    while !text.contains("\"content\":\"") {
+        let chunk = tokio::time::timeout(Duration::from_secs(30), body.next())
+            .await
+            .expect("no first token within 30 s")
+            .expect("the stream ended before any token")
+            .expect("the stream failed before any token");
+        text.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    text
+}
+
+/// A real `llmlocal serve` node (the fixture GGUF through the llama.cpp plugin) is killed
+/// while it streams through the router: the client's stream ends promptly with an SSE error
+/// event (not a hang, not a finished-looking stream), the request is in the history as an
+/// error, and the next request is answered by the other node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn killed_llama_cpp_node_mid_stream_ends_with_an_error_event() {
+    use futures_util::StreamExt as _;
+    let fixtures = llmlocal_fixtures::ensure_default().expect("fixture models");
+    let files = procs::LlamaFiles::new();
+    let db = files.dir.path().join("router.sqlite");
+    let router = procs::router(&db, 0, "round-robin", TOKEN, ADMIN);
+    let url = router.url();
+    let ids = ["real-a", "real-b"];
+    let mut nodes: Vec<procs::Proc> = ids
+        .iter()
+        .map(|id| procs::llama_node(&files, &fixtures.gguf_f32, id, &url, TOKEN))
+        .collect();
+    wait_nodes(&url, Duration::from_secs(10), |n| {
+        ids.iter().all(|id| status_of(n, id) == Some("online"))
+    })
+    .await;
+
+    // Far more tokens than can be generated before the kill lands.
+    let request = json!({ "model": "real", "stream": true, "max_tokens": 3000, "ignore_eos": true,
+        "messages": [{ "role": "user", "content": "Tell me a long story." }] });
+    let resp = client()
+        .post(format!("{url}/v1/chat/completions"))
+        .header("content-type", "application/json")
+        .body(request.to_string())
+        .send()
+        .await
+        .expect("router answers");
+    assert_eq!(resp.status(), 200);
+    let streaming_node = resp.headers()["x-llmlocal-node"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let victim = ids.iter().position(|id| *id == streaming_node).unwrap();
+    let mut body = resp.bytes_stream();
+    let mut text = first_content(&mut body).await;
+    nodes[victim].kill();
+    let killed_at = Instant::now();
+    let rest = tokio::time::timeout(Duration::from_secs(10), async {
+        let mut rest = String::new();
+        while let Some(chunk) = body.next().await {
+            match chunk {
+                Ok(bytes) => rest.push_str(&String::from_utf8_lossy(&bytes)),
+                Err(err) => {
+                    panic!("the router broke the client's stream instead of ending it: {err}")
+                }
+            }
+        }
+        rest
+    })
+    .await
+    .expect("the stream hung after its node was killed");
+    text.push_str(&rest);
+    let events: Vec<&str> = text
+        .split("\n\n")
+        .filter_map(|e| e.trim().strip_prefix("data: "))
+        .collect();
+    let last: serde_json::Value = serde_json::from_str(events.last().unwrap())
+        .unwrap_or_else(|_| panic!("last event is not JSON: {:?}", events.last()));
+    let message = last["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains(&streaming_node) && message.contains("failed mid-response"),
+        "last event: {last}"
+    );
+    assert!(
+        !text.contains("[DONE]"),
+        "a broken stream must not look finished"
+    );
+    assert!(
+        !text.contains("\"finish_reason\":\"length\""),
+        "generation finished before the kill"
+    );
+    assert!(killed_at.elapsed() < Duration::from_secs(5));
+
+    // The next request goes to the surviving node (directly or after failing over).
+    let (status, node) = ask_model(&url, "real").await;
+    assert_eq!(status, 200);
+    assert_eq!(node, ids[1 - victim]);
+    // The broken stream is in the history as an error from the killed node.
+    let rows = router_support::history(&url, 2).await;
+    assert!(
+        rows.iter().any(|r| r["node_id"] == streaming_node
+            && r["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("mid-response"))),
+        "{rows:?}"
+    );
 }

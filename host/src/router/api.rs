@@ -216,12 +216,6 @@ async fn proxy_inner(state: RouterState, req: Request) -> Result<Response> {
     let body = axum::body::to_bytes(Body::new(body), limit)
         .await
         .map_err(|_| RouterError::TooLarge(limit))?;
-    let outgoing = Outgoing {
-        model: proxy::model_of(&body),
-        method: parts.method,
-        uri: parts.uri,
-        headers: parts.headers,
-        body,
-    };
+    let outgoing = Outgoing::new(parts.method, parts.uri, parts.headers, body);
     proxy::forward(&state, outgoing).await
 }

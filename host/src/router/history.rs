@@ -17,6 +17,12 @@ use std::{
 const RECENT: usize = 200;
 /// Written rows between retention passes.
 const PRUNE_EVERY: usize = 1000;
+/// Most rows in one transaction.
+const BATCH: usize = 1000;
+/// How long the writer gathers rows after the first one before it commits: under load,
+/// one transaction per window instead of one per request, and senders rarely have to
+/// wake the writer thread.
+const LINGER: Duration = Duration::from_millis(50);
 
 pub fn now_ms() -> i64 {
     SystemTime::now()
@@ -119,7 +125,7 @@ fn write_loop(store: &Store, retention: Retention, rx: &mpsc::Receiver<RequestRe
             Err(mpsc::RecvTimeoutError::Timeout) => since_prune = PRUNE_EVERY,
             Err(mpsc::RecvTimeoutError::Disconnected) => return,
         }
-        batch.extend(rx.try_iter().take(999));
+        gather(rx, &mut batch);
         if !batch.is_empty() {
             if let Err(err) = store.insert_requests(&batch) {
                 tracing::warn!("router db: cannot save {} request(s): {err}", batch.len());
@@ -133,5 +139,19 @@ fn write_loop(store: &Store, retention: Retention, rx: &mpsc::Receiver<RequestRe
                 tracing::warn!("router db: cannot prune request history: {err}");
             }
         }
+    }
+}
+
+/// Adds rows that arrive within [`LINGER`] of the first (up to [`BATCH`]). Sleeping
+/// instead of waiting on the channel keeps senders from waking this thread per row.
+fn gather(rx: &mpsc::Receiver<RequestRecord>, batch: &mut Vec<RequestRecord>) {
+    if batch.is_empty() {
+        return;
+    }
+    batch.extend(rx.try_iter().take(BATCH - batch.len()));
+    if batch.len() < BATCH {
+        // A backlog (a full batch) is written at once; a trickle waits to share a commit.
+        std::thread::sleep(LINGER);
+        batch.extend(rx.try_iter().take(BATCH - batch.len()));
     }
 }

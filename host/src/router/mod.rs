@@ -10,6 +10,7 @@ mod api;
 mod auth;
 mod dashboard;
 mod error;
+mod gpu;
 mod history;
 mod models;
 mod monitor;
@@ -29,6 +30,7 @@ pub use store::{Retention, Store};
 
 use axum::{
     routing::{delete, get, post},
+    serve::ListenerExt as _,
     Router,
 };
 use history::History;
@@ -82,13 +84,7 @@ impl RouterState {
         let nodes = Nodes::default();
         nodes.restore(store.nodes()?);
         let history = History::start(store.clone(), settings.retention);
-        let client = reqwest::Client::builder()
-            .connect_timeout(settings.connect_timeout)
-            .tcp_nodelay(true)
-            .pool_max_idle_per_host(512)
-            .http1_only()
-            .build()
-            .map_err(|err| RouterError::Internal(format!("cannot build the HTTP client: {err}")))?;
+        let client = upstream_client(&settings)?;
         let inner = Inner {
             settings,
             join_token: join.token.clone(),
@@ -126,6 +122,17 @@ impl RouterState {
     pub fn settings(&self) -> &RouterSettings {
         &self.settings
     }
+}
+
+/// The client for requests to nodes: one shared connection pool, no Nagle delay.
+fn upstream_client(settings: &RouterSettings) -> Result<reqwest::Client, RouterError> {
+    reqwest::Client::builder()
+        .connect_timeout(settings.connect_timeout)
+        .tcp_nodelay(true)
+        .pool_max_idle_per_host(512)
+        .http1_only()
+        .build()
+        .map_err(|err| RouterError::Internal(format!("cannot build the HTTP client: {err}")))
 }
 
 /// The explicit token, else the stored one, else a new random one (stored).
@@ -186,6 +193,12 @@ pub async fn serve(
         shutdown.await;
         closing.cancel();
     };
+    // Small responses must not wait for the client's ACK of the previous packet (Nagle).
+    let listener = listener.tap_io(|tcp| {
+        if let Err(err) = tcp.set_nodelay(true) {
+            tracing::debug!("router: cannot set TCP_NODELAY: {err}");
+        }
+    });
     let result = axum::serve(listener, app(state))
         .with_graceful_shutdown(shutdown)
         .await;

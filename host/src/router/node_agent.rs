@@ -3,8 +3,11 @@
 //! answers 404/401 to a heartbeat (it forgot the node: new database, removed) and keeps
 //! retrying, with backoff, while the router is unreachable (e.g. restarting).
 
-use super::types::{Heartbeat, RegisterReply, Registration};
-use std::{sync::Mutex, time::Duration};
+use super::{
+    gpu::{GpuLoad, GpuProbe},
+    types::{Heartbeat, RegisterReply, Registration},
+};
+use std::{path::PathBuf, sync::Mutex, time::Duration};
 use sysinfo::{MemoryRefreshKind, RefreshKind, System};
 
 /// Where and how to join.
@@ -24,6 +27,8 @@ pub struct NodeAgentConfig {
     pub devices: Vec<String>,
     /// Requests this node runs at once (0 = unknown).
     pub capacity: u32,
+    /// The `nvidia-smi` that reports GPU load (default: the one on `PATH`); None: none.
+    pub nvidia_smi: Option<PathBuf>,
 }
 
 impl NodeAgentConfig {
@@ -39,6 +44,7 @@ impl NodeAgentConfig {
             backends: Vec::new(),
             devices: Vec::new(),
             capacity: 0,
+            nvidia_smi: Some(PathBuf::from("nvidia-smi")),
         }
     }
 }
@@ -98,7 +104,7 @@ pub async fn run_node_agent(
             return;
         }
     };
-    let sampler = Sampler::new();
+    let sampler = Sampler::new(GpuProbe::new(cfg.nvidia_smi.clone()));
     let mut interval = cfg.heartbeat_interval;
     loop {
         interval = register_until_done(&client, &cfg, &status, interval).await;
@@ -138,7 +144,8 @@ async fn heartbeat_until_forgotten(
     let url = format!("{}/api/nodes/{}/heartbeat", cfg.router_url, cfg.node_id);
     loop {
         tokio::time::sleep(interval).await;
-        let beat = sampler.heartbeat(status());
+        let gpu = sampler.gpu.sample().await;
+        let beat = sampler.heartbeat(status(), gpu);
         let body = match serde_json::to_vec(&beat) {
             Ok(body) => body,
             Err(err) => {
@@ -215,22 +222,25 @@ async fn register(
     serde_json::from_slice(&bytes).map_err(|err| Retry(format!("bad registration reply: {err}")))
 }
 
-/// CPU and memory of this machine.
+/// CPU, memory and GPU load of this machine.
 struct Sampler {
     system: Mutex<System>,
+    gpu: GpuProbe,
 }
 
 impl Sampler {
-    fn new() -> Self {
+    fn new(gpu: GpuProbe) -> Self {
         let kind = RefreshKind::nothing()
             .with_cpu(sysinfo::CpuRefreshKind::nothing().with_cpu_usage())
             .with_memory(MemoryRefreshKind::nothing().with_ram());
         Self {
             system: Mutex::new(System::new_with_specifics(kind)),
+            gpu,
         }
     }
 
-    fn heartbeat(&self, status: NodeStatus) -> Heartbeat {
+    /// `gpu`: what nvidia-smi reported; a GPU percent from the server itself wins.
+    fn heartbeat(&self, status: NodeStatus, gpu: Option<GpuLoad>) -> Heartbeat {
         let mut system = self.system.lock().unwrap_or_else(|p| p.into_inner());
         // CPU use is measured between two refreshes: the previous heartbeat and now.
         system.refresh_cpu_usage();
@@ -239,7 +249,9 @@ impl Sampler {
             cpu_percent: system.global_cpu_usage(),
             memory_used_bytes: system.used_memory(),
             memory_total_bytes: system.total_memory(),
-            gpu_percent: status.gpu_percent,
+            gpu_percent: status.gpu_percent.or(gpu.and_then(|g| g.percent)),
+            gpu_memory_used_bytes: gpu.map(|g| g.memory_used_bytes),
+            gpu_memory_total_bytes: gpu.map(|g| g.memory_total_bytes),
             active_requests: status.active_requests,
             queued_requests: status.queued_requests,
             tokens_per_second: status.tokens_per_second,

@@ -34,13 +34,34 @@ const HOP_HEADERS: &[&str] = &[
 /// advertised a router's address), and refuses instead of looping forever.
 pub const HOP_MARK: &str = "x-llmlocal-routed";
 
+/// Names the node that answered, on every proxied response.
+const NODE_HEADER: &str = "x-llmlocal-node";
+
 /// The request as read from the client, ready to send to any node.
 pub struct Outgoing {
     pub method: Method,
     pub uri: Uri,
+    /// Already without hop-by-hop headers, with [`HOP_MARK`] (see [`Outgoing::new`]).
     pub headers: HeaderMap,
     pub body: Bytes,
     pub model: Option<String>,
+}
+
+impl Outgoing {
+    /// Strips hop-by-hop headers once, whatever the number of attempts.
+    pub fn new(method: Method, uri: Uri, mut headers: HeaderMap, body: Bytes) -> Self {
+        for name in HOP_HEADERS {
+            headers.remove(*name);
+        }
+        headers.insert(HOP_MARK, header::HeaderValue::from_static("1"));
+        Self {
+            model: model_of(&body),
+            method,
+            uri,
+            headers,
+            body,
+        }
+    }
 }
 
 /// The `model` (OpenAI, Ollama) or `name` (older Ollama) field of a JSON body.
@@ -61,7 +82,7 @@ pub fn model_of(body: &[u8]) -> Option<String> {
 pub async fn forward(state: &RouterState, req: Outgoing) -> Result<Response<Body>, RouterError> {
     let started = Instant::now();
     let ts_ms = now_ms();
-    let what = match &req.model {
+    let what = || match &req.model {
         Some(model) => format!("model `{model}`"),
         None => "this request".to_string(),
     };
@@ -70,14 +91,14 @@ pub async fn forward(state: &RouterState, req: Outgoing) -> Result<Response<Body
     let picked = match &req.model {
         Some(model) => match state.nodes.pick(model, strategy) {
             Pick::Nodes(targets) => Ok(targets),
-            Pick::NoneHealthy => Err(RouterError::NoNode(what.clone())),
+            Pick::NoneHealthy => Err(RouterError::NoNode(what())),
             Pick::UnknownModel => Err(RouterError::UnknownModel(model.clone())),
         },
         None => Ok(state.nodes.any(strategy)),
     };
     let targets = match picked {
         Ok(targets) if !targets.is_empty() => targets,
-        Ok(_) => return Err(record(&mut recorder, RouterError::NoNode(what.clone()))),
+        Ok(_) => return Err(record(&mut recorder, RouterError::NoNode(what()))),
         Err(err) => return Err(record(&mut recorder, err)),
     };
     let max = state.settings.max_attempts.max(1).min(targets.len());
@@ -109,7 +130,7 @@ pub async fn forward(state: &RouterState, req: Outgoing) -> Result<Response<Body
         }
     }
     let err = RouterError::AllNodesFailed {
-        what,
+        what: what(),
         last: last_error,
     };
     recorder.attempts = max as u32;
@@ -130,17 +151,10 @@ async fn send(
 ) -> reqwest::Result<reqwest::Response> {
     let path = req.uri.path_and_query().map_or("/", |p| p.as_str());
     let url = format!("{}{}", target.url, path);
-    let mut headers = HeaderMap::with_capacity(req.headers.len() + 1);
-    for (name, value) in &req.headers {
-        if !is_hop(name) {
-            headers.append(name.clone(), value.clone());
-        }
-    }
-    headers.insert(HOP_MARK, header::HeaderValue::from_static("1"));
     state
         .client
         .request(req.method.clone(), url)
-        .headers(headers)
+        .headers(req.headers.clone())
         .body(req.body.clone())
         .send()
         .await
@@ -150,22 +164,29 @@ async fn send(
 fn relay(resp: reqwest::Response, target: Target, mut recorder: Recorder) -> Response<Body> {
     let status = resp.status();
     let flavor = ErrorFlavor::of(resp.headers());
-    let mut builder = Response::builder().status(status);
+    let mut headers = HeaderMap::with_capacity(resp.headers().len() + 1);
     for (name, value) in resp.headers() {
         if !is_hop(name) {
-            builder = builder.header(name, value);
+            headers.append(name.clone(), value.clone());
         }
     }
-    builder = builder.header("x-llmlocal-node", target.node_id.as_str());
+    // A body of known length keeps it: the client gets the bytes in one plain write instead
+    // of chunked framing (whose end marker can be sent as a separate packet). Streams whose
+    // failure becomes an error event keep no length: that event would not fit in it.
+    if flavor == ErrorFlavor::Abort {
+        if let Some(length) = resp.headers().get(header::CONTENT_LENGTH) {
+            headers.insert(header::CONTENT_LENGTH, length.clone());
+        }
+    }
+    if let Ok(node) = header::HeaderValue::from_str(&target.node_id) {
+        headers.insert(NODE_HEADER, node);
+    }
     recorder.node(&target.node_id, status.as_u16());
     let stream = RelayStream::new(resp.bytes_stream(), flavor, recorder, target.inflight);
-    builder
-        .body(Body::from_stream(stream))
-        .unwrap_or_else(|err| {
-            let mut fallback = Response::new(Body::from(format!("bad upstream response: {err}")));
-            *fallback.status_mut() = StatusCode::BAD_GATEWAY;
-            fallback
-        })
+    let mut response = Response::new(Body::from_stream(stream));
+    *response.status_mut() = status;
+    *response.headers_mut() = headers;
+    response
 }
 
 fn is_hop(name: &HeaderName) -> bool {

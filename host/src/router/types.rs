@@ -46,9 +46,14 @@ pub struct Heartbeat {
     pub memory_used_bytes: u64,
     #[serde(default)]
     pub memory_total_bytes: u64,
-    /// GPU use 0-100, when the node has one it can read.
+    /// GPU use 0-100 (mean over the node's NVIDIA GPUs), when the node can read it.
     #[serde(default)]
     pub gpu_percent: Option<f32>,
+    /// GPU memory in use, summed over the node's GPUs (None: no GPU it can read).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpu_memory_used_bytes: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpu_memory_total_bytes: Option<u64>,
     #[serde(default)]
     pub active_requests: u32,
     #[serde(default)]

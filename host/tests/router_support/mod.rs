@@ -61,6 +61,8 @@ pub struct FakeNode {
     pub addr: SocketAddr,
     pub models: Vec<String>,
     pub behaviour: Arc<Behaviour>,
+    /// The node agent's `nvidia-smi` (None: no GPU); set before [`FakeNode::join`].
+    pub nvidia_smi: Option<std::path::PathBuf>,
     stop: Option<std::sync::mpsc::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
     agent: Option<tokio::task::JoinHandle<()>>,
@@ -96,6 +98,7 @@ impl FakeNode {
             addr,
             models: models.iter().map(|m| m.to_string()).collect(),
             behaviour,
+            nvidia_smi: None,
             stop: Some(stop),
             thread: Some(thread),
             agent: None,
@@ -112,6 +115,7 @@ impl FakeNode {
         cfg.node_id = self.name.clone();
         cfg.heartbeat_interval = Duration::from_millis(200);
         cfg.backends = vec!["fake".into()];
+        cfg.nvidia_smi = self.nvidia_smi.clone();
         let models = self.models.clone();
         let behaviour = self.behaviour.clone();
         let status = move || NodeStatus {
@@ -458,4 +462,23 @@ pub async fn three_nodes(router: &str) -> Vec<FakeNode> {
     })
     .await;
     nodes
+}
+
+/// The router's request history (`/admin/requests`), once it holds at least `min` rows.
+pub async fn history(router: &str, min: usize) -> Vec<Value> {
+    let start = Instant::now();
+    loop {
+        let resp = client()
+            .get(format!("{router}/admin/requests?limit=1000"))
+            .bearer_auth(ADMIN)
+            .send()
+            .await
+            .unwrap();
+        let body: Value = serde_json::from_slice(&resp.bytes().await.unwrap()).unwrap();
+        let rows = body["requests"].as_array().cloned().unwrap_or_default();
+        if rows.len() >= min || start.elapsed() > Duration::from_secs(5) {
+            return rows;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

@@ -85,13 +85,10 @@ pub fn spawn(args: &[String]) -> Proc {
     }
 }
 
-/// The scripted test backend: `$LLMLOCAL_TEST_PLUGIN_DIR` or next to the test binary.
-pub fn scripted_plugin() -> PathBuf {
-    let file = format!(
-        "{}llmlocal_backend_scripted{}",
-        std::env::consts::DLL_PREFIX,
-        std::env::consts::DLL_SUFFIX
-    );
+/// The built plugin library of backend crate `name` (`scripted`, `llama_cpp`):
+/// `$LLMLOCAL_TEST_PLUGIN_DIR` or next to the test binary.
+pub fn plugin_library(name: &str) -> PathBuf {
+    let file = llmlocal::plugins::library_file_name(name);
     let mut dirs = Vec::new();
     if let Some(dir) = std::env::var_os("LLMLOCAL_TEST_PLUGIN_DIR").filter(|d| !d.is_empty()) {
         dirs.push(PathBuf::from(dir));
@@ -107,10 +104,15 @@ pub fn scripted_plugin() -> PathBuf {
         .find(|p| p.is_file())
         .unwrap_or_else(|| {
             panic!(
-                "{file} not found in {dirs:?}: run `cargo build -p llmlocal-backend-scripted` \
-                 (or cargo xtask build-plugins), or set $LLMLOCAL_TEST_PLUGIN_DIR"
+                "{file} not found in {dirs:?}: run `cargo xtask build-plugins` (or cargo build \
+                 -p llmlocal-backend-<name>), or set $LLMLOCAL_TEST_PLUGIN_DIR"
             )
         })
+}
+
+/// The scripted test backend.
+pub fn scripted_plugin() -> PathBuf {
+    plugin_library("scripted")
 }
 
 /// A directory holding only the scripted plugin, and a scripted model `s`.
@@ -176,6 +178,51 @@ pub fn node(files: &NodeFiles, id: &str, port: u16, router_url: &str, token: &st
         "scripted".into(),
         "--model".into(),
         files.model(),
+        "--join".into(),
+        router_url.into(),
+        "--join-token".into(),
+        token.into(),
+        "--node-id".into(),
+        id.into(),
+    ])
+}
+
+/// A directory holding only the llama.cpp plugin.
+pub struct LlamaFiles {
+    pub dir: tempfile::TempDir,
+}
+
+impl LlamaFiles {
+    pub fn new() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let plugins = dir.path().join("plugins");
+        std::fs::create_dir(&plugins).unwrap();
+        let plugin = plugin_library("llama_cpp");
+        std::fs::copy(&plugin, plugins.join(plugin.file_name().unwrap())).unwrap();
+        Self { dir }
+    }
+}
+
+/// `llmlocal serve` running `model` (a GGUF) as `real` through llama.cpp, joined as `id`.
+pub fn llama_node(
+    files: &LlamaFiles,
+    model: &Path,
+    id: &str,
+    router_url: &str,
+    token: &str,
+) -> Proc {
+    spawn(&[
+        "serve".into(),
+        "--bind".into(),
+        "127.0.0.1:0".into(),
+        "--plugin-dir".into(),
+        files.dir.path().join("plugins").display().to_string(),
+        "--backend".into(),
+        "llama-cpp".into(),
+        "--model".into(),
+        format!("real={}", model.display()),
+        "--context-length".into(),
+        "4096".into(),
         "--join".into(),
         router_url.into(),
         "--join-token".into(),
