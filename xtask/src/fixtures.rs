@@ -1,8 +1,13 @@
-//! `cargo xtask fixtures`: the fixture models (llmlocal-fixtures) and the scripted model.
+//! `cargo xtask fixtures`: the fixture models (llmlocal-fixtures), the fixture LoRA's GGUF
+//! conversion and the scripted model.
 
-use crate::workspace::Workspace;
+use crate::{process, workspace::Workspace};
 use anyhow::{Context, Result};
-use std::{fs, path::PathBuf};
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    time::SystemTime,
+};
 
 /// The first line of a scripted model file (the scripted test plugin's format).
 const SCRIPTED_HEADER: &str = "llmlocal-scripted-model v1";
@@ -16,8 +21,9 @@ pub struct Fixtures {
     pub scripted_model: PathBuf,
 }
 
-pub fn command(_ws: &Workspace) -> Result<Fixtures> {
+pub fn command(ws: &Workspace) -> Result<Fixtures> {
     let paths = llmlocal_fixtures::ensure_default().context("writing the fixture models")?;
+    convert_lora(ws, &paths)?;
     let scripted_model = paths.dir.join("scripted-model.txt");
     let content = format!("{SCRIPTED_HEADER}\n{SCRIPT}");
     if fs::read_to_string(&scripted_model).ok().as_deref() != Some(content.as_str()) {
@@ -29,6 +35,8 @@ pub fn command(_ws: &Workspace) -> Result<Fixtures> {
         &paths.hf_dir,
         &paths.gguf_f32,
         &paths.gguf_q8_0,
+        &paths.lora_dir,
+        &paths.lora_gguf,
         &scripted_model,
     ] {
         println!("  {}", path.display());
@@ -37,4 +45,29 @@ pub fn command(_ws: &Workspace) -> Result<Fixtures> {
         paths,
         scripted_model,
     })
+}
+
+/// Writes `tiny-llama-lora.gguf`, the fixture LoRA converted by the host's own converter
+/// (`llmlocal adapter convert`, so xtask need not link the host crate), unless it is newer
+/// than the PEFT folder it comes from.
+fn convert_lora(ws: &Workspace, paths: &llmlocal_fixtures::FixturePaths) -> Result<()> {
+    let source = paths.lora_dir.join("adapter_model.safetensors");
+    if modified(&paths.lora_gguf).is_some_and(|gguf| Some(gguf) >= modified(&source)) {
+        return Ok(());
+    }
+    let mut command = process::cargo(&ws.root);
+    command
+        .args([
+            "run", "--quiet", "-p", "llmlocal", "--", "adapter", "convert",
+        ])
+        .arg(&paths.lora_dir)
+        .arg("--base")
+        .arg(&paths.hf_dir)
+        .arg("--out")
+        .arg(&paths.lora_gguf);
+    process::run(&mut command, "converting the fixture LoRA to GGUF")
+}
+
+fn modified(path: &Path) -> Option<SystemTime> {
+    fs::metadata(path).and_then(|m| m.modified()).ok()
 }

@@ -3,9 +3,11 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use llmlocal_plugin_api::AdapterRequest;
+
 use super::base::BaseModel;
 use super::error::{io_err, Result};
-use super::manager::{check, AdapterManager};
+use super::manager::{check, AdapterConfig, AdapterFormat, AdapterManager};
 use super::spec::AdapterSpec;
 
 fn out_err(e: std::io::Error) -> super::error::AdapterError {
@@ -54,4 +56,56 @@ pub fn rm(manager: &AdapterManager, what: &str, out: &mut dyn Write) -> Result<u
     let freed = manager.remove(what)?;
     writeln!(out, "removed {what} ({freed} bytes)").map_err(out_err)?;
     Ok(freed)
+}
+
+/// `llmlocal adapter convert PEFT --base MODEL --out FILE`: writes the GGUF LoRA conversion
+/// of a PEFT folder (checked against the base model first).
+pub fn convert(peft: &Path, base: &Path, out_file: &Path, out: &mut dyn Write) -> Result<()> {
+    let base = BaseModel::from_path(base)?;
+    check(peft, &base)?;
+    super::convert::convert_to(peft, &base, out_file)?;
+    writeln!(out, "{} -> {}", peft.display(), out_file.display()).map_err(out_err)?;
+    Ok(())
+}
+
+/// `llmlocal run MODEL --adapter SPEC[:scale]...`: fetches each adapter, checks it against the
+/// model at `model_path` and returns it in a format `backend` reads (converting PEFT to GGUF
+/// for llama.cpp), ready for `LoadRequest::adapters`.
+pub async fn load_requests(
+    manager: &AdapterManager,
+    specs: &[String],
+    model_path: &Path,
+    backend: &str,
+) -> Result<Vec<AdapterRequest>> {
+    if specs.is_empty() {
+        return Ok(Vec::new());
+    }
+    let base = BaseModel::from_path(model_path)?;
+    let mut requests = Vec::with_capacity(specs.len());
+    for text in specs {
+        let spec = AdapterSpec::parse(text)?;
+        let resolved = manager
+            .resolve(&spec, &base, AdapterFormat::read_by(backend))
+            .await?;
+        requests.push(resolved.request());
+    }
+    Ok(requests)
+}
+
+/// [`load_requests`] for synchronous callers, with the adapter manager of the environment
+/// (`LLMLOCAL_ADAPTERS_DIR`, `GITHUB_TOKEN`, ...); no runtime is started without adapters.
+pub fn load_requests_blocking(
+    specs: &[String],
+    model_path: &Path,
+    backend: &str,
+) -> Result<Vec<AdapterRequest>> {
+    if specs.is_empty() {
+        return Ok(Vec::new());
+    }
+    let manager = AdapterManager::new(AdapterConfig::from_env())?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(io_err("<async runtime>"))?;
+    runtime.block_on(load_requests(&manager, specs, model_path, backend))
 }

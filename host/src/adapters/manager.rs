@@ -8,6 +8,7 @@
 //! - Hugging Face adapters live in the model manager's hub cache (same download layer).
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use llmlocal_plugin_api::AdapterRequest;
 
@@ -61,6 +62,15 @@ pub enum AdapterFormat {
 }
 
 impl AdapterFormat {
+    /// The formats a backend reads: candle merges PEFT folders; llama.cpp (and, by default,
+    /// any other backend) reads GGUF LoRA files.
+    pub fn read_by(backend: &str) -> &'static [AdapterFormat] {
+        match backend {
+            "candle" => &[AdapterFormat::Peft],
+            _ => &[AdapterFormat::Gguf],
+        }
+    }
+
     /// The format of a local adapter path.
     pub fn of_path(path: &Path) -> Option<Self> {
         if is_peft_dir(path) {
@@ -104,7 +114,7 @@ pub struct CachedAdapter {
 pub struct AdapterManager {
     config: AdapterConfig,
     github: GitHub,
-    models: Option<ModelManager>,
+    models: Option<Arc<ModelManager>>,
 }
 
 impl AdapterManager {
@@ -118,7 +128,12 @@ impl AdapterManager {
     }
 
     /// Uses `models` (its hub cache and download layer) for `hf:` adapters.
-    pub fn with_model_manager(mut self, models: ModelManager) -> Self {
+    pub fn with_model_manager(self, models: ModelManager) -> Self {
+        self.with_shared_model_manager(Arc::new(models))
+    }
+
+    /// [`AdapterManager::with_model_manager`] with a manager shared with others (the engine's).
+    pub fn with_shared_model_manager(mut self, models: Arc<ModelManager>) -> Self {
         self.models = Some(models);
         self
     }
@@ -171,7 +186,7 @@ impl AdapterManager {
             } => {
                 let from_env;
                 let models = match &self.models {
-                    Some(m) => m,
+                    Some(m) => m.as_ref(),
                     None => {
                         from_env = ModelManager::from_env()?;
                         &from_env

@@ -21,6 +21,17 @@ pub enum AdapterCommand {
     List,
     /// Delete cached adapters: `gh:OWNER/REPO[@TAG[/ASSET]]`.
     Rm { what: String },
+    /// Convert a PEFT adapter folder to a GGUF LoRA file (what llama.cpp reads).
+    Convert {
+        /// The PEFT folder (adapter_config.json + adapter_model.safetensors).
+        peft: PathBuf,
+        /// The base model it is for (a GGUF file or a Hugging Face folder).
+        #[arg(long, value_name = "MODEL")]
+        base: PathBuf,
+        /// Where to write the GGUF LoRA.
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+    },
 }
 
 pub fn run(command: &AdapterCommand) -> anyhow::Result<()> {
@@ -40,6 +51,13 @@ pub fn run(command: &AdapterCommand) -> anyhow::Result<()> {
         }
         AdapterCommand::Rm { what } => {
             cli::rm(&manager, what, &mut out)?;
+        }
+        AdapterCommand::Convert {
+            peft,
+            base,
+            out: file,
+        } => {
+            cli::convert(peft, base, file, &mut out)?;
         }
     }
     Ok(())

@@ -1,6 +1,7 @@
 //! The `llmlocal` command line.
 
 mod adapter_cmd;
+mod chat;
 mod logging;
 mod models_cmd;
 mod plugins_cmd;
@@ -37,7 +38,8 @@ pub struct Cli {
 pub enum Command {
     /// List every backend plugin library found, loaded or refused (with the reason).
     Plugins(plugins_cmd::PluginsArgs),
-    /// Load a model file with a backend and stream a completion of PROMPT to stdout.
+    /// Load a model file with a backend and stream a completion of PROMPT to stdout; without
+    /// PROMPT, chat: each stdin line is a message (/clear resets, /bye ends).
     Run(run_cmd::RunArgs),
     /// Serve the OpenAI- and Ollama-compatible HTTP API.
     Serve(serve_cmd::ServeArgs),

@@ -22,7 +22,8 @@ pub struct RunArgs {
     pub backend: Option<String>,
     /// A model file (.gguf) or a Hugging Face model folder.
     pub model_path: PathBuf,
-    pub prompt: String,
+    /// The prompt; without one, an interactive chat reads messages from stdin.
+    pub prompt: Option<String>,
     #[arg(long, default_value_t = 128)]
     pub max_tokens: u32,
     /// 0 = greedy.
@@ -30,9 +31,16 @@ pub struct RunArgs {
     pub temperature: f32,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// A LoRA adapter (gh:OWNER/REPO@TAG/ASSET, hf:ORG/REPO[@REV][/FILE] or a local GGUF file
+    /// or PEFT folder), optionally followed by :SCALE; repeat for several.
+    #[arg(long = "adapter", value_name = "SPEC[:SCALE]")]
+    pub adapters: Vec<String>,
 }
 
 pub fn run(args: &RunArgs, config: &Config, dirs: &[PathBuf]) -> anyhow::Result<()> {
+    let Some(prompt) = args.prompt.as_deref() else {
+        return super::chat::run(args, config, dirs);
+    };
     let registry = PluginRegistry::load(dirs);
     let backend = registry.choose(
         args.backend.as_deref(),
@@ -41,14 +49,19 @@ pub fn run(args: &RunArgs, config: &Config, dirs: &[PathBuf]) -> anyhow::Result<
     )?;
     let path = args.model_path.to_string_lossy().into_owned();
     let started = Instant::now();
-    let model = backend.load_model(LoadRequest::new(path))?;
+    let mut load = LoadRequest::new(path);
+    let adapters = &args.adapters;
+    load.adapters =
+        crate::adapters::cli::load_requests_blocking(adapters, &args.model_path, backend.name())?
+            .into();
+    let model = backend.load_model(load)?;
     tracing::info!(
         "loaded {} with `{}` in {:.0} ms",
         args.model_path.display(),
         backend.name(),
         started.elapsed().as_secs_f64() * 1000.0
     );
-    let prompt_tokens = model.tokenize(&args.prompt, true, false)?;
+    let prompt_tokens = model.tokenize(prompt, true, false)?;
     let request = GenerateRequest {
         sampling: Sampling {
             temperature: args.temperature,

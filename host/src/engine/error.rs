@@ -1,6 +1,7 @@
 //! Errors of the engine facade, each with a [`ErrorClass`] the server maps to an HTTP status.
 
 use crate::{
+    adapters::AdapterError,
     models::ModelError,
     plugins::{BackendError, ErrorKind, PluginError},
 };
@@ -30,6 +31,9 @@ pub enum EngineError {
     Model(#[from] ModelError),
     #[error("{0}")]
     Backend(#[from] BackendError),
+    /// A LoRA adapter of the request cannot be used (bad spec, not found, incompatible).
+    #[error("{0}")]
+    Adapter(#[from] AdapterError),
     #[error("invalid request: {0}")]
     InvalidRequest(String),
     #[error("chat template of `{model}` failed: {message}")]
@@ -63,6 +67,7 @@ impl EngineError {
             EngineError::Plugin(PluginError::NoBackends) => ErrorClass::Unavailable,
             EngineError::Model(err) => model_error_class(err),
             EngineError::Backend(err) => backend_error_class(err.kind()),
+            EngineError::Adapter(err) => adapter_error_class(err),
             EngineError::InvalidRequest(_) | EngineError::Template { .. } => ErrorClass::BadRequest,
             EngineError::OutOfMemory { .. } | EngineError::ShuttingDown => ErrorClass::Unavailable,
             EngineError::QueueFull { .. } => ErrorClass::Busy,
@@ -80,6 +85,8 @@ impl EngineError {
                 "invalid_request"
             }
             EngineError::Backend(_) => "backend_error",
+            EngineError::Adapter(AdapterError::Incompatible { .. }) => "adapter_incompatible",
+            EngineError::Adapter(_) => "invalid_adapter",
             EngineError::InvalidRequest(_) => "invalid_request",
             EngineError::Template { .. } => "chat_template_error",
             EngineError::OutOfMemory { .. } => "insufficient_memory",
@@ -102,6 +109,24 @@ fn model_error_class(err: &ModelError) -> ErrorClass {
         | ModelError::LocalPath { .. } => ErrorClass::NotFound,
         ModelError::NothingFits { .. } => ErrorClass::Unavailable,
         _ => ErrorClass::Unavailable,
+    }
+}
+
+/// A request naming an adapter that is malformed, missing or incompatible is the client's
+/// mistake (400); a download that fails for network reasons is not.
+fn adapter_error_class(err: &AdapterError) -> ErrorClass {
+    match err {
+        AdapterError::Network { .. } | AdapterError::Http { .. } | AdapterError::Corrupt { .. } => {
+            ErrorClass::Unavailable
+        }
+        AdapterError::Io { source, .. } if source.kind() != std::io::ErrorKind::NotFound => {
+            ErrorClass::Internal
+        }
+        AdapterError::Model(err) => match model_error_class(err) {
+            ErrorClass::NotFound => ErrorClass::BadRequest,
+            other => other,
+        },
+        _ => ErrorClass::BadRequest,
     }
 }
 

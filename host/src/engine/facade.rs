@@ -3,6 +3,7 @@
 
 use super::{
     error::EngineError,
+    lora::{self, Adapters, Variant},
     memory,
     metrics::Metrics,
     pool::{BusyGuard, Gate, LoadedInfo, Pool, Slot},
@@ -13,6 +14,8 @@ use super::{
     template::{read_tokenizer_config, ChatTemplate},
 };
 use crate::{
+    adapters::{AdapterManager, AdapterSpec},
+    api::AdapterRequest,
     models::{format_of_path, ModelError, ModelManager, ModelSource, ModelSpec},
     plugins::{
         GenerateRequest, LoadRequest, LoadedBackend, LoadedModel, ModelFormat, ModelMetadata,
@@ -39,12 +42,33 @@ struct Inner {
     aliases: RwLock<BTreeMap<String, ModelEntry>>,
     registry: Arc<PluginRegistry>,
     manager: Option<Arc<ModelManager>>,
-    pool: Mutex<Pool>,
-    /// Loads run one at a time, so two requests for one model load it once.
-    load_lock: tokio::sync::Mutex<()>,
+    /// Also holds one load slot per model: two requests for one model load it once, while
+    /// different models load side by side.
+    pool: Arc<Mutex<Pool>>,
     metrics: Arc<Metrics>,
     last_stats: Mutex<Option<Completion>>,
     total_memory: u64,
+    adapters: Adapters,
+}
+
+/// A loaded instance ready for a generation.
+struct Ready {
+    slot: Slot,
+    busy: BusyGuard,
+    load_ms: f64,
+    /// The adapters to pass with the generation (`None` = the instance's own).
+    adapters: Option<Vec<AdapterRequest>>,
+}
+
+impl Ready {
+    fn new((slot, busy, load_ms): (Slot, BusyGuard, f64), variant: &Variant) -> Ready {
+        Ready {
+            slot,
+            busy,
+            load_ms,
+            adapters: variant.generation.clone(),
+        }
+    }
 }
 
 impl std::fmt::Debug for Engine {
@@ -78,19 +102,26 @@ impl Engine {
         manager: Option<Arc<ModelManager>>,
     ) -> Engine {
         let aliases = RwLock::new(settings.models.clone());
+        let adapters = Adapters::new(manager.clone());
         Engine {
             inner: Arc::new(Inner {
                 settings,
                 aliases,
                 registry,
                 manager,
-                pool: Mutex::new(Pool::default()),
-                load_lock: tokio::sync::Mutex::new(()),
+                pool: Arc::new(Mutex::new(Pool::default())),
                 metrics: Arc::new(Metrics::new()),
                 last_stats: Mutex::new(None),
                 total_memory: memory::read().total,
+                adapters,
             }),
         }
+    }
+
+    /// Uses `manager` for LoRA adapters (default: one from the environment, made at first use).
+    pub fn with_adapter_manager(self, manager: Arc<AdapterManager>) -> Engine {
+        self.inner.adapters.set_manager(manager);
+        self
     }
 
     pub fn settings(&self) -> &EngineSettings {
@@ -219,16 +250,39 @@ impl Engine {
 
     /// Loads the model (if it is not loaded) and returns what is loaded.
     pub async fn load(&self, name: &str, backend: Option<&str>) -> Result<LoadedInfo, EngineError> {
-        let (slot, _busy, _) = self.ensure_loaded(name, backend).await?;
-        Ok(LoadedInfo::from(&slot))
+        let ready = self.ensure_loaded(name, backend, None).await?;
+        Ok(LoadedInfo::from(&ready.slot))
     }
 
-    /// Unloads every instance of the model (running generations finish first); true if any.
+    /// Loads the model with LoRA adapters (adapter specs `SPEC[:scale]`), as a generation
+    /// naming them would; returns what is loaded.
+    pub async fn load_with_adapters(
+        &self,
+        name: &str,
+        backend: Option<&str>,
+        adapters: &[String],
+    ) -> Result<LoadedInfo, EngineError> {
+        let ready = self.ensure_loaded(name, backend, Some(adapters)).await?;
+        Ok(LoadedInfo::from(&ready.slot))
+    }
+
+    /// Unloads every instance of the model, adapter variants included (running generations
+    /// finish first); true if any.
     pub fn unload(&self, name: &str) -> bool {
         let mut pool = lock(&self.inner.pool);
-        let removed = pool.remove(name) > 0;
+        let mut removed = pool.remove(name);
+        for info in pool.infos() {
+            if lora::is_variant_of(&info.name, name) {
+                removed += pool.remove(&info.name);
+            }
+        }
         self.inner.metrics.loaded_models.set(pool.len() as i64);
-        removed
+        removed > 0
+    }
+
+    /// How long a loaded model stays when idle (`None` = until unloaded); false if not loaded.
+    pub fn set_keep_alive(&self, name: &str, keep_alive: Option<Duration>) -> bool {
+        lock(&self.inner.pool).set_keep_alive(name, keep_alive)
     }
 
     /// Pins (never unloaded for memory or idleness) or unpins a model, loaded or not.
@@ -248,19 +302,26 @@ impl Engine {
         }
     }
 
-    /// The loaded slot for `name`, loading it first if needed; marked busy.
+    /// The loaded instance for `name` with `adapters` (`None` = the model's configured
+    /// ones), loading it first if needed; marked busy.
     async fn ensure_loaded(
         &self,
         name: &str,
         backend: Option<&str>,
-    ) -> Result<(Slot, BusyGuard, f64), EngineError> {
+        adapters: Option<&[String]>,
+    ) -> Result<Ready, EngineError> {
         let (spec, entry) = self.spec_for(name)?;
+        let open = self.inner.settings.open_specs;
+        let specs = match adapters {
+            Some(asked) => lora::parse_specs(asked, true, open)?,
+            None => lora::parse_specs(&entry.adapters, false, open)?,
+        };
         let wanted = backend.or(entry.backend.as_deref());
-        if let Some(found) = self.find_busy(name, wanted) {
+        if let Some(found) = self.find_ready(name, wanted, &specs) {
             return Ok(found);
         }
-        let _loading = self.inner.load_lock.lock().await;
-        if let Some(found) = self.find_busy(name, wanted) {
+        let _loading = Pool::begin_load(&self.inner.pool, name).await;
+        if let Some(found) = self.find_ready(name, wanted, &specs) {
             return Ok(found);
         }
         let started = Instant::now();
@@ -271,10 +332,17 @@ impl Engine {
             default_backend,
             files.format,
         )?);
-        if let Some(found) = self.find_busy(name, Some(chosen.name())) {
-            return Ok(found);
+        let variant = (self.inner.adapters)
+            .plan(name, wanted, &specs, &files.path, &chosen)
+            .await?;
+        if let Some(found) = self.find_busy(&variant.key, Some(chosen.name())) {
+            return Ok(Ready::new(found, &variant));
         }
-        let slot = self.load_slot(name, &entry, &files, chosen).await?;
+        // A variant a request asked for is not pinned: only what the entry configures is.
+        let pinned = entry.pinned && adapters.is_none_or(|a| a == entry.adapters.as_slice());
+        let slot = self
+            .load_slot(name, &variant, pinned, &entry, &files, chosen)
+            .await?;
         let load_ms = started.elapsed().as_secs_f64() * 1000.0;
         self.inner
             .metrics
@@ -285,7 +353,25 @@ impl Engine {
         let mut pool = lock(&self.inner.pool);
         pool.insert(slot.clone());
         self.inner.metrics.loaded_models.set(pool.len() as i64);
-        Ok((slot, busy, load_ms))
+        Ok(Ready {
+            slot,
+            busy,
+            load_ms,
+            adapters: variant.generation,
+        })
+    }
+
+    /// A loaded instance serving `specs` on `name`, without resolving anything.
+    fn find_ready(&self, name: &str, wanted: Option<&str>, specs: &[AdapterSpec]) -> Option<Ready> {
+        if specs.is_empty() {
+            let base = Variant::base(name);
+            return self
+                .find_busy(name, wanted)
+                .map(|found| Ready::new(found, &base));
+        }
+        let (variant, backend) = self.inner.adapters.remembered(name, wanted, specs)?;
+        self.find_busy(&variant.key, Some(&backend))
+            .map(|found| Ready::new(found, &variant))
     }
 
     fn find_busy(&self, name: &str, backend: Option<&str>) -> Option<(Slot, BusyGuard, f64)> {
@@ -297,12 +383,15 @@ impl Engine {
 
     async fn load_slot(
         &self,
-        name: &str,
+        model: &str,
+        variant: &Variant,
+        pinned: bool,
         entry: &ModelEntry,
         files: &ResolvedFiles,
         backend: Arc<LoadedBackend>,
     ) -> Result<Slot, EngineError> {
         let settings = &self.inner.settings;
+        let name = variant.key.as_str();
         let model_max = memory::model_max_context(&files.path);
         let explicit = entry.context_length.or(settings.context_length);
         let context_length = explicit
@@ -316,7 +405,8 @@ impl Engine {
             }
         }
         let bytes = memory::estimate_load_bytes(memory::model_bytes(&files.path), context_length);
-        self.make_room(name, bytes, context_length)?;
+        // Reserved under the model's name: its load turn (held by the caller) frees that.
+        self.make_room(model, bytes, context_length)?;
         let parallel = settings
             .parallel
             .unwrap_or(backend.manifest.capabilities.parallel_generations)
@@ -329,6 +419,7 @@ impl Engine {
             context_length,
             threads: settings.threads,
             parallel,
+            adapters: RVec::from(variant.load.clone()),
             ..LoadRequest::new("")
         };
         tracing::info!(
@@ -358,7 +449,7 @@ impl Engine {
             template: Arc::new(template),
             path: files.path.clone(),
             bytes,
-            pinned: entry.pinned,
+            pinned,
             keep_alive,
             last_used: Instant::now(),
             loaded_at: SystemTime::now(),
@@ -375,9 +466,11 @@ impl Engine {
                 Some(limit) => limit.saturating_sub(pool.bytes()),
                 None => memory::read()
                     .available
-                    .saturating_sub(settings.low_memory_threshold),
+                    .saturating_sub(settings.low_memory_threshold)
+                    .saturating_sub(pool.reserved()),
             };
             if need <= available {
+                pool.reserve(name, need);
                 return Ok(());
             }
             match pool.evict_lru() {
@@ -411,7 +504,14 @@ impl Engine {
     ) -> Result<TokenStream, EngineError> {
         let received = Instant::now();
         validate(&config)?;
-        let (slot, busy, load_ms) = self.ensure_loaded(name, config.backend.as_deref()).await?;
+        let Ready {
+            slot,
+            busy,
+            load_ms,
+            adapters,
+        } = self
+            .ensure_loaded(name, config.backend.as_deref(), config.adapters.as_deref())
+            .await?;
         let queued = Instant::now();
         let permit = slot.gate.enter(name, &self.inner.metrics).await?;
         let queue_ms = queued.elapsed().as_secs_f64() * 1000.0;
@@ -435,6 +535,7 @@ impl Engine {
             max_tokens: config.max_tokens.unwrap_or(room).min(room.max(1)),
             sampling: sampling_of(&config),
             ignore_eos: config.ignore_eos,
+            adapters: adapters.map(RVec::from).into(),
             ..GenerateRequest::greedy(prepared, 0)
         };
         let (sender, receiver) = mpsc::channel(CHANNEL_CAPACITY);
@@ -449,7 +550,7 @@ impl Engine {
             queue_ms,
             permit,
             busy,
-            on_end: on_end(Arc::downgrade(&self.inner), name, &slot.backend),
+            on_end: on_end(Arc::downgrade(&self.inner), &slot.name, &slot.backend),
         };
         runner::spawn(job, sender);
         Ok(TokenStream {
@@ -506,7 +607,7 @@ impl Engine {
     }
 }
 
-/// Touches the model and records the completion when a generation ends.
+/// Touches the instance (pool key `name`) and records the completion when a generation ends.
 fn on_end(weak: Weak<Inner>, name: &str, backend: &str) -> OnEnd {
     let (name, backend) = (name.to_string(), backend.to_string());
     Box::new(move |completion| {

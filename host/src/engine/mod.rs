@@ -10,6 +10,7 @@
 
 mod error;
 mod facade;
+mod lora;
 pub mod memory;
 pub mod metrics;
 mod pool;

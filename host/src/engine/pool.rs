@@ -3,14 +3,15 @@
 use super::{error::EngineError, metrics::Metrics, template::ChatTemplate};
 use crate::plugins::{LoadedModel, ModelMetadata};
 use std::{
+    collections::HashMap,
     path::PathBuf,
     sync::{
         atomic::{AtomicUsize, Ordering},
-        Arc,
+        Arc, Mutex, MutexGuard,
     },
     time::{Duration, Instant, SystemTime},
 };
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{OwnedMutexGuard, OwnedSemaphorePermit, Semaphore};
 
 /// A bounded queue in front of one model: `permits` generations run, `depth` more may wait.
 #[derive(Debug)]
@@ -162,13 +163,79 @@ impl From<&Slot> for LoadedInfo {
     }
 }
 
-/// The loaded models, least recently used first when evicting.
+/// The loaded models, least recently used first when evicting, and the loads in flight.
 #[derive(Debug, Default)]
 pub struct Pool {
     slots: Vec<Slot>,
+    /// One load slot per model name: concurrent requests for one model share its load (the
+    /// later ones wait, then find it loaded); loads of different models run side by side.
+    loading: HashMap<String, Arc<tokio::sync::Mutex<()>>>,
+    /// Bytes promised to loads in flight, so two loads at once cannot both take the same room.
+    reserved: HashMap<String, u64>,
+}
+
+fn lock(pool: &Mutex<Pool>) -> MutexGuard<'_, Pool> {
+    pool.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// The right to load one model: held while it loads; dropping it frees the model's load
+/// slot and any memory reserved for a load that did not finish.
+#[derive(Debug)]
+pub struct LoadTurn {
+    pool: Arc<Mutex<Pool>>,
+    name: String,
+    _turn: OwnedMutexGuard<()>,
+}
+
+impl Drop for LoadTurn {
+    fn drop(&mut self) {
+        let mut pool = lock(&self.pool);
+        pool.reserved.remove(&self.name);
+        // The map and this turn hold the slot: nobody else waits for this model.
+        if pool
+            .loading
+            .get(&self.name)
+            .is_some_and(|slot| Arc::strong_count(slot) <= 2)
+        {
+            pool.loading.remove(&self.name);
+        }
+    }
 }
 
 impl Pool {
+    /// Waits for the turn to load `name`: at once unless another request is loading it (then
+    /// the caller should look again whether it is loaded when its turn comes).
+    pub async fn begin_load(pool: &Arc<Mutex<Pool>>, name: &str) -> LoadTurn {
+        let slot = Arc::clone(lock(pool).loading.entry(name.to_string()).or_default());
+        LoadTurn {
+            pool: Arc::clone(pool),
+            name: name.to_string(),
+            _turn: slot.lock_owned().await,
+        }
+    }
+
+    /// Promises `bytes` to the load of `name` until it is inserted or its turn ends.
+    pub fn reserve(&mut self, name: &str, bytes: u64) {
+        self.reserved.insert(name.to_string(), bytes);
+    }
+
+    /// Bytes promised to loads in flight.
+    pub fn reserved(&self) -> u64 {
+        self.reserved.values().sum()
+    }
+
+    /// Sets how long the model stays loaded when idle (`None` = until unloaded); false if it
+    /// is not loaded.
+    pub fn set_keep_alive(&mut self, name: &str, keep_alive: Option<Duration>) -> bool {
+        let mut found = false;
+        for slot in self.slots.iter_mut().filter(|s| s.name == name) {
+            slot.keep_alive = keep_alive;
+            slot.last_used = Instant::now();
+            found = true;
+        }
+        found
+    }
+
     /// A loaded instance of `name` (on `backend` if given); marks it used.
     pub fn find(&mut self, name: &str, backend: Option<&str>) -> Option<Slot> {
         let slot = self
@@ -180,6 +247,7 @@ impl Pool {
     }
 
     pub fn insert(&mut self, slot: Slot) {
+        self.reserved.remove(&slot.name);
         self.slots.push(slot);
     }
 
@@ -201,8 +269,9 @@ impl Pool {
         self.slots.is_empty()
     }
 
+    /// Bytes the loaded models hold plus those promised to loads in flight.
     pub fn bytes(&self) -> u64 {
-        self.slots.iter().map(|s| s.bytes).sum()
+        self.slots.iter().map(|s| s.bytes).sum::<u64>() + self.reserved()
     }
 
     pub fn infos(&self) -> Vec<LoadedInfo> {
@@ -253,5 +322,42 @@ impl Pool {
             }
         });
         gone
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn load_turns_are_per_model_and_carry_the_reservation() {
+        let pool = Arc::new(Mutex::new(Pool::default()));
+        let a = Pool::begin_load(&pool, "a").await;
+        lock(&pool).reserve("a", 100);
+        // Another model's turn comes at once.
+        let b = Pool::begin_load(&pool, "b").await;
+        lock(&pool).reserve("b", 50);
+        assert_eq!(lock(&pool).bytes(), 150);
+        // A second turn for `a` waits for the first.
+        let waiting = tokio::spawn({
+            let pool = Arc::clone(&pool);
+            async move { drop(Pool::begin_load(&pool, "a").await) }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!waiting.is_finished());
+        drop(a);
+        waiting.await.expect("the second turn for `a` comes");
+        assert_eq!(
+            lock(&pool).bytes(),
+            50,
+            "a's reservation ended with its turn"
+        );
+        drop(b);
+        let pool = lock(&pool);
+        assert_eq!(pool.bytes(), 0);
+        assert!(
+            pool.loading.is_empty(),
+            "finished turns leave no slot behind"
+        );
     }
 }

@@ -34,6 +34,10 @@ pub struct GenerationConfig {
     pub ignore_eos: bool,
     /// The backend to use, over the model's configured one and the default.
     pub backend: Option<String>,
+    /// LoRA adapters for this generation, as adapter specs `SPEC[:scale]` (see
+    /// [`crate::adapters::AdapterSpec`]). `None` = the model's configured adapters (its
+    /// entry's `adapters`); `Some(vec![])` = none, even when the model configures some.
+    pub adapters: Option<Vec<String>>,
 }
 
 impl GenerationConfig {

@@ -13,6 +13,7 @@
 //! backend = "llama-cpp"
 //! context_length = 2048
 //! pinned = true                # never unloaded for memory or idleness
+//! adapters = ["gh:me/loras@v1/tiny.gguf:0.8"]  # default LoRA adapters (requests may override)
 //! ```
 
 use serde::Deserialize;
@@ -34,6 +35,10 @@ pub struct ModelEntry {
     /// Overrides the engine's keep-alive for this model.
     #[serde(default)]
     pub keep_alive_secs: Option<u64>,
+    /// LoRA adapters applied by default (adapter specs `SPEC[:scale]`); a request's own
+    /// `adapters` replace them.
+    #[serde(default)]
+    pub adapters: Vec<String>,
 }
 
 impl ModelEntry {
@@ -177,7 +182,8 @@ mod tests {
         settings
             .apply_config_text(
                 "default_backend = \"x\"\n[engine]\nkeep_alive_secs = 0\nqueue_depth = 3\n\
-                 [models.tiny]\npath = \"./t.gguf\"\nbackend = \"llama-cpp\"\npinned = true\n",
+                 [models.tiny]\npath = \"./t.gguf\"\nbackend = \"llama-cpp\"\npinned = true\n\
+                 adapters = [\"gh:o/r@v1/a.gguf:0.5\"]\n",
             )
             .expect("valid");
         assert_eq!(settings.keep_alive, None);
@@ -186,6 +192,7 @@ mod tests {
         assert_eq!(tiny.spec, "./t.gguf");
         assert_eq!(tiny.backend.as_deref(), Some("llama-cpp"));
         assert!(tiny.pinned);
+        assert_eq!(tiny.adapters, ["gh:o/r@v1/a.gguf:0.5"]);
     }
 
     #[test]

@@ -9,6 +9,7 @@
 
 mod error;
 mod extract;
+mod keep_alive;
 mod ollama;
 mod openai;
 mod params;
@@ -26,6 +27,7 @@ use axum::{
     middleware::{self, Next},
     response::{IntoResponse, Response},
     routing::{delete, get, post},
+    serve::ListenerExt as _,
     Json, Router,
 };
 use serde_json::json;
@@ -95,6 +97,13 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let maintenance = engine.spawn_maintenance();
     let app = router(engine, settings);
+    // Streams write one small frame per token: without TCP_NODELAY, Nagle's algorithm holds
+    // each frame until the client acknowledges the previous one.
+    let listener = listener.tap_io(|stream| {
+        if let Err(err) = stream.set_nodelay(true) {
+            tracing::debug!("cannot set TCP_NODELAY: {err}");
+        }
+    });
     let result = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await;

@@ -5,6 +5,7 @@
 use super::{
     error::{ApiError, Flavor},
     extract::JsonBody,
+    keep_alive::{check_format, KeepAlive, KeepAliveGuard},
     params::{Params, StopField},
     streaming::{self, ndjson, Framer},
     AppState,
@@ -50,9 +51,19 @@ pub struct GenerateRequest {
     pub stream: Option<bool>,
     #[serde(default)]
     pub options: Option<Options>,
+    /// Seconds or a duration (`"5m"`): how long the model stays loaded after this request;
+    /// 0 unloads it, negative keeps it.
+    #[serde(default)]
+    pub keep_alive: Option<Value>,
+    /// JSON mode / structured outputs: refused with a 400 (no constrained decoding).
+    #[serde(default)]
+    pub format: Option<Value>,
     /// Extension: the backend plugin to run the model with.
     #[serde(default)]
     pub backend: Option<String>,
+    /// Extension: LoRA adapters for this request, `"SPEC[:scale]"` strings.
+    #[serde(default)]
+    pub adapters: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -71,8 +82,18 @@ pub struct ChatRequest {
     pub stream: Option<bool>,
     #[serde(default)]
     pub options: Option<Options>,
+    /// Seconds or a duration (`"5m"`): how long the model stays loaded after this request;
+    /// 0 unloads it, negative keeps it.
+    #[serde(default)]
+    pub keep_alive: Option<Value>,
+    /// JSON mode / structured outputs: refused with a 400 (no constrained decoding).
+    #[serde(default)]
+    pub format: Option<Value>,
     #[serde(default)]
     pub backend: Option<String>,
+    /// Extension: LoRA adapters for this request, `"SPEC[:scale]"` strings.
+    #[serde(default)]
+    pub adapters: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -95,7 +116,11 @@ impl NameRequest {
     }
 }
 
-fn params(options: Option<Options>, backend: Option<String>) -> Params {
+fn params(
+    options: Option<Options>,
+    backend: Option<String>,
+    adapters: Option<Vec<String>>,
+) -> Params {
     let o = options.unwrap_or_default();
     Params {
         // Ollama: -1 = no limit, -2 = fill the context; both mean "up to the cap" here.
@@ -109,6 +134,7 @@ fn params(options: Option<Options>, backend: Option<String>) -> Params {
         stop: o.stop.map(StopField::into_vec).unwrap_or_default(),
         backend,
         ignore_eos: false,
+        adapters,
     }
 }
 
@@ -165,6 +191,8 @@ enum Shape {
 struct OllamaFramer {
     model: String,
     shape: Shape,
+    /// Applies the request's keep_alive when the answer is done (the body is dropped).
+    _keep: Option<KeepAliveGuard>,
 }
 
 impl OllamaFramer {
@@ -199,6 +227,7 @@ async fn run(
     params: Params,
     stream: bool,
     shape: Shape,
+    keep: Option<KeepAliveGuard>,
 ) -> Result<Response, ApiError> {
     let config = params
         .into_config(state.settings.max_tokens_cap, "num_predict")
@@ -208,7 +237,11 @@ async fn run(
         .generate(&model, prompt, config)
         .await
         .map_err(engine_error)?;
-    let framer = OllamaFramer { model, shape };
+    let framer = OllamaFramer {
+        model,
+        shape,
+        _keep: keep,
+    };
     if stream {
         return Ok(ndjson_response(streaming::body(tokens, framer)));
     }
@@ -221,19 +254,47 @@ async fn load_only(
     state: &AppState,
     model: &str,
     backend: Option<&str>,
+    adapters: Option<&[String]>,
     shape: Shape,
 ) -> Result<Response, ApiError> {
-    state
-        .engine
-        .load(model, backend)
-        .await
-        .map_err(engine_error)?;
+    let engine = &state.engine;
+    match adapters {
+        Some(adapters) => engine.load_with_adapters(model, backend, adapters).await,
+        None => engine.load(model, backend).await,
+    }
+    .map_err(engine_error)?;
     let framer = OllamaFramer {
         model: model.to_string(),
         shape,
+        _keep: None,
     };
     let value = merge(framer.piece("", true), json!({ "done_reason": "load" }));
     Ok(Json(value).into_response())
+}
+
+/// The request's keep-alive, applied when the returned guard drops; refuses `format`.
+fn keep_alive_of(
+    state: &AppState,
+    model: &str,
+    keep_alive: Option<&Value>,
+    format: Option<&Value>,
+) -> Result<Option<KeepAliveGuard>, ApiError> {
+    let bad = |message: String| ApiError::bad_request(message).flavor(Flavor::Ollama);
+    check_format(format).map_err(bad)?;
+    let keep = KeepAlive::from_field(keep_alive).map_err(bad)?;
+    Ok(keep.map(|k| KeepAliveGuard::new(&state.engine, model, k)))
+}
+
+/// A load-only request with `keep_alive: 0`: unload, as Ollama does (`done_reason: "unload"`).
+fn unload_now(state: &AppState, model: &str, shape: Shape) -> Response {
+    state.engine.unload(model);
+    let framer = OllamaFramer {
+        model: model.to_string(),
+        shape,
+        _keep: None,
+    };
+    let value = merge(framer.piece("", true), json!({ "done_reason": "unload" }));
+    Json(value).into_response()
 }
 
 /// `POST /api/generate`
@@ -242,11 +303,22 @@ pub async fn generate(
     JsonBody(request): JsonBody<GenerateRequest>,
 ) -> Result<Response, ApiError> {
     let prompt_text = request.prompt.unwrap_or_default();
-    if prompt_text.is_empty() && request.system.is_none() {
+    let load_only_request = prompt_text.is_empty() && request.system.is_none();
+    let keep = keep_alive_of(
+        &state,
+        &request.model,
+        request.keep_alive.as_ref(),
+        request.format.as_ref(),
+    )?;
+    if load_only_request && keep.as_ref().is_some_and(|k| k.unloads()) {
+        return Ok(unload_now(&state, &request.model, Shape::Generate));
+    }
+    if load_only_request {
         return load_only(
             &state,
             &request.model,
             request.backend.as_deref(),
+            request.adapters.as_deref(),
             Shape::Generate,
         )
         .await;
@@ -261,7 +333,7 @@ pub async fn generate(
         messages.push(ChatMessage::new("user", prompt_text));
         Prompt::Chat(messages)
     };
-    let params = params(request.options, request.backend);
+    let params = params(request.options, request.backend, request.adapters);
     let stream = request.stream.unwrap_or(true);
     run(
         &state,
@@ -270,6 +342,7 @@ pub async fn generate(
         params,
         stream,
         Shape::Generate,
+        keep,
     )
     .await
 }
@@ -279,11 +352,21 @@ pub async fn chat(
     State(state): State<AppState>,
     JsonBody(request): JsonBody<ChatRequest>,
 ) -> Result<Response, ApiError> {
+    let keep = keep_alive_of(
+        &state,
+        &request.model,
+        request.keep_alive.as_ref(),
+        request.format.as_ref(),
+    )?;
+    if request.messages.is_empty() && keep.as_ref().is_some_and(|k| k.unloads()) {
+        return Ok(unload_now(&state, &request.model, Shape::Chat));
+    }
     if request.messages.is_empty() {
         return load_only(
             &state,
             &request.model,
             request.backend.as_deref(),
+            request.adapters.as_deref(),
             Shape::Chat,
         )
         .await;
@@ -293,7 +376,7 @@ pub async fn chat(
         .into_iter()
         .map(|m| ChatMessage::new(m.role, m.content))
         .collect();
-    let params = params(request.options, request.backend);
+    let params = params(request.options, request.backend, request.adapters);
     let stream = request.stream.unwrap_or(true);
     run(
         &state,
@@ -302,6 +385,7 @@ pub async fn chat(
         params,
         stream,
         Shape::Chat,
+        keep,
     )
     .await
 }

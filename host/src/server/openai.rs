@@ -70,6 +70,8 @@ pub struct Common {
     pub ignore_eos: bool,
     /// Extension: the backend plugin to run the model with.
     pub backend: Option<String>,
+    /// Extension: LoRA adapters for this request, `"SPEC[:scale]"` strings.
+    pub adapters: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -116,6 +118,7 @@ impl Common {
                 .unwrap_or_default(),
             backend: self.backend.clone(),
             ignore_eos: self.ignore_eos,
+            adapters: self.adapters.clone(),
         })
     }
 

@@ -35,6 +35,8 @@ pub struct Params {
     pub stop: Vec<String>,
     pub backend: Option<String>,
     pub ignore_eos: bool,
+    /// Extension: LoRA adapters, `SPEC[:scale]` strings; `None` = the model's configured ones.
+    pub adapters: Option<Vec<String>>,
 }
 
 impl Params {
@@ -84,6 +86,11 @@ impl Params {
         if self.stop.iter().any(String::is_empty) {
             return Err(ApiError::bad_request("stop sequences must not be empty"));
         }
+        if let Some(bad) = self.adapters.iter().flatten().find(|a| a.trim().is_empty()) {
+            return Err(ApiError::bad_request(format!(
+                "adapters must be non-empty \"SPEC[:scale]\" strings, got {bad:?}"
+            )));
+        }
         Ok(GenerationConfig {
             max_tokens: Some(max_tokens),
             temperature: self.temperature.map(|t| t as f32),
@@ -95,6 +102,7 @@ impl Params {
             stop: self.stop,
             ignore_eos: self.ignore_eos,
             backend: self.backend,
+            adapters: self.adapters,
         })
     }
 }

@@ -48,6 +48,11 @@ impl Backend for CandleBackend {
             n => n as usize,
         };
         let load_ms = start.elapsed().as_secs_f64() * 1000.0;
+        let adapters = request
+            .adapters
+            .iter()
+            .map(|a| (a.path.to_string(), a.scale))
+            .collect();
         tracing::info!(
             "candle: loaded {} ({}, {} layers) on {device_name} in {load_ms:.0} ms",
             info.name,
@@ -62,6 +67,7 @@ impl Backend for CandleBackend {
             device_name,
             batch,
             load_ms,
+            adapters,
         })))
     }
 }

@@ -7,8 +7,9 @@ use crate::model::Shared;
 use crate::net::Session;
 use crate::sampling::Sampler;
 use llmlocal_plugin_api::{
-    abi_stable::std_types::RString, FinishReason, GenerateRequest, Generation, GenerationStats,
-    PluginError, StatsClock, Step, Token, Utf8Decoder,
+    abi_stable::std_types::{ROption, RString},
+    FinishReason, GenerateRequest, Generation, GenerationStats, PluginError, StatsClock, Step,
+    Token, Utf8Decoder,
 };
 use std::sync::Arc;
 
@@ -37,6 +38,9 @@ impl CandleGeneration {
             return Err(PluginError::invalid_request("the prompt is empty"));
         }
         shared.check_tokens(&prompt)?;
+        if let ROption::RSome(asked) = &request.adapters {
+            shared.check_adapters(asked.as_slice())?;
+        }
         let context = shared.info.context_length;
         if prompt.len() > context {
             return Err(PluginError::invalid_request(format!(

@@ -7,7 +7,7 @@ use crate::tokenizer::Vocab;
 use candle_core::Device;
 use llmlocal_plugin_api::{
     abi_stable::std_types::{ROption, RString, RVec},
-    GenerateRequest, Generation, Model, ModelMetadata, PluginError,
+    AdapterRequest, GenerateRequest, Generation, Model, ModelMetadata, PluginError,
 };
 use std::sync::Arc;
 
@@ -38,9 +38,28 @@ pub struct Shared {
     pub device_name: String,
     pub batch: usize,
     pub load_ms: f64,
+    /// The LoRA adapters merged into the weights at load (path, scale).
+    pub adapters: Vec<(String, f32)>,
 }
 
 impl Shared {
+    /// Refuses a generation asking for adapters other than those merged at load: the weights
+    /// hold one merge, so the host loads another instance for another set.
+    pub fn check_adapters(&self, asked: &[AdapterRequest]) -> Result<()> {
+        let same = asked.len() == self.adapters.len()
+            && asked
+                .iter()
+                .zip(&self.adapters)
+                .all(|(a, (path, scale))| a.path.as_str() == path && a.scale == *scale);
+        if same {
+            return Ok(());
+        }
+        Err(PluginError::unsupported(
+            "the candle backend merges LoRA adapters into the weights at load, so a generation \
+             cannot choose other adapters; load the model again with the adapters it needs",
+        ))
+    }
+
     /// Ids the network can take.
     pub fn check_tokens(&self, tokens: &[u32]) -> Result<()> {
         let vocab = self.info.vocab_size;

@@ -298,3 +298,22 @@ fn bad_requests_are_invalid_request() {
         .unwrap();
     assert_eq!(e.kind, ErrorKind::InvalidRequest);
 }
+
+/// Asking for CUDA from a build or machine without it is a clear error, not a CPU fallback.
+#[test]
+fn cuda_without_a_cuda_device_is_a_clear_error() {
+    let manifest = llmlocal_backend_candle::manifest();
+    if manifest.devices.iter().any(|d| d.starts_with("cuda")) {
+        eprintln!("SKIP: this machine has a usable CUDA device");
+        return;
+    }
+    let Some(dir) = stories() else { return };
+    let mut request =
+        llmlocal_plugin_api::LoadRequest::new(dir.join("stories260K.gguf").to_string_lossy());
+    request.device = "cuda".into();
+    let e = llmlocal_plugin_api::Backend::load(&llmlocal_backend_candle::CandleBackend, request)
+        .err()
+        .unwrap();
+    assert_eq!(e.kind, ErrorKind::InvalidRequest, "{e}");
+    assert!(e.message.to_lowercase().contains("cuda"), "names CUDA: {e}");
+}

@@ -6,8 +6,8 @@ use candle_core::{DType, Device, Tensor};
 use common::stories;
 use llmlocal_backend_candle::{hf::weights, lora::Adapter, CandleBackend};
 use llmlocal_plugin_api::{
-    abi_stable::std_types::RString, AdapterRequest, Backend, ErrorKind, LoadRequest, Model,
-    PluginError,
+    abi_stable::std_types::RString, AdapterRequest, Backend, ErrorKind, GenerateRequest,
+    LoadRequest, Model, PluginError,
 };
 use std::collections::HashMap;
 use std::path::Path;
@@ -201,4 +201,35 @@ fn adapter_errors_on_missing_files_and_gguf() {
         .err()
         .unwrap();
     assert_eq!(e.kind, ErrorKind::Unsupported);
+}
+
+#[test]
+fn a_generation_cannot_ask_for_other_adapters_than_those_merged() {
+    let Some(dir) = stories() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let adapter_dir = tmp.path().join("adapter");
+    write_adapter(&adapter_dir, peft_config(), 64);
+    let tuned = load_with(&dir.join("hf"), &adapter_dir, 0.5).unwrap();
+    let tokens = tuned.tokenize("Once upon a time", true, false).unwrap();
+    let merged = AdapterRequest {
+        path: RString::from(adapter_dir.to_string_lossy().as_ref()),
+        scale: 0.5,
+    };
+    let other_scale = AdapterRequest {
+        scale: 1.0,
+        ..merged.clone()
+    };
+    let with = |adapters: Option<Vec<AdapterRequest>>| {
+        let mut request = GenerateRequest::greedy(tokens.clone(), 4);
+        request.adapters = adapters.map(Into::into).into();
+        tuned.generate(request)
+    };
+    // The load set (named or implied) runs; another scale or no adapter is refused.
+    assert!(with(None).is_ok());
+    assert!(with(Some(vec![merged])).is_ok());
+    for asked in [vec![other_scale], Vec::new()] {
+        let e = with(Some(asked)).err().expect("refused");
+        assert_eq!(e.kind, ErrorKind::Unsupported, "{e}");
+        assert!(e.message.contains("merges LoRA adapters"), "{e}");
+    }
 }

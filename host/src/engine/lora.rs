@@ -1,0 +1,334 @@
+//! Per-request LoRA adapters: the adapters a generation uses, resolved for the backend that
+//! runs the model, and the loaded instance ("variant") that serves them.
+//!
+//! - llama.cpp switches among the adapters loaded with a model per generation, but its safe
+//!   API (llama-cpp-2) reads an adapter only into a model it holds mutably, i.e. before the
+//!   model is shared by the decode thread. So a request naming adapters gets an instance
+//!   loaded with them, keyed by model + adapter sources (not scales: each generation passes
+//!   its own scales). The GGUF weights are memory-mapped, so the two instances share the
+//!   file's pages.
+//! - candle merges adapters into the weights at load: one instance per adapter set *and*
+//!   scales.
+//!
+//! Variants are ordinary pool entries: unloaded by the LRU and the keep-alive like any model.
+
+use super::error::EngineError;
+use crate::{
+    adapters::{
+        AdapterConfig, AdapterFormat, AdapterManager, AdapterSource, AdapterSpec, BaseModel,
+        ResolvedAdapter,
+    },
+    api::AdapterRequest,
+    models::ModelManager,
+    plugins::LoadedBackend,
+};
+use std::{
+    collections::HashMap,
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex, MutexGuard},
+    time::SystemTime,
+};
+
+/// What a generation's adapters mean for the pool.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Variant {
+    /// The pool key of the instance that serves it: the model name when there are no adapters.
+    pub key: String,
+    /// The adapters the instance is loaded with.
+    pub load: Vec<AdapterRequest>,
+    /// The adapters passed with each generation; `None` = the instance's load set.
+    pub generation: Option<Vec<AdapterRequest>>,
+}
+
+impl Variant {
+    pub fn base(name: &str) -> Variant {
+        Variant {
+            key: name.to_string(),
+            load: Vec::new(),
+            generation: None,
+        }
+    }
+}
+
+/// The pool key of `name` with adapters labelled `labels`.
+fn variant_key(name: &str, labels: &[String]) -> String {
+    format!("{}{}]", variant_prefix(name), labels.join(", "))
+}
+
+fn variant_prefix(name: &str) -> String {
+    format!("{name} +lora[")
+}
+
+/// Whether `key` is an adapter variant of model `name`.
+pub fn is_variant_of(key: &str, name: &str) -> bool {
+    key.starts_with(&variant_prefix(name)) && key.ends_with(']')
+}
+
+/// Parses adapter spec strings; `from_request` ones naming local paths are refused unless the
+/// engine accepts any model spec (a client could otherwise make the server read any file).
+pub fn parse_specs(
+    specs: &[String],
+    from_request: bool,
+    open_specs: bool,
+) -> Result<Vec<AdapterSpec>, EngineError> {
+    let mut out = Vec::with_capacity(specs.len());
+    for text in specs {
+        let spec = AdapterSpec::parse(text)?;
+        if from_request && !open_specs && matches!(spec.source, AdapterSource::Local(_)) {
+            return Err(EngineError::InvalidRequest(format!(
+                "adapter `{text}` is a local path, which requests may not name on this server \
+                 (start it with --allow-any-model, or configure the adapter in the model's \
+                 `adapters`); use gh:OWNER/REPO@TAG/ASSET or hf:ORG/REPO"
+            )));
+        }
+        out.push(spec);
+    }
+    Ok(out)
+}
+
+type PlanKey = (String, Option<String>, Vec<String>);
+
+/// A resolved adapter file, and the modification time of its source when it is local.
+#[derive(Debug, Clone)]
+struct Cached {
+    stamp: Option<SystemTime>,
+    path: PathBuf,
+    format: AdapterFormat,
+}
+
+/// Resolves adapters (fetch, check, convert) once per source, model file and backend, and
+/// remembers which variant serves which request.
+pub struct Adapters {
+    manager: Mutex<Option<Arc<AdapterManager>>>,
+    models: Option<Arc<ModelManager>>,
+    resolved: Mutex<HashMap<(String, PathBuf, String), Cached>>,
+    plans: Mutex<HashMap<PlanKey, (Variant, String)>>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl Adapters {
+    pub fn new(models: Option<Arc<ModelManager>>) -> Adapters {
+        Adapters {
+            manager: Mutex::new(None),
+            models,
+            resolved: Mutex::new(HashMap::new()),
+            plans: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Uses `manager` (instead of one made from the environment at first use).
+    pub fn set_manager(&self, manager: Arc<AdapterManager>) {
+        *lock(&self.manager) = Some(manager);
+    }
+
+    fn manager(&self) -> Result<Arc<AdapterManager>, EngineError> {
+        let mut slot = lock(&self.manager);
+        if let Some(manager) = &*slot {
+            return Ok(Arc::clone(manager));
+        }
+        let mut manager = AdapterManager::new(AdapterConfig::from_env())?;
+        if let Some(models) = &self.models {
+            manager = manager.with_shared_model_manager(Arc::clone(models));
+        }
+        let manager = Arc::new(manager);
+        *slot = Some(Arc::clone(&manager));
+        Ok(manager)
+    }
+
+    /// The variant serving `specs` on `name` with backend `wanted`, as planned last time.
+    pub fn remembered(
+        &self,
+        name: &str,
+        wanted: Option<&str>,
+        specs: &[AdapterSpec],
+    ) -> Option<(Variant, String)> {
+        lock(&self.plans)
+            .get(&plan_key(name, wanted, specs))
+            .cloned()
+    }
+
+    /// Resolves `specs` for the model at `model_path` run by `backend`: the variant to use.
+    pub async fn plan(
+        &self,
+        name: &str,
+        wanted: Option<&str>,
+        specs: &[AdapterSpec],
+        model_path: &Path,
+        backend: &LoadedBackend,
+    ) -> Result<Variant, EngineError> {
+        if specs.is_empty() {
+            return Ok(Variant::base(name));
+        }
+        let caps = backend.manifest.capabilities;
+        if !caps.lora {
+            return Err(EngineError::InvalidRequest(format!(
+                "backend `{}` does not support LoRA adapters; run the model with a backend \
+                 that does (llama-cpp, candle)",
+                backend.name()
+            )));
+        }
+        let mut resolved = Vec::with_capacity(specs.len());
+        for spec in specs {
+            resolved.push(self.resolve(spec, model_path, backend.name()).await?);
+        }
+        let variant = variant_of(name, &resolved, caps.lora_per_generation);
+        lock(&self.plans).insert(
+            plan_key(name, wanted, specs),
+            (variant.clone(), backend.name().to_string()),
+        );
+        Ok(variant)
+    }
+
+    /// One adapter, fetched, checked against the model and in a format `backend` reads.
+    async fn resolve(
+        &self,
+        spec: &AdapterSpec,
+        model_path: &Path,
+        backend: &str,
+    ) -> Result<ResolvedAdapter, EngineError> {
+        let key = (
+            spec.source.to_string(),
+            model_path.to_path_buf(),
+            backend.to_string(),
+        );
+        let stamp = source_stamp(&spec.source);
+        if let Some(hit) = lock(&self.resolved).get(&key) {
+            if hit.stamp == stamp {
+                return Ok(ResolvedAdapter {
+                    spec: spec.clone(),
+                    path: hit.path.clone(),
+                    format: hit.format,
+                });
+            }
+        }
+        let manager = self.manager()?;
+        let path = manager.fetch(spec).await?;
+        let (spec_owned, model) = (spec.clone(), model_path.to_path_buf());
+        let formats = AdapterFormat::read_by(backend);
+        // Checking reads the adapter's tensors and converting writes a file: off the runtime.
+        let adapter = tokio::task::spawn_blocking(move || {
+            let base = BaseModel::from_path(&model)?;
+            manager.prepare(&spec_owned, &path, &base, formats)
+        })
+        .await
+        .map_err(|err| EngineError::Internal(format!("the adapter thread failed: {err}")))??;
+        tracing::info!(
+            adapter = %spec, path = %adapter.path.display(), backend,
+            "adapter ready for {}", model_path.display()
+        );
+        lock(&self.resolved).insert(
+            key,
+            Cached {
+                stamp,
+                path: adapter.path.clone(),
+                format: adapter.format,
+            },
+        );
+        Ok(adapter)
+    }
+}
+
+fn plan_key(name: &str, wanted: Option<&str>, specs: &[AdapterSpec]) -> PlanKey {
+    (
+        name.to_string(),
+        wanted.map(str::to_string),
+        specs.iter().map(ToString::to_string).collect(),
+    )
+}
+
+/// The variant for resolved adapters: per-generation backends load each file once and get
+/// the scales with every generation; merging backends load the exact set with its scales.
+fn variant_of(name: &str, resolved: &[ResolvedAdapter], per_generation: bool) -> Variant {
+    let requests: Vec<AdapterRequest> = resolved.iter().map(ResolvedAdapter::request).collect();
+    if !per_generation {
+        let labels: Vec<String> = resolved.iter().map(|r| r.spec.to_string()).collect();
+        return Variant {
+            key: variant_key(name, &labels),
+            load: requests,
+            generation: None,
+        };
+    }
+    let mut load: Vec<AdapterRequest> = Vec::new();
+    let mut labels: Vec<String> = Vec::new();
+    for (adapter, request) in resolved.iter().zip(&requests) {
+        if !load.iter().any(|l| l.path == request.path) {
+            load.push(request.clone());
+            labels.push(adapter.spec.source.to_string());
+        }
+    }
+    labels.sort();
+    Variant {
+        key: variant_key(name, &labels),
+        load,
+        generation: Some(requests),
+    }
+}
+
+/// When a local adapter last changed (the newest of a folder's files), so an edited adapter is
+/// resolved again; `None` for downloads (their cache paths are versioned).
+fn source_stamp(source: &AdapterSource) -> Option<SystemTime> {
+    let AdapterSource::Local(path) = source else {
+        return None;
+    };
+    let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    let mut newest = modified(path);
+    if path.is_dir() {
+        let entries = std::fs::read_dir(path).into_iter().flatten().flatten();
+        for entry in entries {
+            newest = newest.max(modified(&entry.path()));
+        }
+    }
+    newest
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn resolved(source: &str, scale: f32) -> ResolvedAdapter {
+        ResolvedAdapter {
+            spec: AdapterSpec::parse(source).expect("spec").with_scale(scale),
+            path: PathBuf::from(format!("/cache/{source}.gguf")),
+            format: AdapterFormat::Gguf,
+        }
+    }
+
+    #[test]
+    fn per_generation_variants_ignore_scales_and_merged_ones_keep_them() {
+        let half = [resolved("a", 0.5)];
+        let full = [resolved("a", 1.0)];
+        let per_gen = (variant_of("m", &half, true), variant_of("m", &full, true));
+        assert_eq!(per_gen.0.key, per_gen.1.key);
+        assert_eq!(per_gen.0.key, "m +lora[a]");
+        assert_eq!(per_gen.0.generation.expect("scales")[0].scale, 0.5);
+        let merged = (variant_of("m", &half, false), variant_of("m", &full, false));
+        assert_ne!(merged.0.key, merged.1.key);
+        assert_eq!(merged.0.load[0].scale, 0.5);
+        assert_eq!(merged.0.generation, None);
+        assert!(is_variant_of(&merged.0.key, "m"));
+        assert!(!is_variant_of(&merged.0.key, "m2"));
+        assert!(!is_variant_of("m", "m"));
+    }
+
+    #[test]
+    fn one_file_is_loaded_once_for_several_scales() {
+        let v = variant_of("m", &[resolved("a", 0.5), resolved("a", 0.25)], true);
+        assert_eq!(v.load.len(), 1);
+        assert_eq!(v.generation.expect("scales").len(), 2);
+    }
+
+    #[test]
+    fn local_paths_from_requests_need_open_specs() {
+        let specs = vec!["./x.gguf:0.5".to_string()];
+        assert!(parse_specs(&specs, true, false).is_err());
+        assert!(parse_specs(&specs, false, false).is_ok());
+        assert_eq!(parse_specs(&specs, true, true).expect("ok")[0].scale, 0.5);
+        assert!(parse_specs(&["gh:o/r@v1/a.gguf".to_string()], true, false).is_ok());
+        assert!(parse_specs(&["gh:bad".to_string()], true, true).is_err());
+    }
+}
