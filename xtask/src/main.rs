@@ -4,6 +4,7 @@ mod bench;
 mod build_plugins;
 mod demo;
 mod fixtures;
+mod gpu;
 mod process;
 mod report;
 mod suite_child;
@@ -46,8 +47,21 @@ enum Command {
     Demo,
     /// fmt check, clippy, plugins, fixtures, workspace tests, plugin conformance.
     Test,
-    /// Run the benchmark binary against target/plugins; arguments after `--` go to it.
+    /// Build the CUDA plugins and host binaries for the GPU machine into .gpu/ (docs/gpu.md).
+    GpuBuild {
+        /// A CUDA 13.0 toolkit root (with bin/nvcc); default: fetch NVIDIA's pip wheels.
+        #[arg(long)]
+        cuda_home: Option<PathBuf>,
+        /// Leave out the candle CUDA plugin.
+        #[arg(long)]
+        no_candle: bool,
+    },
+    /// Run a benchmark; arguments after `--` go to it. `backend` (default): the bench binary
+    /// against target/plugins; `router`: host/examples/router_bench.rs; `download`:
+    /// host/examples/download_bench.rs.
     Bench {
+        #[arg(long, value_enum, default_value_t = bench::Suite::Backend)]
+        suite: bench::Suite,
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
@@ -78,6 +92,16 @@ fn dispatch(command: Command) -> Result<()> {
         Command::TestPlugins { plugin: None, .. } => test_plugins::in_tree(&ws),
         Command::Demo => demo::command(&ws),
         Command::Test => test::command(&ws),
-        Command::Bench { args } => bench::command(&ws, &args),
+        Command::Bench { suite, args } => bench::command(&ws, suite, &args),
+        Command::GpuBuild {
+            cuda_home,
+            no_candle,
+        } => gpu::command(
+            &ws,
+            &gpu::Options {
+                cuda_home,
+                no_candle,
+            },
+        ),
     }
 }

@@ -405,7 +405,29 @@ impl<'m> State<'m> {
     /// Samples (or reads logits) for every sequence that had logits in the batch.
     fn after_decode(&mut self) {
         let vocab = self.model.vocab();
-        for slot in self.slots.iter_mut() {
+        // Greedy picks for the whole batch at once (possibly on several threads).
+        let greedy: Vec<(usize, i32)> = self
+            .slots
+            .iter()
+            .enumerate()
+            .filter_map(|(id, slot)| match slot {
+                Some(Sequence {
+                    logits_index: Some(index),
+                    kind: SequenceKind::Generate(gen),
+                    ..
+                }) if gen.job.sampler.is_greedy() => Some((id, *index)),
+                _ => None,
+            })
+            .collect();
+        let rows: Vec<&[f32]> = greedy
+            .iter()
+            .map(|&(_, index)| self.context.get_logits_ith(index))
+            .collect();
+        let mut picked: Vec<Option<LlamaToken>> = vec![None; self.slots.len()];
+        for ((id, _), token) in greedy.iter().zip(crate::sampler::argmax_all(&rows)) {
+            picked[*id] = Some(token);
+        }
+        for (id, slot) in self.slots.iter_mut().enumerate() {
             let Some(seq) = slot else { continue };
             let Some(index) = seq.logits_index.take() else {
                 continue;
@@ -417,7 +439,10 @@ impl<'m> State<'m> {
                     seq.done = true;
                 }
                 SequenceKind::Generate(gen) => {
-                    let token = gen.job.sampler.sample(&self.context, index);
+                    let token = match picked[id] {
+                        Some(token) => token,
+                        None => gen.job.sampler.sample(&self.context, index),
+                    };
                     if vocab.is_eog(token) && !gen.job.ignore_eos {
                         gen.finish(FinishReason::EndOfGeneration);
                     } else {

@@ -49,6 +49,11 @@ impl SamplerChain {
         })
     }
 
+    /// Plain argmax: the decode thread may then pick the token itself (see [`argmax_all`]).
+    pub fn is_greedy(&self) -> bool {
+        self.greedy
+    }
+
     /// Lets the repeat penalty see the prompt.
     pub fn accept_prompt(&mut self, prompt: &[LlamaToken]) {
         if !self.greedy {
@@ -57,9 +62,63 @@ impl SamplerChain {
     }
 
     /// Samples from the logits at batch index `index` and records the token.
+    ///
+    /// Greedy is an argmax over the logits in place: llama.cpp's greedy sampler first builds
+    /// a candidate array of the whole vocabulary (1.5 MB for 128k tokens), which on a GPU
+    /// made sampling, done on this one decode thread for every sequence, the bottleneck of
+    /// batched generation.
     pub fn sample(&mut self, context: &LlamaContext<'_>, index: i32) -> LlamaToken {
+        if self.greedy {
+            return LlamaToken(argmax(context.get_logits_ith(index)));
+        }
         self.sampler.sample(context, index)
     }
+}
+
+/// Below this many greedy sequences in a batch, argmax runs on the calling thread.
+const PARALLEL_ARGMAX_FROM: usize = 8;
+
+/// The argmax of each logits row. With many rows (a big batch of greedy sequences over a
+/// large vocabulary: 64 x 128k logits is 32 MB to scan every step) the rows are split over a
+/// few scoped threads, so the one decode thread does not hold the GPU back.
+pub fn argmax_all(rows: &[&[f32]]) -> Vec<LlamaToken> {
+    if rows.len() < PARALLEL_ARGMAX_FROM {
+        return rows.iter().map(|r| LlamaToken(argmax(r))).collect();
+    }
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .clamp(1, 8);
+    let chunk = rows.len().div_ceil(threads);
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = rows
+            .chunks(chunk)
+            .map(|part| scope.spawn(move || part.iter().map(|r| argmax(r)).collect::<Vec<_>>()))
+            .collect();
+        handles
+            .into_iter()
+            .zip(rows.chunks(chunk))
+            .flat_map(|(handle, part)| {
+                // A scan of floats cannot panic; recompute here if a thread somehow failed.
+                handle
+                    .join()
+                    .unwrap_or_else(|_| part.iter().map(|r| argmax(r)).collect())
+            })
+            .map(LlamaToken)
+            .collect()
+    })
+}
+
+/// Index of the largest logit; the first one on ties (as llama.cpp's greedy sampler).
+fn argmax(logits: &[f32]) -> i32 {
+    let (mut best, mut best_value) = (0, f32::NEG_INFINITY);
+    for (i, &v) in logits.iter().enumerate() {
+        // NaN never compares greater, so it is never picked.
+        if v > best_value {
+            (best, best_value) = (i, v);
+        }
+    }
+    i32::try_from(best).unwrap_or(0)
 }
 
 /// llama.cpp seeds are 32 bits and `u32::MAX` means "random": fold the 64-bit seed and avoid
@@ -93,6 +152,26 @@ fn validate(s: &Sampling) -> Result<(), PluginError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn argmax_all_matches_row_by_row_argmax_serial_and_parallel() {
+        let rows: Vec<Vec<f32>> = (0..20)
+            .map(|r| (0..50).map(|i| ((i * 7 + r * 13) % 31) as f32).collect())
+            .collect();
+        let views: Vec<&[f32]> = rows.iter().map(Vec::as_slice).collect();
+        for n in [1, 7, 8, 20] {
+            let got = argmax_all(&views[..n]);
+            let want: Vec<LlamaToken> = views[..n].iter().map(|r| LlamaToken(argmax(r))).collect();
+            assert_eq!(got, want, "{n} rows");
+        }
+    }
+
+    #[test]
+    fn argmax_takes_the_first_of_equal_maxima() {
+        assert_eq!(argmax(&[0.5, 2.0, -1.0, 2.0]), 1);
+        assert_eq!(argmax(&[f32::NAN, 1.0, 3.0]), 2);
+        assert_eq!(argmax(&[-3.0]), 0);
+    }
 
     #[test]
     fn seed_never_maps_to_the_random_seed() {

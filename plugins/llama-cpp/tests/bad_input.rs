@@ -120,6 +120,26 @@ fn unknown_device_is_invalid() {
     assert!(err.message.contains("cpu"), "lists usable devices: {err}");
 }
 
+/// Asking for CUDA where llama.cpp reports no CUDA device (this build, or no GPU) is a clear
+/// error naming the device and what is usable, never a silent CPU fallback.
+#[test]
+fn cuda_without_a_cuda_device_is_a_clear_error() {
+    let Some(path) = stories() else { return };
+    let manifest = llmlocal_backend_llama_cpp::manifest();
+    if manifest.devices.iter().any(|d| d.starts_with("cuda")) {
+        eprintln!("SKIP: this machine has a usable CUDA device");
+        return;
+    }
+    for device in ["cuda", "cuda:0"] {
+        let mut req = request(&path);
+        req.device = device.into();
+        let err = load_err(req);
+        assert_kind(&err, ErrorKind::InvalidRequest);
+        assert!(err.message.contains(device), "names the device: {err}");
+        assert!(err.message.contains("cpu"), "lists usable devices: {err}");
+    }
+}
+
 #[test]
 fn missing_and_invalid_adapters_are_clear_errors() {
     let Some(path) = stories() else { return };

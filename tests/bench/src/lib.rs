@@ -10,6 +10,7 @@
 
 pub mod compare;
 pub mod direct;
+pub mod gpu;
 pub mod plugin;
 pub mod random_gguf;
 pub mod report;
@@ -40,4 +41,15 @@ pub struct Speed {
 /// Best (highest) of several measurements: the least disturbed by other load on the machine.
 pub fn best(values: &[f64]) -> f64 {
     values.iter().copied().fold(0.0, f64::max)
+}
+
+/// Logs to stderr at `warn` (or `$LLMLOCAL_LOG`), as the `llmlocal` binary does.
+pub fn init_logging() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("LLMLOCAL_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
 }

@@ -21,12 +21,24 @@ pub fn library_path(dir: &Path, backend: &str) -> PathBuf {
     ))
 }
 
-/// Loads the plugin of `backend` from the folder `dir` and the model with `parallel` sequences.
+/// Loads the plugin of `backend` from the folder `dir` and the model with `parallel` sequences
+/// on the CPU.
 pub fn load(
     dir: &Path,
     backend: &str,
     setup: &Setup,
     parallel: u32,
+) -> anyhow::Result<LoadedModel> {
+    load_on(dir, backend, setup, parallel, "cpu")
+}
+
+/// [`load`] on `device` (`cpu`, `cuda`, `cuda:N`, ...), all layers offloaded to it.
+pub fn load_on(
+    dir: &Path,
+    backend: &str,
+    setup: &Setup,
+    parallel: u32,
+    device: &str,
 ) -> anyhow::Result<LoadedModel> {
     let plugin = library_path(dir, backend);
     if !plugin.is_file() {
@@ -41,7 +53,8 @@ pub fn load(
         .backend(backend)
         .map_err(|e| anyhow!("the {backend} plugin did not load: {e}"))?;
     let mut request = LoadRequest::new(setup.model.to_string_lossy());
-    request.device = "cpu".into();
+    request.device = device.into();
+    request.gpu_layers = -1;
     request.threads = setup.threads;
     request.batch_size = setup.batch_size;
     request.context_length = setup.context_length;
@@ -51,7 +64,7 @@ pub fn load(
         .with_context(|| format!("load {} through the plugin", setup.model.display()))
 }
 
-fn request(prompt: &[u32], max_tokens: usize) -> GenerateRequest {
+pub fn request(prompt: &[u32], max_tokens: usize) -> GenerateRequest {
     let mut request = GenerateRequest::greedy(
         prompt.to_vec(),
         u32::try_from(max_tokens).unwrap_or(u32::MAX),
@@ -61,7 +74,7 @@ fn request(prompt: &[u32], max_tokens: usize) -> GenerateRequest {
 }
 
 /// Receipt time of every token until the end.
-fn token_times(generation: &mut RunningGeneration) -> anyhow::Result<Vec<Instant>> {
+pub fn token_times(generation: &mut RunningGeneration) -> anyhow::Result<Vec<Instant>> {
     let mut times = Vec::new();
     loop {
         match generation.next()? {

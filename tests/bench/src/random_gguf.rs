@@ -19,6 +19,11 @@ pub struct Shape {
     pub n_head: u64,
     pub n_head_kv: u64,
     pub context_length: u64,
+    /// Vocabulary size; 0 = the tokenizer source's. A larger value pads the vocabulary with
+    /// unused tokens so the embedding and output matrices have the real model's size.
+    pub n_vocab: u64,
+    /// Output matrix shared with the token embedding (no `output.weight`), as in Llama 3.2.
+    pub tied_embeddings: bool,
 }
 
 impl Shape {
@@ -31,6 +36,8 @@ impl Shape {
         n_head: 12,
         n_head_kv: 12,
         context_length: 2048,
+        n_vocab: 0,
+        tied_embeddings: false,
     };
 
     /// ~50M parameters in the blocks: the backend comparison runs F32 on it, which at 85M
@@ -42,6 +49,21 @@ impl Shape {
         n_head: 10,
         n_head_kv: 10,
         context_length: 2048,
+        n_vocab: 0,
+        tied_embeddings: false,
+    };
+
+    /// The shapes of Llama-3.2-1B (1.24B parameters: 16 layers, 2048 wide, GQA 32/8, 128256
+    /// tokens, tied embeddings), for GPU throughput numbers comparable with published ones.
+    pub const LLAMA_3_2_1B: Shape = Shape {
+        n_embd: 2048,
+        n_layer: 16,
+        n_ff: 8192,
+        n_head: 32,
+        n_head_kv: 8,
+        context_length: 8192,
+        n_vocab: 128_256,
+        tied_embeddings: true,
     };
 }
 
@@ -283,8 +305,10 @@ fn tensors(shape: &Shape, n_vocab: u64, storage: Storage) -> Vec<Tensor> {
     let mut out = vec![
         t("token_embd.weight".into(), vec![e, n_vocab], true),
         t("output_norm.weight".into(), vec![e], false),
-        t("output.weight".into(), vec![e, n_vocab], true),
     ];
+    if !shape.tied_embeddings {
+        out.push(t("output.weight".into(), vec![e, n_vocab], true));
+    }
     for l in 0..shape.n_layer {
         let b = |s: &str| format!("blk.{l}.{s}.weight");
         out.push(t(b("attn_norm"), vec![e], false));
@@ -298,6 +322,49 @@ fn tensors(shape: &Shape, n_vocab: u64, storage: Storage) -> Vec<Tensor> {
         out.push(t(b("ffn_down"), vec![shape.n_ff, e], true));
     }
     out
+}
+
+/// Appends `n_vocab - have` tokens (`<unused_N>`, score 0) to the tokenizer's token, score and
+/// type arrays, keeping the real tokens' ids. They are NORMAL tokens, so that a random model
+/// that generates them streams visible text (UNUSED tokens detokenize to nothing).
+fn pad_vocabulary(
+    kvs: &mut [(String, Vec<u8>)],
+    have: u64,
+    n_vocab: u64,
+) -> Result<(), WriteError> {
+    const TOKEN_TYPE_NORMAL: i32 = 1;
+    if n_vocab <= have {
+        return Ok(());
+    }
+    for (key, raw) in kvs.iter_mut() {
+        let item: fn(u64, &mut Vec<u8>) = match key.as_str() {
+            "tokenizer.ggml.tokens" => |id, out| {
+                let text = format!("<unused_{id}>");
+                out.extend_from_slice(&(text.len() as u64).to_le_bytes());
+                out.extend_from_slice(text.as_bytes());
+            },
+            "tokenizer.ggml.scores" => |_, out| out.extend_from_slice(&0.0f32.to_le_bytes()),
+            "tokenizer.ggml.token_type" => {
+                |_, out| out.extend_from_slice(&TOKEN_TYPE_NORMAL.to_le_bytes())
+            }
+            _ => continue,
+        };
+        // Array layout: value type (4 bytes), item type (4), count (8), items.
+        let count = raw
+            .get(8..16)
+            .and_then(|b| b.try_into().ok())
+            .map(u64::from_le_bytes);
+        if count != Some(have) {
+            return Err(WriteError::BadSource(format!(
+                "{key} does not hold one entry per token"
+            )));
+        }
+        raw[8..16].copy_from_slice(&n_vocab.to_le_bytes());
+        for id in have..n_vocab {
+            item(id, raw);
+        }
+    }
+    Ok(())
 }
 
 /// A writer that counts bytes (for the alignment padding).
@@ -347,13 +414,16 @@ pub fn write_as(
         ));
     }
     let source = read_kvs(tokenizer_from)?;
-    let n_vocab = source
+    let mut source = source;
+    let source_vocab = source
         .iter()
         .find(|(k, _)| k == "tokenizer.ggml.tokens")
         .and_then(|(_, raw)| raw.get(8..16))
         .and_then(|b| b.try_into().ok())
         .map(u64::from_le_bytes)
         .ok_or_else(|| WriteError::BadSource("no tokenizer.ggml.tokens".into()))?;
+    let n_vocab = source_vocab.max(shape.n_vocab);
+    pad_vocabulary(&mut source, source_vocab, n_vocab)?;
     let mut kvs = vec![
         kv_string("general.architecture", "llama"),
         kv_string("general.name", "llmlocal-bench-random-llama"),

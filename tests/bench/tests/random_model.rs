@@ -16,8 +16,8 @@ fn backend() -> &'static LlamaBackend {
     })
 }
 
-#[test]
-fn a_small_random_model_loads_with_its_shape() {
+/// stories260K's GGUF (the tokenizer source), or `None` with a SKIP line when it is missing.
+fn stories_tokenizer() -> Option<PathBuf> {
     let shared = std::env::var_os("LLMLOCAL_SHARED_MODELS")
         .map(PathBuf::from)
         .unwrap_or_else(|| {
@@ -26,8 +26,16 @@ fn a_small_random_model_loads_with_its_shape() {
     let tokenizer = shared.join("stories260K/stories260K.gguf");
     if !tokenizer.is_file() {
         eprintln!("SKIP: {} not found", tokenizer.display());
-        return;
+        return None;
     }
+    Some(tokenizer)
+}
+
+#[test]
+fn a_small_random_model_loads_with_its_shape() {
+    let Some(tokenizer) = stories_tokenizer() else {
+        return;
+    };
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("random.gguf");
     let shape = Shape {
@@ -37,6 +45,8 @@ fn a_small_random_model_loads_with_its_shape() {
         n_head: 4,
         n_head_kv: 2,
         context_length: 256,
+        n_vocab: 0,
+        tied_embeddings: false,
     };
     write(&path, &tokenizer, &shape).unwrap();
     let model = LlamaModel::load_from_file(backend(), &path, &LlamaModelParams::default()).unwrap();
@@ -56,16 +66,9 @@ fn a_small_random_model_loads_with_its_shape() {
 /// reports, and the sizes their storage implies (Q8_0: 34 bytes per 32 values).
 #[test]
 fn f32_and_q8_0_random_models_load_with_their_storage() {
-    let shared = std::env::var_os("LLMLOCAL_SHARED_MODELS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/models")
-        });
-    let tokenizer = shared.join("stories260K/stories260K.gguf");
-    if !tokenizer.is_file() {
-        eprintln!("SKIP: {} not found", tokenizer.display());
+    let Some(tokenizer) = stories_tokenizer() else {
         return;
-    }
+    };
     let dir = tempfile::tempdir().unwrap();
     let shape = Shape {
         n_embd: 128,
@@ -74,6 +77,8 @@ fn f32_and_q8_0_random_models_load_with_their_storage() {
         n_head: 4,
         n_head_kv: 4,
         context_length: 256,
+        n_vocab: 0,
+        tied_embeddings: false,
     };
     let mut sizes = Vec::new();
     for (storage, file_type) in [(Storage::F32, "0"), (Storage::Q8_0, "7")] {
@@ -92,4 +97,37 @@ fn f32_and_q8_0_random_models_load_with_their_storage() {
     let norms = 5 * 128 * 4;
     assert_eq!(sizes[0], matrix_values * 4 + norms);
     assert_eq!(sizes[1], matrix_values / 32 * 34 + norms);
+}
+
+/// A padded vocabulary (as the Llama-3.2-1B benchmark shape asks) loads with the asked
+/// size, the real tokens keep their ids and text, and tied embeddings drop `output.weight`.
+#[test]
+fn padded_vocabulary_and_tied_embeddings_load() {
+    let Some(tokenizer) = stories_tokenizer() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let shape = Shape {
+        n_embd: 64,
+        n_layer: 1,
+        n_ff: 128,
+        n_head: 4,
+        n_head_kv: 1,
+        context_length: 128,
+        n_vocab: 1000,
+        tied_embeddings: true,
+    };
+    let path = dir.path().join("padded.gguf");
+    write_as(&path, &tokenizer, &shape, Storage::F32).unwrap();
+    let model = LlamaModel::load_from_file(backend(), &path, &LlamaModelParams::default()).unwrap();
+    assert_eq!(model.n_vocab(), 1000);
+    let original =
+        LlamaModel::load_from_file(backend(), &tokenizer, &LlamaModelParams::default()).unwrap();
+    let text = "Once upon a time";
+    let ids = |m: &LlamaModel| m.vocab().tokenize(text.as_bytes(), true, false);
+    assert_eq!(ids(&model), ids(&original));
+    // Matrices: one tied 64 x 1000 embedding + 1 layer x (2 x 64^2 + 2 x 64 x 16 + 3 x 64 x 128).
+    let matrix_values: u64 = 64 * 1000 + (2 * 64 * 64 + 2 * 64 * 16 + 3 * 64 * 128);
+    let norms = 3 * 64 * 4;
+    assert_eq!(model.size(), matrix_values * 4 + norms);
 }

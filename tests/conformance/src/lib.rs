@@ -30,6 +30,8 @@ pub struct ModelUnderTest {
     /// A prompt known to make the model end with EOS under greedy decoding. With it, a
     /// missing EOS is a failure rather than a skip.
     pub eos_prompt: Option<String>,
+    /// The device to load it on: `cpu` (the default), `cuda`, `cuda:N`, `metal`, `auto`.
+    pub device: String,
 }
 
 impl ModelUnderTest {
@@ -37,6 +39,7 @@ impl ModelUnderTest {
         ModelUnderTest {
             path: path.into(),
             eos_prompt: None,
+            device: "cpu".to_string(),
         }
     }
 }
@@ -90,7 +93,10 @@ const SOLO_CHECKS: [&str; 5] = [
 ];
 
 fn model_checks(rec: &mut Recorder, backend: &LoadedBackend, m: &ModelUnderTest) {
-    let label = m.path.display().to_string();
+    let label = match m.device.as_str() {
+        "cpu" => m.path.display().to_string(),
+        device => format!("{} on {device}", m.path.display()),
+    };
     let l = Some(label.as_str());
     rec.check(l, "missing model path", || {
         errors::missing_path(backend, &m.path)
@@ -101,7 +107,7 @@ fn model_checks(rec: &mut Recorder, backend: &LoadedBackend, m: &ModelUnderTest)
     let slots = checks::slots(&backend.manifest);
     let mut loaded: Option<ModelCtx> = None;
     rec.check(l, "model loads", || {
-        let ctx = model::load(backend, &m.path, slots)?;
+        let ctx = model::load(backend, &m.path, slots, &m.device)?;
         let message = format!(
             "{} prompt tokens for {:?}",
             ctx.prompt.len(),

@@ -25,6 +25,10 @@ struct Args {
     /// missing EOS then fails instead of being skipped.
     #[arg(long)]
     eos_prompt: Option<String>,
+    /// Device to load the models on: cpu, cuda, cuda:N, metal or auto. A device the plugin
+    /// cannot use fails the "model loads" check with the plugin's reason.
+    #[arg(long, default_value = "cpu")]
+    device: String,
     /// Instead of the suite: load every plugin in this folder and report loaded/refused.
     #[arg(long, conflicts_with = "probe")]
     probe_dir: Option<PathBuf>,
@@ -68,6 +72,7 @@ fn run(args: Args) -> Result<bool> {
         .map(|path| ModelUnderTest {
             path: path.clone(),
             eos_prompt: args.eos_prompt.clone(),
+            device: args.device.clone(),
         })
         .collect();
     let report = run_suite(&plugin, &models);

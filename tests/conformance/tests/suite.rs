@@ -63,6 +63,7 @@ fn scripted_plugin_passes_every_check() {
     let model = ModelUnderTest {
         path: scripted_model(dir.path()),
         eos_prompt: Some("Once upon a time".into()),
+        device: "cpu".into(),
     };
     let report = run_suite(&plugin, &[model]);
     println!("{}", report.to_text());

@@ -130,13 +130,7 @@ fn main() -> anyhow::Result<()> {
         std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
         std::env::set_var("CANDLE_NUM_THREADS", threads.to_string());
     }
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("LLMLOCAL_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    llmlocal_bench::init_logging();
     llama_cpp_2::send_logs_to_tracing(llama_cpp_2::LogOptions::default());
     let context_length = u32::try_from(args.prompt_tokens + args.gen_tokens + 16)?;
     let plugin_dir = match &args.plugin_dir {

@@ -78,7 +78,7 @@ pub fn parallel_generations(ctx: &ModelCtx, solo: &Run) -> Outcome {
 /// Check "two loaded models": the same file loaded twice, both generating at once, each
 /// give the solo greedy output.
 pub fn two_models(ctx: &ModelCtx, backend: &LoadedBackend, path: &Path, solo: &Run) -> Outcome {
-    let second = backend.load_model(load_request(path, ctx.slots))?;
+    let second = backend.load_model(load_request(path, ctx.slots, &ctx.device))?;
     together([ctx.model.clone(), second], &ctx.prompt, solo)?;
     Ok("2 loads of the model generating at once matched the solo run".to_string())
 }

@@ -16,7 +16,7 @@ use std::{
 pub fn missing_path(backend: &LoadedBackend, model: &Path) -> Outcome {
     let dir = tempdir()?;
     let missing = dir.path().join("does-not-exist").join(file_name(model));
-    let result = backend.load_model(load_request(&missing, 1));
+    let result = backend.load_model(load_request(&missing, 1, "cpu"));
     expect_kind(result.err(), &[ErrorKind::NotFound], &missing)
 }
 
@@ -26,7 +26,7 @@ pub fn corrupt_model(backend: &LoadedBackend, model: &Path) -> Outcome {
     let dir = tempdir()?;
     let corrupt = write_corrupt_copy(model, dir.path())
         .map_err(|e| fail(format!("could not write the corrupt model: {e}")))?;
-    let result = backend.load_model(load_request(&corrupt, 1));
+    let result = backend.load_model(load_request(&corrupt, 1, "cpu"));
     expect_kind(
         result.err(),
         &[ErrorKind::UnsupportedFormat, ErrorKind::InvalidRequest],

@@ -27,6 +27,8 @@ pub struct ModelCtx {
     pub prompt: Vec<u32>,
     /// How many generations this load was asked to run at once.
     pub slots: u32,
+    /// The device the model was asked to load on (`cpu`, `cuda`, `auto`, ...).
+    pub device: String,
 }
 
 /// Generations at once the suite loads models for: what the manifest announces, capped.
@@ -37,10 +39,10 @@ pub fn slots(manifest: &Manifest) -> u32 {
         .clamp(1, MAX_SLOTS)
 }
 
-/// A CPU load of `path` with room for `slots` generations at once.
-pub fn load_request(path: &Path, slots: u32) -> LoadRequest {
+/// A load of `path` on `device` with room for `slots` generations at once.
+pub fn load_request(path: &Path, slots: u32, device: &str) -> LoadRequest {
     let mut request = LoadRequest::new(path.to_string_lossy());
-    request.device = "cpu".into();
+    request.device = device.into();
     request.parallel = slots;
     request
 }

@@ -13,8 +13,13 @@ const ROUND_TRIP: [&str; 3] = [
 ];
 
 /// Check "model loads": load, read metadata, tokenize the suite's prompt.
-pub fn load(backend: &LoadedBackend, path: &Path, slots: u32) -> Result<ModelCtx, Failure> {
-    let model = backend.load_model(load_request(path, slots))?;
+pub fn load(
+    backend: &LoadedBackend,
+    path: &Path,
+    slots: u32,
+    device: &str,
+) -> Result<ModelCtx, Failure> {
+    let model = backend.load_model(load_request(path, slots, device))?;
     let meta = model.metadata()?;
     let prompt = model.tokenize(PROMPT, true, false)?;
     ensure!(!prompt.is_empty(), "tokenizing {PROMPT:?} gave no tokens");
@@ -23,6 +28,7 @@ pub fn load(backend: &LoadedBackend, path: &Path, slots: u32) -> Result<ModelCtx
         meta,
         prompt,
         slots,
+        device: device.to_string(),
     })
 }
 

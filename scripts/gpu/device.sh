@@ -1,0 +1,171 @@
+#!/usr/bin/env bash
+# Runs on the GPU machine (CUDA, cmake, ninja, PyTorch; no Rust), from the repository root,
+# with the .gpu/ folder that `cargo xtask gpu-build` made. See docs/gpu.md.
+#
+#   bash scripts/gpu/device.sh build   # llama.cpp with CUDA from the packed source (~4 min),
+#                                      # benchmark models, conformance + CPU/GPU agreement
+#   bash scripts/gpu/device.sh bench   # the benchmark (needs `build` first on the same machine)
+#
+# Results go to $OUT (the device tool's output folder) or /tmp/llmlocal-gpu/out.
+set -uo pipefail
+
+STEP=${1:-all}
+G=$PWD/.gpu
+W=/tmp/llmlocal-gpu
+OUT=${OUT:-$W/out}
+mkdir -p "$W/models" "$OUT"
+ARCH=${CUDA_ARCH:-90}
+
+# The CUDA libraries: the driver's libcuda, and cuBLAS/cuRAND/NVRTC from PyTorch's wheels.
+SITE=$(python3 -c 'import site; print(site.getsitepackages()[0])' 2>/dev/null)
+NVLIBS=$(find "$SITE/nvidia" -maxdepth 3 -type d -name lib 2>/dev/null | tr '\n' ':')
+export LD_LIBRARY_PATH="$W/build/bin:${NVLIBS}${LD_LIBRARY_PATH:-}"
+M=$G/models
+B=$W/bin
+P=$W/plugins
+
+# `cargo xtask gpu-build` ships the binaries and plugins xz-compressed (the CUDA kernels make
+# the candle plugin 65 MB; the device tool carries 64 MiB in all).
+unpack() {
+    mkdir -p "$B" "$P"
+    local f dest
+    for f in "$G"/bin/*.xz "$G"/plugins/*.xz; do
+        dest=$W/$(basename "$(dirname "$f")")/$(basename "$f" .xz)
+        [ -f "$dest" ] && [ "$dest" -nt "$f" ] && continue
+        python3 -c 'import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], "wb"))' "$f" "$dest" || return 1
+        chmod +x "$dest"
+    done
+}
+
+build_llama() {
+    if [ -f "$W/direct-bench" ] && [ -f "$W/build/bin/libggml-cuda.so" ]; then
+        echo "llama.cpp CUDA build already there"
+        return 0
+    fi
+    rm -rf "$W/llama.cpp" "$W/build"
+    tar -xzf "$G/llama.cpp.tar.gz" -C "$W" || return 1
+    # Shared libraries, as the plugin was linked (dynamic-link); OpenMP as llama-cpp-sys-2
+    # builds it; only this machine's CUDA architecture, to keep the build short. The crate's
+    # copy of llama.cpp has no tool sources (llama-bench, quantize): direct_bench.c stands in.
+    cmake -S "$W/llama.cpp" -B "$W/build" -G Ninja -DCMAKE_BUILD_TYPE=Release \
+        -DBUILD_SHARED_LIBS=ON -DGGML_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES="$ARCH" \
+        -DGGML_NATIVE=OFF -DGGML_OPENMP=ON -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF \
+        -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_TOOLS=OFF \
+        -DLLAMA_BUILD_COMMON=OFF -DLLAMA_BUILD_APP=OFF >"$OUT/cmake.log" 2>&1 || {
+        tail -30 "$OUT/cmake.log"; return 1; }
+    local started=$SECONDS
+    cmake --build "$W/build" --target llama -j "$(nproc)" >>"$OUT/cmake.log" 2>&1 || {
+        tail -30 "$OUT/cmake.log"; return 1; }
+    echo "llama.cpp CUDA build: $((SECONDS - started)) s"
+    ls "$W/build/bin"
+    cc -O2 -o "$W/direct-bench" scripts/gpu/direct_bench.c -I"$W/llama.cpp/include" \
+        -I"$W/llama.cpp/ggml/include" -L"$W/build/bin" -Wl,-rpath-link,"$W/build/bin" -lllama -lggml -lggml-base || return 1
+}
+
+write_models() {
+    local tok=$M/stories260K.gguf
+    [ -f "$W/models/1b-f16.gguf" ] ||
+        "$B/gpu-bench" write-model --storage f16 --tokenizer-from "$tok" --out "$W/models/1b-f16.gguf"
+    [ -f "$W/models/1b-q8_0.gguf" ] ||
+        "$B/gpu-bench" write-model --storage q8_0 --tokenizer-from "$tok" --out "$W/models/1b-q8_0.gguf"
+    [ -f "$W/models/1b-q4_k_m.gguf" ] ||
+        "$W/direct-bench" quantize "$W/models/1b-f16.gguf" "$W/models/1b-q4_k_m.gguf" \
+            >"$OUT/quantize.log" 2>&1
+    ls -la "$W/models"
+}
+
+conformance() {
+    local rc=0
+    "$B/conformance" --plugin "$P/libllmlocal_backend_llama_cpp.so" --device cuda \
+        --model "$M/tiny-llama-f32.gguf" --model "$M/tiny-llama-q8_0.gguf" \
+        --model "$M/stories260K.gguf" --json "$OUT/conformance-llama-cpp.json" || rc=1
+    if [ -f "$P/libllmlocal_backend_candle.so" ]; then
+        "$B/conformance" --plugin "$P/libllmlocal_backend_candle.so" --device cuda \
+            --model "$M/tiny-llama" --model "$M/tiny-llama-f32.gguf" \
+            --model "$M/tiny-llama-q8_0.gguf" --model "$M/stories260K-hf" \
+            --json "$OUT/conformance-candle.json" || rc=1
+    fi
+    return $rc
+}
+
+agreement() {
+    local rc=0
+    for model in tiny-llama-f32.gguf stories260K.gguf; do
+        "$B/gpu-bench" agree --plugin-dir "$P" --backend llama-cpp --model "$M/$model" \
+            --tokens 64 --require 32 || rc=1
+    done
+    if [ -f "$P/libllmlocal_backend_candle.so" ]; then
+        for model in tiny-llama stories260K-hf; do
+            "$B/gpu-bench" agree --plugin-dir "$P" --backend candle --model "$M/$model" \
+                --tokens 64 --require 32 || rc=1
+        done
+    fi
+    return $rc
+}
+
+# Device-to-device copy bandwidth through PyTorch, GB/s one way (bytes read = bytes written).
+bandwidth() {
+    python3 - <<'EOF'
+import torch
+n = 1 << 30
+a = torch.empty(n, dtype=torch.uint8, device="cuda")
+b = torch.empty_like(a)
+for _ in range(3):
+    b.copy_(a)
+torch.cuda.synchronize()
+start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+start.record()
+for _ in range(20):
+    b.copy_(a)
+end.record()
+torch.cuda.synchronize()
+print(f"{20 * n / (start.elapsed_time(end) / 1e3) / 1e9:.0f}")
+EOF
+}
+
+bench() {
+    local bw
+    bw=$(bandwidth) || bw=""
+    echo "copy bandwidth (one way): ${bw:-unknown} GB/s"
+    local extra=()
+    [ -n "$bw" ] && extra+=(--bandwidth-gbs "$bw")
+    [ -f "$P/libllmlocal_backend_candle.so" ] && extra+=(--candle F16,Q8_0)
+    "$B/gpu-bench" run --plugin-dir "$P" --device cuda \
+        --model "F16=$W/models/1b-f16.gguf" --model "Q8_0=$W/models/1b-q8_0.gguf" \
+        --model "Q4_K_M=$W/models/1b-q4_k_m.gguf" \
+        --direct-bench "$W/direct-bench" --llmlocal "$B/llmlocal" \
+        "${extra[@]}" --json "$OUT/gpu-bench.json" --log-dir "$OUT"
+}
+
+# HTTP only, F16 only, with the llama.cpp plugin alone in the server's plugin folder (with the
+# candle CUDA plugin also loaded, the server process died during the model load; see docs/gpu.md).
+http_only() {
+    mkdir -p "$W/plugins-llama"
+    cp "$P/libllmlocal_backend_llama_cpp.so" "$W/plugins-llama/"
+    "$B/gpu-bench" run --plugin-dir "$W/plugins-llama" --device cuda \
+        --model "F16=$W/models/1b-f16.gguf" --parallel 1 \
+        --direct-bench "$W/direct-bench" --llmlocal "$B/llmlocal" \
+        --json "$OUT/gpu-bench-http.json" --log-dir "$OUT"
+}
+
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/gpu.txt"
+unpack || { echo "cannot unpack .gpu/"; exit 1; }
+case "$STEP" in
+build)
+    build_llama || exit 1
+    write_models || exit 1
+    rc=0
+    conformance || rc=1
+    agreement || rc=1
+    exit $rc
+    ;;
+bench) bench ;;
+http)
+    build_llama || exit 1
+    [ -f "$W/models/1b-f16.gguf" ] || "$B/gpu-bench" write-model --storage f16 \
+        --tokenizer-from "$M/stories260K.gguf" --out "$W/models/1b-f16.gguf" || exit 1
+    http_only
+    ;;
+all) build_llama && write_models && { conformance; agreement; bench; } ;;
+*) echo "usage: $0 build|bench|http|all" >&2; exit 2 ;;
+esac

@@ -1,0 +1,497 @@
+//! GPU benchmark (issue #9): the backend plugins on a CUDA device, measured through the host
+//! contract and through `llmlocal serve`'s HTTP API, against llama.cpp driven directly
+//! through its C API on the same llama.cpp build, plus CPU/GPU greedy agreement and continuous batching.
+//!
+//! The GPU machine has no Rust toolchain: `cargo xtask gpu-build` packs the `gpu-bench` binary,
+//! the plugins and the llama.cpp source, and `scripts/gpu/device.sh` runs this there.
+
+use crate::{best, plugin, Setup, Speed};
+use anyhow::{anyhow, bail, Context as _};
+use llmlocal::plugins::LoadedModel;
+use llmlocal_plugin_api::Step;
+use serde::Serialize;
+use std::{
+    io::{BufRead, BufReader, Write},
+    net::TcpStream,
+    path::Path,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+fn ratio(a: f64, b: f64) -> f64 {
+    if b > 0.0 {
+        a / b
+    } else {
+        0.0
+    }
+}
+
+/// Greedy token ids of `model` for `prompt`, up to `n` tokens (stops early at EOS).
+fn greedy_ids(model: &LoadedModel, prompt: &[u32], n: usize) -> anyhow::Result<Vec<u32>> {
+    let mut request = plugin::request(prompt, n);
+    request.ignore_eos = false;
+    let mut generation = model.generate(request)?;
+    let mut ids = Vec::new();
+    loop {
+        match generation.next()? {
+            Step::Token(token) => ids.push(token.id),
+            Step::Finished(_) => return Ok(ids),
+        }
+    }
+}
+
+/// Greedy agreement between the CPU and a GPU on one model.
+#[derive(Debug, Clone, Serialize)]
+pub struct Agreement {
+    pub backend: String,
+    pub model: String,
+    pub device: String,
+    pub cpu: Vec<u32>,
+    pub gpu: Vec<u32>,
+    /// Index of the first differing token; `None` when the sequences are equal.
+    pub first_difference: Option<usize>,
+}
+
+impl Agreement {
+    /// Tokens equal from the start.
+    pub fn agreeing(&self) -> usize {
+        self.first_difference
+            .unwrap_or(self.cpu.len().min(self.gpu.len()))
+    }
+}
+
+/// Loads `setup.model` on the CPU and on `device` with `backend` and compares `n` greedy tokens.
+pub fn agree(
+    dir: &Path,
+    backend: &str,
+    setup: &Setup,
+    device: &str,
+    n: usize,
+) -> anyhow::Result<Agreement> {
+    let on = |dev: &str| -> anyhow::Result<Vec<u32>> {
+        let model = plugin::load_on(dir, backend, setup, 1, dev)?;
+        let prompt = model.tokenize("Once upon a time", true, false)?;
+        greedy_ids(&model, &prompt, n)
+    };
+    let cpu = on("cpu")?;
+    let gpu = on(device)?;
+    let first_difference = cpu
+        .iter()
+        .zip(&gpu)
+        .position(|(a, b)| a != b)
+        .or_else(|| (cpu.len() != gpu.len()).then(|| cpu.len().min(gpu.len())));
+    Ok(Agreement {
+        backend: backend.to_string(),
+        model: setup.model.display().to_string(),
+        device: device.to_string(),
+        cpu,
+        gpu,
+        first_difference,
+    })
+}
+
+/// Runs `direct-bench MODE MODEL N_PROMPT N_GEN LAST` and parses the JSON line it prints.
+fn run_direct(
+    exe: &Path,
+    mode: &str,
+    setup: &Setup,
+    last: usize,
+) -> anyhow::Result<serde_json::Value> {
+    let output = Command::new(exe)
+        .arg(mode)
+        .arg(&setup.model)
+        .arg(setup.prompt_tokens.to_string())
+        .arg(setup.gen_tokens.to_string())
+        .arg(last.to_string())
+        .stderr(Stdio::null())
+        .output()
+        .with_context(|| format!("run {}", exe.display()))?;
+    if !output.status.success() {
+        bail!("{} {mode} failed: {}", exe.display(), output.status);
+    }
+    serde_json::from_slice(&output.stdout).context("direct-bench's JSON output")
+}
+
+/// pp/tg of llama.cpp driven directly through its C API (`scripts/gpu/direct_bench.c`, built
+/// against the same llama.cpp build the plugin runs on), all layers on the GPU.
+pub fn direct_bench(exe: &Path, setup: &Setup) -> anyhow::Result<Speed> {
+    let row = run_direct(exe, "bench", setup, setup.repeat)?;
+    let speed = Speed {
+        prompt_tps: row["pp_tps"].as_f64().unwrap_or(0.0),
+        gen_tps: row["tg_tps"].as_f64().unwrap_or(0.0),
+    };
+    if speed.prompt_tps == 0.0 || speed.gen_tps == 0.0 {
+        bail!("direct-bench printed no speeds");
+    }
+    Ok(speed)
+}
+
+/// Aggregate tokens/s of `n_seq` sequences decoded together by llama.cpp directly (one token
+/// per sequence per decode, greedy on one thread): a reference for the plugin's continuous
+/// batching.
+pub fn direct_batched(exe: &Path, setup: &Setup, n_seq: usize) -> anyhow::Result<f64> {
+    run_direct(exe, "batched", setup, n_seq)?["tg_tps"]
+        .as_f64()
+        .ok_or_else(|| anyhow!("direct-bench batched printed no speed"))
+}
+
+/// A `llmlocal serve` child process, killed on drop.
+pub struct Server {
+    child: Child,
+    pub addr: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `llmlocal serve` with the model under the alias `bench` and waits for `/health`.
+pub fn serve(
+    llmlocal: &Path,
+    plugin_dir: &Path,
+    setup: &Setup,
+    port: u16,
+    log: &Path,
+) -> anyhow::Result<Server> {
+    let addr = format!("127.0.0.1:{port}");
+    let log_file =
+        std::fs::File::create(log).with_context(|| format!("create {}", log.display()))?;
+    let child = Command::new(llmlocal)
+        .args(["serve", "--bind", &addr, "--backend", "llama-cpp"])
+        .arg("--model")
+        .arg(format!("bench={}", setup.model.display()))
+        .env("LLMLOCAL_PLUGIN_PATH", plugin_dir)
+        .env("LLMLOCAL_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(log_file)
+        .spawn()
+        .with_context(|| format!("start {}", llmlocal.display()))?;
+    let server = Server { child, addr };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        if let Ok((status, _)) = http(&server.addr, "GET", "/health", "") {
+            if status == 200 {
+                return Ok(server);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    bail!("llmlocal serve did not answer /health within 60 s")
+}
+
+/// One HTTP/1.1 request with `Connection: close`; the status and the whole body.
+fn http(addr: &str, method: &str, path: &str, body: &str) -> anyhow::Result<(u16, String)> {
+    let mut reader = send(addr, method, path, body)?;
+    let status = read_status(&mut reader)?;
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut reader, &mut text)?;
+    Ok((status, text))
+}
+
+fn send(addr: &str, method: &str, path: &str, body: &str) -> anyhow::Result<BufReader<TcpStream>> {
+    let mut stream = TcpStream::connect(addr)?;
+    stream.set_nodelay(true)?;
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )?;
+    Ok(BufReader::new(stream))
+}
+
+fn read_status(reader: &mut BufReader<TcpStream>) -> anyhow::Result<u16> {
+    let mut line = String::new();
+    reader.read_line(&mut line)?;
+    line.split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| anyhow!("not an HTTP status line: {line:?}"))
+}
+
+/// A streamed `/v1/completions` of `prompt` (greedy, `max_tokens`): prompt tokens/s from the
+/// time to the first token event, generated tokens/s from the first to the last event.
+pub fn http_speed(server: &mut Server, prompt: &str, setup: &Setup) -> anyhow::Result<Speed> {
+    let result = http_runs(server, prompt, setup);
+    if result.is_err() {
+        if let Ok(Some(status)) = server.child.try_wait() {
+            bail!("llmlocal serve exited ({status}); see its log");
+        }
+    }
+    result
+}
+
+fn http_runs(server: &Server, prompt: &str, setup: &Setup) -> anyhow::Result<Speed> {
+    let body = serde_json::json!({
+        "model": "bench",
+        "prompt": prompt,
+        "max_tokens": setup.gen_tokens + 1,
+        "temperature": 0.0,
+        "stream": true,
+        // As the in-process runs: a random model may pick EOS at any point.
+        "ignore_eos": true,
+    })
+    .to_string();
+    let mut pp = Vec::new();
+    let mut tg = Vec::new();
+    // The first request loads the model (the server loads on demand): not measured.
+    for run in 0..=setup.repeat {
+        let started = Instant::now();
+        let mut reader = send(&server.addr, "POST", "/v1/completions", &body)?;
+        let status = read_status(&mut reader)?;
+        if status != 200 {
+            let mut body = String::new();
+            std::io::Read::read_to_string(&mut reader, &mut body)?;
+            let body = body.rsplit("\r\n\r\n").next().unwrap_or_default();
+            bail!("POST /v1/completions answered {status}: {body}");
+        }
+        let mut times = Vec::new();
+        let mut line = String::new();
+        while reader.read_line(&mut line)? > 0 {
+            // Token events carry text; the last event (usage) and [DONE] are not tokens.
+            if line.starts_with("data: {") && line.contains("\"text\":\"") {
+                times.push(Instant::now());
+            }
+            line.clear();
+        }
+        let (Some(first), Some(last)) = (times.first(), times.last()) else {
+            bail!("the server streamed no tokens");
+        };
+        if times.len() < setup.gen_tokens {
+            bail!(
+                "the server streamed {} token events for max_tokens {}",
+                times.len(),
+                setup.gen_tokens + 1
+            );
+        }
+        if run == 0 {
+            continue;
+        }
+        pp.push(setup.prompt_tokens as f64 / (*first - started).as_secs_f64());
+        if times.len() > 1 {
+            tg.push((times.len() - 1) as f64 / (*last - *first).as_secs_f64());
+        }
+    }
+    Ok(Speed {
+        prompt_tps: best(&pp),
+        gen_tps: best(&tg),
+    })
+}
+
+/// The text of exactly `n` prompt tokens of `model` (the bench prompt, detokenized), so an HTTP
+/// request carries the same prompt length as the in-process runs.
+pub fn prompt_text(model: &LoadedModel, n: usize) -> anyhow::Result<(Vec<u32>, String)> {
+    let ids = plugin::prompt_tokens(model, n)?;
+    let text = model.detokenize(&ids, true)?;
+    Ok((ids, text))
+}
+
+/// One model file on the GPU: llama.cpp direct, the plugin through the host, over HTTP.
+#[derive(Debug, Clone, Serialize)]
+pub struct ModelRow {
+    pub label: String,
+    pub size_bytes: u64,
+    pub direct: Option<Speed>,
+    pub plugin: Speed,
+    pub http: Option<Speed>,
+    pub plugin_vs_direct_pp: f64,
+    pub plugin_vs_direct_tg: f64,
+    pub http_vs_direct_tg: f64,
+    pub http_vs_plugin_tg: f64,
+    /// Aggregate generated tokens/s with N parallel streams.
+    pub aggregate: Vec<(usize, f64)>,
+    /// The same through llama.cpp directly (N sequences in one decode per step).
+    pub direct_aggregate: Vec<(usize, f64)>,
+    /// Generation tokens/s the weight bytes allow at the measured copy bandwidth.
+    pub bandwidth_bound_tg: Option<f64>,
+    /// plugin tg / bandwidth bound.
+    pub bandwidth_share: Option<f64>,
+    /// candle on the same file and device, through the host.
+    pub candle: Option<Speed>,
+    pub candle_vs_llama_pp: f64,
+    pub candle_vs_llama_tg: f64,
+}
+
+/// What to measure for one model.
+pub struct ModelJob<'a> {
+    pub label: String,
+    pub setup: Setup,
+    pub device: &'a str,
+    pub direct_bench: Option<&'a Path>,
+    pub llmlocal: Option<&'a Path>,
+    /// Where `llmlocal serve` writes its log.
+    pub log_dir: &'a Path,
+    pub parallel: &'a [usize],
+    /// Copy bandwidth in GB/s (bytes read + written per second / 2 = one direction).
+    pub bandwidth_gbs: Option<f64>,
+    pub candle: bool,
+}
+
+/// Measures one model; each part that fails is reported on stderr and left out.
+pub fn measure(dir: &Path, job: &ModelJob) -> anyhow::Result<ModelRow> {
+    let setup = &job.setup;
+    let size_bytes = std::fs::metadata(&setup.model)
+        .with_context(|| format!("{}", setup.model.display()))?
+        .len();
+    eprintln!("{}: llama-cpp plugin on {} ...", job.label, job.device);
+    let model = plugin::load_on(dir, "llama-cpp", setup, 1, job.device)?;
+    let (prompt, text) = prompt_text(&model, setup.prompt_tokens)?;
+    let through = plugin::run(&model, setup, &prompt)?;
+    drop(model);
+    let direct = job.direct_bench.and_then(|exe| {
+        eprintln!("{}: llama.cpp direct ...", job.label);
+        direct_bench(exe, setup)
+            .map_err(|e| eprintln!("direct-bench: {e:#}"))
+            .ok()
+    });
+    let http = job.llmlocal.and_then(|exe| {
+        eprintln!("{}: llmlocal serve over HTTP ...", job.label);
+        let log = job.log_dir.join(format!("serve-{}.log", job.label));
+        serve(exe, dir, setup, 18_473, &log)
+            .and_then(|mut server| http_speed(&mut server, &text, setup))
+            .map_err(|e| eprintln!("HTTP: {e:#}"))
+            .ok()
+    });
+    let aggregate = aggregate(dir, job).unwrap_or_else(|e| {
+        eprintln!("aggregate: {e:#}");
+        Vec::new()
+    });
+    let direct_aggregate = job
+        .direct_bench
+        .map(|exe| {
+            let mut short = setup.clone();
+            short.prompt_tokens = AGGREGATE_PROMPT;
+            job.parallel
+                .iter()
+                .filter_map(|&n| match direct_batched(exe, &short, n) {
+                    Ok(tps) => Some((n, tps)),
+                    Err(e) => {
+                        eprintln!("direct batched {n}: {e:#}");
+                        None
+                    }
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let candle = job
+        .candle
+        .then(|| candle_speed(dir, job, &prompt))
+        .and_then(|r| r.map_err(|e| eprintln!("candle: {e:#}")).ok());
+    let bound = job.bandwidth_gbs.map(|gbs| gbs * 1e9 / size_bytes as f64);
+    let d = direct.unwrap_or_default();
+    let c = candle.unwrap_or_default();
+    Ok(ModelRow {
+        label: job.label.clone(),
+        size_bytes,
+        plugin_vs_direct_pp: ratio(through.prompt_tps, d.prompt_tps),
+        plugin_vs_direct_tg: ratio(through.gen_tps, d.gen_tps),
+        http_vs_direct_tg: ratio(http.unwrap_or_default().gen_tps, d.gen_tps),
+        http_vs_plugin_tg: ratio(http.unwrap_or_default().gen_tps, through.gen_tps),
+        direct,
+        plugin: through,
+        http,
+        aggregate,
+        direct_aggregate,
+        bandwidth_bound_tg: bound,
+        bandwidth_share: bound.map(|b| ratio(through.gen_tps, b)),
+        candle_vs_llama_pp: ratio(c.prompt_tps, through.prompt_tps),
+        candle_vs_llama_tg: ratio(c.gen_tps, through.gen_tps),
+        candle,
+    })
+}
+
+/// Prompt length of the aggregate runs: short, as they measure decoding, and it keeps 64
+/// sequences' KV cache small.
+const AGGREGATE_PROMPT: usize = 64;
+
+/// Aggregate tokens/s for each count of parallel streams, one load sized for the largest.
+fn aggregate(dir: &Path, job: &ModelJob) -> anyhow::Result<Vec<(usize, f64)>> {
+    let Some(&most) = job.parallel.iter().max() else {
+        return Ok(Vec::new());
+    };
+    let mut setup = job.setup.clone();
+    setup.prompt_tokens = AGGREGATE_PROMPT;
+    let per_seq = setup.prompt_tokens + setup.gen_tokens + 16;
+    setup.context_length = u32::try_from(per_seq * most)?;
+    let slots = u32::try_from(most)?;
+    let model = plugin::load_on(dir, "llama-cpp", &setup, slots, job.device)?;
+    let prompt = plugin::prompt_tokens(&model, setup.prompt_tokens)?;
+    job.parallel
+        .iter()
+        .map(|&n| {
+            eprintln!("{}: {n} parallel streams ...", job.label);
+            Ok((n, plugin::aggregate(&model, &setup, &prompt, n)?))
+        })
+        .collect()
+}
+
+fn candle_speed(dir: &Path, job: &ModelJob, prompt: &[u32]) -> anyhow::Result<Speed> {
+    eprintln!("{}: candle plugin on {} ...", job.label, job.device);
+    let model = plugin::load_on(dir, "candle", &job.setup, 1, job.device)?;
+    plugin::run(&model, &job.setup, prompt)
+}
+
+/// The rows as a plain-text table.
+pub fn table(rows: &[ModelRow]) -> String {
+    let mut out = String::from(
+        "model      size GB | direct pp   tg | plugin pp   tg (ratio) | http tg (/direct /plugin) | \
+         bound tg share | candle pp tg (ratio)\n",
+    );
+    for r in rows {
+        let d = r.direct.unwrap_or_default();
+        let h = r.http.unwrap_or_default();
+        let c = r.candle.unwrap_or_default();
+        out.push_str(&format!(
+            "{:<10} {:>7.2} | {:>9.0} {:>5.0} | {:>9.0} {:>5.0} ({:.3}/{:.3}) | {:>7.0} ({:.3}/{:.3}) | \
+             {:>8.0} {:>5.2} | {:>6.0} {:>5.0} ({:.2}/{:.2})\n",
+            r.label,
+            r.size_bytes as f64 / 1e9,
+            d.prompt_tps,
+            d.gen_tps,
+            r.plugin.prompt_tps,
+            r.plugin.gen_tps,
+            r.plugin_vs_direct_pp,
+            r.plugin_vs_direct_tg,
+            h.gen_tps,
+            r.http_vs_direct_tg,
+            r.http_vs_plugin_tg,
+            r.bandwidth_bound_tg.unwrap_or(0.0),
+            r.bandwidth_share.unwrap_or(0.0),
+            c.prompt_tps,
+            c.gen_tps,
+            r.candle_vs_llama_pp,
+            r.candle_vs_llama_tg,
+        ));
+        let agg: Vec<String> = r
+            .aggregate
+            .iter()
+            .map(|(n, tps)| format!("{n}: {tps:.0}"))
+            .collect();
+        if !r.direct_aggregate.is_empty() {
+            let direct: Vec<String> = r
+                .direct_aggregate
+                .iter()
+                .map(|(n, tps)| format!("{n}: {tps:.0}"))
+                .collect();
+            out.push_str(&format!(
+                "           llama.cpp direct batched tok/s {}\n",
+                direct.join(", ")
+            ));
+        }
+        if let Some((_, one)) = r.aggregate.first() {
+            let last = r
+                .aggregate
+                .iter()
+                .map(|(n, t)| format!("{n}x {:.2}", t / one));
+            out.push_str(&format!(
+                "           aggregate tok/s {} (vs 1 stream: {})\n",
+                agg.join(", "),
+                last.collect::<Vec<_>>().join(", ")
+            ));
+        }
+    }
+    out
+}
