@@ -253,7 +253,12 @@ async fn killed_llama_cpp_node_mid_stream_ends_with_an_error_event() {
         !text.contains("\"finish_reason\":\"length\""),
         "generation finished before the kill"
     );
-    assert!(killed_at.elapsed() < Duration::from_secs(5));
+    // No hang: the broken stream ends soon after the kill (a generous bound for loaded CI).
+    assert!(
+        killed_at.elapsed() < Duration::from_secs(20),
+        "the stream took {:?} to end after the node was killed",
+        killed_at.elapsed()
+    );
 
     // The next request goes to the surviving node (directly or after failing over).
     let (status, node) = ask_model(&url, "real").await;
