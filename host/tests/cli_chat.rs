@@ -3,11 +3,11 @@
 //! real tiny stories260K GGUF: the generated fixture model answers the same whatever the
 //! prompt, which could not show that the second answer sees the first turn.
 
-mod common;
+mod server_support;
 
 use llmlocal::{
     engine::{ChatMessage, Engine, EngineSettings, GenerationConfig, ModelEntry, Prompt},
-    plugins::PluginRegistry,
+    plugins::{library_file_name, PluginRegistry},
 };
 use std::{
     io::Write as _,
@@ -22,6 +22,15 @@ struct Setup {
     model: PathBuf,
     plugins: tempfile::TempDir,
     home: tempfile::TempDir,
+}
+
+/// A temp plugin folder holding only the built llama.cpp plugin.
+fn llama_plugin_dir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let library = server_support::plugin_library("llama_cpp");
+    std::fs::copy(&library, dir.path().join(library_file_name("llama_cpp")))
+        .expect("copy the llama.cpp plugin");
+    dir
 }
 
 /// The real tiny model, or None (the test prints SKIP) when the shared models are absent.
@@ -39,7 +48,7 @@ fn setup() -> Option<Setup> {
     }
     Some(Setup {
         model,
-        plugins: common::plugin_dir(&["llama-cpp"]),
+        plugins: llama_plugin_dir(),
         home: tempfile::tempdir().expect("temp dir"),
     })
 }
@@ -83,7 +92,7 @@ fn chat_cli(setup: &Setup, input: &str) -> (String, String) {
 
 /// The same model through the engine API.
 fn engine(setup: &Setup) -> Engine {
-    let library = setup.plugins.path().join(common::library_of("llama-cpp"));
+    let library = setup.plugins.path().join(library_file_name("llama_cpp"));
     let registry = Arc::new(PluginRegistry::load_files(&[library]));
     let mut settings = EngineSettings {
         open_specs: false,
@@ -170,7 +179,7 @@ async fn clear_resets_the_history_and_bye_ends_the_chat() {
 fn a_model_that_cannot_load_fails_before_reading_input() {
     let setup = Setup {
         model: Path::new("/nonexistent/model.gguf").to_path_buf(),
-        plugins: common::plugin_dir(&["llama-cpp"]),
+        plugins: llama_plugin_dir(),
         home: tempfile::tempdir().expect("temp dir"),
     };
     let output = Command::new(env!("CARGO_BIN_EXE_llmlocal"))

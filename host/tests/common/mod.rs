@@ -26,44 +26,20 @@ pub fn library_of(crate_dir: &str) -> String {
     library_file_name(&crate_dir.replace('-', "_"))
 }
 
-/// Where a built plugin library may be: [`built_plugins_dir`], then beside the profile
-/// directory the copies `cargo xtask build-plugins` makes (target/test-plugins for test
-/// plugins, target/plugins for the real backends such as llama-cpp).
-fn plugin_search_dirs() -> Vec<PathBuf> {
-    let built = built_plugins_dir();
-    let mut dirs = vec![built.clone()];
-    if let Some(target) = built.parent() {
-        dirs.push(target.join("test-plugins"));
-        dirs.push(target.join("plugins"));
-    }
-    if let Ok(exe) = std::env::current_exe() {
-        if let Some(profile) = exe.parent().and_then(Path::parent) {
-            dirs.push(profile.to_path_buf());
-            if let Some(target) = profile.parent() {
-                dirs.push(target.join("plugins"));
-            }
-        }
-    }
-    dirs
-}
-
-/// Copies the named plugins (crate dir names, e.g. `bad-major`, `llama-cpp`) into `dir`;
-/// fails the test with a clear message when one was not built.
+/// Copies the named test plugins (crate dir names, e.g. `bad-major`) into `dir`; fails the
+/// test with a clear message when one was not built.
 pub fn copy_plugins(dir: &Path, crates: &[&str]) -> Vec<PathBuf> {
-    let dirs = plugin_search_dirs();
+    let built = built_plugins_dir();
     crates
         .iter()
         .map(|name| {
             let file = library_of(name);
-            let from = dirs
-                .iter()
-                .map(|d| d.join(&file))
-                .find(|p| p.is_file())
-                .unwrap_or_else(|| dirs[0].join(&file));
+            let from = built.join(&file);
             assert!(
                 from.is_file(),
-                "plugin {file} is missing from {dirs:?}: build the plugins first: cargo xtask \
+                "test plugin {} is missing: build the test plugins first: cargo xtask \
                  build-plugins (or cargo build -p llmlocal-backend-{name}), or point ${} at them",
+                from.display(),
                 TEST_PLUGIN_DIR_ENV
             );
             let to = dir.join(&file);

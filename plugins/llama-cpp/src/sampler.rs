@@ -6,18 +6,18 @@ use llmlocal_plugin_api::{PluginError, Sampling};
 /// penalties -> top_k -> top_p -> min_p -> temperature -> dist(seed), or plain argmax when the
 /// temperature is 0 (the contract: greedy ignores the other filters).
 pub struct SamplerChain {
-    sampler: LlamaSampler,
-    greedy: bool,
+    /// `None` for greedy: an argmax over the logits in place. llama.cpp's greedy sampler first
+    /// builds a candidate array of the whole vocabulary (1.5 MB for 128k tokens), which on a
+    /// GPU made sampling, done on the one decode thread for every sequence, the bottleneck of
+    /// batched generation.
+    sampler: Option<LlamaSampler>,
 }
 
 impl SamplerChain {
     pub fn new(sampling: &Sampling, n_vocab: i32) -> Result<Self, PluginError> {
         validate(sampling)?;
         if sampling.is_greedy() {
-            return Ok(SamplerChain {
-                sampler: LlamaSampler::greedy(),
-                greedy: true,
-            });
+            return Ok(SamplerChain { sampler: None });
         }
         let mut chain = Vec::new();
         if sampling.repeat_penalty != 1.0 && sampling.repeat_last_n != 0 {
@@ -44,34 +44,28 @@ impl SamplerChain {
         chain.push(LlamaSampler::temp(sampling.temperature));
         chain.push(LlamaSampler::dist(seed32(sampling.seed)));
         Ok(SamplerChain {
-            sampler: LlamaSampler::chain_simple(chain),
-            greedy: false,
+            sampler: Some(LlamaSampler::chain_simple(chain)),
         })
     }
 
     /// Plain argmax: the decode thread may then pick the token itself (see [`argmax_all`]).
     pub fn is_greedy(&self) -> bool {
-        self.greedy
+        self.sampler.is_none()
     }
 
     /// Lets the repeat penalty see the prompt.
     pub fn accept_prompt(&mut self, prompt: &[LlamaToken]) {
-        if !self.greedy {
-            self.sampler.accept_many(prompt);
+        if let Some(sampler) = &mut self.sampler {
+            sampler.accept_many(prompt);
         }
     }
 
     /// Samples from the logits at batch index `index` and records the token.
-    ///
-    /// Greedy is an argmax over the logits in place: llama.cpp's greedy sampler first builds
-    /// a candidate array of the whole vocabulary (1.5 MB for 128k tokens), which on a GPU
-    /// made sampling, done on this one decode thread for every sequence, the bottleneck of
-    /// batched generation.
     pub fn sample(&mut self, context: &LlamaContext<'_>, index: i32) -> LlamaToken {
-        if self.greedy {
-            return LlamaToken(argmax(context.get_logits_ith(index)));
+        match &mut self.sampler {
+            Some(sampler) => sampler.sample(context, index),
+            None => LlamaToken(argmax(context.get_logits_ith(index))),
         }
-        self.sampler.sample(context, index)
     }
 }
 

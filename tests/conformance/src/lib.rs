@@ -99,10 +99,10 @@ fn model_checks(rec: &mut Recorder, backend: &LoadedBackend, m: &ModelUnderTest)
     };
     let l = Some(label.as_str());
     rec.check(l, "missing model path", || {
-        errors::missing_path(backend, &m.path)
+        errors::missing_path(backend, &m.path, &m.device)
     });
     rec.check(l, "corrupt model file", || {
-        errors::corrupt_model(backend, &m.path)
+        errors::corrupt_model(backend, &m.path, &m.device)
     });
     let slots = checks::slots(&backend.manifest);
     let mut loaded: Option<ModelCtx> = None;

@@ -13,20 +13,20 @@ use std::{
 };
 
 /// Check "missing model path": loading a path that does not exist is `NotFound`.
-pub fn missing_path(backend: &LoadedBackend, model: &Path) -> Outcome {
+pub fn missing_path(backend: &LoadedBackend, model: &Path, device: &str) -> Outcome {
     let dir = tempdir()?;
     let missing = dir.path().join("does-not-exist").join(file_name(model));
-    let result = backend.load_model(load_request(&missing, 1, "cpu"));
+    let result = backend.load_model(load_request(&missing, 1, device));
     expect_kind(result.err(), &[ErrorKind::NotFound], &missing)
 }
 
 /// Check "corrupt model file": random bytes shaped like the model under test (same file
 /// name, or a folder with a garbage config.json and weights) are refused as a bad format.
-pub fn corrupt_model(backend: &LoadedBackend, model: &Path) -> Outcome {
+pub fn corrupt_model(backend: &LoadedBackend, model: &Path, device: &str) -> Outcome {
     let dir = tempdir()?;
     let corrupt = write_corrupt_copy(model, dir.path())
         .map_err(|e| fail(format!("could not write the corrupt model: {e}")))?;
-    let result = backend.load_model(load_request(&corrupt, 1, "cpu"));
+    let result = backend.load_model(load_request(&corrupt, 1, device));
     expect_kind(
         result.err(),
         &[ErrorKind::UnsupportedFormat, ErrorKind::InvalidRequest],
