@@ -1,6 +1,7 @@
 //! Per-request LoRA adapters through the engine, the HTTP server (OpenAI and Ollama routes, real
 //! clients on loopback) and `llmlocal run --adapter`, on the fixture model with llama.cpp (the
-//! GGUF file; the engine converts the PEFT adapter) and candle (the HF folder; merged variant).
+//! GGUF file; the engine converts the PEFT adapter and the model's one instance reads it at run
+//! time) and candle (the HF folder; merged variant).
 //!
 //! The promise tested: requests with and without an adapter, running at the same time, each
 //! get exactly what they get alone; an adapter that does not fit is a 400 naming what differs.
@@ -125,15 +126,16 @@ async fn concurrent_engine_requests_with_and_without_an_adapter_get_their_own_ou
         .count();
     assert_eq!(converted, 1);
 
-    // llama.cpp switches scales per generation on the instance holding the adapter file;
-    // candle merges, so another scale is another instance.
+    // llama.cpp reads the adapter into its one loaded instance and switches scales per
+    // generation; candle merges, so another scale is another instance.
     let before = loaded_names(&engine);
-    assert_eq!(before.len(), 4, "{before:?}");
+    assert_eq!(before.len(), 3, "{before:?}");
+    assert_eq!(before.iter().filter(|n| n.starts_with(LLAMA)).count(), 1);
     let half = Some(vec![lora_spec(Some(0.5))]);
     let llama_half = generate(&engine, LLAMA, half.clone()).await;
     assert_eq!(loaded_names(&engine), before, "no new llama.cpp instance");
     let candle_half = generate(&engine, CANDLE, half).await;
-    assert_eq!(loaded_names(&engine).len(), 5);
+    assert_eq!(loaded_names(&engine).len(), 4);
     assert_eq!(llama_half, candle_half, "the backends agree at scale 0.5");
 
     // Unloading a model unloads its adapter variants too.

@@ -5,6 +5,17 @@
 #   bash scripts/gpu/device.sh build   # llama.cpp with CUDA from the packed source (~4 min),
 #                                      # benchmark models, conformance + CPU/GPU agreement
 #   bash scripts/gpu/device.sh bench   # the benchmark (needs `build` first on the same machine)
+#   bash scripts/gpu/device.sh http    # HTTP through `llmlocal serve`, llama.cpp plugin alone
+#   bash scripts/gpu/device.sh candle  # candle vs llama.cpp, F16 and Q8_0, one stream
+#   bash scripts/gpu/device.sh both    # candle vs llama.cpp on the F16 and Q8_0 models, one stream (no batching runs).
+candle_only() {
+    "$B/gpu-bench" run --plugin-dir "$P" --device cuda \
+        --model "F16=$W/models/1b-f16.gguf" --model "Q8_0=$W/models/1b-q8_0.gguf" \
+        --parallel 1 --candle F16,Q8_0 --direct-bench "$W/direct-bench" \
+        --llmlocal "$B/llmlocal" --json "$OUT/gpu-bench-candle.json" --log-dir "$OUT"
+}
+
+# `llmlocal serve` with both CUDA plugins: does it load?
 #
 # Results go to $OUT (the device tool's output folder) or /tmp/llmlocal-gpu/out.
 set -uo pipefail
@@ -148,6 +159,40 @@ http_only() {
         --json "$OUT/gpu-bench-http.json" --log-dir "$OUT"
 }
 
+# candle vs llama.cpp on the F16 and Q8_0 models, one stream (no batching runs).
+candle_only() {
+    "$B/gpu-bench" run --plugin-dir "$P" --device cuda \
+        --model "F16=$W/models/1b-f16.gguf" --model "Q8_0=$W/models/1b-q8_0.gguf" \
+        --parallel 1 --candle F16,Q8_0 --direct-bench "$W/direct-bench" \
+        --llmlocal "$B/llmlocal" --json "$OUT/gpu-bench-candle.json" --log-dir "$OUT"
+}
+
+# `llmlocal serve` with both CUDA plugins in its folder, loading the F16 model in llama.cpp:
+# earlier runs saw the server stop answering during that load. Says how it ends: exit status
+# (a signal number shows as 128+N), a backtrace when gdb is there, the log's last lines.
+serve_both() {
+    local log=$OUT/serve-both.log port=18555 pid status=running
+    local runner=()
+    command -v gdb >/dev/null && runner=(gdb -q -batch -ex run -ex bt -ex "info sharedlibrary" --args)
+    LLMLOCAL_PLUGIN_PATH=$P LLMLOCAL_LOG=debug "${runner[@]}" "$B/llmlocal" serve \
+        --bind 127.0.0.1:$port --backend llama-cpp --model "bench=$W/models/1b-f16.gguf" \
+        >"$OUT/serve-both.out" 2>"$log" &
+    pid=$!
+    for _ in $(seq 1 120); do
+        curl -sf "http://127.0.0.1:$port/health" >/dev/null && { status=healthy; break; }
+        kill -0 $pid 2>/dev/null || { wait $pid; status="exited $?"; break; }
+        sleep 1
+    done
+    echo "serve with both plugins: $status"
+    if [ "$status" = healthy ]; then
+        curl -s "http://127.0.0.1:$port/v1/completions" -H 'Content-Type: application/json' \
+            -d '{"model":"bench","prompt":"Once","max_tokens":8}' | head -c 600; echo
+    fi
+    kill $pid 2>/dev/null; wait $pid 2>/dev/null
+    tail -5 "$log"; tail -40 "$OUT/serve-both.out"
+    dmesg 2>/dev/null | tail -5
+}
+
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/gpu.txt"
 unpack || { echo "cannot unpack .gpu/"; exit 1; }
 case "$STEP" in
@@ -166,6 +211,8 @@ http)
         --tokenizer-from "$M/stories260K.gguf" --out "$W/models/1b-f16.gguf" || exit 1
     http_only
     ;;
+both) build_llama && write_models && serve_both ;;
+candle) build_llama && write_models && candle_only ;;
 all) build_llama && write_models && { conformance; agreement; bench; } ;;
-*) echo "usage: $0 build|bench|http|all" >&2; exit 2 ;;
+*) echo "usage: $0 build|bench|http|candle|both|all" >&2; exit 2 ;;
 esac

@@ -1,10 +1,11 @@
-//! Just enough GGUF: writing an F32 adapter file, and reading a file's metadata and tensor
-//! shapes (for the compatibility check) without loading any tensor data.
+//! Just enough GGUF: writing an F32 adapter file, reading a file's metadata and tensor
+//! shapes (for the compatibility check) without loading any tensor data, and reading the
+//! F32/F16/BF16 tensors of an adapter (for stacking several into one).
 //!
 //! Shapes here are row-major (`[rows, cols]`, as in PyTorch); GGUF stores `ne`, the reverse.
 
 use std::collections::BTreeMap;
-use std::io::{BufReader, Read};
+use std::io::{BufReader, Read, Seek, SeekFrom};
 use std::path::Path;
 
 use super::error::{format_err, io_err, Result};
@@ -13,6 +14,8 @@ const MAGIC: &[u8; 4] = b"GGUF";
 const VERSION: u32 = 3;
 const ALIGNMENT: usize = 32;
 const GGML_TYPE_F32: u32 = 0;
+const GGML_TYPE_F16: u32 = 1;
+const GGML_TYPE_BF16: u32 = 30;
 /// Sanity bounds for lengths read from a file (a corrupt header must not allocate wildly).
 const MAX_STRING: u64 = 1 << 30;
 const MAX_DIMS: u32 = 8;
@@ -145,12 +148,15 @@ impl GgufInfo {
 
 struct Reader<R> {
     inner: R,
+    /// Bytes read so far (where the data section starts after the header).
+    position: u64,
 }
 
 impl<R: Read> Reader<R> {
     fn bytes<const N: usize>(&mut self) -> std::io::Result<[u8; N]> {
         let mut b = [0u8; N];
         self.inner.read_exact(&mut b)?;
+        self.position += N as u64;
         Ok(b)
     }
     fn u32(&mut self) -> std::io::Result<u32> {
@@ -159,14 +165,6 @@ impl<R: Read> Reader<R> {
     fn u64(&mut self) -> std::io::Result<u64> {
         Ok(u64::from_le_bytes(self.bytes()?))
     }
-    fn skip(&mut self, n: u64) -> std::io::Result<()> {
-        let copied = std::io::copy(&mut (&mut self.inner).take(n), &mut std::io::sink())?;
-        if copied == n {
-            Ok(())
-        } else {
-            Err(std::io::ErrorKind::UnexpectedEof.into())
-        }
-    }
     fn string(&mut self) -> std::io::Result<String> {
         let n = self.u64()?;
         if n > MAX_STRING {
@@ -174,6 +172,7 @@ impl<R: Read> Reader<R> {
         }
         let mut b = vec![0u8; n as usize];
         self.inner.read_exact(&mut b)?;
+        self.position += n;
         String::from_utf8(b).map_err(|_| invalid("string is not UTF-8"))
     }
     /// Reads a value of GGUF type `ty`; arrays are skipped.
@@ -205,11 +204,29 @@ fn invalid(why: &str) -> std::io::Error {
     std::io::Error::new(std::io::ErrorKind::InvalidData, why.to_string())
 }
 
-/// Reads the header of `path`: metadata scalars and tensor shapes.
-pub fn read_info(path: &Path) -> Result<GgufInfo> {
+/// Where one tensor's data lies.
+#[derive(Debug, Clone)]
+struct TensorEntry {
+    name: String,
+    /// Row-major shape.
+    shape: Vec<usize>,
+    ty: u32,
+    /// From the start of the data section.
+    offset: u64,
+}
+
+/// The header: metadata, tensor entries and where the data section starts.
+struct Header {
+    meta: BTreeMap<String, MetaValue>,
+    tensors: Vec<TensorEntry>,
+    data_start: u64,
+}
+
+fn read_header(path: &Path) -> Result<Header> {
     let file = std::fs::File::open(path).map_err(io_err(path))?;
     let mut r = Reader {
         inner: BufReader::new(file),
+        position: 0,
     };
     let bad = |e: std::io::Error| format_err(path, format!("not a readable GGUF file ({e})"));
     if &r.bytes::<4>().map_err(bad)? != MAGIC {
@@ -224,13 +241,14 @@ pub fn read_info(path: &Path) -> Result<GgufInfo> {
     }
     let n_tensors = r.u64().map_err(bad)?;
     let n_kv = r.u64().map_err(bad)?;
-    let mut info = GgufInfo::default();
+    let mut meta = BTreeMap::new();
     for _ in 0..n_kv {
         let key = r.string().map_err(bad)?;
         let ty = r.u32().map_err(bad)?;
         let value = r.value(ty).map_err(bad)?;
-        info.meta.insert(key, value);
+        meta.insert(key, value);
     }
+    let mut tensors = Vec::new();
     for _ in 0..n_tensors {
         let name = r.string().map_err(bad)?;
         let n_dims = r.u32().map_err(bad)?;
@@ -244,11 +262,111 @@ pub fn read_info(path: &Path) -> Result<GgufInfo> {
         for _ in 0..n_dims {
             ne.push(r.u64().map_err(bad)? as usize);
         }
-        r.skip(4 + 8).map_err(bad)?; // type, offset
+        let ty = r.u32().map_err(bad)?;
+        let offset = r.u64().map_err(bad)?;
         ne.reverse();
-        info.tensors.insert(name, ne);
+        tensors.push(TensorEntry {
+            name,
+            shape: ne,
+            ty,
+            offset,
+        });
     }
-    Ok(info)
+    let alignment = meta
+        .get("general.alignment")
+        .and_then(MetaValue::as_u64)
+        .filter(|a| *a > 0)
+        .unwrap_or(ALIGNMENT as u64);
+    Ok(Header {
+        meta,
+        tensors,
+        data_start: r.position.div_ceil(alignment) * alignment,
+    })
+}
+
+/// Reads the header of `path`: metadata scalars and tensor shapes.
+pub fn read_info(path: &Path) -> Result<GgufInfo> {
+    let header = read_header(path)?;
+    Ok(GgufInfo {
+        meta: header.meta,
+        tensors: header
+            .tensors
+            .into_iter()
+            .map(|t| (t.name, t.shape))
+            .collect(),
+    })
+}
+
+/// A file's metadata and every tensor as F32 (adapters are small; F16 and BF16 are widened,
+/// quantized types are refused).
+pub fn read_f32(path: &Path) -> Result<(GgufInfo, Vec<F32Tensor>)> {
+    let header = read_header(path)?;
+    let mut file = std::fs::File::open(path).map_err(io_err(path))?;
+    let mut tensors = Vec::with_capacity(header.tensors.len());
+    for entry in &header.tensors {
+        let count = entry
+            .shape
+            .iter()
+            .try_fold(1usize, |n, d| n.checked_mul(*d))
+            .ok_or_else(|| format_err(path, format!("tensor {} is too large", entry.name)))?;
+        let width = match entry.ty {
+            GGML_TYPE_F32 => 4,
+            GGML_TYPE_F16 | GGML_TYPE_BF16 => 2,
+            other => {
+                return Err(format_err(
+                    path,
+                    format!(
+                        "tensor {} has GGML type {other}; only F32, F16 and BF16 adapters can \
+                         be stacked",
+                        entry.name
+                    ),
+                ))
+            }
+        };
+        let mut raw = vec![0u8; count * width];
+        file.seek(SeekFrom::Start(header.data_start + entry.offset))
+            .and_then(|_| file.read_exact(&mut raw))
+            .map_err(|e| {
+                format_err(
+                    path,
+                    format!(
+                        "tensor {} cannot be read ({e}); is the file complete?",
+                        entry.name
+                    ),
+                )
+            })?;
+        tensors.push(F32Tensor {
+            name: entry.name.clone(),
+            shape: entry.shape.clone(),
+            data: widen(entry.ty, &raw),
+        });
+    }
+    let info = GgufInfo {
+        meta: header.meta,
+        tensors: tensors
+            .iter()
+            .map(|t| (t.name.clone(), t.shape.clone()))
+            .collect(),
+    };
+    Ok((info, tensors))
+}
+
+/// Little-endian F32/F16/BF16 bytes as f32.
+fn widen(ty: u32, raw: &[u8]) -> Vec<f32> {
+    match ty {
+        GGML_TYPE_F16 => raw
+            .chunks_exact(2)
+            .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
+            .collect(),
+        GGML_TYPE_BF16 => raw
+            .chunks_exact(2)
+            .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
+            .collect(),
+        _ => raw
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect(),
+    }
 }
 
 #[cfg(test)]
@@ -276,5 +394,9 @@ mod tests {
         assert_eq!(info.f32("adapter.lora.alpha"), Some(8.0));
         assert_eq!(info.tensors["blk.0.attn_q.weight.lora_a"], vec![4, 3]);
         assert_eq!(bytes.len() % ALIGNMENT, 0);
+        let (_, tensors) = read_f32(&path).unwrap();
+        assert_eq!(tensors.len(), 1);
+        assert_eq!(tensors[0].shape, vec![4, 3]);
+        assert_eq!(tensors[0].data, vec![0.5; 12]);
     }
 }

@@ -5,6 +5,7 @@
 //! - `github/<owner>/<repo>/<tag>/<asset>` — one folder per tag, so versions sit side by side
 //!   and a config pins one by naming its tag;
 //! - `converted/<sha256>.gguf` — PEFT -> GGUF conversions;
+//! - `stacked/<sha256>.gguf` — several GGUF LoRAs with their scales stacked into one;
 //! - Hugging Face adapters live in the model manager's hub cache (same download layer).
 
 use std::path::{Path, PathBuf};
@@ -104,7 +105,8 @@ impl ResolvedAdapter {
 /// One cached adapter file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CachedAdapter {
-    /// The spec string that names it (`gh:owner/repo@tag/asset`), or `converted:<key>`.
+    /// The spec string that names it (`gh:owner/repo@tag/asset`), or `converted:<key>` /
+    /// `stacked:<key>`.
     pub name: String,
     pub path: PathBuf,
     pub size: u64,
@@ -148,6 +150,16 @@ impl AdapterManager {
 
     fn converted_dir(&self) -> PathBuf {
         self.config.root.join("converted")
+    }
+
+    fn stacked_dir(&self) -> PathBuf {
+        self.config.root.join("stacked")
+    }
+
+    /// One GGUF LoRA equal to the GGUF LoRAs at `adapters` with their scales, to apply at
+    /// scale 1.0 ([`super::stack`]; cached).
+    pub fn stack(&self, adapters: &[(PathBuf, f32)]) -> Result<PathBuf> {
+        super::stack::stack_cached(adapters, &self.stacked_dir())
     }
 
     /// Where a GitHub asset is cached (one folder per tag).
@@ -268,9 +280,14 @@ impl AdapterManager {
                 }
             }
         }
-        for file in read_files(&self.converted_dir())? {
-            let name = format!("converted:{}", file_name(&file));
-            out.push(cached(name, file)?);
+        for (kind, dir) in [
+            ("converted", self.converted_dir()),
+            ("stacked", self.stacked_dir()),
+        ] {
+            for file in read_files(&dir)? {
+                let name = format!("{kind}:{}", file_name(&file));
+                out.push(cached(name, file)?);
+            }
         }
         out.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(out)

@@ -6,6 +6,9 @@
 //!   through the model manager), checks the adapter against the base model
 //!   ([`AdapterError::Incompatible`] names what differs) before any backend sees it, and
 //!   converts PEFT to GGUF LoRA for llama.cpp ([`convert`]; cached by content hash).
+//! - [`stack`]: several GGUF LoRAs with their scales as one exact GGUF LoRA (rank
+//!   concatenation), for backends that activate one adapter at a time; cached by content hash
+//!   and scales.
 //! - [`cli`]: `llmlocal adapter pull|list|rm`.
 
 mod base;
@@ -18,6 +21,7 @@ mod github;
 mod manager;
 mod peft;
 mod spec;
+pub mod stack;
 
 pub use base::{arch_from_model_type, permutes_qk, BaseModel, Module};
 pub use compat::{check_gguf, check_peft};

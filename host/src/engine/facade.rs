@@ -255,7 +255,9 @@ impl Engine {
     }
 
     /// Loads the model with LoRA adapters (adapter specs `SPEC[:scale]`), as a generation
-    /// naming them would; returns what is loaded.
+    /// naming them would; returns what is loaded. On a backend that takes adapters per
+    /// generation that is the model's own instance, with the adapters fetched, converted and
+    /// stacked here and read into the model by its first generation that names them.
     pub async fn load_with_adapters(
         &self,
         name: &str,
@@ -338,8 +340,11 @@ impl Engine {
         if let Some(found) = self.find_busy(&variant.key, Some(chosen.name())) {
             return Ok(Ready::new(found, &variant));
         }
-        // A variant a request asked for is not pinned: only what the entry configures is.
-        let pinned = entry.pinned && adapters.is_none_or(|a| a == entry.adapters.as_slice());
+        // A merged variant a request asked for is not pinned: only what the entry configures
+        // is, and the model's own instance (which per-generation backends always use).
+        let own_instance = variant.key == name;
+        let pinned = entry.pinned
+            && (own_instance || adapters.is_none_or(|a| a == entry.adapters.as_slice()));
         let slot = self
             .load_slot(name, &variant, pinned, &entry, &files, chosen)
             .await?;

@@ -1,16 +1,15 @@
 //! Per-request LoRA adapters: the adapters a generation uses, resolved for the backend that
 //! runs the model, and the loaded instance ("variant") that serves them.
 //!
-//! - llama.cpp switches among the adapters loaded with a model per generation, but its safe
-//!   API (llama-cpp-2) reads an adapter only into a model it holds mutably, i.e. before the
-//!   model is shared by the decode thread. So a request naming adapters gets an instance
-//!   loaded with them, keyed by model + adapter sources (not scales: each generation passes
-//!   its own scales). The GGUF weights are memory-mapped, so the two instances share the
-//!   file's pages.
-//! - candle merges adapters into the weights at load: one instance per adapter set *and*
-//!   scales.
-//!
-//! Variants are ordinary pool entries: unloaded by the LRU and the keep-alive like any model.
+//! - Backends whose manifest says `lora_per_generation` (llama.cpp) get the adapters with
+//!   each generation and read new adapter files into the already loaded model at run time:
+//!   every request is served by the model's one instance (same pool key, no second copy of
+//!   the weights). They activate one adapter at a time, so several adapters are first
+//!   stacked into one exact GGUF LoRA ([`crate::adapters::stack`], cached) passed at scale
+//!   1.0.
+//! - candle merges adapters into the weights at load: one instance ("variant") per adapter
+//!   set *and* scales. Variants are ordinary pool entries: unloaded by the LRU and the
+//!   keep-alive like any model.
 
 use super::error::EngineError;
 use crate::{
@@ -32,7 +31,8 @@ use std::{
 /// What a generation's adapters mean for the pool.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Variant {
-    /// The pool key of the instance that serves it: the model name when there are no adapters.
+    /// The pool key of the instance that serves it: the model name when there are no adapters
+    /// or the backend takes adapters per generation.
     pub key: String,
     /// The adapters the instance is loaded with.
     pub load: Vec<AdapterRequest>,
@@ -176,12 +176,44 @@ impl Adapters {
         for spec in specs {
             resolved.push(self.resolve(spec, model_path, backend.name()).await?);
         }
-        let variant = variant_of(name, &resolved, caps.lora_per_generation);
+        let variant = if caps.lora_per_generation {
+            per_generation_variant(name, self.one_adapter(&resolved).await?)
+        } else {
+            merged_variant(name, &resolved)
+        };
         lock(&self.plans).insert(
             plan_key(name, wanted, specs),
             (variant.clone(), backend.name().to_string()),
         );
         Ok(variant)
+    }
+
+    /// The single adapter request equal to `resolved`: the adapter itself, or several stacked
+    /// into one file (applied at scale 1.0).
+    async fn one_adapter(
+        &self,
+        resolved: &[ResolvedAdapter],
+    ) -> Result<AdapterRequest, EngineError> {
+        if let [one] = resolved {
+            return Ok(one.request());
+        }
+        let parts: Vec<(PathBuf, f32)> = resolved
+            .iter()
+            .map(|r| (r.path.clone(), r.spec.scale))
+            .collect();
+        let manager = self.manager()?;
+        // Reading and writing adapter tensors: off the runtime.
+        let stacked = tokio::task::spawn_blocking(move || manager.stack(&parts))
+            .await
+            .map_err(|err| EngineError::Internal(format!("the adapter thread failed: {err}")))??;
+        tracing::info!(
+            adapters = resolved.len(), path = %stacked.display(),
+            "adapters stacked into one for the backend"
+        );
+        Ok(AdapterRequest {
+            path: stacked.to_string_lossy().into_owned().into(),
+            scale: 1.0,
+        })
     }
 
     /// One adapter, fetched, checked against the model and in a format `backend` reads.
@@ -241,31 +273,23 @@ fn plan_key(name: &str, wanted: Option<&str>, specs: &[AdapterSpec]) -> PlanKey 
     )
 }
 
-/// The variant for resolved adapters: per-generation backends load each file once and get
-/// the scales with every generation; merging backends load the exact set with its scales.
-fn variant_of(name: &str, resolved: &[ResolvedAdapter], per_generation: bool) -> Variant {
-    let requests: Vec<AdapterRequest> = resolved.iter().map(ResolvedAdapter::request).collect();
-    if !per_generation {
-        let labels: Vec<String> = resolved.iter().map(|r| r.spec.to_string()).collect();
-        return Variant {
-            key: variant_key(name, &labels),
-            load: requests,
-            generation: None,
-        };
+/// Per-generation backends: the model's one instance (loaded without adapters), `adapter`
+/// passed with each generation.
+fn per_generation_variant(name: &str, adapter: AdapterRequest) -> Variant {
+    Variant {
+        key: name.to_string(),
+        load: Vec::new(),
+        generation: Some(vec![adapter]),
     }
-    let mut load: Vec<AdapterRequest> = Vec::new();
-    let mut labels: Vec<String> = Vec::new();
-    for (adapter, request) in resolved.iter().zip(&requests) {
-        if !load.iter().any(|l| l.path == request.path) {
-            load.push(request.clone());
-            labels.push(adapter.spec.source.to_string());
-        }
-    }
-    labels.sort();
+}
+
+/// Merging backends: an instance loaded with the exact set and scales.
+fn merged_variant(name: &str, resolved: &[ResolvedAdapter]) -> Variant {
+    let labels: Vec<String> = resolved.iter().map(|r| r.spec.to_string()).collect();
     Variant {
         key: variant_key(name, &labels),
-        load,
-        generation: Some(requests),
+        load: resolved.iter().map(ResolvedAdapter::request).collect(),
+        generation: None,
     }
 }
 
@@ -299,27 +323,25 @@ mod tests {
     }
 
     #[test]
-    fn per_generation_variants_ignore_scales_and_merged_ones_keep_them() {
-        let half = [resolved("a", 0.5)];
-        let full = [resolved("a", 1.0)];
-        let per_gen = (variant_of("m", &half, true), variant_of("m", &full, true));
-        assert_eq!(per_gen.0.key, per_gen.1.key);
-        assert_eq!(per_gen.0.key, "m +lora[a]");
-        assert_eq!(per_gen.0.generation.expect("scales")[0].scale, 0.5);
-        let merged = (variant_of("m", &half, false), variant_of("m", &full, false));
+    fn per_generation_variants_share_the_base_instance_and_merged_ones_keep_scales() {
+        let half = resolved("a", 0.5);
+        let per_gen = per_generation_variant("m", half.request());
+        assert_eq!(per_gen.key, "m", "the base model's pool key");
+        assert!(
+            per_gen.load.is_empty(),
+            "the instance is loaded without adapters"
+        );
+        assert_eq!(per_gen.generation.expect("adapters")[0].scale, 0.5);
+        let merged = (
+            merged_variant("m", &[half]),
+            merged_variant("m", &[resolved("a", 1.0)]),
+        );
         assert_ne!(merged.0.key, merged.1.key);
         assert_eq!(merged.0.load[0].scale, 0.5);
         assert_eq!(merged.0.generation, None);
         assert!(is_variant_of(&merged.0.key, "m"));
         assert!(!is_variant_of(&merged.0.key, "m2"));
         assert!(!is_variant_of("m", "m"));
-    }
-
-    #[test]
-    fn one_file_is_loaded_once_for_several_scales() {
-        let v = variant_of("m", &[resolved("a", 0.5), resolved("a", 0.25)], true);
-        assert_eq!(v.load.len(), 1);
-        assert_eq!(v.generation.expect("scales").len(), 2);
     }
 
     #[test]

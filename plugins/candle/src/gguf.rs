@@ -1,8 +1,10 @@
-//! GGUF llama models through `candle_transformers::models::quantized_llama` (F32, F16,
-//! Q8_0, Q4_K, ... tensors). GGUF stores q/k in the interleaved RoPE layout, which
-//! quantized_llama applies as such (`rope_i`), so no permutation is needed here.
+//! GGUF llama models. Block-quantized (Q8_0, Q4_K, ...) and F32 files, and every file on
+//! the CPU, go through `candle_transformers::models::quantized_llama`, which stores q/k in
+//! the interleaved RoPE layout and applies it as such (`rope_i`). F16/BF16 files on a GPU
+//! load as a dense half-precision llama instead ([`crate::gguf_dense`]).
 
 use crate::error::{io_error, no_panic, Result, ResultExt};
+use crate::gguf_dense::{self, Layout};
 use crate::gguf_meta::{self as meta, Metadata};
 use crate::model::ModelInfo;
 use crate::net::Net;
@@ -22,15 +24,32 @@ pub struct Loaded {
 
 /// The llama hyper-parameters quantized_llama reads, checked before it reads them (it
 /// divides by head counts and indexes tensors without checks).
-struct Dims {
-    heads: usize,
-    kv_heads: usize,
-    layers: usize,
-    hidden: usize,
-    experts: usize,
+pub struct Dims {
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub layers: usize,
+    pub hidden: usize,
+    pub experts: usize,
 }
 
+/// The default context of a dense load that asks for none: the trained length, capped so
+/// the rotary tables of long-context models stay small (as quantized_llama's are).
+const DENSE_DEFAULT_CONTEXT_CAP: usize = 4096;
+
+/// Loads a GGUF llama file in the layout [`gguf_dense::choose`] picks for it and `device`.
 pub fn load(path: &Path, device: &Device, context: u32) -> Result<Loaded> {
+    load_as(path, device, context, None)
+}
+
+/// Loads a GGUF llama file; `layout` forces the in-memory layout (tests use it to run the
+/// dense path on the CPU), `None` lets the file's dtype and the device decide. A dense
+/// layout the file cannot be held in exactly falls back to the quantized one.
+pub fn load_as(
+    path: &Path,
+    device: &Device,
+    context: u32,
+    layout: Option<Layout>,
+) -> Result<Loaded> {
     let mut file = std::fs::File::open(path).map_err(|e| io_error(path, &e))?;
     let content = Content::read(&mut file)
         .format_err(|| format!("{} is not a readable GGUF file", path.display()))?;
@@ -45,20 +64,16 @@ pub fn load(path: &Path, device: &Device, context: u32) -> Result<Loaded> {
     let vocab = load_vocab(path, &content.metadata)?;
     let train_context =
         meta::uint(&content.metadata, "llama.context_length").unwrap_or(2048) as usize;
-    // quantized_llama's rotary tables are fixed at MAX_SEQ_LEN positions.
-    let context = match context {
-        0 => train_context,
-        n => n as usize,
-    }
-    .min(quantized_llama::MAX_SEQ_LEN);
-    let (params, size) = sizes(&content);
+    let layout = layout.unwrap_or_else(|| {
+        gguf_dense::choose(gguf_dense::matrix_dtype(&content), &device.location())
+    });
+    let layout = exact_layout(&content, &dims, layout, path);
+    let context = context_length(layout, train_context, context);
+    let (params, file_bytes) = sizes(&content);
     let name = meta::string(&content.metadata, "general.name")
         .map(str::to_string)
         .unwrap_or_else(|| file_stem(path));
-    let model = no_panic("reading the GGUF tensors", || {
-        ModelWeights::from_gguf(content, &mut file, device)
-            .format_err(|| format!("cannot read the tensors of {}", path.display()))
-    })?;
+    let (net, size) = build(content, &mut file, path, device, layout, &dims, context)?;
     let info = ModelInfo {
         architecture: "llama".to_string(),
         name,
@@ -68,13 +83,72 @@ pub fn load(path: &Path, device: &Device, context: u32) -> Result<Loaded> {
         embedding_length: dims.hidden,
         layer_count: dims.layers,
         parameter_count: params,
-        size_bytes: size,
+        size_bytes: size.unwrap_or(file_bytes),
     };
-    Ok(Loaded {
-        net: Net::Gguf(model),
-        vocab,
-        info,
-    })
+    Ok(Loaded { net, vocab, info })
+}
+
+/// The positions a load covers: the asked number, else the trained length, capped as each
+/// layout needs.
+fn context_length(layout: Layout, train_context: usize, asked: u32) -> usize {
+    match (layout, asked) {
+        (Layout::Dense(_), 0) => train_context.min(DENSE_DEFAULT_CONTEXT_CAP),
+        (Layout::Dense(_), n) => n as usize,
+        // quantized_llama's rotary tables are fixed at MAX_SEQ_LEN positions.
+        (Layout::Quantized, 0) => train_context.min(quantized_llama::MAX_SEQ_LEN),
+        (Layout::Quantized, n) => (n as usize).min(quantized_llama::MAX_SEQ_LEN),
+    }
+}
+
+/// Reads the tensors into the network `layout` asks for; with the bytes its weights take
+/// when they differ from the file's (dense loads).
+fn build(
+    content: Content,
+    file: &mut std::fs::File,
+    path: &Path,
+    device: &Device,
+    layout: Layout,
+    dims: &Dims,
+    context: usize,
+) -> Result<(Net, Option<u64>)> {
+    match layout {
+        Layout::Quantized => {
+            let model = no_panic("reading the GGUF tensors", || {
+                ModelWeights::from_gguf(content, file, device)
+                    .format_err(|| format!("cannot read the tensors of {}", path.display()))
+            })?;
+            Ok((Net::Gguf(model), None))
+        }
+        Layout::Dense(dtype) => {
+            let dense = no_panic("reading the GGUF tensors", || {
+                gguf_dense::load(&content, file, device, dtype, dims, context)
+            })?;
+            tracing::debug!(
+                "candle: {} held dense in {dtype:?}: {} bytes of weights",
+                path.display(),
+                dense.weight_bytes
+            );
+            Ok((dense.net, Some(dense.weight_bytes)))
+        }
+    }
+}
+
+/// `layout`, or the quantized one (with a debug line saying why) when the dense path cannot
+/// hold this file exactly.
+fn exact_layout(content: &Content, dims: &Dims, layout: Layout, path: &Path) -> Layout {
+    if layout == Layout::Quantized {
+        return layout;
+    }
+    match gguf_dense::obstacle(content, dims) {
+        None => layout,
+        Some(reason) => {
+            tracing::debug!(
+                "candle: {} stays on quantized_llama instead of a dense {layout:?} load: {reason}",
+                path.display()
+            );
+            Layout::Quantized
+        }
+    }
 }
 
 fn file_stem(path: &Path) -> String {

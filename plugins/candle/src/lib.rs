@@ -1,9 +1,17 @@
 //! llmlocal backend plugin on [candle](https://github.com/huggingface/candle).
 //!
 //! Reads Hugging Face safetensors folders (llama, mistral, qwen2; f32/f16/bf16) and GGUF
-//! llama files (f32, f16, Q8_0, k-quants, ... through candle's `quantized_llama`), with the
-//! tokenizer from tokenizer.json or, for a GGUF without one, built from the GGUF vocabulary.
-//! PEFT LoRA adapters are merged into safetensors weights at load.
+//! llama files, with the tokenizer from tokenizer.json or, for a GGUF without one, built
+//! from the GGUF vocabulary. PEFT LoRA adapters are merged into safetensors weights at load.
+//!
+//! GGUF files take one of two paths ([`gguf_dense::choose`]): block-quantized (Q8_0,
+//! k-quants, ...) and F32 files, and every file on the CPU, run through candle's
+//! `quantized_llama` (which widens F16/BF16 tensors to F32). An F16 or BF16 file on
+//! CUDA/Metal is held dense in its own dtype instead ([`gguf_dense`]): tensors read as
+//! stored, renamed to the Hugging Face llama names, q/k moved back from llama.cpp's
+//! interleaved RoPE layout, run by candle's `llama` (half the bytes of the F32 path and
+//! half-precision GEMMs). Files that path cannot hold exactly (rope scaling, a
+//! `rope_freqs` tensor, extra tensors, mixed-dtype matrices) stay on `quantized_llama`.
 //!
 //! # Threads and concurrency
 //!
@@ -20,7 +28,8 @@
 //! The default build is CPU only. The `cuda`, `metal`, `mkl` and `accelerate` features pass
 //! through to candle; `cuda:N` / `metal` are listed in the manifest only when compiled in
 //! and a device really opens. On the CPU every model computes in f32 (f16/bf16 checkpoints
-//! are widened at load); on a GPU in the checkpoint's dtype.
+//! are widened at load); on a GPU in the checkpoint's dtype (for GGUF: F16/BF16 files, see
+//! above; quantized files keep their blocks).
 
 pub mod backend;
 pub mod device;
@@ -28,6 +37,7 @@ pub mod error;
 pub mod files;
 pub mod generation;
 pub mod gguf;
+pub mod gguf_dense;
 pub mod gguf_meta;
 pub mod hf;
 pub mod lora;

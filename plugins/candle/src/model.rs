@@ -1,5 +1,6 @@
 //! A loaded model: the network, its tokenizer and what the files say about it.
 
+use crate::device::{KeepsContext, ThreadContext};
 use crate::error::Result;
 use crate::generation::CandleGeneration;
 use crate::net::Net;
@@ -89,13 +90,13 @@ impl Shared {
 }
 
 pub struct CandleModel {
-    shared: Arc<Shared>,
+    shared: KeepsContext<Arc<Shared>>,
 }
 
 impl CandleModel {
     pub fn new(shared: Shared) -> Self {
         CandleModel {
-            shared: Arc::new(shared),
+            shared: KeepsContext::new(Arc::new(shared)),
         }
     }
 }
@@ -144,6 +145,7 @@ impl Model for CandleModel {
     }
 
     fn generate(&self, request: GenerateRequest) -> Result<Box<dyn Generation>> {
+        let _kept = ThreadContext::keep();
         Ok(Box::new(CandleGeneration::new(
             self.shared.clone(),
             request,
@@ -151,6 +153,7 @@ impl Model for CandleModel {
     }
 
     fn logits(&self, tokens: &[u32]) -> Result<Vec<f32>> {
+        let _kept = ThreadContext::keep();
         let s = &self.shared;
         if tokens.is_empty() {
             return Err(PluginError::invalid_request(

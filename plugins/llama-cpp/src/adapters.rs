@@ -1,14 +1,24 @@
-//! LoRA adapters: GGUF LoRA files loaded with the model, activated on the context.
+//! LoRA adapters: GGUF LoRA files read into the loaded model, activated on the context.
 //!
-//! Adapters are read once at load (`llama_adapter_lora_init` needs the model mutably, which
-//! is only possible before the model is shared). A generation may then pick its own set among
-//! those loaded adapters, with its own scales; the decode thread switches the context's set
-//! between batches and only batches sequences that want the same set together.
+//! Adapters given at load are read before the model is shared. A generation may name any
+//! other GGUF LoRA file: the decode thread reads it into the *same* loaded model at run time
+//! (no second instance). `llama_adapter_lora_init` needs the model mutably, so the model sits
+//! in a `RwLock` ([`crate::model::SharedModel`]): callers tokenize under short read locks, the
+//! decode thread holds a read lock for its context's life, and to read a new adapter it waits
+//! until no sequence is running, drops the context, takes the write lock for the init only,
+//! then creates the context again (queued jobs stay queued).
 //!
-//! Limit: llama-cpp-2 0.1.160's safe API activates one adapter at a time
-//! (`LlamaContext::lora_adapter_set` replaces the set with that one; stacking several needs
-//! the raw context pointer, which the crate keeps private). A set of two or more adapters is
-//! refused with a clear error.
+//! Read adapters stay cached by path for the model's life, at most [`MAX_ADAPTERS`]:
+//! llama-cpp-2 0.1.160's `LlamaLoraAdapter` has no `Drop` (dropping the handle frees
+//! nothing; llama.cpp frees every adapter of a model when the model is freed, and
+//! `llama_adapter_lora_free` is not exposed safely), so evicting one would only leak it. A
+//! file past the cap is refused with an error saying to unload the model. A file is read
+//! once per loaded model: one changed in place under the same path is not read again (the
+//! host's conversions and stacks are named by content hash, so they never change in place).
+//!
+//! Limit: llama-cpp-2's safe API activates one adapter at a time
+//! (`LlamaContext::lora_adapter_set` replaces the set with that one). The host stacks several
+//! adapters into one file before they reach this plugin; a set of two or more is refused here.
 
 use llama_cpp_2::{
     context::LlamaContext,
@@ -16,6 +26,9 @@ use llama_cpp_2::{
 };
 use llmlocal_plugin_api::{AdapterRequest, PluginError};
 use std::{collections::HashMap, path::Path};
+
+/// The most adapter files one loaded model reads (they are freed only with the model).
+pub const MAX_ADAPTERS: usize = 16;
 
 /// Adapters and their scales, compared by path and exact scale.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -36,7 +49,8 @@ impl AdapterSet {
         if set.len() > 1 {
             return Err(PluginError::unsupported(
                 "the llama-cpp backend activates one LoRA adapter at a time (llama-cpp-2 \
-                 0.1.160 cannot stack several); merge the adapters or pass only one",
+                 0.1.160 cannot stack several); stack them into one GGUF LoRA (the llmlocal \
+                 host does) or pass only one",
             ));
         }
         Ok(AdapterSet(set))
@@ -45,9 +59,13 @@ impl AdapterSet {
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
+
+    pub fn paths(&self) -> impl Iterator<Item = &str> {
+        self.0.iter().map(|(path, _)| path.as_str())
+    }
 }
 
-/// The adapters loaded with a model, owned by the decode thread.
+/// The adapters read into a model, owned by the decode thread.
 pub struct AdapterStore {
     adapters: HashMap<String, LlamaLoraAdapter>,
     load_set: AdapterSet,
@@ -57,15 +75,15 @@ impl AdapterStore {
     /// Reads every adapter of the load request into `model`.
     pub fn load(model: &mut LlamaModel, requests: &[AdapterRequest]) -> Result<Self, PluginError> {
         let load_set = AdapterSet::from_requests(requests)?;
-        let mut adapters = HashMap::new();
+        let mut store = AdapterStore {
+            adapters: HashMap::new(),
+            load_set: AdapterSet::default(),
+        };
         for (path, _) in &load_set.0 {
-            if adapters.contains_key(path) {
-                continue;
-            }
-            let adapter = init_adapter(model, path)?;
-            adapters.insert(path.clone(), adapter);
+            store.read(model, path)?;
         }
-        Ok(AdapterStore { adapters, load_set })
+        store.load_set = load_set;
+        Ok(store)
     }
 
     /// The set used by generations that do not name their own.
@@ -73,12 +91,38 @@ impl AdapterStore {
         &self.load_set
     }
 
-    /// The paths a generation may choose among.
-    pub fn paths(&self) -> Vec<String> {
-        self.adapters.keys().cloned().collect()
+    /// The paths of `set` not read into the model yet.
+    pub fn missing(&self, set: &AdapterSet) -> Vec<String> {
+        set.paths()
+            .filter(|path| !self.adapters.contains_key(*path))
+            .map(str::to_string)
+            .collect()
     }
 
-    /// Makes `set` the context's active adapters.
+    /// Reads the adapter at `path` into `model` (once; later calls find it cached).
+    pub fn read(&mut self, model: &mut LlamaModel, path: &str) -> Result<(), PluginError> {
+        if self.adapters.contains_key(path) {
+            return Ok(());
+        }
+        if self.adapters.len() >= MAX_ADAPTERS {
+            return Err(PluginError::out_of_memory(format!(
+                "cannot read LoRA adapter '{path}': this model already holds {MAX_ADAPTERS} \
+                 adapters, and llama.cpp frees adapters only with their model; unload the \
+                 model (or let its keep-alive expire) to use other adapters"
+            )));
+        }
+        let started = std::time::Instant::now();
+        let adapter = init_adapter(model, path)?;
+        tracing::info!(
+            adapter = path,
+            ms = started.elapsed().as_secs_f64() * 1000.0,
+            "read LoRA adapter into the loaded model"
+        );
+        self.adapters.insert(path.to_string(), adapter);
+        Ok(())
+    }
+
+    /// Makes `set` the context's active adapters; every path must have been read.
     pub fn activate(
         &mut self,
         context: &mut LlamaContext<'_>,
@@ -86,7 +130,7 @@ impl AdapterStore {
     ) -> Result<(), PluginError> {
         match set.0.as_slice() {
             [] => {
-                // Removing needs some adapter handle (it is ignored); with none loaded there is
+                // Removing needs some adapter handle (it is ignored); with none read there is
                 // nothing active to remove.
                 if let Some(any) = self.adapters.values_mut().next() {
                     context.lora_adapter_remove(any).map_err(|e| {
@@ -97,8 +141,8 @@ impl AdapterStore {
             }
             [(path, scale)] => {
                 let adapter = self.adapters.get_mut(path).ok_or_else(|| {
-                    PluginError::invalid_request(format!(
-                        "adapter '{path}' was not loaded with this model"
+                    PluginError::internal(format!(
+                        "adapter '{path}' was not read before activation"
                     ))
                 })?;
                 context.lora_adapter_set(adapter, *scale).map_err(|e| {
@@ -114,7 +158,9 @@ impl AdapterStore {
     }
 }
 
-fn init_adapter(model: &mut LlamaModel, path: &str) -> Result<LlamaLoraAdapter, PluginError> {
+/// The checks that need no model: the file exists, is a GGUF file and holds tensors. Cheap
+/// (header only), so `generate` runs them on the caller's thread and a bad path fails at once.
+pub fn check_file(path: &str) -> Result<(), PluginError> {
     let file = Path::new(path);
     if !file.exists() {
         return Err(PluginError::not_found(format!(
@@ -124,7 +170,7 @@ fn init_adapter(model: &mut LlamaModel, path: &str) -> Result<LlamaLoraAdapter, 
     if !file.is_file() {
         return Err(PluginError::unsupported_format(format!(
             "LoRA adapter '{path}' is not a file: the llama-cpp backend reads GGUF LoRA files \
-             (convert a PEFT folder with llama.cpp's convert_lora_to_gguf.py)"
+             (the llmlocal host converts PEFT folders; or use llama.cpp's convert_lora_to_gguf.py)"
         )));
     }
     let header = crate::gguf::read_header(file)
@@ -134,10 +180,17 @@ fn init_adapter(model: &mut LlamaModel, path: &str) -> Result<LlamaLoraAdapter, 
             "LoRA adapter '{path}' has no tensors"
         )));
     }
-    model.lora_adapter_init(file).map_err(|e| {
+    Ok(())
+}
+
+fn init_adapter(model: &mut LlamaModel, path: &str) -> Result<LlamaLoraAdapter, PluginError> {
+    // Checked again here: the file may have changed since `generate` looked, and llama-cpp-2
+    // debug-asserts that the path exists.
+    check_file(path)?;
+    model.lora_adapter_init(Path::new(path)).map_err(|e| {
         PluginError::adapter_incompatible(format!(
             "llama.cpp could not load LoRA adapter '{path}' for this model ({e}); is it a GGUF \
-             LoRA made for this base model?"
+             LoRA made for this base model, and complete?"
         ))
     })
 }

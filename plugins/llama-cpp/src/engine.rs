@@ -7,7 +7,9 @@
 //!
 //! 1. takes new jobs into free sequence slots (FIFO; a job that needs a different LoRA set
 //!    than the running ones waits until they finish, because adapters apply to the whole
-//!    context),
+//!    context; when that job names an adapter file the model has not read yet, the thread
+//!    drops its context, reads the file into the model under the model's write lock and
+//!    creates the context again: queued jobs stay queued, nothing was running),
 //! 2. frees the slots of cancelled or finished sequences (`llama_memory_seq_rm` at once),
 //! 3. builds ONE batch: the next token of every generating sequence whose output channel has
 //!    room, then prompt chunks of the sequences still reading their prompt, up to
@@ -16,7 +18,11 @@
 //!    sends it without blocking (a full channel just makes that sequence sit out the next
 //!    steps; the others go on).
 
-use crate::{adapters::AdapterSet, sampler::SamplerChain};
+use crate::{
+    adapters::{AdapterSet, AdapterStore},
+    model::SharedModel,
+    sampler::SamplerChain,
+};
 use llama_cpp_2::{
     context::LlamaContext, llama_batch::LlamaBatch, model::LlamaModel, token::LlamaToken,
 };
@@ -89,15 +95,15 @@ pub struct Engine {
 impl Engine {
     /// Starts the decode thread and waits until it has created its context.
     pub fn start(
-        model: Arc<LlamaModel>,
+        model: SharedModel,
         config: EngineConfig,
-        adapters: crate::adapters::AdapterStore,
+        adapters: AdapterStore,
     ) -> Result<Arc<Engine>, PluginError> {
         let (tx, rx) = std::sync::mpsc::channel();
         let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel(1);
         let thread = std::thread::Builder::new()
             .name("llama-cpp-decode".into())
-            .spawn(move || thread_main(model, config, adapters, rx, ready_tx))
+            .spawn(move || thread_main(&model, &config, adapters, &rx, ready_tx))
             .map_err(|e| PluginError::internal(format!("cannot start the decode thread: {e}")))?;
         match ready_rx.recv() {
             Ok(Ok(())) => Ok(Arc::new(Engine {
@@ -143,34 +149,110 @@ impl Drop for Engine {
     }
 }
 
+/// What outlives one context: the queue and the adapters (a context is re-created after
+/// reading an adapter into the model).
+struct Pending {
+    queue: VecDeque<Job>,
+    adapters: AdapterStore,
+    /// The adapter set active on the current context.
+    active: AdapterSet,
+    shutting_down: bool,
+}
+
+/// Why [`State::run`] returned.
+enum Exit {
+    Shutdown,
+    /// No sequence is running and the next job needs these adapter files read into the model.
+    Read(Vec<String>),
+}
+
 fn thread_main(
-    model: Arc<LlamaModel>,
-    config: EngineConfig,
-    mut adapters: crate::adapters::AdapterStore,
-    commands: Receiver<Command>,
+    model: &SharedModel,
+    config: &EngineConfig,
+    adapters: AdapterStore,
+    commands: &Receiver<Command>,
     ready: SyncSender<Result<(), PluginError>>,
 ) {
-    let context = match crate::context::create(&model, &config) {
-        Ok(context) => context,
-        Err(err) => {
-            let _ = ready.send(Err(err));
-            return;
-        }
+    let active = adapters.load_set().clone();
+    let mut pending = Pending {
+        queue: VecDeque::new(),
+        adapters,
+        active,
+        shutting_down: false,
     };
-    let mut state = State::new(&model, context, &config);
-    let load_set = adapters.load_set().clone();
-    if !load_set.is_empty() {
-        if let Err(err) = adapters.activate(&mut state.context, &load_set) {
-            let _ = ready.send(Err(err));
-            return;
+    let mut ready = Some(ready);
+    loop {
+        let guard = crate::model::read(model);
+        let context = match open(&guard, config, &mut pending) {
+            Ok(context) => context,
+            Err(err) => {
+                match ready.take() {
+                    Some(ready) => {
+                        let _ = ready.send(Err(err));
+                    }
+                    // The context cannot be re-created: fail what waits; later calls see the
+                    // thread gone and say so.
+                    None => (pending.queue.drain(..)).for_each(|job| fail_job(job, err.clone())),
+                }
+                return;
+            }
+        };
+        if let Some(ready) = ready.take() {
+            if ready.send(Ok(())).is_err() {
+                return;
+            }
+        }
+        let state = State::new(&guard, context, config, pending);
+        let (exit, left) = state.run(commands);
+        // The context is gone (dropped with the state) before the read lock is released.
+        drop(guard);
+        pending = left;
+        match exit {
+            Exit::Shutdown => return,
+            Exit::Read(paths) => {
+                read_adapters(model, &mut pending, &paths);
+                // The next context starts with no adapters; admission sets what it needs.
+                pending.active = AdapterSet::default();
+            }
         }
     }
-    state.active_adapters = load_set;
-    if ready.send(Ok(())).is_err() {
-        return;
+}
+
+/// A context with `pending.active` set on it (the load set at first, none after a re-creation).
+fn open<'m>(
+    model: &'m LlamaModel,
+    config: &EngineConfig,
+    pending: &mut Pending,
+) -> Result<LlamaContext<'m>, PluginError> {
+    let mut context = crate::context::create(model, config)?;
+    if !pending.active.is_empty() {
+        let active = pending.active.clone();
+        pending.adapters.activate(&mut context, &active)?;
     }
-    state.run(&commands, &mut adapters);
-    // `state` (and with it the context) is dropped here, before this thread's model Arc.
+    Ok(context)
+}
+
+/// Reads `paths` into the model under its write lock (no context exists now). A file that
+/// fails fails every queued job that wants it; the others go on.
+fn read_adapters(model: &SharedModel, pending: &mut Pending, paths: &[String]) {
+    let mut model = model
+        .write()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    for path in paths {
+        if let Err(err) = pending.adapters.read(&mut model, path) {
+            tracing::warn!("{err}");
+            let (failed, kept): (VecDeque<Job>, VecDeque<Job>) =
+                pending.queue.drain(..).partition(|job| {
+                    job.adapters
+                        .as_ref()
+                        .is_some_and(|set| set.paths().any(|p| p == path))
+                });
+            pending.queue = kept;
+            failed
+                .into_iter()
+                .for_each(|job| fail_job(job, err.clone()));
+        }
+    }
 }
 
 /// One sequence slot in use.
@@ -230,41 +312,47 @@ struct State<'m> {
     model: &'m LlamaModel,
     context: LlamaContext<'m>,
     slots: Vec<Option<Sequence>>,
-    queue: VecDeque<Job>,
     batch: LlamaBatch<'static>,
     batch_size: usize,
     context_per_sequence: i32,
-    active_adapters: AdapterSet,
-    shutting_down: bool,
+    pending: Pending,
 }
 
 impl<'m> State<'m> {
-    fn new(model: &'m LlamaModel, context: LlamaContext<'m>, config: &EngineConfig) -> Self {
+    fn new(
+        model: &'m LlamaModel,
+        context: LlamaContext<'m>,
+        config: &EngineConfig,
+        pending: Pending,
+    ) -> Self {
         // llama.cpp may lower n_batch (never above n_ctx): a batch must not exceed its value.
         let batch_size = config.batch_size.min(context.n_batch()).max(1) as usize;
         State {
             model,
             context,
             slots: (0..config.parallel.max(1)).map(|_| None).collect(),
-            queue: VecDeque::new(),
             batch: LlamaBatch::new(batch_size, 1),
             batch_size,
             context_per_sequence: i32::try_from(config.context_per_sequence).unwrap_or(i32::MAX),
-            active_adapters: AdapterSet::default(),
-            shutting_down: false,
+            pending,
         }
     }
 
-    fn run(&mut self, commands: &Receiver<Command>, adapters: &mut crate::adapters::AdapterStore) {
+    /// Runs until shutdown, or until adapters must be read into the model (then no sequence
+    /// is running); hands back what outlives the context.
+    fn run(mut self, commands: &Receiver<Command>) -> (Exit, Pending) {
         let mut wait = false;
-        loop {
+        let exit = loop {
             if !self.receive(commands, wait) {
-                return;
+                break Exit::Shutdown;
             }
             self.reap();
-            self.admit(adapters);
+            if let Some(paths) = self.admit() {
+                break Exit::Read(paths);
+            }
             wait = !self.step();
-        }
+        };
+        (exit, self.pending)
     }
 
     /// Takes commands; blocks (briefly) only when the last step had nothing to do.
@@ -274,20 +362,20 @@ impl<'m> State<'m> {
             match commands.recv_timeout(IDLE_POLL) {
                 Ok(command) => self.handle(command),
                 Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => self.shutting_down = true,
+                Err(RecvTimeoutError::Disconnected) => self.pending.shutting_down = true,
             }
         }
         while let Ok(command) = commands.try_recv() {
             self.handle(command);
         }
-        !self.shutting_down
+        !self.pending.shutting_down
     }
 
     fn handle(&mut self, command: Command) {
         match command {
-            Command::Start(job) => self.queue.push_back(*job),
+            Command::Start(job) => self.pending.queue.push_back(*job),
             Command::Wake => {}
-            Command::Shutdown => self.shutting_down = true,
+            Command::Shutdown => self.pending.shutting_down = true,
         }
     }
 
@@ -312,36 +400,41 @@ impl<'m> State<'m> {
             }
         }
         // Jobs cancelled while still queued never take a slot.
-        self.queue.retain(|job| !job.cancel.load(Ordering::Relaxed));
+        (self.pending.queue).retain(|job| !job.cancel.load(Ordering::Relaxed));
     }
 
     /// Moves queued jobs into free slots, strictly in order. A job whose adapter set differs
     /// from the running sequences' waits until they are done, then the set is switched.
-    fn admit(&mut self, adapters: &mut crate::adapters::AdapterStore) {
+    /// Returns the files to read first when the front job needs adapters the model does not
+    /// hold yet and nothing is running.
+    fn admit(&mut self) -> Option<Vec<String>> {
         while let Some(free) = self.slots.iter().position(Option::is_none) {
-            let Some(front) = self.queue.front() else {
-                return;
-            };
+            let front = self.pending.queue.front()?;
             let wanted = front
                 .adapters
                 .clone()
-                .unwrap_or_else(|| adapters.load_set().clone());
-            if wanted != self.active_adapters {
+                .unwrap_or_else(|| self.pending.adapters.load_set().clone());
+            if wanted != self.pending.active {
                 if self.slots.iter().any(Option::is_some) {
-                    return; // wait for the running group to finish
+                    return None; // wait for the running group to finish
                 }
-                if let Err(err) = adapters.activate(&mut self.context, &wanted) {
-                    if let Some(job) = self.queue.pop_front() {
+                let missing = self.pending.adapters.missing(&wanted);
+                if !missing.is_empty() {
+                    return Some(missing);
+                }
+                if let Err(err) = self.pending.adapters.activate(&mut self.context, &wanted) {
+                    if let Some(job) = self.pending.queue.pop_front() {
                         fail_job(job, err);
                     }
                     continue;
                 }
-                self.active_adapters = wanted;
+                self.pending.active = wanted;
             }
-            if let Some(job) = self.queue.pop_front() {
+            if let Some(job) = self.pending.queue.pop_front() {
                 self.slots[free] = Some(start_sequence(job));
             }
         }
+        None
     }
 
     /// Builds and decodes one batch. Returns false if there was nothing to do.

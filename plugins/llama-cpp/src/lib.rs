@@ -28,12 +28,17 @@
 //!   top_k -> top_p -> min_p -> temperature -> dist(seed); temperature 0 is plain argmax.
 //!   Token text is made from the raw piece bytes with `Utf8Decoder`, so characters split
 //!   over tokens arrive whole.
-//! * **LoRA** ([`adapters`]): GGUF LoRA adapters are loaded with the model; a generation may
-//!   choose another set among them (or none, or other scales). Adapters apply to the whole
-//!   context, so the decode thread only batches sequences with the same set: queued jobs are
-//!   admitted in FIFO order, and a job wanting a different set waits until the running group
-//!   has finished, then the context's set is switched. One adapter can be active at a time
-//!   (llama-cpp-2 0.1.160 exposes no way to stack several on a context).
+//! * **LoRA** ([`adapters`]): GGUF LoRA files given at load are read with the model; a
+//!   generation may name any other GGUF LoRA file, which the decode thread reads into the
+//!   *same* loaded model at run time (the model sits in a `RwLock`: when nothing is running,
+//!   the thread drops its context, reads the adapter under the write lock, creates the
+//!   context again). Read adapters stay cached by path (at most
+//!   [`adapters::MAX_ADAPTERS`]; llama.cpp frees them only with the model). Adapters apply
+//!   to the whole context, so the decode thread only batches sequences with the same set:
+//!   queued jobs are admitted in FIFO order, and a job wanting a different set waits until
+//!   the running group has finished, then the context's set is switched. One adapter is
+//!   active at a time (llama-cpp-2 0.1.160 exposes no way to stack several on a context);
+//!   the host stacks several into one file first.
 //! * **Logs**: llama.cpp's and ggml's logs go to `tracing` (the plugin-api glue forwards them
 //!   to the host), never straight to the terminal.
 

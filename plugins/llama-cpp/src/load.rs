@@ -36,8 +36,7 @@ pub fn load(request: &LoadRequest) -> Result<LlamaCppModel, PluginError> {
     let adapters = AdapterStore::load(&mut model, &request.adapters)?;
     let config = engine_config(&model, request)?;
     check_memory(&model, &config, &device)?;
-    let model = Arc::new(model);
-    let adapter_paths = adapters.paths();
+    let model = Arc::new(std::sync::RwLock::new(model));
     let load_set = adapters.load_set().clone();
     let engine = Engine::start(Arc::clone(&model), config.clone(), adapters)?;
     let load_ms = started.elapsed().as_secs_f64() * 1000.0;
@@ -49,7 +48,6 @@ pub fn load(request: &LoadRequest) -> Result<LlamaCppModel, PluginError> {
         device,
         name,
         load_ms,
-        adapter_paths,
         load_set,
     }))
 }
@@ -165,7 +163,7 @@ fn engine_config(model: &LlamaModel, request: &LoadRequest) -> Result<EngineConf
         )));
     }
     let threads = if request.threads == 0 {
-        std::thread::available_parallelism().map_or(1, |n| n.get())
+        default_threads()
     } else {
         request.threads as usize
     };
@@ -180,6 +178,15 @@ fn engine_config(model: &LlamaModel, request: &LoadRequest) -> Result<EngineConf
         batch_size,
         threads: i32::try_from(threads).unwrap_or(i32::MAX),
     })
+}
+
+/// One thread per physical core, as llama.cpp's own tools default to: SMT siblings share one
+/// core's vector units, so a second thread per core adds little to matrix work, and ggml's
+/// threads meet at a barrier for every op, so a thread that must share its core with the
+/// server's I/O or a sibling stalls all of them. Never more than the CPUs this process may use.
+fn default_threads() -> usize {
+    let usable = std::thread::available_parallelism().map_or(1, |n| n.get());
+    num_cpus::get_physical().clamp(1, usable)
 }
 
 /// Bytes of f16 KV cache: K and V, for every layer, cell and KV channel.

@@ -12,40 +12,54 @@ use llmlocal_plugin_api::{
     abi_stable::std_types::{ROption, RString, RVec},
     GenerateRequest, Generation, Model, ModelMetadata, PluginError,
 };
-use std::sync::{atomic::AtomicBool, Arc};
+use std::sync::{atomic::AtomicBool, Arc, RwLock, RwLockReadGuard};
+
+/// The loaded model, shared by callers (tokenizing under short read locks) and the decode
+/// thread (a read lock for its context's life; the write lock only to read a LoRA adapter
+/// into the model, which llama-cpp-2 allows only through `&mut LlamaModel`).
+pub type SharedModel = Arc<RwLock<LlamaModel>>;
+
+/// A read lock on the model. Only the decode thread writes, and only inside llama.cpp's
+/// adapter init, which cannot leave a half-changed Rust value behind: a poisoned lock is safe
+/// to read through.
+pub fn read(model: &RwLock<LlamaModel>) -> RwLockReadGuard<'_, LlamaModel> {
+    model
+        .read()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
 
 /// Everything `load` hands over.
 pub struct Parts {
-    pub model: Arc<LlamaModel>,
+    pub model: SharedModel,
     pub engine: Arc<Engine>,
     pub config: EngineConfig,
     pub device: Device,
     pub name: String,
     pub load_ms: f64,
-    pub adapter_paths: Vec<String>,
     pub load_set: AdapterSet,
 }
 
 pub struct LlamaCppModel {
-    model: Arc<LlamaModel>,
+    model: SharedModel,
     engine: Arc<Engine>,
     metadata: ModelMetadata,
     n_vocab: i32,
     context_per_sequence: u32,
-    adapter_paths: Vec<String>,
     load_set: AdapterSet,
 }
 
 impl LlamaCppModel {
     pub fn new(parts: Parts) -> Self {
-        let metadata = read_metadata(&parts);
+        let (metadata, n_vocab) = {
+            let model = read(&parts.model);
+            (read_metadata(&model, &parts), model.n_vocab())
+        };
         LlamaCppModel {
-            n_vocab: parts.model.n_vocab(),
+            n_vocab,
             model: parts.model,
             engine: parts.engine,
             metadata,
             context_per_sequence: parts.config.context_per_sequence,
-            adapter_paths: parts.adapter_paths,
             load_set: parts.load_set,
         }
     }
@@ -80,19 +94,16 @@ impl LlamaCppModel {
         self.to_llama_tokens(tokens)
     }
 
-    /// The adapter set a generation asks for, checked against those loaded.
+    /// The adapter set a generation asks for. Files the model has not read yet are read by
+    /// the decode thread; the cheap checks (exists, GGUF, has tensors) run here so a bad path
+    /// fails this call at once.
     fn adapters_for(&self, request: &GenerateRequest) -> Result<Option<AdapterSet>, PluginError> {
         let ROption::RSome(requests) = &request.adapters else {
             return Ok(None);
         };
         let set = AdapterSet::from_requests(requests.as_slice())?;
-        for (path, _) in &set.0 {
-            if !self.adapter_paths.contains(path) {
-                return Err(PluginError::invalid_request(format!(
-                    "adapter '{path}' was not loaded with this model; the llama-cpp backend \
-                     switches per generation among the adapters given at load"
-                )));
-            }
+        for path in set.paths() {
+            crate::adapters::check_file(path)?;
         }
         Ok(if set == self.load_set {
             None
@@ -102,8 +113,7 @@ impl LlamaCppModel {
     }
 }
 
-fn read_metadata(parts: &Parts) -> ModelMetadata {
-    let model = &parts.model;
+fn read_metadata(model: &LlamaModel, parts: &Parts) -> ModelMetadata {
     let vocab = model.vocab();
     let token = |t: LlamaToken| match u32::try_from(t.0) {
         Ok(id) if t.0 < vocab.n_tokens() => ROption::RSome(id),
@@ -162,10 +172,10 @@ impl Model for LlamaCppModel {
                 "the text is too long to tokenize (2 GiB at most)",
             ));
         }
-        let tokens = self
-            .model
-            .vocab()
-            .tokenize(text.as_bytes(), add_special, parse_special);
+        let tokens =
+            read(&self.model)
+                .vocab()
+                .tokenize(text.as_bytes(), add_special, parse_special);
         Ok(tokens
             .into_iter()
             .filter_map(|t| u32::try_from(t.0).ok())
@@ -177,7 +187,8 @@ impl Model for LlamaCppModel {
             return Ok(String::new());
         }
         let mut tokens = self.to_llama_tokens(tokens)?;
-        let vocab = self.model.vocab();
+        let model = read(&self.model);
+        let vocab = model.vocab();
         if skip_special {
             // llama.cpp keeps the SPM space prefix after a BOS it removes itself; dropping
             // leading BOS tokens first makes "<s> Once" detokenize to "Once", as tokenizers do.

@@ -1,0 +1,358 @@
+//! GGUF llama files held as a dense candle `llama::Llama` (the half-precision GPU path),
+//! forced on the CPU and compared with the quantized_llama path on the same file.
+
+mod common;
+
+use candle_core::quantized::gguf_file::{self, Content};
+use candle_core::quantized::{GgmlDType, QTensor};
+use candle_core::{DType, Device, DeviceLocation};
+use common::{greedy, stories};
+use llmlocal_backend_candle::gguf::{self, Loaded};
+use llmlocal_backend_candle::gguf_dense::{self, Layout};
+use llmlocal_backend_candle::model::{CandleModel, Shared, DEFAULT_BATCH};
+use llmlocal_backend_candle::net::Net;
+use llmlocal_plugin_api::{ErrorKind, Model};
+use std::path::{Path, PathBuf};
+
+fn fixture_f32() -> PathBuf {
+    llmlocal_fixtures::ensure_default()
+        .expect("writing the fixture models")
+        .gguf_f32
+}
+
+/// Loads `path` on the CPU in `layout` (`None`: the automatic choice); says whether the
+/// network came out dense.
+fn load_as(path: &Path, layout: Option<Layout>) -> (Box<dyn Model>, bool) {
+    let loaded = gguf::load_as(path, &Device::Cpu, 0, layout)
+        .unwrap_or_else(|e| panic!("loading {}: {e}", path.display()));
+    let dense = is_dense(&loaded);
+    (model(loaded), dense)
+}
+
+fn is_dense(loaded: &Loaded) -> bool {
+    matches!(loaded.net, Net::Llama { .. })
+}
+
+fn model(loaded: Loaded) -> Box<dyn Model> {
+    Box::new(CandleModel::new(Shared {
+        net: loaded.net,
+        vocab: loaded.vocab,
+        info: loaded.info,
+        device: Device::Cpu,
+        device_name: "cpu".to_string(),
+        batch: DEFAULT_BATCH,
+        load_ms: 0.0,
+        adapters: Vec::new(),
+    }))
+}
+
+fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+/// Rewrites a GGUF: every 2-D tensor stored as `matrices`, 1-D ones as they are (as
+/// llama.cpp's converter keeps norms in F32), metadata edited by `edit`, `extra` tensors added.
+fn rewrite(
+    src: &Path,
+    dst: &Path,
+    matrices: Option<GgmlDType>,
+    edit: impl FnOnce(&mut Vec<(String, gguf_file::Value)>),
+    extra: Vec<(String, QTensor)>,
+) {
+    let mut file = std::fs::File::open(src).unwrap();
+    let content = Content::read(&mut file).unwrap();
+    let mut metadata: Vec<(String, gguf_file::Value)> =
+        content.metadata.clone().into_iter().collect();
+    metadata.sort_by(|a, b| a.0.cmp(&b.0));
+    edit(&mut metadata);
+    let mut names: Vec<&String> = content.tensor_infos.keys().collect();
+    names.sort();
+    let mut tensors: Vec<(String, QTensor)> = names
+        .iter()
+        .map(|n| {
+            let t = content.tensor(&mut file, n, &Device::Cpu).unwrap();
+            let t = match matrices {
+                Some(dtype) if t.shape().rank() == 2 => {
+                    QTensor::quantize(&t.dequantize(&Device::Cpu).unwrap(), dtype).unwrap()
+                }
+                _ => t,
+            };
+            ((*n).clone(), t)
+        })
+        .collect();
+    tensors.extend(extra);
+    let md: Vec<(&str, &gguf_file::Value)> =
+        metadata.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let ts: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let mut out = std::fs::File::create(dst).unwrap();
+    gguf_file::write(&mut out, &md, &ts).unwrap();
+}
+
+fn half_copy(src: &Path, dir: &Path, dtype: GgmlDType) -> PathBuf {
+    let dst = dir.join(format!("half-{dtype:?}.gguf"));
+    rewrite(src, &dst, Some(dtype), |_| {}, Vec::new());
+    dst
+}
+
+/// The prompt (tokens) whose greedy continuation runs longest: the fixture's "!" chain is
+/// 93 tokens before EOS, stories260K writes on past 64.
+fn prompt(model: &dyn Model, path: &Path) -> Vec<u32> {
+    let text = if path.to_string_lossy().contains("stories") {
+        "Once upon a time"
+    } else {
+        "!"
+    };
+    model.tokenize(text, true, true).unwrap()
+}
+
+/// Dense vs quantized on one file: greedy tokens (and how many) and the largest logit
+/// difference over the prompt and over the prompt plus the whole continuation.
+fn compare(path: &Path, dense: Layout, tokens: u32) -> (Vec<u32>, Vec<u32>, f32) {
+    let (reference, ref_dense) = load_as(path, Some(Layout::Quantized));
+    let (model, got_dense) = load_as(path, Some(dense));
+    assert!(
+        !ref_dense,
+        "{}: the quantized layout loads quantized",
+        path.display()
+    );
+    assert!(got_dense, "{}: {dense:?} loads dense", path.display());
+    let prompt = prompt(reference.as_ref(), path);
+    let (want, _, _) = greedy(reference.as_ref(), &prompt, tokens);
+    let (got, _, _) = greedy(model.as_ref(), &prompt, tokens);
+    let mut all = prompt.clone();
+    all.extend(&want);
+    let diff = [&prompt, &all]
+        .iter()
+        .map(|t| max_diff(&reference.logits(t).unwrap(), &model.logits(t).unwrap()))
+        .fold(0.0, f32::max);
+    (want, got, diff)
+}
+
+#[test]
+fn dense_f32_equals_the_quantized_path() {
+    let mut files = vec![fixture_f32()];
+    files.extend(stories().map(|d| d.join("stories260K.gguf")));
+    for path in files {
+        let (want, got, diff) = compare(&path, Layout::Dense(DType::F32), 64);
+        eprintln!("{}: dense F32 max |logit diff| {diff}", path.display());
+        assert!(
+            want.len() >= 32,
+            "{}: only {} tokens",
+            path.display(),
+            want.len()
+        );
+        assert_eq!(got, want, "{}: greedy tokens", path.display());
+        assert!(diff < 1e-4, "{}: logits differ by {diff}", path.display());
+    }
+}
+
+#[test]
+fn dense_half_is_close_to_f32() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut files = vec![fixture_f32()];
+    files.extend(stories().map(|d| d.join("stories260K.gguf")));
+    for src in files {
+        let (f32_model, _) = load_as(&src, Some(Layout::Quantized));
+        let prompt = prompt(f32_model.as_ref(), &src);
+        let (want, _, _) = greedy(f32_model.as_ref(), &prompt, 32);
+        let f32_logits = f32_model.logits(&prompt).unwrap();
+        // Measured on the CPU: fixture 0.007 (F16) / 0.05 (BF16), stories260K 0.02 / 0.16;
+        // the greedy check is what says the rounding does not change the model's choices.
+        let cases = [
+            (GgmlDType::F16, DType::F16, 0.1),
+            (GgmlDType::BF16, DType::BF16, 0.5),
+        ];
+        for (ggml, dtype, tolerance) in cases {
+            let path = half_copy(&src, tmp.path(), ggml);
+            let label = format!("{} as {dtype:?}", src.display());
+            let (model, dense) = load_as(&path, Some(Layout::Dense(dtype)));
+            assert!(dense, "{label}: loads dense");
+            let m = model.metadata();
+            assert_eq!(
+                m.size_bytes,
+                m.parameter_count * 2,
+                "{label}: two bytes a weight"
+            );
+            let (got, _, _) = greedy(model.as_ref(), &prompt, 32);
+            let diff = max_diff(&f32_logits, &model.logits(&prompt).unwrap());
+            eprintln!(
+                "{label}: max |logit - f32 logit| {diff}, tokens {}",
+                got.len()
+            );
+            assert!(want.len() >= 16, "{label}: only {} tokens", want.len());
+            assert_eq!(got, want, "{label}: greedy tokens");
+            assert!(diff < tolerance, "{label}: logits differ by {diff}");
+        }
+    }
+}
+
+/// A real llama.cpp-converted F16 file (random weights, so only the logits are compared):
+/// read dense in F32 it is the quantized path exactly, in F16 close to it. Its logits span
+/// only ~0.5 and barely depend on attention, so it checks reading a converter's F16 tensors
+/// and norms; the trained models above are what prove the q/k permutation.
+#[test]
+fn converter_written_f16_file_reads_dense() {
+    let Some(models) = common::shared_models() else {
+        eprintln!("SKIP: shared models not found (set LLMLOCAL_SHARED_MODELS)");
+        return;
+    };
+    let path = models.join("random-fallback/llama-2-tiny-random/llama-2-tiny-random.gguf");
+    if !path.is_file() {
+        eprintln!("SKIP: {} not found", path.display());
+        return;
+    }
+    let content = Content::read(&mut std::fs::File::open(&path).unwrap()).unwrap();
+    assert_eq!(gguf_dense::matrix_dtype(&content), Some(GgmlDType::F16));
+    let (reference, _) = load_as(&path, Some(Layout::Quantized));
+    let tokens = reference
+        .tokenize("Once upon a time, in a land far away", true, false)
+        .unwrap();
+    let want = reference.logits(&tokens).unwrap();
+    for (dtype, tolerance) in [(DType::F32, 1e-5), (DType::F16, 1e-3)] {
+        let (model, dense) = load_as(&path, Some(Layout::Dense(dtype)));
+        assert!(dense);
+        let diff = max_diff(&want, &model.logits(&tokens).unwrap());
+        eprintln!("tiny-random dense {dtype:?}: max |logit diff| {diff}");
+        assert!(diff < tolerance, "{dtype:?}: logits differ by {diff}");
+    }
+}
+
+#[test]
+fn half_files_run_dense_on_a_gpu_only() {
+    let cuda = DeviceLocation::Cuda { gpu_id: 0 };
+    let metal = DeviceLocation::Metal { gpu_id: 0 };
+    let cpu = DeviceLocation::Cpu;
+    let cases = [
+        (Some(GgmlDType::F16), &cuda, Layout::Dense(DType::F16)),
+        (Some(GgmlDType::BF16), &cuda, Layout::Dense(DType::BF16)),
+        (Some(GgmlDType::F16), &metal, Layout::Dense(DType::F16)),
+        (Some(GgmlDType::Q8_0), &cuda, Layout::Quantized),
+        (Some(GgmlDType::Q4K), &cuda, Layout::Quantized),
+        (Some(GgmlDType::F32), &cuda, Layout::Quantized),
+        (None, &cuda, Layout::Quantized),
+        (Some(GgmlDType::F16), &cpu, Layout::Quantized),
+        (Some(GgmlDType::BF16), &cpu, Layout::Quantized),
+    ];
+    for (dtype, device, want) in cases {
+        assert_eq!(
+            gguf_dense::choose(dtype, device),
+            want,
+            "{dtype:?} on {device:?}"
+        );
+    }
+}
+
+#[test]
+fn matrix_dtype_reads_the_file() {
+    let fixtures = llmlocal_fixtures::ensure_default().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let f16 = half_copy(&fixtures.gguf_f32, tmp.path(), GgmlDType::F16);
+    for (path, want) in [
+        (&fixtures.gguf_f32, GgmlDType::F32),
+        (&fixtures.gguf_q8_0, GgmlDType::Q8_0),
+        (&f16, GgmlDType::F16),
+    ] {
+        let content = Content::read(&mut std::fs::File::open(path).unwrap()).unwrap();
+        assert_eq!(
+            gguf_dense::matrix_dtype(&content),
+            Some(want),
+            "{}",
+            path.display()
+        );
+    }
+    // On the CPU the automatic choice keeps the quantized path, F16 or not.
+    let loaded = gguf::load_as(&f16, &Device::Cpu, 0, None).unwrap();
+    assert!(!is_dense(&loaded));
+}
+
+/// Why the dense path cannot hold a fixture-shaped file.
+fn obstacle(path: &Path) -> Option<String> {
+    use llmlocal_fixtures::spec;
+    let content = Content::read(&mut std::fs::File::open(path).unwrap()).unwrap();
+    let dims = gguf::Dims {
+        heads: spec::NUM_HEADS,
+        kv_heads: spec::NUM_KV_HEADS,
+        layers: spec::NUM_LAYERS,
+        hidden: spec::HIDDEN_SIZE,
+        experts: 0,
+    };
+    gguf_dense::obstacle(&content, &dims)
+}
+
+/// What the dense llama cannot compute (rope scaling, extra tensors, block-quantized
+/// weights) falls back to quantized_llama even when dense is asked for.
+#[test]
+fn unrepresentable_files_fall_back_to_the_quantized_path() {
+    let fixtures = llmlocal_fixtures::ensure_default().unwrap();
+    let src = &fixtures.gguf_f32;
+    let tmp = tempfile::tempdir().unwrap();
+    let scaled = tmp.path().join("scaled.gguf");
+    rewrite(
+        src,
+        &scaled,
+        Some(GgmlDType::F16),
+        |md| {
+            md.push((
+                "llama.rope.scaling.type".into(),
+                gguf_file::Value::String("linear".into()),
+            ));
+            md.push((
+                "llama.rope.scaling.factor".into(),
+                gguf_file::Value::F32(2.0),
+            ));
+        },
+        Vec::new(),
+    );
+    let freqs = tmp.path().join("freqs.gguf");
+    let ones = candle_core::Tensor::ones(8, DType::F32, &Device::Cpu).unwrap();
+    rewrite(
+        src,
+        &freqs,
+        Some(GgmlDType::F16),
+        |_| {},
+        vec![(
+            "rope_freqs.weight".into(),
+            QTensor::quantize(&ones, GgmlDType::F32).unwrap(),
+        )],
+    );
+    let plain = half_copy(src, tmp.path(), GgmlDType::F16);
+    assert_eq!(obstacle(&plain), None, "a plain F16 file has no obstacle");
+    for (path, reason) in [
+        (&scaled, "rope scaling"),
+        (&freqs, "rope_freqs.weight"),
+        (&fixtures.gguf_q8_0, "block-quantized"),
+    ] {
+        let why = obstacle(path).unwrap_or_default();
+        assert!(why.contains(reason), "{reason}: obstacle says {why:?}");
+        let loaded = gguf::load_as(path, &Device::Cpu, 0, Some(Layout::Dense(DType::F16)))
+            .unwrap_or_else(|e| panic!("{reason}: {e}"));
+        assert!(!is_dense(&loaded), "{reason}: stays quantized");
+        // And it still runs.
+        let model = model(loaded);
+        let tokens = model.tokenize("Hello world", true, true).unwrap();
+        assert_eq!(
+            model.logits(&tokens).unwrap().len(),
+            llmlocal_fixtures::spec::VOCAB_SIZE
+        );
+    }
+}
+
+/// A half file cut short fails the dense load with a format error naming the tensor.
+#[test]
+fn truncated_half_file_is_a_format_error() {
+    let fixtures = llmlocal_fixtures::ensure_default().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let path = half_copy(&fixtures.gguf_f32, tmp.path(), GgmlDType::F16);
+    let bytes = std::fs::read(&path).unwrap();
+    std::fs::write(&path, &bytes[..bytes.len() - 1000]).unwrap();
+    let err = match gguf::load_as(&path, &Device::Cpu, 0, Some(Layout::Dense(DType::F16))) {
+        Ok(_) => panic!("a truncated file loaded"),
+        Err(e) => e,
+    };
+    assert_eq!(err.kind, ErrorKind::UnsupportedFormat, "{}", err.message);
+    assert!(err.message.contains("runs past the end"), "{}", err.message);
+}
