@@ -4,30 +4,48 @@
 //! clients for a runtime, and the router runs `llmlocal::router::serve` exactly as
 //! `llmlocal router` does (SQLite history on disk included).
 //!
-//! Three runs per path (node direct, then through the router):
+//! Three runs per path (node direct, then through the router), 100 clients unless
+//! `--clients` says otherwise:
 //! - 1 client, sequential requests;
-//! - 100 clients, closed loop (each sends its next request when the previous ends): the
+//! - closed loop (each client sends its next request when the previous ends): the
 //!   requests/s each path sustains, and latency at saturation;
-//! - 100 clients, open loop at a fixed total rate below saturation: a request delayed by
-//!   its client's previous one counts from its scheduled send time, so a stall is not
-//!   hidden by the client waiting (coordinated omission). This is the "added latency at
-//!   100 concurrent clients" that proxies' published numbers describe.
+//! - open loop at a fixed total rate below saturation: a request delayed by its client's
+//!   previous one counts from its scheduled send time, so a stall is not hidden by the
+//!   client waiting (coordinated omission). This is the "added latency at 100 concurrent
+//!   clients" that proxies' published numbers describe.
+//!
+//! Per run it also prints the TCP connections the node accepted (a proxy opening
+//! connections per request shows there), and from Linux `schedstat` the CPU time and the
+//! thread wake-ups per request of the node and the router processes: on a shared or small
+//! machine these vary less from run to run than the latency percentiles do.
 //!
 //! Percentiles are exact (all samples, sorted). Numbers depend on the build profile and
 //! the core count: on a 2-core machine the clients, router and node share two cores.
 //!
-//! `cargo run -p llmlocal --example router_bench -- [--requests N] [--rate R]`
-//! (N: requests per 100-client run, default 20000; R: open-loop requests/s, default 2000).
+//! `cargo run -p llmlocal --example router_bench -- --help` lists the flags (requests per
+//! run, open-loop rate, clients, which runs, repeats, the router's worker threads).
 //! With optimised code: `cargo run --profile release -p llmlocal --example router_bench`.
 
 use anyhow::{bail, Context as _};
-use axum::{body::Bytes, http::header, response::IntoResponse, routing::post, Router};
+use axum::{
+    body::Bytes,
+    http::header,
+    response::IntoResponse,
+    routing::{get, post},
+    serve::ListenerExt as _,
+    Router,
+};
 use llmlocal::router::{self, RouterSettings, RouterState};
 use serde_json::json;
 use std::{
-    io::{BufRead as _, BufReader},
+    alloc::{GlobalAlloc, Layout, System},
+    io::{BufRead as _, BufReader, Read as _, Write as _},
+    net::SocketAddr,
     process::{Child, Command, Stdio},
-    sync::Arc,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
     time::{Duration, Instant},
 };
 
@@ -46,25 +64,87 @@ fn answer_body() -> Bytes {
     )
 }
 
+/// Counts this process's heap allocations (each child reports its own): a number that,
+/// unlike timings, does not depend on what else the machine runs.
+struct Counting;
+
+static ALLOCS: AtomicU64 = AtomicU64::new(0);
+
+// SAFETY: every call goes to the system allocator with the caller's arguments unchanged.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        ALLOCS.fetch_add(1, Ordering::Relaxed);
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        ALLOCS.fetch_add(1, Ordering::Relaxed);
+        unsafe { System.alloc_zeroed(layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        ALLOCS.fetch_add(1, Ordering::Relaxed);
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+/// Answers each connection with the allocation count so far (a plain thread, outside the
+/// runtime being measured).
+fn serve_alloc_count() -> anyhow::Result<SocketAddr> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let addr = listener.local_addr()?;
+    std::thread::spawn(move || {
+        for mut conn in listener.incoming().flatten() {
+            let _ = writeln!(conn, "{}", ALLOCS.load(Ordering::Relaxed));
+        }
+    });
+    Ok(addr)
+}
+
+/// Binds the server and tells the parent where it and the allocation count listen.
 async fn listen() -> anyhow::Result<tokio::net::TcpListener> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    println!("{READY}{}", listener.local_addr()?);
+    let counts = serve_alloc_count()?;
+    println!("{READY}{} {counts}", listener.local_addr()?);
     Ok(listener)
 }
 
-/// Child mode: the fast node.
+/// Child mode: the fast node. `GET /accepted` answers how many TCP connections it has
+/// accepted so far (a proxy that opens connections per request shows up there).
 async fn serve_node() -> anyhow::Result<()> {
     let body = answer_body();
     let answer = move || {
         let body = body.clone();
         async move { ([(header::CONTENT_TYPE, "application/json")], body).into_response() }
     };
+    let accepted = Arc::new(AtomicU64::new(0));
+    let count = accepted.clone();
     let app = Router::new()
         .route("/v1/chat/completions", post(answer))
-        .route("/health", axum::routing::get(|| async { "ok" }));
-    let listener = listen().await?;
+        .route("/health", get(|| async { "ok" }))
+        .route(
+            "/accepted",
+            get(move || async move { count.load(Ordering::Relaxed).to_string() }),
+        );
+    let listener = listen().await?.tap_io(move |tcp| {
+        let _ = tcp;
+        accepted.fetch_add(1, Ordering::Relaxed);
+    });
     axum::serve(listener, app).await?;
     Ok(())
+}
+
+/// The node's count of accepted connections.
+async fn accepted(node: &str) -> anyhow::Result<u64> {
+    let text = reqwest::get(format!("{node}/accepted"))
+        .await?
+        .text()
+        .await?;
+    text.trim().parse().context("node /accepted")
 }
 
 /// Child mode: the router, with its history in `db`.
@@ -85,6 +165,62 @@ async fn serve_router(db: &str) -> anyhow::Result<()> {
 struct Proc {
     child: Child,
     url: String,
+    /// Where it answers its allocation count.
+    counts: SocketAddr,
+}
+
+/// Scheduler totals over all threads of a process (Linux `schedstat`; zeros elsewhere).
+#[derive(Debug, Clone, Copy, Default)]
+struct Sched {
+    /// Time on a CPU, ns.
+    cpu_ns: u64,
+    /// Times a thread was put on a CPU: wake-ups, roughly.
+    slices: u64,
+    /// Heap allocations.
+    allocs: u64,
+}
+
+impl Proc {
+    fn allocs(&self) -> anyhow::Result<u64> {
+        let mut text = String::new();
+        std::net::TcpStream::connect(self.counts)?.read_to_string(&mut text)?;
+        Ok(text.trim().parse()?)
+    }
+
+    fn sched(&self) -> Sched {
+        let mut total = Sched {
+            allocs: self.allocs().unwrap_or(0),
+            ..Sched::default()
+        };
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{}/task", self.child.id())) else {
+            return total;
+        };
+        for task in tasks.flatten() {
+            let Ok(text) = std::fs::read_to_string(task.path().join("schedstat")) else {
+                continue;
+            };
+            // Fields: time on CPU (ns), time waiting to run (ns), timeslices run.
+            let fields: Vec<u64> = text.split_whitespace().flat_map(str::parse).collect();
+            if let [cpu_ns, _, slices] = fields[..] {
+                total.cpu_ns += cpu_ns;
+                total.slices += slices;
+            }
+        }
+        total
+    }
+}
+
+/// The two server processes.
+struct Servers {
+    node: Proc,
+    router: Proc,
+}
+
+impl Servers {
+    /// (node, router) scheduler totals so far.
+    fn sched(&self) -> (Sched, Sched) {
+        (self.node.sched(), self.router.sched())
+    }
 }
 
 impl Drop for Proc {
@@ -105,13 +241,18 @@ fn spawn_self(args: &[&str]) -> anyhow::Result<Proc> {
     let stdout = child.stdout.take().context("child stdout")?;
     let mut line = String::new();
     BufReader::new(stdout).read_line(&mut line)?;
-    let Some(addr) = line.trim().strip_prefix(READY) else {
+    let parsed = line.trim().strip_prefix(READY).and_then(|rest| {
+        let (addr, counts) = rest.split_once(' ')?;
+        Some((addr.to_string(), counts.parse().ok()?))
+    });
+    let Some((addr, counts)) = parsed else {
         let _ = child.kill();
         bail!("child {args:?} did not start: {line:?}");
     };
     Ok(Proc {
         url: format!("http://{addr}"),
         child,
+        counts,
     })
 }
 
@@ -136,6 +277,17 @@ struct Run {
     /// Sorted.
     latencies: Vec<Duration>,
     wall: Duration,
+    /// Connections the node accepted during the run.
+    connections: u64,
+    /// CPU time per request of the node and the router processes, µs (all threads).
+    node_cpu_us: f64,
+    router_cpu_us: f64,
+    /// Thread wake-ups per request of the node and the router.
+    node_slices: f64,
+    router_slices: f64,
+    /// Heap allocations per request of the node and the router.
+    node_allocs: f64,
+    router_allocs: f64,
 }
 
 impl Run {
@@ -236,19 +388,64 @@ impl Load {
         }
         let wall = start.elapsed();
         latencies.sort();
-        Ok(Run { latencies, wall })
+        Ok(Run {
+            latencies,
+            wall,
+            connections: 0,
+            node_cpu_us: 0.0,
+            router_cpu_us: 0.0,
+            node_slices: 0.0,
+            router_slices: 0.0,
+            node_allocs: 0.0,
+            router_allocs: 0.0,
+        })
+    }
+
+    /// [`Load::run`] against `base`, counting the connections the node accepts and the
+    /// CPU time the two servers use meanwhile.
+    async fn measure(
+        &self,
+        base: &str,
+        servers: &Servers,
+        clients: usize,
+        per_client: usize,
+        pace: Pace,
+    ) -> anyhow::Result<Run> {
+        let before = accepted(&servers.node.url).await?;
+        let sched_before = servers.sched();
+        let mut run = self.run(base, clients, per_client, pace).await?;
+        let sched_after = servers.sched();
+        // The count request itself opens one connection (a fresh client each time).
+        run.connections = (accepted(&servers.node.url).await? - before).saturating_sub(1);
+        let per_request = |after: u64, before: u64| {
+            after.saturating_sub(before) as f64 / run.latencies.len() as f64
+        };
+        run.node_cpu_us = per_request(sched_after.0.cpu_ns, sched_before.0.cpu_ns) / 1000.0;
+        run.router_cpu_us = per_request(sched_after.1.cpu_ns, sched_before.1.cpu_ns) / 1000.0;
+        run.node_slices = per_request(sched_after.0.slices, sched_before.0.slices);
+        run.node_allocs = per_request(sched_after.0.allocs, sched_before.0.allocs);
+        run.router_allocs = per_request(sched_after.1.allocs, sched_before.1.allocs);
+        run.router_slices = per_request(sched_after.1.slices, sched_before.1.slices);
+        Ok(run)
     }
 }
 
 fn report(label: &str, direct: &Run, routed: &Run) {
     for (name, run) in [("direct", direct), ("router", routed)] {
         println!(
-            "{label:<22} {name:>7} {:>9.3} {:>9.3} {:>9.3} {:>9.0} {:>8}",
+            "{label:<22} {name:>7} {:>9.3} {:>9.3} {:>9.3} {:>9.0} {:>8} {:>6} {:>7.1} {:>7.1} {:>6.2} {:>6.2} {:>6.1} {:>6.1}",
             run.pct(50.0),
             run.pct(99.0),
             run.pct(99.9),
             run.rps(),
-            run.latencies.len()
+            run.latencies.len(),
+            run.connections,
+            run.node_cpu_us,
+            run.router_cpu_us,
+            run.node_slices,
+            run.router_slices,
+            run.node_allocs,
+            run.router_allocs,
         );
     }
     println!(
@@ -260,68 +457,143 @@ fn report(label: &str, direct: &Run, routed: &Run) {
     );
 }
 
+/// One kind of run (`--runs single,closed,open`).
+#[derive(Clone, Copy, PartialEq)]
+enum Kind {
+    Single,
+    Closed,
+    Open,
+}
+
 struct Args {
     requests: usize,
     rate: f64,
+    clients: usize,
+    runs: Vec<Kind>,
+    repeat: usize,
+    /// Worker threads of the router's runtime (0: current-thread); None: tokio's default.
+    router_threads: Option<String>,
+}
+
+const USAGE: &str = "flags: --requests N (per multi-client run, default 20000), --rate R \
+     (open-loop requests/s, default 2000), --clients C (default 100), --runs single,closed,open \
+     (default all), --repeat K (each run K times, default 1), --router-threads T (the \
+     router's tokio workers; 0: a current-thread runtime; default: one per core)";
+
+fn kinds(list: &str) -> anyhow::Result<Vec<Kind>> {
+    list.split(',')
+        .map(|name| match name {
+            "single" => Ok(Kind::Single),
+            "closed" => Ok(Kind::Closed),
+            "open" => Ok(Kind::Open),
+            other => bail!("unknown run {other:?} (single, closed, open)"),
+        })
+        .collect()
 }
 
 fn args(rest: &[String]) -> anyhow::Result<Args> {
     let mut parsed = Args {
         requests: 20_000,
         rate: 2000.0,
+        clients: 100,
+        runs: vec![Kind::Single, Kind::Closed, Kind::Open],
+        repeat: 1,
+        router_threads: None,
     };
     let mut it = rest.iter();
     while let Some(flag) = it.next() {
+        if flag == "--help" || flag == "-h" {
+            println!("{USAGE}");
+            std::process::exit(0);
+        }
         let value = it.next().with_context(|| format!("{flag} needs a value"))?;
         match flag.as_str() {
             "--requests" => parsed.requests = value.parse().context("--requests")?,
             "--rate" => parsed.rate = value.parse().context("--rate")?,
-            other => bail!("unknown flag {other} (use --requests N, --rate R)"),
+            "--clients" => parsed.clients = value.parse().context("--clients")?,
+            "--runs" => parsed.runs = kinds(value)?,
+            "--repeat" => parsed.repeat = value.parse().context("--repeat")?,
+            "--router-threads" => {
+                value.parse::<usize>().context("--router-threads")?;
+                parsed.router_threads = Some(value.clone());
+            }
+            other => bail!("unknown flag {other} ({USAGE})"),
         }
     }
     anyhow::ensure!(parsed.rate > 0.0, "--rate must be positive");
+    anyhow::ensure!(parsed.clients > 0, "--clients must be positive");
     Ok(parsed)
+}
+
+/// A run's label, client count, requests per client and pacing.
+fn plan(kind: Kind, args: &Args) -> (String, usize, usize, Pace) {
+    let per_client = args.requests.div_ceil(args.clients);
+    let clients = args.clients;
+    match kind {
+        Kind::Single => ("1 client".into(), 1, 5000, Pace::Closed),
+        Kind::Closed => (
+            format!("{clients} clients closed"),
+            clients,
+            per_client,
+            Pace::Closed,
+        ),
+        Kind::Open => (
+            format!("{clients} clients @{}/s", args.rate),
+            clients,
+            per_client,
+            Pace::Open(args.rate),
+        ),
+    }
 }
 
 async fn bench(args: Args) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let db = dir.path().join("bench.sqlite");
-    let node = spawn_self(&["--serve-node"])?;
-    let router = spawn_self(&["--serve-router", &db.display().to_string()])?;
-    register(&router.url, &node.url).await?;
+    let db = db.display().to_string();
+    let mut router_args = vec!["--serve-router", &db];
+    router_args.extend(args.router_threads.as_deref());
+    let servers = Servers {
+        node: spawn_self(&["--serve-node"])?,
+        router: spawn_self(&router_args)?,
+    };
+    let (node, router) = (&servers.node.url, &servers.router.url);
+    register(router, node).await?;
     let load = Load::new()?;
     // Warm up both paths (connections, allocator, the router's pool).
-    for url in [&node.url, &router.url] {
+    for url in [node, router] {
         load.run(url, 100, 20, Pace::Closed).await?;
     }
-    let per_client = args.requests.div_ceil(100);
     println!(
         "{} cores; load generator, router and node in 3 processes",
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
     println!(
-        "{:<22} {:>7} {:>9} {:>9} {:>9} {:>9} {:>8}",
-        "run", "path", "p50 ms", "p99 ms", "p99.9 ms", "req/s", "requests"
+        "conns: TCP connections the node accepted during the run (from the load generator \
+         when direct, from the router when routed); node/rtr us: CPU time per request; \
+         nd/rtr wk: thread wake-ups per request; nd/rtr al: heap allocations per request"
     );
-    let runs = [
-        ("1 client".to_string(), 1, 5000, Pace::Closed),
-        (
-            "100 clients closed".to_string(),
-            100,
-            per_client,
-            Pace::Closed,
-        ),
-        (
-            format!("100 clients @{}/s", args.rate),
-            100,
-            per_client,
-            Pace::Open(args.rate),
-        ),
-    ];
-    for (label, clients, per, pace) in runs {
-        let direct = load.run(&node.url, clients, per, pace).await?;
-        let routed = load.run(&router.url, clients, per, pace).await?;
-        report(&label, &direct, &routed);
+    println!(
+        "{:<22} {:>7} {:>9} {:>9} {:>9} {:>9} {:>8} {:>6} {:>7} {:>7} {:>6} {:>6}",
+        "run",
+        "path",
+        "p50 ms",
+        "p99 ms",
+        "p99.9 ms",
+        "req/s",
+        "requests",
+        "conns",
+        "node us",
+        "rtr us",
+        "nd wk",
+        "rtr wk"
+    );
+    for _ in 0..args.repeat {
+        for &kind in &args.runs {
+            let (label, clients, per, pace) = plan(kind, &args);
+            let direct = load.measure(node, &servers, clients, per, pace).await?;
+            let routed = load.measure(router, &servers, clients, per, pace).await?;
+            report(&label, &direct, &routed);
+        }
     }
     Ok(())
 }
@@ -334,19 +606,35 @@ fn exit_with_parent() {
     });
 }
 
+/// The router child's runtime: `threads` workers, 0 for a current-thread runtime, none
+/// given for tokio's default (one worker per core, as `llmlocal router` runs).
+fn router_runtime(threads: Option<&String>) -> anyhow::Result<tokio::runtime::Runtime> {
+    let Some(threads) = threads else {
+        return Ok(tokio::runtime::Runtime::new()?);
+    };
+    let mut builder = match threads.parse::<usize>().context("--router-threads")? {
+        0 => tokio::runtime::Builder::new_current_thread(),
+        n => {
+            let mut builder = tokio::runtime::Builder::new_multi_thread();
+            builder.worker_threads(n);
+            builder
+        }
+    };
+    Ok(builder.enable_all().build()?)
+}
+
 fn main() -> anyhow::Result<()> {
     let argv: Vec<String> = std::env::args().skip(1).collect();
-    let runtime = tokio::runtime::Runtime::new()?;
     match argv.first().map(String::as_str) {
         Some("--serve-node") => {
             exit_with_parent();
-            runtime.block_on(serve_node())
+            tokio::runtime::Runtime::new()?.block_on(serve_node())
         }
         Some("--serve-router") => {
             exit_with_parent();
             let db = argv.get(1).context("--serve-router DB")?;
-            runtime.block_on(serve_router(db))
+            router_runtime(argv.get(2))?.block_on(serve_router(db))
         }
-        _ => runtime.block_on(bench(args(&argv)?)),
+        _ => tokio::runtime::Runtime::new()?.block_on(bench(args(&argv)?)),
     }
 }

@@ -163,6 +163,20 @@ async fn streams_pass_through_as_they_arrive() {
         first_at < Duration::from_millis(500),
         "first chunk after {first_at:?} (buffered?)"
     );
+    // A client leaving mid-stream is recorded as such; the complete stream is not an error.
+    let resp = client()
+        .post(format!("{}/v1/chat/completions", router.url()))
+        .header("content-type", "application/json")
+        .body(json!({ "model": "m", "stream": true, "messages": [] }).to_string())
+        .send()
+        .await
+        .unwrap();
+    let mut stream = resp.bytes_stream();
+    stream.next().await.unwrap().unwrap();
+    drop(stream);
+    let history = wait_history(&router.url(), 2).await;
+    assert!(history[0]["error"].is_null(), "{}", history[0]);
+    assert_eq!(history[1]["error"], "client disconnected", "{}", history[1]);
     router.stop().await;
 }
 
@@ -468,6 +482,9 @@ async fn nodes_history_and_token_survive_a_router_restart() {
     assert_eq!(ok["tokens_out"], 5);
     assert!(ok["node_id"].as_str().unwrap().starts_with('p'));
     assert!(ok["latency_ms"].as_f64().unwrap() > 0.0);
+    // A complete answer of known length is not an error (the server stops reading the body
+    // at its length: the relay must still record the end).
+    assert!(ok["error"].is_null(), "{ok}");
     // Stored nodes are offline until heard from; a node coming back is online again.
     wait_nodes(&router.url(), Duration::from_secs(3), |n| {
         status_of(n, "p1") == Some("offline")

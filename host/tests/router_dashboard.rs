@@ -65,8 +65,34 @@ struct Driver {
 
 impl Drop for Driver {
     fn drop(&mut self) {
+        // Ending the session makes chromedriver quit Chromium; killing chromedriver alone
+        // left the browser running after every test run.
+        if !self.session.is_empty() {
+            end_session(&self.url, &self.session);
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// `DELETE /session/{id}` over a plain socket (this runs in `Drop`, possibly while
+/// panicking, where no async client can be awaited); waits for the answer, which
+/// chromedriver sends once the browser has exited.
+fn end_session(base: &str, session: &str) {
+    use std::io::{Read as _, Write as _};
+    let Some(addr) = base.strip_prefix("http://") else {
+        return;
+    };
+    let Ok(mut conn) = std::net::TcpStream::connect(addr) else {
+        return;
+    };
+    let _ = conn.set_read_timeout(Some(Duration::from_secs(10)));
+    let request = format!(
+        "DELETE /session/{session} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\n\
+         Connection: close\r\n\r\n"
+    );
+    if conn.write_all(request.as_bytes()).is_ok() {
+        let _ = conn.read_to_end(&mut Vec::new());
     }
 }
 

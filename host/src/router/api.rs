@@ -63,7 +63,7 @@ pub async fn register(
     let url = validate::registration(&registration)?;
     let node_id = registration.node_id.clone();
     let change = state.nodes.register(registration, url, now_ms());
-    state.persist(change);
+    state.persist(change).await;
     Ok(Json(RegisterReply {
         node_id,
         heartbeat_interval_ms: state.settings.heartbeat_interval.as_millis() as u64,
@@ -86,7 +86,7 @@ pub async fn heartbeat(
         None => Err(RouterError::UnknownNode(id)),
         Some(change) => {
             if let Some(change) = change {
-                state.persist(change);
+                state.persist(change).await;
             }
             Ok(Json(json!({ "ok": true })))
         }
@@ -122,7 +122,7 @@ async fn set_drain(
         .nodes
         .set_drained(&id, on, now_ms())
         .ok_or_else(|| RouterError::UnknownNode(id.clone()))?;
-    state.persist(change);
+    state.persist(change).await;
     Ok(Json(json!({ "node_id": id, "drained": on })))
 }
 
@@ -152,7 +152,8 @@ pub async fn remove_node(
 ) -> Result<Json<Value>> {
     check_admin(&state, &headers)?;
     let known = state.nodes.remove(&id);
-    let stored = state.store.delete_node(&id)?;
+    let key = id.clone();
+    let stored = state.db(move |store| Ok(store.delete_node(&key)?)).await?;
     if !known && !stored {
         return Err(RouterError::UnknownNode(id));
     }
@@ -171,9 +172,10 @@ pub async fn requests(
     headers: HeaderMap,
 ) -> Result<Json<Value>> {
     check_admin(&state, &headers)?;
+    let limit = limit.limit.unwrap_or(100).min(10_000);
     let rows = state
-        .store
-        .recent_requests(limit.limit.unwrap_or(100).min(10_000))?;
+        .db(move |store| Ok(store.recent_requests(limit)?))
+        .await?;
     Ok(Json(json!({ "requests": rows })))
 }
 

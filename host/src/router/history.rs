@@ -41,7 +41,8 @@ pub struct Stats {
 }
 
 struct Inner {
-    recent: VecDeque<RequestRecord>,
+    /// Shared with the writer's queue: one record, no deep copy per request.
+    recent: VecDeque<Arc<RequestRecord>>,
     total: u64,
     errors: u64,
 }
@@ -49,19 +50,21 @@ struct Inner {
 #[derive(Clone)]
 pub struct History {
     inner: Arc<Mutex<Inner>>,
-    writer: mpsc::Sender<RequestRecord>,
+    writer: mpsc::Sender<Arc<RequestRecord>>,
 }
 
 impl History {
     /// Starts the writer thread and loads the newest rows for the dashboard.
     pub fn start(store: Store, retention: Retention) -> Self {
-        let recent: VecDeque<RequestRecord> = store
+        let recent: VecDeque<Arc<RequestRecord>> = store
             .recent_requests(RECENT as u32)
             .unwrap_or_else(|err| {
                 tracing::warn!("router db: cannot read request history: {err}");
                 Vec::new()
             })
-            .into();
+            .into_iter()
+            .map(Arc::new)
+            .collect();
         let total = store.request_count().unwrap_or(recent.len() as u64);
         let errors = recent.iter().filter(|r| r.status >= 400).count() as u64;
         let (writer, rx) = mpsc::channel();
@@ -82,6 +85,7 @@ impl History {
     }
 
     pub fn record(&self, record: RequestRecord) {
+        let record = Arc::new(record);
         {
             let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
             inner.total += 1;
@@ -101,7 +105,12 @@ impl History {
     pub fn recent(&self, limit: usize) -> Vec<RequestRecord> {
         let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         let skip = inner.recent.len().saturating_sub(limit);
-        inner.recent.iter().skip(skip).cloned().collect()
+        inner
+            .recent
+            .iter()
+            .skip(skip)
+            .map(|r| RequestRecord::clone(r))
+            .collect()
     }
 
     pub fn stats(&self) -> Stats {
@@ -116,7 +125,7 @@ impl History {
     }
 }
 
-fn write_loop(store: &Store, retention: Retention, rx: &mpsc::Receiver<RequestRecord>) {
+fn write_loop(store: &Store, retention: Retention, rx: &mpsc::Receiver<Arc<RequestRecord>>) {
     let mut since_prune = PRUNE_EVERY; // prune once at start
     let mut batch = Vec::new();
     loop {
@@ -127,7 +136,7 @@ fn write_loop(store: &Store, retention: Retention, rx: &mpsc::Receiver<RequestRe
         }
         gather(rx, &mut batch);
         if !batch.is_empty() {
-            if let Err(err) = store.insert_requests(&batch) {
+            if let Err(err) = store.insert_requests(batch.iter().map(|r| &**r)) {
                 tracing::warn!("router db: cannot save {} request(s): {err}", batch.len());
             }
             since_prune += batch.len();
@@ -144,7 +153,7 @@ fn write_loop(store: &Store, retention: Retention, rx: &mpsc::Receiver<RequestRe
 
 /// Adds rows that arrive within [`LINGER`] of the first (up to [`BATCH`]). Sleeping
 /// instead of waiting on the channel keeps senders from waking this thread per row.
-fn gather(rx: &mpsc::Receiver<RequestRecord>, batch: &mut Vec<RequestRecord>) {
+fn gather(rx: &mpsc::Receiver<Arc<RequestRecord>>, batch: &mut Vec<Arc<RequestRecord>>) {
     if batch.is_empty() {
         return;
     }

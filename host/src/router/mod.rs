@@ -103,7 +103,7 @@ impl RouterState {
     }
 
     /// Saves a node status change (rare: registration, online/offline, drain).
-    fn persist(&self, change: Change) {
+    async fn persist(&self, change: Change) {
         let stored = change.stored;
         tracing::info!(
             "router: node {} is {}{}",
@@ -111,12 +111,26 @@ impl RouterState {
             stored.status.as_str(),
             if stored.drained { " (drained)" } else { "" }
         );
-        if let Err(err) = self.store.upsert_node(&stored) {
-            tracing::warn!(
-                "router db: cannot save node {}: {err}",
-                stored.registration.node_id
-            );
+        let id = stored.registration.node_id.clone();
+        let saved = self
+            .db(move |store| store.upsert_node(&stored).map_err(RouterError::from))
+            .await;
+        if let Err(err) = saved {
+            tracing::warn!("router db: cannot save node {id}: {err}");
         }
+    }
+
+    /// Runs `work` on the database off the async workers: the history writer holds the
+    /// connection for whole batches (and SQLite checkpoints fsync), and a worker waiting
+    /// on that lock would stall every request scheduled on it.
+    async fn db<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&Store) -> Result<T, RouterError> + Send + 'static,
+    ) -> Result<T, RouterError> {
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || work(&store))
+            .await
+            .map_err(|err| RouterError::Internal(format!("database task failed: {err}")))?
     }
 
     pub fn settings(&self) -> &RouterSettings {

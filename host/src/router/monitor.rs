@@ -35,7 +35,7 @@ async fn check(state: &RouterState) {
             (false, true) => None,
         };
         if let Some(change) = change {
-            state.persist(change);
+            state.persist(change).await;
         }
     }
 }

@@ -5,6 +5,8 @@ use super::{
     store::StoredNode,
     types::{Heartbeat, NodeState, NodeView, Registration},
 };
+use axum::http::HeaderValue;
+use reqwest::Url;
 use std::{
     collections::BTreeMap,
     sync::{
@@ -14,11 +16,57 @@ use std::{
     time::Instant,
 };
 
+/// Where a node is reached, prepared once per registration so that a request copies a
+/// pointer instead of cloning and re-parsing strings.
+#[derive(Debug)]
+pub struct Endpoint {
+    pub node_id: String,
+    /// The advertised base URL, parsed.
+    base: Url,
+    /// The base URL's path without its trailing `/` (`""` for none): request paths go after it.
+    prefix: String,
+    /// The node id as the `x-llmlocal-node` response header (None: not a valid header value).
+    pub header: Option<HeaderValue>,
+}
+
+impl Endpoint {
+    /// None when `url` does not parse (registration validates it, so only a stored row
+    /// edited by hand can): such a node is listed but never picked.
+    fn new(node_id: &str, url: &str) -> Option<Arc<Self>> {
+        let base = match Url::parse(url) {
+            Ok(base) => base,
+            Err(err) => {
+                tracing::warn!("router: node {node_id} has an unusable url {url:?}: {err}");
+                return None;
+            }
+        };
+        Some(Arc::new(Self {
+            node_id: node_id.to_string(),
+            prefix: base.path().trim_end_matches('/').to_string(),
+            base,
+            header: HeaderValue::from_str(node_id).ok(),
+        }))
+    }
+
+    /// The node's URL for a request's path and query.
+    pub fn url_for(&self, path: &str, query: Option<&str>) -> Url {
+        let mut url = self.base.clone();
+        if self.prefix.is_empty() {
+            url.set_path(path);
+        } else {
+            url.set_path(&format!("{}{path}", self.prefix));
+        }
+        url.set_query(query);
+        url
+    }
+}
+
 /// One node as the router tracks it.
 #[derive(Debug, Clone)]
 struct Node {
     registration: Registration,
     url: String,
+    endpoint: Option<Arc<Endpoint>>,
     status: NodeState,
     drained: bool,
     load: Heartbeat,
@@ -42,7 +90,7 @@ impl Node {
     }
 
     fn takes_requests(&self) -> bool {
-        self.status == NodeState::Online && !self.drained
+        self.status == NodeState::Online && !self.drained && self.endpoint.is_some()
     }
 
     /// Lower is better: requests waiting or running, then CPU.
@@ -96,8 +144,7 @@ impl Node {
 /// A node picked for a request: where to send it and the in-flight counter to hold.
 #[derive(Debug, Clone)]
 pub struct Target {
-    pub node_id: String,
-    pub url: String,
+    pub endpoint: Arc<Endpoint>,
     pub inflight: Arc<AtomicU32>,
 }
 
@@ -143,6 +190,7 @@ impl Nodes {
             map.insert(
                 s.registration.node_id.clone(),
                 Node {
+                    endpoint: Endpoint::new(&s.registration.node_id, &s.url),
                     url: s.url,
                     status: NodeState::Offline,
                     drained: s.drained,
@@ -164,9 +212,11 @@ impl Nodes {
             models_loaded: registration.models_loaded.clone(),
             ..Heartbeat::default()
         };
+        let endpoint = Endpoint::new(&id, &url);
         let node = match map.remove(&id) {
             Some(old) => Node {
                 registration,
+                endpoint,
                 url,
                 status: NodeState::Online,
                 load,
@@ -175,6 +225,7 @@ impl Nodes {
             },
             None => Node {
                 registration,
+                endpoint,
                 url,
                 status: NodeState::Online,
                 drained: false,
@@ -257,29 +308,38 @@ impl Nodes {
         self.read().get(id).map(Node::view)
     }
 
-    /// Healthy nodes for a request without a model (e.g. `/api/version`), best first.
-    pub fn any(&self, strategy: Strategy) -> Vec<Target> {
+    /// Up to `limit` healthy nodes for a request without a model (e.g. `/api/version`),
+    /// best first.
+    pub fn any(&self, strategy: Strategy, limit: usize) -> Vec<Target> {
         let map = self.read();
         let nodes: Vec<&Node> = map.values().filter(|n| n.takes_requests()).collect();
-        self.order(nodes, strategy, None)
+        self.order(nodes, strategy, None, limit)
     }
 
-    /// Healthy nodes that serve `model`, in the order to try them.
-    pub fn pick(&self, model: &str, strategy: Strategy) -> Pick {
+    /// Up to `limit` healthy nodes that serve `model`, in the order to try them.
+    pub fn pick(&self, model: &str, strategy: Strategy, limit: usize) -> Pick {
         let map = self.read();
-        let serving: Vec<&Node> = map.values().filter(|n| n.serves(model)).collect();
-        if serving.is_empty() {
+        let mut nodes: Vec<&Node> = map.values().filter(|n| n.serves(model)).collect();
+        if nodes.is_empty() {
             return Pick::UnknownModel;
         }
-        let healthy: Vec<&Node> = serving.into_iter().filter(|n| n.takes_requests()).collect();
-        if healthy.is_empty() {
+        nodes.retain(|n| n.takes_requests());
+        if nodes.is_empty() {
             return Pick::NoneHealthy;
         }
-        Pick::Nodes(self.order(healthy, strategy, Some(model)))
+        Pick::Nodes(self.order(nodes, strategy, Some(model), limit))
     }
 
-    /// Orders candidates by strategy; the rest follow as failover choices.
-    fn order(&self, mut nodes: Vec<&Node>, strategy: Strategy, model: Option<&str>) -> Vec<Target> {
+    /// Orders candidates by strategy; the rest follow as failover choices. Only the first
+    /// `limit` become targets: a request never tries more, and with many nodes copying
+    /// them all would be per-request work for nothing.
+    fn order(
+        &self,
+        mut nodes: Vec<&Node>,
+        strategy: Strategy,
+        model: Option<&str>,
+        limit: usize,
+    ) -> Vec<Target> {
         if nodes.is_empty() {
             return Vec::new();
         }
@@ -296,10 +356,12 @@ impl Nodes {
         }
         nodes
             .into_iter()
-            .map(|n| Target {
-                node_id: n.registration.node_id.clone(),
-                url: n.url.clone(),
-                inflight: n.inflight.clone(),
+            .take(limit)
+            .filter_map(|n| {
+                Some(Target {
+                    endpoint: n.endpoint.clone()?,
+                    inflight: n.inflight.clone(),
+                })
             })
             .collect()
     }
@@ -334,10 +396,41 @@ mod tests {
     }
 
     fn first(nodes: &Nodes, model: &str, strategy: Strategy) -> String {
-        match nodes.pick(model, strategy) {
-            Pick::Nodes(t) => t[0].node_id.clone(),
+        match nodes.pick(model, strategy, 3) {
+            Pick::Nodes(t) => t[0].endpoint.node_id.clone(),
             _ => panic!("no node"),
         }
+    }
+
+    #[test]
+    fn endpoint_urls_keep_the_base_path() {
+        let plain = Endpoint::new("a", "http://127.0.0.1:8080").unwrap();
+        assert_eq!(
+            plain.url_for("/v1/chat/completions", None).as_str(),
+            "http://127.0.0.1:8080/v1/chat/completions"
+        );
+        let prefixed = Endpoint::new("b", "http://node.lan:9000/llm").unwrap();
+        assert_eq!(
+            prefixed.url_for("/api/tags", Some("x=1&y=2")).as_str(),
+            "http://node.lan:9000/llm/api/tags?x=1&y=2"
+        );
+        assert_eq!(prefixed.header.as_ref().unwrap(), "b");
+        assert!(Endpoint::new("c", "not a url").is_none());
+    }
+
+    #[test]
+    fn picks_at_most_the_limit() {
+        let nodes = Nodes::default();
+        for id in ["a", "b", "c"] {
+            let r = reg(id, &["m"], &[]);
+            let url = r.url.clone();
+            nodes.register(r, url, 0);
+        }
+        match nodes.pick("m", Strategy::LeastLoaded, 2) {
+            Pick::Nodes(t) => assert_eq!(t.len(), 2),
+            _ => panic!("no node"),
+        }
+        assert_eq!(nodes.any(Strategy::RoundRobin, 5).len(), 3);
     }
 
     #[test]
@@ -394,14 +487,14 @@ mod tests {
         nodes.set_drained("c", true, 0);
         assert_ne!(first(&nodes, "m", Strategy::LeastLoaded), "c");
         assert!(matches!(
-            nodes.pick("x", Strategy::RoundRobin),
+            nodes.pick("x", Strategy::RoundRobin, 3),
             Pick::UnknownModel
         ));
         for id in ["a", "b", "c"] {
             nodes.mark_offline(id, 0);
         }
         assert!(matches!(
-            nodes.pick("m", Strategy::RoundRobin),
+            nodes.pick("m", Strategy::RoundRobin, 3),
             Pick::NoneHealthy
         ));
     }

@@ -87,29 +87,31 @@ pub async fn forward(state: &RouterState, req: Outgoing) -> Result<Response<Body
         None => "this request".to_string(),
     };
     let strategy = state.settings.strategy;
+    let limit = state.settings.max_attempts.max(1);
     let mut recorder = Recorder::new(state.history.clone(), &req, ts_ms, started);
     let picked = match &req.model {
-        Some(model) => match state.nodes.pick(model, strategy) {
+        Some(model) => match state.nodes.pick(model, strategy, limit) {
             Pick::Nodes(targets) => Ok(targets),
             Pick::NoneHealthy => Err(RouterError::NoNode(what())),
             Pick::UnknownModel => Err(RouterError::UnknownModel(model.clone())),
         },
-        None => Ok(state.nodes.any(strategy)),
+        None => Ok(state.nodes.any(strategy, limit)),
     };
     let targets = match picked {
         Ok(targets) if !targets.is_empty() => targets,
         Ok(_) => return Err(record(&mut recorder, RouterError::NoNode(what()))),
         Err(err) => return Err(record(&mut recorder, err)),
     };
-    let max = state.settings.max_attempts.max(1).min(targets.len());
+    let max = targets.len();
     let mut last_error = String::new();
-    for (attempt, target) in targets.into_iter().take(max).enumerate() {
+    for (attempt, target) in targets.into_iter().enumerate() {
         let is_last = attempt + 1 == max;
+        let node_id = &target.endpoint.node_id;
         target.inflight.fetch_add(1, Ordering::Relaxed);
         match send(state, &req, &target).await {
             Ok(resp) if resp.status().is_server_error() && !is_last => {
                 target.inflight.fetch_sub(1, Ordering::Relaxed);
-                last_error = format!("node {} answered {}", target.node_id, resp.status());
+                last_error = format!("node {node_id} answered {}", resp.status());
                 tracing::info!("router: {last_error}; trying another node");
             }
             Ok(resp) => {
@@ -118,12 +120,14 @@ pub async fn forward(state: &RouterState, req: Outgoing) -> Result<Response<Body
             }
             Err(err) => {
                 target.inflight.fetch_sub(1, Ordering::Relaxed);
-                last_error = format!("node {}: {}", target.node_id, describe(&err));
+                last_error = format!("node {node_id}: {}", describe(&err));
                 tracing::info!("router: {last_error}; trying another node");
                 if err.is_connect() {
                     // Refused: the node is gone; stop sending it traffic until it is back.
-                    if let Some(change) = state.nodes.mark_offline(&target.node_id, now_ms()) {
-                        state.persist(change);
+                    if let Some(change) = state.nodes.mark_offline(node_id, now_ms()) {
+                        // Saved in the background: the next attempt must not wait on SQLite.
+                        let state = state.clone();
+                        tokio::spawn(async move { state.persist(change).await });
                     }
                 }
             }
@@ -149,8 +153,7 @@ async fn send(
     req: &Outgoing,
     target: &Target,
 ) -> reqwest::Result<reqwest::Response> {
-    let path = req.uri.path_and_query().map_or("/", |p| p.as_str());
-    let url = format!("{}{}", target.url, path);
+    let url = target.endpoint.url_for(req.uri.path(), req.uri.query());
     state
         .client
         .request(req.method.clone(), url)
@@ -178,11 +181,16 @@ fn relay(resp: reqwest::Response, target: Target, mut recorder: Recorder) -> Res
             headers.insert(header::CONTENT_LENGTH, length.clone());
         }
     }
-    if let Ok(node) = header::HeaderValue::from_str(&target.node_id) {
-        headers.insert(NODE_HEADER, node);
+    // The client gets the body of this length: the relay ends when it has passed it on.
+    let length = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if let Some(node) = &target.endpoint.header {
+        headers.insert(NODE_HEADER, node.clone());
     }
-    recorder.node(&target.node_id, status.as_u16());
-    let stream = RelayStream::new(resp.bytes_stream(), flavor, recorder, target.inflight);
+    recorder.node(&target.endpoint.node_id, status.as_u16());
+    let stream = RelayStream::new(resp.bytes_stream(), flavor, recorder, target.inflight)
+        .with_length(length);
     let mut response = Response::new(Body::from_stream(stream));
     *response.status_mut() = status;
     *response.headers_mut() = headers;

@@ -198,7 +198,11 @@ impl Store {
         Ok(nodes)
     }
 
-    pub fn insert_requests(&self, records: &[RequestRecord]) -> rusqlite::Result<()> {
+    /// Inserts the rows in one transaction.
+    pub fn insert_requests<'a>(
+        &self,
+        records: impl IntoIterator<Item = &'a RequestRecord>,
+    ) -> rusqlite::Result<()> {
         let mut conn = self.lock();
         let tx = conn.transaction()?;
         {

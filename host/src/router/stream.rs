@@ -129,7 +129,7 @@ impl Recorder {
         if self.record.error.is_none() && self.record.status >= 400 {
             self.record.error = error_message(&self.tail);
         }
-        self.history.record(self.record.clone());
+        self.history.record(std::mem::take(&mut self.record));
     }
 }
 
@@ -157,6 +157,9 @@ pub struct RelayStream {
     flavor: ErrorFlavor,
     recorder: Recorder,
     inflight: Arc<AtomicU32>,
+    /// Bytes still to pass on when the client was promised a length: the server stops
+    /// polling (and drops this stream) once it has them, without waiting for the end.
+    left: Option<u64>,
     finished: bool,
 }
 
@@ -172,8 +175,15 @@ impl RelayStream {
             flavor,
             recorder,
             inflight,
+            left: None,
             finished: false,
         }
+    }
+
+    /// The response carries `Content-Length: length` to the client.
+    pub fn with_length(mut self, length: Option<u64>) -> Self {
+        self.left = length;
+        self
     }
 
     fn end(&mut self) {
@@ -187,7 +197,11 @@ impl RelayStream {
 
 impl Drop for RelayStream {
     fn drop(&mut self) {
-        if !self.finished {
+        if self.left == Some(0) {
+            // Everything promised was passed on (or nothing was promised: an empty body).
+            self.end();
+        } else if !self.finished {
+            // Cut short: the recorder's own drop records the client going away.
             self.finished = true;
             self.inflight.fetch_sub(1, Ordering::Relaxed);
         }
@@ -205,6 +219,9 @@ impl Stream for RelayStream {
             Poll::Pending => Poll::Pending,
             Poll::Ready(Some(Ok(bytes))) => {
                 self.recorder.chunk(&bytes);
+                if let Some(left) = &mut self.left {
+                    *left = left.saturating_sub(bytes.len() as u64);
+                }
                 Poll::Ready(Some(Ok(bytes)))
             }
             Poll::Ready(None) => {
@@ -233,13 +250,18 @@ impl Stream for RelayStream {
 /// Prompt and completion tokens from the last `usage` object (OpenAI) or the last
 /// `prompt_eval_count` / `eval_count` (Ollama) in the response's end.
 pub fn token_counts(tail: &[u8]) -> (Option<u64>, Option<u64>) {
-    if let Some(usage) = last_value(tail, b"\"usage\":") {
-        let get = |key: &str| usage.get(key).and_then(serde_json::Value::as_u64);
-        if usage.is_object() {
-            return (get("prompt_tokens"), get("completion_tokens"));
-        }
+    // Typed rather than `serde_json::Value`: this runs at the end of every response, and a
+    // `Value` allocates a map and a string per field.
+    #[derive(serde::Deserialize)]
+    struct Usage {
+        prompt_tokens: Option<serde_json::Number>,
+        completion_tokens: Option<serde_json::Number>,
     }
-    let number = |key: &[u8]| last_value(tail, key).and_then(|v| v.as_u64());
+    let count = |n: Option<serde_json::Number>| n.and_then(|n| n.as_u64());
+    if let Some(Some(usage)) = last_of::<Option<Usage>>(tail, b"\"usage\":") {
+        return (count(usage.prompt_tokens), count(usage.completion_tokens));
+    }
+    let number = |key: &[u8]| last_of::<serde_json::Number>(tail, key).and_then(|n| n.as_u64());
     (
         number(b"\"prompt_eval_count\":"),
         number(b"\"eval_count\":"),
@@ -259,10 +281,15 @@ fn error_message(tail: &[u8]) -> Option<String> {
 
 /// The JSON value that follows the last occurrence of `key`.
 fn last_value(haystack: &[u8], key: &[u8]) -> Option<serde_json::Value> {
+    last_of(haystack, key)
+}
+
+/// The value of type `T` that follows the last occurrence of `key` (None: absent or not a `T`).
+fn last_of<T: serde::de::DeserializeOwned>(haystack: &[u8], key: &[u8]) -> Option<T> {
     let at = haystack.windows(key.len()).rposition(|w| w == key)?;
     let rest = &haystack[at + key.len()..];
     serde_json::Deserializer::from_slice(rest)
-        .into_iter::<serde_json::Value>()
+        .into_iter::<T>()
         .next()?
         .ok()
 }
@@ -285,6 +312,15 @@ data: [DONE]
 "#;
         assert_eq!(token_counts(ollama), (Some(4), Some(12)));
         assert_eq!(token_counts(b"{}"), (None, None));
+        // A `usage` that is not an object falls back to Ollama's counts.
+        assert_eq!(
+            token_counts(br#"{"usage":null,"prompt_eval_count":2,"eval_count":3}"#),
+            (Some(2), Some(3))
+        );
+        assert_eq!(
+            token_counts(br#"{"usage":{"prompt_tokens":4,"total_tokens":4,"x":{"y":[1]}}}"#),
+            (Some(4), None)
+        );
         assert_eq!(
             error_message(br#"{"error":{"message":"bad","type":"x"}}"#).as_deref(),
             Some("bad")

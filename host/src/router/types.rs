@@ -118,7 +118,7 @@ impl NodeState {
 }
 
 /// One proxied request, as kept in the history.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct RequestRecord {
     /// Unix time in milliseconds when the request arrived.
     pub ts_ms: i64,
