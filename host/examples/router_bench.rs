@@ -478,7 +478,8 @@ struct Args {
 const USAGE: &str = "flags: --requests N (per multi-client run, default 20000), --rate R \
      (open-loop requests/s, default 2000), --clients C (default 100), --runs single,closed,open \
      (default all), --repeat K (each run K times, default 1), --router-threads T (the \
-     router's tokio workers; 0: a current-thread runtime; default: one per core)";
+     router's tokio workers; 0: a current-thread runtime; default: as `llmlocal router`, one \
+     per core, at most 4)";
 
 fn kinds(list: &str) -> anyhow::Result<Vec<Kind>> {
     list.split(',')
@@ -607,12 +608,13 @@ fn exit_with_parent() {
 }
 
 /// The router child's runtime: `threads` workers, 0 for a current-thread runtime, none
-/// given for tokio's default (one worker per core, as `llmlocal router` runs).
+/// given for `llmlocal router`'s default ([`llmlocal::router::default_worker_threads`]).
 fn router_runtime(threads: Option<&String>) -> anyhow::Result<tokio::runtime::Runtime> {
-    let Some(threads) = threads else {
-        return Ok(tokio::runtime::Runtime::new()?);
+    let threads = match threads {
+        Some(threads) => threads.parse::<usize>().context("--router-threads")?,
+        None => llmlocal::router::default_worker_threads(),
     };
-    let mut builder = match threads.parse::<usize>().context("--router-threads")? {
+    let mut builder = match threads {
         0 => tokio::runtime::Builder::new_current_thread(),
         n => {
             let mut builder = tokio::runtime::Builder::new_multi_thread();

@@ -56,13 +56,19 @@ build_llama() {
     rm -rf "$W/llama.cpp" "$W/build"
     tar -xzf "$G/llama.cpp.tar.gz" -C "$W" || return 1
     # Shared libraries, as the plugin was linked (dynamic-link); OpenMP as llama-cpp-sys-2
-    # builds it; only this machine's CUDA architecture, to keep the build short. The crate's
+    # builds it; only this machine's CUDA architecture, to keep the build short.
+    # --exclude-libs: libggml-cuda carries its own copy of libstdc++ here (no libstdc++.so.6
+    # among its NEEDED) and exported all 2586 std:: symbols of it. In a server that had loaded
+    # libstdc++.so through the candle CUDA plugin first, libllama's `ostream << long` bound to
+    # that copy and crashed (SIGSEGV in llama_model::print_info). With the flag, what comes
+    # from static archives stays private to each library. The crate's
     # copy of llama.cpp has no tool sources (llama-bench, quantize): direct_bench.c stands in.
     cmake -S "$W/llama.cpp" -B "$W/build" -G Ninja -DCMAKE_BUILD_TYPE=Release \
         -DBUILD_SHARED_LIBS=ON -DGGML_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES="$ARCH" \
         -DGGML_NATIVE=OFF -DGGML_OPENMP=ON -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF \
         -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_TOOLS=OFF \
-        -DLLAMA_BUILD_COMMON=OFF -DLLAMA_BUILD_APP=OFF >"$OUT/cmake.log" 2>&1 || {
+        -DLLAMA_BUILD_COMMON=OFF -DLLAMA_BUILD_APP=OFF \
+        -DCMAKE_SHARED_LINKER_FLAGS="-Wl,--exclude-libs,ALL" >"$OUT/cmake.log" 2>&1 || {
         tail -30 "$OUT/cmake.log"; return 1; }
     local started=$SECONDS
     cmake --build "$W/build" --target llama -j "$(nproc)" >>"$OUT/cmake.log" 2>&1 || {

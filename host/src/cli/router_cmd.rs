@@ -43,11 +43,20 @@ pub struct RouterArgs {
     /// Heartbeat period asked of nodes, in seconds (default 10).
     #[arg(long, value_name = "SECS")]
     pub heartbeat_interval: Option<f64>,
+    /// Worker threads of the router (default: one per core, at most 4: fewer workers wake
+    /// each other less, which keeps the latency the router adds low).
+    #[arg(long, env = "LLMLOCAL_ROUTER_THREADS", value_name = "N")]
+    pub threads: Option<usize>,
 }
 
 pub fn run(args: RouterArgs, config: &Config) -> anyhow::Result<()> {
+    let threads = args
+        .threads
+        .unwrap_or_else(router::default_worker_threads)
+        .max(1);
     let settings = settings(args, config)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;

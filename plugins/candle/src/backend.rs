@@ -18,7 +18,6 @@ impl CandleBackend {
 
 impl Backend for CandleBackend {
     fn load(&self, request: LoadRequest) -> Result<Box<dyn Model>> {
-        let _kept = device::ThreadContext::keep();
         let start = Instant::now();
         let paths: Vec<String> = request.model_paths.iter().map(|p| p.to_string()).collect();
         let files = files::resolve(&paths)?;

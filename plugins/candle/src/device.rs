@@ -6,83 +6,6 @@
 use crate::error::Result;
 use candle_core::Device;
 use llmlocal_plugin_api::PluginError;
-use std::mem::ManuallyDrop;
-use std::ops::{Deref, DerefMut};
-
-/// Keeps the calling thread's current CUDA context and puts it back when dropped.
-///
-/// candle (cudarc) makes its device's context current on whatever thread runs its work, and
-/// the host calls plugins on its shared worker threads. A context left current there outlives
-/// the candle objects that set it (once they release it, the primary context is inactive), and
-/// the next CUDA user on that thread trips over it: a server with both CUDA plugins loaded
-/// crashed inside libggml-cuda while llama.cpp loaded a model on a thread where candle had
-/// probed the GPU. So every entry point that may touch CUDA leaves the thread as it found it.
-#[must_use = "the context is put back when this is dropped"]
-pub struct ThreadContext {
-    #[cfg(feature = "cuda")]
-    saved: Option<candle_core::cuda_backend::cudarc::driver::sys::CUcontext>,
-}
-
-impl ThreadContext {
-    #[cfg(feature = "cuda")]
-    pub fn keep() -> Self {
-        use candle_core::cuda_backend::cudarc::driver::result::ctx;
-        // Fails only when the driver is not initialised: then there is nothing to put back
-        // but "no context" (null), which restoring sets.
-        let saved = ctx::get_current()
-            .ok()
-            .map(|current| current.unwrap_or(std::ptr::null_mut()));
-        ThreadContext { saved }
-    }
-
-    #[cfg(not(feature = "cuda"))]
-    pub fn keep() -> Self {
-        ThreadContext {}
-    }
-}
-
-impl Drop for ThreadContext {
-    fn drop(&mut self) {
-        #[cfg(feature = "cuda")]
-        if let Some(saved) = self.saved {
-            use candle_core::cuda_backend::cudarc::driver::result::ctx;
-            // SAFETY: `saved` is what this thread had current (or null, meaning none), so
-            // making it current again is what the thread's other users expect.
-            let _ = unsafe { ctx::set_current(saved) };
-        }
-    }
-}
-
-/// A value whose drop (freeing device memory makes candle's context current) runs under a
-/// [`ThreadContext`], so dropping a model or a generation also leaves the thread as it was.
-pub struct KeepsContext<T>(ManuallyDrop<T>);
-
-impl<T> KeepsContext<T> {
-    pub fn new(value: T) -> Self {
-        KeepsContext(ManuallyDrop::new(value))
-    }
-}
-
-impl<T> Deref for KeepsContext<T> {
-    type Target = T;
-    fn deref(&self) -> &T {
-        &self.0
-    }
-}
-
-impl<T> DerefMut for KeepsContext<T> {
-    fn deref_mut(&mut self) -> &mut T {
-        &mut self.0
-    }
-}
-
-impl<T> Drop for KeepsContext<T> {
-    fn drop(&mut self) {
-        let _kept = ThreadContext::keep();
-        // SAFETY: dropped exactly once, here, and never used afterwards.
-        unsafe { ManuallyDrop::drop(&mut self.0) };
-    }
-}
 
 /// The devices usable now, named as the host names them (`cpu`, `cuda:0`, `metal`).
 pub fn available() -> Vec<String> {
@@ -97,7 +20,6 @@ pub fn available() -> Vec<String> {
 
 #[cfg(feature = "cuda")]
 fn cuda_devices() -> Vec<String> {
-    let _kept = ThreadContext::keep();
     // Probe ordinals until one fails to open; a machine rarely has more than 16 GPUs.
     (0..16)
         .take_while(|&i| Device::new_cuda(i).is_ok())

@@ -2,7 +2,6 @@
 //! `next()`, on the caller's thread: the host pulls each generation on its own blocking
 //! thread, several run at once, and dropping one frees its cache with nothing left running.
 
-use crate::device::{KeepsContext, ThreadContext};
 use crate::error::Result;
 use crate::model::Shared;
 use crate::net::Session;
@@ -15,8 +14,8 @@ use llmlocal_plugin_api::{
 use std::sync::Arc;
 
 pub struct CandleGeneration {
-    shared: KeepsContext<Arc<Shared>>,
-    session: KeepsContext<Session>,
+    shared: Arc<Shared>,
+    session: Session,
     /// Prompt and generated tokens so far.
     history: Vec<u32>,
     prompt_len: usize,
@@ -55,8 +54,8 @@ impl CandleGeneration {
             clock: StatsClock::start(u32::try_from(prompt.len()).unwrap_or(u32::MAX)),
             prompt_len: prompt.len(),
             history: prompt,
-            session: KeepsContext::new(session),
-            shared: KeepsContext::new(shared),
+            session,
+            shared,
             cached: 0,
             generated: 0,
             max_tokens: request.max_tokens,
@@ -110,7 +109,6 @@ impl CandleGeneration {
 
 impl Generation for CandleGeneration {
     fn next(&mut self) -> Result<Step> {
-        let _kept = ThreadContext::keep();
         match &self.done {
             Some(Ok(reason)) => return Ok(Step::Finished(*reason)),
             Some(Err(e)) => return Err(e.clone()),

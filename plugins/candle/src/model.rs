@@ -1,6 +1,5 @@
 //! A loaded model: the network, its tokenizer and what the files say about it.
 
-use crate::device::{KeepsContext, ThreadContext};
 use crate::error::Result;
 use crate::generation::CandleGeneration;
 use crate::net::Net;
@@ -90,13 +89,13 @@ impl Shared {
 }
 
 pub struct CandleModel {
-    shared: KeepsContext<Arc<Shared>>,
+    shared: Arc<Shared>,
 }
 
 impl CandleModel {
     pub fn new(shared: Shared) -> Self {
         CandleModel {
-            shared: KeepsContext::new(Arc::new(shared)),
+            shared: Arc::new(shared),
         }
     }
 }
@@ -145,7 +144,6 @@ impl Model for CandleModel {
     }
 
     fn generate(&self, request: GenerateRequest) -> Result<Box<dyn Generation>> {
-        let _kept = ThreadContext::keep();
         Ok(Box::new(CandleGeneration::new(
             self.shared.clone(),
             request,
@@ -153,7 +151,6 @@ impl Model for CandleModel {
     }
 
     fn logits(&self, tokens: &[u32]) -> Result<Vec<f32>> {
-        let _kept = ThreadContext::keep();
         let s = &self.shared;
         if tokens.is_empty() {
             return Err(PluginError::invalid_request(
