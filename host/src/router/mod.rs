@@ -44,8 +44,10 @@ use tokio::net::TcpListener;
 /// A proxied request costs the router ~120-220 us of CPU, most of it waking tasks; with one
 /// tokio worker per core, each wake-up may also rouse an idle worker, so more workers mean more
 /// cross-core hand-offs per request. On a 16-core host (router_bench, dev build) the p99 the
-/// router added for one client was 1.2-1.8 ms with 16 workers and 0.3-0.4 ms with 4; at 100
-/// clients and 2000 req/s 1.7-1.9 ms vs -0.4-1.5 ms.
+/// router added for one client was 1.2-1.8 ms with 16 workers and 0.06-0.45 ms with 4; at 100
+/// clients and 2000 req/s 1.7-1.9 ms vs 0.2-1.5 ms. The price is peak throughput: as fast as
+/// 100 clients can go, 50-52k req/s with 4 workers vs 53-73k with 16, far above what nodes
+/// that generate text can serve.
 pub fn default_worker_threads() -> usize {
     std::thread::available_parallelism()
         .map_or(1, |n| n.get())
