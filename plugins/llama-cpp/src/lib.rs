@@ -48,6 +48,7 @@ pub mod engine;
 pub mod generation;
 pub mod gguf;
 pub mod load;
+mod logs;
 pub mod model;
 pub mod runtime;
 pub mod sampler;

@@ -1,18 +1,16 @@
 //! Process-wide llama.cpp state: the one `LlamaBackend`, log routing and the device list.
 
 use llama_cpp_2::{
-    list_llama_ggml_backend_devices, llama_backend::LlamaBackend, send_logs_to_tracing,
-    LlamaBackendDeviceType, LogOptions,
+    list_llama_ggml_backend_devices, llama_backend::LlamaBackend, LlamaBackendDeviceType,
 };
 use llmlocal_plugin_api::PluginError;
 use std::sync::{Once, OnceLock};
 
-/// Routes llama.cpp's and ggml's logs into `tracing` (and from there, through the plugin-api
-/// glue, to the host's logger). Done before any other llama.cpp call so that nothing is ever
-/// printed raw to the terminal.
+/// Routes llama.cpp's and ggml's logs into `tracing` ([`crate::logs`]). Done before any other
+/// llama.cpp call so that nothing is ever printed raw to the terminal.
 pub fn route_logs() {
     static ONCE: Once = Once::new();
-    ONCE.call_once(|| send_logs_to_tracing(LogOptions::default().with_logs_enabled(true)));
+    ONCE.call_once(crate::logs::install);
 }
 
 /// The llama.cpp backend, initialised once per process and never freed: llama.cpp's global
