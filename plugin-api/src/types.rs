@@ -34,7 +34,10 @@ impl ModelFormat {
 pub struct Capabilities {
     /// Accepts LoRA adapters at load ([`LoadRequest::adapters`]).
     pub lora: bool,
-    /// Can switch adapters per generation without reloading ([`GenerateRequest::adapters`]).
+    /// Takes adapters per generation without reloading ([`GenerateRequest::adapters`]): any
+    /// adapter file, also one not given at load (the backend reads it at run time). The host
+    /// then serves every adapter set from the one loaded model; without this flag it loads a
+    /// model instance per adapter set instead.
     pub lora_per_generation: bool,
     /// Implements [`crate::Model::embed`].
     pub embeddings: bool,
