@@ -5,11 +5,11 @@
 
 mod adapters_common;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use adapters_common::{fixtures, workspace};
-use llmlocal::api::{AdapterRequest, GenerateRequest, LoadRequest, Step};
-use llmlocal::plugins::{LoadedModel, PluginRegistry};
+use adapters_common::{fixtures, load_in_plugin, workspace};
+use llmlocal::api::{AdapterRequest, GenerateRequest, Step};
+use llmlocal::plugins::LoadedModel;
 use llmlocal_fixtures::{lora, reference, spec};
 
 fn plugin_file(crate_name: &str) -> Option<PathBuf> {
@@ -32,23 +32,6 @@ fn plugin_file(crate_name: &str) -> Option<PathBuf> {
         );
         None
     }
-}
-
-/// Loads `model` with `adapters` in the plugin at `file`.
-fn load(file: &Path, model: &Path, adapters: &[(&Path, f32)]) -> LoadedModel {
-    let registry = PluginRegistry::load_files(&[file.to_path_buf()]);
-    let backend = registry.backends().next().cloned().expect("plugin loads");
-    let mut request = LoadRequest::new(model.display().to_string());
-    request.device = "cpu".into();
-    request.context_length = 512;
-    request.adapters = adapters
-        .iter()
-        .map(|(p, scale)| AdapterRequest {
-            path: p.display().to_string().into(),
-            scale: *scale,
-        })
-        .collect();
-    backend.load_model(request).expect("model loads")
 }
 
 /// Greedy tokens (the end-of-generation token is not part of the output).
@@ -122,7 +105,7 @@ fn candle_peft_and_llama_cpp_converted_gguf_agree_with_the_merged_reference() {
     let Some(candle) = plugin_file("llmlocal_backend_candle") else {
         return;
     };
-    let base_model = load(&candle, &p.hf_dir, &[]);
+    let base_model = load_in_plugin(&candle, &p.hf_dir, &[]);
     for prompt in prompts() {
         assert_eq!(
             greedy(&base_model, &prompt),
@@ -131,14 +114,14 @@ fn candle_peft_and_llama_cpp_converted_gguf_agree_with_the_merged_reference() {
         );
     }
     drop(base_model);
-    let adapted = load(&candle, &p.hf_dir, &[(&p.lora_dir, 1.0)]);
+    let adapted = load_in_plugin(&candle, &p.hf_dir, &[(&p.lora_dir, 1.0)]);
     let candle_out = check_adapted("candle + PEFT", &adapted);
     drop(adapted);
 
     let Some(llama) = plugin_file("llmlocal_backend_llama_cpp") else {
         return;
     };
-    let adapted = load(&llama, &p.gguf_f32, &[(&p.lora_gguf, 1.0)]);
+    let adapted = load_in_plugin(&llama, &p.gguf_f32, &[(&p.lora_gguf, 1.0)]);
     let llama_out = check_adapted("llama.cpp + converted GGUF LoRA", &adapted);
     assert_eq!(llama_out, candle_out, "the two backends disagree");
 }
@@ -155,8 +138,8 @@ fn a_half_scale_adapter_matches_the_half_merge_in_both_backends() {
     let merged = lora::fixture_merged(0.5).expect("merge");
     let prompt = prompts().remove(0);
     let expected = reference::logits(&merged, &prompt);
-    let c = load(&candle, &p.hf_dir, &[(&p.lora_dir, 0.5)]);
-    let l = load(&llama, &p.gguf_f32, &[(&p.lora_gguf, 0.5)]);
+    let c = load_in_plugin(&candle, &p.hf_dir, &[(&p.lora_dir, 0.5)]);
+    let l = load_in_plugin(&llama, &p.gguf_f32, &[(&p.lora_gguf, 0.5)]);
     for (name, model) in [("candle", &c), ("llama.cpp", &l)] {
         let diff = max_diff(&model.logits(&prompt).expect("logits"), &expected);
         assert!(diff < 2e-3, "{name} at scale 0.5: logits differ by {diff}");
@@ -170,7 +153,7 @@ fn llama_cpp_per_request_adapters_in_concurrent_generations() {
     let Some(llama) = plugin_file("llmlocal_backend_llama_cpp") else {
         return;
     };
-    let model = load(&llama, &p.gguf_f32, &[(&p.lora_gguf, 1.0)]);
+    let model = load_in_plugin(&llama, &p.gguf_f32, &[(&p.lora_gguf, 1.0)]);
     let prompt = prompts().remove(0);
     // One generation with the load-time adapter (None), one with no adapter (empty list),
     // running at once, each read on its own thread. A hang fails the test instead of

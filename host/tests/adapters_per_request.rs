@@ -9,13 +9,11 @@
 mod adapters_common;
 mod server_support;
 
-use adapters_common::fixtures;
+use adapters_common::{fixtures, generate, try_generate, MAX_TOKENS, PROMPT};
 use futures_util::future::join_all;
 use llmlocal::{
     adapters::{convert, AdapterConfig, AdapterManager},
-    engine::{
-        Engine, EngineError, EngineSettings, ErrorClass, GenerationConfig, ModelEntry, Prompt,
-    },
+    engine::{Engine, EngineSettings, ErrorClass, ModelEntry},
     server::ServerSettings,
 };
 use serde_json::{json, Value};
@@ -25,8 +23,6 @@ use std::{path::Path, sync::Arc};
 /// The fixture model as a GGUF file on llama.cpp and as an HF folder on candle.
 const LLAMA: &str = "tiny-gguf";
 const CANDLE: &str = "tiny-hf";
-const PROMPT: &str = "Hi ";
-const MAX_TOKENS: u32 = 40;
 
 fn settings(open_specs: bool) -> EngineSettings {
     let p = fixtures();
@@ -67,27 +63,6 @@ fn lora_spec(scale: Option<f32>) -> String {
         Some(scale) => format!("{dir}:{scale}"),
         None => dir,
     }
-}
-
-async fn try_generate(
-    engine: &Engine,
-    model: &str,
-    adapters: Option<Vec<String>>,
-) -> Result<String, EngineError> {
-    let config = GenerationConfig {
-        adapters,
-        ..GenerationConfig::greedy(MAX_TOKENS)
-    };
-    let stream = engine
-        .generate(model, Prompt::Text(PROMPT.to_string()), config)
-        .await?;
-    Ok(stream.collect_text().await?.0)
-}
-
-async fn generate(engine: &Engine, model: &str, adapters: Option<Vec<String>>) -> String {
-    try_generate(engine, model, adapters)
-        .await
-        .unwrap_or_else(|err| panic!("{model}: {err}"))
 }
 
 /// Alone: base then adapter; then both at once, three of each interleaved.

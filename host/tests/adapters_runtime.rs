@@ -7,15 +7,15 @@
 mod adapters_common;
 mod server_support;
 
-use adapters_common::fixtures;
+use adapters_common::{fixtures, generate, load_in_plugin, try_generate, MAX_TOKENS, PROMPT};
 use futures_util::future::join_all;
 use llmlocal::{
     adapters::{convert, stack, AdapterConfig, AdapterManager},
-    api::{AdapterRequest, GenerateRequest, LoadRequest, Step},
-    engine::{Engine, EngineError, EngineSettings, GenerationConfig, ModelEntry, Prompt},
+    api::{GenerateRequest, Step},
+    engine::{Engine, EngineSettings, ModelEntry},
     plugins::LoadedModel,
 };
-use server_support::registry;
+use server_support::{plugin_library, registry};
 use std::{
     path::{Path, PathBuf},
     sync::Arc,
@@ -24,8 +24,6 @@ use std::{
 
 const LLAMA: &str = "tiny-gguf";
 const CANDLE: &str = "tiny-hf";
-const PROMPT: &str = "Hi ";
-const MAX_TOKENS: u32 = 40;
 
 fn engine(cache: &Path) -> Engine {
     let p = fixtures();
@@ -54,48 +52,15 @@ fn spec(dir: &Path, scale: f32) -> String {
     format!("{}:{scale}", dir.display())
 }
 
-async fn try_generate(
-    engine: &Engine,
-    model: &str,
-    adapters: Option<Vec<String>>,
-) -> Result<String, EngineError> {
-    let config = GenerationConfig {
-        adapters,
-        ..GenerationConfig::greedy(MAX_TOKENS)
-    };
-    let stream = engine
-        .generate(model, Prompt::Text(PROMPT.to_string()), config)
-        .await?;
-    Ok(stream.collect_text().await?.0)
-}
-
-async fn generate(engine: &Engine, model: &str, adapters: Option<Vec<String>>) -> String {
-    try_generate(engine, model, adapters)
-        .await
-        .unwrap_or_else(|err| panic!("{model}: {err}"))
-}
-
 fn loaded_names(engine: &Engine) -> Vec<String> {
     let mut names: Vec<String> = engine.loaded().into_iter().map(|l| l.name).collect();
     names.sort();
     names
 }
 
-/// `model` loaded straight into `plugin` with `adapters` at load.
-fn plugin_model(plugin: &str, model: &Path, adapters: &[(&Path, f32)]) -> LoadedModel {
-    let registry = registry(&[plugin]);
-    let backend = registry.backends().next().cloned().expect("plugin");
-    let mut request = LoadRequest::new(model.display().to_string());
-    request.device = "cpu".into();
-    request.context_length = 256;
-    request.adapters = adapters
-        .iter()
-        .map(|(p, scale)| AdapterRequest {
-            path: p.display().to_string().into(),
-            scale: *scale,
-        })
-        .collect();
-    backend.load_model(request).expect("model loads")
+/// `model` loaded straight into the plugin `name` with `adapters` at load.
+fn plugin_model(name: &str, model: &Path, adapters: &[(&Path, f32)]) -> LoadedModel {
+    load_in_plugin(&plugin_library(name), model, adapters)
 }
 
 /// The fixture GGUF loaded straight into the llama.cpp plugin with `adapters` from the start

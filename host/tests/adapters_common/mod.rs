@@ -1,11 +1,18 @@
 //! Shared by the adapter tests: the fixture model, its LoRA and the LoRA's GGUF conversion.
 #![allow(dead_code)]
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use llmlocal::adapters::{convert, BaseModel};
+use llmlocal::api::{AdapterRequest, LoadRequest};
+use llmlocal::engine::{Engine, EngineError, GenerationConfig, Prompt};
+use llmlocal::plugins::{LoadedModel, PluginRegistry};
 use llmlocal_fixtures::FixturePaths;
+
+/// The prompt and length of the engine-level adapter tests.
+pub const PROMPT: &str = "Hi ";
+pub const MAX_TOKENS: u32 = 40;
 
 /// The fixtures, with `tiny-llama-lora.gguf` written by the converter under test.
 pub fn fixtures() -> &'static FixturePaths {
@@ -28,4 +35,44 @@ pub fn workspace() -> PathBuf {
         .parent()
         .expect("workspace")
         .to_path_buf()
+}
+
+/// [`PROMPT`] greedily on `engine`'s `model` with `adapters` (`None`: the model's own).
+pub async fn try_generate(
+    engine: &Engine,
+    model: &str,
+    adapters: Option<Vec<String>>,
+) -> Result<String, EngineError> {
+    let config = GenerationConfig {
+        adapters,
+        ..GenerationConfig::greedy(MAX_TOKENS)
+    };
+    let stream = engine
+        .generate(model, Prompt::Text(PROMPT.to_string()), config)
+        .await?;
+    Ok(stream.collect_text().await?.0)
+}
+
+/// [`try_generate`] that must succeed.
+pub async fn generate(engine: &Engine, model: &str, adapters: Option<Vec<String>>) -> String {
+    try_generate(engine, model, adapters)
+        .await
+        .unwrap_or_else(|err| panic!("{model}: {err}"))
+}
+
+/// `model` loaded on the CPU straight into the plugin library `file`, with `adapters` at load.
+pub fn load_in_plugin(file: &Path, model: &Path, adapters: &[(&Path, f32)]) -> LoadedModel {
+    let registry = PluginRegistry::load_files(&[file.to_path_buf()]);
+    let backend = registry.backends().next().cloned().expect("plugin loads");
+    let mut request = LoadRequest::new(model.display().to_string());
+    request.device = "cpu".into();
+    request.context_length = 512;
+    request.adapters = adapters
+        .iter()
+        .map(|(p, scale)| AdapterRequest {
+            path: p.display().to_string().into(),
+            scale: *scale,
+        })
+        .collect();
+    backend.load_model(request).expect("model loads")
 }
