@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{greedy, load};
+use common::{greedy, load, max_diff};
 use llmlocal_fixtures::{reference, spec, FixturePaths};
 use llmlocal_plugin_api::{FinishReason, Model, Step};
 use std::path::PathBuf;
@@ -61,14 +61,6 @@ fn greedy_output_is_the_designed_continuation() {
             );
         }
     }
-}
-
-fn max_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
 }
 
 #[test]

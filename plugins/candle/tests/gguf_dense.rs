@@ -6,7 +6,7 @@ mod common;
 use candle_core::quantized::gguf_file::{self, Content};
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{DType, Device, DeviceLocation};
-use common::{greedy, stories};
+use common::{greedy, max_diff, rewrite_gguf_as, stories};
 use llmlocal_backend_candle::gguf::{self, Loaded};
 use llmlocal_backend_candle::gguf_dense::{self, Layout};
 use llmlocal_backend_candle::model::{CandleModel, Shared, DEFAULT_BATCH};
@@ -46,55 +46,9 @@ fn model(loaded: Loaded) -> Box<dyn Model> {
     }))
 }
 
-fn max_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
-}
-
-/// Rewrites a GGUF: every 2-D tensor stored as `matrices`, 1-D ones as they are (as
-/// llama.cpp's converter keeps norms in F32), metadata edited by `edit`, `extra` tensors added.
-fn rewrite(
-    src: &Path,
-    dst: &Path,
-    matrices: Option<GgmlDType>,
-    edit: impl FnOnce(&mut Vec<(String, gguf_file::Value)>),
-    extra: Vec<(String, QTensor)>,
-) {
-    let mut file = std::fs::File::open(src).unwrap();
-    let content = Content::read(&mut file).unwrap();
-    let mut metadata: Vec<(String, gguf_file::Value)> =
-        content.metadata.clone().into_iter().collect();
-    metadata.sort_by(|a, b| a.0.cmp(&b.0));
-    edit(&mut metadata);
-    let mut names: Vec<&String> = content.tensor_infos.keys().collect();
-    names.sort();
-    let mut tensors: Vec<(String, QTensor)> = names
-        .iter()
-        .map(|n| {
-            let t = content.tensor(&mut file, n, &Device::Cpu).unwrap();
-            let t = match matrices {
-                Some(dtype) if t.shape().rank() == 2 => {
-                    QTensor::quantize(&t.dequantize(&Device::Cpu).unwrap(), dtype).unwrap()
-                }
-                _ => t,
-            };
-            ((*n).clone(), t)
-        })
-        .collect();
-    tensors.extend(extra);
-    let md: Vec<(&str, &gguf_file::Value)> =
-        metadata.iter().map(|(k, v)| (k.as_str(), v)).collect();
-    let ts: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
-    let mut out = std::fs::File::create(dst).unwrap();
-    gguf_file::write(&mut out, &md, &ts).unwrap();
-}
-
 fn half_copy(src: &Path, dir: &Path, dtype: GgmlDType) -> PathBuf {
     let dst = dir.join(format!("half-{dtype:?}.gguf"));
-    rewrite(src, &dst, Some(dtype), |_| {}, Vec::new());
+    rewrite_gguf_as(src, &dst, Some(dtype), |_| {}, Vec::new());
     dst
 }
 
@@ -291,7 +245,7 @@ fn unrepresentable_files_fall_back_to_the_quantized_path() {
     let src = &fixtures.gguf_f32;
     let tmp = tempfile::tempdir().unwrap();
     let scaled = tmp.path().join("scaled.gguf");
-    rewrite(
+    rewrite_gguf_as(
         src,
         &scaled,
         Some(GgmlDType::F16),
@@ -309,7 +263,7 @@ fn unrepresentable_files_fall_back_to_the_quantized_path() {
     );
     let freqs = tmp.path().join("freqs.gguf");
     let ones = candle_core::Tensor::ones(8, DType::F32, &Device::Cpu).unwrap();
-    rewrite(
+    rewrite_gguf_as(
         src,
         &freqs,
         Some(GgmlDType::F16),

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 use candle_core::quantized::gguf_file::{self, Content};
+use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::Device;
 use llmlocal_backend_candle::CandleBackend;
 use llmlocal_plugin_api::{
@@ -86,11 +87,24 @@ pub fn edit_config(dir: &Path, edit: impl FnOnce(&mut serde_json::Map<String, se
     std::fs::write(&path, serde_json::to_vec_pretty(&json).unwrap()).unwrap();
 }
 
-/// Rewrites the stories GGUF with edited metadata.
+/// Rewrites a GGUF with edited metadata.
 pub fn rewrite_gguf(
     src: &Path,
     dst: &Path,
     edit: impl FnOnce(&mut Vec<(String, gguf_file::Value)>),
+) {
+    rewrite_gguf_as(src, dst, None, edit, Vec::new());
+}
+
+/// Rewrites a GGUF: every 2-D tensor stored as `matrices` (as they are when `None`), 1-D ones
+/// as they are (as llama.cpp's converter keeps norms in F32), metadata edited by `edit`,
+/// `extra` tensors added.
+pub fn rewrite_gguf_as(
+    src: &Path,
+    dst: &Path,
+    matrices: Option<GgmlDType>,
+    edit: impl FnOnce(&mut Vec<(String, gguf_file::Value)>),
+    extra: Vec<(String, QTensor)>,
 ) {
     let mut file = std::fs::File::open(src).unwrap();
     let content = Content::read(&mut file).unwrap();
@@ -100,19 +114,32 @@ pub fn rewrite_gguf(
     edit(&mut metadata);
     let mut names: Vec<&String> = content.tensor_infos.keys().collect();
     names.sort();
-    let tensors: Vec<(String, candle_core::quantized::QTensor)> = names
+    let mut tensors: Vec<(String, QTensor)> = names
         .iter()
         .map(|n| {
-            (
-                (*n).clone(),
-                content.tensor(&mut file, n, &Device::Cpu).unwrap(),
-            )
+            let t = content.tensor(&mut file, n, &Device::Cpu).unwrap();
+            let t = match matrices {
+                Some(dtype) if t.shape().rank() == 2 => {
+                    QTensor::quantize(&t.dequantize(&Device::Cpu).unwrap(), dtype).unwrap()
+                }
+                _ => t,
+            };
+            ((*n).clone(), t)
         })
         .collect();
+    tensors.extend(extra);
     let md: Vec<(&str, &gguf_file::Value)> =
         metadata.iter().map(|(k, v)| (k.as_str(), v)).collect();
-    let ts: Vec<(&str, &candle_core::quantized::QTensor)> =
-        tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let ts: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
     let mut out = std::fs::File::create(dst).unwrap();
     gguf_file::write(&mut out, &md, &ts).unwrap();
+}
+
+/// The largest absolute difference between two equally long vectors.
+pub fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }
