@@ -9,47 +9,24 @@
 mod adapters_common;
 mod server_support;
 
-use adapters_common::{fixtures, generate, try_generate, MAX_TOKENS, PROMPT};
+use adapters_common::{
+    engine_settings, fixtures, generate, try_generate, CANDLE, LLAMA, MAX_TOKENS, PROMPT,
+};
 use futures_util::future::join_all;
 use llmlocal::{
     adapters::{convert, AdapterConfig, AdapterManager},
-    engine::{Engine, EngineSettings, ErrorClass, ModelEntry},
+    engine::{Engine, ErrorClass},
     server::ServerSettings,
 };
 use serde_json::{json, Value};
 use server_support::{post, registry, TestServer};
 use std::{path::Path, sync::Arc};
 
-/// The fixture model as a GGUF file on llama.cpp and as an HF folder on candle.
-const LLAMA: &str = "tiny-gguf";
-const CANDLE: &str = "tiny-hf";
-
-fn settings(open_specs: bool) -> EngineSettings {
-    let p = fixtures();
-    let mut settings = EngineSettings {
-        open_specs,
-        context_length: Some(256),
-        device: "cpu".to_string(),
-        ..EngineSettings::default()
-    };
-    for (name, path, backend) in [
-        (LLAMA, &p.gguf_f32, "llama-cpp"),
-        (CANDLE, &p.hf_dir, "candle"),
-    ] {
-        let entry = ModelEntry {
-            backend: Some(backend.to_string()),
-            ..ModelEntry::new(path.to_string_lossy())
-        };
-        settings.models.insert(name.to_string(), entry);
-    }
-    settings
-}
-
 /// An engine over both plugins whose adapter cache (conversions) lives in `cache`.
 fn engine(cache: &Path, open_specs: bool) -> Engine {
     let manager = AdapterManager::new(AdapterConfig::new(cache)).expect("adapter manager");
     Engine::new(
-        settings(open_specs),
+        engine_settings(open_specs),
         registry(&["llama_cpp", "candle"]),
         None,
     )
@@ -121,14 +98,10 @@ async fn concurrent_engine_requests_with_and_without_an_adapter_get_their_own_ou
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_model_entry_can_configure_default_adapters_and_a_request_can_drop_them() {
     let cache = tempfile::tempdir().expect("tmp");
-    let mut engine_settings = settings(false);
-    engine_settings
-        .models
-        .get_mut(LLAMA)
-        .expect("entry")
-        .adapters = vec![lora_spec(None)];
+    let mut settings = engine_settings(false);
+    settings.models.get_mut(LLAMA).expect("entry").adapters = vec![lora_spec(None)];
     let manager = AdapterManager::new(AdapterConfig::new(cache.path())).expect("manager");
-    let engine = Engine::new(engine_settings, registry(&["llama_cpp"]), None)
+    let engine = Engine::new(settings, registry(&["llama_cpp"]), None)
         .with_adapter_manager(Arc::new(manager));
     // Without open specs a request may not name a local adapter path...
     let err = try_generate(&engine, LLAMA, Some(vec![lora_spec(None)]))

@@ -7,12 +7,15 @@
 mod adapters_common;
 mod server_support;
 
-use adapters_common::{fixtures, generate, load_in_plugin, try_generate, MAX_TOKENS, PROMPT};
+use adapters_common::{
+    engine_settings, fixtures, generate, load_in_plugin, try_generate, CANDLE, LLAMA, MAX_TOKENS,
+    PROMPT,
+};
 use futures_util::future::join_all;
 use llmlocal::{
     adapters::{convert, stack, AdapterConfig, AdapterManager},
     api::{GenerateRequest, Step},
-    engine::{Engine, EngineSettings, ModelEntry},
+    engine::Engine,
     plugins::LoadedModel,
 };
 use server_support::{plugin_library, registry};
@@ -22,27 +25,8 @@ use std::{
     time::Instant,
 };
 
-const LLAMA: &str = "tiny-gguf";
-const CANDLE: &str = "tiny-hf";
-
 fn engine(cache: &Path) -> Engine {
-    let p = fixtures();
-    let mut settings = EngineSettings {
-        open_specs: true,
-        context_length: Some(256),
-        device: "cpu".to_string(),
-        ..EngineSettings::default()
-    };
-    for (name, path, backend) in [
-        (LLAMA, &p.gguf_f32, "llama-cpp"),
-        (CANDLE, &p.hf_dir, "candle"),
-    ] {
-        let entry = ModelEntry {
-            backend: Some(backend.to_string()),
-            ..ModelEntry::new(path.to_string_lossy())
-        };
-        settings.models.insert(name.to_string(), entry);
-    }
+    let settings = engine_settings(true);
     let manager = AdapterManager::new(AdapterConfig::new(cache)).expect("adapter manager");
     Engine::new(settings, registry(&["llama_cpp", "candle"]), None)
         .with_adapter_manager(Arc::new(manager))

@@ -6,9 +6,14 @@ use std::sync::OnceLock;
 
 use llmlocal::adapters::{convert, BaseModel};
 use llmlocal::api::{AdapterRequest, LoadRequest};
-use llmlocal::engine::{Engine, EngineError, GenerationConfig, Prompt};
+use llmlocal::engine::{Engine, EngineError, EngineSettings, GenerationConfig, ModelEntry, Prompt};
 use llmlocal::plugins::{LoadedModel, PluginRegistry};
 use llmlocal_fixtures::FixturePaths;
+
+/// The fixture model's names in [`engine_settings`]: the f32 GGUF on llama.cpp, the HF folder
+/// on candle.
+pub const LLAMA: &str = "tiny-gguf";
+pub const CANDLE: &str = "tiny-hf";
 
 /// The prompt and length of the engine-level adapter tests.
 pub const PROMPT: &str = "Hi ";
@@ -75,4 +80,26 @@ pub fn load_in_plugin(file: &Path, model: &Path, adapters: &[(&Path, f32)]) -> L
         })
         .collect();
     backend.load_model(request).expect("model loads")
+}
+
+/// Engine settings serving the fixture as [`LLAMA`] and [`CANDLE`] on the CPU.
+pub fn engine_settings(open_specs: bool) -> EngineSettings {
+    let p = fixtures();
+    let mut settings = EngineSettings {
+        open_specs,
+        context_length: Some(256),
+        device: "cpu".to_string(),
+        ..EngineSettings::default()
+    };
+    for (name, path, backend) in [
+        (LLAMA, &p.gguf_f32, "llama-cpp"),
+        (CANDLE, &p.hf_dir, "candle"),
+    ] {
+        let entry = ModelEntry {
+            backend: Some(backend.to_string()),
+            ..ModelEntry::new(path.to_string_lossy())
+        };
+        settings.models.insert(name.to_string(), entry);
+    }
+    settings
 }
