@@ -5,12 +5,10 @@ mod adapters_common;
 #[path = "support/hf_mock.rs"]
 mod hf_mock;
 
-use std::time::Duration;
-
 use bytes::Bytes;
 use hf_mock::{Content, MockHub};
 use llmlocal::adapters::{AdapterConfig, AdapterFormat, AdapterManager, AdapterSpec};
-use llmlocal::models::{ManagerConfig, ModelManager};
+use llmlocal::models::ModelManager;
 
 const COMMIT: &str = "0123456789abcdef0123456789abcdef01234567";
 
@@ -44,9 +42,7 @@ async fn hf_peft_repo_and_gguf_file_resolve_for_both_backends() {
         vec![("lora.gguf", file(&p.lora_gguf), true)],
     );
     let dir = tempfile::tempdir().expect("tmp");
-    let mut models = ManagerConfig::new(dir.path().join("hub"));
-    models.endpoint = hub.url.clone();
-    models.retry_base_delay = Duration::from_millis(10);
+    let models = hub.manager_config(&dir.path().join("hub"));
     let manager = AdapterManager::new(AdapterConfig::new(dir.path().join("adapters")))
         .expect("manager")
         .with_model_manager(ModelManager::new(models).expect("models"));

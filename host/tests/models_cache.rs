@@ -8,16 +8,9 @@ use std::time::{Duration, SystemTime};
 
 use hf_mock::{Content, MockHub};
 use llmlocal::models::cli::format_table;
-use llmlocal::models::{CancellationToken, ManagerConfig, ModelError, ModelManager, ModelSpec};
+use llmlocal::models::{CancellationToken, ModelError, ModelManager, ModelSpec};
 
 const MB: u64 = 1 << 20;
-
-fn config(hub: &MockHub, cache: &Path) -> ManagerConfig {
-    let mut c = ManagerConfig::new(cache);
-    c.endpoint = hub.url.clone();
-    c.retry_base_delay = Duration::from_millis(10);
-    c
-}
 
 /// Three repos of 1, 2 and 3 MiB (+ a small README each), pulled.
 async fn three_repos(hub: &MockHub, cache: &Path) -> ModelManager {
@@ -40,7 +33,7 @@ async fn three_repos(hub: &MockHub, cache: &Path) -> ModelManager {
             ],
         );
     }
-    let m = ModelManager::new(config(hub, cache)).unwrap();
+    let m = ModelManager::new(hub.manager_config(cache)).unwrap();
     for name in ["org/a", "org/b", "org/c"] {
         let s = ModelSpec::parse(&format!("{name}:Q4_0")).unwrap();
         m.pull(&s, None, CancellationToken::new()).await.unwrap();
@@ -162,7 +155,7 @@ async fn offline_mode_resolves_from_cache_and_names_missing_files() {
     let tmp = tempfile::tempdir().unwrap();
     three_repos(&hub, tmp.path()).await;
     hub.reset_counters();
-    let mut cfg = config(&hub, tmp.path());
+    let mut cfg = hub.manager_config(tmp.path());
     cfg.offline = true;
     let m = ModelManager::new(cfg).unwrap();
     let r = m

@@ -16,17 +16,8 @@ use llmlocal::models::{
 const MB: u64 = 1 << 20;
 const COMMIT: &str = "0123456789abcdef0123456789abcdef01234567";
 
-fn config(hub: &MockHub, cache: &Path) -> ManagerConfig {
-    let mut c = ManagerConfig::new(cache);
-    c.endpoint = hub.url.clone();
-    c.max_retries = 4;
-    c.retry_base_delay = Duration::from_millis(10);
-    c.read_timeout = Duration::from_secs(5);
-    c
-}
-
 fn manager(hub: &MockHub, cache: &Path) -> ModelManager {
-    ModelManager::new(config(hub, cache)).unwrap()
+    ModelManager::new(hub.manager_config(cache)).unwrap()
 }
 
 fn gguf_repo(hub: &MockHub, repo: &str) -> (Content, Content) {
@@ -149,7 +140,7 @@ async fn auto_picks_the_best_quant_that_fits_memory() {
     let tmp = tempfile::tempdir().unwrap();
     let ctx = 512;
     let need = |c: &Content| c.len() + llmlocal::models::quant::kv_allowance(c.len(), ctx);
-    let mut cfg = config(&hub, tmp.path());
+    let mut cfg = hub.manager_config(tmp.path());
     cfg.memory_limit = Some(need(&q8) - 1); // Q8_0 just does not fit
     let m = ModelManager::new(cfg).unwrap();
     let s = spec("org/auto").with_context_length(ctx);
@@ -159,7 +150,7 @@ async fn auto_picks_the_best_quant_that_fits_memory() {
     assert_eq!(picked.budget, Some(need(&q8) - 1));
     assert_eq!(std::fs::read(&r.path).unwrap(), q4.to_vec());
 
-    let mut cfg = config(&hub, tmp.path());
+    let mut cfg = hub.manager_config(tmp.path());
     cfg.memory_limit = Some(need(&q8));
     let r = ModelManager::new(cfg)
         .unwrap()
@@ -169,7 +160,7 @@ async fn auto_picks_the_best_quant_that_fits_memory() {
     assert_eq!(r.picked.unwrap().quant.as_deref(), Some("Q8_0"));
     assert_eq!(std::fs::read(&r.path).unwrap(), q8.to_vec());
 
-    let mut cfg = config(&hub, tmp.path());
+    let mut cfg = hub.manager_config(tmp.path());
     cfg.memory_limit = Some(q4.len());
     let e = ModelManager::new(cfg)
         .unwrap()
@@ -365,7 +356,7 @@ async fn a_stalled_transfer_times_out_and_resumes() {
         },
     );
     let tmp = tempfile::tempdir().unwrap();
-    let mut cfg = config(&hub, tmp.path());
+    let mut cfg = hub.manager_config(tmp.path());
     cfg.read_timeout = Duration::from_millis(400);
     let r = ModelManager::new(cfg)
         .unwrap()
@@ -726,7 +717,7 @@ async fn missing_repo_file_and_auth_fail_at_once() {
         "nothing cached"
     );
 
-    let mut cfg = config(&hub, tmp.path());
+    let mut cfg = hub.manager_config(tmp.path());
     cfg.token = Some("secret".into());
     let r = ModelManager::new(cfg)
         .unwrap()

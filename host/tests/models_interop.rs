@@ -6,10 +6,9 @@ mod hf_mock;
 
 use std::path::Path;
 use std::process::Command;
-use std::time::Duration;
 
 use hf_mock::{Content, MockHub};
-use llmlocal::models::{CancellationToken, ManagerConfig, ModelManager, ModelSpec};
+use llmlocal::models::{CancellationToken, ModelManager, ModelSpec};
 
 const COMMIT: &str = "fedcba9876543210fedcba9876543210fedcba98";
 
@@ -71,20 +70,13 @@ fn mock_repo(hub: &MockHub) -> (Content, Content) {
     (weights, config)
 }
 
-fn config(hub: &MockHub, cache: &Path) -> ManagerConfig {
-    let mut c = ManagerConfig::new(cache);
-    c.endpoint = hub.url.clone();
-    c.retry_base_delay = Duration::from_millis(10);
-    c
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_reads_a_cache_written_by_llmlocal() {
     ensure_huggingface_hub();
     let hub = MockHub::start().await;
     let (weights, config_json) = mock_repo(&hub);
     let tmp = tempfile::tempdir().unwrap();
-    let m = ModelManager::new(config(&hub, tmp.path())).unwrap();
+    let m = ModelManager::new(hub.manager_config(tmp.path())).unwrap();
     for s in ["org/shared:Q4_K_M", "hf://org/shared/config.json"] {
         m.pull(
             &ModelSpec::parse(s).unwrap(),
@@ -139,7 +131,7 @@ for f in ["model-Q4_K_M.gguf", "config.json"]:
     );
     hub.reset_counters();
 
-    let m = ModelManager::new(config(&hub, tmp.path())).unwrap();
+    let m = ModelManager::new(hub.manager_config(tmp.path())).unwrap();
     let r = m
         .resolve(&ModelSpec::parse("org/shared:Q4_K_M").unwrap())
         .await

@@ -16,21 +16,12 @@ const SHARD1: &str = "model-00001-of-00002.safetensors";
 const SHARD2: &str = "model-00002-of-00002.safetensors";
 const INDEX: &str = "model.safetensors.index.json";
 
-fn config(hub: &MockHub, cache: &Path) -> ManagerConfig {
-    let mut c = ManagerConfig::new(cache);
-    c.endpoint = hub.url.clone();
-    c.max_retries = 4;
-    c.retry_base_delay = Duration::from_millis(10);
-    c.read_timeout = Duration::from_secs(5);
-    c
-}
-
 fn manager(hub: &MockHub, cache: &Path) -> ModelManager {
-    ModelManager::new(config(hub, cache)).unwrap()
+    ModelManager::new(hub.manager_config(cache)).unwrap()
 }
 
 fn offline_manager(hub: &MockHub, cache: &Path) -> ModelManager {
-    let mut c = config(hub, cache);
+    let mut c = hub.manager_config(cache);
     c.offline = true;
     ModelManager::new(c).unwrap()
 }

@@ -9,12 +9,12 @@ mod server_support;
 use hf_mock::{Content, MockHub};
 use llmlocal::{
     engine::Engine,
-    models::{ManagerConfig, ModelManager, ModelSpec},
+    models::{ModelManager, ModelSpec},
     server::ServerSettings,
 };
 use serde_json::{json, Value};
 use server_support::{client, parse_ndjson, registry, TestServer};
-use std::{sync::Arc, time::Duration};
+use std::sync::Arc;
 
 const COMMIT: &str = "89abcdef0123456789abcdef0123456789abcdef";
 
@@ -30,10 +30,8 @@ async fn pull_downloads_with_progress_then_serves_and_delete_removes_it() {
         vec![("model.gguf", Content::Bytes(file.clone().into()), true)],
     );
     let cache = tempfile::tempdir().expect("temp dir");
-    let mut config = ManagerConfig::new(cache.path());
-    config.endpoint = hub.url.clone();
+    let mut config = hub.manager_config(cache.path());
     config.max_retries = 1;
-    config.retry_base_delay = Duration::from_millis(10);
     let manager = Arc::new(ModelManager::new(config).expect("manager"));
     let settings = llmlocal::engine::EngineSettings {
         open_specs: false,

@@ -191,6 +191,17 @@ impl MockHub {
         }
     }
 
+    /// A model manager config for `cache` that talks to this hub and fails fast: four
+    /// retries 10 ms apart, a 5 s read timeout.
+    pub fn manager_config(&self, cache: &std::path::Path) -> llmlocal::models::ManagerConfig {
+        let mut config = llmlocal::models::ManagerConfig::new(cache);
+        config.endpoint = self.url.clone();
+        config.max_retries = 4;
+        config.retry_base_delay = Duration::from_millis(10);
+        config.read_timeout = Duration::from_secs(5);
+        config
+    }
+
     /// Adds (or replaces) a repository; `files` are (name, content, is_lfs).
     pub fn add_repo(&self, repo: &str, commit: &str, files: Vec<(&str, Content, bool)>) {
         let files = files
