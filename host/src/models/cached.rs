@@ -10,7 +10,7 @@ use std::collections::BTreeSet;
 use std::path::PathBuf;
 
 use super::cache::{CachedFile, HubCache};
-use super::manager::{detect_format, model_path, select_files, snapshot_files, ResolvedModel};
+use super::manager::{select_files, snapshot_files, ResolvedModel};
 use super::remote::Sibling;
 use super::spec::{FileSelector, HfSource, ModelSpec};
 
@@ -61,22 +61,9 @@ pub(crate) fn cache_state(
         .iter()
         .filter_map(|f| cached.iter().find(|c| &c.name == f).map(|c| c.path.clone()))
         .collect();
-    let format = detect_format(spec, &files);
-    let path = model_path(cache, hf, &commit, format, &paths);
-    CacheState::Complete(Box::new(ResolvedModel {
-        name: spec.name.clone(),
-        format,
-        path,
-        files: paths,
-        repo: Some(hf.repo.clone()),
-        revision: Some(hf.revision.clone()),
-        commit: Some(commit),
-        picked,
-        downloaded_bytes: 0,
-        backend: spec.backend.clone(),
-        context_length: spec.context_length,
-        cache_only: None,
-    }))
+    CacheState::Complete(Box::new(ResolvedModel::from_hub(
+        cache, spec, hf, commit, &files, paths, picked,
+    )))
 }
 
 /// The files the selector picks: a whole snapshot from the recorded file list when there is

@@ -45,6 +45,36 @@ pub struct ResolvedModel {
     pub cache_only: Option<String>,
 }
 
+impl ResolvedModel {
+    /// The Hugging Face model `spec` at `commit`: `files` (names in the repo) lie at `paths`
+    /// in `cache`; nothing downloaded, not marked cache-only.
+    pub(super) fn from_hub(
+        cache: &HubCache,
+        spec: &ModelSpec,
+        hf: &HfSource,
+        commit: String,
+        files: &[String],
+        paths: Vec<PathBuf>,
+        picked: Option<PickedQuant>,
+    ) -> ResolvedModel {
+        let format = detect_format(spec, files);
+        ResolvedModel {
+            name: spec.name.clone(),
+            format,
+            path: model_path(cache, hf, &commit, format, &paths),
+            files: paths,
+            repo: Some(hf.repo.clone()),
+            revision: Some(hf.revision.clone()),
+            commit: Some(commit),
+            picked,
+            downloaded_bytes: 0,
+            backend: spec.backend.clone(),
+            context_length: spec.context_length,
+            cache_only: None,
+        }
+    }
+}
+
 /// What a pull fetches: files, their metadata, the quant picked, the commit.
 struct Plan {
     files: Vec<String>,
@@ -173,21 +203,9 @@ impl ModelManager {
         if let Some(p) = &picked {
             tracing::info!(repo = %hf.repo, quant = ?p.quant, file = %p.files[0], size = p.size, budget = ?p.budget, "picked a quantization");
         }
-        let format = detect_format(spec, &files);
-        let path = model_path(&self.cache, hf, &commit, format, &paths);
         Ok(ResolvedModel {
-            name: spec.name.clone(),
-            format,
-            path,
-            files: paths,
-            repo: Some(hf.repo.clone()),
-            revision: Some(hf.revision.clone()),
-            commit: Some(commit),
-            picked,
             downloaded_bytes: downloaded,
-            backend: spec.backend.clone(),
-            context_length: spec.context_length,
-            cache_only: None,
+            ..ResolvedModel::from_hub(&self.cache, spec, hf, commit, &files, paths, picked)
         })
     }
 
