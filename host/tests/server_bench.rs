@@ -247,22 +247,8 @@ fn rss(pid: u32) -> Option<u64> {
 
 #[test]
 fn idle_rss_of_serve_with_plugins_discovered() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    for name in ["llama_cpp", "candle"] {
-        let from = server_support::plugin_library(name);
-        std::fs::copy(&from, dir.path().join(from.file_name().expect("name"))).expect("copy");
-    }
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_llmlocal"))
-        .args(["serve", "--bind", "127.0.0.1:0", "--plugin-dir"])
-        .arg(dir.path())
-        .env("LLMLOCAL_PLUGIN_PATH", "")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("start serve");
-    let mut line = String::new();
-    let stdout = child.stdout.take().expect("stdout");
-    std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line).expect("line");
+    let dir = real_plugins_folder();
+    let (mut child, line) = spawn_serve(dir.path(), &[]);
     std::thread::sleep(Duration::from_millis(500));
     let bytes = rss(child.id());
     let _ = child.kill();
@@ -290,25 +276,23 @@ fn stories260k() -> Option<std::path::PathBuf> {
     dir.join("stories260K.gguf").is_file().then_some(dir)
 }
 
-/// A `llmlocal serve` child serving `path` as model `m` with `backend`; returns it and its
-/// address once it listens.
-fn serve_child(
-    plugins: &std::path::Path,
-    backend: &str,
-    path: &std::path::Path,
-) -> (std::process::Child, String) {
+/// A folder holding copies of the llama.cpp and candle plugins only (no test plugins).
+fn real_plugins_folder() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("temp dir");
+    for name in ["llama_cpp", "candle"] {
+        let from = server_support::plugin_library(name);
+        std::fs::copy(&from, dir.path().join(from.file_name().expect("name"))).expect("copy");
+    }
+    dir
+}
+
+/// `llmlocal serve` on an ephemeral loopback port with only the plugins in `plugins` and
+/// `args`; returns the child and its first stdout line (the address it listens on).
+fn spawn_serve(plugins: &std::path::Path, args: &[&str]) -> (std::process::Child, String) {
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_llmlocal"))
-        .args([
-            "serve",
-            "--bind",
-            "127.0.0.1:0",
-            "--backend",
-            backend,
-            "--plugin-dir",
-        ])
+        .args(["serve", "--bind", "127.0.0.1:0", "--plugin-dir"])
         .arg(plugins)
-        .arg("--model")
-        .arg(format!("m={}", path.display()))
+        .args(args)
         .env("LLMLOCAL_PLUGIN_PATH", "")
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
@@ -317,6 +301,18 @@ fn serve_child(
     let mut line = String::new();
     let stdout = child.stdout.take().expect("stdout");
     std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line).expect("line");
+    (child, line)
+}
+
+/// A `llmlocal serve` child serving `path` as model `m` with `backend`; returns it and its
+/// address once it listens.
+fn serve_child(
+    plugins: &std::path::Path,
+    backend: &str,
+    path: &std::path::Path,
+) -> (std::process::Child, String) {
+    let model = format!("m={}", path.display());
+    let (child, line) = spawn_serve(plugins, &["--backend", backend, "--model", &model]);
     let url = line
         .trim()
         .strip_prefix("llmlocal listening on ")
@@ -331,11 +327,7 @@ fn serve_child(
 #[tokio::test(flavor = "multi_thread")]
 async fn cached_model_load_time_in_a_cold_process() {
     let fixtures = llmlocal_fixtures::ensure_default().expect("fixtures");
-    let plugins = tempfile::tempdir().expect("temp dir");
-    for name in ["llama_cpp", "candle"] {
-        let from = server_support::plugin_library(name);
-        std::fs::copy(&from, plugins.path().join(from.file_name().expect("name"))).expect("copy");
-    }
+    let plugins = real_plugins_folder();
     let mut cases = vec![("fixture q8_0 GGUF", "llama-cpp", fixtures.gguf_q8_0.clone())];
     match stories260k() {
         Some(dir) => {
