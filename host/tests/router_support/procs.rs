@@ -115,6 +115,15 @@ pub fn scripted_plugin() -> PathBuf {
     plugin_library("scripted")
 }
 
+/// A temporary directory whose `plugins/` holds a copy of `plugin` alone.
+fn dir_with_plugin(plugin: &Path) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let plugins = dir.path().join("plugins");
+    std::fs::create_dir(&plugins).unwrap();
+    std::fs::copy(plugin, plugins.join(plugin.file_name().unwrap())).unwrap();
+    dir
+}
+
 /// A directory holding only the scripted plugin, and a scripted model `s`.
 pub struct NodeFiles {
     pub dir: tempfile::TempDir,
@@ -122,11 +131,7 @@ pub struct NodeFiles {
 
 impl NodeFiles {
     pub fn new() -> Self {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let plugins = dir.path().join("plugins");
-        std::fs::create_dir(&plugins).unwrap();
-        let plugin = scripted_plugin();
-        std::fs::copy(&plugin, plugins.join(plugin.file_name().unwrap())).unwrap();
+        let dir = dir_with_plugin(&scripted_plugin());
         let script = "The quick brown fox jumps over the lazy dog. ".repeat(4);
         std::fs::write(
             dir.path().join("s.txt"),
@@ -194,12 +199,9 @@ pub struct LlamaFiles {
 
 impl LlamaFiles {
     pub fn new() -> Self {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let plugins = dir.path().join("plugins");
-        std::fs::create_dir(&plugins).unwrap();
-        let plugin = plugin_library("llama_cpp");
-        std::fs::copy(&plugin, plugins.join(plugin.file_name().unwrap())).unwrap();
-        Self { dir }
+        Self {
+            dir: dir_with_plugin(&plugin_library("llama_cpp")),
+        }
     }
 }
 
