@@ -39,13 +39,13 @@ use std::{future::Future, sync::Arc};
 use tokio::net::TcpListener;
 
 /// Worker threads of the router's async runtime when none are configured: one per core, at
-/// most [`MAX_DEFAULT_WORKERS`].
+/// most 4.
 ///
 /// A proxied request costs the router ~120-220 us of CPU, most of it waking tasks; with one
 /// tokio worker per core, each wake-up may also rouse an idle worker, so more workers mean more
 /// cross-core hand-offs per request. On a 16-core host (router_bench, dev build) the p99 the
 /// router added for one client was 1.2-1.8 ms with 16 workers and 0.06-0.45 ms with 4; at 100
-/// clients and 2000 req/s 1.7-1.9 ms vs 0.2-1.5 ms. The price is peak throughput: as fast as
+/// clients and 2000 req/s 1.7-1.9 ms vs -0.4-1.5 ms. The price is peak throughput: as fast as
 /// 100 clients can go, 50-52k req/s with 4 workers vs 53-73k with 16, far above what nodes
 /// that generate text can serve.
 pub fn default_worker_threads() -> usize {
@@ -55,7 +55,7 @@ pub fn default_worker_threads() -> usize {
 }
 
 /// See [`default_worker_threads`].
-pub const MAX_DEFAULT_WORKERS: usize = 4;
+const MAX_DEFAULT_WORKERS: usize = 4;
 
 /// Settings key of the generated join token.
 const JOIN_TOKEN_KEY: &str = "join_token";

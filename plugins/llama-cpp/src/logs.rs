@@ -33,7 +33,7 @@ pub fn install() {
 }
 
 /// The level a llama.cpp line is logged at; `None` for llama.cpp's "none".
-pub fn level_for(level: ggml_log_level) -> Option<Level> {
+fn level_for(level: ggml_log_level) -> Option<Level> {
     match level {
         GGML_LOG_LEVEL_ERROR => Some(Level::ERROR),
         GGML_LOG_LEVEL_WARN => Some(Level::INFO),
@@ -46,7 +46,7 @@ pub fn level_for(level: ggml_log_level) -> Option<Level> {
 /// The pieces of one thread's unfinished line. llama.cpp sends some lines in pieces: a piece
 /// without a trailing newline is continued by `GGML_LOG_LEVEL_CONT` pieces.
 #[derive(Debug, Default)]
-pub struct Lines {
+struct Lines {
     level: ggml_log_level,
     text: String,
 }
@@ -54,7 +54,7 @@ pub struct Lines {
 impl Lines {
     /// Takes one piece; returns the lines it finishes, with their levels (a new message after
     /// an unfinished one ends that one too).
-    pub fn push(&mut self, level: ggml_log_level, piece: &str) -> Vec<(ggml_log_level, String)> {
+    fn push(&mut self, level: ggml_log_level, piece: &str) -> Vec<(ggml_log_level, String)> {
         let mut done = Vec::new();
         if level != GGML_LOG_LEVEL_CONT {
             if !self.text.is_empty() {
