@@ -103,6 +103,18 @@ pub struct Adapters {
     models: Option<Arc<ModelManager>>,
     resolved: Mutex<HashMap<(String, PathBuf, String), Cached>>,
     plans: Mutex<HashMap<PlanKey, (Variant, String)>>,
+    /// Stacked adapter files by their parts (path, scale bits), with the parts' modification
+    /// times when stacked: a repeated set costs a few `stat`s, not re-hashing every part.
+    stacked: Mutex<HashMap<StackKey, Stacked>>,
+}
+
+/// The parts of a stacked adapter: each file with its scale's bits.
+type StackKey = Vec<(PathBuf, u32)>;
+
+/// A stacked adapter file and its parts' modification times when it was made.
+struct Stacked {
+    stamps: Vec<Option<SystemTime>>,
+    path: PathBuf,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -118,6 +130,7 @@ impl Adapters {
             models,
             resolved: Mutex::new(HashMap::new()),
             plans: Mutex::new(HashMap::new()),
+            stacked: Mutex::new(HashMap::new()),
         }
     }
 
@@ -201,15 +214,39 @@ impl Adapters {
             .iter()
             .map(|r| (r.path.clone(), r.spec.scale))
             .collect();
-        let manager = self.manager()?;
-        // Reading and writing adapter tensors: off the runtime.
-        let stacked = tokio::task::spawn_blocking(move || manager.stack(&parts))
-            .await
-            .map_err(|err| EngineError::Internal(format!("the adapter thread failed: {err}")))??;
-        tracing::info!(
-            adapters = resolved.len(), path = %stacked.display(),
-            "adapters stacked into one for the backend"
-        );
+        let key: StackKey = parts
+            .iter()
+            .map(|(path, scale)| (path.clone(), scale.to_bits()))
+            .collect();
+        let stamps: Vec<Option<SystemTime>> = parts.iter().map(|(p, _)| modified(p)).collect();
+        let known = lock(&self.stacked)
+            .get(&key)
+            .filter(|known| known.stamps == stamps && known.path.is_file())
+            .map(|known| known.path.clone());
+        let stacked = match known {
+            Some(out) => out,
+            None => {
+                let manager = self.manager()?;
+                // Reading and writing adapter tensors: off the runtime.
+                let out = tokio::task::spawn_blocking(move || manager.stack(&parts))
+                    .await
+                    .map_err(|err| {
+                        EngineError::Internal(format!("the adapter thread failed: {err}"))
+                    })??;
+                tracing::info!(
+                    adapters = resolved.len(), path = %out.display(),
+                    "adapters stacked into one for the backend"
+                );
+                lock(&self.stacked).insert(
+                    key,
+                    Stacked {
+                        stamps,
+                        path: out.clone(),
+                    },
+                );
+                out
+            }
+        };
         Ok(AdapterRequest {
             path: stacked.to_string_lossy().into_owned().into(),
             scale: 1.0,
@@ -295,11 +332,14 @@ fn merged_variant(name: &str, resolved: &[ResolvedAdapter]) -> Variant {
 
 /// When a local adapter last changed (the newest of a folder's files), so an edited adapter is
 /// resolved again; `None` for downloads (their cache paths are versioned).
+fn modified(path: &Path) -> Option<SystemTime> {
+    std::fs::metadata(path).and_then(|m| m.modified()).ok()
+}
+
 fn source_stamp(source: &AdapterSource) -> Option<SystemTime> {
     let AdapterSource::Local(path) = source else {
         return None;
     };
-    let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
     let mut newest = modified(path);
     if path.is_dir() {
         let entries = std::fs::read_dir(path).into_iter().flatten().flatten();
