@@ -1,0 +1,1 @@
+//! GGUF: see the gguf helper brief.
