@@ -64,7 +64,7 @@ pub fn peft_to_gguf(adapter: &PeftAdapter, base: &BaseModel) -> Result<Vec<u8>> 
         ("adapter.type", MetaValue::Str("lora".into())),
         ("adapter.lora.alpha", MetaValue::F32(alpha as f32)),
     ];
-    Ok(gguf::write_f32(&meta, &tensors))
+    gguf::write_f32(&adapter.dir, &meta, &tensors)
 }
 
 /// lora_B with PEFT's factor folded in relative to llama.cpp's `alpha / r`, q/k rows permuted.

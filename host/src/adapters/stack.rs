@@ -202,7 +202,7 @@ pub fn stack_files(paths: &[(PathBuf, f32)]) -> Result<Vec<u8>> {
         ("adapter.type", MetaValue::Str("lora".into())),
         ("adapter.lora.alpha", MetaValue::F32(alpha)),
     ];
-    Ok(gguf::write_f32(&meta, &tensors))
+    gguf::write_f32(&paths[0].0, &meta, &tensors)
 }
 
 /// Every file is for the same architecture, and a tensor two files target has the same
@@ -366,6 +366,7 @@ mod tests {
         let write = |name: &str, seed: u32| {
             let (a, b) = (matrix(2, 3, seed), matrix(4, 2, seed + 1));
             let bytes = gguf::write_f32(
+                Path::new(name),
                 &[
                     ("general.architecture", MetaValue::Str("llama".into())),
                     ("general.type", MetaValue::Str("adapter".into())),
@@ -384,7 +385,8 @@ mod tests {
                         data: b.data,
                     },
                 ],
-            );
+            )
+            .unwrap();
             let path = dir.path().join(name);
             std::fs::write(&path, bytes).unwrap();
             path

@@ -1,9 +1,6 @@
 //! Memory: what the OS has, what a model will need, and the default context length.
 
-use std::{
-    io::{BufReader, Read, Seek, SeekFrom},
-    path::Path,
-};
+use std::path::Path;
 
 const GIB: u64 = 1 << 30;
 /// The largest context chosen by default (an explicit setting may go higher).
@@ -73,105 +70,19 @@ pub fn model_max_context(path: &Path) -> Option<u32> {
         let n = json.get("max_position_embeddings")?.as_u64()?;
         return u32::try_from(n).ok();
     }
-    gguf_context_length(path).ok().flatten()
+    gguf_context_length(path)
 }
 
-/// Scans a GGUF header's key/value pairs for `*.context_length`.
-fn gguf_context_length(path: &Path) -> std::io::Result<Option<u32>> {
-    let mut reader = BufReader::new(std::fs::File::open(path)?);
-    let mut magic = [0u8; 4];
-    reader.read_exact(&mut magic)?;
-    if &magic != b"GGUF" {
-        return Ok(None);
-    }
-    let version = read_u32(&mut reader)?;
-    if version < 2 {
-        return Ok(None);
-    }
-    let _tensors = read_u64(&mut reader)?;
-    let kv_count = read_u64(&mut reader)?;
-    for _ in 0..kv_count.min(100_000) {
-        let key = read_string(&mut reader)?;
-        let kind = read_u32(&mut reader)?;
-        if key.ends_with(".context_length") && matches!(kind, 4 | 5 | 10 | 11) {
-            let value = read_scalar(&mut reader, kind)?;
-            return Ok(u32::try_from(value).ok());
-        }
-        skip_value(&mut reader, kind)?;
-    }
-    Ok(None)
-}
-
-fn read_u32(r: &mut impl Read) -> std::io::Result<u32> {
-    let mut b = [0u8; 4];
-    r.read_exact(&mut b)?;
-    Ok(u32::from_le_bytes(b))
-}
-
-fn read_u64(r: &mut impl Read) -> std::io::Result<u64> {
-    let mut b = [0u8; 8];
-    r.read_exact(&mut b)?;
-    Ok(u64::from_le_bytes(b))
-}
-
-fn read_string(r: &mut impl Read) -> std::io::Result<String> {
-    let len = read_u64(r)?;
-    if len > 1 << 20 {
-        return Err(std::io::Error::other("GGUF key too long"));
-    }
-    let mut bytes = vec![0u8; len as usize];
-    r.read_exact(&mut bytes)?;
-    Ok(String::from_utf8_lossy(&bytes).into_owned())
-}
-
-/// Integer GGUF types: 4 u32, 5 i32, 10 u64, 11 i64.
-fn read_scalar(r: &mut impl Read, kind: u32) -> std::io::Result<u64> {
-    Ok(match kind {
-        4 => u64::from(read_u32(r)?),
-        5 => u64::try_from(read_u32(r)? as i32).unwrap_or(0),
-        _ => read_u64(r)?,
-    })
-}
-
-/// Byte size of a fixed-size GGUF value type, `None` for strings and arrays.
-fn fixed_size(kind: u32) -> Option<u64> {
-    match kind {
-        0 | 1 | 7 => Some(1),
-        2 | 3 => Some(2),
-        4..=6 => Some(4),
-        10..=12 => Some(8),
-        _ => None,
-    }
-}
-
-fn skip_value<R: Read + Seek>(r: &mut R, kind: u32) -> std::io::Result<()> {
-    if let Some(size) = fixed_size(kind) {
-        r.seek(SeekFrom::Current(size as i64))?;
-        return Ok(());
-    }
-    match kind {
-        8 => {
-            let len = read_u64(r)?;
-            r.seek(SeekFrom::Current(i64::try_from(len).unwrap_or(i64::MAX)))?;
-        }
-        9 => {
-            let item = read_u32(r)?;
-            let count = read_u64(r)?;
-            match fixed_size(item) {
-                Some(size) => {
-                    let bytes = size.saturating_mul(count);
-                    r.seek(SeekFrom::Current(i64::try_from(bytes).unwrap_or(i64::MAX)))?;
-                }
-                None => {
-                    for _ in 0..count {
-                        skip_value(r, item)?;
-                    }
-                }
-            }
-        }
-        _ => return Err(std::io::Error::other("unknown GGUF value type")),
-    }
-    Ok(())
+/// The first `*.context_length` integer in a GGUF header (`None` when the file is not a
+/// readable GGUF or has none).
+fn gguf_context_length(path: &Path) -> Option<u32> {
+    let header = llmlocal_formats::gguf::read_file_header(path).ok()?;
+    header
+        .metadata
+        .iter()
+        .filter(|(key, _)| key.ends_with(".context_length"))
+        .find_map(|(_, value)| value.as_u64())
+        .and_then(|n| u32::try_from(n).ok())
 }
 
 #[cfg(test)]

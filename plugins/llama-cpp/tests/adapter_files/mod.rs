@@ -1,62 +1,36 @@
-//! GGUF LoRA files for stories260K written by the tests (a minimal GGUF v3 writer).
+//! GGUF LoRA files for stories260K written by the tests (through `llmlocal_formats::gguf`).
 #![allow(dead_code)]
 
-use std::{io::Write, path::Path};
+use std::path::Path;
+
+use llmlocal_formats::gguf::{write_to_vec, GgmlType, MetaValue, TensorSpec};
 
 pub enum Value<'a> {
     Str(&'a str),
     F32(f32),
 }
 
-/// A minimal GGUF v3 writer: string/f32 keys and F32 tensors.
+/// A GGUF v3 file with string/f32 keys and F32 tensors (`dims` in GGUF order).
 pub fn write_gguf(path: &Path, kvs: &[(&str, Value)], tensors: &[(&str, Vec<u64>, Vec<f32>)]) {
-    let mut out = Vec::new();
-    let u64b = |v: u64| v.to_le_bytes();
-    out.extend_from_slice(b"GGUF");
-    out.extend_from_slice(&3u32.to_le_bytes());
-    out.extend_from_slice(&u64b(tensors.len() as u64));
-    out.extend_from_slice(&u64b(kvs.len() as u64));
-    for (key, value) in kvs {
-        out.extend_from_slice(&u64b(key.len() as u64));
-        out.extend_from_slice(key.as_bytes());
-        match value {
-            Value::Str(s) => {
-                out.extend_from_slice(&8u32.to_le_bytes());
-                out.extend_from_slice(&u64b(s.len() as u64));
-                out.extend_from_slice(s.as_bytes());
-            }
-            Value::F32(f) => {
-                out.extend_from_slice(&6u32.to_le_bytes());
-                out.extend_from_slice(&f.to_le_bytes());
-            }
-        }
-    }
-    let mut offset = 0u64;
-    for (name, dims, data) in tensors {
-        out.extend_from_slice(&u64b(name.len() as u64));
-        out.extend_from_slice(name.as_bytes());
-        out.extend_from_slice(&(dims.len() as u32).to_le_bytes());
-        for d in dims {
-            out.extend_from_slice(&u64b(*d));
-        }
-        out.extend_from_slice(&0u32.to_le_bytes()); // F32
-        out.extend_from_slice(&u64b(offset));
-        offset += (data.len() as u64 * 4).div_ceil(32) * 32;
-    }
-    while out.len() % 32 != 0 {
-        out.push(0);
-    }
-    for (_, _, data) in tensors {
-        for v in data {
-            out.extend_from_slice(&v.to_le_bytes());
-        }
-        while out.len() % 32 != 0 {
-            out.push(0);
-        }
-    }
-    std::fs::File::create(path)
-        .and_then(|mut f| f.write_all(&out))
-        .expect("write the LoRA file");
+    let meta: Vec<_> = kvs
+        .iter()
+        .map(|(key, value)| {
+            let value = match value {
+                Value::Str(s) => MetaValue::Str(s.to_string()),
+                Value::F32(f) => MetaValue::F32(*f),
+            };
+            (*key, value)
+        })
+        .collect();
+    let tensors: Vec<_> = tensors
+        .iter()
+        .map(|(name, dims, data)| {
+            let spec = TensorSpec::new(*name, dims.clone(), GgmlType::F32);
+            (spec, data.as_slice())
+        })
+        .collect();
+    let bytes = write_to_vec(&meta, &tensors).expect("encode the LoRA file");
+    std::fs::write(path, bytes).expect("write the LoRA file");
 }
 
 /// Deterministic noise in [-1, 1].
