@@ -5,22 +5,11 @@
 use crate::error::{read_file, Result, ResultExt};
 use crate::hf::weights::Weights;
 use candle_core::{DType, Device, Tensor};
+use llmlocal_formats::peft::{split_tensor_name, LoraHalf, PeftConfig, PeftError};
+use llmlocal_formats::peft::{CONFIG_FILE, WEIGHTS_FILE};
 use llmlocal_plugin_api::PluginError;
-use serde_json::Value;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-
-/// adapter_config.json, the parts that decide the merge.
-#[derive(Debug, Clone)]
-pub struct AdapterConfig {
-    pub rank: usize,
-    pub alpha: f64,
-    pub target_modules: Option<Vec<String>>,
-    pub use_rslora: bool,
-    pub rank_pattern: HashMap<String, usize>,
-    pub alpha_pattern: HashMap<String, f64>,
-    pub model_type: Option<String>,
-}
 
 /// One adapter matrix pair for one base weight.
 struct Pair {
@@ -31,13 +20,24 @@ struct Pair {
 /// A PEFT adapter folder (or its adapter_config.json / adapter_model.safetensors).
 pub struct Adapter {
     pub dir: PathBuf,
-    pub config: AdapterConfig,
+    pub config: PeftConfig,
     /// Base weight name (`model.layers.0.self_attn.q_proj.weight`) -> (A, B).
     pairs: BTreeMap<String, Pair>,
 }
 
 fn incompatible(dir: &Path, what: String) -> PluginError {
     PluginError::adapter_incompatible(format!("adapter {}: {what}", dir.display()))
+}
+
+/// A config or tensor-name problem naming `file`: a feature the merge does not do is
+/// `AdapterIncompatible`, a malformed file `UnsupportedFormat`.
+fn peft_error(file: &Path, e: PeftError) -> PluginError {
+    let message = format!("adapter {}: {e}", file.display());
+    if e.is_unsupported_feature() {
+        PluginError::adapter_incompatible(message)
+    } else {
+        PluginError::unsupported_format(message)
+    }
 }
 
 impl Adapter {
@@ -53,19 +53,20 @@ impl Adapter {
         } else {
             path.parent().unwrap_or(Path::new(".")).to_path_buf()
         };
-        let config_path = dir.join("adapter_config.json");
+        let config_path = dir.join(CONFIG_FILE);
         if !config_path.exists() {
             return Err(PluginError::unsupported_format(format!(
                 "{} is not a PEFT adapter folder (no adapter_config.json); the candle backend reads PEFT LoRA adapters",
                 path.display()
             )));
         }
-        let config = parse_config(&dir, &read_file(&config_path)?)?;
-        let weights_path = dir.join("adapter_model.safetensors");
+        let config = PeftConfig::parse(&read_file(&config_path)?)
+            .map_err(|e| peft_error(&config_path, e))?;
+        let weights_path = dir.join(WEIGHTS_FILE);
         let bytes = read_file(&weights_path)?;
         let tensors = candle_core::safetensors::load_buffer(&bytes, &Device::Cpu)
             .format_err(|| format!("{} is not a valid safetensors file", weights_path.display()))?;
-        let pairs = collect_pairs(&dir, tensors)?;
+        let pairs = collect_pairs(&weights_path, tensors)?;
         if pairs.is_empty() {
             return Err(incompatible(
                 &dir,
@@ -147,7 +148,7 @@ impl Adapter {
             return Err(incompatible(&self.dir, format!("`{name}`: lora_A {ad:?}, lora_B {bd:?} and the base weight {wd:?} must all be matrices")));
         }
         let module = name.trim_end_matches(".weight");
-        let rank = pattern_lookup(&self.config.rank_pattern, module).unwrap_or(self.config.rank);
+        let rank = self.config.rank_of(module);
         if ad[0] != rank || bd[1] != rank {
             return Err(incompatible(&self.dir, format!("`{name}`: rank r = {rank} in adapter_config.json, but lora_A is {ad:?} and lora_B is {bd:?}")));
         }
@@ -169,13 +170,7 @@ impl Adapter {
                 ),
             ));
         }
-        let alpha = pattern_lookup(&self.config.alpha_pattern, module).unwrap_or(self.config.alpha);
-        let r = rank as f64;
-        Ok(if self.config.use_rslora {
-            alpha / r.sqrt()
-        } else {
-            alpha / r
-        })
+        Ok(self.config.scaling(module))
     }
 }
 
@@ -186,114 +181,71 @@ fn merge_one(base: &Tensor, a: &Tensor, b: &Tensor, factor: f64) -> candle_core:
     merged.to_dtype(base.dtype())
 }
 
-/// PEFT's per-module overrides: a key matches a module whose name ends with it.
-fn pattern_lookup<T: Copy>(patterns: &HashMap<String, T>, module: &str) -> Option<T> {
-    patterns
-        .iter()
-        .filter(|(k, _)| module == k.as_str() || module.ends_with(&format!(".{k}")))
-        .max_by_key(|(k, _)| k.len())
-        .map(|(_, v)| *v)
-}
-
-fn parse_config(dir: &Path, bytes: &[u8]) -> Result<AdapterConfig> {
-    let json: Value = serde_json::from_slice(bytes)
-        .format_err(|| format!("{}/adapter_config.json is not valid JSON", dir.display()))?;
-    let missing = |key: &str| {
-        PluginError::unsupported_format(format!(
-            "{}/adapter_config.json is missing the key `{key}`",
-            dir.display()
-        ))
-    };
-    if let Some(kind) = json.get("peft_type").and_then(Value::as_str) {
-        if kind != "LORA" {
-            return Err(incompatible(dir, format!("peft_type `{kind}` is not LoRA")));
-        }
-    }
-    if json.get("use_dora").and_then(Value::as_bool) == Some(true) {
-        return Err(incompatible(
-            dir,
-            "DoRA adapters (use_dora) are not supported".into(),
-        ));
-    }
-    if json.get("fan_in_fan_out").and_then(Value::as_bool) == Some(true) {
-        return Err(incompatible(
-            dir,
-            "fan_in_fan_out adapters (Conv1D models) do not fit these linear layers".into(),
-        ));
-    }
-    let rank = json
-        .get("r")
-        .and_then(Value::as_u64)
-        .ok_or_else(|| missing("r"))? as usize;
-    if rank == 0 {
-        return Err(incompatible(dir, "rank r is 0".into()));
-    }
-    let alpha = json
-        .get("lora_alpha")
-        .and_then(Value::as_f64)
-        .ok_or_else(|| missing("lora_alpha"))?;
-    let target_modules = match json.get("target_modules") {
-        Some(Value::Array(items)) => Some(
-            items
-                .iter()
-                .filter_map(|v| v.as_str().map(str::to_string))
-                .collect(),
-        ),
-        // A regex string: the per-tensor checks below still apply.
-        _ => None,
-    };
-    let map = |key: &str| {
-        json.get(key)
-            .and_then(Value::as_object)
-            .cloned()
-            .unwrap_or_default()
-    };
-    Ok(AdapterConfig {
-        rank,
-        alpha,
-        target_modules,
-        use_rslora: json
-            .get("use_rslora")
-            .and_then(Value::as_bool)
-            .unwrap_or(false),
-        rank_pattern: map("rank_pattern")
-            .into_iter()
-            .filter_map(|(k, v)| Some((k, v.as_u64()? as usize)))
-            .collect(),
-        alpha_pattern: map("alpha_pattern")
-            .into_iter()
-            .filter_map(|(k, v)| Some((k, v.as_f64()?)))
-            .collect(),
-        model_type: json
-            .get("model_type")
-            .or_else(|| json.get("base_model_type"))
-            .and_then(Value::as_str)
-            .map(str::to_string),
-    })
-}
-
 /// Groups `base_model.model.<module>.lora_{A,B}[.<adapter>].weight` tensors by base weight.
-fn collect_pairs(dir: &Path, tensors: HashMap<String, Tensor>) -> Result<BTreeMap<String, Pair>> {
+fn collect_pairs(file: &Path, tensors: HashMap<String, Tensor>) -> Result<BTreeMap<String, Pair>> {
     let mut pairs: BTreeMap<String, Pair> = BTreeMap::new();
     for (key, tensor) in tensors {
-        let name = key.strip_prefix("base_model.model.").unwrap_or(&key);
-        let (module, is_a) = if let Some((m, _)) = name.split_once(".lora_A.") {
-            (m, true)
-        } else if let Some((m, _)) = name.split_once(".lora_B.") {
-            (m, false)
-        } else {
-            return Err(incompatible(dir, format!(
-                "tensor `{key}` is not a lora_A/lora_B matrix (embedding LoRA, DoRA and modules_to_save are not supported)"
-            )));
-        };
+        let (module, half) = split_tensor_name(&key).map_err(|e| peft_error(file, e))?;
         let entry = pairs
             .entry(format!("{module}.weight"))
             .or_insert(Pair { a: None, b: None });
-        if is_a {
+        if half == LoraHalf::A {
             entry.a = Some(tensor);
         } else {
             entry.b = Some(tensor);
         }
     }
     Ok(pairs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use llmlocal_plugin_api::ErrorKind;
+
+    /// Opens a folder holding only `config` as adapter_config.json (the config is read first).
+    fn open_with_config(config: &str) -> PluginError {
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::write(dir.path().join(CONFIG_FILE), config).expect("write config");
+        match Adapter::open(dir.path()) {
+            Ok(_) => panic!("the config {config} should be refused"),
+            Err(e) => {
+                assert!(e.message.contains(CONFIG_FILE), "names the file: {e}");
+                e
+            }
+        }
+    }
+
+    #[test]
+    fn a_malformed_config_is_a_format_error_naming_the_file() {
+        for (config, needle) in [
+            ("{\"r\": 8,", "not valid JSON"),
+            (r#"{"lora_alpha": 16}"#, "the key `r` is missing"),
+            (
+                r#"{"r": "8", "lora_alpha": 16}"#,
+                "`r` must be a positive integer",
+            ),
+        ] {
+            let e = open_with_config(config);
+            assert_eq!(e.kind, ErrorKind::UnsupportedFormat, "{e}");
+            assert!(e.message.contains(needle), "{e} (expected `{needle}`)");
+        }
+    }
+
+    #[test]
+    fn an_unsupported_lora_variant_is_incompatible() {
+        for (config, needle) in [
+            (r#"{"r": 8, "lora_alpha": 16, "use_dora": true}"#, "DoRA"),
+            (r#"{"r": 8, "lora_alpha": 16, "peft_type": "IA3"}"#, "IA3"),
+            (r#"{"r": 0, "lora_alpha": 16}"#, "rank r is 0"),
+            (
+                r#"{"r": 8, "lora_alpha": 16, "rank_pattern": {".*q_proj": 4}}"#,
+                "regular expression",
+            ),
+        ] {
+            let e = open_with_config(config);
+            assert_eq!(e.kind, ErrorKind::AdapterIncompatible, "{e}");
+            assert!(e.message.contains(needle), "{e} (expected `{needle}`)");
+        }
+    }
 }
