@@ -7,7 +7,7 @@ mod adapters_common;
 
 use std::path::PathBuf;
 
-use adapters_common::{fixtures, load_in_plugin, workspace};
+use adapters_common::{fixtures, load_in_plugin, max_diff, workspace};
 use llmlocal::api::{AdapterRequest, GenerateRequest, Step};
 use llmlocal::plugins::LoadedModel;
 use llmlocal_fixtures::{lora, reference, spec};
@@ -59,14 +59,6 @@ fn prompts() -> Vec<Vec<u32>> {
         vec![u32::from(b'x'), 269],
         b"x=w".iter().map(|b| u32::from(*b)).collect(),
     ]
-}
-
-fn max_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
 }
 
 /// Checks `model` (with the fixture LoRA) against the reference forward on merged weights;

@@ -4,21 +4,51 @@
 #[path = "support/hf_mock.rs"]
 mod hf_mock;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
-fn llmlocal(cache: &std::path::Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_llmlocal"))
+use tempfile::TempDir;
+
+/// `llmlocal ARGS` on the private `cache`.
+fn command(cache: &Path, args: &[&str]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_llmlocal"));
+    command
         .args(args)
         .env("HF_HUB_CACHE", cache)
+        .env_remove("HF_HOME");
+    command
+}
+
+/// `llmlocal` offline.
+fn llmlocal(cache: &Path, args: &[&str]) -> Output {
+    command(cache, args)
         .env("HF_HUB_OFFLINE", "1")
-        .env_remove("HF_HOME")
         .output()
         .expect("run llmlocal")
 }
 
-fn write_cached_file(cache: &std::path::Path, repo_dir: &str, file: &str, bytes: &[u8]) {
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// A cache holding `org/tiny` with one file, `tiny.Q8_0.gguf`.
+fn cache_with_tiny() -> TempDir {
+    let cache = tempfile::tempdir().expect("tempdir");
+    write_cached_file(
+        cache.path(),
+        "models--org--tiny",
+        "tiny.Q8_0.gguf",
+        &[7u8; 4096],
+    );
+    cache
+}
+
+fn write_cached_file(cache: &Path, repo_dir: &str, file: &str, bytes: &[u8]) {
     let repo = cache.join(repo_dir);
     let commit = "0123456789abcdef0123456789abcdef01234567";
     std::fs::create_dir_all(repo.join("blobs")).expect("blobs");
@@ -35,16 +65,10 @@ fn write_cached_file(cache: &std::path::Path, repo_dir: &str, file: &str, bytes:
 
 #[test]
 fn list_shows_cached_models_and_rm_deletes_them() {
-    let cache = tempfile::tempdir().expect("tempdir");
-    write_cached_file(
-        cache.path(),
-        "models--org--tiny",
-        "tiny.Q8_0.gguf",
-        &[7u8; 4096],
-    );
+    let cache = cache_with_tiny();
 
     let listed = llmlocal(cache.path(), &["list"]);
-    let out = String::from_utf8_lossy(&listed.stdout);
+    let out = stdout(&listed);
     assert!(listed.status.success(), "list failed: {listed:?}");
     assert!(
         out.contains("org/tiny"),
@@ -57,7 +81,7 @@ fn list_shows_cached_models_and_rm_deletes_them() {
 
     let again = llmlocal(cache.path(), &["rm", "org/tiny"]);
     assert!(!again.status.success(), "removing a missing repo must fail");
-    let err = String::from_utf8_lossy(&again.stderr);
+    let err = stderr(&again);
     assert!(
         err.contains("org/tiny"),
         "the error should name the repo: {err}"
@@ -69,7 +93,7 @@ fn offline_pull_of_an_uncached_model_fails_clearly() {
     let cache = tempfile::tempdir().expect("tempdir");
     let pulled = llmlocal(cache.path(), &["pull", "org/missing:Q8_0"]);
     assert!(!pulled.status.success());
-    let err = String::from_utf8_lossy(&pulled.stderr);
+    let err = stderr(&pulled);
     assert!(
         err.to_lowercase().contains("offline"),
         "the error should say offline: {err}"
@@ -81,17 +105,14 @@ fn pull_rejects_a_malformed_spec() {
     let cache = tempfile::tempdir().expect("tempdir");
     let pulled = llmlocal(cache.path(), &["pull", "not a repo!"]);
     assert!(!pulled.status.success());
-    assert!(!String::from_utf8_lossy(&pulled.stderr).is_empty());
+    assert!(!stderr(&pulled).is_empty());
 }
 
 /// `llmlocal` with the hub at `endpoint` (not offline).
-fn llmlocal_online(cache: &std::path::Path, endpoint: &str, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_llmlocal"))
-        .args(args)
-        .env("HF_HUB_CACHE", cache)
+fn llmlocal_online(cache: &Path, endpoint: &str, args: &[&str]) -> Output {
+    command(cache, args)
         .env("HF_ENDPOINT", endpoint)
         .env_remove("HF_HUB_OFFLINE")
-        .env_remove("HF_HOME")
         .env_remove("HF_TOKEN")
         .output()
         .expect("run llmlocal")
@@ -99,15 +120,9 @@ fn llmlocal_online(cache: &std::path::Path, endpoint: &str, args: &[&str]) -> Ou
 
 #[test]
 fn offline_pull_of_a_cached_model_succeeds_from_the_cache() {
-    let cache = tempfile::tempdir().expect("tempdir");
-    write_cached_file(
-        cache.path(),
-        "models--org--tiny",
-        "tiny.Q8_0.gguf",
-        &[7u8; 4096],
-    );
+    let cache = cache_with_tiny();
     let pulled = llmlocal(cache.path(), &["pull", "org/tiny:Q8_0"]);
-    let out = String::from_utf8_lossy(&pulled.stdout);
+    let out = stdout(&pulled);
     assert!(pulled.status.success(), "pull failed: {pulled:?}");
     assert!(
         out.contains("in the cache") && out.contains("HF_HUB_OFFLINE"),
@@ -118,17 +133,11 @@ fn offline_pull_of_a_cached_model_succeeds_from_the_cache() {
 
 #[test]
 fn pull_with_the_hub_unreachable_uses_the_cache_or_names_the_missing_file() {
-    let cache = tempfile::tempdir().expect("tempdir");
-    write_cached_file(
-        cache.path(),
-        "models--org--tiny",
-        "tiny.Q8_0.gguf",
-        &[7u8; 4096],
-    );
+    let cache = cache_with_tiny();
     // Nothing listens on port 1: the connection is refused at once.
     let hub = "http://127.0.0.1:1";
     let pulled = llmlocal_online(cache.path(), hub, &["pull", "org/tiny:Q8_0"]);
-    let out = String::from_utf8_lossy(&pulled.stdout);
+    let out = stdout(&pulled);
     assert!(pulled.status.success(), "pull failed: {pulled:?}");
     assert!(
         out.contains("in the cache") && out.contains("could not be reached"),
@@ -141,7 +150,7 @@ fn pull_with_the_hub_unreachable_uses_the_cache_or_names_the_missing_file() {
         &["pull", "org/tiny", "--file", "tiny.Q4_K_M.gguf"],
     );
     assert!(!missing.status.success(), "a missing file cannot be pulled");
-    let err = String::from_utf8_lossy(&missing.stderr);
+    let err = stderr(&missing);
     assert!(
         err.contains("tiny.Q4_K_M.gguf") && err.contains("llmlocal pull org/tiny"),
         "names the file and what to do: {err}"
@@ -193,7 +202,7 @@ async fn two_concurrent_pull_processes_share_one_download() {
     for out in [&first, &second] {
         assert!(out.status.success(), "pull failed: {out:?}");
     }
-    let waited = String::from_utf8_lossy(&second.stderr);
+    let waited = stderr(&second);
     assert!(
         waited.contains("another process is downloading"),
         "the second says it waits: {waited}"

@@ -5,24 +5,57 @@ mod server_support;
 
 use futures_util::StreamExt;
 use llmlocal::engine::{
-    memory, template::CHATML_STOP, ChatMessage, ChatTemplate, EngineError, ErrorClass, Event,
-    FinishReason, GenerationConfig, ModelEntry, Prompt,
+    memory, template::CHATML_STOP, ChatMessage, ChatTemplate, Completion, Engine, EngineError,
+    ErrorClass, Event, FinishReason, GenerationConfig, ModelEntry, Prompt,
 };
 use server_support::{eventually, metric, scripted_engine, scripted_settings};
 use std::time::Duration;
 
 const SCRIPT: &str = "Hello, wörld! ✓ done.";
 
+/// An engine whose one model `s` answers `script`.
+fn engine_answering(dir: &std::path::Path, script: &str) -> Engine {
+    scripted_engine(scripted_settings(dir, &[("s", script)]))
+}
+
+fn text(prompt: &str) -> Prompt {
+    Prompt::Text(prompt.into())
+}
+
+/// Runs a whole generation on model `s`.
+async fn complete(
+    engine: &Engine,
+    prompt: Prompt,
+    config: GenerationConfig,
+) -> (String, Completion) {
+    engine
+        .generate("s", prompt, config)
+        .await
+        .expect("starts")
+        .collect_text()
+        .await
+        .expect("completes")
+}
+
+/// The error of a generation that must not start.
+async fn refused(
+    engine: &Engine,
+    model: &str,
+    prompt: Prompt,
+    config: GenerationConfig,
+) -> EngineError {
+    engine
+        .generate(model, prompt, config)
+        .await
+        .expect_err("fails")
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn streams_text_pieces_then_a_final_event() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let engine = scripted_engine(scripted_settings(dir.path(), &[("s", SCRIPT)]));
+    let engine = engine_answering(dir.path(), SCRIPT);
     let mut stream = engine
-        .generate(
-            "s",
-            Prompt::Text("hi".into()),
-            GenerationConfig::greedy(1000),
-        )
+        .generate("s", text("hi"), GenerationConfig::greedy(1000))
         .await
         .expect("generation starts");
     let mut pieces = Vec::new();
@@ -59,15 +92,9 @@ async fn streams_text_pieces_then_a_final_event() {
 #[tokio::test(flavor = "multi_thread")]
 async fn max_tokens_ends_with_length() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let engine = scripted_engine(scripted_settings(dir.path(), &[("s", SCRIPT)]));
-    let (text, done) = engine
-        .generate("s", Prompt::Text("hi".into()), GenerationConfig::greedy(5))
-        .await
-        .expect("starts")
-        .collect_text()
-        .await
-        .expect("completes");
-    assert_eq!(text, &SCRIPT[..5]);
+    let engine = engine_answering(dir.path(), SCRIPT);
+    let (answer, done) = complete(&engine, text("hi"), GenerationConfig::greedy(5)).await;
+    assert_eq!(answer, &SCRIPT[..5]);
     assert_eq!(done.finish_reason, FinishReason::Length);
     assert_eq!(done.completion_tokens, 5);
 }
@@ -75,56 +102,35 @@ async fn max_tokens_ends_with_length() {
 #[tokio::test(flavor = "multi_thread")]
 async fn stop_sequences_work_across_token_boundaries() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let engine = scripted_engine(scripted_settings(dir.path(), &[("s", "abcENDdef ENX")]));
+    let engine = engine_answering(dir.path(), "abcENDdef ENX");
     let config = GenerationConfig {
         stop: vec!["END".into()],
         ..GenerationConfig::greedy(100)
     };
-    let (text, done) = engine
-        .generate("s", Prompt::Text("x".into()), config)
-        .await
-        .expect("starts")
-        .collect_text()
-        .await
-        .expect("completes");
-    assert_eq!(text, "abc");
+    let (answer, done) = complete(&engine, text("x"), config).await;
+    assert_eq!(answer, "abc");
     assert_eq!(done.finish_reason, FinishReason::Stop);
     // A held-back prefix ("EN") that never completes is released at the end.
     let config = GenerationConfig {
         stop: vec!["ENZ".into()],
         ..GenerationConfig::greedy(100)
     };
-    let (text, _) = engine
-        .generate("s", Prompt::Text("x".into()), config)
-        .await
-        .expect("starts")
-        .collect_text()
-        .await
-        .expect("completes");
-    assert_eq!(text, "abcENDdef ENX");
+    let (answer, _) = complete(&engine, text("x"), config).await;
+    assert_eq!(answer, "abcENDdef ENX");
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn chat_without_a_template_uses_chatml_and_its_stop() {
     let dir = tempfile::tempdir().expect("temp dir");
     let script = format!("Hi there{CHATML_STOP}\nignored");
-    let engine = scripted_engine(scripted_settings(dir.path(), &[("s", &script)]));
+    let engine = engine_answering(dir.path(), &script);
     let messages = vec![
         ChatMessage::new("system", "Be brief."),
         ChatMessage::new("user", "Hello"),
     ];
-    let (text, done) = engine
-        .generate(
-            "s",
-            Prompt::Chat(messages.clone()),
-            GenerationConfig::greedy(100),
-        )
-        .await
-        .expect("starts")
-        .collect_text()
-        .await
-        .expect("completes");
-    assert_eq!(text, "Hi there");
+    let chat = Prompt::Chat(messages.clone());
+    let (answer, done) = complete(&engine, chat, GenerationConfig::greedy(100)).await;
+    assert_eq!(answer, "Hi there");
     assert_eq!(done.finish_reason, FinishReason::Stop);
     let rendered = ChatTemplate::fallback("<s>", "</s>")
         .render(&messages, true)
@@ -144,51 +150,38 @@ async fn errors_before_the_first_token_have_classes() {
         .models
         .insert("gone".into(), ModelEntry::new("/nonexistent/model.txt"));
     let engine = scripted_engine(settings);
-    let err = |r: Result<_, EngineError>| r.expect_err("fails");
-    let unknown = err(engine
-        .generate(
-            "nope",
-            Prompt::Text("x".into()),
-            GenerationConfig::default(),
-        )
-        .await);
+    let unknown = refused(&engine, "nope", text("x"), GenerationConfig::default()).await;
     assert_eq!(unknown.class(), ErrorClass::NotFound, "{unknown}");
     assert!(
         unknown.to_string().contains("available models: gone, s"),
         "{unknown}"
     );
-    let missing = err(engine
-        .generate(
-            "gone",
-            Prompt::Text("x".into()),
-            GenerationConfig::default(),
-        )
-        .await);
+    let missing = refused(&engine, "gone", text("x"), GenerationConfig::default()).await;
     assert_eq!(missing.class(), ErrorClass::NotFound, "{missing}");
     let backend = GenerationConfig {
         backend: Some("nope".into()),
         ..GenerationConfig::default()
     };
-    let bad_backend = err(engine
-        .generate("s", Prompt::Text("x".into()), backend)
-        .await);
+    let bad_backend = refused(&engine, "s", text("x"), backend).await;
     assert_eq!(bad_backend.class(), ErrorClass::BadRequest, "{bad_backend}");
     assert!(bad_backend.to_string().contains("nope"), "{bad_backend}");
-    let zero = err(engine
-        .generate("s", Prompt::Text("x".into()), GenerationConfig::greedy(0))
-        .await);
+    let zero = refused(&engine, "s", text("x"), GenerationConfig::greedy(0)).await;
     assert_eq!(zero.class(), ErrorClass::BadRequest, "{zero}");
     let hot = GenerationConfig {
         temperature: Some(-1.0),
         ..GenerationConfig::default()
     };
     assert_eq!(
-        err(engine.generate("s", Prompt::Text("x".into()), hot).await).class(),
+        refused(&engine, "s", text("x"), hot).await.class(),
         ErrorClass::BadRequest
     );
-    let empty = err(engine
-        .generate("s", Prompt::Chat(Vec::new()), GenerationConfig::default())
-        .await);
+    let empty = refused(
+        &engine,
+        "s",
+        Prompt::Chat(Vec::new()),
+        GenerationConfig::default(),
+    )
+    .await;
     assert_eq!(empty.class(), ErrorClass::BadRequest, "{empty}");
 }
 
@@ -198,14 +191,13 @@ async fn a_prompt_longer_than_the_context_is_refused() {
     let mut settings = scripted_settings(dir.path(), &[("s", SCRIPT)]);
     settings.context_length = Some(16);
     let engine = scripted_engine(settings);
-    let err = engine
-        .generate(
-            "s",
-            Prompt::Text("x".repeat(40)),
-            GenerationConfig::default(),
-        )
-        .await
-        .expect_err("too long");
+    let err = refused(
+        &engine,
+        "s",
+        text(&"x".repeat(40)),
+        GenerationConfig::default(),
+    )
+    .await;
     assert_eq!(err.class(), ErrorClass::BadRequest);
     assert!(err.to_string().contains("context"), "{err}");
     assert_eq!(
@@ -218,7 +210,7 @@ async fn a_prompt_longer_than_the_context_is_refused() {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_default_context_follows_the_machine() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let engine = scripted_engine(scripted_settings(dir.path(), &[("s", SCRIPT)]));
+    let engine = engine_answering(dir.path(), SCRIPT);
     let info = engine.load("s", None).await.expect("loads");
     let expected = memory::default_context_length(memory::read().total, None);
     assert_eq!(info.metadata.context_length, expected);
@@ -238,7 +230,7 @@ async fn dropping_the_stream_cancels_the_generation() {
         ..GenerationConfig::greedy(asked)
     };
     let mut stream = engine
-        .generate("s", Prompt::Text("x".into()), config)
+        .generate("s", text("x"), config)
         .await
         .expect("starts");
     for _ in 0..5 {
@@ -277,10 +269,7 @@ async fn sampling_settings_reach_the_backend() {
     // The scripted backend rotates its script by (prompt + seed) when sampling, so equal
     // seeds give equal text and the greedy text differs from a sampled one.
     let dir = tempfile::tempdir().expect("temp dir");
-    let engine = scripted_engine(scripted_settings(
-        dir.path(),
-        &[("s", "abcdefghijklmnopqrstuvwxyz")],
-    ));
+    let engine = engine_answering(dir.path(), "abcdefghijklmnopqrstuvwxyz");
     let run = |seed: u64| {
         let engine = engine.clone();
         async move {
@@ -289,11 +278,7 @@ async fn sampling_settings_reach_the_backend() {
                 seed: Some(seed),
                 ..GenerationConfig::greedy(26)
             };
-            let stream = engine
-                .generate("s", Prompt::Text("q".into()), config)
-                .await
-                .expect("starts");
-            stream.collect_text().await.expect("completes").0
+            complete(&engine, text("q"), config).await.0
         }
     };
     let (a, b, c) = (run(1).await, run(1).await, run(2).await);

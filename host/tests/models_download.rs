@@ -10,14 +10,14 @@ use std::time::Duration;
 use hf_mock::{Content, Fault, MockHub};
 use llmlocal::api::ModelFormat;
 use llmlocal::models::{
-    CancellationToken, ManagerConfig, ModelError, ModelManager, ModelSpec, Progress,
+    CancellationToken, ManagerConfig, ModelError, ModelManager, ModelSpec, Progress, ResolvedModel,
 };
 
 const MB: u64 = 1 << 20;
 const COMMIT: &str = "0123456789abcdef0123456789abcdef01234567";
 
 fn manager(hub: &MockHub, cache: &Path) -> ModelManager {
-    ModelManager::new(hub.manager_config(cache)).unwrap()
+    manager_with(hub, cache, |_| ())
 }
 
 fn gguf_repo(hub: &MockHub, repo: &str) -> (Content, Content) {
@@ -97,23 +97,83 @@ fn spec(s: &str) -> ModelSpec {
     ModelSpec::parse(s).unwrap()
 }
 
+/// A manager for `cache` whose config `edit` changes.
+fn manager_with(
+    hub: &MockHub,
+    cache: &Path,
+    edit: impl FnOnce(&mut ManagerConfig),
+) -> ModelManager {
+    let mut cfg = hub.manager_config(cache);
+    edit(&mut cfg);
+    ModelManager::new(cfg).unwrap()
+}
+
+/// Pulls `s` with no progress channel and no cancellation.
+async fn pull(m: &ModelManager, s: &str) -> Result<ResolvedModel, ModelError> {
+    pull_spec(m, &spec(s)).await
+}
+
+async fn pull_spec(m: &ModelManager, s: &ModelSpec) -> Result<ResolvedModel, ModelError> {
+    m.pull(s, None, CancellationToken::new()).await
+}
+
+/// The progress events sent so far.
+fn received(rx: &mut tokio::sync::mpsc::UnboundedReceiver<Progress>) -> Vec<Progress> {
+    let mut events = Vec::new();
+    while let Ok(p) = rx.try_recv() {
+        events.push(p);
+    }
+    events
+}
+
+/// The mock sends `chunk` bytes, then waits `delay`, and so on.
+fn trickle(chunk: usize, delay: Duration) -> Fault {
+    Fault::Trickle { chunk, delay }
+}
+
+/// A repo of one generated LFS `file` of `(size, seed)`, sent in 128 KiB chunks `delay_ms`
+/// apart; returns the file's content.
+fn slow_one_file_repo(
+    hub: &MockHub,
+    repo: &str,
+    file: &str,
+    (size, seed): (u64, u64),
+    delay_ms: u64,
+) -> Content {
+    let content = Content::generated(size, seed);
+    hub.add_repo(repo, COMMIT, vec![(file, content.clone(), true)]);
+    hub.push_fault(file, trickle(128 * 1024, Duration::from_millis(delay_ms)));
+    content
+}
+
+fn read(path: &Path) -> Vec<u8> {
+    std::fs::read(path).unwrap()
+}
+
+/// Where the download of `file` of `repo` keeps its partial data.
+fn partial_blob(hub: &MockHub, cache: &Path, repo: &str, file: &str) -> PathBuf {
+    let sha = hub.sha256_of(repo, file);
+    repo_dir(cache, repo)
+        .join("blobs")
+        .join(format!("{sha}.incomplete"))
+}
+
+/// Leaves `bytes` as the partial data at `partial`, as an earlier process would.
+fn write_partial(partial: &Path, bytes: &[u8]) {
+    std::fs::create_dir_all(partial.parent().unwrap()).unwrap();
+    std::fs::write(partial, bytes).unwrap();
+}
+
 #[tokio::test]
 async fn pull_quant_is_byte_identical_in_hub_layout() {
     let hub = MockHub::start().await;
     let (q4, _) = gguf_repo(&hub, "org/model-GGUF");
     let tmp = tempfile::tempdir().unwrap();
     let m = manager(&hub, tmp.path());
-    let r = m
-        .pull(
-            &spec("org/model-GGUF:Q4_K_M"),
-            None,
-            CancellationToken::new(),
-        )
-        .await
-        .unwrap();
+    let r = pull(&m, "org/model-GGUF:Q4_K_M").await.unwrap();
     assert_eq!(r.format, ModelFormat::Gguf);
     assert_eq!(r.commit.as_deref(), Some(COMMIT));
-    assert_eq!(std::fs::read(&r.path).unwrap(), q4.to_vec());
+    assert_eq!(read(&r.path), q4.to_vec());
     assert_eq!(r.downloaded_bytes, q4.len());
     let dir = repo_dir(tmp.path(), "org/model-GGUF");
     let sha = hub.sha256_of("org/model-GGUF", "model-Q4_K_M.gguf");
@@ -140,33 +200,22 @@ async fn auto_picks_the_best_quant_that_fits_memory() {
     let tmp = tempfile::tempdir().unwrap();
     let ctx = 512;
     let need = |c: &Content| c.len() + llmlocal::models::quant::kv_allowance(c.len(), ctx);
-    let mut cfg = hub.manager_config(tmp.path());
-    cfg.memory_limit = Some(need(&q8) - 1); // Q8_0 just does not fit
-    let m = ModelManager::new(cfg).unwrap();
+    // Q8_0 just does not fit.
+    let m = manager_with(&hub, tmp.path(), |c| c.memory_limit = Some(need(&q8) - 1));
     let s = spec("org/auto").with_context_length(ctx);
-    let r = m.pull(&s, None, CancellationToken::new()).await.unwrap();
+    let r = pull_spec(&m, &s).await.unwrap();
     let picked = r.picked.clone().expect("a quant was picked");
     assert_eq!(picked.quant.as_deref(), Some("Q4_K_M"));
     assert_eq!(picked.budget, Some(need(&q8) - 1));
-    assert_eq!(std::fs::read(&r.path).unwrap(), q4.to_vec());
+    assert_eq!(read(&r.path), q4.to_vec());
 
-    let mut cfg = hub.manager_config(tmp.path());
-    cfg.memory_limit = Some(need(&q8));
-    let r = ModelManager::new(cfg)
-        .unwrap()
-        .pull(&s, None, CancellationToken::new())
-        .await
-        .unwrap();
+    let m = manager_with(&hub, tmp.path(), |c| c.memory_limit = Some(need(&q8)));
+    let r = pull_spec(&m, &s).await.unwrap();
     assert_eq!(r.picked.unwrap().quant.as_deref(), Some("Q8_0"));
-    assert_eq!(std::fs::read(&r.path).unwrap(), q8.to_vec());
+    assert_eq!(read(&r.path), q8.to_vec());
 
-    let mut cfg = hub.manager_config(tmp.path());
-    cfg.memory_limit = Some(q4.len());
-    let e = ModelManager::new(cfg)
-        .unwrap()
-        .pull(&s, None, CancellationToken::new())
-        .await
-        .unwrap_err();
+    let m = manager_with(&hub, tmp.path(), |c| c.memory_limit = Some(q4.len()));
+    let e = pull_spec(&m, &s).await.unwrap_err();
     assert!(matches!(e, ModelError::NothingFits { .. }), "{e}");
     assert!(e.to_string().contains("model-Q4_K_M.gguf"), "{e}");
 }
@@ -191,10 +240,7 @@ async fn snapshot_of_a_safetensors_repo() {
         ],
     );
     let tmp = tempfile::tempdir().unwrap();
-    let r = manager(&hub, tmp.path())
-        .pull(&spec("org/st"), None, CancellationToken::new())
-        .await
-        .unwrap();
+    let r = pull(&manager(&hub, tmp.path()), "org/st").await.unwrap();
     assert_eq!(r.format, ModelFormat::Safetensors);
     assert_eq!(
         r.path,
@@ -229,11 +275,10 @@ async fn dropped_connection_resumes_with_range() {
     hub.push_fault("model-Q4_K_M.gguf", Fault::DropAfter(MB));
     hub.push_fault("model-Q4_K_M.gguf", Fault::DropAfter(MB / 2));
     let tmp = tempfile::tempdir().unwrap();
-    let r = manager(&hub, tmp.path())
-        .pull(&spec("org/drop:Q4_K_M"), None, CancellationToken::new())
+    let r = pull(&manager(&hub, tmp.path()), "org/drop:Q4_K_M")
         .await
         .unwrap();
-    assert_eq!(std::fs::read(&r.path).unwrap(), q4.to_vec());
+    assert_eq!(read(&r.path), q4.to_vec());
     assert_eq!(hub.content_gets(), 3, "two drops, then the rest");
     assert!(
         hub.bytes_served() <= q4.len() + MB + MB / 2,
@@ -250,10 +295,7 @@ async fn corrupted_bytes_fail_clearly_and_leave_nothing() {
     hub.push_fault("model-Q4_K_M.gguf", Fault::Corrupt);
     let tmp = tempfile::tempdir().unwrap();
     let m = manager(&hub, tmp.path());
-    let e = m
-        .pull(&spec("org/corrupt:Q4_K_M"), None, CancellationToken::new())
-        .await
-        .unwrap_err();
+    let e = pull(&m, "org/corrupt:Q4_K_M").await.unwrap_err();
     assert!(
         matches!(e, ModelError::ChecksumMismatch { ref file, .. } if file == "model-Q4_K_M.gguf"),
         "{e}"
@@ -271,11 +313,8 @@ async fn corrupted_bytes_fail_clearly_and_leave_nothing() {
     );
     assert!(!m.is_cached(&spec("org/corrupt:Q4_K_M")));
     // The next pull (the fault is gone) succeeds.
-    let r = m
-        .pull(&spec("org/corrupt:Q4_K_M"), None, CancellationToken::new())
-        .await
-        .unwrap();
-    assert_eq!(std::fs::read(&r.path).unwrap(), q4.to_vec());
+    let r = pull(&m, "org/corrupt:Q4_K_M").await.unwrap();
+    assert_eq!(read(&r.path), q4.to_vec());
     assert_cache_sound(tmp.path(), "org/corrupt");
 }
 
@@ -287,11 +326,10 @@ async fn server_errors_are_retried_then_succeed() {
         hub.push_fault("model-Q4_K_M.gguf", Fault::Status(code));
     }
     let tmp = tempfile::tempdir().unwrap();
-    let r = manager(&hub, tmp.path())
-        .pull(&spec("org/flaky:Q4_K_M"), None, CancellationToken::new())
+    let r = pull(&manager(&hub, tmp.path()), "org/flaky:Q4_K_M")
         .await
         .unwrap();
-    assert_eq!(std::fs::read(&r.path).unwrap(), q4.to_vec());
+    assert_eq!(read(&r.path), q4.to_vec());
     assert_eq!(hub.content_gets(), 4);
 }
 
@@ -304,10 +342,7 @@ async fn persistent_server_errors_give_up_with_nothing_cached() {
     }
     let tmp = tempfile::tempdir().unwrap();
     let m = manager(&hub, tmp.path());
-    let e = m
-        .pull(&spec("org/down:Q4_K_M"), None, CancellationToken::new())
-        .await
-        .unwrap_err();
+    let e = pull(&m, "org/down:Q4_K_M").await.unwrap_err();
     assert!(matches!(e, ModelError::Network { attempts: 5, .. }), "{e}");
     assert!(e.to_string().contains("500"), "{e}");
     assert!(!m.is_cached(&spec("org/down:Q4_K_M")));
@@ -320,10 +355,7 @@ async fn slow_trickle_completes_with_progress() {
     let (q4, _) = gguf_repo(&hub, "org/slow");
     hub.push_fault(
         "model-Q4_K_M.gguf",
-        Fault::Trickle {
-            chunk: 256 * 1024,
-            delay: Duration::from_millis(30),
-        },
+        trickle(256 * 1024, Duration::from_millis(30)),
     );
     let tmp = tempfile::tempdir().unwrap();
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
@@ -331,11 +363,8 @@ async fn slow_trickle_completes_with_progress() {
         .pull(&spec("org/slow:Q4_K_M"), Some(tx), CancellationToken::new())
         .await
         .unwrap();
-    assert_eq!(std::fs::read(&r.path).unwrap(), q4.to_vec());
-    let mut events = Vec::new();
-    while let Ok(p) = rx.try_recv() {
-        events.push(p);
-    }
+    assert_eq!(read(&r.path), q4.to_vec());
+    let events = received(&mut rx);
     assert!(
         events.len() >= 4,
         "several progress events over a slow transfer: {}",
@@ -350,20 +379,14 @@ async fn a_stalled_transfer_times_out_and_resumes() {
     let (q4, _) = gguf_repo(&hub, "org/stall");
     hub.push_fault(
         "model-Q4_K_M.gguf",
-        Fault::Trickle {
-            chunk: 512 * 1024,
-            delay: Duration::from_secs(3),
-        },
+        trickle(512 * 1024, Duration::from_secs(3)),
     );
     let tmp = tempfile::tempdir().unwrap();
-    let mut cfg = hub.manager_config(tmp.path());
-    cfg.read_timeout = Duration::from_millis(400);
-    let r = ModelManager::new(cfg)
-        .unwrap()
-        .pull(&spec("org/stall:Q4_K_M"), None, CancellationToken::new())
-        .await
-        .unwrap();
-    assert_eq!(std::fs::read(&r.path).unwrap(), q4.to_vec());
+    let m = manager_with(&hub, tmp.path(), |c| {
+        c.read_timeout = Duration::from_millis(400)
+    });
+    let r = pull(&m, "org/stall:Q4_K_M").await.unwrap();
+    assert_eq!(read(&r.path), q4.to_vec());
     assert_eq!(
         hub.content_gets(),
         2,
@@ -388,11 +411,8 @@ async fn a_server_ignoring_range_restarts_the_file() {
         )
         .await
         .unwrap();
-    assert_eq!(std::fs::read(&r.path).unwrap(), q4.to_vec());
-    let mut events = Vec::new();
-    while let Ok(p) = rx.try_recv() {
-        events.push(p);
-    }
+    assert_eq!(read(&r.path), q4.to_vec());
+    let events = received(&mut rx);
     assert_progress_sound(&events, q4.len());
 }
 
@@ -464,19 +484,7 @@ async fn progress_is_monotonic_and_reaches_one_over_several_files() {
 #[tokio::test]
 async fn cancel_then_resume_transfers_only_the_rest() {
     let hub = MockHub::start().await;
-    let big = Content::generated(8 * MB, 9);
-    hub.add_repo(
-        "org/cancel",
-        COMMIT,
-        vec![("big-Q4_0.gguf", big.clone(), true)],
-    );
-    hub.push_fault(
-        "big-Q4_0.gguf",
-        Fault::Trickle {
-            chunk: 128 * 1024,
-            delay: Duration::from_millis(15),
-        },
-    );
+    let big = slow_one_file_repo(&hub, "org/cancel", "big-Q4_0.gguf", (8 * MB, 9), 15);
     let tmp = tempfile::tempdir().unwrap();
     let m = manager(&hub, tmp.path());
     let cancel = CancellationToken::new();
@@ -499,7 +507,7 @@ async fn cancel_then_resume_transfers_only_the_rest() {
     assert!(matches!(e, ModelError::Cancelled { .. }), "{e}");
     let sha = hub.sha256_of("org/cancel", "big-Q4_0.gguf");
     let dir = repo_dir(tmp.path(), "org/cancel");
-    let partial = dir.join("blobs").join(format!("{sha}.incomplete"));
+    let partial = partial_blob(&hub, tmp.path(), "org/cancel", "big-Q4_0.gguf");
     let kept = std::fs::metadata(&partial)
         .expect("partial data kept")
         .len();
@@ -521,41 +529,23 @@ async fn cancel_then_resume_transfers_only_the_rest() {
     // Let the mock notice the closed connection before counting the resumed transfer.
     tokio::time::sleep(Duration::from_millis(200)).await;
     hub.reset_counters();
-    let r = m
-        .pull(&spec("org/cancel:Q4_0"), None, CancellationToken::new())
-        .await
-        .unwrap();
+    let r = pull(&m, "org/cancel:Q4_0").await.unwrap();
     assert_eq!(
         hub.bytes_served(),
         big.len() - kept,
         "only the rest was transferred"
     );
     assert_eq!(r.downloaded_bytes, big.len() - kept);
-    assert_eq!(std::fs::read(&r.path).unwrap(), big.to_vec());
+    assert_eq!(read(&r.path), big.to_vec());
     assert_cache_sound(tmp.path(), "org/cancel");
 }
 
 #[tokio::test]
 async fn dropping_the_pull_future_keeps_partial_data_for_a_new_process() {
     let hub = MockHub::start().await;
-    let big = Content::generated(6 * MB, 10);
-    hub.add_repo(
-        "org/dropfut",
-        COMMIT,
-        vec![("m-Q8_0.gguf", big.clone(), true)],
-    );
-    hub.push_fault(
-        "m-Q8_0.gguf",
-        Fault::Trickle {
-            chunk: 128 * 1024,
-            delay: Duration::from_millis(10),
-        },
-    );
+    let big = slow_one_file_repo(&hub, "org/dropfut", "m-Q8_0.gguf", (6 * MB, 10), 10);
     let tmp = tempfile::tempdir().unwrap();
-    let sha = hub.sha256_of("org/dropfut", "m-Q8_0.gguf");
-    let partial = repo_dir(tmp.path(), "org/dropfut")
-        .join("blobs")
-        .join(format!("{sha}.incomplete"));
+    let partial = partial_blob(&hub, tmp.path(), "org/dropfut", "m-Q8_0.gguf");
     {
         let m = manager(&hub, tmp.path());
         let s = spec("org/dropfut:Q8_0");
@@ -576,12 +566,11 @@ async fn dropping_the_pull_future_keeps_partial_data_for_a_new_process() {
     assert!(kept > 0, "partial data kept");
     // A fresh manager (a new process) resumes from the partial file.
     hub.reset_counters();
-    let r = manager(&hub, tmp.path())
-        .pull(&spec("org/dropfut:Q8_0"), None, CancellationToken::new())
+    let r = pull(&manager(&hub, tmp.path()), "org/dropfut:Q8_0")
         .await
         .unwrap();
     assert_eq!(hub.bytes_served(), big.len() - kept);
-    assert_eq!(std::fs::read(&r.path).unwrap(), big.to_vec());
+    assert_eq!(read(&r.path), big.to_vec());
 }
 
 #[tokio::test]
@@ -589,21 +578,14 @@ async fn resume_from_a_partial_file_left_by_an_earlier_process() {
     let hub = MockHub::start().await;
     let (q4, _) = gguf_repo(&hub, "org/restart");
     let tmp = tempfile::tempdir().unwrap();
-    let sha = hub.sha256_of("org/restart", "model-Q4_K_M.gguf");
-    let blobs = repo_dir(tmp.path(), "org/restart").join("blobs");
-    std::fs::create_dir_all(&blobs).unwrap();
     let half = q4.len() / 2;
-    std::fs::write(
-        blobs.join(format!("{sha}.incomplete")),
-        &q4.to_vec()[..half as usize],
-    )
-    .unwrap();
-    let r = manager(&hub, tmp.path())
-        .pull(&spec("org/restart:Q4_K_M"), None, CancellationToken::new())
+    let partial = partial_blob(&hub, tmp.path(), "org/restart", "model-Q4_K_M.gguf");
+    write_partial(&partial, &q4.to_vec()[..half as usize]);
+    let r = pull(&manager(&hub, tmp.path()), "org/restart:Q4_K_M")
         .await
         .unwrap();
     assert_eq!(hub.bytes_served(), q4.len() - half);
-    assert_eq!(std::fs::read(&r.path).unwrap(), q4.to_vec());
+    assert_eq!(read(&r.path), q4.to_vec());
 }
 
 #[tokio::test]
@@ -611,34 +593,15 @@ async fn a_bad_partial_file_is_caught_by_the_hash() {
     let hub = MockHub::start().await;
     let (q4, _) = gguf_repo(&hub, "org/badpartial");
     let tmp = tempfile::tempdir().unwrap();
-    let sha = hub.sha256_of("org/badpartial", "model-Q4_K_M.gguf");
-    let blobs = repo_dir(tmp.path(), "org/badpartial").join("blobs");
-    std::fs::create_dir_all(&blobs).unwrap();
-    std::fs::write(
-        blobs.join(format!("{sha}.incomplete")),
-        vec![0u8; MB as usize],
-    )
-    .unwrap();
+    let partial = partial_blob(&hub, tmp.path(), "org/badpartial", "model-Q4_K_M.gguf");
+    write_partial(&partial, &vec![0u8; MB as usize]);
+    let blobs = partial.parent().unwrap();
     let m = manager(&hub, tmp.path());
-    let e = m
-        .pull(
-            &spec("org/badpartial:Q4_K_M"),
-            None,
-            CancellationToken::new(),
-        )
-        .await
-        .unwrap_err();
+    let e = pull(&m, "org/badpartial:Q4_K_M").await.unwrap_err();
     assert!(matches!(e, ModelError::ChecksumMismatch { .. }), "{e}");
-    assert!(walk(&blobs).is_empty());
-    let r = m
-        .pull(
-            &spec("org/badpartial:Q4_K_M"),
-            None,
-            CancellationToken::new(),
-        )
-        .await
-        .unwrap();
-    assert_eq!(std::fs::read(&r.path).unwrap(), q4.to_vec());
+    assert!(walk(blobs).is_empty());
+    let r = pull(&m, "org/badpartial:Q4_K_M").await.unwrap();
+    assert_eq!(read(&r.path), q4.to_vec());
 }
 
 #[tokio::test]
@@ -648,60 +611,36 @@ async fn missing_repo_file_and_auth_fail_at_once() {
     let tmp = tempfile::tempdir().unwrap();
     let m = manager(&hub, tmp.path());
 
-    let e = m
-        .pull(&spec("org/nope"), None, CancellationToken::new())
-        .await
-        .unwrap_err();
+    let e = pull(&m, "org/nope").await.unwrap_err();
     assert!(
         matches!(e, ModelError::RepoNotFound { ref repo, .. } if repo == "org/nope"),
         "{e}"
     );
     assert!(e.to_string().contains("HF_TOKEN"), "says what to do: {e}");
 
-    let e = m
-        .pull(
-            &spec("hf://org/private/missing.gguf"),
-            None,
-            CancellationToken::new(),
-        )
-        .await
-        .unwrap_err();
+    let e = pull(&m, "hf://org/private/missing.gguf").await.unwrap_err();
     assert!(
         matches!(e, ModelError::FileNotFound { ref file, .. } if file == "missing.gguf"),
         "{e}"
     );
 
-    let e = m
-        .pull(&spec("org/private:Q2_K"), None, CancellationToken::new())
-        .await
-        .unwrap_err();
+    let e = pull(&m, "org/private:Q2_K").await.unwrap_err();
     assert!(
         e.to_string().contains("Q4_K_M, Q8_0"),
         "lists the quants there are: {e}"
     );
 
-    let e = m
-        .pull(&spec("org/private@v9"), None, CancellationToken::new())
-        .await
-        .unwrap_err();
+    let e = pull(&m, "org/private@v9").await.unwrap_err();
     assert!(matches!(e, ModelError::RevisionNotFound { .. }), "{e}");
 
     hub.require_token(Some("secret"));
-    let e = m
-        .pull(&spec("org/private:Q4_K_M"), None, CancellationToken::new())
-        .await
-        .unwrap_err();
+    let e = pull(&m, "org/private:Q4_K_M").await.unwrap_err();
     assert!(
         matches!(e, ModelError::Unauthorized { status: 401, .. }),
         "{e}"
     );
     assert!(e.to_string().contains("HF_TOKEN"), "{e}");
-    let e = m
-        .pull(
-            &spec("hf://org/private/model-Q4_K_M.gguf"),
-            None,
-            CancellationToken::new(),
-        )
+    let e = pull(&m, "hf://org/private/model-Q4_K_M.gguf")
         .await
         .unwrap_err();
     assert!(matches!(e, ModelError::Unauthorized { .. }), "{e}");
@@ -717,12 +656,8 @@ async fn missing_repo_file_and_auth_fail_at_once() {
         "nothing cached"
     );
 
-    let mut cfg = hub.manager_config(tmp.path());
-    cfg.token = Some("secret".into());
-    let r = ModelManager::new(cfg)
-        .unwrap()
-        .pull(&spec("org/private:Q4_K_M"), None, CancellationToken::new())
-        .await;
+    let m = manager_with(&hub, tmp.path(), |c| c.token = Some("secret".into()));
+    let r = pull(&m, "org/private:Q4_K_M").await;
     assert!(r.is_ok(), "{r:?}");
     // The token goes to the hub, never to the CDN (both are this mock here, but the CDN path
     // does not check it; the token test above shows the hub does).
@@ -751,12 +686,7 @@ async fn resolve_is_cache_first() {
         hub.requests()
     );
     // A pull checks the hub (HEAD) but transfers nothing.
-    let pulled = manager(&hub, tmp.path())
-        .pull(
-            &spec("org/cachefirst:Q4_K_M"),
-            None,
-            CancellationToken::new(),
-        )
+    let pulled = pull(&manager(&hub, tmp.path()), "org/cachefirst:Q4_K_M")
         .await
         .unwrap();
     assert_eq!(pulled.downloaded_bytes, 0);

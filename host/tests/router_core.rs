@@ -17,6 +17,70 @@ fn node_of(body: &Value) -> String {
     body["node"].as_str().unwrap_or("?").to_string()
 }
 
+/// A router with `strategy` and three fake nodes serving `m` joined to it.
+async fn three_node_router(strategy: Strategy) -> (TestRouter, Vec<FakeNode>) {
+    let mut s = settings(None);
+    s.strategy = strategy;
+    let router = TestRouter::start(s).await;
+    let nodes = three_nodes(&router.url()).await;
+    (router, nodes)
+}
+
+/// Lets a heartbeat (every 200 ms) carry the nodes' new load to the router.
+async fn let_heartbeats_report() {
+    tokio::time::sleep(Duration::from_millis(600)).await;
+}
+
+/// A chat completion for `m` with no messages, streamed or not, as the raw response.
+async fn chat_response(router: &str, stream: bool) -> reqwest::Response {
+    client()
+        .post(format!("{router}/v1/chat/completions"))
+        .header("content-type", "application/json")
+        .body(json!({ "model": "m", "stream": stream, "messages": [] }).to_string())
+        .send()
+        .await
+        .unwrap()
+}
+
+/// `POST /api/nodes/{id}/drain` as the admin; returns the status.
+async fn drain(router: &str, id: &str) -> u16 {
+    post_json(&format!("{router}/api/nodes/{id}/drain"), Some(ADMIN), "")
+        .await
+        .0
+}
+
+/// `DELETE /api/nodes/{id}` as the admin; returns the status.
+async fn forget_node(router: &str, id: &str) -> u16 {
+    let resp = client()
+        .delete(format!("{router}/api/nodes/{id}"))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .unwrap();
+    resp.status().as_u16()
+}
+
+/// `field` of every entry of the JSON array `list`.
+fn names<'a>(list: &'a Value, field: &str) -> Vec<&'a str> {
+    list.as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m[field].as_str().unwrap())
+        .collect()
+}
+
+const CLIENT_KEY: &str = "client-key";
+
+/// `POST /v1/chat/completions` with `body` and the client key; returns (status, body).
+async fn client_chat(router: &str, body: &str) -> (u16, Value) {
+    post_json(
+        &format!("{router}/v1/chat/completions"),
+        Some(CLIENT_KEY),
+        body,
+    )
+    .await
+}
+
 async fn spread(router: &str, n: usize) -> BTreeMap<String, usize> {
     let mut counts = BTreeMap::new();
     for _ in 0..n {
@@ -29,8 +93,7 @@ async fn spread(router: &str, n: usize) -> BTreeMap<String, usize> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn round_robin_spreads_evenly_over_registered_nodes() {
-    let router = TestRouter::start(settings(None)).await;
-    let _nodes = three_nodes(&router.url()).await;
+    let (router, _nodes) = three_node_router(Strategy::RoundRobin).await;
     let counts = spread(&router.url(), 30).await;
     assert_eq!(counts.len(), 3, "{counts:?}");
     assert!(
@@ -42,21 +105,17 @@ async fn round_robin_spreads_evenly_over_registered_nodes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn least_loaded_sends_to_the_idle_node() {
-    let mut s = settings(None);
-    s.strategy = Strategy::LeastLoaded;
-    let router = TestRouter::start(s).await;
-    let nodes = three_nodes(&router.url()).await;
+    let (router, nodes) = three_node_router(Strategy::LeastLoaded).await;
     nodes[0].behaviour.active.store(5, Ordering::Relaxed);
     nodes[1].behaviour.active.store(5, Ordering::Relaxed);
-    // Let a heartbeat carry the load (every 200 ms).
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    let_heartbeats_report().await;
     let counts = spread(&router.url(), 12).await;
     assert_eq!(counts.get("n3"), Some(&12), "{counts:?}");
     // Now n3 is the busiest: the two others share the traffic.
     nodes[2].behaviour.active.store(9, Ordering::Relaxed);
     nodes[0].behaviour.active.store(1, Ordering::Relaxed);
     nodes[1].behaviour.active.store(1, Ordering::Relaxed);
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    let_heartbeats_report().await;
     let counts = spread(&router.url(), 12).await;
     assert_eq!(counts.get("n3"), None, "{counts:?}");
     assert_eq!(counts.values().sum::<usize>(), 12);
@@ -69,13 +128,10 @@ async fn least_loaded_sends_to_the_idle_node() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn least_loaded_counts_the_routers_own_open_streams() {
-    let mut s = settings(None);
-    s.strategy = Strategy::LeastLoaded;
-    let router = TestRouter::start(s).await;
-    let nodes = three_nodes(&router.url()).await;
+    let (router, nodes) = three_node_router(Strategy::LeastLoaded).await;
     nodes[1].behaviour.active.store(2, Ordering::Relaxed);
     nodes[2].behaviour.active.store(2, Ordering::Relaxed);
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    let_heartbeats_report().await;
     for n in &nodes {
         n.behaviour.chunk_delay_ms.store(400, Ordering::Relaxed);
     }
@@ -83,13 +139,7 @@ async fn least_loaded_counts_the_routers_own_open_streams() {
     // all would go to n1; the router's own in-flight count stops n1 at the others' level.
     let mut open = Vec::new();
     for _ in 0..5 {
-        let resp = client()
-            .post(format!("{}/v1/chat/completions", router.url()))
-            .header("content-type", "application/json")
-            .body(json!({ "model": "m", "stream": true, "messages": [] }).to_string())
-            .send()
-            .await
-            .unwrap();
+        let resp = chat_response(&router.url(), true).await;
         let node = resp.headers()["x-llmlocal-node"]
             .to_str()
             .unwrap()
@@ -103,22 +153,13 @@ async fn least_loaded_counts_the_routers_own_open_streams() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn prefer_loaded_picks_the_node_with_the_model_in_memory() {
-    let mut s = settings(None);
-    s.strategy = Strategy::PreferLoaded;
-    let router = TestRouter::start(s).await;
-    let nodes = three_nodes(&router.url()).await;
+    let (router, nodes) = three_node_router(Strategy::PreferLoaded).await;
     nodes[1].behaviour.loaded.lock().unwrap().push("m".into());
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    let_heartbeats_report().await;
     let counts = spread(&router.url(), 9).await;
     assert_eq!(counts.get("n2"), Some(&9), "{counts:?}");
     // Drained, n2 takes nothing; the others share.
-    let (code, _) = post_json(
-        &format!("{}/api/nodes/n2/drain", router.url()),
-        Some(ADMIN),
-        "",
-    )
-    .await;
-    assert_eq!(code, 200);
+    assert_eq!(drain(&router.url(), "n2").await, 200);
     let counts = spread(&router.url(), 8).await;
     assert_eq!(counts.get("n2"), None, "{counts:?}");
     let statuses = node_statuses(&router.url()).await;
@@ -129,21 +170,14 @@ async fn prefer_loaded_picks_the_node_with_the_model_in_memory() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn streams_pass_through_as_they_arrive() {
     let router = TestRouter::start(settings(None)).await;
-    let mut node = FakeNode::start("slow", &["m"], loopback(), Arc::default());
-    node.behaviour.chunk_delay_ms.store(300, Ordering::Relaxed);
-    node.join(&router.url(), TOKEN);
-    wait_nodes(&router.url(), Duration::from_secs(5), |n| {
-        all_online(n, &["slow"])
-    })
-    .await;
+    let mut node = [fake_node("slow", &["m"])];
+    node[0]
+        .behaviour
+        .chunk_delay_ms
+        .store(300, Ordering::Relaxed);
+    join_all(&router.url(), TOKEN, &mut node).await;
     let start = Instant::now();
-    let resp = client()
-        .post(format!("{}/v1/chat/completions", router.url()))
-        .header("content-type", "application/json")
-        .body(json!({ "model": "m", "stream": true, "messages": [] }).to_string())
-        .send()
-        .await
-        .unwrap();
+    let resp = chat_response(&router.url(), true).await;
     assert_eq!(resp.headers()["content-type"], "text/event-stream");
     let mut stream = resp.bytes_stream();
     let first = stream.next().await.unwrap().unwrap();
@@ -164,13 +198,7 @@ async fn streams_pass_through_as_they_arrive() {
         "first chunk after {first_at:?} (buffered?)"
     );
     // A client leaving mid-stream is recorded as such; the complete stream is not an error.
-    let resp = client()
-        .post(format!("{}/v1/chat/completions", router.url()))
-        .header("content-type", "application/json")
-        .body(json!({ "model": "m", "stream": true, "messages": [] }).to_string())
-        .send()
-        .await
-        .unwrap();
+    let resp = chat_response(&router.url(), true).await;
     let mut stream = resp.bytes_stream();
     stream.next().await.unwrap().unwrap();
     drop(stream);
@@ -225,21 +253,14 @@ async fn fails_over_on_5xx_and_refused_connections() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_stream_broken_after_the_first_byte_ends_with_an_error_event() {
     let router = TestRouter::start(settings(None)).await;
-    let mut node = FakeNode::start("flaky", &["m"], loopback(), Arc::default());
-    node.behaviour.break_stream.store(true, Ordering::Relaxed);
-    node.join(&router.url(), TOKEN);
-    wait_nodes(&router.url(), Duration::from_secs(5), |n| {
-        all_online(n, &["flaky"])
-    })
-    .await;
+    let mut node = [fake_node("flaky", &["m"])];
+    node[0]
+        .behaviour
+        .break_stream
+        .store(true, Ordering::Relaxed);
+    join_all(&router.url(), TOKEN, &mut node).await;
     // OpenAI SSE.
-    let resp = client()
-        .post(format!("{}/v1/chat/completions", router.url()))
-        .header("content-type", "application/json")
-        .body(json!({ "model": "m", "stream": true, "messages": [] }).to_string())
-        .send()
-        .await
-        .unwrap();
+    let resp = chat_response(&router.url(), true).await;
     assert_eq!(resp.status(), 200);
     let text = String::from_utf8(resp.bytes().await.unwrap().to_vec()).unwrap();
     let events: Vec<&str> = text.split("\n\n").filter(|e| !e.is_empty()).collect();
@@ -268,7 +289,10 @@ async fn a_stream_broken_after_the_first_byte_ends_with_an_error_event() {
         "{text}"
     );
     // The router keeps serving.
-    node.behaviour.break_stream.store(false, Ordering::Relaxed);
+    node[0]
+        .behaviour
+        .break_stream
+        .store(false, Ordering::Relaxed);
     assert_eq!(chat(&router.url(), "m").await.0, 200);
     router.stop().await;
 }
@@ -281,10 +305,7 @@ async fn silent_node_goes_offline_within_the_timeout_and_comes_back() {
     let mut nodes = three_nodes(&router.url()).await;
     let addr = nodes[0].addr;
     nodes[0].kill();
-    let took = wait_nodes(&router.url(), timeout * 2, |n| {
-        status_of(n, "n1") == Some("offline")
-    })
-    .await;
+    let took = wait_status(&router.url(), timeout * 2, "n1", "offline").await;
     assert!(
         took <= timeout,
         "offline after {took:?}, timeout {timeout:?}"
@@ -295,10 +316,7 @@ async fn silent_node_goes_offline_within_the_timeout_and_comes_back() {
     // Same node back on the same address.
     let mut back = FakeNode::start("n1", &["m"], addr, Arc::default());
     back.join(&router.url(), TOKEN);
-    wait_nodes(&router.url(), Duration::from_secs(3), |n| {
-        status_of(n, "n1") == Some("online")
-    })
-    .await;
+    wait_status(&router.url(), Duration::from_secs(3), "n1", "online").await;
     let counts = spread(&router.url(), 6).await;
     assert_eq!(counts.get("n1"), Some(&2), "{counts:?}");
     router.stop().await;
@@ -321,30 +339,17 @@ async fn a_node_without_agent_stays_online_while_its_health_answers() {
     );
     // /health failing: offline.
     nodes[0].behaviour.unhealthy.store(true, Ordering::Relaxed);
-    wait_nodes(&router.url(), timeout * 2, |n| {
-        status_of(n, "n1") == Some("offline")
-    })
-    .await;
+    wait_status(&router.url(), timeout * 2, "n1", "offline").await;
     nodes[0].behaviour.unhealthy.store(false, Ordering::Relaxed);
-    wait_nodes(&router.url(), timeout * 2, |n| {
-        status_of(n, "n1") == Some("online")
-    })
-    .await;
+    wait_status(&router.url(), timeout * 2, "n1", "online").await;
     drop(nodes);
     router.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn agent_registers_again_after_the_router_forgets_it() {
-    let router = TestRouter::start(settings(None)).await;
-    let _nodes = three_nodes(&router.url()).await;
-    let resp = client()
-        .delete(format!("{}/api/nodes/n3", router.url()))
-        .bearer_auth(ADMIN)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
+    let (router, _nodes) = three_node_router(Strategy::RoundRobin).await;
+    assert_eq!(forget_node(&router.url(), "n3").await, 200);
     assert_eq!(status_of(&node_statuses(&router.url()).await, "n3"), None);
     wait_nodes(&router.url(), Duration::from_secs(3), |n| {
         all_online(n, &["n3"])
@@ -356,74 +361,28 @@ async fn agent_registers_again_after_the_router_forgets_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn models_are_the_union_over_healthy_nodes() {
     let router = TestRouter::start(settings(None)).await;
-    let mut a = FakeNode::start("a", &["m1", "shared"], loopback(), Arc::default());
-    let mut b = FakeNode::start("b", &["m2", "shared"], loopback(), Arc::default());
-    a.join(&router.url(), TOKEN);
-    b.join(&router.url(), TOKEN);
-    wait_nodes(&router.url(), Duration::from_secs(5), |n| {
-        all_online(n, &["a", "b"])
-    })
-    .await;
-    let body: Value = client()
-        .get(format!("{}/v1/models", router.url()))
-        .send()
-        .await
-        .unwrap()
-        .json_value()
-        .await;
-    let ids: Vec<&str> = body["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["id"].as_str().unwrap())
-        .collect();
-    assert_eq!(ids, ["m1", "m2", "shared"]);
-    let body: Value = client()
-        .get(format!("{}/api/tags", router.url()))
-        .send()
-        .await
-        .unwrap()
-        .json_value()
-        .await;
-    let names: Vec<&str> = body["models"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["name"].as_str().unwrap())
-        .collect();
-    assert_eq!(names, ["m1", "m2", "shared"]);
+    let mut nodes = [
+        fake_node("a", &["m1", "shared"]),
+        fake_node("b", &["m2", "shared"]),
+    ];
+    join_all(&router.url(), TOKEN, &mut nodes).await;
+    let (_, body) = get_json(&format!("{}/v1/models", router.url()), None).await;
+    assert_eq!(names(&body["data"], "id"), ["m1", "m2", "shared"]);
+    let (_, body) = get_json(&format!("{}/api/tags", router.url()), None).await;
+    assert_eq!(names(&body["models"], "name"), ["m1", "m2", "shared"]);
     // Model-aware: m1 only ever goes to a, m2 to b.
     for _ in 0..4 {
         assert_eq!(node_of(&chat(&router.url(), "m1").await.1), "a");
         assert_eq!(node_of(&chat(&router.url(), "m2").await.1), "b");
     }
-    b.kill();
-    wait_nodes(&router.url(), Duration::from_secs(3), |n| {
-        status_of(n, "b") == Some("offline")
-    })
-    .await;
-    let body: Value = client()
-        .get(format!("{}/v1/models", router.url()))
-        .send()
-        .await
-        .unwrap()
-        .json_value()
-        .await;
+    nodes[1].kill();
+    wait_status(&router.url(), Duration::from_secs(3), "b", "offline").await;
+    let (_, body) = get_json(&format!("{}/v1/models", router.url()), None).await;
     assert_eq!(body["data"].as_array().unwrap().len(), 2, "{body}");
     // A known model whose nodes are all offline: 503, not 404.
     let (code, body) = chat(&router.url(), "m2").await;
     assert_eq!(code, 503, "{body}");
     router.stop().await;
-}
-
-trait JsonValue {
-    async fn json_value(self) -> Value;
-}
-
-impl JsonValue for reqwest::Response {
-    async fn json_value(self) -> Value {
-        serde_json::from_slice(&self.bytes().await.unwrap()).unwrap()
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -439,28 +398,14 @@ async fn nodes_history_and_token_survive_a_router_restart() {
     let (_, again) = llmlocal::router::RouterState::open(s.clone()).unwrap();
     assert!(!again.generated);
     assert_eq!(again.token, join.token, "stored token reused");
-    let mut nodes: Vec<FakeNode> = ["p1", "p2"]
-        .iter()
-        .map(|n| FakeNode::start(n, &["m"], loopback(), Arc::default()))
-        .collect();
-    for n in &mut nodes {
-        n.join(&router.url(), &join.token);
-    }
-    wait_nodes(&router.url(), Duration::from_secs(5), |n| {
-        all_online(n, &["p1", "p2"])
-    })
-    .await;
+    let mut nodes = [fake_node("p1", &["m"]), fake_node("p2", &["m"])];
+    join_all(&router.url(), &join.token, &mut nodes).await;
     for _ in 0..5 {
         assert_eq!(chat(&router.url(), "m").await.0, 200);
     }
     assert_eq!(chat(&router.url(), "nope").await.0, 404);
     // Drain survives the restart too.
-    post_json(
-        &format!("{}/api/nodes/p2/drain", router.url()),
-        Some(ADMIN),
-        "",
-    )
-    .await;
+    drain(&router.url(), "p2").await;
     let history = wait_history(&router.url(), 6).await;
     router.stop().await;
     // Nodes stopped too, so the restarted router sees them only from its database.
@@ -486,49 +431,25 @@ async fn nodes_history_and_token_survive_a_router_restart() {
     // at its length: the relay must still record the end).
     assert!(ok["error"].is_null(), "{ok}");
     // Stored nodes are offline until heard from; a node coming back is online again.
-    wait_nodes(&router.url(), Duration::from_secs(3), |n| {
-        status_of(n, "p1") == Some("offline")
-    })
-    .await;
-    let mut p1 = FakeNode::start("p1", &["m"], loopback(), Arc::default());
+    wait_status(&router.url(), Duration::from_secs(3), "p1", "offline").await;
+    let mut p1 = fake_node("p1", &["m"]);
     p1.join(&router.url(), &join.token);
-    wait_nodes(&router.url(), Duration::from_secs(3), |n| {
-        status_of(n, "p1") == Some("online")
-    })
-    .await;
+    wait_status(&router.url(), Duration::from_secs(3), "p1", "online").await;
     assert_eq!(chat(&router.url(), "m").await.0, 200);
     router.stop().await;
 }
 
 /// The persisted history, once it holds at least `min` rows.
 async fn wait_history(router: &str, min: usize) -> Vec<Value> {
-    let start = Instant::now();
-    loop {
-        let body = client()
-            .get(format!("{router}/admin/requests?limit=1000"))
-            .bearer_auth(ADMIN)
-            .send()
-            .await
-            .unwrap()
-            .json_value()
-            .await;
-        let rows = body["requests"].as_array().unwrap().clone();
-        if rows.len() >= min {
-            return rows;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(5),
-            "history has {} rows",
-            rows.len()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let rows = history(router, min).await;
+    assert!(rows.len() >= min, "history has {} rows", rows.len());
+    rows
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn bad_input_is_rejected_with_clear_errors() {
     let mut s = settings(None);
-    s.api_keys = vec!["client-key".into()];
+    s.api_keys = vec![CLIENT_KEY.into()];
     let router = TestRouter::start(s).await;
     let url = router.url();
     let register = format!("{url}/api/nodes/register");
@@ -590,19 +511,9 @@ async fn bad_input_is_rejected_with_clear_errors() {
         401
     );
     // Admin API.
-    let resp = client()
-        .get(format!("{url}/api/nodes"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 401);
-    let resp = client()
-        .get(format!("{url}/api/nodes"))
-        .bearer_auth("client-key")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 401);
+    assert_eq!(get_json(&format!("{url}/api/nodes"), None).await.0, 401);
+    let as_client = get_json(&format!("{url}/api/nodes"), Some(CLIENT_KEY)).await;
+    assert_eq!(as_client.0, 401);
     assert_eq!(
         post_json(&format!("{url}/api/nodes/ghost/drain"), Some(ADMIN), "")
             .await
@@ -614,16 +525,11 @@ async fn bad_input_is_rejected_with_clear_errors() {
     let (code, _) = post_json(&format!("{url}/v1/chat/completions"), None, &chat_body).await;
     assert_eq!(code, 401);
     // No node at all: unknown model 404, JSON.
-    let (code, body) = post_json(
-        &format!("{url}/v1/chat/completions"),
-        Some("client-key"),
-        &chat_body,
-    )
-    .await;
+    let (code, body) = client_chat(&url, &chat_body).await;
     assert_eq!(code, 404, "{body}");
     assert!(body["error"]["message"].as_str().unwrap().contains("`m`"));
     // Ollama routes answer errors the Ollama way: `error` is a string.
-    let (code, body) = post_json(&format!("{url}/api/chat"), Some("client-key"), &chat_body).await;
+    let (code, body) = post_json(&format!("{url}/api/chat"), Some(CLIENT_KEY), &chat_body).await;
     assert_eq!(code, 404, "{body}");
     assert!(body["error"].as_str().unwrap().contains("`m`"), "{body}");
     // A node advertising the router's own address: refused as a loop, not recursion.
@@ -634,68 +540,27 @@ async fn bad_input_is_rejected_with_clear_errors() {
             .0,
         200
     );
-    let (code, body) = post_json(
-        &format!("{url}/v1/chat/completions"),
-        Some("client-key"),
-        r#"{"model":"loopy"}"#,
-    )
-    .await;
+    let (code, body) = client_chat(&url, r#"{"model":"loopy"}"#).await;
     assert_eq!(code, 508, "{body}");
     assert!(
         body["error"]["message"].as_str().unwrap().contains("loop"),
         "{body}"
     );
-    let resp = client()
-        .delete(format!("{url}/api/nodes/loop"))
-        .bearer_auth(ADMIN)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
+    assert_eq!(forget_node(&url, "loop").await, 200);
     // Requests without a model and no node: 503.
-    let resp = client()
-        .get(format!("{url}/api/version"))
-        .bearer_auth("client-key")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 503);
+    let version = format!("{url}/api/version");
+    assert_eq!(get_json(&version, Some(CLIENT_KEY)).await.0, 503);
     // Not a proxied path.
-    assert_eq!(
-        client()
-            .get(format!("{url}/etc/passwd"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        404
-    );
+    assert_eq!(get_json(&format!("{url}/etc/passwd"), None).await.0, 404);
     // After all that, a real node joins and requests work.
-    let mut node = FakeNode::start("good", &["m"], loopback(), Arc::default());
-    node.join(&url, TOKEN);
-    wait_nodes(&url, Duration::from_secs(5), |n| all_online(n, &["good"])).await;
-    let (code, body) = post_json(
-        &format!("{url}/v1/chat/completions"),
-        Some("client-key"),
-        &chat_body,
-    )
-    .await;
+    let mut good = [fake_node("good", &["m"])];
+    join_all(&url, TOKEN, &mut good).await;
+    let (code, body) = client_chat(&url, &chat_body).await;
     assert_eq!(code, 200, "{body}");
     assert_eq!(node_of(&body), "good");
-    let (code, body) = post_json(
-        &format!("{url}/v1/chat/completions"),
-        Some("client-key"),
-        r#"{"model":"other"}"#,
-    )
-    .await;
+    let (code, body) = client_chat(&url, r#"{"model":"other"}"#).await;
     assert_eq!(code, 404, "{body}");
-    let resp = client()
-        .get(format!("{url}/api/version"))
-        .bearer_auth("client-key")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
+    assert_eq!(get_json(&version, Some(CLIENT_KEY)).await.0, 200);
     router.stop().await;
 }
 
@@ -714,22 +579,16 @@ async fn heartbeats_carry_gpu_load_read_with_nvidia_smi() {
     std::fs::set_permissions(&smi, std::fs::Permissions::from_mode(0o755)).unwrap();
 
     let router = TestRouter::start(settings(None)).await;
-    let mut gpu = FakeNode::start("gpu", &["m"], loopback(), Arc::default());
+    let mut gpu = fake_node("gpu", &["m"]);
     gpu.nvidia_smi = Some(smi);
     gpu.join(&router.url(), TOKEN);
-    let mut cpu = FakeNode::start("cpu", &["m"], loopback(), Arc::default());
+    let mut cpu = fake_node("cpu", &["m"]);
     cpu.nvidia_smi = Some(dir.path().join("missing-nvidia-smi"));
     cpu.join(&router.url(), TOKEN);
 
     let start = Instant::now();
     let nodes = loop {
-        let resp = client()
-            .get(format!("{}/api/nodes", router.url()))
-            .bearer_auth(ADMIN)
-            .send()
-            .await
-            .unwrap();
-        let body: Value = serde_json::from_slice(&resp.bytes().await.unwrap()).unwrap();
+        let (_, body) = get_json(&format!("{}/api/nodes", router.url()), Some(ADMIN)).await;
         let nodes = body["nodes"].as_array().cloned().unwrap_or_default();
         // Registration carries no load; a heartbeat always sets the memory total.
         let beaten = |n: &Value| n["load"]["memory_total_bytes"].as_u64() > Some(0);
@@ -760,16 +619,8 @@ async fn heartbeats_carry_gpu_load_read_with_nvidia_smi() {
 /// has none, so the router can still append an error event if the node breaks.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn plain_answers_keep_their_length_and_streams_do_not() {
-    let router = TestRouter::start(settings(None)).await;
-    let _nodes = three_nodes(&router.url()).await;
-    let ask = |stream: bool| {
-        client()
-            .post(format!("{}/v1/chat/completions", router.url()))
-            .header("content-type", "application/json")
-            .body(json!({ "model": "m", "stream": stream, "messages": [] }).to_string())
-            .send()
-    };
-    let plain = ask(false).await.unwrap();
+    let (router, _nodes) = three_node_router(Strategy::RoundRobin).await;
+    let plain = chat_response(&router.url(), false).await;
     assert_eq!(plain.status(), 200);
     let length = plain.headers().get("content-length").cloned();
     assert!(plain.headers().get("transfer-encoding").is_none());
@@ -778,7 +629,7 @@ async fn plain_answers_keep_their_length_and_streams_do_not() {
         length.and_then(|l| l.to_str().ok()?.parse().ok()),
         Some(body.len())
     );
-    let streamed = ask(true).await.unwrap();
+    let streamed = chat_response(&router.url(), true).await;
     assert_eq!(streamed.status(), 200);
     assert!(streamed.headers().get("content-length").is_none());
     assert!(streamed

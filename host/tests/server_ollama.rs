@@ -9,7 +9,7 @@ use llmlocal::{
 };
 use serde_json::{json, Value};
 use server_support::{
-    client, parse_ndjson, post, registry, scripted_settings, write_script, TestServer,
+    delete, get_json, parse_ndjson, post, registry, scripted_settings, write_script, TestServer,
 };
 use std::sync::Arc;
 
@@ -27,6 +27,18 @@ async fn server_with(dir: &std::path::Path, open_specs: bool) -> TestServer {
     let manager = ModelManager::new(ManagerConfig::new(dir.join("hub-cache"))).expect("manager");
     let engine = Engine::new(settings, registry(&["scripted"]), Some(Arc::new(manager)));
     TestServer::start(engine, ServerSettings::default()).await
+}
+
+/// The body of a successful POST.
+async fn post_ok(server: &TestServer, path: &str, body: Value) -> String {
+    let (status, body) = post(server, path, body).await;
+    assert_eq!(status, 200, "{body}");
+    body
+}
+
+/// The one JSON object of a successful non-streamed POST.
+async fn post_whole(server: &TestServer, path: &str, body: Value) -> Value {
+    serde_json::from_str(&post_ok(server, path, body).await).expect("one JSON object")
 }
 
 fn check_final(last: &Value, completion_tokens: usize) {
@@ -52,13 +64,12 @@ fn check_final(last: &Value, completion_tokens: usize) {
 async fn generate_streams_ndjson_and_answers_whole() {
     let dir = tempfile::tempdir().expect("temp dir");
     let server = server(dir.path()).await;
-    let (status, body) = post(
+    let body = post_ok(
         &server,
         "/api/generate",
         json!({"model": "s", "prompt": "Hi", "options": {"temperature": 0}}),
     )
     .await;
-    assert_eq!(status, 200, "{body}");
     let lines = parse_ndjson(&body);
     assert!(lines.len() > 3, "streams by default");
     let text: String = lines
@@ -69,14 +80,12 @@ async fn generate_streams_ndjson_and_answers_whole() {
     assert!(lines[..lines.len() - 1].iter().all(|l| l["done"] == false));
     check_final(lines.last().expect("final"), SCRIPT.len());
 
-    let (status, body) = post(
+    let v = post_whole(
         &server,
         "/api/generate",
         json!({"model": "s", "prompt": "Hi", "stream": false, "raw": true, "options": {"temperature": 0, "num_predict": 6}}),
     )
     .await;
-    assert_eq!(status, 200, "{body}");
-    let v: Value = serde_json::from_str(&body).expect("one JSON object");
     assert_eq!(v["response"], &SCRIPT[..6]);
     assert_eq!(v["done_reason"], "length");
     assert_eq!(v["prompt_eval_count"], 3, "raw: BOS + 2 bytes, no template");
@@ -88,13 +97,12 @@ async fn chat_streams_messages_and_answers_whole() {
     let server = server(dir.path()).await;
     let messages =
         json!([{"role": "system", "content": "Be nice."}, {"role": "user", "content": "Hi"}]);
-    let (status, body) = post(
+    let body = post_ok(
         &server,
         "/api/chat",
         json!({"model": "s", "messages": messages, "options": {"temperature": 0, "stop": ["hi"]}}),
     )
     .await;
-    assert_eq!(status, 200, "{body}");
     let lines = parse_ndjson(&body);
     let text: String = lines
         .iter()
@@ -102,14 +110,12 @@ async fn chat_streams_messages_and_answers_whole() {
         .collect();
     assert_eq!(text, "Ollama says ", "the stop option applies");
     assert!(lines.iter().all(|l| l["message"]["role"] == "assistant"));
-    let (status, body) = post(
+    let v = post_whole(
         &server,
         "/api/chat",
         json!({"model": "s", "messages": messages, "stream": false, "options": {"temperature": 0}}),
     )
     .await;
-    assert_eq!(status, 200, "{body}");
-    let v: Value = serde_json::from_str(&body).expect("one object");
     assert_eq!(v["message"]["content"], SCRIPT);
     check_final(&v, SCRIPT.len());
 }
@@ -118,14 +124,7 @@ async fn chat_streams_messages_and_answers_whole() {
 async fn tags_ps_show_and_load_only_requests() {
     let dir = tempfile::tempdir().expect("temp dir");
     let server = server(dir.path()).await;
-    let tags: Value = client()
-        .get(server.url("/api/tags"))
-        .send()
-        .await
-        .expect("req")
-        .json()
-        .await
-        .expect("json");
+    let tags: Value = get_json(&server, "/api/tags").await;
     let models = tags["models"].as_array().expect("models");
     assert_eq!(models.len(), 1);
     assert_eq!(models[0]["name"], "s");
@@ -133,47 +132,22 @@ async fn tags_ps_show_and_load_only_requests() {
         models[0]["size"],
         (SCRIPT.len() + "llmlocal-scripted-model v1\n".len()) as u64
     );
-    let ps: Value = client()
-        .get(server.url("/api/ps"))
-        .send()
-        .await
-        .expect("req")
-        .json()
-        .await
-        .expect("json");
+    let ps: Value = get_json(&server, "/api/ps").await;
     assert_eq!(ps["models"], json!([]), "nothing loaded yet");
     // An empty prompt only loads the model.
-    let (status, body) = post(&server, "/api/generate", json!({"model": "s"})).await;
-    assert_eq!(status, 200, "{body}");
-    let v: Value = serde_json::from_str(&body).expect("json");
+    let v = post_whole(&server, "/api/generate", json!({"model": "s"})).await;
     assert_eq!(v["done_reason"], "load");
-    let ps: Value = client()
-        .get(server.url("/api/ps"))
-        .send()
-        .await
-        .expect("req")
-        .json()
-        .await
-        .expect("json");
+    let ps: Value = get_json(&server, "/api/ps").await;
     assert_eq!(ps["models"][0]["name"], "s");
     assert_eq!(ps["models"][0]["details"]["family"], "scripted");
     assert!(ps["models"][0]["expires_at"].is_string());
-    let (status, body) = post(&server, "/api/show", json!({"model": "s"})).await;
-    assert_eq!(status, 200, "{body}");
-    let v: Value = serde_json::from_str(&body).expect("json");
+    let v = post_whole(&server, "/api/show", json!({"model": "s"})).await;
     assert!(v["template"]
         .as_str()
         .expect("template")
         .contains("<|im_start|>"));
     assert_eq!(v["model_info"]["general.architecture"], "scripted");
-    let version: Value = client()
-        .get(server.url("/api/version"))
-        .send()
-        .await
-        .expect("req")
-        .json()
-        .await
-        .expect("json");
+    let version: Value = get_json(&server, "/api/version").await;
     assert!(version["version"].is_string());
 }
 
@@ -187,29 +161,16 @@ async fn pull_reports_progress_and_makes_the_model_usable_and_delete_forgets_it(
     let (status, body) = post(&closed, "/api/pull", json!({"model": name})).await;
     assert_eq!(status, 403, "{body}");
     let server = server_with(dir.path(), true).await;
-    let (status, body) = post(&server, "/api/pull", json!({"model": name})).await;
-    assert_eq!(status, 200, "{body}");
-    let lines = parse_ndjson(&body);
+    let lines = parse_ndjson(&post_ok(&server, "/api/pull", json!({"model": name})).await);
     assert_eq!(lines.first().expect("first")["status"], "pulling manifest");
     assert_eq!(
         lines.last().expect("last")["status"],
         "success",
         "{lines:?}"
     );
-    let (status, body) = post(&server, "/api/generate", json!({"model": name, "prompt": "x", "raw": true, "stream": false, "options": {"temperature": 0}})).await;
-    assert_eq!(status, 200, "{body}");
-    assert_eq!(
-        serde_json::from_str::<Value>(&body).expect("json")["response"],
-        "pulled!"
-    );
-    let tags: Value = client()
-        .get(server.url("/api/tags"))
-        .send()
-        .await
-        .expect("req")
-        .json()
-        .await
-        .expect("json");
+    let v = post_whole(&server, "/api/generate", json!({"model": name, "prompt": "x", "raw": true, "stream": false, "options": {"temperature": 0}})).await;
+    assert_eq!(v["response"], "pulled!");
+    let tags: Value = get_json(&server, "/api/tags").await;
     assert_eq!(tags["models"].as_array().expect("models").len(), 2);
 
     // A spec that is not valid is a 400, a missing name too.
@@ -218,29 +179,17 @@ async fn pull_reports_progress_and_makes_the_model_usable_and_delete_forgets_it(
     let (status, _) = post(&server, "/api/pull", json!({})).await;
     assert_eq!(status, 400);
 
-    let deleted = client()
-        .delete(server.url("/api/delete"))
-        .json(&json!({"model": name}))
-        .send()
-        .await
-        .expect("req");
-    assert_eq!(deleted.status(), 200);
+    assert_eq!(
+        delete(&server, "/api/delete", json!({"model": name})).await,
+        200
+    );
     assert!(file.exists(), "a local file is forgotten, not deleted");
-    let again = client()
-        .delete(server.url("/api/delete"))
-        .json(&json!({"model": name}))
-        .send()
-        .await
-        .expect("req");
-    assert_eq!(again.status(), 404);
-    let tags: Value = client()
-        .get(server.url("/api/tags"))
-        .send()
-        .await
-        .expect("req")
-        .json()
-        .await
-        .expect("json");
+    // Deleting it again: the name is unknown now.
+    assert_eq!(
+        delete(&server, "/api/delete", json!({"model": name})).await,
+        404
+    );
+    let tags: Value = get_json(&server, "/api/tags").await;
     assert_eq!(
         tags["models"].as_array().expect("models").len(),
         1,

@@ -13,7 +13,7 @@ use llmlocal::{
     server::ServerSettings,
 };
 use serde_json::{json, Value};
-use server_support::{client, parse_ndjson, registry, TestServer};
+use server_support::{delete, get_json, parse_ndjson, post, registry, TestServer};
 use std::sync::Arc;
 
 const COMMIT: &str = "89abcdef0123456789abcdef0123456789abcdef";
@@ -46,15 +46,7 @@ async fn pull_downloads_with_progress_then_serves_and_delete_removes_it() {
     let server = TestServer::start(engine, ServerSettings::default()).await;
     let name = "org/tiny:model.gguf";
 
-    let body = client()
-        .post(server.url("/api/pull"))
-        .json(&json!({"model": name}))
-        .send()
-        .await
-        .expect("request")
-        .text()
-        .await
-        .expect("body");
+    let (_, body) = post(&server, "/api/pull", json!({"model": name})).await;
     let lines = parse_ndjson(&body);
     assert_eq!(lines[0]["status"], "pulling manifest");
     assert_eq!(lines.last().expect("last")["status"], "success", "{body}");
@@ -73,59 +65,37 @@ async fn pull_downloads_with_progress_then_serves_and_delete_removes_it() {
     let spec = ModelSpec::parse(name).expect("spec");
     assert!(manager.is_cached(&spec));
 
-    let answer: Value = client()
-        .post(server.url("/api/generate"))
-        .json(
-            &json!({"model": name, "prompt": "x", "raw": true, "stream": false,
-                      "options": {"temperature": 0, "num_predict": 17}}),
-        )
-        .send()
-        .await
-        .expect("request")
-        .json()
-        .await
-        .expect("json");
+    let (_, answer) = post(
+        &server,
+        "/api/generate",
+        json!({"model": name, "prompt": "x", "raw": true, "stream": false,
+               "options": {"temperature": 0, "num_predict": 17}}),
+    )
+    .await;
+    let answer: Value = serde_json::from_str(&answer).expect("json");
     assert_eq!(answer["response"], "pulled over http.", "{answer}");
 
-    let deleted = client()
-        .delete(server.url("/api/delete"))
-        .json(&json!({"model": name}))
-        .send()
-        .await
-        .expect("request");
-    assert_eq!(deleted.status(), 200);
+    assert_eq!(
+        delete(&server, "/api/delete", json!({"model": name})).await,
+        200
+    );
     assert!(!manager.is_cached(&spec), "removed from the cache");
-    let tags: Value = client()
-        .get(server.url("/api/tags"))
-        .send()
-        .await
-        .expect("req")
-        .json()
-        .await
-        .expect("json");
+    let tags = get_json(&server, "/api/tags").await;
     assert_eq!(tags["models"], json!([]));
 
     // A repository the hub does not have: the NDJSON stream ends with an error line.
-    let body = client()
-        .post(server.url("/api/pull"))
-        .json(&json!({"model": "org/missing:model.gguf"}))
-        .send()
-        .await
-        .expect("request")
-        .text()
-        .await
-        .expect("body");
+    let missing = "org/missing:model.gguf";
+    let (_, body) = post(&server, "/api/pull", json!({"model": missing})).await;
     let last = parse_ndjson(&body).pop().expect("a line");
     assert!(
         last["error"].as_str().is_some_and(|e| !e.is_empty()),
         "{body}"
     );
-    let status = client()
-        .post(server.url("/api/pull"))
-        .json(&json!({"model": "org/missing:model.gguf", "stream": false}))
-        .send()
-        .await
-        .expect("request")
-        .status();
+    let (status, _) = post(
+        &server,
+        "/api/pull",
+        json!({"model": missing, "stream": false}),
+    )
+    .await;
     assert_eq!(status, 500);
 }

@@ -103,3 +103,12 @@ pub fn engine_settings(open_specs: bool) -> EngineSettings {
     }
     settings
 }
+
+/// The largest absolute difference between two logit vectors of the same length.
+pub fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}

@@ -419,6 +419,11 @@ pub async fn chat(router: &str, model: &str) -> (u16, Value) {
         .send()
         .await
         .unwrap();
+    status_and_json(resp).await
+}
+
+/// The status and the JSON body (null when the body is not JSON) of `resp`.
+async fn status_and_json(resp: reqwest::Response) -> (u16, Value) {
     let status = resp.status().as_u16();
     let bytes = resp.bytes().await.unwrap();
     (
@@ -436,31 +441,50 @@ pub async fn post_json(url: &str, bearer: Option<&str>, body: &str) -> (u16, Val
         req = req.bearer_auth(b);
     }
     let resp = req.send().await.unwrap();
-    let status = resp.status().as_u16();
-    let bytes = resp.bytes().await.unwrap();
-    (
-        status,
-        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-    )
+    status_and_json(resp).await
 }
 
 pub fn loopback() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 0))
 }
 
+/// A fake node on a free loopback port with default behaviour.
+pub fn fake_node(name: &str, models: &[&str]) -> FakeNode {
+    FakeNode::start(name, models, loopback(), Arc::default())
+}
+
+/// Joins `nodes` to `router` and waits (5 s at most) until all of them are online.
+pub async fn join_all(router: &str, token: &str, nodes: &mut [FakeNode]) {
+    for node in nodes.iter_mut() {
+        node.join(router, token);
+    }
+    let names: Vec<String> = nodes.iter().map(|n| n.name.clone()).collect();
+    let ids: Vec<&str> = names.iter().map(String::as_str).collect();
+    wait_nodes(router, Duration::from_secs(5), |n| all_online(n, &ids)).await;
+}
+
+/// Waits until node `id` has `status` in the node table; returns how long it took.
+pub async fn wait_status(router: &str, within: Duration, id: &str, status: &str) -> Duration {
+    wait_nodes(router, within, |n| status_of(n, id) == Some(status)).await
+}
+
+/// `GET url` (with `bearer` as its bearer token); returns (status, JSON body or null).
+pub async fn get_json(url: &str, bearer: Option<&str>) -> (u16, Value) {
+    let mut req = client().get(url);
+    if let Some(b) = bearer {
+        req = req.bearer_auth(b);
+    }
+    let resp = req.send().await.unwrap();
+    status_and_json(resp).await
+}
+
 /// Three fake nodes serving `m`, joined to `router`.
 pub async fn three_nodes(router: &str) -> Vec<FakeNode> {
     let mut nodes: Vec<FakeNode> = ["n1", "n2", "n3"]
         .iter()
-        .map(|name| FakeNode::start(name, &["m"], loopback(), Arc::default()))
+        .map(|name| fake_node(name, &["m"]))
         .collect();
-    for node in &mut nodes {
-        node.join(router, TOKEN);
-    }
-    wait_nodes(router, Duration::from_secs(5), |n| {
-        all_online(n, &["n1", "n2", "n3"])
-    })
-    .await;
+    join_all(router, TOKEN, &mut nodes).await;
     nodes
 }
 

@@ -152,14 +152,31 @@ pub fn client() -> reqwest::Client {
 
 /// POSTs a JSON body; returns the status and the body text.
 pub async fn post(server: &TestServer, path: &str, body: serde_json::Value) -> (u16, String) {
-    let response = client()
-        .post(server.url(path))
-        .json(&body)
-        .send()
-        .await
-        .expect("request");
+    let response = send_json(client().post(server.url(path)), body).await;
     let status = response.status().as_u16();
     (status, response.text().await.expect("body"))
+}
+
+async fn send_json(request: reqwest::RequestBuilder, body: serde_json::Value) -> reqwest::Response {
+    request.json(&body).send().await.expect("request")
+}
+
+/// GETs `path`; returns its JSON body.
+pub async fn get_json(server: &TestServer, path: &str) -> serde_json::Value {
+    client()
+        .get(server.url(path))
+        .send()
+        .await
+        .expect("request")
+        .json()
+        .await
+        .expect("json")
+}
+
+/// DELETEs `path` with a JSON body; returns the status.
+pub async fn delete(server: &TestServer, path: &str, body: serde_json::Value) -> u16 {
+    let response = send_json(client().delete(server.url(path)), body).await;
+    response.status().as_u16()
 }
 
 /// The JSON payloads of an SSE body, and whether it ended with `data: [DONE]`.
