@@ -8,13 +8,18 @@
 //! until no sequence is running, drops the context, takes the write lock for the init only,
 //! then creates the context again (queued jobs stay queued).
 //!
-//! Read adapters stay cached by path for the model's life, at most [`MAX_ADAPTERS`]:
-//! llama-cpp-2 0.1.160's `LlamaLoraAdapter` has no `Drop` (dropping the handle frees
-//! nothing; llama.cpp frees every adapter of a model when the model is freed, and
-//! `llama_adapter_lora_free` is not exposed safely), so evicting one would only leak it. A
-//! file past the cap is refused with an error saying to unload the model. A file is read
-//! once per loaded model: one changed in place under the same path is not read again (the
-//! host's conversions and stacks are named by content hash, so they never change in place).
+//! Read adapters stay cached by path, at most [`MAX_ADAPTERS`] at a time: llama-cpp-2
+//! 0.1.160's `LlamaLoraAdapter` has no `Drop` (dropping the handle frees nothing; llama.cpp
+//! frees every adapter of a model when the model is freed, and `llama_adapter_lora_free` is
+//! not exposed safely), so evicting one alone would only leak it. When a generation needs
+//! a file and the model already holds [`MAX_ADAPTERS`], the decode thread frees them all at
+//! once by reloading the model from its file (at the point where it would read an adapter
+//! anyway: no sequence running, no context), reads the load-time adapters again, then the
+//! files the queued jobs need ([`crate::engine`]'s `reload`). So any number of distinct
+//! files can be used; every [`MAX_ADAPTERS`] new ones cost one model load. A file is read
+//! once per reload cycle: one changed in place under the same path is not read again until
+//! the next reload (the host's conversions and stacks are named by content hash, so they
+//! never change in place).
 //!
 //! Limit: llama-cpp-2's safe API activates one adapter at a time
 //! (`LlamaContext::lora_adapter_set` replaces the set with that one). The host stacks several
@@ -27,7 +32,11 @@ use llama_cpp_2::{
 use llmlocal_plugin_api::{AdapterRequest, PluginError};
 use std::{collections::HashMap, path::Path};
 
-/// The most adapter files one loaded model reads (they are freed only with the model).
+/// The most adapter files a model holds at once, load-time ones included. llama.cpp frees
+/// adapters only with their model, so the decode thread reloads the model when a new file
+/// would go past this. Each reload costs a model load, so the bound is a trade: it keeps the
+/// memory of read adapters bounded (a LoRA of a large model can be hundreds of MiB) while
+/// making reloads rare for a server that cycles through a few adapters.
 pub const MAX_ADAPTERS: usize = 16;
 
 /// Adapters and their scales, compared by path and exact scale.
@@ -91,6 +100,28 @@ impl AdapterStore {
         &self.load_set
     }
 
+    /// How many more files the model may read before it must be reloaded.
+    pub fn room(&self) -> usize {
+        MAX_ADAPTERS.saturating_sub(self.adapters.len())
+    }
+
+    /// Forgets every handle, returning how many there were. Call it right before the model
+    /// they point into is dropped (which frees the adapters themselves).
+    pub fn forget_all(&mut self) -> usize {
+        let count = self.adapters.len();
+        self.adapters.clear();
+        count
+    }
+
+    /// Reads the load set into a freshly reloaded model.
+    pub fn read_load_set(&mut self, model: &mut LlamaModel) -> Result<(), PluginError> {
+        let paths: Vec<String> = self.load_set.paths().map(str::to_string).collect();
+        for path in &paths {
+            self.read(model, path)?;
+        }
+        Ok(())
+    }
+
     /// The paths of `set` not read into the model yet.
     pub fn missing(&self, set: &AdapterSet) -> Vec<String> {
         set.paths()
@@ -104,11 +135,11 @@ impl AdapterStore {
         if self.adapters.contains_key(path) {
             return Ok(());
         }
-        if self.adapters.len() >= MAX_ADAPTERS {
-            return Err(PluginError::out_of_memory(format!(
+        if self.room() == 0 {
+            // The decode thread reloads the model before this can happen.
+            return Err(PluginError::internal(format!(
                 "cannot read LoRA adapter '{path}': this model already holds {MAX_ADAPTERS} \
-                 adapters, and llama.cpp frees adapters only with their model; unload the \
-                 model (or let its keep-alive expire) to use other adapters"
+                 adapters and was not reloaded to free them"
             )));
         }
         let started = std::time::Instant::now();

@@ -9,7 +9,9 @@
 //!    than the running ones waits until they finish, because adapters apply to the whole
 //!    context; when that job names an adapter file the model has not read yet, the thread
 //!    drops its context, reads the file into the model under the model's write lock and
-//!    creates the context again: queued jobs stay queued, nothing was running),
+//!    creates the context again: queued jobs stay queued, nothing was running; when the model
+//!    already holds [`crate::adapters::MAX_ADAPTERS`] files, it first reloads the model to
+//!    free them all, see `reload`),
 //! 2. frees the slots of cancelled or finished sequences (`llama_memory_seq_rm` at once),
 //! 3. builds ONE batch: the next token of every generating sequence whose output channel has
 //!    room, then prompt chunks of the sequences still reading their prompt, up to
@@ -20,6 +22,7 @@
 
 use crate::{
     adapters::{AdapterSet, AdapterStore},
+    load::{ModelShape, Reload},
     model::SharedModel,
     sampler::SamplerChain,
 };
@@ -37,7 +40,7 @@ use std::{
         Arc, Mutex,
     },
     thread::JoinHandle,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 /// Tokens a sequence may run ahead of its consumer (the bounded output channel).
@@ -93,17 +96,26 @@ pub struct Engine {
 }
 
 impl Engine {
-    /// Starts the decode thread and waits until it has created its context.
+    /// Starts the decode thread and waits until it has created its context. `reload` says how
+    /// to load the model again when its adapters must be freed.
     pub fn start(
         model: SharedModel,
         config: EngineConfig,
+        reload: Reload,
         adapters: AdapterStore,
     ) -> Result<Arc<Engine>, PluginError> {
         let (tx, rx) = std::sync::mpsc::channel();
         let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel(1);
         let thread = std::thread::Builder::new()
             .name("llama-cpp-decode".into())
-            .spawn(move || thread_main(&model, &config, adapters, &rx, ready_tx))
+            .spawn(move || {
+                let shared = Shared {
+                    model: &model,
+                    config: &config,
+                    reload: &reload,
+                };
+                thread_main(&shared, adapters, &rx, ready_tx)
+            })
             .map_err(|e| PluginError::internal(format!("cannot start the decode thread: {e}")))?;
         match ready_rx.recv() {
             Ok(Ok(())) => Ok(Arc::new(Engine {
@@ -128,9 +140,12 @@ impl Engine {
             .commands
             .lock()
             .map_err(|_| PluginError::internal("the decode thread's command lock is poisoned"))?;
-        sender
-            .send(command)
-            .map_err(|_| PluginError::internal("the llama.cpp decode thread has stopped"))
+        sender.send(command).map_err(|_| {
+            PluginError::internal(
+                "the llama.cpp decode thread has stopped (its model or context could not be \
+                 re-created, the log says why); unload the model and load it again",
+            )
+        })
     }
 
     pub fn wake(&self) {
@@ -166,9 +181,15 @@ enum Exit {
     Read(Vec<String>),
 }
 
+/// What the decode thread reads but never owns.
+struct Shared<'a> {
+    model: &'a SharedModel,
+    config: &'a EngineConfig,
+    reload: &'a Reload,
+}
+
 fn thread_main(
-    model: &SharedModel,
-    config: &EngineConfig,
+    shared: &Shared<'_>,
     adapters: AdapterStore,
     commands: &Receiver<Command>,
     ready: SyncSender<Result<(), PluginError>>,
@@ -182,27 +203,20 @@ fn thread_main(
     };
     let mut ready = Some(ready);
     loop {
-        let guard = crate::model::read(model);
-        let context = match open(&guard, config, &mut pending) {
+        let guard = match crate::model::read(shared.model) {
+            Ok(guard) => guard,
+            Err(err) => return stop(ready.take(), &mut pending, &err),
+        };
+        let context = match open(&guard, shared.config, &mut pending) {
             Ok(context) => context,
-            Err(err) => {
-                match ready.take() {
-                    Some(ready) => {
-                        let _ = ready.send(Err(err));
-                    }
-                    // The context cannot be re-created: fail what waits; later calls see the
-                    // thread gone and say so.
-                    None => (pending.queue.drain(..)).for_each(|job| fail_job(job, err.clone())),
-                }
-                return;
-            }
+            Err(err) => return stop(ready.take(), &mut pending, &err),
         };
         if let Some(ready) = ready.take() {
             if ready.send(Ok(())).is_err() {
                 return;
             }
         }
-        let state = State::new(&guard, context, config, pending);
+        let state = State::new(&guard, context, shared.config, pending);
         let (exit, left) = state.run(commands);
         // The context is gone (dropped with the state) before the read lock is released.
         drop(guard);
@@ -210,11 +224,30 @@ fn thread_main(
         match exit {
             Exit::Shutdown => return,
             Exit::Read(paths) => {
-                read_adapters(model, &mut pending, &paths);
+                if let Err(err) = make_room_and_read(shared, &mut pending, &paths) {
+                    tracing::error!("{err}");
+                    fail_queue(&mut pending, &err);
+                    return;
+                }
                 // The next context starts with no adapters; admission sets what it needs.
                 pending.active = AdapterSet::default();
             }
         }
+    }
+}
+
+/// The thread cannot go on: a failed start tells `load`; later, what waits fails, and later
+/// calls see the thread gone and say so.
+fn stop(
+    ready: Option<SyncSender<Result<(), PluginError>>>,
+    pending: &mut Pending,
+    err: &PluginError,
+) {
+    match ready {
+        Some(ready) => {
+            let _ = ready.send(Err(err.clone()));
+        }
+        None => fail_queue(pending, err),
     }
 }
 
@@ -232,14 +265,99 @@ fn open<'m>(
     Ok(context)
 }
 
+/// Reads `paths` (what the front job needs) into the model; when they do not fit under
+/// [`crate::adapters::MAX_ADAPTERS`], reloads the model first and then also reads what the
+/// jobs queued behind it need. An error here means the model is gone.
+fn make_room_and_read(
+    shared: &Shared<'_>,
+    pending: &mut Pending,
+    paths: &[String],
+) -> Result<(), PluginError> {
+    if paths.len() <= pending.adapters.room() {
+        read_adapters(shared.model, pending, paths);
+        return Ok(());
+    }
+    reload(shared, pending)?;
+    // The front job's files come first in queue order; the cap holds for this cycle too.
+    let mut wanted = queued_paths(pending);
+    wanted.truncate(pending.adapters.room());
+    read_adapters(shared.model, pending, &wanted);
+    Ok(())
+}
+
+/// Frees every adapter read into the model by loading the model again from its file.
+///
+/// llama-cpp-2 0.1.160 cannot free one adapter: `LlamaLoraAdapter` has no `Drop` and its
+/// pointer is private. llama.cpp itself frees a model's adapters with the model: in the
+/// vendored llama.cpp (llama-cpp-sys-2 0.1.161), `llama_adapter_lora_init` registers each
+/// adapter in `model.loras` (src/llama-adapter.cpp, `model.loras.insert(&adapter)`), and
+/// `llama_model::~llama_model()` deletes every adapter in that set (src/llama-model.cpp);
+/// `LlamaModel`'s `Drop` calls `llama_free_model`, which deletes the model. So dropping the
+/// `LlamaModel` frees the weights and all adapters; the same parameters load it again.
+///
+/// Order matters: the store's handles point into the old model, so they are forgotten first;
+/// the old model is dropped before the new one loads, so two copies of the weights never sit
+/// in memory at once. No context exists now (the thread dropped it) and the write lock keeps
+/// tokenizing callers out until the new model (same file, same vocabulary) is in place. On an
+/// error the slot stays empty: the caller fails the queue and the thread stops.
+fn reload(shared: &Shared<'_>, pending: &mut Pending) -> Result<(), PluginError> {
+    let started = Instant::now();
+    let path = shared.reload.source.path.display();
+    let mut slot = crate::model::write(shared.model);
+    let freed = pending.adapters.forget_all();
+    *slot = None;
+    let failed = |err: PluginError| {
+        PluginError::new(
+            err.kind,
+            format!(
+                "cannot reload model '{path}' to free the {freed} LoRA adapters it had read \
+                 (llama.cpp frees them only with the model): {}; unload the model and load \
+                 it again",
+                err.message
+            ),
+        )
+    };
+    let mut model = shared.reload.source.reload().map_err(failed)?;
+    if ModelShape::of(&model) != shared.reload.shape {
+        return Err(failed(PluginError::unsupported_format(
+            "the file now holds a different model than the one loaded",
+        )));
+    }
+    pending.adapters.read_load_set(&mut model).map_err(failed)?;
+    *slot = Some(model);
+    tracing::info!(
+        model = %path,
+        ms = started.elapsed().as_secs_f64() * 1000.0,
+        freed,
+        "reloaded the model to free its LoRA adapters"
+    );
+    Ok(())
+}
+
+/// The adapter files the queued jobs need and the model does not hold, in queue order, each
+/// once (a job without its own set uses the load set, which a reload reads itself).
+fn queued_paths(pending: &Pending) -> Vec<String> {
+    let mut paths: Vec<String> = Vec::new();
+    for set in pending.queue.iter().filter_map(|job| job.adapters.as_ref()) {
+        for path in pending.adapters.missing(set) {
+            if !paths.contains(&path) {
+                paths.push(path);
+            }
+        }
+    }
+    paths
+}
+
 /// Reads `paths` into the model under its write lock (no context exists now). A file that
 /// fails fails every queued job that wants it; the others go on.
 fn read_adapters(model: &SharedModel, pending: &mut Pending, paths: &[String]) {
-    let mut model = model
-        .write()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let mut slot = crate::model::write(model);
+    let Some(model) = slot.as_mut() else {
+        fail_queue(pending, &crate::model::gone());
+        return;
+    };
     for path in paths {
-        if let Err(err) = pending.adapters.read(&mut model, path) {
+        if let Err(err) = pending.adapters.read(model, path) {
             tracing::warn!("{err}");
             let (failed, kept): (VecDeque<Job>, VecDeque<Job>) =
                 pending.queue.drain(..).partition(|job| {
@@ -253,6 +371,14 @@ fn read_adapters(model: &SharedModel, pending: &mut Pending, paths: &[String]) {
                 .for_each(|job| fail_job(job, err.clone()));
         }
     }
+}
+
+/// Fails every queued job with `err`.
+fn fail_queue(pending: &mut Pending, err: &PluginError) {
+    pending
+        .queue
+        .drain(..)
+        .for_each(|job| fail_job(job, err.clone()));
 }
 
 /// One sequence slot in use.

@@ -32,8 +32,9 @@
 //!   generation may name any other GGUF LoRA file, which the decode thread reads into the
 //!   *same* loaded model at run time (the model sits in a `RwLock`: when nothing is running,
 //!   the thread drops its context, reads the adapter under the write lock, creates the
-//!   context again). Read adapters stay cached by path (at most
-//!   [`adapters::MAX_ADAPTERS`]; llama.cpp frees them only with the model). Adapters apply
+//!   context again). Read adapters stay cached by path, at most
+//!   [`adapters::MAX_ADAPTERS`] at a time: llama.cpp frees them only with the model, so past
+//!   that the thread reloads the model from its file to free them all. Adapters apply
 //!   to the whole context, so the decode thread only batches sequences with the same set:
 //!   queued jobs are admitted in FIFO order, and a job wanting a different set waits until
 //!   the running group has finished, then the context's set is switched. One adapter is

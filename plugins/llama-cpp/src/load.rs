@@ -28,20 +28,33 @@ pub fn load(request: &LoadRequest) -> Result<LlamaCppModel, PluginError> {
     let started = Instant::now();
     let path = model_path(request)?;
     let header = check_file(&path)?;
-    let backend = runtime::backend()?;
+    runtime::backend()?;
     let device = runtime::select_device(&request.device)?;
-    let params = model_params(&device, request.gpu_layers);
-    let mut model = LlamaModel::load_from_file(backend, &path, &params)
-        .map_err(|e| diagnose_load_failure(&path, &header, &e.to_string()))?;
+    let source = ModelSource {
+        path,
+        device,
+        gpu_layers: request.gpu_layers,
+    };
+    let mut model = source.open(&header)?;
     let adapters = AdapterStore::load(&mut model, &request.adapters)?;
     let config = engine_config(&model, request)?;
-    check_memory(&model, &config, &device)?;
-    let model = Arc::new(std::sync::RwLock::new(model));
+    check_memory(&model, &config, &source.device)?;
+    let shape = ModelShape::of(&model);
+    let model = Arc::new(std::sync::RwLock::new(Some(model)));
     let load_set = adapters.load_set().clone();
-    let engine = Engine::start(Arc::clone(&model), config.clone(), adapters)?;
+    let name = header
+        .name
+        .clone()
+        .unwrap_or_else(|| file_stem(&source.path));
+    let device = source.device.clone();
+    let engine = Engine::start(
+        Arc::clone(&model),
+        config.clone(),
+        Reload { source, shape },
+        adapters,
+    )?;
     let load_ms = started.elapsed().as_secs_f64() * 1000.0;
-    let name = header.name.clone().unwrap_or_else(|| file_stem(&path));
-    Ok(LlamaCppModel::new(crate::model::Parts {
+    LlamaCppModel::new(crate::model::Parts {
         model,
         engine,
         config,
@@ -49,7 +62,62 @@ pub fn load(request: &LoadRequest) -> Result<LlamaCppModel, PluginError> {
         name,
         load_ms,
         load_set,
-    }))
+    })
+}
+
+/// What loading the model's weights needs, kept so that the decode thread can load them
+/// again: llama.cpp frees LoRA adapters only with their model, so freeing adapters read at
+/// run time means reloading the model ([`crate::engine`]).
+#[derive(Debug, Clone)]
+pub struct ModelSource {
+    pub path: PathBuf,
+    pub device: Device,
+    pub gpu_layers: i32,
+}
+
+impl ModelSource {
+    /// Loads the weights (the header was checked already).
+    fn open(&self, header: &GgufHeader) -> Result<LlamaModel, PluginError> {
+        let params = model_params(&self.device, self.gpu_layers);
+        LlamaModel::load_from_file(runtime::backend()?, &self.path, &params)
+            .map_err(|e| diagnose_load_failure(&self.path, header, &e.to_string()))
+    }
+
+    /// Checks the file again (it may have been deleted or replaced since the load) and loads
+    /// the weights with the same parameters as the first load.
+    pub fn reload(&self) -> Result<LlamaModel, PluginError> {
+        let header = check_file(&self.path)?;
+        self.open(&header)
+    }
+}
+
+/// The sizes callers rely on after a reload (token ids are checked against the vocabulary
+/// size taken at load): a file replaced by a different model under the same path is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ModelShape {
+    pub n_vocab: i32,
+    pub n_embd: i32,
+    pub n_layer: u32,
+    pub n_params: u64,
+}
+
+impl ModelShape {
+    pub fn of(model: &LlamaModel) -> Self {
+        ModelShape {
+            n_vocab: model.n_vocab(),
+            n_embd: model.n_embd(),
+            n_layer: model.n_layer(),
+            n_params: model.n_params(),
+        }
+    }
+}
+
+/// Everything the decode thread needs to reload the model.
+#[derive(Debug, Clone)]
+pub struct Reload {
+    pub source: ModelSource,
+    /// The shape at load; a reloaded model must have the same.
+    pub shape: ModelShape,
 }
 
 fn model_path(request: &LoadRequest) -> Result<PathBuf, PluginError> {

@@ -12,20 +12,68 @@ use llmlocal_plugin_api::{
     abi_stable::std_types::{ROption, RString, RVec},
     GenerateRequest, Generation, Model, ModelMetadata, PluginError,
 };
-use std::sync::{atomic::AtomicBool, Arc, RwLock, RwLockReadGuard};
+use std::sync::{atomic::AtomicBool, Arc, RwLock, RwLockReadGuard, RwLockWriteGuard, TryLockError};
 
 /// The loaded model, shared by callers (tokenizing under short read locks) and the decode
 /// thread (a read lock for its context's life; the write lock only to read a LoRA adapter
-/// into the model, which llama-cpp-2 allows only through `&mut LlamaModel`).
-pub type SharedModel = Arc<RwLock<LlamaModel>>;
+/// into the model, which llama-cpp-2 allows only through `&mut LlamaModel`, or to reload the
+/// model to free its adapters). The slot is empty while a reload runs (under the write
+/// lock, so no reader sees that) and for good once a reload failed (the decode thread has
+/// then stopped; readers get [`gone`]).
+pub type SharedModel = Arc<RwLock<Option<LlamaModel>>>;
 
-/// A read lock on the model. Only the decode thread writes, and only inside llama.cpp's
-/// adapter init, which cannot leave a half-changed Rust value behind: a poisoned lock is safe
-/// to read through.
-pub fn read(model: &RwLock<LlamaModel>) -> RwLockReadGuard<'_, LlamaModel> {
-    model
+/// A read lock on a model that is there.
+pub struct ModelGuard<'a>(RwLockReadGuard<'a, Option<LlamaModel>>);
+
+impl std::ops::Deref for ModelGuard<'_> {
+    type Target = LlamaModel;
+
+    fn deref(&self) -> &LlamaModel {
+        match self.0.as_ref() {
+            Some(model) => model,
+            // `read` hands out a guard only for `Some`, and a read guard keeps it so.
+            None => unreachable!("a ModelGuard always holds a model"),
+        }
+    }
+}
+
+/// A read lock on the model. Only the decode thread writes, and a panic there cannot leave a
+/// half-changed Rust value behind (the slot holds a whole model or none): a poisoned lock is
+/// safe to read through.
+pub fn read(model: &RwLock<Option<LlamaModel>>) -> Result<ModelGuard<'_>, PluginError> {
+    let guard = model
         .read()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    if guard.is_none() {
+        return Err(gone());
+    }
+    Ok(ModelGuard(guard))
+}
+
+/// Whether a failed reload left the slot empty. Never waits: while the decode thread holds
+/// the write lock (reading an adapter, reloading) the answer is "not gone", and a failed
+/// reload reaches the queued jobs itself.
+fn is_gone(model: &RwLock<Option<LlamaModel>>) -> bool {
+    match model.try_read() {
+        Ok(guard) => guard.is_none(),
+        Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner().is_none(),
+        Err(TryLockError::WouldBlock) => false,
+    }
+}
+
+/// The write lock on the model slot (the decode thread's, see [`read`] about poisoning).
+pub fn write(model: &RwLock<Option<LlamaModel>>) -> RwLockWriteGuard<'_, Option<LlamaModel>> {
+    model
+        .write()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// The error once the model is gone.
+pub fn gone() -> PluginError {
+    PluginError::internal(
+        "this model is no longer loaded: reloading it (to free the LoRA adapters it had read) \
+         failed, the log says why; unload it and load it again",
+    )
 }
 
 /// Everything `load` hands over.
@@ -49,19 +97,19 @@ pub struct LlamaCppModel {
 }
 
 impl LlamaCppModel {
-    pub fn new(parts: Parts) -> Self {
+    pub fn new(parts: Parts) -> Result<Self, PluginError> {
         let (metadata, n_vocab) = {
-            let model = read(&parts.model);
+            let model = read(&parts.model)?;
             (read_metadata(&model, &parts), model.n_vocab())
         };
-        LlamaCppModel {
+        Ok(LlamaCppModel {
             n_vocab,
             model: parts.model,
             engine: parts.engine,
             metadata,
             context_per_sequence: parts.config.context_per_sequence,
             load_set: parts.load_set,
-        }
+        })
     }
 
     /// Token ids from the caller, checked against the vocabulary: llama.cpp aborts the process
@@ -79,7 +127,12 @@ impl LlamaCppModel {
             .collect()
     }
 
+    /// A checked prompt for the decode thread; fails at once when the model is gone (the
+    /// thread has then stopped, a job sent now would only find its channel closed).
     fn check_prompt(&self, tokens: &[u32]) -> Result<Vec<LlamaToken>, PluginError> {
+        if is_gone(&self.model) {
+            return Err(gone());
+        }
         if tokens.is_empty() {
             return Err(PluginError::invalid_request("the prompt is empty"));
         }
@@ -173,7 +226,7 @@ impl Model for LlamaCppModel {
             ));
         }
         let tokens =
-            read(&self.model)
+            read(&self.model)?
                 .vocab()
                 .tokenize(text.as_bytes(), add_special, parse_special);
         Ok(tokens
@@ -187,7 +240,7 @@ impl Model for LlamaCppModel {
             return Ok(String::new());
         }
         let mut tokens = self.to_llama_tokens(tokens)?;
-        let model = read(&self.model);
+        let model = read(&self.model)?;
         let vocab = model.vocab();
         if skip_special {
             // llama.cpp keeps the SPM space prefix after a BOS it removes itself; dropping

@@ -1,9 +1,11 @@
 //! LoRA adapters read at run time into an already loaded model (stories260K): a generation
 //! naming an adapter the model was not loaded with gets exactly the output of a model loaded
 //! with it; generations with different adapters started together each get their solo
-//! output; a bad adapter file fails only its own generation; the cache of read adapters is
-//! bounded. Also prints the time of a first request with a new adapter, read at run time,
-//! against loading a second instance with it (what the host did before).
+//! output; a bad adapter file fails only its own generation; past `MAX_ADAPTERS` files the
+//! model is reloaded to free them (outputs unchanged, memory not growing, a failed reload
+//! fails cleanly). Also prints the time of a first request with a new adapter, read at run
+//! time, against loading a second instance with it (what the host did before), and the time
+//! of a reload (from the plugin's log event).
 
 mod adapter_files;
 mod common;
@@ -232,30 +234,376 @@ fn a_bad_adapter_file_fails_only_its_own_generation() {
     assert_kind(&err, ErrorKind::UnsupportedFormat);
 }
 
+/// Captures the plugin's "reloaded the model" log events (a process-wide subscriber: the
+/// decode thread logs from its own thread). Tests tell their events apart by the model path,
+/// a copy of the model in each test's own folder.
+mod reloads {
+    use std::{
+        fmt::Debug,
+        path::Path,
+        sync::{Mutex, Once},
+    };
+    use tracing::{
+        field::{Field, Visit},
+        span, Event, Metadata, Subscriber,
+    };
+
+    const MESSAGE: &str = "reloaded the model to free its LoRA adapters";
+
+    #[derive(Debug, Default, Clone)]
+    pub struct Reload {
+        message: String,
+        pub model: String,
+        pub ms: f64,
+        pub freed: u64,
+    }
+
+    static SEEN: Mutex<Vec<Reload>> = Mutex::new(Vec::new());
+
+    impl Visit for Reload {
+        fn record_debug(&mut self, field: &Field, value: &dyn Debug) {
+            match field.name() {
+                "message" => self.message = format!("{value:?}"),
+                "model" => self.model = format!("{value:?}"),
+                _ => {}
+            }
+        }
+        fn record_f64(&mut self, field: &Field, value: f64) {
+            if field.name() == "ms" {
+                self.ms = value;
+            }
+        }
+        fn record_u64(&mut self, field: &Field, value: u64) {
+            if field.name() == "freed" {
+                self.freed = value;
+            }
+        }
+    }
+
+    struct Capture;
+
+    impl Subscriber for Capture {
+        fn enabled(&self, metadata: &Metadata<'_>) -> bool {
+            metadata
+                .target()
+                .starts_with("llmlocal_backend_llama_cpp::engine")
+        }
+        fn new_span(&self, _: &span::Attributes<'_>) -> span::Id {
+            span::Id::from_u64(1)
+        }
+        fn record(&self, _: &span::Id, _: &span::Record<'_>) {}
+        fn record_follows_from(&self, _: &span::Id, _: &span::Id) {}
+        fn event(&self, event: &Event<'_>) {
+            let mut reload = Reload::default();
+            event.record(&mut reload);
+            if reload.message == MESSAGE {
+                SEEN.lock().unwrap().push(reload);
+            }
+        }
+        fn enter(&self, _: &span::Id) {}
+        fn exit(&self, _: &span::Id) {}
+    }
+
+    pub fn install() {
+        static ONCE: Once = Once::new();
+        ONCE.call_once(|| {
+            tracing::subscriber::set_global_default(Capture).expect("no other subscriber");
+        });
+    }
+
+    /// The reloads of the model at `path` so far.
+    pub fn of(path: &Path) -> Vec<Reload> {
+        let path = path.display().to_string();
+        let seen = SEEN.lock().unwrap();
+        seen.iter().filter(|r| r.model == path).cloned().collect()
+    }
+}
+
+/// A copy of `model` in `dir`: its own path names its reload events, and it can be deleted.
+fn own_copy(model: &Path, dir: &Path) -> PathBuf {
+    let copy = dir.join("model.gguf");
+    std::fs::copy(model, &copy).unwrap();
+    copy
+}
+
+/// `count` distinct adapter files, copies of `sources` in turn, each with its source's index.
+fn copies(dir: &Path, sources: &[PathBuf], count: usize, tag: &str) -> Vec<(PathBuf, usize)> {
+    (0..count)
+        .map(|i| {
+            let file = dir.join(format!("{tag}{i}.gguf"));
+            std::fs::copy(&sources[i % sources.len()], &file).unwrap();
+            (file, i % sources.len())
+        })
+        .collect()
+}
+
+/// Generates with each file in turn on one loaded model, MAX_ADAPTERS + 4 copies of two
+/// different LoRAs: every output equals that of a model loaded with the file's source from
+/// the start, and the model was reloaded once, freeing MAX_ADAPTERS. Returns the reload's
+/// time in ms.
+fn serve_past_the_cap(model_file: &Path, sources: &[PathBuf], text: &str) -> f64 {
+    reloads::install();
+    let dir = tempfile::tempdir().unwrap();
+    let path = own_copy(model_file, dir.path());
+    let model = load(request(&path));
+    let prompt = prompt(model.as_ref(), text);
+    let base = generate(
+        model.as_ref(),
+        GenerateRequest::greedy(prompt.clone(), TOKENS),
+    );
+    let expected: Vec<Output> = sources
+        .iter()
+        .map(|source| solo(&path, vec![adapter(source, 1.0)], &prompt))
+        .collect();
+    assert_ne!(expected[0].ids, base.ids, "the adapter changes the output");
+    assert_ne!(expected[0].ids, expected[1].ids, "two LoRAs, two outputs");
+    let files = copies(dir.path(), sources, MAX_ADAPTERS + 4, "lora");
+    for (i, (file, source)) in files.iter().enumerate() {
+        let got = generate(model.as_ref(), with(&prompt, vec![adapter(file, 1.0)]));
+        assert_eq!(got, expected[*source], "adapter file {i}");
+    }
+    let seen = reloads::of(&path);
+    assert_eq!(seen.len(), 1, "one reload for {} files", files.len());
+    assert_eq!(seen[0].freed, MAX_ADAPTERS as u64);
+    // After the reload: the base, and a file read before the reload (read again now).
+    assert_eq!(
+        generate(
+            model.as_ref(),
+            GenerateRequest::greedy(prompt.clone(), TOKENS)
+        ),
+        base
+    );
+    let (first, source) = &files[0];
+    assert_eq!(
+        generate(model.as_ref(), with(&prompt, vec![adapter(first, 1.0)])),
+        expected[*source]
+    );
+    seen[0].ms
+}
+
 #[test]
-fn a_model_reads_at_most_max_adapters_files_and_keeps_serving_those() {
+fn more_than_max_adapters_files_are_served_by_reloading_the_model() {
     let Some(path) = stories() else { return };
     let dir = tempfile::tempdir().unwrap();
+    let (a, b) = two_loras(dir.path());
+    let ms = serve_past_the_cap(&path, &[a, b], "Once upon a time");
+    eprintln!("stories260K: reload to free {MAX_ADAPTERS} adapters took {ms:.1} ms");
+}
+
+/// A rank-4 LoRA on the fixture model's output projection (64 -> 288).
+fn write_fixture_lora(path: &Path, seed: u64) {
+    let (rank, input, output) = (4u64, 64u64, 288u64);
+    write_gguf(
+        path,
+        &[
+            ("general.type", Value::Str("adapter")),
+            ("general.architecture", Value::Str("llama")),
+            ("adapter.type", Value::Str("lora")),
+            ("adapter.lora.alpha", Value::F32(rank as f32)),
+        ],
+        &[
+            (
+                "output.weight.lora_a",
+                vec![input, rank],
+                adapter_files::noise((input * rank) as usize, seed),
+            ),
+            (
+                "output.weight.lora_b",
+                vec![rank, output],
+                adapter_files::noise((rank * output) as usize, seed + 1)
+                    .into_iter()
+                    .map(|v| v * 16.0)
+                    .collect(),
+            ),
+        ],
+    );
+}
+
+#[test]
+fn the_fixture_model_is_reloaded_past_max_adapters_with_unchanged_outputs() {
+    let paths = llmlocal_fixtures::ensure_default().expect("fixtures are written");
+    let dir = tempfile::tempdir().unwrap();
+    let sources = [dir.path().join("f1.gguf"), dir.path().join("f2.gguf")];
+    write_fixture_lora(&sources[0], 1);
+    write_fixture_lora(&sources[1], 7);
+    let ms = serve_past_the_cap(&paths.gguf_f32, &sources, "Hello world ");
+    eprintln!("fixture (f32): reload to free {MAX_ADAPTERS} adapters took {ms:.1} ms");
+}
+
+#[test]
+fn concurrent_generations_across_a_reload_each_get_their_solo_output() {
+    let Some(stories) = stories() else { return };
+    reloads::install();
+    let dir = tempfile::tempdir().unwrap();
+    let path = own_copy(&stories, dir.path());
+    let (a, b) = two_loras(dir.path());
+    let mut req = request(&path);
+    req.parallel = 4;
+    let model = load(req);
+    // The model holds MAX_ADAPTERS - 1 files: the second new file below forces a reload while
+    // generations with and without adapters are queued or running.
+    for (file, _) in copies(
+        dir.path(),
+        std::slice::from_ref(&a),
+        MAX_ADAPTERS - 1,
+        "fill",
+    ) {
+        let mut r = with(&[1, 400], vec![adapter(&file, 1.0)]);
+        r.max_tokens = 2;
+        generate(model.as_ref(), r);
+    }
+    let fresh = copies(dir.path(), &[a, b], 2, "fresh");
+    let (new_a, new_b) = (&fresh[0].0, &fresh[1].0);
+    let prompts = [
+        prompt(model.as_ref(), "Once upon a time"),
+        prompt(model.as_ref(), "The dog"),
+    ];
+    let sets = [
+        vec![],
+        vec![adapter(new_a, 1.0)],
+        vec![adapter(new_b, 0.8)],
+        vec![adapter(new_a, 0.3)],
+    ];
+    let mut expected = Vec::new();
+    let mut requests = Vec::new();
+    for (i, set) in sets.iter().cycle().take(8).enumerate() {
+        let prompt = &prompts[i % 2];
+        expected.push(solo(&stories, set.clone(), prompt));
+        requests.push(with(prompt, set.clone()));
+    }
+    let outputs = drain_all(model.as_ref(), requests);
+    for (i, (got, want)) in outputs.iter().zip(&expected).enumerate() {
+        assert_eq!(got, want, "generation {i}");
+    }
+    assert_eq!(reloads::of(&path).len(), 1, "the model was reloaded once");
+}
+
+#[test]
+fn the_load_time_adapter_is_read_again_after_a_reload() {
+    let Some(stories) = stories() else { return };
+    reloads::install();
+    let dir = tempfile::tempdir().unwrap();
+    let path = own_copy(&stories, dir.path());
+    let (a, b) = two_loras(dir.path());
+    let mut req = request(&path);
+    req.adapters = RVec::from(vec![adapter(&a, 1.0)]);
+    let model = load(req);
+    let prompt = prompt(model.as_ref(), "Once upon a time");
+    let loaded_with_a = generate(
+        model.as_ref(),
+        GenerateRequest::greedy(prompt.clone(), TOKENS),
+    );
+    assert_eq!(loaded_with_a, solo(&path, vec![adapter(&a, 1.0)], &prompt));
+    // The load-time file counts: MAX_ADAPTERS more files make one reload.
+    for (file, _) in copies(dir.path(), std::slice::from_ref(&b), MAX_ADAPTERS, "lora") {
+        let mut r = with(&prompt, vec![adapter(&file, 1.0)]);
+        r.max_tokens = 2;
+        generate(model.as_ref(), r);
+    }
+    let seen = reloads::of(&path);
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].freed, MAX_ADAPTERS as u64);
+    assert_eq!(
+        generate(
+            model.as_ref(),
+            GenerateRequest::greedy(prompt.clone(), TOKENS)
+        ),
+        loaded_with_a
+    );
+    assert_eq!(
+        generate(model.as_ref(), with(&prompt, vec![])),
+        solo(&path, vec![], &prompt)
+    );
+}
+
+/// Resident set size of this process in bytes (Linux).
+fn rss_bytes() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    Some(pages * 4096)
+}
+
+#[test]
+fn reload_cycles_do_not_grow_memory_by_a_model_each() {
+    let Some(stories) = stories() else { return };
+    if rss_bytes().is_none() {
+        eprintln!("SKIP: /proc/self/statm is not readable here");
+        return;
+    }
+    reloads::install();
+    let dir = tempfile::tempdir().unwrap();
+    let path = own_copy(&stories, dir.path());
+    let model_size = std::fs::metadata(&path).unwrap().len();
+    let (a, b) = two_loras(dir.path());
+    // A small context: every adapter read re-creates the context, and the allocator need not
+    // give a freed KV cache back at once; with the default (4 x 2048 cells, 5 MiB) that noise
+    // alone is several model sizes.
+    let mut req = request(&path);
+    req.context_length = 64;
+    req.parallel = 1;
+    req.batch_size = 16;
+    let model = load(req);
+    let cycle = |n: usize| {
+        let files = copies(
+            dir.path(),
+            &[a.clone(), b.clone()],
+            MAX_ADAPTERS,
+            &format!("c{n}_"),
+        );
+        for (file, _) in files {
+            let mut r = with(&[1, 400], vec![adapter(&file, 1.0)]);
+            r.max_tokens = 8;
+            assert_eq!(generate(model.as_ref(), r).ids.len(), 8);
+        }
+    };
+    // Two warm-up cycles (the allocator's pools, llama.cpp's first-use buffers), then three.
+    cycle(0);
+    cycle(1);
+    let before = rss_bytes().unwrap();
+    for n in 2..5 {
+        cycle(n);
+    }
+    let after = rss_bytes().unwrap();
+    let reloads = reloads::of(&path).len();
+    assert!(reloads >= 4, "{reloads} reloads");
+    let growth = after.saturating_sub(before);
+    eprintln!(
+        "RSS over 3 reload cycles: {before} -> {after} bytes (growth {growth}; model file \
+         {model_size} bytes)"
+    );
+    assert!(
+        growth < model_size,
+        "RSS grew by {growth} bytes over 3 reload cycles (model file: {model_size} bytes)"
+    );
+}
+
+#[test]
+fn a_failed_reload_fails_the_queued_jobs_and_later_calls_cleanly() {
+    let Some(stories) = stories() else { return };
+    reloads::install();
+    let dir = tempfile::tempdir().unwrap();
+    let path = own_copy(&stories, dir.path());
+    let (a, _) = two_loras(dir.path());
     let model = load(request(&path));
     let prompt = vec![1, 400];
-    let files: Vec<PathBuf> = (0..=MAX_ADAPTERS)
-        .map(|i| {
-            let file = dir.path().join(format!("lora{i}.gguf"));
-            write_lora_seeded(&file, 10 + 2 * i as u64, 64);
-            file
-        })
-        .collect();
-    let short = |file: &Path| {
-        let mut r = with(&prompt, vec![adapter(file, 1.0)]);
-        r.max_tokens = 2;
-        r
-    };
-    for file in &files[..MAX_ADAPTERS] {
-        generate(model.as_ref(), short(file));
+    let files = copies(dir.path(), &[a], MAX_ADAPTERS + 1, "lora");
+    for (file, _) in &files[..MAX_ADAPTERS] {
+        generate(model.as_ref(), with(&prompt, vec![adapter(file, 1.0)]));
     }
-    let err = first_step_error(model.as_ref(), short(&files[MAX_ADAPTERS]));
-    assert_kind(&err, ErrorKind::OutOfMemory);
-    assert!(err.message.contains("unload the model"), "{err}");
-    // The ones read still serve.
-    assert_eq!(generate(model.as_ref(), short(&files[0])).ids.len(), 2);
+    std::fs::remove_file(&path).unwrap();
+    let err = first_step_error(
+        model.as_ref(),
+        with(&prompt, vec![adapter(&files[MAX_ADAPTERS].0, 1.0)]),
+    );
+    assert_kind(&err, ErrorKind::NotFound);
+    assert!(
+        err.message.contains("cannot reload model") && err.message.contains("unload the model"),
+        "{err}"
+    );
+    // The model is gone: later calls fail with a clear error, nothing panics.
+    let err = first_step_error(model.as_ref(), GenerateRequest::greedy(prompt, TOKENS));
+    assert!(err.message.contains("load it again"), "{err}");
+    let err = model.tokenize("Once", true, false).unwrap_err();
+    assert!(err.message.contains("no longer loaded"), "{err}");
+    assert!(reloads::of(&path).is_empty(), "no reload succeeded");
 }
