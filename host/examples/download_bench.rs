@@ -11,7 +11,8 @@
 //!
 //! Knobs for finding where time goes: `BENCH_RAW_HASH=1` makes the raw child sha256 inline
 //! (the price of the hash alone), `BENCH_RAW_TIMEOUT=1` gives it a reqwest read timeout,
-//! `BENCH_NO_LFS=1` serves the file as a plain git file, so llmlocal has no sha256 to check.
+//! `BENCH_NO_LFS=1` serves the file as a plain git file, so llmlocal has no sha256 to check,
+//! `BENCH_WORKERS=N` gives the downloading children N tokio workers (0: current-thread).
 //!
 //! Numbers to compare with curl come from `--release` (`cargo run --release -p llmlocal
 //! --example download_bench`): in the dev profile our crate is at opt-level 1 (its deps at 3),
@@ -35,9 +36,8 @@ const FILE: &str = "big-Q8_0.gguf";
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let child = matches!(args.get(1).map(String::as_str), Some("--client" | "--raw"));
+    let rt = runtime(child)?;
     if args.get(1).map(String::as_str) == Some("--client") {
         let (url, cache) = (args.get(2).context("url")?, args.get(3).context("cache")?);
         return rt.block_on(client(url, Path::new(cache)));
@@ -51,6 +51,28 @@ fn main() -> anyhow::Result<()> {
     rt.block_on(bench(size_mib, runs))
 }
 
+/// Tokio's default multi-thread runtime; in a downloading child, `BENCH_WORKERS=N` sets its
+/// worker count (0: a current-thread runtime), to see what cross-thread wake-ups cost a
+/// single transfer. (The parent, the mock hub, keeps the default.)
+fn runtime(child: bool) -> anyhow::Result<tokio::runtime::Runtime> {
+    let workers: Option<usize> = std::env::var("BENCH_WORKERS")
+        .ok()
+        .filter(|_| child)
+        .map(|n| n.parse())
+        .transpose()
+        .context("BENCH_WORKERS")?;
+    let mut builder = match workers {
+        Some(0) => tokio::runtime::Builder::new_current_thread(),
+        Some(n) => {
+            let mut builder = tokio::runtime::Builder::new_multi_thread();
+            builder.worker_threads(n);
+            builder
+        }
+        None => tokio::runtime::Builder::new_multi_thread(),
+    };
+    Ok(builder.enable_all().build()?)
+}
+
 fn flag(args: &[String], name: &str) -> Option<u64> {
     args.iter()
         .position(|a| a == name)
@@ -58,8 +80,15 @@ fn flag(args: &[String], name: &str) -> Option<u64> {
         .and_then(|v| v.parse().ok())
 }
 
-/// The child: one pull into `cache`, then print the peak RSS.
+/// The child: one pull into `cache`, then print the peak RSS. `BENCH_LOG=debug` prints the
+/// download pipeline's timings (to stderr).
 async fn client(url: &str, cache: &Path) -> anyhow::Result<()> {
+    if let Ok(filter) = std::env::var("BENCH_LOG") {
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .init();
+    }
     let mut config = ManagerConfig::new(cache);
     config.endpoint = url.to_string();
     let manager = ModelManager::new(config)?;
@@ -222,6 +251,9 @@ fn run_ours(hub_url: &str, dir: &Path, run: usize) -> anyhow::Result<(f64, u64, 
             "llmlocal client failed: {stdout}{}",
             String::from_utf8_lossy(&child.stderr)
         );
+    }
+    if std::env::var_os("BENCH_LOG").is_some() {
+        eprint!("{}", String::from_utf8_lossy(&child.stderr));
     }
     let field = |name: &str| {
         stdout

@@ -1,20 +1,19 @@
 //! The write side of a download: network bytes -> sha256 and -> partial file.
 //!
-//! Each received chunk is hashed right away, on the reader, while it is still in cache, and
-//! copied into one of a small pool of buffers ([`DEPTH`] x [`BUF`]) that a writer thread puts
-//! on disk and hands back. So:
-//! - the disk write runs beside the network read and the hash;
+//! Each received chunk is copied into one of a small pool of buffers ([`DEPTH`] x [`BUF`]);
+//! a full buffer goes to a hasher thread (LFS files), then to a writer thread that puts it on
+//! disk and hands it back. So:
+//! - the network read, the hash and the disk write run side by side: the download goes at
+//!   the slowest of the three, not at their sum;
+//! - the reader does nothing but copy, so it is back on the socket at once (hashing on the
+//!   reader made it alternate with hyper's connection task chunk by chunk: on the 16-core
+//!   Xeon a 1 GiB pull took 1.5 s with 0.64 s of CPU, the rest waiting on wake-ups);
 //! - memory is bounded by the pool whatever the file size, and the buffers are reused: no
 //!   fresh allocation (and page faults) per chunk;
 //! - the network's own buffers are released at once, so hyper reuses them.
 //!
-//! Measured (`download_bench`, dev profile): with sha256 the limit is one core's SHA-256 rate
-//! (on the 16-core 2.1 GHz Xeon, OpenSSL's best is ~1.26 GiB/s, about curl's loopback rate),
-//! and hashing here or on a third thread after the writer gave the same times there; here
-//! costs one thread less on a 2-core machine. Without a hash (non-LFS files) this pool took
-//! 1 GiB in 0.72-0.88 s where the first version (queues of the network's own chunks, fanned
-//! out, `BufWriter`) took 1.36-1.70 s. 1 MiB buffers made the writer's copy into the page
-//! cache erratic on the 2-core box (4x the CPU in some runs); 256 KiB did not.
+//! 1 MiB buffers made the writer's copy into the page cache erratic on the 2-core box (4x the
+//! CPU in some runs); 256 KiB did not.
 //!
 //! A dropped download (cancel, dropped future) still flushes everything handed off.
 
@@ -44,13 +43,16 @@ type Joined<T> = tokio::task::JoinHandle<std::io::Result<T>>;
 
 /// Receives the bytes of one partial file.
 pub(crate) struct Writer {
+    /// To the hasher thread when hashing, else straight to the writer thread.
     to_file: Option<std_mpsc::Sender<Msg>>,
     free: mpsc::UnboundedReceiver<Vec<u8>>,
     allocated: usize,
     current: Vec<u8>,
-    hasher: Option<Sha256>,
+    hash_thread: Option<Joined<Sha256>>,
     file_thread: Joined<u64>,
     path: PathBuf,
+    /// Time the reader waited for a free buffer (the hash or the disk behind), for the log.
+    waited: std::time::Duration,
 }
 
 impl Writer {
@@ -77,22 +79,29 @@ impl Writer {
             let _lock = lock;
             write_loop(file, &thread_path, have, file_rx, to_pool)
         });
+        let (to_file, hash_thread) = match hasher {
+            Some(hasher) => {
+                let (to_hasher, hash_rx) = std_mpsc::channel();
+                let thread =
+                    tokio::task::spawn_blocking(move || hash_loop(hasher, hash_rx, to_file));
+                (to_hasher, Some(thread))
+            }
+            None => (to_file, None),
+        };
         Ok(Writer {
             to_file: Some(to_file),
             free,
             allocated: 0,
             current: Vec::new(),
-            hasher,
+            hash_thread,
             file_thread,
             path,
+            waited: std::time::Duration::ZERO,
         })
     }
 
-    /// Hashes and appends `data` (copied: the network's buffer is free again at once).
+    /// Appends `data` (copied: the network's buffer is free again at once).
     pub async fn write(&mut self, mut data: &[u8]) -> Result<()> {
-        if let Some(hasher) = self.hasher.as_mut() {
-            hasher.update(data);
-        }
         while !data.is_empty() {
             if self.current.capacity() == 0 {
                 self.current = self.free_buffer().await?;
@@ -111,9 +120,6 @@ impl Writer {
     /// Drops what was received so far: the file and the hash start again from zero.
     pub async fn restart(&mut self) -> Result<()> {
         self.current.clear();
-        if let Some(hasher) = self.hasher.as_mut() {
-            *hasher = Sha256::new();
-        }
         self.send(Msg::Restart)
     }
 
@@ -121,15 +127,18 @@ impl Writer {
     pub async fn finish(mut self) -> Result<(u64, Option<String>)> {
         // On failure the thread's own error (below) says more.
         let _ = self.hand_off();
+        // Closing the channel ends the hasher, which closes the writer's.
         drop(self.to_file.take());
-        let len = match (&mut self.file_thread).await {
-            Ok(r) => r.map_err(|e| ModelError::io("writing", &self.path, e))?,
-            Err(e) => {
-                let e = std::io::Error::other(e.to_string());
-                return Err(ModelError::io("writing", &self.path, e));
-            }
+        let digest = match self.hash_thread.take() {
+            Some(thread) => Some(hex(&joined(thread, &self.path).await?.finalize())),
+            None => None,
         };
-        let digest = self.hasher.take().map(|h| hex(&h.finalize()));
+        let len = joined(&mut self.file_thread, &self.path).await?;
+        tracing::debug!(
+            path = %self.path.display(),
+            waited_ms = self.waited.as_millis() as u64,
+            "download pipeline: time the network reader waited for the hash/disk stages"
+        );
         Ok((len, digest))
     }
 
@@ -139,7 +148,10 @@ impl Writer {
             self.allocated += 1;
             return Ok(Vec::with_capacity(BUF));
         }
-        match self.free.recv().await {
+        let started = std::time::Instant::now();
+        let returned = self.free.recv().await;
+        self.waited += started.elapsed();
+        match returned {
             Some(mut buf) => {
                 buf.clear();
                 Ok(buf)
@@ -173,6 +185,51 @@ impl Writer {
     }
 }
 
+/// The result of a pipeline thread; a panic or an I/O error is an I/O error on `path`.
+async fn joined<T>(
+    thread: impl std::future::Future<
+        Output = std::result::Result<std::io::Result<T>, tokio::task::JoinError>,
+    >,
+    path: &Path,
+) -> Result<T> {
+    match thread.await {
+        Ok(r) => r.map_err(|e| ModelError::io("writing", path, e)),
+        Err(e) => Err(ModelError::io(
+            "writing",
+            path,
+            std::io::Error::other(e.to_string()),
+        )),
+    }
+}
+
+/// Hashes each buffer on its way to the writer thread; returns the hasher when the reader
+/// is done (its channel closed).
+fn hash_loop(
+    mut hasher: Sha256,
+    rx: std_mpsc::Receiver<Msg>,
+    to_file: std_mpsc::Sender<Msg>,
+) -> std::io::Result<Sha256> {
+    let (mut busy, started) = (std::time::Duration::ZERO, std::time::Instant::now());
+    while let Ok(msg) = rx.recv() {
+        let t = std::time::Instant::now();
+        match &msg {
+            Msg::Data(buf) => hasher.update(buf),
+            Msg::Restart => hasher = Sha256::new(),
+        }
+        busy += t.elapsed();
+        if to_file.send(msg).is_err() {
+            // The writer thread stopped on an I/O error: `finish` reports it from there.
+            break;
+        }
+    }
+    tracing::debug!(
+        busy_ms = busy.as_millis() as u64,
+        total_ms = started.elapsed().as_millis() as u64,
+        "download pipeline: hasher thread"
+    );
+    Ok(hasher)
+}
+
 fn write_loop(
     mut file: File,
     path: &Path,
@@ -180,13 +237,22 @@ fn write_loop(
     rx: std_mpsc::Receiver<Msg>,
     pool: mpsc::UnboundedSender<Vec<u8>>,
 ) -> std::io::Result<u64> {
-    file.set_len(have)?;
+    // Truncate only a partial file longer than what is kept: on ext4 a file truncated to
+    // length 0 and rewritten is flushed to disk when closed (`auto_da_alloc`, meant for
+    // rewrite-in-place saves), which made every fresh 1 GiB download wait ~0.4-0.8 s in
+    // `close` for the disk.
+    if file.metadata()?.len() != have {
+        file.set_len(have)?;
+    }
     file.seek(SeekFrom::Start(have))?;
     let mut len = have;
+    let (mut busy, started) = (std::time::Duration::ZERO, std::time::Instant::now());
     while let Ok(msg) = rx.recv() {
         match msg {
             Msg::Data(buf) => {
+                let t = std::time::Instant::now();
                 file.write_all(&buf)?;
+                busy += t.elapsed();
                 len += buf.len() as u64;
                 // A reader that is gone (it gave up) needs no buffer back.
                 let _ = pool.send(buf);
@@ -198,7 +264,13 @@ fn write_loop(
             }
         }
     }
-    tracing::debug!(path = %path.display(), len, "partial file flushed");
+    tracing::debug!(
+        path = %path.display(),
+        len,
+        write_ms = busy.as_millis() as u64,
+        total_ms = started.elapsed().as_millis() as u64,
+        "partial file flushed"
+    );
     Ok(len)
 }
 
