@@ -22,8 +22,13 @@
 //! Percentiles are exact (all samples, sorted). Numbers depend on the build profile and
 //! the core count: on a 2-core machine the clients, router and node share two cores.
 //!
+//! `--pin` gives each process cores of its own (node a quarter, router a quarter but at
+//! most 4, the load generator the rest; each runtime sized to its cores), as if each ran on
+//! its own machine: unpinned, 36+ threads of three processes share every core and a
+//! request's wake-ups queue behind the other processes' threads.
+//!
 //! `cargo run -p llmlocal --example router_bench -- --help` lists the flags (requests per
-//! run, open-loop rate, clients, which runs, repeats, the router's worker threads).
+//! run, open-loop rate, clients, which runs, repeats, the router's worker threads, pinning).
 //! With optimised code: `cargo run --profile release -p llmlocal --example router_bench`.
 
 use anyhow::{bail, Context as _};
@@ -230,9 +235,15 @@ impl Drop for Proc {
     }
 }
 
-fn spawn_self(args: &[&str]) -> anyhow::Result<Proc> {
+/// Starts this binary in a child mode, on `cpus` when given (see [`pin`]).
+fn spawn_self(args: &[&str], cpus: Option<&[usize]>) -> anyhow::Result<Proc> {
     let exe = std::env::current_exe()?;
-    let mut child = Command::new(exe)
+    let mut command = Command::new(exe);
+    if let Some(cpus) = cpus {
+        let list: Vec<String> = cpus.iter().map(usize::to_string).collect();
+        command.env(CPUS_ENV, list.join(","));
+    }
+    let mut child = command
         .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -473,13 +484,16 @@ struct Args {
     repeat: usize,
     /// Worker threads of the router's runtime (0: current-thread); None: tokio's default.
     router_threads: Option<String>,
+    /// Each process on cores of its own.
+    pin: bool,
 }
 
 const USAGE: &str = "flags: --requests N (per multi-client run, default 20000), --rate R \
      (open-loop requests/s, default 2000), --clients C (default 100), --runs single,closed,open \
      (default all), --repeat K (each run K times, default 1), --router-threads T (the \
      router's tokio workers; 0: a current-thread runtime; default: as `llmlocal router`, one \
-     per core, at most 4)";
+     per core, at most 4), --pin (node, router and load generator each on cores of their \
+     own; Linux)";
 
 fn kinds(list: &str) -> anyhow::Result<Vec<Kind>> {
     list.split(',')
@@ -500,12 +514,17 @@ fn args(rest: &[String]) -> anyhow::Result<Args> {
         runs: vec![Kind::Single, Kind::Closed, Kind::Open],
         repeat: 1,
         router_threads: None,
+        pin: false,
     };
     let mut it = rest.iter();
     while let Some(flag) = it.next() {
         if flag == "--help" || flag == "-h" {
             println!("{USAGE}");
             std::process::exit(0);
+        }
+        if flag == "--pin" {
+            parsed.pin = true;
+            continue;
         }
         let value = it.next().with_context(|| format!("{flag} needs a value"))?;
         match flag.as_str() {
@@ -547,15 +566,15 @@ fn plan(kind: Kind, args: &Args) -> (String, usize, usize, Pace) {
     }
 }
 
-async fn bench(args: Args) -> anyhow::Result<()> {
+async fn bench(args: Args, cores: Option<Cores>) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let db = dir.path().join("bench.sqlite");
     let db = db.display().to_string();
     let mut router_args = vec!["--serve-router", &db];
     router_args.extend(args.router_threads.as_deref());
     let servers = Servers {
-        node: spawn_self(&["--serve-node"])?,
-        router: spawn_self(&router_args)?,
+        node: spawn_self(&["--serve-node"], cores.as_ref().map(|c| &c.node[..]))?,
+        router: spawn_self(&router_args, cores.as_ref().map(|c| &c.router[..]))?,
     };
     let (node, router) = (&servers.node.url, &servers.router.url);
     register(router, node).await?;
@@ -564,10 +583,16 @@ async fn bench(args: Args) -> anyhow::Result<()> {
     for url in [node, router] {
         load.run(url, 100, 20, Pace::Closed).await?;
     }
-    println!(
-        "{} cores; load generator, router and node in 3 processes",
-        std::thread::available_parallelism().map_or(0, |n| n.get())
-    );
+    match &cores {
+        Some(cores) => println!(
+            "pinned: node on CPUs {:?}, router on {:?}, load generator on {:?}",
+            cores.node, cores.router, cores.load
+        ),
+        None => println!(
+            "{} cores; load generator, router and node in 3 processes, unpinned",
+            std::thread::available_parallelism().map_or(0, |n| n.get())
+        ),
+    }
     println!(
         "conns: TCP connections the node accepted during the run (from the load generator \
          when direct, from the router when routed); node/rtr us: CPU time per request; \
@@ -627,6 +652,14 @@ fn router_runtime(threads: Option<&String>) -> anyhow::Result<tokio::runtime::Ru
 
 fn main() -> anyhow::Result<()> {
     let argv: Vec<String> = std::env::args().skip(1).collect();
+    if let Ok(list) = std::env::var(CPUS_ENV) {
+        let cpus = list
+            .split(',')
+            .map(str::parse)
+            .collect::<Result<Vec<usize>, _>>()
+            .context(CPUS_ENV)?;
+        pin(&cpus)?;
+    }
     match argv.first().map(String::as_str) {
         Some("--serve-node") => {
             exit_with_parent();
@@ -637,6 +670,91 @@ fn main() -> anyhow::Result<()> {
             let db = argv.get(1).context("--serve-router DB")?;
             router_runtime(argv.get(2))?.block_on(serve_router(db))
         }
-        _ => tokio::runtime::Runtime::new()?.block_on(bench(args(&argv)?)),
+        _ => {
+            let args = args(&argv)?;
+            let cores = args.pin.then(Cores::split).transpose()?;
+            if let Some(cores) = &cores {
+                // Before the runtime starts, so its workers are sized to these cores.
+                pin(&cores.load)?;
+            }
+            tokio::runtime::Runtime::new()?.block_on(bench(args, cores))
+        }
     }
+}
+
+/// Where `--pin` puts each process: in a child, the CPU list it pins itself to.
+const CPUS_ENV: &str = "ROUTER_BENCH_CPUS";
+
+/// The CPUs of each process under `--pin`.
+struct Cores {
+    node: Vec<usize>,
+    router: Vec<usize>,
+    load: Vec<usize>,
+}
+
+impl Cores {
+    /// Splits the CPUs this process may use: a quarter for the node, a quarter (at most 4,
+    /// the router's default worker count) for the router, the rest for the load generator.
+    fn split() -> anyhow::Result<Self> {
+        let cpus = allowed_cpus()?;
+        let quarter = cpus.len() / 4;
+        anyhow::ensure!(
+            quarter >= 1,
+            "--pin needs at least 4 CPUs (this process may use {})",
+            cpus.len()
+        );
+        let router_end = quarter + quarter.min(4);
+        Ok(Self {
+            node: cpus[..quarter].to_vec(),
+            router: cpus[quarter..router_end].to_vec(),
+            load: cpus[router_end..].to_vec(),
+        })
+    }
+}
+
+/// The CPUs the scheduler may run this process on.
+#[cfg(target_os = "linux")]
+fn allowed_cpus() -> anyhow::Result<Vec<usize>> {
+    // SAFETY: cpu_set_t is a plain bit set (all zero = empty); the call writes at most
+    // size_of::<cpu_set_t>() bytes into it, and CPU_ISSET only reads it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+            bail!("sched_getaffinity: {}", std::io::Error::last_os_error());
+        }
+        let max = 8 * std::mem::size_of::<libc::cpu_set_t>();
+        Ok((0..max).filter(|&cpu| libc::CPU_ISSET(cpu, &set)).collect())
+    }
+}
+
+/// Restricts this process (its current thread and every thread it starts later) to `cpus`.
+#[cfg(target_os = "linux")]
+fn pin(cpus: &[usize]) -> anyhow::Result<()> {
+    // SAFETY: as in `allowed_cpus`; CPU_SET writes only inside the set (cpu < its size is
+    // checked first), and sched_setaffinity only reads it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        let max = 8 * std::mem::size_of::<libc::cpu_set_t>();
+        for &cpu in cpus {
+            anyhow::ensure!(cpu < max, "CPU {cpu} out of range");
+            libc::CPU_SET(cpu, &mut set);
+        }
+        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+            bail!(
+                "sched_setaffinity {cpus:?}: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+    }
+    Ok(())
+}
+
+#[cfg(not(target_os = "linux"))]
+fn allowed_cpus() -> anyhow::Result<Vec<usize>> {
+    bail!("--pin needs Linux")
+}
+
+#[cfg(not(target_os = "linux"))]
+fn pin(_cpus: &[usize]) -> anyhow::Result<()> {
+    bail!("--pin needs Linux")
 }

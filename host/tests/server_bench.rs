@@ -13,6 +13,11 @@
 //! barrier for every op, so each token's wakeups (server task, client) preempt a compute
 //! thread and the whole token waits; at real models' 20-100 tok/s that is < 0.1%.
 //! `$LLMLOCAL_BENCH_THREADS` (e.g. "16,15,8") compares other llama.cpp thread counts.
+//!
+//! `$LLMLOCAL_BENCH_GGUF` names a model of real size (e.g. the 1B benchmark model that
+//! `gpu-bench write-model` makes) for the same HTTP vs engine comparison at its speed;
+//! `$LLMLOCAL_BENCH_DEVICE` (default cpu) picks where it runs. `cargo xtask bench --suite
+//! server` runs these measurements.
 
 mod server_support;
 
@@ -28,6 +33,19 @@ use std::time::{Duration, Instant};
 const TOKENS: u32 = 400;
 const RUNS: usize = 9;
 
+/// How long each compared generation is, and how many of each path.
+#[derive(Debug, Clone, Copy)]
+struct Length {
+    tokens: u32,
+    runs: usize,
+}
+
+/// The fixture model streams thousands of tokens/s: long generations, many runs.
+const FIXTURE: Length = Length {
+    tokens: TOKENS,
+    runs: RUNS,
+};
+
 #[derive(Debug, Clone, Copy)]
 struct Run {
     ttft_ms: f64,
@@ -40,17 +58,17 @@ fn median(mut values: Vec<f64>) -> f64 {
     values[values.len() / 2]
 }
 
-fn config() -> GenerationConfig {
+fn config(tokens: u32) -> GenerationConfig {
     GenerationConfig {
         ignore_eos: true,
-        ..GenerationConfig::greedy(TOKENS)
+        ..GenerationConfig::greedy(tokens)
     }
 }
 
-async fn engine_run(engine: &Engine) -> (Run, String) {
+async fn engine_run(engine: &Engine, tokens: u32) -> (Run, String) {
     let started = Instant::now();
     let mut stream = engine
-        .generate("m", Prompt::Text("uvw".into()), config())
+        .generate("m", Prompt::Text("uvw".into()), config(tokens))
         .await
         .expect("starts");
     let (mut first, mut text, mut tokens) = (None, String::new(), 0usize);
@@ -68,9 +86,9 @@ async fn engine_run(engine: &Engine) -> (Run, String) {
 
 /// One streamed completion over HTTP; `http` is reused, so its connection is kept alive as a
 /// real client's would be (a new connection per run would put TCP setup into TTFT).
-async fn http_run(server: &TestServer, http: &reqwest::Client) -> (Run, String) {
+async fn http_run(server: &TestServer, http: &reqwest::Client, tokens: u32) -> (Run, String) {
     let body = json!({"model": "m", "prompt": "uvw", "stream": true, "ignore_eos": true,
-                      "max_tokens": TOKENS, "temperature": 0,
+                      "max_tokens": tokens, "temperature": 0,
                       "stream_options": {"include_usage": true}});
     let started = Instant::now();
     let mut response = http
@@ -142,15 +160,21 @@ async fn aggregate(server: &TestServer, streams: usize) -> f64 {
 /// default: every core).
 async fn fixture_server(threads: u32) -> (Engine, TestServer) {
     let fixtures = llmlocal_fixtures::ensure_default().expect("fixtures");
+    model_server(&fixtures.gguf_q8_0, "cpu", threads).await
+}
+
+/// `path` as model `m` on llama.cpp, on `device`, in an engine and a server over it.
+async fn model_server(path: &std::path::Path, device: &str, threads: u32) -> (Engine, TestServer) {
     let mut settings = EngineSettings {
         threads,
+        device: device.into(),
         ..EngineSettings::default()
     };
     settings.models.insert(
         "m".into(),
         ModelEntry {
             backend: Some("llama-cpp".into()),
-            ..ModelEntry::new(fixtures.gguf_q8_0.to_string_lossy())
+            ..ModelEntry::new(path.to_string_lossy())
         },
     );
     let engine = Engine::new(settings, registry(&["llama_cpp"]), None);
@@ -159,17 +183,18 @@ async fn fixture_server(threads: u32) -> (Engine, TestServer) {
 }
 
 /// Engine API vs HTTP SSE, interleaved runs; returns HTTP/engine tokens/s.
-async fn compare(engine: &Engine, server: &TestServer, label: &str) -> f64 {
+async fn compare(engine: &Engine, server: &TestServer, label: &str, length: Length) -> f64 {
+    let Length { tokens, runs } = length;
     let http_client = client();
-    engine_run(engine).await; // load + warm up
-    http_run(server, &http_client).await;
+    engine_run(engine, tokens).await; // load + warm up
+    http_run(server, &http_client, tokens).await;
     let (mut direct, mut http) = (Vec::new(), Vec::new());
     let (mut direct_text, mut http_text) = (String::new(), String::new());
-    for _ in 0..RUNS {
-        let (run, text) = engine_run(engine).await;
+    for _ in 0..runs {
+        let (run, text) = engine_run(engine, tokens).await;
         direct.push(run);
         direct_text = text;
-        let (run, text) = http_run(server, &http_client).await;
+        let (run, text) = http_run(server, &http_client, tokens).await;
         http.push(run);
         http_text = text;
     }
@@ -180,13 +205,13 @@ async fn compare(engine: &Engine, server: &TestServer, label: &str) -> f64 {
     assert!(direct
         .iter()
         .chain(&http)
-        .all(|r| r.tokens == TOKENS as usize));
+        .all(|r| r.tokens == tokens as usize));
     let ttft = |runs: &[Run]| median(runs.iter().map(|r| r.ttft_ms).collect());
     let tps = |runs: &[Run]| median(runs.iter().map(|r| r.tokens_per_s).collect());
     let ratio = tps(&http) / tps(&direct);
     println!(
-        "BENCH fixture q8_0 llama-cpp ({label}), {TOKENS} tokens, median of {RUNS}: engine TTFT {:.2} ms, \
-         {:.0} tok/s; HTTP SSE TTFT {:.2} ms, {:.0} tok/s; HTTP/engine = {ratio:.3}",
+        "BENCH {label}, {tokens} tokens, median of {runs}: engine TTFT {:.2} ms, \
+         {:.1} tok/s; HTTP SSE TTFT {:.2} ms, {:.1} tok/s; HTTP/engine = {ratio:.3}",
         ttft(&direct),
         tps(&direct),
         ttft(&http),
@@ -198,7 +223,8 @@ async fn compare(engine: &Engine, server: &TestServer, label: &str) -> f64 {
 #[tokio::test(flavor = "multi_thread")]
 async fn http_versus_engine_throughput_on_the_fixture_model() {
     let (engine, server) = fixture_server(0).await;
-    let ratio = compare(&engine, &server, "threads: all cores").await;
+    let label = "fixture q8_0 llama-cpp (threads: all cores)";
+    let ratio = compare(&engine, &server, label, FIXTURE).await;
     for streams in [1, 4, 16] {
         println!(
             "BENCH aggregate over HTTP, {streams} streams: {:.0} tok/s",
@@ -222,13 +248,32 @@ async fn http_versus_engine_throughput_on_the_fixture_model() {
     };
     for threads in counts {
         let (engine, server) = fixture_server(threads).await;
-        compare(
-            &engine,
-            &server,
-            &format!("threads: {threads} of {cores} cores"),
-        )
-        .await;
+        let label = format!("fixture q8_0 llama-cpp (threads: {threads} of {cores} cores)");
+        compare(&engine, &server, &label, FIXTURE).await;
     }
+}
+
+/// The same comparison on a model of real size (`$LLMLOCAL_BENCH_GGUF`): at tens of
+/// tokens/s, what HTTP costs a user. Reported, not asserted (see the module doc).
+#[tokio::test(flavor = "multi_thread")]
+async fn http_versus_engine_throughput_on_a_real_size_model() {
+    let Some(path) = std::env::var_os("LLMLOCAL_BENCH_GGUF") else {
+        eprintln!("SKIP: set LLMLOCAL_BENCH_GGUF to a GGUF model of real size");
+        return;
+    };
+    let path = std::path::PathBuf::from(path);
+    let device = std::env::var("LLMLOCAL_BENCH_DEVICE").unwrap_or_else(|_| "cpu".into());
+    let (engine, server) = model_server(&path, &device, 0).await;
+    let name = path
+        .file_name()
+        .map_or("model".into(), |n| n.to_string_lossy());
+    let label = format!("{name} llama-cpp on {device} (threads: default)");
+    let length = Length {
+        tokens: 128,
+        runs: 7,
+    };
+    let ratio = compare(&engine, &server, &label, length).await;
+    println!("BENCH HTTP / engine tokens/s ({name}, {device}): {ratio:.3}");
 }
 
 /// VmRSS of a process, in bytes (Linux).

@@ -57,11 +57,15 @@ enum Command {
         no_candle: bool,
     },
     /// Run a benchmark; arguments after `--` go to it. `backend` (default): the bench binary
-    /// against target/plugins; `router`: host/examples/router_bench.rs; `download`:
-    /// host/examples/download_bench.rs.
+    /// against target/plugins; `server`: host/tests/server_bench.rs; `router`:
+    /// host/examples/router_bench.rs; `download`: host/examples/download_bench.rs.
     Bench {
         #[arg(long, value_enum, default_value_t = bench::Suite::Backend)]
         suite: bench::Suite,
+        /// router / download: build the example with the release profile (what users run;
+        /// the dev profile builds our crates at opt-level 1). The first build takes minutes.
+        #[arg(long)]
+        release: bool,
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
@@ -92,7 +96,11 @@ fn dispatch(command: Command) -> Result<()> {
         Command::TestPlugins { plugin: None, .. } => test_plugins::in_tree(&ws),
         Command::Demo => demo::command(&ws),
         Command::Test => test::command(&ws),
-        Command::Bench { suite, args } => bench::command(&ws, suite, &args),
+        Command::Bench {
+            suite,
+            release,
+            args,
+        } => bench::command(&ws, suite, release, &args),
         Command::GpuBuild {
             cuda_home,
             no_candle,
