@@ -23,6 +23,11 @@ async fn three_node_router(strategy: Strategy) -> (TestRouter, Vec<FakeNode>) {
     s.strategy = strategy;
     let router = TestRouter::start(s).await;
     let nodes = three_nodes(&router.url()).await;
+    // One CPU figure for all: least-loaded breaks ties on CPU, and three samples of a busy
+    // machine taken at different moments would decide ties the tests mean to keep.
+    for node in &nodes {
+        *node.behaviour.cpu_percent.lock().unwrap() = Some(10.0);
+    }
     (router, nodes)
 }
 
@@ -584,6 +589,8 @@ async fn heartbeats_carry_gpu_load_read_with_nvidia_smi() {
     gpu.join(&router.url(), TOKEN);
     let mut cpu = fake_node("cpu", &["m"]);
     cpu.nvidia_smi = Some(dir.path().join("missing-nvidia-smi"));
+    // The server's own CPU figure wins over the machine's.
+    *cpu.behaviour.cpu_percent.lock().unwrap() = Some(37.5);
     cpu.join(&router.url(), TOKEN);
 
     let start = Instant::now();
@@ -610,6 +617,7 @@ async fn heartbeats_carry_gpu_load_read_with_nvidia_smi() {
         Some((2 * 81559) << 20)
     );
     let cpu_load = load("cpu");
+    assert_eq!(cpu_load["cpu_percent"].as_f64(), Some(37.5), "{cpu_load}");
     assert!(cpu_load["gpu_percent"].is_null(), "{cpu_load}");
     assert!(cpu_load["gpu_memory_used_bytes"].is_null(), "{cpu_load}");
     router.stop().await;

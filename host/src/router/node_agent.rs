@@ -87,6 +87,9 @@ pub struct NodeStatus {
     pub models_available: Vec<String>,
     pub models_loaded: Vec<String>,
     pub gpu_percent: Option<f32>,
+    /// The server's own CPU measure (e.g. its container's share), which wins over the
+    /// machine's when given.
+    pub cpu_percent: Option<f32>,
 }
 
 /// Registers, then heartbeats forever (cancel by dropping the future or aborting its task).
@@ -246,7 +249,9 @@ impl Sampler {
         system.refresh_cpu_usage();
         system.refresh_memory();
         Heartbeat {
-            cpu_percent: system.global_cpu_usage(),
+            cpu_percent: status
+                .cpu_percent
+                .unwrap_or_else(|| system.global_cpu_usage()),
             memory_used_bytes: system.used_memory(),
             memory_total_bytes: system.total_memory(),
             gpu_percent: status.gpu_percent.or(gpu.and_then(|g| g.percent)),

@@ -69,5 +69,6 @@ pub fn engine_status(engine: &Engine) -> NodeStatus {
         models_available: engine.models().into_keys().collect(),
         models_loaded: loaded.into_iter().map(|m| m.name).collect(),
         gpu_percent: None,
+        cpu_percent: None,
     }
 }

@@ -44,6 +44,9 @@ pub struct Behaviour {
     pub served: AtomicUsize,
     /// Load reported by the node agent.
     pub active: AtomicU32,
+    /// CPU % reported instead of the machine's (whose samples differ between the fake nodes
+    /// of one process under load, and would break ties the test means to keep).
+    pub cpu_percent: Mutex<Option<f32>>,
     pub loaded: Mutex<Vec<String>>,
 }
 
@@ -122,6 +125,7 @@ impl FakeNode {
             active_requests: behaviour.active.load(Ordering::Relaxed),
             models_available: models.clone(),
             models_loaded: behaviour.loaded.lock().unwrap().clone(),
+            cpu_percent: *behaviour.cpu_percent.lock().unwrap(),
             ..NodeStatus::default()
         };
         self.agent = Some(tokio::spawn(run_node_agent(cfg, status)));
