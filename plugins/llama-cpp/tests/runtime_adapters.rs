@@ -141,25 +141,33 @@ fn concurrent_generations_with_new_and_no_adapters_each_get_their_solo_output() 
     let mut req = request(&path);
     req.parallel = 4;
     let model = load(req);
-    let prompts = [
-        prompt(model.as_ref(), "Once upon a time"),
-        prompt(model.as_ref(), "The dog"),
-    ];
+    // Both files are new to the model when these start together.
+    eight_concurrent_equal_their_solo_outputs(model.as_ref(), &path, &a, &b);
+}
+
+/// Eight generations started together on `model` (two prompts; no adapter, `a` at 1.0 and
+/// 0.3, `b` at 0.8) each equal the same generation on a fresh load of `solo_path`.
+fn eight_concurrent_equal_their_solo_outputs(
+    model: &dyn Model,
+    solo_path: &Path,
+    a: &Path,
+    b: &Path,
+) {
+    let prompts = [prompt(model, "Once upon a time"), prompt(model, "The dog")];
     let sets = [
         vec![],
-        vec![adapter(&a, 1.0)],
-        vec![adapter(&b, 0.8)],
-        vec![adapter(&a, 0.3)],
+        vec![adapter(a, 1.0)],
+        vec![adapter(b, 0.8)],
+        vec![adapter(a, 0.3)],
     ];
     let mut expected = Vec::new();
     let mut requests = Vec::new();
     for (i, set) in sets.iter().cycle().take(8).enumerate() {
         let prompt = &prompts[i % 2];
-        expected.push(solo(&path, set.clone(), prompt));
+        expected.push(solo(solo_path, set.clone(), prompt));
         requests.push(with(prompt, set.clone()));
     }
-    // Both files are new to the model when these start together.
-    let outputs = drain_all(model.as_ref(), requests);
+    let outputs = drain_all(model, requests);
     for (i, (got, want)) in outputs.iter().zip(&expected).enumerate() {
         assert_eq!(got, want, "generation {i}");
     }
@@ -392,31 +400,7 @@ fn more_than_max_adapters_files_are_served_by_reloading_the_model() {
 
 /// A rank-4 LoRA on the fixture model's output projection (64 -> 288).
 fn write_fixture_lora(path: &Path, seed: u64) {
-    let (rank, input, output) = (4u64, 64u64, 288u64);
-    write_gguf(
-        path,
-        &[
-            ("general.type", Value::Str("adapter")),
-            ("general.architecture", Value::Str("llama")),
-            ("adapter.type", Value::Str("lora")),
-            ("adapter.lora.alpha", Value::F32(rank as f32)),
-        ],
-        &[
-            (
-                "output.weight.lora_a",
-                vec![input, rank],
-                adapter_files::noise((input * rank) as usize, seed),
-            ),
-            (
-                "output.weight.lora_b",
-                vec![rank, output],
-                adapter_files::noise((rank * output) as usize, seed + 1)
-                    .into_iter()
-                    .map(|v| v * 16.0)
-                    .collect(),
-            ),
-        ],
-    );
+    adapter_files::write_output_lora(path, seed, (64, 288), 16.0);
 }
 
 #[test]
@@ -454,27 +438,7 @@ fn concurrent_generations_across_a_reload_each_get_their_solo_output() {
     }
     let fresh = copies(dir.path(), &[a, b], 2, "fresh");
     let (new_a, new_b) = (&fresh[0].0, &fresh[1].0);
-    let prompts = [
-        prompt(model.as_ref(), "Once upon a time"),
-        prompt(model.as_ref(), "The dog"),
-    ];
-    let sets = [
-        vec![],
-        vec![adapter(new_a, 1.0)],
-        vec![adapter(new_b, 0.8)],
-        vec![adapter(new_a, 0.3)],
-    ];
-    let mut expected = Vec::new();
-    let mut requests = Vec::new();
-    for (i, set) in sets.iter().cycle().take(8).enumerate() {
-        let prompt = &prompts[i % 2];
-        expected.push(solo(&stories, set.clone(), prompt));
-        requests.push(with(prompt, set.clone()));
-    }
-    let outputs = drain_all(model.as_ref(), requests);
-    for (i, (got, want)) in outputs.iter().zip(&expected).enumerate() {
-        assert_eq!(got, want, "generation {i}");
-    }
+    eight_concurrent_equal_their_solo_outputs(model.as_ref(), &stories, new_a, new_b);
     assert_eq!(reloads::of(&path).len(), 1, "the model was reloaded once");
 }
 

@@ -51,9 +51,15 @@ pub fn write_lora(path: &Path) {
     write_lora_seeded(path, 1, 64);
 }
 
-/// A rank-4 LoRA on the output projection with noise from `seed`; `input` is lora_a's input
-/// width (stories260K's is 64: anything else does not fit the model).
+/// A rank-4 LoRA on stories260K's output projection with noise from `seed`; `input` is
+/// lora_a's input width (stories260K's is 64: anything else does not fit the model).
 pub fn write_lora_seeded(path: &Path, seed: u64, input: u64) {
+    write_output_lora(path, seed, (input, 512), 4.0);
+}
+
+/// A rank-4 LoRA on the output projection, `(input, output)` wide, with noise from `seed`
+/// and lora_b scaled by `b_scale` (large enough to change greedy outputs).
+pub fn write_output_lora(path: &Path, seed: u64, (input, output): (u64, u64), b_scale: f32) {
     let rank = 4u64;
     write_gguf(
         path,
@@ -71,10 +77,10 @@ pub fn write_lora_seeded(path: &Path, seed: u64, input: u64) {
             ),
             (
                 "output.weight.lora_b",
-                vec![rank, 512],
-                noise(rank as usize * 512, seed + 1)
+                vec![rank, output],
+                noise((rank * output) as usize, seed + 1)
                     .into_iter()
-                    .map(|v| v * 4.0)
+                    .map(|v| v * b_scale)
                     .collect(),
             ),
         ],
