@@ -1,7 +1,7 @@
 //! Measurements (printed; run with `--nocapture`): time to first token and tokens/s of the
 //! same greedy generation through the engine API and over HTTP (SSE), aggregate tokens/s at
-//! 1, 4 and 16 concurrent streams, the per-token cost HTTP adds on a backend whose tokens cost
-//! nothing (scripted), cached model load time in a cold `llmlocal serve` process, and the idle
+//! 1, 4 and 16 concurrent streams, the per-token and the first-token cost HTTP adds on a
+//! backend whose tokens cost nothing (scripted), cached model load time in a cold `llmlocal serve` process, and the idle
 //! RSS of `llmlocal serve` with the real plugins discovered and no model loaded. The
 //! assertions check that both paths produce the same text and that the numbers are sane; the
 //! targets (HTTP >= 0.97x the engine, idle RSS < 50 MB) are reported, not enforced, since a
@@ -100,7 +100,7 @@ async fn http_run(server: &TestServer, http: &reqwest::Client, tokens: u32) -> (
     let (mut first, mut raw) = (None, String::new());
     while let Some(chunk) = response.chunk().await.expect("read") {
         let chunk = std::str::from_utf8(&chunk).expect("utf-8");
-        if first.is_none() && chunk.contains("\"text\":\"") && !chunk.contains("\"text\":\"\"") {
+        if first.is_none() && has_text(chunk) {
             first = Some(Instant::now());
         }
         raw.push_str(chunk);
@@ -116,6 +116,14 @@ async fn http_run(server: &TestServer, http: &reqwest::Client, tokens: u32) -> (
         .find_map(|e| e["usage"]["completion_tokens"].as_u64());
     let tokens = usage.expect("a usage chunk") as usize;
     (measure(started, first, tokens), text)
+}
+
+/// Whether an SSE chunk holds an event with non-empty `text` (a chunk may hold several).
+fn has_text(chunk: &str) -> bool {
+    const KEY: &str = "\"text\":\"";
+    chunk
+        .match_indices(KEY)
+        .any(|(at, _)| !chunk[at + KEY.len()..].starts_with('"'))
 }
 
 fn measure(started: Instant, first: Option<Instant>, tokens: usize) -> Run {
@@ -473,6 +481,56 @@ async fn per_token_cost_of_http_streaming_on_a_free_backend() {
     println!(
         "BENCH per token, scripted backend, {N} tokens, median of {RUNS}: engine API {direct:.2} us, \
          HTTP SSE {http:.2} us, HTTP adds {:.2} us/token",
+        http - direct
+    );
+    assert!(http > 0.0 && direct > 0.0);
+}
+
+/// What HTTP adds to the time to the first token, without a model's cost in the way: the
+/// scripted backend through the engine API and as an SSE completion over a kept-alive
+/// connection (request parsing, JSON, the first event's framing and the loopback trip).
+#[tokio::test(flavor = "multi_thread")]
+async fn time_to_first_token_over_http_on_a_free_backend() {
+    const RUNS: usize = 51;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let settings = server_support::scripted_settings(dir.path(), &[("m", "abcdefghij")]);
+    let engine = server_support::scripted_engine(settings);
+    let server = TestServer::start(engine.clone(), ServerSettings::default()).await;
+    let http_client = client();
+    let (mut direct, mut http) = (Vec::new(), Vec::new());
+    for run in 0..=RUNS {
+        let started = Instant::now();
+        let mut stream = engine
+            .generate("m", Prompt::Text("x".into()), config(4))
+            .await
+            .expect("starts");
+        let mut first = None;
+        while let Some(event) = stream.next().await {
+            if let Event::Text(_) = event.expect("no error") {
+                first.get_or_insert_with(Instant::now);
+            }
+        }
+        let engine_ttft = (first.expect("a token") - started).as_secs_f64() * 1000.0;
+        let (run_http, _) = http_run(&server, &http_client, 4).await;
+        // The first run of each warms up (connection, allocator).
+        if run > 0 {
+            direct.push(engine_ttft);
+            http.push(run_http.ttft_ms);
+        }
+    }
+    // The floor: one bare HTTP round trip on the same connection and runtime.
+    let mut round_trip = Vec::new();
+    for _ in 0..RUNS {
+        let started = Instant::now();
+        let response = http_client.get(server.url("/health")).send().await;
+        let body = response.expect("health").bytes().await.expect("body");
+        round_trip.push(started.elapsed().as_secs_f64() * 1000.0);
+        assert!(!body.is_empty());
+    }
+    let (direct, http, round_trip) = (median(direct), median(http), median(round_trip));
+    println!(
+        "BENCH TTFT, scripted backend, median of {RUNS}: engine API {direct:.3} ms, HTTP SSE \
+         {http:.3} ms, HTTP adds {:.3} ms (a bare GET /health round trip: {round_trip:.3} ms)",
         http - direct
     );
     assert!(http > 0.0 && direct > 0.0);
