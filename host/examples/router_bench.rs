@@ -27,6 +27,9 @@
 //! its own machine: unpinned, 36+ threads of three processes share every core and a
 //! request's wake-ups queue behind the other processes' threads.
 //!
+//! `ROUTER_BENCH_DB=memory` keeps the router's history in an in-memory SQLite (to tell the
+//! disk's share of the tail from the rest).
+//!
 //! `cargo run -p llmlocal --example router_bench -- --help` lists the flags (requests per
 //! run, open-loop rate, clients, which runs, repeats, the router's worker threads, pinning).
 //! With optimised code: `cargo run --profile release -p llmlocal --example router_bench`.
@@ -154,8 +157,10 @@ async fn accepted(node: &str) -> anyhow::Result<u64> {
 
 /// Child mode: the router, with its history in `db`.
 async fn serve_router(db: &str) -> anyhow::Result<()> {
+    // ROUTER_BENCH_DB=memory: history in an in-memory SQLite, to price the disk.
+    let on_disk = std::env::var("ROUTER_BENCH_DB").map_or(true, |v| v != "memory");
     let settings = RouterSettings {
-        db_path: Some(db.into()),
+        db_path: on_disk.then(|| db.into()),
         join_token: Some(TOKEN.into()),
         offline_after: Duration::from_secs(3600),
         ..RouterSettings::default()
