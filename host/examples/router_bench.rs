@@ -292,6 +292,8 @@ async fn register(router: &str, node: &str) -> anyhow::Result<()> {
 struct Run {
     /// Sorted.
     latencies: Vec<Duration>,
+    /// (latency, send time since the run's start) of the slowest requests, slowest first.
+    slowest: Vec<(Duration, Duration)>,
     wall: Duration,
     /// Connections the node accepted during the run.
     connections: u64,
@@ -392,20 +394,25 @@ impl Load {
                         anyhow::ensure!(resp.status().is_success(), "status {}", resp.status());
                         resp.bytes().await?;
                         previous_end = Instant::now();
-                        lat.push(previous_end - sent);
+                        lat.push((previous_end - sent, sent - start));
                     }
                     Ok(lat)
                 })
             })
             .collect();
-        let mut latencies = Vec::with_capacity(clients * per_client);
+        let mut samples = Vec::with_capacity(clients * per_client);
         for task in tasks {
-            latencies.extend(task.await.context("client task")??);
+            samples.extend(task.await.context("client task")??);
         }
         let wall = start.elapsed();
+        samples.sort_by(|a, b| b.0.cmp(&a.0));
+        let slowest = samples.iter().take(SLOWEST).copied().collect();
+        let mut latencies: Vec<Duration> =
+            samples.into_iter().map(|(latency, _)| latency).collect();
         latencies.sort();
         Ok(Run {
             latencies,
+            slowest,
             wall,
             connections: 0,
             node_cpu_us: 0.0,
@@ -444,6 +451,25 @@ impl Load {
         run.router_slices = per_request(sched_after.1.slices, sched_before.1.slices);
         Ok(run)
     }
+}
+
+/// Slowest requests listed per run with `--slowest` (when they were sent shows stalls that
+/// recur on a period, e.g. a background task's).
+const SLOWEST: usize = 12;
+
+fn print_slowest(name: &str, run: &Run) {
+    let list: Vec<String> = run
+        .slowest
+        .iter()
+        .map(|(latency, at)| {
+            format!(
+                "{:.1}@{:.0}",
+                latency.as_secs_f64() * 1e3,
+                at.as_secs_f64() * 1e3
+            )
+        })
+        .collect();
+    println!("  slowest {name} (ms@ms since start): {}", list.join(" "));
 }
 
 fn report(label: &str, direct: &Run, routed: &Run) {
@@ -491,6 +517,8 @@ struct Args {
     router_threads: Option<String>,
     /// Each process on cores of its own.
     pin: bool,
+    /// List each run's slowest requests.
+    slowest: bool,
 }
 
 const USAGE: &str = "flags: --requests N (per multi-client run, default 20000), --rate R \
@@ -498,7 +526,7 @@ const USAGE: &str = "flags: --requests N (per multi-client run, default 20000), 
      (default all), --repeat K (each run K times, default 1), --router-threads T (the \
      router's tokio workers; 0: a current-thread runtime; default: as `llmlocal router`, one \
      per core, at most 4), --pin (node, router and load generator each on cores of their \
-     own; Linux)";
+     own; Linux), --slowest (list each run's slowest requests and when they were sent)";
 
 fn kinds(list: &str) -> anyhow::Result<Vec<Kind>> {
     list.split(',')
@@ -520,6 +548,7 @@ fn args(rest: &[String]) -> anyhow::Result<Args> {
         repeat: 1,
         router_threads: None,
         pin: false,
+        slowest: false,
     };
     let mut it = rest.iter();
     while let Some(flag) = it.next() {
@@ -527,8 +556,9 @@ fn args(rest: &[String]) -> anyhow::Result<Args> {
             println!("{USAGE}");
             std::process::exit(0);
         }
-        if flag == "--pin" {
-            parsed.pin = true;
+        if flag == "--pin" || flag == "--slowest" {
+            parsed.pin |= flag == "--pin";
+            parsed.slowest |= flag == "--slowest";
             continue;
         }
         let value = it.next().with_context(|| format!("{flag} needs a value"))?;
@@ -624,6 +654,10 @@ async fn bench(args: Args, cores: Option<Cores>) -> anyhow::Result<()> {
             let direct = load.measure(node, &servers, clients, per, pace).await?;
             let routed = load.measure(router, &servers, clients, per, pace).await?;
             report(&label, &direct, &routed);
+            if args.slowest {
+                print_slowest("direct", &direct);
+                print_slowest("router", &routed);
+            }
         }
     }
     Ok(())
