@@ -405,7 +405,7 @@ impl Load {
             samples.extend(task.await.context("client task")??);
         }
         let wall = start.elapsed();
-        samples.sort_by(|a, b| b.0.cmp(&a.0));
+        samples.sort_by_key(|(latency, _)| std::cmp::Reverse(*latency));
         let slowest = samples.iter().take(SLOWEST).copied().collect();
         let mut latencies: Vec<Duration> =
             samples.into_iter().map(|(latency, _)| latency).collect();
