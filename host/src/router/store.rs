@@ -273,9 +273,12 @@ impl Store {
         let conn = self.lock();
         let cutoff = now_ms.saturating_sub(retention.max_age.as_millis() as i64);
         let by_age = conn.execute("DELETE FROM requests WHERE ts_ms < ?1", [cutoff])?;
+        // Ids only grow (AUTOINCREMENT) and pruning removes the oldest, so the newest
+        // `max_rows` rows are the ids above MAX(id) - max_rows (fewer where the age pass cut
+        // a gap): a lookup at the end of the rowid tree, where `ORDER BY id DESC LIMIT 1
+        // OFFSET n` walked n index entries on every pass.
         let by_rows = conn.execute(
-            "DELETE FROM requests WHERE id <= (SELECT id FROM requests ORDER BY id DESC
-                 LIMIT 1 OFFSET ?1)",
+            "DELETE FROM requests WHERE id <= (SELECT MAX(id) FROM requests) - ?1",
             [retention.max_rows as i64],
         )?;
         Ok(by_age + by_rows)
