@@ -370,23 +370,29 @@ fn serve_past_the_cap(model_file: &Path, sources: &[PathBuf], text: &str) -> f64
         let got = generate(model.as_ref(), with(&prompt, vec![adapter(file, 1.0)]));
         assert_eq!(got, expected[*source], "adapter file {i}");
     }
-    let seen = reloads::of(&path);
-    assert_eq!(seen.len(), 1, "one reload for {} files", files.len());
-    assert_eq!(seen[0].freed, MAX_ADAPTERS as u64);
+    let ms = one_reload_freeing_all(&path);
     // After the reload: the base, and a file read before the reload (read again now).
-    assert_eq!(
-        generate(
-            model.as_ref(),
-            GenerateRequest::greedy(prompt.clone(), TOKENS)
-        ),
-        base
-    );
+    assert_eq!(plain_output(model.as_ref(), &prompt), base);
     let (first, source) = &files[0];
     assert_eq!(
         generate(model.as_ref(), with(&prompt, vec![adapter(first, 1.0)])),
         expected[*source]
     );
+    ms
+}
+
+/// Asserts the model at `path` was reloaded exactly once, freeing every adapter it held;
+/// returns how long the reload took (ms).
+fn one_reload_freeing_all(path: &Path) -> f64 {
+    let seen = reloads::of(path);
+    assert_eq!(seen.len(), 1, "one reload: {seen:?}");
+    assert_eq!(seen[0].freed, MAX_ADAPTERS as u64);
     seen[0].ms
+}
+
+/// A greedy generation that names no adapters (the model's load-time ones apply).
+fn plain_output(model: &dyn Model, prompt: &[u32]) -> Output {
+    generate(model, GenerateRequest::greedy(prompt.to_vec(), TOKENS))
 }
 
 #[test]
@@ -464,16 +470,8 @@ fn the_load_time_adapter_is_read_again_after_a_reload() {
         r.max_tokens = 2;
         generate(model.as_ref(), r);
     }
-    let seen = reloads::of(&path);
-    assert_eq!(seen.len(), 1);
-    assert_eq!(seen[0].freed, MAX_ADAPTERS as u64);
-    assert_eq!(
-        generate(
-            model.as_ref(),
-            GenerateRequest::greedy(prompt.clone(), TOKENS)
-        ),
-        loaded_with_a
-    );
+    one_reload_freeing_all(&path);
+    assert_eq!(plain_output(model.as_ref(), &prompt), loaded_with_a);
     assert_eq!(
         generate(model.as_ref(), with(&prompt, vec![])),
         solo(&path, vec![], &prompt)
