@@ -12,7 +12,10 @@
 //! - open loop at a fixed total rate below saturation: a request delayed by its client's
 //!   previous one counts from its scheduled send time, so a stall is not hidden by the
 //!   client waiting (coordinated omission). This is the "added latency at 100 concurrent
-//!   clients" that proxies' published numbers describe.
+//!   clients" that proxies' published numbers describe;
+//! - (`--runs paired`) the same open loop with every client alternating node and router, so
+//!   both paths are measured in one time window: a stall of the machine (or of the load
+//!   generator) lands on both instead of on whichever path ran then.
 //!
 //! Per run it also prints the TCP connections the node accepted (a proxy opening
 //! connections per request shows there), and from Linux `schedstat` the CPU time and the
@@ -347,19 +350,24 @@ impl Load {
         Ok(Self { client, body })
     }
 
+    /// One run; with several `bases`, each client sends its requests to them in turn
+    /// (one [`Run`] per base, from the same time window).
     async fn run(
         &self,
-        base: &str,
+        bases: &[&str],
         clients: usize,
         per_client: usize,
         pace: Pace,
-    ) -> anyhow::Result<Run> {
-        let target: Arc<str> = format!("{base}/v1/chat/completions").into();
+    ) -> anyhow::Result<Vec<Run>> {
+        let targets: Arc<[String]> = bases
+            .iter()
+            .map(|base| format!("{base}/v1/chat/completions"))
+            .collect();
         let start = Instant::now();
         let tasks: Vec<_> = (0..clients)
             .map(|i| {
-                let (client, body, target) =
-                    (self.client.clone(), self.body.clone(), target.clone());
+                let (client, body, targets) =
+                    (self.client.clone(), self.body.clone(), targets.clone());
                 // Open loop: each client sends every `clients / rate` s, staggered.
                 let gap = match pace {
                     Pace::Closed => None,
@@ -385,8 +393,11 @@ impl Load {
                             }
                             _ => Instant::now(),
                         };
+                        // Clients start on different targets, so each target gets every
+                        // send slot's share.
+                        let target = (i + k) % targets.len();
                         let resp = client
-                            .post(&*target)
+                            .post(&targets[target])
                             .header("content-type", "application/json")
                             .body(body.clone())
                             .send()
@@ -394,7 +405,7 @@ impl Load {
                         anyhow::ensure!(resp.status().is_success(), "status {}", resp.status());
                         resp.bytes().await?;
                         previous_end = Instant::now();
-                        lat.push((previous_end - sent, sent - start));
+                        lat.push((target, previous_end - sent, sent - start));
                     }
                     Ok(lat)
                 })
@@ -405,12 +416,22 @@ impl Load {
             samples.extend(task.await.context("client task")??);
         }
         let wall = start.elapsed();
-        samples.sort_by_key(|(latency, _)| std::cmp::Reverse(*latency));
-        let slowest = samples.iter().take(SLOWEST).copied().collect();
-        let mut latencies: Vec<Duration> =
-            samples.into_iter().map(|(latency, _)| latency).collect();
-        latencies.sort();
-        Ok(Run {
+        samples.sort_by_key(|(_, latency, _)| std::cmp::Reverse(*latency));
+        Ok((0..targets.len())
+            .map(|target| {
+                let mine = samples.iter().filter(|(t, _, _)| *t == target);
+                let slowest = mine.clone().take(SLOWEST).map(|(_, l, at)| (*l, *at));
+                let mut latencies: Vec<Duration> = mine.map(|(_, latency, _)| *latency).collect();
+                latencies.sort();
+                Run::new(latencies, slowest.collect(), wall)
+            })
+            .collect())
+    }
+}
+
+impl Run {
+    fn new(latencies: Vec<Duration>, slowest: Vec<(Duration, Duration)>, wall: Duration) -> Self {
+        Run {
             latencies,
             slowest,
             wall,
@@ -421,9 +442,11 @@ impl Load {
             router_slices: 0.0,
             node_allocs: 0.0,
             router_allocs: 0.0,
-        })
+        }
     }
+}
 
+impl Load {
     /// [`Load::run`] against `base`, counting the connections the node accepts and the
     /// CPU time the two servers use meanwhile.
     async fn measure(
@@ -436,7 +459,8 @@ impl Load {
     ) -> anyhow::Result<Run> {
         let before = accepted(&servers.node.url).await?;
         let sched_before = servers.sched();
-        let mut run = self.run(base, clients, per_client, pace).await?;
+        let mut runs = self.run(&[base], clients, per_client, pace).await?;
+        let mut run = runs.pop().context("one run")?;
         let sched_after = servers.sched();
         // The count request itself opens one connection (a fresh client each time).
         run.connections = (accepted(&servers.node.url).await? - before).saturating_sub(1);
@@ -499,12 +523,15 @@ fn report(label: &str, direct: &Run, routed: &Run) {
     );
 }
 
-/// One kind of run (`--runs single,closed,open`).
+/// One kind of run (`--runs single,closed,open,paired`).
 #[derive(Clone, Copy, PartialEq)]
 enum Kind {
     Single,
     Closed,
     Open,
+    /// Open loop where each client alternates between the node and the router: both paths
+    /// share the same time window, so a stall of the machine hits both alike.
+    Paired,
 }
 
 struct Args {
@@ -522,8 +549,9 @@ struct Args {
 }
 
 const USAGE: &str = "flags: --requests N (per multi-client run, default 20000), --rate R \
-     (open-loop requests/s, default 2000), --clients C (default 100), --runs single,closed,open \
-     (default all), --repeat K (each run K times, default 1), --router-threads T (the \
+     (open-loop requests/s, default 2000), --clients C (default 100), --runs single,closed,open,paired \
+     (default single,closed,open; paired: open loop, each client alternating node and router, \
+     no CPU columns), --repeat K (each run K times, default 1), --router-threads T (the \
      router's tokio workers; 0: a current-thread runtime; default: as `llmlocal router`, one \
      per core, at most 4), --pin (node, router and load generator each on cores of their \
      own; Linux), --slowest (list each run's slowest requests and when they were sent)";
@@ -534,7 +562,8 @@ fn kinds(list: &str) -> anyhow::Result<Vec<Kind>> {
             "single" => Ok(Kind::Single),
             "closed" => Ok(Kind::Closed),
             "open" => Ok(Kind::Open),
-            other => bail!("unknown run {other:?} (single, closed, open)"),
+            "paired" => Ok(Kind::Paired),
+            other => bail!("unknown run {other:?} (single, closed, open, paired)"),
         })
         .collect()
 }
@@ -598,6 +627,12 @@ fn plan(kind: Kind, args: &Args) -> (String, usize, usize, Pace) {
             per_client,
             Pace::Open(args.rate),
         ),
+        Kind::Paired => (
+            format!("{clients} cl @{}/s paired", args.rate),
+            clients,
+            per_client,
+            Pace::Open(args.rate),
+        ),
     }
 }
 
@@ -616,7 +651,7 @@ async fn bench(args: Args, cores: Option<Cores>) -> anyhow::Result<()> {
     let load = Load::new()?;
     // Warm up both paths (connections, allocator, the router's pool).
     for url in [node, router] {
-        load.run(url, 100, 20, Pace::Closed).await?;
+        load.run(&[url], 100, 20, Pace::Closed).await?;
     }
     match &cores {
         Some(cores) => println!(
@@ -651,8 +686,17 @@ async fn bench(args: Args, cores: Option<Cores>) -> anyhow::Result<()> {
     for _ in 0..args.repeat {
         for &kind in &args.runs {
             let (label, clients, per, pace) = plan(kind, &args);
-            let direct = load.measure(node, &servers, clients, per, pace).await?;
-            let routed = load.measure(router, &servers, clients, per, pace).await?;
+            let (direct, routed) = if kind == Kind::Paired {
+                let mut runs = load.run(&[node, router], clients, per, pace).await?;
+                let routed = runs.pop().context("the routed run")?;
+                (runs.pop().context("the direct run")?, routed)
+            } else {
+                let direct = load.measure(node, &servers, clients, per, pace).await?;
+                (
+                    direct,
+                    load.measure(router, &servers, clients, per, pace).await?,
+                )
+            };
             report(&label, &direct, &routed);
             if args.slowest {
                 print_slowest("direct", &direct);
