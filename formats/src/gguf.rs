@@ -20,7 +20,7 @@ mod tests;
 
 use std::path::{Path, PathBuf};
 
-pub use quant::{dequantize_q8_0, quantize_q8_0, Q8_0_BLOCK, Q8_0_BLOCK_BYTES};
+pub use quant::{quantize_q8_0, Q8_0_BLOCK, Q8_0_BLOCK_BYTES};
 pub use read::{
     read_file_f32, read_file_header, read_header, read_header_bounded, read_tensor_f32,
 };
@@ -233,23 +233,7 @@ impl GgufError {
         }
     }
 
-    /// The file the error is about, when the caller gave one.
-    pub fn path(&self) -> Option<&Path> {
-        match self {
-            GgufError::File { path, .. } => Some(path),
-            _ => None,
-        }
-    }
-
     /// The error without the file name (for callers that name the file themselves).
-    pub fn without_path(&self) -> &GgufError {
-        match self {
-            GgufError::File { error, .. } => error,
-            other => other,
-        }
-    }
-
-    /// [`Self::without_path`], by value.
     pub fn into_without_path(self) -> GgufError {
         match self {
             GgufError::File { error, .. } => *error,

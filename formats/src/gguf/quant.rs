@@ -27,8 +27,9 @@ pub fn quantize_q8_0(values: &[f32], out: &mut Vec<u8>) {
     }
 }
 
-/// Q8_0 blocks back to f32 (a partial trailing block is ignored).
-pub fn dequantize_q8_0(bytes: &[u8]) -> Vec<f32> {
+/// Q8_0 blocks back to f32 (a partial trailing block is ignored), to check the encoder.
+#[cfg(test)]
+pub(crate) fn dequantize_q8_0(bytes: &[u8]) -> Vec<f32> {
     bytes
         .chunks_exact(Q8_0_BLOCK_BYTES)
         .flat_map(|b| {

@@ -345,6 +345,16 @@ fn copies(dir: &Path, sources: &[PathBuf], count: usize, tag: &str) -> Vec<(Path
         .collect()
 }
 
+/// Makes the model read `count` new copies of `source` (one short generation each).
+fn read_copies(model: &dyn Model, dir: &Path, source: &Path, count: usize, prompt: &[u32]) {
+    let sources = [source.to_path_buf()];
+    for (file, _) in copies(dir, &sources, count, "read") {
+        let mut r = with(prompt, vec![adapter(&file, 1.0)]);
+        r.max_tokens = 2;
+        generate(model, r);
+    }
+}
+
 /// Generates with each file in turn on one loaded model, MAX_ADAPTERS + 4 copies of two
 /// different LoRAs: every output equals that of a model loaded with the file's source from
 /// the start, and the model was reloaded once, freeing MAX_ADAPTERS. Returns the reload's
@@ -432,16 +442,7 @@ fn concurrent_generations_across_a_reload_each_get_their_solo_output() {
     let model = load(req);
     // The model holds MAX_ADAPTERS - 1 files: the second new file below forces a reload while
     // generations with and without adapters are queued or running.
-    for (file, _) in copies(
-        dir.path(),
-        std::slice::from_ref(&a),
-        MAX_ADAPTERS - 1,
-        "fill",
-    ) {
-        let mut r = with(&[1, 400], vec![adapter(&file, 1.0)]);
-        r.max_tokens = 2;
-        generate(model.as_ref(), r);
-    }
+    read_copies(model.as_ref(), dir.path(), &a, MAX_ADAPTERS - 1, &[1, 400]);
     let fresh = copies(dir.path(), &[a, b], 2, "fresh");
     let (new_a, new_b) = (&fresh[0].0, &fresh[1].0);
     eight_concurrent_equal_their_solo_outputs(model.as_ref(), &stories, new_a, new_b);
@@ -465,11 +466,7 @@ fn the_load_time_adapter_is_read_again_after_a_reload() {
     );
     assert_eq!(loaded_with_a, solo(&path, vec![adapter(&a, 1.0)], &prompt));
     // The load-time file counts: MAX_ADAPTERS more files make one reload.
-    for (file, _) in copies(dir.path(), std::slice::from_ref(&b), MAX_ADAPTERS, "lora") {
-        let mut r = with(&prompt, vec![adapter(&file, 1.0)]);
-        r.max_tokens = 2;
-        generate(model.as_ref(), r);
-    }
+    read_copies(model.as_ref(), dir.path(), &b, MAX_ADAPTERS, &prompt);
     one_reload_freeing_all(&path);
     assert_eq!(plain_output(model.as_ref(), &prompt), loaded_with_a);
     assert_eq!(
