@@ -499,22 +499,12 @@ async fn time_to_first_token_over_http_on_a_free_backend() {
     let http_client = client();
     let (mut direct, mut http) = (Vec::new(), Vec::new());
     for run in 0..=RUNS {
-        let started = Instant::now();
-        let mut stream = engine
-            .generate("m", Prompt::Text("x".into()), config(4))
-            .await
-            .expect("starts");
-        let mut first = None;
-        while let Some(event) = stream.next().await {
-            if let Event::Text(_) = event.expect("no error") {
-                first.get_or_insert_with(Instant::now);
-            }
-        }
-        let engine_ttft = (first.expect("a token") - started).as_secs_f64() * 1000.0;
-        let (run_http, _) = http_run(&server, &http_client, 4).await;
+        let (run_engine, engine_text) = engine_run(&engine, 4).await;
+        let (run_http, http_text) = http_run(&server, &http_client, 4).await;
+        assert_eq!(http_text, engine_text, "same tokens both ways");
         // The first run of each warms up (connection, allocator).
         if run > 0 {
-            direct.push(engine_ttft);
+            direct.push(run_engine.ttft_ms);
             http.push(run_http.ttft_ms);
         }
     }
