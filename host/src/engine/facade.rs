@@ -521,13 +521,17 @@ impl Engine {
         let permit = slot.gate.enter(name, &self.inner.metrics).await?;
         let queue_ms = queued.elapsed().as_secs_f64() * 1000.0;
         let is_chat = matches!(prompt, Prompt::Chat(_));
-        let prepared = {
-            let slot = slot.clone();
-            tokio::task::spawn_blocking(move || prepare_prompt(&slot, &prompt))
-                .await
-                .map_err(|err| {
-                    EngineError::Internal(format!("the tokenizer thread failed: {err}"))
-                })??
+        let prepared = match prompt {
+            // Only a range check: no reason to hop to a blocking thread.
+            Prompt::Tokens(_) => prepare_prompt(&slot, &prompt)?,
+            _ => {
+                let slot = slot.clone();
+                tokio::task::spawn_blocking(move || prepare_prompt(&slot, &prompt))
+                    .await
+                    .map_err(|err| {
+                        EngineError::Internal(format!("the tokenizer thread failed: {err}"))
+                    })??
+            }
         };
         let context = slot.metadata.context_length;
         let prompt_len = prepared.len() as u32;
@@ -666,10 +670,12 @@ fn sampling_of(config: &GenerationConfig) -> Sampling {
 }
 
 /// Tokenizes the prompt: raw text as given (plus the backend's BOS), chat messages through
-/// the model's chat template (special tokens in the rendered text are parsed).
+/// the model's chat template (special tokens in the rendered text are parsed); token ids
+/// are checked against the vocabulary and used as given.
 fn prepare_prompt(slot: &Slot, prompt: &Prompt) -> Result<Vec<u32>, EngineError> {
     let model = &slot.model;
     let mut tokens = match prompt {
+        Prompt::Tokens(ids) => checked_ids(slot, ids)?,
         Prompt::Text(text) => model.tokenize(text, true, false)?,
         Prompt::Chat(messages) => {
             if messages.is_empty() {
@@ -687,8 +693,10 @@ fn prepare_prompt(slot: &Slot, prompt: &Prompt) -> Result<Vec<u32>, EngineError>
             model.tokenize(&text, true, true)?
         }
     };
-    // A template that writes BOS itself plus the tokenizer adding one gives two.
-    if let Some(bos) = slot.metadata.bos_token.into_option() {
+    // A template that writes BOS itself plus the tokenizer adding one gives two. Token-id
+    // prompts are the caller's exact input and are left alone.
+    let tokenized = !matches!(prompt, Prompt::Tokens(_));
+    if let Some(bos) = slot.metadata.bos_token.into_option().filter(|_| tokenized) {
         if tokens.len() >= 2 && tokens[0] == bos && tokens[1] == bos {
             tokens.remove(0);
         }
@@ -706,6 +714,29 @@ fn prepare_prompt(slot: &Slot, prompt: &Prompt) -> Result<Vec<u32>, EngineError>
         )));
     }
     Ok(tokens)
+}
+
+/// A token-id prompt, when it is not empty and every id is in the model's vocabulary.
+fn checked_ids(slot: &Slot, ids: &[u32]) -> Result<Vec<u32>, EngineError> {
+    if ids.is_empty() {
+        return Err(EngineError::InvalidRequest(
+            "the prompt is an empty list of token ids".into(),
+        ));
+    }
+    let vocab = slot.metadata.vocab_size;
+    // A backend that reports no vocabulary size (0) cannot be checked here; the plugin
+    // still rejects ids it cannot embed.
+    if vocab > 0 {
+        if let Some((index, id)) = ids.iter().enumerate().find(|(_, &id)| id >= vocab) {
+            return Err(EngineError::InvalidRequest(format!(
+                "prompt token id {id} (at index {index}) is out of range: `{}` has a \
+                 vocabulary of {vocab} tokens (ids 0 to {})",
+                slot.name,
+                vocab - 1
+            )));
+        }
+    }
+    Ok(ids.to_vec())
 }
 
 /// The model's chat template (GGUF metadata, else tokenizer_config.json), else ChatML.

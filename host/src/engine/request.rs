@@ -9,11 +9,14 @@ use std::{
 };
 use tokio::sync::mpsc;
 
-/// A raw prompt, or chat messages rendered with the model's chat template.
+/// A raw prompt, chat messages rendered with the model's chat template, or token ids.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Prompt {
     Text(String),
     Chat(Vec<ChatMessage>),
+    /// Already tokenized: fed to the model as given (no BOS is added). Every id must be
+    /// below the model's vocabulary size.
+    Tokens(Vec<u32>),
 }
 
 /// How to generate. `None` fields take the defaults llama.cpp and Ollama use.
@@ -96,6 +99,19 @@ pub struct Completion {
     pub queue_ms: f64,
     /// From the engine receiving the request to the end.
     pub total_ms: f64,
+}
+
+impl Completion {
+    /// Prompt processing as the plugin's stats clock saw it: from the start of the
+    /// generation to the first token being ready (so it includes sampling that token).
+    pub fn prompt_ms(&self) -> f64 {
+        self.stats.time_to_first_token_ms.max(0.0)
+    }
+
+    /// Decoding after the first token, on the plugin's stats clock.
+    pub fn decode_ms(&self) -> f64 {
+        (self.stats.total_ms - self.stats.time_to_first_token_ms).max(0.0)
+    }
 }
 
 /// One event of a generation's stream.

@@ -156,17 +156,15 @@ fn engine_error(err: EngineError) -> ApiError {
 
 /// The final fields Ollama reports (durations in nanoseconds).
 fn final_fields(done: &Completion) -> Value {
-    let stats = &done.stats;
-    let decode_ms = (stats.total_ms - stats.time_to_first_token_ms).max(0.0);
     json!({
         "done": true,
         "done_reason": done.finish_reason.as_openai(),
         "total_duration": ns(done.total_ms),
         "load_duration": ns(done.load_ms),
         "prompt_eval_count": done.prompt_tokens,
-        "prompt_eval_duration": ns(stats.time_to_first_token_ms),
+        "prompt_eval_duration": ns(done.prompt_ms()),
         "eval_count": done.completion_tokens,
-        "eval_duration": ns(decode_ms),
+        "eval_duration": ns(done.decode_ms()),
     })
 }
 

@@ -81,17 +81,11 @@ pub struct ChatRequest {
     pub common: Common,
 }
 
-/// `prompt`: a string or a list with one string.
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
-pub enum PromptField {
-    One(String),
-    Many(Vec<String>),
-}
-
 #[derive(Debug, Deserialize)]
 pub struct CompletionRequest {
-    pub prompt: PromptField,
+    /// Read by [`prompt_of`] rather than an untagged enum, whose only error is "did not
+    /// match any variant".
+    pub prompt: Value,
     #[serde(flatten)]
     pub common: Common,
 }
@@ -129,11 +123,94 @@ impl Common {
     }
 }
 
+/// The largest token id JSON may carry (ids are `u32`).
+const MAX_ID: u64 = u32::MAX as u64;
+
+/// `prompt`, as OpenAI takes it: a string, a list with one string, a list of token ids, or
+/// a list with one list of token ids. Several prompts (a batch) are refused.
+fn prompt_of(value: Value) -> Result<Prompt, ApiError> {
+    let list = match value {
+        Value::String(text) => return Ok(Prompt::Text(text)),
+        Value::Array(list) => list,
+        other => {
+            return Err(ApiError::bad_request(format!(
+                "prompt must be a string, a list of token ids or a list with one of them, \
+                 got {}",
+                kind_of(&other)
+            )))
+        }
+    };
+    if list.iter().all(Value::is_number) {
+        return token_ids("prompt", &list).map(Prompt::Tokens);
+    }
+    let batch = list.iter().all(Value::is_string) || list.iter().all(Value::is_array);
+    match (list.len(), list.into_iter().next()) {
+        (1, Some(Value::String(text))) => Ok(Prompt::Text(text)),
+        (1, Some(Value::Array(ids))) => token_ids("prompt[0]", &ids).map(Prompt::Tokens),
+        (n, _) if n > 1 && batch => Err(ApiError::bad_request(format!(
+            "prompt must be one string or one list of token ids (batches are not supported), \
+             got a list of {n} prompts"
+        ))),
+        _ => Err(ApiError::bad_request(
+            "prompt must be a string, a list of token ids, or a list holding one string or \
+             one list of token ids (a list may not mix strings, numbers and lists)",
+        )),
+    }
+}
+
+/// Token ids: integers from 0 to `u32::MAX`; the first bad one is named with its index.
+fn token_ids(name: &str, list: &[Value]) -> Result<Vec<u32>, ApiError> {
+    list.iter()
+        .enumerate()
+        .map(|(index, value)| {
+            value
+                .as_u64()
+                .filter(|&id| id <= MAX_ID)
+                .map(|id| id as u32)
+                .ok_or_else(|| {
+                    ApiError::bad_request(format!(
+                        "{name}[{index}] is {value}: token ids must be integers from 0 to \
+                         {MAX_ID}"
+                    ))
+                })
+        })
+        .collect()
+}
+
+/// A JSON value's type, for error messages.
+fn kind_of(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "a list",
+        Value::Object(_) => "an object",
+    }
+}
+
 fn usage(done: &Completion) -> Value {
     json!({
         "prompt_tokens": done.prompt_tokens,
         "completion_tokens": done.completion_tokens,
         "total_tokens": done.prompt_tokens + done.completion_tokens,
+    })
+}
+
+/// Server-side timings, named as llama.cpp's server names them, from the plugin's stats
+/// clock (which starts when the plugin starts the generation, after tokenizing and queueing):
+/// `prompt_ms` is from that start to the first token being ready (prompt processing plus
+/// sampling the first token), `predicted_ms` from the first token to the last.
+/// `predicted_n` counts every generated token; `predicted_per_second` is the plugin's decode
+/// rate, the tokens after the first over `predicted_ms`.
+fn timings(done: &Completion) -> Value {
+    json!({
+        "prompt_n": done.prompt_tokens,
+        "prompt_ms": done.prompt_ms(),
+        "prompt_per_second": done.stats.prompt_tokens_per_second,
+        "predicted_n": done.completion_tokens,
+        "predicted_ms": done.decode_ms(),
+        "predicted_per_second": done.stats.tokens_per_second,
     })
 }
 
@@ -214,6 +291,7 @@ pub async fn chat_completions(
             "finish_reason": done.finish_reason.as_openai(),
         }],
         "usage": usage(&done),
+        "timings": timings(&done),
     }))
     .into_response())
 }
@@ -261,9 +339,9 @@ impl Framer for ChatFramer {
     }
 
     fn done(&mut self, done: &Completion) -> Vec<String> {
-        let mut frames = vec![sse(
-            &self.chunk(json!({}), Some(done.finish_reason.as_openai()))
-        )];
+        let mut last = self.chunk(json!({}), Some(done.finish_reason.as_openai()));
+        last["timings"] = timings(done);
+        let mut frames = vec![sse(&last)];
         if self.include_usage {
             frames.push(sse(&json!({
                 "id": self.id,
@@ -295,19 +373,10 @@ pub async fn completions(
     let config = common
         .params()?
         .into_config(state.settings.max_tokens_cap, "max_tokens")?;
-    let prompt = match request.prompt {
-        PromptField::One(p) => p,
-        PromptField::Many(mut list) if list.len() == 1 => list.remove(0),
-        PromptField::Many(list) => {
-            return Err(ApiError::bad_request(format!(
-                "prompt must be one string (batches are not supported), got a list of {}",
-                list.len()
-            )))
-        }
-    };
+    let prompt = prompt_of(request.prompt)?;
     let tokens: TokenStream = state
         .engine
-        .generate(&common.model, Prompt::Text(prompt), config)
+        .generate(&common.model, prompt, config)
         .await
         .map_err(engine_error)?;
     let id = new_id("cmpl");
@@ -335,6 +404,7 @@ pub async fn completions(
             "finish_reason": done.finish_reason.as_openai(),
         }],
         "usage": usage(&done),
+        "timings": timings(&done),
     }))
     .into_response())
 }
@@ -376,6 +446,7 @@ impl Framer for TextFramer {
         if self.include_usage {
             last["usage"] = usage(done);
         }
+        last["timings"] = timings(done);
         vec![sse(&last), SSE_DONE.to_string()]
     }
 

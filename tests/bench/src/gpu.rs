@@ -212,19 +212,122 @@ fn read_status(reader: &mut BufReader<TcpStream>) -> anyhow::Result<u16> {
         .ok_or_else(|| anyhow!("not an HTTP status line: {line:?}"))
 }
 
-/// A streamed `/v1/completions` of `prompt` (greedy, `max_tokens`): prompt tokens/s from the
-/// time to the first token event, generated tokens/s from the first to the last event.
-pub fn http_speed(server: &mut Server, prompt: &str, setup: &Setup) -> anyhow::Result<Speed> {
+/// The lowest and the median of a set of times.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct Millis {
+    pub best: f64,
+    pub median: f64,
+}
+
+impl Millis {
+    fn of(values: &[f64]) -> Option<Millis> {
+        let mut sorted = values.to_vec();
+        sorted.sort_by(f64::total_cmp);
+        let n = sorted.len();
+        let median = match n {
+            0 => return None,
+            _ if n % 2 == 1 => sorted[n / 2],
+            _ => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
+        };
+        Some(Millis {
+            best: sorted[0],
+            median,
+        })
+    }
+}
+
+/// Where the time to the first token of the HTTP runs goes.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct HttpTiming {
+    /// Client side: from sending the request to reading the first token event.
+    pub client_ttft_ms: Millis,
+    /// The server's own `timings.prompt_ms` (the plugin's stats clock: generation start to
+    /// first token); `None` when the server sent no `timings`.
+    pub server_prompt_ms: Option<Millis>,
+    /// Per run, client TTFT - server prompt_ms: HTTP, JSON, tokenizing (text prompts), the
+    /// engine's queue and the hand-offs between the host's threads.
+    pub overhead_ms: Option<Millis>,
+}
+
+/// What one set of streamed HTTP runs measured.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct HttpResult {
+    pub speed: Speed,
+    pub timing: HttpTiming,
+}
+
+/// One measured streamed request.
+struct HttpRun {
+    ttft_ms: f64,
+    server_prompt_ms: Option<f64>,
+    /// Generated tokens/s from the first to the last token event.
+    gen_tps: Option<f64>,
+}
+
+/// Streamed `/v1/completions` runs of `prompt` (a JSON string, or a list of token ids;
+/// greedy, `max_tokens`): prompt tokens/s from the time to the first token event, generated
+/// tokens/s from the first to the last, and the server's own prompt time next to the client's.
+pub fn http_speed(
+    server: &mut Server,
+    prompt: &serde_json::Value,
+    setup: &Setup,
+) -> anyhow::Result<HttpResult> {
     let result = http_runs(server, prompt, setup);
     if result.is_err() {
         if let Ok(Some(status)) = server.child.try_wait() {
             bail!("llmlocal serve exited ({status}); see its log");
         }
     }
-    result
+    let runs = result?;
+    let ttft: Vec<f64> = runs.iter().map(|r| r.ttft_ms).collect();
+    let server_ms: Option<Vec<f64>> = runs.iter().map(|r| r.server_prompt_ms).collect();
+    let overhead: Option<Vec<f64>> = runs
+        .iter()
+        .map(|r| r.server_prompt_ms.map(|s| r.ttft_ms - s))
+        .collect();
+    let pp: Vec<f64> = ttft
+        .iter()
+        .map(|ms| setup.prompt_tokens as f64 * 1000.0 / ms)
+        .collect();
+    let tg: Vec<f64> = runs.iter().filter_map(|r| r.gen_tps).collect();
+    Ok(HttpResult {
+        speed: Speed {
+            prompt_tps: best(&pp),
+            gen_tps: best(&tg),
+        },
+        timing: HttpTiming {
+            client_ttft_ms: Millis::of(&ttft).unwrap_or_default(),
+            server_prompt_ms: server_ms.as_deref().and_then(Millis::of),
+            overhead_ms: overhead.as_deref().and_then(Millis::of),
+        },
+    })
 }
 
-fn http_runs(server: &Server, prompt: &str, setup: &Setup) -> anyhow::Result<Speed> {
+/// Whether an SSE line is an event carrying generated text (not the final event, whose
+/// text is empty, nor `[DONE]`).
+fn has_text(line: &str) -> bool {
+    const KEY: &str = "\"text\":\"";
+    line.starts_with("data: {")
+        && line
+            .match_indices(KEY)
+            .any(|(at, _)| !line[at + KEY.len()..].starts_with('"'))
+}
+
+/// `timings.prompt_ms` of an SSE event line that has it (the final event).
+fn server_prompt_ms(line: &str) -> Option<f64> {
+    let data = line.strip_prefix("data: ")?;
+    if !data.contains("\"timings\"") {
+        return None;
+    }
+    let event: serde_json::Value = serde_json::from_str(data.trim_end()).ok()?;
+    event["timings"]["prompt_ms"].as_f64()
+}
+
+fn http_runs(
+    server: &Server,
+    prompt: &serde_json::Value,
+    setup: &Setup,
+) -> anyhow::Result<Vec<HttpRun>> {
     let body = serde_json::json!({
         "model": "bench",
         "prompt": prompt,
@@ -235,8 +338,7 @@ fn http_runs(server: &Server, prompt: &str, setup: &Setup) -> anyhow::Result<Spe
         "ignore_eos": true,
     })
     .to_string();
-    let mut pp = Vec::new();
-    let mut tg = Vec::new();
+    let mut runs = Vec::new();
     // The first request loads the model (the server loads on demand): not measured.
     for run in 0..=setup.repeat {
         let started = Instant::now();
@@ -249,11 +351,13 @@ fn http_runs(server: &Server, prompt: &str, setup: &Setup) -> anyhow::Result<Spe
             bail!("POST /v1/completions answered {status}: {body}");
         }
         let mut times = Vec::new();
+        let mut server_ms = None;
         let mut line = String::new();
         while reader.read_line(&mut line)? > 0 {
-            // Token events carry text; the last event (usage) and [DONE] are not tokens.
-            if line.starts_with("data: {") && line.contains("\"text\":\"") {
+            if has_text(&line) {
                 times.push(Instant::now());
+            } else if let Some(ms) = server_prompt_ms(&line) {
+                server_ms = Some(ms);
             }
             line.clear();
         }
@@ -270,15 +374,14 @@ fn http_runs(server: &Server, prompt: &str, setup: &Setup) -> anyhow::Result<Spe
         if run == 0 {
             continue;
         }
-        pp.push(setup.prompt_tokens as f64 / (*first - started).as_secs_f64());
-        if times.len() > 1 {
-            tg.push((times.len() - 1) as f64 / (*last - *first).as_secs_f64());
-        }
+        runs.push(HttpRun {
+            ttft_ms: (*first - started).as_secs_f64() * 1000.0,
+            server_prompt_ms: server_ms,
+            gen_tps: (times.len() > 1)
+                .then(|| (times.len() - 1) as f64 / (*last - *first).as_secs_f64()),
+        });
     }
-    Ok(Speed {
-        prompt_tps: best(&pp),
-        gen_tps: best(&tg),
-    })
+    Ok(runs)
 }
 
 /// The text of exactly `n` prompt tokens of `model` (the bench prompt, detokenized), so an HTTP
@@ -296,10 +399,20 @@ pub struct ModelRow {
     pub size_bytes: u64,
     pub direct: Option<Speed>,
     pub plugin: Speed,
+    /// `llmlocal serve`, streamed `/v1/completions` with the prompt as text.
     pub http: Option<Speed>,
+    /// The same with the prompt as the token ids the plugin run used (as llama.cpp's pp).
+    pub http_ids: Option<Speed>,
+    /// Client TTFT vs the server's `timings.prompt_ms`, text prompt.
+    pub http_timing: Option<HttpTiming>,
+    /// Client TTFT vs the server's `timings.prompt_ms`, token-id prompt.
+    pub http_ids_timing: Option<HttpTiming>,
     pub plugin_vs_direct_pp: f64,
     pub plugin_vs_direct_tg: f64,
+    pub http_vs_direct_pp: f64,
+    pub http_ids_vs_direct_pp: f64,
     pub http_vs_direct_tg: f64,
+    pub http_ids_vs_direct_tg: f64,
     pub http_vs_plugin_tg: f64,
     /// Aggregate generated tokens/s with N parallel streams.
     pub aggregate: Vec<(usize, f64)>,
@@ -347,14 +460,10 @@ pub fn measure(dir: &Path, job: &ModelJob) -> anyhow::Result<ModelRow> {
             .map_err(|e| eprintln!("direct-bench: {e:#}"))
             .ok()
     });
-    let http = job.llmlocal.and_then(|exe| {
-        eprintln!("{}: llmlocal serve over HTTP ...", job.label);
-        let log = job.log_dir.join(format!("serve-{}.log", job.label));
-        serve(exe, dir, setup, 18_473, &log)
-            .and_then(|mut server| http_speed(&mut server, &text, setup))
-            .map_err(|e| eprintln!("HTTP: {e:#}"))
-            .ok()
-    });
+    let (http, http_ids) = job
+        .llmlocal
+        .map(|exe| http_both(exe, dir, job, &text, &prompt))
+        .unwrap_or_default();
     let aggregate = aggregate(dir, job).unwrap_or_else(|e| {
         eprintln!("aggregate: {e:#}");
         Vec::new()
@@ -383,16 +492,26 @@ pub fn measure(dir: &Path, job: &ModelJob) -> anyhow::Result<ModelRow> {
     let bound = job.bandwidth_gbs.map(|gbs| gbs * 1e9 / size_bytes as f64);
     let d = direct.unwrap_or_default();
     let c = candle.unwrap_or_default();
+    let (h, hi) = (
+        http.unwrap_or_default().speed,
+        http_ids.unwrap_or_default().speed,
+    );
     Ok(ModelRow {
         label: job.label.clone(),
         size_bytes,
         plugin_vs_direct_pp: ratio(through.prompt_tps, d.prompt_tps),
         plugin_vs_direct_tg: ratio(through.gen_tps, d.gen_tps),
-        http_vs_direct_tg: ratio(http.unwrap_or_default().gen_tps, d.gen_tps),
-        http_vs_plugin_tg: ratio(http.unwrap_or_default().gen_tps, through.gen_tps),
+        http_vs_direct_pp: ratio(h.prompt_tps, d.prompt_tps),
+        http_ids_vs_direct_pp: ratio(hi.prompt_tps, d.prompt_tps),
+        http_vs_direct_tg: ratio(h.gen_tps, d.gen_tps),
+        http_ids_vs_direct_tg: ratio(hi.gen_tps, d.gen_tps),
+        http_vs_plugin_tg: ratio(h.gen_tps, through.gen_tps),
         direct,
         plugin: through,
-        http,
+        http: http.map(|r| r.speed),
+        http_ids: http_ids.map(|r| r.speed),
+        http_timing: http.map(|r| r.timing),
+        http_ids_timing: http_ids.map(|r| r.timing),
         aggregate,
         direct_aggregate,
         bandwidth_bound_tg: bound,
@@ -401,6 +520,34 @@ pub fn measure(dir: &Path, job: &ModelJob) -> anyhow::Result<ModelRow> {
         candle_vs_llama_tg: ratio(c.gen_tps, through.gen_tps),
         candle,
     })
+}
+
+/// One `llmlocal serve` for the model; the HTTP runs with the prompt as text, then as the
+/// token ids `ids`. Each part that fails is reported on stderr and left out.
+fn http_both(
+    exe: &Path,
+    dir: &Path,
+    job: &ModelJob,
+    text: &str,
+    ids: &[u32],
+) -> (Option<HttpResult>, Option<HttpResult>) {
+    eprintln!("{}: llmlocal serve over HTTP ...", job.label);
+    let log = job.log_dir.join(format!("serve-{}.log", job.label));
+    let mut server = match serve(exe, dir, &job.setup, 18_473, &log) {
+        Ok(server) => server,
+        Err(e) => {
+            eprintln!("HTTP: {e:#}");
+            return (None, None);
+        }
+    };
+    let mut measure = |what: &str, prompt: serde_json::Value| {
+        http_speed(&mut server, &prompt, &job.setup)
+            .map_err(|e| eprintln!("HTTP ({what} prompt): {e:#}"))
+            .ok()
+    };
+    let text = measure("text", serde_json::json!(text));
+    eprintln!("{}: HTTP with token ids ...", job.label);
+    (text, measure("token-id", serde_json::json!(ids)))
 }
 
 /// Prompt length of the aggregate runs: short, as they measure decoding, and it keeps 64
@@ -465,6 +612,7 @@ pub fn table(rows: &[ModelRow]) -> String {
             r.candle_vs_llama_pp,
             r.candle_vs_llama_tg,
         ));
+        out.push_str(&http_line(r));
         let agg: Vec<String> = r
             .aggregate
             .iter()
@@ -494,4 +642,69 @@ pub fn table(rows: &[ModelRow]) -> String {
         }
     }
     out
+}
+
+/// The HTTP prompt numbers of a row: pp with a text and a token-id prompt against direct,
+/// and where the time to the first token goes (medians).
+fn http_line(r: &ModelRow) -> String {
+    if r.http.is_none() && r.http_ids.is_none() {
+        return String::new();
+    }
+    let (text, ids) = (r.http.unwrap_or_default(), r.http_ids.unwrap_or_default());
+    let mut line = format!(
+        "           http pp text {:.0} ({:.3} of direct), ids {:.0} ({:.3}); tg ids {:.0} ({:.3})\n",
+        text.prompt_tps,
+        r.http_vs_direct_pp,
+        ids.prompt_tps,
+        r.http_ids_vs_direct_pp,
+        ids.gen_tps,
+        r.http_ids_vs_direct_tg,
+    );
+    for (what, timing) in [("text", r.http_timing), ("ids", r.http_ids_timing)] {
+        if let Some(t) = timing {
+            line.push_str(&timing_line(what, &t));
+        }
+    }
+    line
+}
+
+/// Client TTFT, the server's prompt_ms and the difference (HTTP + host path), medians.
+fn timing_line(what: &str, t: &HttpTiming) -> String {
+    let mut line = format!(
+        "           {what:<4} TTFT client {:.2} ms",
+        t.client_ttft_ms.median
+    );
+    match (t.server_prompt_ms, t.overhead_ms) {
+        (Some(server), Some(over)) => line.push_str(&format!(
+            ", server prompt_ms {:.2}, HTTP + host {:.2} ms (best {:.2})\n",
+            server.median, over.median, over.best
+        )),
+        _ => line.push_str(" (the server sent no timings)\n"),
+    }
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_events_are_told_from_the_final_event_and_its_timings_read() {
+        let token = r#"data: {"choices":[{"finish_reason":null,"index":0,"text":"Once"}]}"#;
+        let last = r#"data: {"choices":[{"finish_reason":"length","index":0,"text":""}],"timings":{"prompt_ms":12.5,"prompt_n":3}}"#;
+        assert!(has_text(&format!("{token}\n")));
+        assert!(!has_text(&format!("{last}\n")));
+        assert!(!has_text("data: [DONE]\n"));
+        assert_eq!(server_prompt_ms(&format!("{last}\n")), Some(12.5));
+        assert_eq!(server_prompt_ms(token), None);
+    }
+
+    #[test]
+    fn millis_are_the_lowest_and_the_median() {
+        let odd = Millis::of(&[3.0, 1.0, 2.0]).expect("values");
+        assert_eq!((odd.best, odd.median), (1.0, 2.0));
+        let even = Millis::of(&[4.0, 1.0, 2.0, 3.0]).expect("values");
+        assert_eq!((even.best, even.median), (1.0, 2.5));
+        assert!(Millis::of(&[]).is_none());
+    }
 }
