@@ -4,7 +4,7 @@
  *
  *   direct-bench bench MODEL N_PROMPT N_GEN REPEAT   -> {"pp_tps": .., "tg_tps": ..} (best run)
  *   direct-bench batched MODEL N_PROMPT N_GEN N_SEQ  -> {"n_seq": .., "tg_tps": ..} aggregate
- *   direct-bench quantize IN OUT                     -> IN re-quantized as Q4_K_M
+ *   direct-bench quantize IN OUT [f16]               -> IN re-quantized as Q4_K_M (or F16)
  *
  * The measurement mirrors the plugin benchmark (tests/bench/src/plugin.rs): a prompt of
  * N_PROMPT tokens of the same story text, decoded in batches of 512, timed to the first
@@ -35,9 +35,9 @@ static void errors_only(enum ggml_log_level level, const char *text, void *user)
     }
 }
 
-static int quantize(const char *in, const char *out) {
+static int quantize(const char *in, const char *out, int f16) {
     llama_model_quantize_params params = llama_model_quantize_default_params();
-    params.ftype = LLAMA_FTYPE_MOSTLY_Q4_K_M;
+    params.ftype = f16 ? LLAMA_FTYPE_MOSTLY_F16 : LLAMA_FTYPE_MOSTLY_Q4_K_M;
     if (llama_model_quantize(in, out, &params) != 0) {
         fprintf(stderr, "quantizing %s failed\n", in);
         return 1;
@@ -217,11 +217,13 @@ int main(int argc, char **argv) {
     } else if (argc == 6 && strcmp(argv[1], "batched") == 0) {
         rc = batched(argv[2], atoi(argv[3]), atoi(argv[4]), atoi(argv[5]));
     } else if (argc == 4 && strcmp(argv[1], "quantize") == 0) {
-        rc = quantize(argv[2], argv[3]);
+        rc = quantize(argv[2], argv[3], 0);
+    } else if (argc == 5 && strcmp(argv[1], "quantize") == 0 && strcmp(argv[4], "f16") == 0) {
+        rc = quantize(argv[2], argv[3], 1);
     } else {
         fprintf(stderr, "usage: direct-bench bench MODEL N_PROMPT N_GEN REPEAT\n"
                         "       direct-bench batched MODEL N_PROMPT N_GEN N_SEQ\n"
-                        "       direct-bench quantize IN OUT\n");
+                        "       direct-bench quantize IN OUT [f16]\n");
     }
     llama_backend_free();
     return rc;

@@ -1,16 +1,16 @@
 //! GGUF llama files whose weight matrices are F16/BF16, loaded as a dense half-precision
-//! `candle_transformers::models::llama::Llama` instead of through `quantized_llama`.
+//! [`DenseLlama`] instead of through `quantized_llama`.
 //!
 //! Why: candle's `QMatMul::from_arc` widens every F16/BF16 GGUF tensor to dense F32, so a
 //! half-precision GGUF runs F32 GEMMs and reads twice the bytes per token. Here each tensor
 //! is read from the file as stored, put on the device and only converted there (F32 norms
-//! narrowed to the model dtype), renamed to the Hugging Face llama names, and the q/k rows
-//! are moved back from llama.cpp's interleaved RoPE layout to HF's half-split one (the
-//! layout `llama::Llama`'s `rope` expects).
+//! narrowed to the model dtype), and the q/k rows are moved back from llama.cpp's
+//! interleaved RoPE layout to the half-split one [`DenseLlama`] applies.
 //!
 //! Anything this path cannot represent exactly (rope scaling, extra tensors such as
 //! `rope_freqs.weight` or biases, mixed-dtype matrices, experts) stays on the quantized path.
 
+use crate::dense_llama::{self, DenseLlama, LayerWeights, Weights};
 use crate::error::{Result, ResultExt};
 use crate::gguf::Dims;
 use crate::gguf_meta::{self as meta, Metadata};
@@ -18,8 +18,6 @@ use crate::net::Net;
 use candle_core::quantized::gguf_file::{Content, TensorInfo};
 use candle_core::quantized::GgmlDType;
 use candle_core::{DType, Device, DeviceLocation, Tensor};
-use candle_nn::VarBuilder;
-use candle_transformers::models::llama;
 use llmlocal_plugin_api::PluginError;
 use std::collections::HashMap;
 use std::io::{Read, Seek, SeekFrom};
@@ -30,7 +28,7 @@ use std::sync::Arc;
 pub enum Layout {
     /// `quantized_llama`: block-quantized tensors as stored, F32/F16/BF16 widened to F32.
     Quantized,
-    /// `llama::Llama` with every weight in this dtype.
+    /// [`DenseLlama`] with every weight in this dtype.
     Dense(DType),
 }
 
@@ -84,8 +82,8 @@ pub fn obstacle(content: &Content, dims: &Dims) -> Option<String> {
     let mut names: Vec<&String> = content.tensor_infos.keys().collect();
     names.sort();
     for name in names {
-        if hf_name(name).is_none() {
-            return Some(format!("tensor `{name}` has no place in candle's llama"));
+        if part(name).is_none() {
+            return Some(format!("tensor `{name}` has no place in the dense llama"));
         }
         let info = &content.tensor_infos[name];
         if dense_dtype(info.ggml_dtype).is_none() {
@@ -98,7 +96,7 @@ pub fn obstacle(content: &Content, dims: &Dims) -> Option<String> {
     None
 }
 
-/// Rope scaling of any kind: `llama::Llama` would compute plain rope.
+/// Rope scaling of any kind: [`DenseLlama`] computes plain rope.
 fn rope_scaling(md: &Metadata) -> Option<String> {
     if let Some(kind) = meta::string(md, "llama.rope.scaling.type").filter(|k| *k != "none") {
         return Some(format!("rope scaling `{kind}`"));
@@ -112,33 +110,52 @@ fn rope_scaling(md: &Metadata) -> Option<String> {
     None
 }
 
-/// The HF llama name of a GGUF tensor; `None` for tensors candle's llama does not have.
-pub fn hf_name(gguf: &str) -> Option<String> {
-    let fixed = match gguf {
-        "token_embd.weight" => Some("model.embed_tokens.weight"),
-        "output_norm.weight" => Some("model.norm.weight"),
-        "output.weight" => Some("lm_head.weight"),
-        _ => None,
-    };
-    if let Some(name) = fixed {
-        return Some(name.to_string());
+/// Where a GGUF tensor goes in the dense network.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Part {
+    Embed,
+    Norm,
+    Output,
+    Layer(usize, LayerPart),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum LayerPart {
+    AttnNorm,
+    Q,
+    K,
+    V,
+    O,
+    FfnNorm,
+    Gate,
+    Up,
+    Down,
+}
+
+/// The place of a GGUF tensor in the dense llama; `None` for tensors it has no place for.
+pub fn part(gguf: &str) -> Option<Part> {
+    match gguf {
+        "token_embd.weight" => return Some(Part::Embed),
+        "output_norm.weight" => return Some(Part::Norm),
+        "output.weight" => return Some(Part::Output),
+        _ => {}
     }
     let rest = gguf.strip_prefix("blk.")?;
     let (layer, tensor) = rest.split_once('.')?;
-    layer.parse::<usize>().ok()?;
-    let hf = match tensor {
-        "attn_q.weight" => "self_attn.q_proj.weight",
-        "attn_k.weight" => "self_attn.k_proj.weight",
-        "attn_v.weight" => "self_attn.v_proj.weight",
-        "attn_output.weight" => "self_attn.o_proj.weight",
-        "attn_norm.weight" => "input_layernorm.weight",
-        "ffn_norm.weight" => "post_attention_layernorm.weight",
-        "ffn_gate.weight" => "mlp.gate_proj.weight",
-        "ffn_up.weight" => "mlp.up_proj.weight",
-        "ffn_down.weight" => "mlp.down_proj.weight",
+    let layer = layer.parse::<usize>().ok()?;
+    let part = match tensor {
+        "attn_norm.weight" => LayerPart::AttnNorm,
+        "attn_q.weight" => LayerPart::Q,
+        "attn_k.weight" => LayerPart::K,
+        "attn_v.weight" => LayerPart::V,
+        "attn_output.weight" => LayerPart::O,
+        "ffn_norm.weight" => LayerPart::FfnNorm,
+        "ffn_gate.weight" => LayerPart::Gate,
+        "ffn_up.weight" => LayerPart::Up,
+        "ffn_down.weight" => LayerPart::Down,
         _ => return None,
     };
-    Some(format!("model.layers.{layer}.{hf}"))
+    Some(Part::Layer(layer, part))
 }
 
 fn dense_dtype(dtype: GgmlDType) -> Option<DType> {
@@ -178,12 +195,12 @@ pub fn load<R: Read + Seek>(
     dims: &Dims,
     context: usize,
 ) -> Result<Dense> {
-    let mut weights = HashMap::new();
+    let mut parts = Parts::new(dims.layers);
     let mut weight_bytes = 0u64;
     let mut names: Vec<&String> = content.tensor_infos.keys().collect();
     names.sort();
     for name in names {
-        let hf = hf_name(name).ok_or_else(|| {
+        let place = part(name).ok_or_else(|| {
             PluginError::unsupported_format(format!("GGUF tensor `{name}` is not a llama tensor"))
         })?;
         let tensor = read_tensor(content, reader, name, device)?;
@@ -191,23 +208,87 @@ pub fn load<R: Read + Seek>(
             .and_then(|t| t.to_dtype(dtype))
             .internal_err(|| format!("converting GGUF tensor `{name}` on the device"))?;
         weight_bytes += (tensor.elem_count() * dtype.size_in_bytes()) as u64;
-        weights.insert(hf, tensor);
+        parts.put(name, place, tensor)?;
     }
-    let config = config(content, dims, context)?;
-    let vb = VarBuilder::from_tensors(weights, dtype, device);
-    let model = llama::Llama::load(vb, &config)
-        .format_err(|| "building the dense llama from the GGUF tensors".to_string())?;
-    // Fail at load, not per generation, if the rotary tables cannot be built.
-    llama::Cache::new(true, dtype, &config, device)
-        .internal_err(|| "creating the KV cache".to_string())?;
+    let shape = shape(&content.metadata, dims, context)?;
+    let model = DenseLlama::new(parts.into_weights()?, shape, dtype, device)
+        .internal_err(|| "building the dense llama on the device".to_string())?;
     Ok(Dense {
-        net: Net::Llama {
-            model: Arc::new(model),
-            config: Arc::new(config),
-            dtype,
-        },
+        net: Net::Dense(Arc::new(model)),
         weight_bytes,
     })
+}
+
+/// The tensors read so far, by place.
+struct Parts {
+    embed: Option<Tensor>,
+    norm: Option<Tensor>,
+    output: Option<Tensor>,
+    layers: Vec<HashMap<LayerPart, Tensor>>,
+}
+
+impl Parts {
+    fn new(layers: usize) -> Self {
+        Parts {
+            embed: None,
+            norm: None,
+            output: None,
+            layers: (0..layers).map(|_| HashMap::new()).collect(),
+        }
+    }
+
+    fn put(&mut self, name: &str, place: Part, tensor: Tensor) -> Result<()> {
+        match place {
+            Part::Embed => self.embed = Some(tensor),
+            Part::Norm => self.norm = Some(tensor),
+            Part::Output => self.output = Some(tensor),
+            Part::Layer(i, part) => {
+                let layers = self.layers.len();
+                let layer = self.layers.get_mut(i).ok_or_else(|| {
+                    PluginError::unsupported_format(format!(
+                        "GGUF tensor `{name}` is for layer {i}, but the model has {layers} layers"
+                    ))
+                })?;
+                layer.insert(part, tensor);
+            }
+        }
+        Ok(())
+    }
+
+    fn into_weights(self) -> Result<Weights> {
+        let missing = |what: &str| {
+            PluginError::unsupported_format(format!("the GGUF has no tensor `{what}`"))
+        };
+        let layers = self
+            .layers
+            .into_iter()
+            .enumerate()
+            .map(|(i, mut layer)| {
+                let mut take = |part: LayerPart, name: &str| {
+                    layer
+                        .remove(&part)
+                        .ok_or_else(|| missing(&format!("blk.{i}.{name}")))
+                };
+                Ok(LayerWeights {
+                    attn_norm: take(LayerPart::AttnNorm, "attn_norm.weight")?,
+                    q: take(LayerPart::Q, "attn_q.weight")?,
+                    k: take(LayerPart::K, "attn_k.weight")?,
+                    v: take(LayerPart::V, "attn_v.weight")?,
+                    o: take(LayerPart::O, "attn_output.weight")?,
+                    ffn_norm: take(LayerPart::FfnNorm, "ffn_norm.weight")?,
+                    gate: take(LayerPart::Gate, "ffn_gate.weight")?,
+                    up: take(LayerPart::Up, "ffn_up.weight")?,
+                    down: take(LayerPart::Down, "ffn_down.weight")?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Weights {
+            embed: self.embed.ok_or_else(|| missing("token_embd.weight"))?,
+            norm: self.norm.ok_or_else(|| missing("output_norm.weight"))?,
+            output: self.output,
+            layers,
+        })
+    }
 }
 
 /// q/k rows back to the half-split layout; other tensors as they are.
@@ -256,43 +337,22 @@ fn read_tensor<R: Read + Seek>(
         .internal_err(|| format!("putting GGUF tensor `{name}` on the device"))
 }
 
-/// candle's llama config from the GGUF metadata (the same keys and defaults
-/// `quantized_llama` reads).
-fn config(content: &Content, dims: &Dims, context: usize) -> Result<llama::Config> {
-    let md = &content.metadata;
-    let rows = |name: &str| -> Result<usize> {
-        content
-            .tensor_infos
-            .get(name)
-            .and_then(|info| info.shape.dims().first().copied())
-            .ok_or_else(|| {
-                PluginError::unsupported_format(format!("the GGUF has no tensor `{name}`"))
-            })
-    };
-    let rms_norm_eps =
-        meta::float(md, "llama.attention.layer_norm_rms_epsilon").ok_or_else(|| {
-            PluginError::unsupported_format(
-                "the GGUF is missing `llama.attention.layer_norm_rms_epsilon`",
-            )
-        })?;
-    Ok(llama::Config {
-        hidden_size: dims.hidden,
-        intermediate_size: match dims.layers {
-            0 => 0,
-            _ => rows("blk.0.ffn_gate.weight")?,
-        },
-        vocab_size: rows("token_embd.weight")?,
-        num_hidden_layers: dims.layers,
-        num_attention_heads: dims.heads,
-        num_key_value_heads: dims.kv_heads,
-        use_flash_attn: false,
-        rms_norm_eps,
+/// The network's sizes from the GGUF metadata (the same keys and defaults `quantized_llama`
+/// reads).
+fn shape(md: &Metadata, dims: &Dims, context: usize) -> Result<dense_llama::Shape> {
+    let rms_eps = meta::float(md, "llama.attention.layer_norm_rms_epsilon").ok_or_else(|| {
+        PluginError::unsupported_format(
+            "the GGUF is missing `llama.attention.layer_norm_rms_epsilon`",
+        )
+    })?;
+    Ok(dense_llama::Shape {
+        hidden: dims.hidden,
+        heads: dims.heads,
+        kv_heads: dims.kv_heads,
+        head_dim: dims.hidden / dims.heads,
+        rms_eps: rms_eps as f32,
         rope_theta: meta::float(md, "llama.rope.freq_base").unwrap_or(10_000.0) as f32,
-        bos_token_id: None,
-        eos_token_id: None,
-        rope_scaling: None,
-        max_position_embeddings: context,
-        tie_word_embeddings: !content.tensor_infos.contains_key("output.weight"),
+        context,
     })
 }
 
@@ -315,14 +375,14 @@ mod tests {
     }
 
     #[test]
-    fn names_map_to_hf_llama() {
+    fn names_map_to_their_place() {
         assert_eq!(
-            hf_name("blk.12.attn_k.weight").as_deref(),
-            Some("model.layers.12.self_attn.k_proj.weight")
+            part("blk.12.attn_k.weight"),
+            Some(Part::Layer(12, LayerPart::K))
         );
-        assert_eq!(hf_name("output.weight").as_deref(), Some("lm_head.weight"));
-        assert_eq!(hf_name("rope_freqs.weight"), None);
-        assert_eq!(hf_name("blk.0.attn_q.bias"), None);
-        assert_eq!(hf_name("blk.x.attn_q.weight"), None);
+        assert_eq!(part("output.weight"), Some(Part::Output));
+        assert_eq!(part("rope_freqs.weight"), None);
+        assert_eq!(part("blk.0.attn_q.bias"), None);
+        assert_eq!(part("blk.x.attn_q.weight"), None);
     }
 }

@@ -8,10 +8,11 @@
 //! k-quants, ...) and F32 files, and every file on the CPU, run through candle's
 //! `quantized_llama` (which widens F16/BF16 tensors to F32). An F16 or BF16 file on
 //! CUDA/Metal is held dense in its own dtype instead ([`gguf_dense`]): tensors read as
-//! stored, renamed to the Hugging Face llama names, q/k moved back from llama.cpp's
-//! interleaved RoPE layout, run by candle's `llama` (half the bytes of the F32 path and
-//! half-precision GEMMs). Files that path cannot hold exactly (rope scaling, a
-//! `rope_freqs` tensor, extra tensors, mixed-dtype matrices) stay on `quantized_llama`.
+//! stored, q/k moved back from llama.cpp's interleaved RoPE layout, run by our own
+//! [`dense_llama`] (half the bytes of the F32 path, half-precision GEMMs, few kernel
+//! launches per token; on CUDA a generated token uses the fused kernels of
+//! `kernels/decode.cu`). Files that path cannot hold exactly (rope scaling, a `rope_freqs`
+//! tensor, extra tensors, mixed-dtype matrices) stay on `quantized_llama`.
 //!
 //! # Threads and concurrency
 //!
@@ -32,6 +33,9 @@
 //! above; quantized files keep their blocks).
 
 pub mod backend;
+#[cfg(feature = "cuda")]
+pub mod decode_kernels;
+pub mod dense_llama;
 pub mod device;
 pub mod error;
 pub mod files;

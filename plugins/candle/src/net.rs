@@ -6,6 +6,7 @@
 //! copies only pointers: every generation gets its own clone (or its own `Cache`), and
 //! several generations run at once without sharing any mutable state.
 
+use crate::dense_llama::{self, DenseLlama};
 use crate::error::Result;
 use candle_core::{DType, Device, Tensor};
 use candle_transformers::models::{llama, mistral, quantized_llama, qwen2};
@@ -23,6 +24,8 @@ pub enum Net {
     Mistral(mistral::Model),
     Qwen2(qwen2::ModelForCausalLM),
     Gguf(quantized_llama::ModelWeights),
+    /// A GGUF file's dense half-precision weights (see [`crate::dense_llama`]).
+    Dense(Arc<DenseLlama>),
 }
 
 /// The state of one sequence: its own KV cache.
@@ -34,6 +37,7 @@ pub enum Session {
     Mistral(Box<mistral::Model>),
     Qwen2(Box<qwen2::ModelForCausalLM>),
     Gguf(Box<quantized_llama::ModelWeights>),
+    Dense(Box<dense_llama::Session>),
 }
 
 impl Net {
@@ -67,6 +71,7 @@ impl Net {
                 m.clear_kv_cache();
                 Session::Gguf(Box::new(m))
             }
+            Net::Dense(m) => Session::Dense(Box::new(m.session())),
         })
     }
 }
@@ -85,12 +90,13 @@ impl Session {
         pos: usize,
         device: &Device,
     ) -> candle_core::Result<Vec<f32>> {
-        let input = Tensor::new(tokens, device)?.unsqueeze(0)?;
+        let input = || Tensor::new(tokens, device)?.unsqueeze(0);
         let logits = match self {
-            Session::Llama { model, cache } => model.forward(&input, pos, cache)?,
-            Session::Mistral(m) => m.forward(&input, pos)?,
-            Session::Qwen2(m) => m.forward(&input, pos)?,
-            Session::Gguf(m) => m.forward(&input, pos)?,
+            Session::Llama { model, cache } => model.forward(&input()?, pos, cache)?,
+            Session::Mistral(m) => m.forward(&input()?, pos)?,
+            Session::Qwen2(m) => m.forward(&input()?, pos)?,
+            Session::Gguf(m) => m.forward(&input()?, pos)?,
+            Session::Dense(session) => session.forward(tokens, pos)?,
         };
         logits.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()
     }

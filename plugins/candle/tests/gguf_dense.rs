@@ -1,4 +1,4 @@
-//! GGUF llama files held as a dense candle `llama::Llama` (the half-precision GPU path),
+//! GGUF llama files held dense (`DenseLlama`, the half-precision GPU path),
 //! forced on the CPU and compared with the quantized_llama path on the same file.
 
 mod common;
@@ -30,7 +30,7 @@ fn load_as(path: &Path, layout: Option<Layout>) -> (Box<dyn Model>, bool) {
 }
 
 fn is_dense(loaded: &Loaded) -> bool {
-    matches!(loaded.net, Net::Llama { .. })
+    matches!(loaded.net, Net::Dense(_))
 }
 
 fn model(loaded: Loaded) -> Box<dyn Model> {
@@ -309,4 +309,62 @@ fn truncated_half_file_is_a_format_error() {
     };
     assert_eq!(err.kind, ErrorKind::UnsupportedFormat, "{}", err.message);
     assert!(err.message.contains("runs past the end"), "{}", err.message);
+}
+
+/// The dense KV cache starts at 256 positions and doubles: a sequence of 400 tokens fed one
+/// at a time (growth with a full cache) and in chunks of 96 (growth in the middle of a
+/// chunk, masks at an offset) gives the quantized path's logits at every step.
+#[test]
+fn dense_cache_growth_and_chunked_prompts_match_the_quantized_path() {
+    let Some(dir) = stories() else { return };
+    let path = dir.join("stories260K.gguf");
+    let reference = gguf::load_as(&path, &Device::Cpu, 0, Some(Layout::Quantized)).unwrap();
+    let dense = gguf::load_as(&path, &Device::Cpu, 0, Some(Layout::Dense(DType::F32))).unwrap();
+    assert!(is_dense(&dense));
+    let vocab = reference.info.vocab_size as u32;
+    assert!(
+        dense.info.context_length >= 400,
+        "context {}",
+        dense.info.context_length
+    );
+    // Any ids will do: the logits are compared, not the text.
+    let tokens: Vec<u32> = (0..400u32)
+        .map(|i| 1 + (i * 37 + i / 7) % (vocab - 1))
+        .collect();
+    let mut want = reference.net.session(&Device::Cpu).unwrap();
+    let mut one_by_one = dense.net.session(&Device::Cpu).unwrap();
+    let mut worst = 0f32;
+    for (pos, token) in tokens.iter().enumerate() {
+        let a = want.forward(&[*token], pos, &Device::Cpu).unwrap();
+        let b = one_by_one.forward(&[*token], pos, &Device::Cpu).unwrap();
+        worst = worst.max(max_diff(&a, &b));
+    }
+    eprintln!("400 single steps: max |logit diff| {worst}");
+    assert!(worst < 1e-4, "single steps: logits differ by {worst}");
+
+    let mut want = reference.net.session(&Device::Cpu).unwrap();
+    let mut chunked = dense.net.session(&Device::Cpu).unwrap();
+    let mut worst = 0f32;
+    for (i, chunk) in tokens.chunks(96).enumerate() {
+        let a = want.forward(chunk, i * 96, &Device::Cpu).unwrap();
+        let b = chunked.forward(chunk, i * 96, &Device::Cpu).unwrap();
+        worst = worst.max(max_diff(&a, &b));
+    }
+    eprintln!("chunks of 96: max |logit diff| {worst}");
+    assert!(worst < 1e-4, "chunks: logits differ by {worst}");
+}
+
+#[test]
+fn dense_sessions_refuse_gaps_and_overflow() {
+    let Some(dir) = stories() else { return };
+    let path = dir.join("stories260K.gguf");
+    let dense = gguf::load_as(&path, &Device::Cpu, 32, Some(Layout::Dense(DType::F32))).unwrap();
+    let mut session = dense.net.session(&Device::Cpu).unwrap();
+    let gap = session.forward(&[1, 2], 3, &Device::Cpu).unwrap_err();
+    assert!(gap.message.contains("position 3"), "{}", gap.message);
+    session.forward(&[1; 30], 0, &Device::Cpu).unwrap();
+    let full = session.forward(&[1; 3], 30, &Device::Cpu).unwrap_err();
+    assert!(full.message.contains("context of 32"), "{}", full.message);
+    // A refused step leaves the session usable.
+    session.forward(&[1, 2], 30, &Device::Cpu).unwrap();
 }

@@ -1,0 +1,486 @@
+//! A llama network for dense (F32/F16/BF16) weights, written for few kernel launches per
+//! token.
+//!
+//! Why not `candle_transformers::models::llama`: at batch 1 on a GPU a 1B model spends ~1.6 ms
+//! reading its weights and candle spends several microseconds of CPU on every op it
+//! launches, so the number of ops per layer sets the speed. candle's llama runs its
+//! attention in F32 (casts in and out), repeats the KV heads with copies, grows the KV cache
+//! by concatenation (a copy of the whole cache per token) and launches separate q/k/v and
+//! gate/up matmuls. Here, per layer and generated token:
+//!
+//! - q, k and v come from one matmul (the three matrices stacked at load), gate and up from
+//!   another; the softmax scale is folded into the rotary tables of q (scaling the weights
+//!   instead rounds every q weight again, which in BF16 changed greedy tokens);
+//! - RMS norm, RoPE and softmax are candle-nn's fused kernels;
+//! - the KV cache is preallocated per sequence (grown by doubling, so a token appends with
+//!   one in-place copy per tensor) and read as strided views, never copied;
+//! - grouped-query attention reshapes the query heads onto their KV head instead of
+//!   repeating K and V, so at one token everything stays contiguous and no op copies;
+//! - attention runs in F32 (one cast of the q/k/v projection in, one of the result out; the
+//!   KV cache is F32): in BF16 the scores and softmax weights keep 8 bits of mantissa, which
+//!   changed stories260K's greedy tokens after 16 steps. At 1B shapes the F32 cache adds
+//!   ~2 % to the bytes read per token at 640 positions.
+//!
+//! The layout of q/k rows is Hugging Face's half-split RoPE one (`rope_thd`).
+//!
+//! On CUDA in F16/BF16 a generated token goes further ([`crate::decode_kernels`]): the
+//! matmuls run as our own GEMV kernel (a cuBLAS call costs ~16 us of CPU, our launch ~6),
+//! and cast + RoPE of q and k, and silu * up are one kernel each: 15 launches per layer
+//! instead of 19. Prompts (several tokens) always take candle's ops.
+
+use candle_core::{DType, Device, Result, Tensor};
+use candle_nn::ops::{rms_norm, softmax_last_dim};
+use candle_nn::rotary_emb::rope_thd;
+use std::sync::Arc;
+
+/// The sizes of a llama network.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Shape {
+    pub hidden: usize,
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+    pub rms_eps: f32,
+    pub rope_theta: f32,
+    /// Positions the rotary tables cover: the longest sequence a session can hold.
+    pub context: usize,
+}
+
+/// One transformer block's weights as stored in checkpoints (`[out, in]` matrices).
+pub struct LayerWeights {
+    pub attn_norm: Tensor,
+    pub q: Tensor,
+    pub k: Tensor,
+    pub v: Tensor,
+    pub o: Tensor,
+    pub ffn_norm: Tensor,
+    pub gate: Tensor,
+    pub up: Tensor,
+    pub down: Tensor,
+}
+
+/// A whole network's weights; `output` is `None` when tied to the embedding.
+pub struct Weights {
+    pub embed: Tensor,
+    pub layers: Vec<LayerWeights>,
+    pub norm: Tensor,
+    pub output: Option<Tensor>,
+}
+
+struct Layer {
+    attn_norm: Tensor,
+    /// `[(heads + 2 kv_heads) * head_dim, hidden]`.
+    qkv: Tensor,
+    o: Tensor,
+    ffn_norm: Tensor,
+    /// `[2 * ffn, hidden]`: gate rows, then up rows.
+    gate_up: Tensor,
+    down: Tensor,
+    ffn: usize,
+}
+
+/// The loaded network, shared read-only by every session.
+pub struct DenseLlama {
+    embed: Tensor,
+    layers: Vec<Layer>,
+    norm: Tensor,
+    /// The embedding itself when tied (same storage, no copy).
+    output: Tensor,
+    /// `[context, head_dim / 2]` each, F32; `q_rope` also scaled by 1/sqrt(head_dim).
+    k_rope: Rope,
+    q_rope: Rope,
+    shape: Shape,
+    dtype: DType,
+    /// One-token steps run the fused CUDA kernels.
+    fused: bool,
+}
+
+/// Smallest KV capacity a session allocates; it doubles from there up to the context.
+const MIN_KV_CAPACITY: usize = 256;
+
+impl DenseLlama {
+    /// Builds the network from `weights`, all already in `dtype` on `device`.
+    pub fn new(weights: Weights, shape: Shape, dtype: DType, device: &Device) -> Result<Self> {
+        let layers = weights
+            .layers
+            .into_iter()
+            .map(|w| {
+                Ok(Layer {
+                    ffn: w.gate.dim(0)?,
+                    qkv: Tensor::cat(&[&w.q, &w.k, &w.v], 0)?,
+                    gate_up: Tensor::cat(&[&w.gate, &w.up], 0)?,
+                    attn_norm: w.attn_norm,
+                    o: w.o,
+                    ffn_norm: w.ffn_norm,
+                    down: w.down,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let k_rope = Rope::new(&shape, device)?;
+        let q_rope = k_rope.scaled(1.0 / (shape.head_dim as f64).sqrt())?;
+        let fused = fused_kernels_fit(&shape, &layers, dtype, device);
+        Ok(DenseLlama {
+            fused,
+            output: weights.output.unwrap_or_else(|| weights.embed.clone()),
+            embed: weights.embed,
+            layers,
+            norm: weights.norm,
+            k_rope,
+            q_rope,
+            shape,
+            dtype,
+        })
+    }
+
+    /// An empty sequence.
+    pub fn session(self: &Arc<Self>) -> Session {
+        Session {
+            model: self.clone(),
+            caches: Vec::new(),
+            len: 0,
+            capacity: 0,
+        }
+    }
+
+    fn kv_dim(&self) -> usize {
+        self.shape.kv_heads * self.shape.head_dim
+    }
+
+    fn q_dim(&self) -> usize {
+        self.shape.heads * self.shape.head_dim
+    }
+}
+
+/// cos/sin of every position and frequency (half-split layout, as `rope_thd` takes them).
+struct Rope {
+    cos: Tensor,
+    sin: Tensor,
+}
+
+impl Rope {
+    fn new(shape: &Shape, device: &Device) -> Result<Self> {
+        let half = shape.head_dim / 2;
+        let inv_freq: Vec<f32> = (0..half)
+            .map(|i| {
+                1.0 / shape
+                    .rope_theta
+                    .powf(2.0 * i as f32 / shape.head_dim as f32)
+            })
+            .collect();
+        let inv_freq = Tensor::from_vec(inv_freq, (1, half), device)?;
+        let positions = Tensor::arange(0u32, shape.context.max(1) as u32, device)?
+            .to_dtype(DType::F32)?
+            .reshape((shape.context.max(1), 1))?;
+        let angles = positions.broadcast_mul(&inv_freq)?;
+        Ok(Rope {
+            cos: angles.cos()?,
+            sin: angles.sin()?,
+        })
+    }
+
+    fn scaled(&self, by: f64) -> Result<Self> {
+        Ok(Rope {
+            cos: (&self.cos * by)?,
+            sin: (&self.sin * by)?,
+        })
+    }
+
+    /// RoPE of `x` (`[1, t, heads, head_dim]`) at positions `pos..pos + t`.
+    fn apply(&self, x: &Tensor, pos: usize) -> Result<Tensor> {
+        let t = x.dim(1)?;
+        rope_thd(
+            x,
+            &self.cos.narrow(0, pos, t)?,
+            &self.sin.narrow(0, pos, t)?,
+        )
+    }
+}
+
+/// One sequence: its KV cache, `[2, kv_heads, capacity, head_dim]` F32 per layer (K, then V),
+/// of which the first `len` positions hold data.
+pub struct Session {
+    model: Arc<DenseLlama>,
+    caches: Vec<Tensor>,
+    len: usize,
+    capacity: usize,
+}
+
+impl Session {
+    /// Positions already in the cache.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Feeds `tokens` at positions `pos..` (`pos` must be the cache's length) and returns
+    /// the logits after the last one, shape `[vocab]`, in the model dtype.
+    pub fn forward(&mut self, tokens: &[u32], pos: usize) -> Result<Tensor> {
+        if pos != self.len {
+            candle_core::bail!(
+                "position {pos} does not follow the {} cached positions",
+                self.len
+            )
+        }
+        let model = self.model.clone();
+        let t = tokens.len();
+        if t == 0 {
+            candle_core::bail!("no tokens to run")
+        }
+        if pos + t > model.shape.context {
+            candle_core::bail!(
+                "{} positions do not fit in the context of {}",
+                pos + t,
+                model.shape.context
+            )
+        }
+        self.reserve(pos + t)?;
+        let device = model.embed.device();
+        let ids = Tensor::new(tokens, device)?;
+        let mut x = model.embed.index_select(&ids, 0)?;
+        let fused = model.fused && t == 1;
+        let mask = causal_mask(t, pos, device)?;
+        for (i, layer) in model.layers.iter().enumerate() {
+            x = if fused {
+                fused::layer(&model, layer, &self.caches[i], &x, pos)?
+            } else {
+                let h = rms_norm(&x, &layer.attn_norm, model.shape.rms_eps)?;
+                let attn = self.attention(&model, i, layer, &h, pos, mask.as_ref())?;
+                let x = (x + attn.matmul(&layer.o.t()?)?)?;
+                let h = rms_norm(&x, &layer.ffn_norm, model.shape.rms_eps)?;
+                (&x + mlp(layer, &h)?)?
+            };
+        }
+        self.len = pos + t;
+        let last = x.narrow(0, t - 1, 1)?;
+        let last = rms_norm(&last, &model.norm, model.shape.rms_eps)?;
+        let logits = match fused {
+            true => fused::linear(&last, &model.output)?,
+            false => last.matmul(&model.output.t()?)?,
+        };
+        logits.squeeze(0)
+    }
+
+    /// Attention of the `t` new positions (`h`: `[t, hidden]`) over the cache plus
+    /// themselves; `[t, heads * head_dim]`.
+    fn attention(
+        &mut self,
+        model: &DenseLlama,
+        index: usize,
+        layer: &Layer,
+        h: &Tensor,
+        pos: usize,
+        mask: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        let s = &model.shape;
+        let t = h.dim(0)?;
+        let qkv = h.matmul(&layer.qkv.t()?)?.to_dtype(DType::F32)?;
+        let (q_dim, kv_dim) = (model.q_dim(), model.kv_dim());
+        let heads = |start: usize, n: usize| -> Result<Tensor> {
+            qkv.narrow(1, start, n * s.head_dim)?
+                .contiguous()?
+                .reshape((1, t, n, s.head_dim))
+        };
+        let q = model.q_rope.apply(&heads(0, s.heads)?, pos)?;
+        let k = model.k_rope.apply(&heads(q_dim, s.kv_heads)?, pos)?;
+        let v = heads(q_dim + kv_dim, s.kv_heads)?;
+        // [1, t, n, d] -> [n, t, d]: free when t == 1.
+        let by_head = |x: Tensor, n: usize| -> Result<Tensor> {
+            x.reshape((t, n, s.head_dim))?.transpose(0, 1)?.contiguous()
+        };
+        let cache = &self.caches[index];
+        let new = Tensor::stack(&[by_head(k, s.kv_heads)?, by_head(v, s.kv_heads)?], 0)?;
+        cache.slice_set(&new, 2, pos)?;
+        attend(model, &by_head(q, s.heads)?, cache, pos + t, mask)
+    }
+
+    /// Makes room for `needed` positions, doubling the capacity (at least
+    /// [`MIN_KV_CAPACITY`], at most the context) and keeping what is cached.
+    fn reserve(&mut self, needed: usize) -> Result<()> {
+        if needed <= self.capacity {
+            return Ok(());
+        }
+        let model = &self.model;
+        let s = &model.shape;
+        let capacity = needed
+            .next_power_of_two()
+            .max(MIN_KV_CAPACITY)
+            .min(s.context);
+        let device = model.embed.device();
+        let caches = (0..model.layers.len())
+            .map(|i| {
+                let fresh =
+                    Tensor::zeros((2, s.kv_heads, capacity, s.head_dim), DType::F32, device)?;
+                if let Some(old) = self.caches.get(i).filter(|_| self.len > 0) {
+                    fresh.slice_set(&old.narrow(2, 0, self.len)?.contiguous()?, 2, 0)?;
+                }
+                Ok(fresh)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        self.caches = caches;
+        self.capacity = capacity;
+        Ok(())
+    }
+}
+
+/// Attention of the `t` newest positions' query heads `q` (`[heads, t, d]` F32, already
+/// rotated and scaled) over the first `len` positions of `cache`: `[t, heads * d]` in the
+/// model dtype. Query heads are grouped on their KV head (`[kv_heads, group * t, d]`), so K
+/// and V are read as strided views of the cache, never repeated or copied.
+fn attend(
+    model: &DenseLlama,
+    q: &Tensor,
+    cache: &Tensor,
+    len: usize,
+    mask: Option<&Tensor>,
+) -> Result<Tensor> {
+    let s = &model.shape;
+    let t = q.dim(1)?;
+    let group = s.heads / s.kv_heads;
+    let keys = cache.get(0)?.narrow(1, 0, len)?;
+    let values = cache.get(1)?.narrow(1, 0, len)?;
+    let q = q.reshape((s.kv_heads, group * t, s.head_dim))?;
+    let scores = q.matmul(&keys.t()?)?;
+    let scores = match mask {
+        Some(mask) => scores
+            .reshape((s.kv_heads, group, t, len))?
+            .broadcast_add(mask)?,
+        None => scores,
+    };
+    let weights = softmax_last_dim(&scores)?.reshape((s.kv_heads, group * t, len))?;
+    let out = weights.matmul(&values)?;
+    // [heads, t, d] -> [t, heads * d]: free when t == 1.
+    out.reshape((s.heads, t, s.head_dim))?
+        .transpose(0, 1)?
+        .to_dtype(model.dtype)?
+        .contiguous()?
+        .reshape((t, s.heads * s.head_dim))
+}
+
+/// Whether one-token steps can run the fused CUDA kernels: a CUDA device, half-precision
+/// weights, sizes the kernels take, and not turned off with `LLMLOCAL_CANDLE_FUSED_DECODE=0`
+/// (for comparing with candle's own ops).
+fn fused_kernels_fit(shape: &Shape, layers: &[Layer], dtype: DType, device: &Device) -> bool {
+    let off = std::env::var("LLMLOCAL_CANDLE_FUSED_DECODE").is_ok_and(|v| v == "0");
+    !off && device.is_cuda()
+        && matches!(dtype, DType::F16 | DType::BF16)
+        && fused::fits(shape, layers)
+}
+
+#[cfg(feature = "cuda")]
+mod fused {
+    //! One token through a layer with the fused kernels (see [`crate::decode_kernels`]).
+
+    use super::{DenseLlama, Layer, Shape};
+    use crate::decode_kernels as k;
+    use candle_core::{Result, Tensor};
+    use candle_nn::ops::rms_norm;
+
+    /// Sizes the kernels take: 16-byte rows for the GEMV.
+    pub fn fits(shape: &Shape, layers: &[Layer]) -> bool {
+        shape.head_dim % 2 == 0
+            && shape.hidden % 8 == 0
+            && (shape.heads * shape.head_dim) % 8 == 0
+            && layers.iter().all(|l| l.ffn % 8 == 0)
+    }
+
+    /// `x` (`[1, hidden]`) through `layer`, whose KV cache is `cache`, at position `pos`.
+    pub fn layer(
+        model: &DenseLlama,
+        layer: &Layer,
+        cache: &Tensor,
+        x: &Tensor,
+        pos: usize,
+    ) -> Result<Tensor> {
+        let s = &model.shape;
+        let h = rms_norm(x, &layer.attn_norm, s.rms_eps)?;
+        let qkv = linear(&h, &layer.qkv)?;
+        let rope = &model.k_rope;
+        let rows = k::rope_qkv(
+            &qkv,
+            &rope.cos.narrow(0, pos, 1)?,
+            &rope.sin.narrow(0, pos, 1)?,
+            s.heads,
+            s.kv_heads,
+            1.0 / (s.head_dim as f32).sqrt(),
+        )?;
+        let new = rows
+            .narrow(0, s.heads, 2 * s.kv_heads)?
+            .reshape((2, s.kv_heads, 1, s.head_dim))?;
+        cache.slice_set(&new, 2, pos)?;
+        let q = rows
+            .narrow(0, 0, s.heads)?
+            .reshape((s.heads, 1, s.head_dim))?;
+        let attn = super::attend(model, &q, cache, pos + 1, None)?;
+        let x = (x + linear(&attn, &layer.o)?)?;
+        let h = rms_norm(&x, &layer.ffn_norm, s.rms_eps)?;
+        let act = k::swiglu(&linear(&h, &layer.gate_up)?)?;
+        x + linear(&act, &layer.down)?
+    }
+
+    /// `x` times `w` transposed, by the GEMV kernel when the operands fit it.
+    pub fn linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+        match k::gemv_fits(x, w) {
+            true => k::gemv(x, w),
+            false => x.matmul(&w.t()?),
+        }
+    }
+}
+
+#[cfg(not(feature = "cuda"))]
+mod fused {
+    //! Built without CUDA: [`super::fused_kernels_fit`] is always false, so nothing here runs.
+
+    use super::{DenseLlama, Layer, Shape};
+    use candle_core::{bail, Result, Tensor};
+
+    pub fn fits(_: &Shape, _: &[Layer]) -> bool {
+        false
+    }
+
+    pub fn layer(_: &DenseLlama, _: &Layer, _: &Tensor, _: &Tensor, _: usize) -> Result<Tensor> {
+        bail!("this build has no CUDA kernels")
+    }
+
+    pub fn linear(_: &Tensor, _: &Tensor) -> Result<Tensor> {
+        bail!("this build has no CUDA kernels")
+    }
+}
+
+/// SwiGLU feed-forward of `h` (`[t, hidden]`).
+fn mlp(layer: &Layer, h: &Tensor) -> Result<Tensor> {
+    let gate_up = h.matmul(&layer.gate_up.t()?)?;
+    let gate = gate_up.narrow(1, 0, layer.ffn)?;
+    let up = gate_up.narrow(1, layer.ffn, layer.ffn)?;
+    (gate.silu()? * up)?.matmul(&layer.down.t()?)
+}
+
+/// `[t, pos + t]` F32: 0 where new position i may see key j (j <= pos + i), -inf
+/// elsewhere; `None` for one token, which sees everything.
+fn causal_mask(t: usize, pos: usize, device: &Device) -> Result<Option<Tensor>> {
+    if t == 1 {
+        return Ok(None);
+    }
+    let len = pos + t;
+    let mask: Vec<f32> = (0..t)
+        .flat_map(|i| (0..len).map(move |j| if j <= pos + i { 0.0 } else { f32::NEG_INFINITY }))
+        .collect();
+    Tensor::from_vec(mask, (t, len), device).map(Some)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mask_hides_only_later_positions() {
+        let mask = causal_mask(2, 3, &Device::Cpu).unwrap().unwrap();
+        assert_eq!(mask.dims(), [2, 5]);
+        let rows: Vec<Vec<f32>> = mask.to_vec2().unwrap();
+        let inf = f32::NEG_INFINITY;
+        assert_eq!(rows, [[0., 0., 0., 0., inf], [0., 0., 0., 0., 0.]]);
+        assert!(causal_mask(1, 7, &Device::Cpu).unwrap().is_none());
+    }
+}
