@@ -53,6 +53,11 @@ for m in models:
     text = c.choices[0].text
     streamed = "".join(x.choices[0].text for x in oa.completions.create(model=name, prompt=m["prompt"], temperature=0, max_tokens=40, stream=True) if x.choices)
     check(streamed == text, name + ": openai completion stream %r == non-stream %r" % (streamed, text))
+    ids = [1, 5, 7]
+    t = oa.completions.create(model=name, prompt=ids, temperature=0, max_tokens=5)
+    check(t.usage.prompt_tokens == len(ids), name + ": token-id prompt counted as given: %r" % t.usage)
+    timings = t.to_dict().get("timings") or {}
+    check(timings.get("prompt_n") == len(ids), name + ": timings reach the client: %r" % timings)
 
     opts = {"temperature": 0, "num_predict": 40}
     g = ol.generate(model=name, prompt=m["prompt"], raw=True, options=opts)
