@@ -11,9 +11,7 @@ use llmlocal::{
     server::ServerSettings,
 };
 use serde_json::{json, Value};
-use server_support::{
-    client, parse_sse, post, registry, scripted_engine, scripted_settings, TestServer,
-};
+use server_support::{parse_sse, post, registry, scripted_engine, scripted_settings, TestServer};
 use std::path::{Path, PathBuf};
 
 const SCRIPT: &str = "The quick brown fox jumps.";
@@ -224,14 +222,9 @@ async fn completions_report_timings_streamed_and_not() {
 
     let body = json!({"model": "story", "prompt": STORY, "max_tokens": 12, "temperature": 0,
                       "ignore_eos": true, "stream": true});
-    let response = client()
-        .post(server.url("/v1/completions"))
-        .json(&body)
-        .send()
-        .await
-        .expect("request");
-    assert_eq!(response.status(), 200);
-    let (events, done) = parse_sse(&response.text().await.expect("body"));
+    let (status, text) = post(&server, "/v1/completions", body).await;
+    assert_eq!(status, 200, "{text}");
+    let (events, done) = parse_sse(&text);
     assert!(done);
     let (last, rest) = events.split_last().expect("chunks");
     assert_eq!(last["choices"][0]["finish_reason"], "length");

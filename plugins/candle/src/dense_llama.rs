@@ -206,15 +206,6 @@ pub struct Session {
 }
 
 impl Session {
-    /// Positions already in the cache.
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
     /// Feeds `tokens` at positions `pos..` (`pos` must be the cache's length) and returns
     /// the logits after the last one, shape `[vocab]`, in the model dtype.
     pub fn forward(&mut self, tokens: &[u32], pos: usize) -> Result<Tensor> {
