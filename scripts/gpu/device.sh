@@ -6,16 +6,9 @@
 #                                      # benchmark models, conformance + CPU/GPU agreement
 #   bash scripts/gpu/device.sh bench   # the benchmark (needs `build` first on the same machine)
 #   bash scripts/gpu/device.sh http    # HTTP through `llmlocal serve`, llama.cpp plugin alone
-#   bash scripts/gpu/device.sh candle  # candle vs llama.cpp, F16 and Q8_0, one stream
-#   bash scripts/gpu/device.sh both    # candle vs llama.cpp on the F16 and Q8_0 models, one stream (no batching runs).
-candle_only() {
-    "$B/gpu-bench" run --plugin-dir "$P" --device cuda \
-        --model "F16=$W/models/1b-f16.gguf" --model "Q8_0=$W/models/1b-q8_0.gguf" \
-        --parallel 1 --candle F16,Q8_0 --direct-bench "$W/direct-bench" \
-        --llmlocal "$B/llmlocal" --json "$OUT/gpu-bench-candle.json" --log-dir "$OUT"
-}
-
-# `llmlocal serve` with both CUDA plugins: does it load?
+#   bash scripts/gpu/device.sh candle  # candle vs llama.cpp, F16 and Q8_0, one stream, with
+#                                      # candle's fused decode kernels and without
+#   bash scripts/gpu/device.sh both    # `llmlocal serve` with both CUDA plugins: does it load?
 #
 # Results go to $OUT (the device tool's output folder) or /tmp/llmlocal-gpu/out.
 set -uo pipefail
@@ -177,12 +170,18 @@ http_only() {
         --json "$OUT/gpu-bench-http.json" --log-dir "$OUT"
 }
 
-# candle vs llama.cpp on the F16 and Q8_0 models, one stream (no batching runs).
+# candle vs llama.cpp on the F16 and Q8_0 models, one stream (no batching runs); twice, with
+# candle's fused decode kernels (the default) and without, so both compare in one session.
 candle_only() {
-    "$B/gpu-bench" run --plugin-dir "$P" --device cuda \
-        --model "F16=$W/models/1b-f16.gguf" --model "Q8_0=$W/models/1b-q8_0.gguf" \
-        --parallel 1 --candle F16,Q8_0 --direct-bench "$W/direct-bench" \
-        --llmlocal "$B/llmlocal" --json "$OUT/gpu-bench-candle.json" --log-dir "$OUT"
+    local fused
+    for fused in 1 0; do
+        echo "== LLMLOCAL_CANDLE_FUSED_DECODE=$fused"
+        LLMLOCAL_CANDLE_FUSED_DECODE=$fused "$B/gpu-bench" run --plugin-dir "$P" --device cuda \
+            --model "F16=$W/models/1b-f16.gguf" --model "Q8_0=$W/models/1b-q8_0.gguf" \
+            --parallel 1 --candle F16,Q8_0 --direct-bench "$W/direct-bench" \
+            --llmlocal "$B/llmlocal" --json "$OUT/gpu-bench-candle-fused$fused.json" \
+            --log-dir "$OUT" || return 1
+    done
 }
 
 # `llmlocal serve` with both CUDA plugins in its folder, loading the F16 model in llama.cpp:
