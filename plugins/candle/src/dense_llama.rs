@@ -23,10 +23,10 @@
 //!
 //! The layout of q/k rows is Hugging Face's half-split RoPE one (`rope_thd`).
 //!
-//! On CUDA in F16/BF16 a generated token goes further ([`crate::decode_kernels`]): the
-//! matmuls run as our own GEMV kernel (a cuBLAS call costs ~16 us of CPU, our launch ~6),
-//! and cast + RoPE of q and k, and silu * up are one kernel each: 15 launches per layer
-//! instead of 20. Prompts (several tokens) always take candle's ops.
+//! On CUDA in F16/BF16 a generated token goes further (`decode_kernels`, built with the
+//! `cuda` feature): the matmuls run as our own GEMV kernel (a cuBLAS call costs ~16 us of
+//! CPU, our launch ~6), and cast + RoPE of q and k, and silu * up are one kernel each: 15
+//! launches per layer instead of 20. Prompts (several tokens) always take candle's ops.
 
 use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::ops::{rms_norm, softmax_last_dim};
