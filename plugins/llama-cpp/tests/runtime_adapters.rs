@@ -334,6 +334,23 @@ fn own_copy(model: &Path, dir: &Path) -> PathBuf {
     copy
 }
 
+/// What the reload tests start from: reload events recorded, a temporary folder holding the
+/// model's own copy (`path`) and two different LoRAs (`a`, `b`).
+struct ReloadSetup {
+    dir: tempfile::TempDir,
+    path: PathBuf,
+    a: PathBuf,
+    b: PathBuf,
+}
+
+fn reload_setup(model: &Path) -> ReloadSetup {
+    reloads::install();
+    let dir = tempfile::tempdir().unwrap();
+    let path = own_copy(model, dir.path());
+    let (a, b) = two_loras(dir.path());
+    ReloadSetup { dir, path, a, b }
+}
+
 /// `count` distinct adapter files, copies of `sources` in turn, each with its source's index.
 fn copies(dir: &Path, sources: &[PathBuf], count: usize, tag: &str) -> Vec<(PathBuf, usize)> {
     (0..count)
@@ -433,10 +450,7 @@ fn the_fixture_model_is_reloaded_past_max_adapters_with_unchanged_outputs() {
 #[test]
 fn concurrent_generations_across_a_reload_each_get_their_solo_output() {
     let Some(stories) = stories() else { return };
-    reloads::install();
-    let dir = tempfile::tempdir().unwrap();
-    let path = own_copy(&stories, dir.path());
-    let (a, b) = two_loras(dir.path());
+    let ReloadSetup { dir, path, a, b } = reload_setup(&stories);
     let mut req = request(&path);
     req.parallel = 4;
     let model = load(req);
@@ -452,10 +466,7 @@ fn concurrent_generations_across_a_reload_each_get_their_solo_output() {
 #[test]
 fn the_load_time_adapter_is_read_again_after_a_reload() {
     let Some(stories) = stories() else { return };
-    reloads::install();
-    let dir = tempfile::tempdir().unwrap();
-    let path = own_copy(&stories, dir.path());
-    let (a, b) = two_loras(dir.path());
+    let ReloadSetup { dir, path, a, b } = reload_setup(&stories);
     let mut req = request(&path);
     req.adapters = RVec::from(vec![adapter(&a, 1.0)]);
     let model = load(req);
@@ -489,11 +500,8 @@ fn reload_cycles_do_not_grow_memory_by_a_model_each() {
         eprintln!("SKIP: /proc/self/statm is not readable here");
         return;
     }
-    reloads::install();
-    let dir = tempfile::tempdir().unwrap();
-    let path = own_copy(&stories, dir.path());
+    let ReloadSetup { dir, path, a, b } = reload_setup(&stories);
     let model_size = std::fs::metadata(&path).unwrap().len();
-    let (a, b) = two_loras(dir.path());
     // A small context: every adapter read re-creates the context, and the allocator need not
     // give a freed KV cache back at once; with the default (4 x 2048 cells, 5 MiB) that noise
     // alone is several model sizes.
@@ -539,10 +547,7 @@ fn reload_cycles_do_not_grow_memory_by_a_model_each() {
 #[test]
 fn a_failed_reload_fails_the_queued_jobs_and_later_calls_cleanly() {
     let Some(stories) = stories() else { return };
-    reloads::install();
-    let dir = tempfile::tempdir().unwrap();
-    let path = own_copy(&stories, dir.path());
-    let (a, _) = two_loras(dir.path());
+    let ReloadSetup { dir, path, a, .. } = reload_setup(&stories);
     let model = load(request(&path));
     let prompt = vec![1, 400];
     let files = copies(dir.path(), &[a], MAX_ADAPTERS + 1, "lora");
