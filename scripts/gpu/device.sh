@@ -121,6 +121,10 @@ agreement() {
             "$B/gpu-bench" agree --plugin-dir "$P" --backend candle --model "$f16" \
                 --tokens 64 --require 32 || rc=1
         done
+        # The benchmark model at real size (random weights): head size 64, 4 query heads per
+        # KV head, 16 layers through the fused kernels.
+        "$B/gpu-bench" agree --plugin-dir "$P" --backend candle --model "$W/models/1b-f16.gguf" \
+            --tokens 64 --require 32 || rc=1
     fi
     return $rc
 }

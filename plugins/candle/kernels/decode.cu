@@ -3,9 +3,12 @@
 // At batch 1 candle spends 5-8 us of CPU on every elementwise op and ~16 us on every cuBLAS
 // call, more than the GPU needs for most of them, so a token's speed is set by how many ops
 // it launches. These kernels replace groups of candle ops for one token:
-//   gemv_*     y = W x for one row of activations (cuBLAS GEMM: ~16 us of CPU per call)
-//   rope_qkv_* the q/k/v projection cast to F32, RoPE on q and k, q scaled (5 ops)
-//   swiglu_*   silu(gate) * up (2 ops)
+//   gemv_*             y = W x for one row of activations (cuBLAS GEMM: ~16 us of CPU per call)
+//   decode_attention_* RoPE of q and k, the KV-cache append and the attention of one query
+//                      head over the cache (cast, RoPE, two copies, two cuBLAS batched
+//                      matmuls, softmax and a cast: 8 ops)
+//   add_rms_norm_*     the residual add and the next RMS norm (2 ops)
+//   swiglu_*           silu(gate) * up (2 ops)
 // Every sum accumulates in F32. Built to PTX by build.rs with the `cuda` feature.
 
 #include <cuda_bf16.h>
@@ -53,32 +56,143 @@ __device__ void gemv(const T *__restrict__ w, const T *__restrict__ x, T *__rest
     if (lane == 0) y[row] = from_f<T>(acc);
 }
 
-// qkv: one token's projection, [(heads + 2 kv_heads) * d] in T: q heads, k heads, v heads.
-// out: [(heads + 2 kv_heads) * d] F32: q rotated and multiplied by q_scale, k rotated, v
-// as is. cos/sin: [d / 2] F32 for this token's position. RoPE in the half-split layout:
-// (x[i], x[i + d/2]) -> (x[i] c - x[i + d/2] s, x[i] s + x[i + d/2] c).
-template <typename T>
-__device__ void rope_qkv(const T *__restrict__ qkv, const float *__restrict__ cos,
-                         const float *__restrict__ sin, float *__restrict__ out, uint32_t heads,
-                         uint32_t kv_heads, uint32_t d, float q_scale) {
-    const uint32_t half = d / 2;
-    const uint32_t pairs = (heads + kv_heads) * half;
-    const uint32_t total = pairs + kv_heads * d;
-    for (uint32_t idx = blockIdx.x * blockDim.x + threadIdx.x; idx < total;
-         idx += gridDim.x * blockDim.x) {
-        if (idx < pairs) {
-            const uint32_t head = idx / half, i = idx % half;
-            const size_t base = (size_t)head * d;
-            const float x0 = to_f(qkv[base + i]), x1 = to_f(qkv[base + i + half]);
-            const float c = cos[i], s = sin[i];
-            const float scale = head < heads ? q_scale : 1.0f;
-            out[base + i] = (x0 * c - x1 * s) * scale;
-            out[base + i + half] = (x0 * s + x1 * c) * scale;
-        } else {
-            const size_t j = (size_t)(heads + kv_heads) * d + (idx - pairs);
-            out[j] = to_f(qkv[j]);
-        }
+// The sum (or max) of `v` over the block; every thread gets it. `red` holds 32 floats.
+// Starts and ends with a barrier, so `red` and any shared data written before are safe.
+template <bool MAX>
+__device__ float block_reduce(float v, float *red) {
+    for (int offset = 16; offset > 0; offset >>= 1) {
+        const float other = __shfl_xor_sync(0xffffffffu, v, offset);
+        v = MAX ? fmaxf(v, other) : v + other;
     }
+    const uint32_t warps = blockDim.x / 32;
+    __syncthreads();
+    if (threadIdx.x % 32 == 0) red[threadIdx.x / 32] = v;
+    __syncthreads();
+    float all = red[0];
+    for (uint32_t w = 1; w < warps; ++w) all = MAX ? fmaxf(all, red[w]) : all + red[w];
+    __syncthreads();
+    return all;
+}
+
+// Threads per block of decode_attention, and positions scored per pass (online softmax
+// across passes, so any length fits in shared memory).
+#define ATTN_THREADS 1024
+#define ATTN_CHUNK 2048
+
+// One generated token's attention; block `h` computes query head h, head size D.
+//   qkv:   [(heads + 2 kv_heads) * D] in T, this token's projection: q heads, k heads, v heads.
+//   rope:  [D] F32: cos then sin of this position (D / 2 each), half-split RoPE layout:
+//          (x[i], x[i + D/2]) -> (x[i] c - x[i + D/2] s, x[i] s + x[i + D/2] c).
+//   cache: [2, kv_heads, cap, D] F32, K then V; positions < pos hold the sequence so far.
+//          The first query head of each KV group writes this token's rotated k and its v at
+//          `pos`; no block reads that row (they use their own copy in shared memory), so
+//          there is no race.
+//   out:   [heads * D] in T: softmax(q k^T) v, q rotated and multiplied by q_scale.
+// The time goes to waiting on memory, so each thread keeps many loads in flight: a score is
+// one thread's dot product of a whole K row (D / 4 float4 loads, unrolled), and the weighted
+// sum of V gives each thread 4 dimensions of every (ATTN_THREADS / (D / 4))-th position.
+template <typename T, int D>
+__device__ void decode_attention(const T *__restrict__ qkv, const float *__restrict__ rope,
+                                 float *__restrict__ cache, T *__restrict__ out, uint32_t heads,
+                                 uint32_t kv_heads, uint32_t cap, uint32_t pos, float q_scale) {
+    constexpr uint32_t HALF = D / 2, LANES = D / 4, GROUPS = ATTN_THREADS / LANES;
+    __shared__ __align__(16) float q[D];
+    __shared__ __align__(16) float k_new[D];
+    __shared__ __align__(16) float v_new[D];
+    __shared__ float red[32];
+    __shared__ __align__(16) float part[GROUPS * D];
+    __shared__ float scores[ATTN_CHUNK];
+    const uint32_t head = blockIdx.x, tid = threadIdx.x;
+    const uint32_t group = heads / kv_heads, kv = head / group;
+    const T *qh = qkv + (size_t)head * D;
+    const T *kh = qkv + (size_t)(heads + kv) * D;
+    const T *vh = qkv + (size_t)(heads + kv_heads + kv) * D;
+    if (tid < HALF) {
+        const float c = rope[tid], s = rope[HALF + tid];
+        const float q0 = to_f(qh[tid]), q1 = to_f(qh[tid + HALF]);
+        q[tid] = (q0 * c - q1 * s) * q_scale;
+        q[tid + HALF] = (q0 * s + q1 * c) * q_scale;
+        const float k0 = to_f(kh[tid]), k1 = to_f(kh[tid + HALF]);
+        k_new[tid] = k0 * c - k1 * s;
+        k_new[tid + HALF] = k0 * s + k1 * c;
+    }
+    if (tid < D) v_new[tid] = to_f(vh[tid]);
+    __syncthreads();
+    float *keys = cache + (size_t)kv * cap * D;
+    float *values = cache + (size_t)(kv_heads + kv) * cap * D;
+    if (head % group == 0 && tid < D) {
+        keys[(size_t)pos * D + tid] = k_new[tid];
+        values[(size_t)pos * D + tid] = v_new[tid];
+    }
+    const float4 *q4 = reinterpret_cast<const float4 *>(q);
+    // Thread (g, lane) sums dimensions 4 lane .. 4 lane + 3 over positions g, g + GROUPS, ...
+    const uint32_t len = pos + 1, g = tid / LANES, lane = tid % LANES;
+    float best = -INFINITY, total = 0.0f;
+    float4 acc = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    for (uint32_t start = 0; start < len; start += ATTN_CHUNK) {
+        const uint32_t n = min(ATTN_CHUNK, len - start);
+        float local = -INFINITY;
+        for (uint32_t p = tid; p < n; p += ATTN_THREADS) {
+            const uint32_t at = start + p;
+            const float4 *k4 =
+                reinterpret_cast<const float4 *>(at == pos ? k_new : keys + (size_t)at * D);
+            float s = 0.0f;
+#pragma unroll
+            for (uint32_t i = 0; i < LANES; ++i) {
+                const float4 kk = k4[i], qq = q4[i];
+                s += kk.x * qq.x + kk.y * qq.y + kk.z * qq.z + kk.w * qq.w;
+            }
+            scores[p] = s;
+            local = fmaxf(local, s);
+        }
+        const float next = fmaxf(best, block_reduce<true>(local, red));
+        local = 0.0f;
+        for (uint32_t p = tid; p < n; p += ATTN_THREADS) {
+            const float e = expf(scores[p] - next);
+            scores[p] = e;
+            local += e;
+        }
+        // exp(-inf) = 0 on the first pass: nothing to rescale yet.
+        const float rescale = expf(best - next);
+        total = total * rescale + block_reduce<false>(local, red);
+        acc.x *= rescale, acc.y *= rescale, acc.z *= rescale, acc.w *= rescale;
+        best = next;
+#pragma unroll 8
+        for (uint32_t p = g; p < n; p += GROUPS) {
+            const uint32_t at = start + p;
+            const float4 v = *reinterpret_cast<const float4 *>(
+                (at == pos ? v_new : values + (size_t)at * D) + 4 * lane);
+            const float w = scores[p];
+            acc.x += w * v.x, acc.y += w * v.y, acc.z += w * v.z, acc.w += w * v.w;
+        }
+        __syncthreads();
+    }
+    reinterpret_cast<float4 *>(part)[tid] = acc;
+    __syncthreads();
+    if (tid < D) {
+        // Dimension tid sits in lane tid / 4, component tid % 4, of every group.
+        float sum = 0.0f;
+        for (uint32_t r = 0; r < GROUPS; ++r) sum += part[r * D + tid];
+        out[(size_t)head * D + tid] = from_f<T>(sum / total);
+    }
+}
+
+// out[0..n] = x + delta (rounded to T, as candle's add), out[n..2n] = RMS norm of that sum
+// times w. One block.
+template <typename T>
+__device__ void add_rms_norm(const T *__restrict__ x, const T *__restrict__ delta,
+                             const T *__restrict__ w, T *__restrict__ out, uint32_t n, float eps) {
+    __shared__ float red[32];
+    float squares = 0.0f;
+    for (uint32_t i = threadIdx.x; i < n; i += blockDim.x) {
+        const T sum = from_f<T>(to_f(x[i]) + to_f(delta[i]));
+        out[i] = sum;
+        const float f = to_f(sum);
+        squares += f * f;
+    }
+    const float scale = rsqrtf(block_reduce<false>(squares, red) / n + eps);
+    for (uint32_t i = threadIdx.x; i < n; i += blockDim.x)
+        out[n + i] = from_f<T>(to_f(out[i]) * scale * to_f(w[i]));
 }
 
 // gate_up: [2 * ffn] (gate, then up) -> out[i] = silu(gate[i]) * up[i].
@@ -95,15 +209,29 @@ __device__ void swiglu(const T *__restrict__ gate_up, T *__restrict__ out, uint3
                                              uint32_t k) {                                   \
         gemv<T>(w, x, y, rows, k);                                                           \
     }                                                                                        \
-    extern "C" __global__ void rope_qkv_##SUFFIX(const T *qkv, const float *cos,              \
-                                                 const float *sin, float *out, uint32_t heads, \
-                                                 uint32_t kv_heads, uint32_t d,              \
-                                                 float q_scale) {                            \
-        rope_qkv<T>(qkv, cos, sin, out, heads, kv_heads, d, q_scale);                        \
+    extern "C" __global__ void add_rms_norm_##SUFFIX(const T *x, const T *delta, const T *w,   \
+                                                     T *out, uint32_t n, float eps) {         \
+        add_rms_norm<T>(x, delta, w, out, n, eps);                                           \
     }                                                                                        \
     extern "C" __global__ void swiglu_##SUFFIX(const T *gate_up, T *out, uint32_t ffn) {      \
         swiglu<T>(gate_up, out, ffn);                                                        \
     }
 
+// decode_attention_<D>_<dtype> for every head size the dense llama takes it at.
+#define ATTENTION_KERNEL(SUFFIX, T, D)                                                       \
+    extern "C" __global__ void __launch_bounds__(ATTN_THREADS) decode_attention_##D##_##SUFFIX( \
+        const T *qkv, const float *rope, float *cache, T *out, uint32_t heads,                 \
+        uint32_t kv_heads, uint32_t cap, uint32_t pos, float q_scale) {                      \
+        decode_attention<T, D>(qkv, rope, cache, out, heads, kv_heads, cap, pos, q_scale);    \
+    }
+#define ATTENTION_KERNELS(SUFFIX, T)                                                         \
+    ATTENTION_KERNEL(SUFFIX, T, 16)                                                          \
+    ATTENTION_KERNEL(SUFFIX, T, 32)                                                          \
+    ATTENTION_KERNEL(SUFFIX, T, 64)                                                          \
+    ATTENTION_KERNEL(SUFFIX, T, 128)                                                         \
+    ATTENTION_KERNEL(SUFFIX, T, 256)
+
 DECODE_KERNELS(f16, __half)
 DECODE_KERNELS(bf16, __nv_bfloat16)
+ATTENTION_KERNELS(f16, __half)
+ATTENTION_KERNELS(bf16, __nv_bfloat16)

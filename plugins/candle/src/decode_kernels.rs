@@ -31,26 +31,40 @@ pub fn gemv_fits(x: &Tensor, w: &Tensor) -> bool {
     k % 8 == 0 && aligned(x) && aligned(w) && x.is_contiguous() && w.is_contiguous()
 }
 
-/// One token's q/k/v projection (`[1, (heads + 2 kv_heads) * d]`) as F32
-/// `[heads + 2 kv_heads, d]`: q and k rotated with `cos`/`sin` (`[1, d / 2]` F32, this
-/// position's row), q also multiplied by `q_scale`.
-pub fn rope_qkv(
+/// One generated token's attention at position `pos`: RoPE of its q and k from `qkv`
+/// (`[1, (heads + 2 kv_heads) * d]`) with `rope` (`[1, d]` F32: this position's cos, then
+/// sin), k and v appended to `cache` (`[2, kv_heads, capacity, d]` F32, written in place
+/// at `pos`), and softmax(q k^T) v over positions `0..=pos`, q scaled by `q_scale`:
+/// `[1, heads * d]` in the dtype of `qkv`. Needs [`attention_fits`].
+pub fn attention(
     qkv: &Tensor,
-    cos: &Tensor,
-    sin: &Tensor,
+    rope: &Tensor,
+    cache: &Tensor,
     heads: usize,
-    kv_heads: usize,
+    pos: usize,
     q_scale: f32,
 ) -> Result<Tensor> {
     qkv.apply_op3_no_bwd(
-        cos,
-        sin,
-        &RopeQkv {
+        rope,
+        cache,
+        &DecodeAttention {
             heads,
-            kv_heads,
+            pos,
             q_scale,
         },
     )
+}
+
+/// Whether [`attention`] takes heads of `head_dim`: decode.cu has a kernel for each of
+/// these sizes.
+pub fn attention_fits(head_dim: usize) -> bool {
+    matches!(head_dim, 16 | 32 | 64 | 128 | 256)
+}
+
+/// The residual add `x + delta` and the RMS norm of that sum times `weight`, for one token
+/// (`[1, n]` each): `[2, n]`, the sum in row 0 and the normed row in row 1.
+pub fn add_rms_norm(x: &Tensor, delta: &Tensor, weight: &Tensor, eps: f32) -> Result<Tensor> {
+    x.apply_op3_no_bwd(delta, weight, &AddRmsNorm { eps })
 }
 
 /// `silu(gate) * up` of one token's `[1, 2 * ffn]` gate/up projection: `[1, ffn]`.
@@ -166,60 +180,80 @@ impl CustomOp2 for Gemv {
     }
 }
 
-struct RopeQkv {
+/// Threads per block of decode.cu's `decode_attention` (ATTN_THREADS there).
+const ATTN_THREADS: u32 = 1024;
+
+struct DecodeAttention {
     heads: usize,
-    kv_heads: usize,
+    pos: usize,
     q_scale: f32,
 }
 
-impl RopeQkv {
+impl DecodeAttention {
     fn run<T: CudaDType + DeviceRepr>(
         &self,
         dev: &CudaDevice,
         qkv: (&CudaStorage, &Layout),
-        cos: (&CudaStorage, &Layout),
-        sin: (&CudaStorage, &Layout),
+        rope: (&CudaStorage, &Layout),
+        cache: (&CudaStorage, &Layout),
         dtype: DType,
-    ) -> Result<(CudaSlice<f32>, Shape)> {
-        let rows = self.heads + 2 * self.kv_heads;
-        let half = cos.1.shape().elem_count();
-        let d = half * 2;
-        if qkv.1.shape().elem_count() != rows * d || sin.1.shape().elem_count() != half {
-            bail!("rope_qkv: {:?} is not {rows} heads of {d}", qkv.1.shape())
+    ) -> Result<CudaSlice<T>> {
+        let (two, kv_heads, cap, d) = cache.1.shape().dims4()?;
+        let rows = self.heads + 2 * kv_heads;
+        let fits = two == 2
+            && attention_fits(d)
+            && kv_heads > 0
+            && self.heads % kv_heads == 0
+            && self.pos < cap
+            && rope.1.shape().elem_count() == d
+            && qkv.1.shape().elem_count() == rows * d;
+        if !fits {
+            bail!(
+                "decode attention: projection {:?}, rope {:?} and cache {:?} do not fit \
+                 {} heads at position {}",
+                qkv.1.shape(),
+                rope.1.shape(),
+                cache.1.shape(),
+                self.heads,
+                self.pos
+            )
         }
         let qkv_v = view::<T>(qkv.0, qkv.1)?;
-        let (cos_v, sin_v) = (view::<f32>(cos.0, cos.1)?, view::<f32>(sin.0, sin.1)?);
+        let rope_v = view::<f32>(rope.0, rope.1)?;
+        // The kernel writes this token's row of K and V into the cache: the session's own
+        // state, which the unfused path also updates in place (`slice_set`).
+        let cache_v = view::<f32>(cache.0, cache.1)?;
         // SAFETY: every element is written by the kernel.
-        let out = unsafe { dev.alloc::<f32>(rows * d)? };
-        let threads = (self.heads + self.kv_heads) * half + self.kv_heads * d;
+        let out = unsafe { dev.alloc::<T>(self.heads * d)? };
         let cfg = LaunchConfig {
-            grid_dim: (blocks(threads, 256), 1, 1),
-            block_dim: (256, 1, 1),
+            grid_dim: (self.heads as u32, 1, 1),
+            block_dim: (ATTN_THREADS, 1, 1),
             shared_mem_bytes: 0,
         };
-        let (heads, kv_heads) = (self.heads as u32, self.kv_heads as u32);
-        let d = d as u32;
+        let name = format!("decode_attention_{d}");
+        let [heads, kv_heads, cap, pos] = [self.heads, kv_heads, cap, self.pos].map(|n| n as u32);
         launch!(
             dev,
-            "rope_qkv",
+            &name,
             dtype,
             cfg,
             &qkv_v,
-            &cos_v,
-            &sin_v,
+            &rope_v,
+            &cache_v,
             &out,
             &heads,
             &kv_heads,
-            &d,
+            &cap,
+            &pos,
             &self.q_scale
         );
-        Ok((out, Shape::from((rows, d as usize))))
+        Ok(out)
     }
 }
 
-impl CustomOp3 for RopeQkv {
+impl CustomOp3 for DecodeAttention {
     fn name(&self) -> &'static str {
-        "llmlocal-rope-qkv"
+        "llmlocal-decode-attention"
     }
 
     fn cpu_fwd(
@@ -238,19 +272,114 @@ impl CustomOp3 for RopeQkv {
         &self,
         qkv: &CudaStorage,
         ql: &Layout,
-        cos: &CudaStorage,
+        rope: &CudaStorage,
+        rl: &Layout,
+        cache: &CudaStorage,
         cl: &Layout,
-        sin: &CudaStorage,
-        sl: &Layout,
     ) -> Result<(CudaStorage, Shape)> {
         let dev = qkv.device();
-        let (q, c, s) = ((qkv, ql), (cos, cl), (sin, sl));
-        let (out, shape) = match &qkv.slice {
-            CudaStorageSlice::F16(_) => self.run::<f16>(dev, q, c, s, DType::F16)?,
-            CudaStorageSlice::BF16(_) => self.run::<bf16>(dev, q, c, s, DType::BF16)?,
-            _ => bail!("rope_qkv takes an F16 or BF16 projection"),
+        let (q, r, c) = ((qkv, ql), (rope, rl), (cache, cl));
+        let slice = match &qkv.slice {
+            CudaStorageSlice::F16(_) => {
+                CudaStorageSlice::F16(self.run::<f16>(dev, q, r, c, DType::F16)?)
+            }
+            CudaStorageSlice::BF16(_) => {
+                CudaStorageSlice::BF16(self.run::<bf16>(dev, q, r, c, DType::BF16)?)
+            }
+            _ => bail!("decode attention takes an F16 or BF16 projection"),
         };
-        Ok((wrap(CudaStorageSlice::F32(out), dev), shape))
+        let d = cl.shape().dims4()?.3;
+        Ok((wrap(slice, dev), Shape::from((1, self.heads * d))))
+    }
+}
+
+struct AddRmsNorm {
+    eps: f32,
+}
+
+impl AddRmsNorm {
+    fn run<T: CudaDType + DeviceRepr>(
+        &self,
+        dev: &CudaDevice,
+        [x, delta, weight]: [(&CudaStorage, &Layout); 3],
+        dtype: DType,
+    ) -> Result<CudaSlice<T>> {
+        let n = x.1.shape().elem_count();
+        if delta.1.shape().elem_count() != n || weight.1.shape().elem_count() != n {
+            bail!(
+                "add_rms_norm: {:?} + {:?} normed by {:?}",
+                x.1.shape(),
+                delta.1.shape(),
+                weight.1.shape()
+            )
+        }
+        let (x, delta, weight) = (
+            view::<T>(x.0, x.1)?,
+            view::<T>(delta.0, delta.1)?,
+            view::<T>(weight.0, weight.1)?,
+        );
+        // SAFETY: every element is written by the kernel.
+        let out = unsafe { dev.alloc::<T>(2 * n)? };
+        let cfg = LaunchConfig {
+            grid_dim: (1, 1, 1),
+            block_dim: (1024, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let n = n as u32;
+        launch!(
+            dev,
+            "add_rms_norm",
+            dtype,
+            cfg,
+            &x,
+            &delta,
+            &weight,
+            &out,
+            &n,
+            &self.eps
+        );
+        Ok(out)
+    }
+}
+
+impl CustomOp3 for AddRmsNorm {
+    fn name(&self) -> &'static str {
+        "llmlocal-add-rms-norm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        cpu_refused()
+    }
+
+    fn cuda_fwd(
+        &self,
+        x: &CudaStorage,
+        xl: &Layout,
+        delta: &CudaStorage,
+        dl: &Layout,
+        weight: &CudaStorage,
+        wl: &Layout,
+    ) -> Result<(CudaStorage, Shape)> {
+        let dev = x.device();
+        let args = [(x, xl), (delta, dl), (weight, wl)];
+        let slice = match (&x.slice, &delta.slice, &weight.slice) {
+            (CudaStorageSlice::F16(_), CudaStorageSlice::F16(_), CudaStorageSlice::F16(_)) => {
+                CudaStorageSlice::F16(self.run::<f16>(dev, args, DType::F16)?)
+            }
+            (CudaStorageSlice::BF16(_), CudaStorageSlice::BF16(_), CudaStorageSlice::BF16(_)) => {
+                CudaStorageSlice::BF16(self.run::<bf16>(dev, args, DType::BF16)?)
+            }
+            _ => bail!("add_rms_norm takes F16 or BF16 operands of one dtype"),
+        };
+        Ok((wrap(slice, dev), Shape::from((2, xl.shape().elem_count()))))
     }
 }
 

@@ -25,7 +25,8 @@
 //!
 //! On CUDA in F16/BF16 a generated token goes further (`decode_kernels`, built with the
 //! `cuda` feature): the matmuls run as our own GEMV kernel (a cuBLAS call costs ~16 us of
-//! CPU, our launch ~6), and cast + RoPE of q and k, and silu * up are one kernel each: 15
+//! CPU, our launch ~6); RoPE, the KV-cache append and the whole attention of a head are one
+//! kernel; the residual add and the next RMS norm are one; so are silu and * up. That is 8
 //! launches per layer instead of 20. Prompts (several tokens) always take candle's ops.
 
 use candle_core::{DType, Device, Result, Tensor};
@@ -91,8 +92,9 @@ pub struct DenseLlama {
     q_rope: Rope,
     shape: Shape,
     dtype: DType,
-    /// One-token steps run the fused CUDA kernels.
-    fused: bool,
+    /// `Some` when one-token steps run the fused CUDA kernels: `[context, head_dim]` F32,
+    /// each position's cos then sin (unscaled), the row the attention kernel takes.
+    fused_rope: Option<Tensor>,
 }
 
 /// Smallest KV capacity a session allocates; it doubles from there up to the context.
@@ -118,9 +120,12 @@ impl DenseLlama {
             .collect::<Result<Vec<_>>>()?;
         let k_rope = Rope::new(&shape, device)?;
         let q_rope = k_rope.scaled(1.0 / (shape.head_dim as f64).sqrt())?;
-        let fused = fused_kernels_fit(&shape, &layers, dtype, device);
+        let fused_rope = match fused_kernels_fit(&shape, &layers, dtype, device) {
+            true => Some(Tensor::cat(&[&k_rope.cos, &k_rope.sin], 1)?),
+            false => None,
+        };
         Ok(DenseLlama {
-            fused,
+            fused_rope,
             output: weights.output.unwrap_or_else(|| weights.embed.clone()),
             embed: weights.embed,
             layers,
@@ -231,27 +236,23 @@ impl Session {
         let device = model.embed.device();
         let ids = Tensor::new(tokens, device)?;
         let mut x = model.embed.index_select(&ids, 0)?;
-        let fused = model.fused && t == 1;
+        if let (1, Some(rope)) = (t, &model.fused_rope) {
+            let logits = fused::forward(&model, rope, &self.caches, &x, pos)?;
+            self.len = pos + 1;
+            return logits.squeeze(0);
+        }
         let mask = causal_mask(t, pos, device)?;
         for (i, layer) in model.layers.iter().enumerate() {
-            x = if fused {
-                fused::layer(&model, layer, &self.caches[i], &x, pos)?
-            } else {
-                let h = rms_norm(&x, &layer.attn_norm, model.shape.rms_eps)?;
-                let attn = self.attention(&model, i, layer, &h, pos, mask.as_ref())?;
-                let x = (x + attn.matmul(&layer.o.t()?)?)?;
-                let h = rms_norm(&x, &layer.ffn_norm, model.shape.rms_eps)?;
-                (&x + mlp(layer, &h)?)?
-            };
+            let h = rms_norm(&x, &layer.attn_norm, model.shape.rms_eps)?;
+            let attn = self.attention(&model, i, layer, &h, pos, mask.as_ref())?;
+            x = (x + attn.matmul(&layer.o.t()?)?)?;
+            let h = rms_norm(&x, &layer.ffn_norm, model.shape.rms_eps)?;
+            x = (&x + mlp(layer, &h)?)?;
         }
         self.len = pos + t;
         let last = x.narrow(0, t - 1, 1)?;
         let last = rms_norm(&last, &model.norm, model.shape.rms_eps)?;
-        let logits = match fused {
-            true => fused::linear(&last, &model.output)?,
-            false => last.matmul(&model.output.t()?)?,
-        };
-        logits.squeeze(0)
+        last.matmul(&model.output.t()?)?.squeeze(0)
     }
 
     /// Attention of the `t` new positions (`h`: `[t, hidden]`) over the cache plus
@@ -362,57 +363,68 @@ fn fused_kernels_fit(shape: &Shape, layers: &[Layer], dtype: DType, device: &Dev
 
 #[cfg(feature = "cuda")]
 mod fused {
-    //! One token through a layer with the fused kernels (see [`crate::decode_kernels`]).
+    //! One token through the network with the fused kernels (see [`crate::decode_kernels`]).
 
     use super::{DenseLlama, Layer, Shape};
     use crate::decode_kernels as k;
     use candle_core::{Result, Tensor};
     use candle_nn::ops::rms_norm;
 
-    /// Sizes the kernels take: 16-byte rows for the GEMV.
+    /// Sizes the kernels take: 16-byte rows for the GEMV, heads the attention kernel takes.
     pub fn fits(shape: &Shape, layers: &[Layer]) -> bool {
-        shape.head_dim % 2 == 0
+        k::attention_fits(shape.head_dim)
+            && shape.kv_heads > 0
+            && shape.heads % shape.kv_heads == 0
             && shape.hidden % 8 == 0
             && (shape.heads * shape.head_dim) % 8 == 0
             && layers.iter().all(|l| l.ffn % 8 == 0)
     }
 
-    /// `x` (`[1, hidden]`) through `layer`, whose KV cache is `cache`, at position `pos`.
-    pub fn layer(
+    /// One token (`x`: its embedding, `[1, hidden]`) at position `pos` through every layer
+    /// (whose KV caches are `caches`), the final norm and the output: `[1, vocab]` logits.
+    /// `rope`: the model's `fused_rope` table.
+    pub fn forward(
         model: &DenseLlama,
-        layer: &Layer,
-        cache: &Tensor,
+        rope: &Tensor,
+        caches: &[Tensor],
         x: &Tensor,
         pos: usize,
     ) -> Result<Tensor> {
         let s = &model.shape;
-        let h = rms_norm(x, &layer.attn_norm, s.rms_eps)?;
-        let qkv = linear(&h, &layer.qkv)?;
-        let rope = &model.k_rope;
-        let rows = k::rope_qkv(
-            &qkv,
-            &rope.cos.narrow(0, pos, 1)?,
-            &rope.sin.narrow(0, pos, 1)?,
-            s.heads,
-            s.kv_heads,
-            1.0 / (s.head_dim as f32).sqrt(),
-        )?;
-        let new = rows
-            .narrow(0, s.heads, 2 * s.kv_heads)?
-            .reshape((2, s.kv_heads, 1, s.head_dim))?;
-        cache.slice_set(&new, 2, pos)?;
-        let q = rows
-            .narrow(0, 0, s.heads)?
-            .reshape((s.heads, 1, s.head_dim))?;
-        let attn = super::attend(model, &q, cache, pos + 1, None)?;
-        let x = (x + linear(&attn, &layer.o)?)?;
-        let h = rms_norm(&x, &layer.ffn_norm, s.rms_eps)?;
-        let act = k::swiglu(&linear(&h, &layer.gate_up)?)?;
-        x + linear(&act, &layer.down)?
+        let rope = rope.narrow(0, pos, 1)?;
+        let q_scale = 1.0 / (s.head_dim as f32).sqrt();
+        let first_norm = model.layers.first().map_or(&model.norm, |l| &l.attn_norm);
+        let mut h = rms_norm(x, first_norm, s.rms_eps)?;
+        let mut x = x.clone();
+        for (i, (layer, cache)) in model.layers.iter().zip(caches).enumerate() {
+            let attn = k::attention(
+                &linear(&h, &layer.qkv)?,
+                &rope,
+                cache,
+                s.heads,
+                pos,
+                q_scale,
+            )?;
+            (x, h) = residual(&x, &linear(&attn, &layer.o)?, &layer.ffn_norm, s.rms_eps)?;
+            let act = k::swiglu(&linear(&h, &layer.gate_up)?)?;
+            // The next layer's input norm, or after the last layer the final one.
+            let norm = model
+                .layers
+                .get(i + 1)
+                .map_or(&model.norm, |l| &l.attn_norm);
+            (x, h) = residual(&x, &linear(&act, &layer.down)?, norm, s.rms_eps)?;
+        }
+        linear(&h, &model.output)
+    }
+
+    /// `x + delta` and its RMS norm times `norm`, from one kernel: views of its two rows.
+    fn residual(x: &Tensor, delta: &Tensor, norm: &Tensor, eps: f32) -> Result<(Tensor, Tensor)> {
+        let both = k::add_rms_norm(x, delta, norm, eps)?;
+        Ok((both.narrow(0, 0, 1)?, both.narrow(0, 1, 1)?))
     }
 
     /// `x` times `w` transposed, by the GEMV kernel when the operands fit it.
-    pub fn linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    fn linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
         match k::gemv_fits(x, w) {
             true => k::gemv(x, w),
             false => x.matmul(&w.t()?),
@@ -431,11 +443,13 @@ mod fused {
         false
     }
 
-    pub fn layer(_: &DenseLlama, _: &Layer, _: &Tensor, _: &Tensor, _: usize) -> Result<Tensor> {
-        bail!("this build has no CUDA kernels")
-    }
-
-    pub fn linear(_: &Tensor, _: &Tensor) -> Result<Tensor> {
+    pub fn forward(
+        _: &DenseLlama,
+        _: &Tensor,
+        _: &[Tensor],
+        _: &Tensor,
+        _: usize,
+    ) -> Result<Tensor> {
         bail!("this build has no CUDA kernels")
     }
 }
