@@ -22,17 +22,21 @@ pub struct LlamaGeneration {
 }
 
 impl LlamaGeneration {
+    /// `clock` must have been started before the job was sent to the decode thread: started
+    /// after, a caller thread descheduled between the two would let the whole prompt pass
+    /// (and the first token) happen before the clock runs, and `time_to_first_token_ms`
+    /// (the server's `prompt_ms`) would read close to 0.
     pub fn new(
         steps: Receiver<Result<Step, PluginError>>,
         cancel: Arc<AtomicBool>,
         engine: Arc<Engine>,
-        prompt_tokens: u32,
+        clock: StatsClock,
     ) -> Self {
         LlamaGeneration {
             steps,
             cancel,
             engine,
-            clock: StatsClock::start(prompt_tokens),
+            clock,
             ended: None,
         }
     }

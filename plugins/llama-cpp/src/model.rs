@@ -10,7 +10,7 @@ use crate::{
 use llama_cpp_2::{model::LlamaModel, token::LlamaToken};
 use llmlocal_plugin_api::{
     abi_stable::std_types::{ROption, RString, RVec},
-    GenerateRequest, Generation, Model, ModelMetadata, PluginError,
+    GenerateRequest, Generation, Model, ModelMetadata, PluginError, StatsClock,
 };
 use std::sync::{atomic::AtomicBool, Arc, RwLock, RwLockReadGuard, RwLockWriteGuard, TryLockError};
 
@@ -259,12 +259,15 @@ impl Model for LlamaCppModel {
     }
 
     fn generate(&self, request: GenerateRequest) -> Result<Box<dyn Generation>, PluginError> {
+        // The generation starts with this call, before the job is sent: once it is, the decode
+        // thread may finish the prompt before this thread runs again.
+        let prompt_len = u32::try_from(request.prompt_tokens.len()).unwrap_or(u32::MAX);
+        let clock = StatsClock::start(prompt_len);
         let prompt = self.check_prompt(request.prompt_tokens.as_slice())?;
         let adapters = self.adapters_for(&request)?;
         let sampler = SamplerChain::new(&request.sampling, self.n_vocab)?;
         let (out, steps) = std::sync::mpsc::sync_channel(OUTPUT_CHANNEL_CAPACITY);
         let cancel = Arc::new(AtomicBool::new(false));
-        let prompt_len = u32::try_from(prompt.len()).unwrap_or(u32::MAX);
         let job = Job {
             prompt,
             cancel: Arc::clone(&cancel),
@@ -281,7 +284,7 @@ impl Model for LlamaCppModel {
             steps,
             cancel,
             Arc::clone(&self.engine),
-            prompt_len,
+            clock,
         )))
     }
 
