@@ -148,23 +148,53 @@ impl Drop for Server {
     }
 }
 
-/// Starts `llmlocal serve` with the model under the alias `bench` and waits for `/health`.
+/// What a model is loaded with: sequences run at once and context per sequence. The KV cache
+/// holds `parallel x context_length` cells.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct LoadShape {
+    pub parallel: u32,
+    pub context_length: u32,
+}
+
+impl LoadShape {
+    /// The in-process plugin runs and direct-bench (scripts/gpu/direct_bench.c): one
+    /// sequence of `setup.context_length` cells.
+    pub fn bench(setup: &Setup) -> Self {
+        LoadShape {
+            parallel: 1,
+            context_length: setup.context_length,
+        }
+    }
+
+    /// What `llmlocal serve` loads a model with when neither `--parallel` nor
+    /// `--context-length` is given: the plugin's default parallel generations, and the
+    /// engine's context for this machine's memory and the model's trained context.
+    pub fn served_default(dir: &Path, setup: &Setup) -> anyhow::Result<Self> {
+        use llmlocal::engine::memory;
+        Ok(LoadShape {
+            parallel: plugin::default_parallel(dir, "llama-cpp")?,
+            context_length: memory::default_context_length(
+                memory::read().total,
+                memory::model_max_context(&setup.model),
+            ),
+        })
+    }
+}
+
+/// Starts `llmlocal serve` with the model under the alias `bench`, loaded as `shape` says,
+/// and waits for `/health`.
 pub fn serve(
     llmlocal: &Path,
     plugin_dir: &Path,
     setup: &Setup,
+    shape: LoadShape,
     port: u16,
     log: &Path,
 ) -> anyhow::Result<Server> {
     let addr = format!("127.0.0.1:{port}");
     let log_file =
         std::fs::File::create(log).with_context(|| format!("create {}", log.display()))?;
-    let child = Command::new(llmlocal)
-        .args(["serve", "--bind", &addr, "--backend", "llama-cpp"])
-        .arg("--model")
-        .arg(format!("bench={}", setup.model.display()))
-        .env("LLMLOCAL_PLUGIN_PATH", plugin_dir)
-        .env("LLMLOCAL_LOG", "info")
+    let child = serve_command(llmlocal, plugin_dir, setup, shape, &addr)
         .stdout(Stdio::null())
         .stderr(log_file)
         .spawn()
@@ -180,6 +210,28 @@ pub fn serve(
         std::thread::sleep(Duration::from_millis(100));
     }
     bail!("llmlocal serve did not answer /health within 60 s")
+}
+
+/// The `llmlocal serve` command line of [`serve`].
+fn serve_command(
+    llmlocal: &Path,
+    plugin_dir: &Path,
+    setup: &Setup,
+    shape: LoadShape,
+    addr: &str,
+) -> Command {
+    let mut command = Command::new(llmlocal);
+    command
+        .args(["serve", "--bind", addr, "--backend", "llama-cpp"])
+        .arg("--model")
+        .arg(format!("bench={}", setup.model.display()))
+        .arg("--parallel")
+        .arg(shape.parallel.to_string())
+        .arg("--context-length")
+        .arg(shape.context_length.to_string())
+        .env("LLMLOCAL_PLUGIN_PATH", plugin_dir)
+        .env("LLMLOCAL_LOG", "info");
+    command
 }
 
 /// One HTTP/1.1 request with `Connection: close`; the status and the whole body.
@@ -407,6 +459,10 @@ pub struct ModelRow {
     pub http_timing: Option<HttpTiming>,
     /// Client TTFT vs the server's `timings.prompt_ms`, token-id prompt.
     pub http_ids_timing: Option<HttpTiming>,
+    /// What the HTTP runs' server loaded the model with (as the plugin run).
+    pub http_load: LoadShape,
+    /// The plugin's prompt pass with the bench's load vs the server's default load.
+    pub load_cost: Option<LoadCost>,
     pub plugin_vs_direct_pp: f64,
     pub plugin_vs_direct_tg: f64,
     pub http_vs_direct_pp: f64,
@@ -464,6 +520,15 @@ pub fn measure(dir: &Path, job: &ModelJob) -> anyhow::Result<ModelRow> {
         .llmlocal
         .map(|exe| http_both(exe, dir, job, &text, &prompt))
         .unwrap_or_default();
+    let load_cost = job.llmlocal.and_then(|_| {
+        eprintln!(
+            "{}: prompt pass, bench vs server default load ...",
+            job.label
+        );
+        load_cost(dir, job, &prompt)
+            .map_err(|e| eprintln!("load cost: {e:#}"))
+            .ok()
+    });
     let aggregate = aggregate(dir, job).unwrap_or_else(|e| {
         eprintln!("aggregate: {e:#}");
         Vec::new()
@@ -512,6 +577,8 @@ pub fn measure(dir: &Path, job: &ModelJob) -> anyhow::Result<ModelRow> {
         http_ids: http_ids.map(|r| r.speed),
         http_timing: http.map(|r| r.timing),
         http_ids_timing: http_ids.map(|r| r.timing),
+        http_load: LoadShape::bench(setup),
+        load_cost,
         aggregate,
         direct_aggregate,
         bandwidth_bound_tg: bound,
@@ -533,7 +600,13 @@ fn http_both(
 ) -> (Option<HttpResult>, Option<HttpResult>) {
     eprintln!("{}: llmlocal serve over HTTP ...", job.label);
     let log = job.log_dir.join(format!("serve-{}.log", job.label));
-    let mut server = match serve(exe, dir, &job.setup, 18_473, &log) {
+    // Loaded as the plugin runs and direct-bench load it (one sequence, prompt + generation
+    // + 16 cells), not with the server's defaults (the plugin's 4 sequences x the engine's
+    // context, 8192 on the GPU machine: 32768 KV cells, 1 GiB for the 1B F16 model, against
+    // 768): HTTP vs plugin vs direct then differ only in the path, not in the context
+    // llama.cpp runs. [`load_cost`] measures what the defaults change.
+    let shape = LoadShape::bench(&job.setup);
+    let mut server = match serve(exe, dir, &job.setup, shape, 18_473, &log) {
         Ok(server) => server,
         Err(e) => {
             eprintln!("HTTP: {e:#}");
@@ -548,6 +621,53 @@ fn http_both(
     let text = measure("text", serde_json::json!(text));
     eprintln!("{}: HTTP with token ids ...", job.label);
     (text, measure("token-id", serde_json::json!(ids)))
+}
+
+/// Generations per load in [`load_cost`], after one warm-up each.
+const LOAD_COST_ROUNDS: usize = 8;
+
+/// The plugin's prompt pass with two load shapes of one model: the bench's and what
+/// `llmlocal serve` loads with by default.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct LoadCost {
+    pub bench: LoadShape,
+    /// The plugin's stats clock (generation start to first token), as `timings.prompt_ms`.
+    pub bench_prompt_ms: Millis,
+    pub served: LoadShape,
+    pub served_prompt_ms: Millis,
+}
+
+/// Loads the model twice in this process, as the bench loads it and as `llmlocal serve`
+/// does by default, and times the prompt pass of `prompt` on each, alternating (so that a
+/// drift of the machine's speed reaches both alike), on the plugin's own clock: what the
+/// server's default KV cache and sequence count cost the prompt, without HTTP or another
+/// process in the way.
+pub fn load_cost(dir: &Path, job: &ModelJob, prompt: &[u32]) -> anyhow::Result<LoadCost> {
+    let bench = LoadShape::bench(&job.setup);
+    let served = LoadShape::served_default(dir, &job.setup)?;
+    let load = |shape: LoadShape| {
+        let mut setup = job.setup.clone();
+        setup.context_length = shape.context_length;
+        plugin::load_on(dir, "llama-cpp", &setup, shape.parallel, job.device)
+    };
+    let models = [load(bench)?, load(served)?];
+    let mut times = [Vec::new(), Vec::new()];
+    for round in 0..=LOAD_COST_ROUNDS {
+        for (model, times) in models.iter().zip(times.iter_mut()) {
+            let ms = plugin::prompt_ms(model, prompt)?;
+            // The first generation of a context pays first-use costs (cuBLAS handles, ...).
+            if round > 0 {
+                times.push(ms);
+            }
+        }
+    }
+    let [bench_ms, served_ms] = times;
+    Ok(LoadCost {
+        bench,
+        bench_prompt_ms: Millis::of(&bench_ms).unwrap_or_default(),
+        served,
+        served_prompt_ms: Millis::of(&served_ms).unwrap_or_default(),
+    })
 }
 
 /// Prompt length of the aggregate runs: short, as they measure decoding, and it keeps 64
@@ -613,6 +733,9 @@ pub fn table(rows: &[ModelRow]) -> String {
             r.candle_vs_llama_tg,
         ));
         out.push_str(&http_line(r));
+        if let Some(c) = &r.load_cost {
+            out.push_str(&load_cost_line(c));
+        }
         let agg: Vec<String> = r
             .aggregate
             .iter()
@@ -652,7 +775,10 @@ fn http_line(r: &ModelRow) -> String {
     }
     let (text, ids) = (r.http.unwrap_or_default(), r.http_ids.unwrap_or_default());
     let mut line = format!(
-        "           http pp text {:.0} ({:.3} of direct), ids {:.0} ({:.3}); tg ids {:.0} ({:.3})\n",
+        "           http (load {} x {}) pp text {:.0} ({:.3} of direct), ids {:.0} ({:.3}); \
+         tg ids {:.0} ({:.3})\n",
+        r.http_load.parallel,
+        r.http_load.context_length,
         text.prompt_tps,
         r.http_vs_direct_pp,
         ids.prompt_tps,
@@ -666,6 +792,21 @@ fn http_line(r: &ModelRow) -> String {
         }
     }
     line
+}
+
+/// The plugin's prompt pass with the bench's load vs the server's default (medians, best).
+fn load_cost_line(c: &LoadCost) -> String {
+    let shape = |s: &LoadShape| format!("{} x {}", s.parallel, s.context_length);
+    format!(
+        "           plugin prompt_ms, load {}: {:.2} (best {:.2}); serve's default load {}: \
+         {:.2} (best {:.2})\n",
+        shape(&c.bench),
+        c.bench_prompt_ms.median,
+        c.bench_prompt_ms.best,
+        shape(&c.served),
+        c.served_prompt_ms.median,
+        c.served_prompt_ms.best,
+    )
 }
 
 /// Client TTFT, the server's prompt_ms and the difference (HTTP + host path), medians.
@@ -697,6 +838,50 @@ mod tests {
         assert!(!has_text("data: [DONE]\n"));
         assert_eq!(server_prompt_ms(&format!("{last}\n")), Some(12.5));
         assert_eq!(server_prompt_ms(token), None);
+    }
+
+    fn setup() -> Setup {
+        Setup {
+            model: "m.gguf".into(),
+            threads: 0,
+            batch_size: 512,
+            prompt_tokens: 512,
+            gen_tokens: 128,
+            parallel: 1,
+            repeat: 3,
+            context_length: 656,
+        }
+    }
+
+    #[test]
+    fn the_server_loads_the_model_as_the_plugin_run_does() {
+        let setup = setup();
+        let command = serve_command(
+            Path::new("llmlocal"),
+            Path::new("plugins"),
+            &setup,
+            LoadShape::bench(&setup),
+            "127.0.0.1:1",
+        );
+        let args: Vec<String> = command
+            .get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        let value = |flag: &str| {
+            let at = args.iter().position(|a| a == flag);
+            at.and_then(|i| args.get(i + 1)).cloned()
+        };
+        assert_eq!(value("--parallel").as_deref(), Some("1"), "{args:?}");
+        assert_eq!(
+            value("--context-length").as_deref(),
+            Some("656"),
+            "{args:?}"
+        );
+        assert_eq!(
+            value("--model").as_deref(),
+            Some("bench=m.gguf"),
+            "{args:?}"
+        );
     }
 
     #[test]

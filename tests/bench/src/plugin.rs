@@ -101,6 +101,27 @@ pub fn prompt_tokens(model: &LoadedModel, n: usize) -> anyhow::Result<Vec<u32>> 
     Ok(ids)
 }
 
+/// The prompt pass of one generation of `prompt` that stops after its first token, on the
+/// plugin's own stats clock (generation start to first token): the clock behind the
+/// server's `timings.prompt_ms`.
+pub fn prompt_ms(model: &LoadedModel, prompt: &[u32]) -> anyhow::Result<f64> {
+    let mut generation = model.generate(request(prompt, 1))?;
+    if token_times(&mut generation)?.is_empty() {
+        bail!("the plugin generated no tokens");
+    }
+    Ok(generation.stats()?.time_to_first_token_ms)
+}
+
+/// How many generations the plugin of `backend` in `dir` runs at once per model when the load
+/// request does not say: what `llmlocal serve` loads models with unless `--parallel` is given.
+pub fn default_parallel(dir: &Path, backend: &str) -> anyhow::Result<u32> {
+    let registry = PluginRegistry::load_files(&[library_path(dir, backend)]);
+    let handle = registry
+        .backend(backend)
+        .map_err(|e| anyhow!("the {backend} plugin did not load: {e}"))?;
+    Ok(handle.manifest.capabilities.parallel_generations.max(1))
+}
+
 /// Prompt processing (time to the first token) and single-sequence generation speed.
 pub fn run(model: &LoadedModel, setup: &Setup, prompt: &[u32]) -> anyhow::Result<Speed> {
     let mut pp = Vec::new();
