@@ -1,0 +1,174 @@
+"""GPU time of one generated token through the candle plugin's fused decode kernels.
+
+Runs the kernels of plugins/candle/kernels/decode.cu (compiled to PTX as build.rs does) in
+the order src/dense_llama.rs launches them for one token, on random weights of
+Llama-3.2-1B shapes, with CuPy and without Rust or candle:
+
+- "graph": one token captured as a CUDA graph and replayed: the GPU's own time per token,
+  without the gaps that launching from the CPU leaves;
+- per kernel: each kind over its 16 layers in a graph, as time and (for the GEMVs) GB/s of
+  weights read, next to cuBLAS (cupy.matmul) on the same shapes.
+
+Comparing "graph" with the plugin's measured time per token says how much of that time the
+CPU's launches add. Usage, on the GPU machine from the repository root:
+
+    nvcc --ptx -O3 -arch=compute_90 -o /tmp/decode.ptx plugins/candle/kernels/decode.cu
+    python3 scripts/gpu/decode_kernels_bench.py /tmp/decode.ptx [--pos 600]
+"""
+
+import argparse
+import json
+
+import cupy as cp
+import numpy as np
+
+HIDDEN, HEADS, KV_HEADS, HEAD_DIM, FFN, VOCAB, LAYERS = 2048, 32, 8, 64, 8192, 128256, 16
+CAPACITY = 1024
+U32, F32 = np.uint32, np.float32
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("ptx")
+    parser.add_argument("--pos", type=int, default=600, help="position of the token")
+    parser.add_argument("--json")
+    args = parser.parse_args()
+    module = cp.RawModule(path=args.ptx)
+    kernel = module.get_function
+    rng = cp.random.default_rng(0)
+
+    def weights(rows, cols):
+        return (rng.standard_normal((rows, cols), dtype=cp.float32) * 0.02).astype(cp.float16)
+
+    def norm():
+        return (1.0 + 0.1 * rng.standard_normal(HIDDEN, dtype=cp.float32)).astype(cp.float16)
+
+    qkv_rows = (HEADS + 2 * KV_HEADS) * HEAD_DIM
+    layers = [
+        {
+            "qkv": weights(qkv_rows, HIDDEN),
+            "o": weights(HIDDEN, HEADS * HEAD_DIM),
+            "gate_up": weights(2 * FFN, HIDDEN),
+            "down": weights(HIDDEN, FFN),
+            "attn_norm": norm(),
+            "ffn_norm": norm(),
+            "cache": rng.standard_normal((2, KV_HEADS, CAPACITY, HEAD_DIM), dtype=cp.float32),
+            # Outputs, allocated once so that a graph can capture the launches.
+            "qkv_out": cp.empty(qkv_rows, cp.float16),
+            "attn_out": cp.empty(HEADS * HEAD_DIM, cp.float16),
+            "o_out": cp.empty(HIDDEN, cp.float16),
+            "mid": cp.empty(2 * HIDDEN, cp.float16),
+            "gate_up_out": cp.empty(2 * FFN, cp.float16),
+            "act": cp.empty(FFN, cp.float16),
+            "down_out": cp.empty(HIDDEN, cp.float16),
+            "end": cp.empty(2 * HIDDEN, cp.float16),
+        }
+        for _ in range(LAYERS)
+    ]
+    output = weights(VOCAB, HIDDEN)
+    logits = cp.empty(VOCAB, cp.float16)
+    embedding = rng.standard_normal(2 * HIDDEN, dtype=cp.float32).astype(cp.float16)
+    angles = args.pos / 500000.0 ** (np.arange(HEAD_DIM // 2) * 2.0 / HEAD_DIM)
+    rope = cp.asarray(np.concatenate([np.cos(angles), np.sin(angles)]).astype(np.float32))
+    gemv, swiglu = kernel("gemv_f16"), kernel("swiglu_f16")
+    attention = kernel(f"decode_attention_{HEAD_DIM}_f16")
+    add_rms_norm = kernel("add_rms_norm_f16")
+
+    def run_gemv(w, x, y):
+        rows, k = w.shape
+        gemv(((rows + 7) // 8,), (256,), (w, x, y, U32(rows), U32(k)))
+
+    def run_attention(layer):
+        attention(
+            (HEADS,), (1024,),
+            (layer["qkv_out"], rope, layer["cache"], layer["attn_out"], U32(HEADS),
+             U32(KV_HEADS), U32(CAPACITY), U32(args.pos), F32(HEAD_DIM ** -0.5)),
+        )
+
+    def run_add_norm(x, delta, w, out):
+        add_rms_norm((1,), (1024,), (x, delta, w, out, U32(HIDDEN), F32(1e-5)))
+
+    def run_swiglu(layer):
+        swiglu(((FFN + 255) // 256,), (256,), (layer["gate_up_out"], layer["act"], U32(FFN)))
+
+    def token():
+        x, h = embedding[:HIDDEN], embedding[HIDDEN:]
+        for layer in layers:
+            run_gemv(layer["qkv"], h, layer["qkv_out"])
+            run_attention(layer)
+            run_gemv(layer["o"], layer["attn_out"], layer["o_out"])
+            run_add_norm(x, layer["o_out"], layer["ffn_norm"], layer["mid"])
+            x, h = layer["mid"][:HIDDEN], layer["mid"][HIDDEN:]
+            run_gemv(layer["gate_up"], h, layer["gate_up_out"])
+            run_swiglu(layer)
+            run_gemv(layer["down"], layer["act"], layer["down_out"])
+            run_add_norm(x, layer["down_out"], layer["attn_norm"], layer["end"])
+            x, h = layer["end"][:HIDDEN], layer["end"][HIDDEN:]
+        run_gemv(output, h, logits)
+
+    stream = cp.cuda.Stream(non_blocking=True)
+    results = {"pos": args.pos}
+    with stream:
+        results["eager_token_ms"] = time_ms(stream, token, repeat=50)
+        results["graph_token_ms"] = time_ms(stream, graphed(stream, token), repeat=50)
+        parts = {
+            "gemv qkv": (lambda: [run_gemv(l["qkv"], l["mid"][HIDDEN:], l["qkv_out"]) for l in layers], "qkv"),
+            "gemv o": (lambda: [run_gemv(l["o"], l["attn_out"], l["o_out"]) for l in layers], "o"),
+            "gemv gate_up": (lambda: [run_gemv(l["gate_up"], l["mid"][HIDDEN:], l["gate_up_out"]) for l in layers], "gate_up"),
+            "gemv down": (lambda: [run_gemv(l["down"], l["act"], l["down_out"]) for l in layers], "down"),
+            "attention": (lambda: [run_attention(l) for l in layers], None),
+            "add_rms_norm": (lambda: [run_add_norm(l["mid"][:HIDDEN], l["o_out"], l["ffn_norm"], l["end"]) for l in layers], None),
+            "swiglu": (lambda: [run_swiglu(l) for l in layers], None),
+        }
+        per_kernel = {}
+        for name, (fn, key) in parts.items():
+            us = time_ms(stream, graphed(stream, fn), repeat=50) * 1000.0 / LAYERS
+            row = {"us": round(us, 2)}
+            if key:
+                nbytes = layers[0][key].nbytes
+                row["gbs"] = round(nbytes / us / 1e3, 1)
+                x = cp.ones(layers[0][key].shape[1], cp.float16)
+                blas = time_ms(stream, lambda: [l[key] @ x for l in layers], repeat=50)
+                row["cublas_us"] = round(blas * 1000.0 / LAYERS, 2)
+                row["cublas_gbs"] = round(nbytes / (blas * 1000.0 / LAYERS) / 1e3, 1)
+            per_kernel[name] = row
+        out_us = time_ms(stream, graphed(stream, lambda: run_gemv(output, embedding[HIDDEN:], logits)), repeat=50) * 1000.0
+        per_kernel["gemv output"] = {"us": round(out_us, 2), "gbs": round(output.nbytes / out_us / 1e3, 1)}
+        results["kernels"] = per_kernel
+    weight_bytes = sum(layers[0][k].nbytes for k in ("qkv", "o", "gate_up", "down")) * LAYERS + output.nbytes
+    results["weight_gb_per_token"] = round(weight_bytes / 1e9, 3)
+    results["graph_weight_gbs"] = round(weight_bytes / results["graph_token_ms"] / 1e6, 1)
+    print(json.dumps(results, indent=1))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=1)
+
+
+def graphed(stream, fn):
+    """fn's launches captured once as a CUDA graph; the returned function replays it."""
+    fn()  # loads the kernels before capture
+    stream.synchronize()
+    stream.begin_capture()
+    fn()
+    graph = stream.end_capture()
+    return lambda: graph.launch(stream)
+
+
+def time_ms(stream, fn, repeat):
+    """Median over 5 rounds of the mean time of `repeat` calls of fn, in ms (CUDA events)."""
+    for _ in range(3):
+        fn()
+    rounds = []
+    for _ in range(5):
+        start, end = cp.cuda.Event(), cp.cuda.Event()
+        start.record(stream)
+        for _ in range(repeat):
+            fn()
+        end.record(stream)
+        end.synchronize()
+        rounds.append(cp.cuda.get_elapsed_time(start, end) / repeat)
+    return sorted(rounds)[len(rounds) // 2]
+
+
+if __name__ == "__main__":
+    main()
