@@ -9,6 +9,9 @@
 //                      matmuls, softmax and a cast: 8 ops)
 //   add_rms_norm_*     the residual add and the next RMS norm (2 ops)
 //   swiglu_*           silu(gate) * up (2 ops)
+//   argmax_*           the greedy choice over the logits, so 4 bytes come back to the CPU
+//                      instead of the whole vocabulary's logits (a cast, a 0.5 MB copy and
+//                      a scan on the CPU at a 128k vocabulary)
 // Every sum accumulates in F32. Built to PTX by build.rs with the `cuda` feature.
 
 #include <cuda_bf16.h>
@@ -204,6 +207,35 @@ __device__ void swiglu(const T *__restrict__ gate_up, T *__restrict__ out, uint3
     }
 }
 
+// out[0] = the index of the largest of x[0..n]: the lowest index on ties, NaN never wins,
+// 0 when nothing beats -inf (as the CPU sampler's argmax). One block.
+template <typename T>
+__device__ void argmax(const T *__restrict__ x, uint32_t n, uint32_t *__restrict__ out) {
+    __shared__ float best_value[32];
+    __shared__ uint32_t best_index[32];
+    float value = -INFINITY;
+    uint32_t index = n;
+    // Each thread sees ascending indices, so a strict > keeps the lowest of equal values.
+    for (uint32_t i = threadIdx.x; i < n; i += blockDim.x) {
+        const float v = to_f(x[i]);
+        if (v > value) value = v, index = i;
+    }
+    for (int offset = 16; offset > 0; offset >>= 1) {
+        const float v = __shfl_xor_sync(0xffffffffu, value, offset);
+        const uint32_t i = __shfl_xor_sync(0xffffffffu, index, offset);
+        if (v > value || (v == value && i < index)) value = v, index = i;
+    }
+    if (threadIdx.x % 32 == 0) best_value[threadIdx.x / 32] = value, best_index[threadIdx.x / 32] = index;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        for (uint32_t w = 1; w < blockDim.x / 32; ++w) {
+            if (best_value[w] > value || (best_value[w] == value && best_index[w] < index))
+                value = best_value[w], index = best_index[w];
+        }
+        out[0] = index < n ? index : 0;
+    }
+}
+
 #define DECODE_KERNELS(SUFFIX, T)                                                            \
     extern "C" __global__ void gemv_##SUFFIX(const T *w, const T *x, T *y, uint32_t rows,      \
                                              uint32_t k) {                                   \
@@ -212,6 +244,9 @@ __device__ void swiglu(const T *__restrict__ gate_up, T *__restrict__ out, uint3
     extern "C" __global__ void add_rms_norm_##SUFFIX(const T *x, const T *delta, const T *w,   \
                                                      T *out, uint32_t n, float eps) {         \
         add_rms_norm<T>(x, delta, w, out, n, eps);                                           \
+    }                                                                                        \
+    extern "C" __global__ void argmax_##SUFFIX(const T *x, uint32_t n, uint32_t *out) {       \
+        argmax<T>(x, n, out);                                                                \
     }                                                                                        \
     extern "C" __global__ void swiglu_##SUFFIX(const T *gate_up, T *out, uint32_t ffn) {      \
         swiglu<T>(gate_up, out, ffn);                                                        \

@@ -67,6 +67,12 @@ pub fn add_rms_norm(x: &Tensor, delta: &Tensor, weight: &Tensor, eps: f32) -> Re
     x.apply_op3_no_bwd(delta, weight, &AddRmsNorm { eps })
 }
 
+/// The index of the largest of `logits` (any shape, F16/BF16): the lowest index on ties,
+/// NaN never wins, as the CPU sampler's argmax. A `[1]` U32 tensor.
+pub fn argmax(logits: &Tensor) -> Result<Tensor> {
+    logits.apply_op1_no_bwd(&Argmax)
+}
+
 /// `silu(gate) * up` of one token's `[1, 2 * ffn]` gate/up projection: `[1, ffn]`.
 pub fn swiglu(gate_up: &Tensor) -> Result<Tensor> {
     gate_up.apply_op1_no_bwd(&SwiGlu)
@@ -436,5 +442,48 @@ impl CustomOp1 for SwiGlu {
             _ => bail!("swiglu takes F16 or BF16"),
         };
         Ok((wrap(slice, dev), shape))
+    }
+}
+
+struct Argmax;
+
+impl Argmax {
+    fn run<T: CudaDType + DeviceRepr>(
+        dev: &CudaDevice,
+        logits: (&CudaStorage, &Layout),
+        dtype: DType,
+    ) -> Result<CudaSlice<u32>> {
+        let n = u32::try_from(logits.1.shape().elem_count())
+            .map_err(|_| candle_core::Error::Msg("argmax: too many logits".into()))?;
+        let input = view::<T>(logits.0, logits.1)?;
+        // SAFETY: the kernel writes the one element.
+        let out = unsafe { dev.alloc::<u32>(1)? };
+        let cfg = LaunchConfig {
+            grid_dim: (1, 1, 1),
+            block_dim: (1024, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        launch!(dev, "argmax", dtype, cfg, &input, &n, &out);
+        Ok(out)
+    }
+}
+
+impl CustomOp1 for Argmax {
+    fn name(&self) -> &'static str {
+        "llmlocal-argmax"
+    }
+
+    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
+        cpu_refused()
+    }
+
+    fn cuda_fwd(&self, logits: &CudaStorage, layout: &Layout) -> Result<(CudaStorage, Shape)> {
+        let dev = logits.device();
+        let out = match &logits.slice {
+            CudaStorageSlice::F16(_) => Self::run::<f16>(dev, (logits, layout), DType::F16)?,
+            CudaStorageSlice::BF16(_) => Self::run::<bf16>(dev, (logits, layout), DType::BF16)?,
+            _ => bail!("argmax takes F16 or BF16 logits"),
+        };
+        Ok((wrap(CudaStorageSlice::U32(out), dev), Shape::from(1)))
     }
 }

@@ -255,6 +255,19 @@ impl Session {
         last.matmul(&model.output.t()?)?.squeeze(0)
     }
 
+    /// Whether [`Session::forward_argmax`] runs: one-token steps take the fused CUDA
+    /// kernels.
+    pub fn argmax_on_device(&self) -> bool {
+        self.model.fused_rope.is_some()
+    }
+
+    /// [`Session::forward`], then the greedy choice picked on the device (only 4 bytes come
+    /// back to the CPU). Needs [`Session::argmax_on_device`].
+    pub fn forward_argmax(&mut self, tokens: &[u32], pos: usize) -> Result<u32> {
+        let logits = self.forward(tokens, pos)?;
+        fused::argmax(&logits)
+    }
+
     /// Attention of the `t` new positions (`h`: `[t, hidden]`) over the cache plus
     /// themselves; `[t, heads * head_dim]`.
     fn attention(
@@ -417,6 +430,15 @@ mod fused {
         linear(&h, &model.output)
     }
 
+    /// The index of the largest logit, picked on the device.
+    pub fn argmax(logits: &Tensor) -> Result<u32> {
+        let index = k::argmax(logits)?.to_vec1::<u32>()?;
+        index
+            .first()
+            .copied()
+            .ok_or_else(|| candle_core::Error::Msg("argmax returned nothing".into()))
+    }
+
     /// `x + delta` and its RMS norm times `norm`, from one kernel: views of its two rows.
     fn residual(x: &Tensor, delta: &Tensor, norm: &Tensor, eps: f32) -> Result<(Tensor, Tensor)> {
         let both = k::add_rms_norm(x, delta, norm, eps)?;
@@ -450,6 +472,10 @@ mod fused {
         _: &Tensor,
         _: usize,
     ) -> Result<Tensor> {
+        bail!("this build has no CUDA kernels")
+    }
+
+    pub fn argmax(_: &Tensor) -> Result<u32> {
         bail!("this build has no CUDA kernels")
     }
 }

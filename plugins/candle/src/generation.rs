@@ -79,6 +79,20 @@ impl CandleGeneration {
         Ok(logits)
     }
 
+    /// The next token: greedy without penalties is picked on the device where the network
+    /// can, else the sampler runs over the logits.
+    fn next_token(&mut self) -> Result<u32> {
+        if self.cached > 0 && self.sampler.is_plain_greedy() {
+            let pending = &self.history[self.cached..];
+            if let Some(id) = self.session.forward_argmax(pending, self.cached)? {
+                self.cached = self.history.len();
+                return Ok(id);
+            }
+        }
+        let mut logits = self.next_logits()?;
+        Ok(self.sampler.sample(&mut logits, &self.history))
+    }
+
     fn step(&mut self) -> Result<Step> {
         if self.generated >= self.max_tokens {
             return Ok(self.finish(FinishReason::Length));
@@ -86,8 +100,7 @@ impl CandleGeneration {
         if self.history.len() >= self.shared.info.context_length {
             return Ok(self.finish(FinishReason::ContextFull));
         }
-        let mut logits = self.next_logits()?;
-        let id = self.sampler.sample(&mut logits, &self.history);
+        let id = self.next_token()?;
         if !self.ignore_eos && self.shared.vocab.is_eog(id) {
             return Ok(self.finish(FinishReason::EndOfGeneration));
         }

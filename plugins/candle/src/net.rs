@@ -84,6 +84,23 @@ impl Session {
             .map_err(|e| PluginError::internal(format!("forward pass at position {pos}: {e}")))
     }
 
+    /// Like [`Session::forward`], but returns the greedy choice (the highest logit, lowest id
+    /// on ties) picked on the device, where the network can (a dense llama on the fused CUDA
+    /// kernels): 4 bytes come back instead of the vocabulary's logits. `None`, with nothing
+    /// run, where it cannot.
+    pub fn forward_argmax(&mut self, tokens: &[u32], pos: usize) -> Result<Option<u32>> {
+        let Session::Dense(session) = self else {
+            return Ok(None);
+        };
+        if !session.argmax_on_device() {
+            return Ok(None);
+        }
+        session
+            .forward_argmax(tokens, pos)
+            .map(Some)
+            .map_err(|e| PluginError::internal(format!("forward pass at position {pos}: {e}")))
+    }
+
     fn forward_inner(
         &mut self,
         tokens: &[u32],

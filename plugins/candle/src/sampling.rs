@@ -21,6 +21,16 @@ impl Sampler {
         })
     }
 
+    /// Whether [`Sampler::sample`] is the plain argmax of the logits (greedy, no repeat
+    /// penalty), which the device can then pick without sending the logits back.
+    pub fn is_plain_greedy(&self) -> bool {
+        self.params.is_greedy() && !self.penalises_repeats()
+    }
+
+    fn penalises_repeats(&self) -> bool {
+        self.params.repeat_penalty != 1.0 && self.params.repeat_last_n > 0
+    }
+
     /// Picks the next token; `history` is the sequence so far (prompt and generated).
     pub fn sample(&mut self, logits: &mut [f32], history: &[u32]) -> u32 {
         self.apply_repeat_penalty(logits, history);
@@ -80,10 +90,10 @@ impl Sampler {
     }
 
     fn apply_repeat_penalty(&self, logits: &mut [f32], history: &[u32]) {
-        let penalty = self.params.repeat_penalty;
-        if penalty == 1.0 || self.params.repeat_last_n == 0 {
+        if !self.penalises_repeats() {
             return;
         }
+        let penalty = self.params.repeat_penalty;
         let start = history
             .len()
             .saturating_sub(self.params.repeat_last_n as usize);
@@ -186,6 +196,23 @@ mod tests {
         })
         .unwrap();
         assert_eq!(s.sample(&mut [0.0, 3.0, 2.0], &[1]), 2);
+    }
+
+    #[test]
+    fn plain_greedy_means_argmax_without_penalty() {
+        let greedy = params(0.0, 0, 1);
+        assert!(Sampler::new(greedy).unwrap().is_plain_greedy());
+        let penalised = Sampling {
+            repeat_penalty: 1.3,
+            ..greedy
+        };
+        assert!(!Sampler::new(penalised).unwrap().is_plain_greedy());
+        let no_window = Sampling {
+            repeat_last_n: 0,
+            ..penalised
+        };
+        assert!(Sampler::new(no_window).unwrap().is_plain_greedy());
+        assert!(!Sampler::new(params(0.7, 0, 1)).unwrap().is_plain_greedy());
     }
 
     #[test]
