@@ -23,7 +23,6 @@ import cupy as cp
 import numpy as np
 
 HIDDEN, HEADS, KV_HEADS, HEAD_DIM, FFN, VOCAB, LAYERS = 2048, 32, 8, 64, 8192, 128256, 16
-CAPACITY = 1024
 U32, F32 = np.uint32, np.float32
 
 
@@ -33,6 +32,8 @@ def main():
     parser.add_argument("--pos", type=int, default=600, help="position of the token")
     parser.add_argument("--json")
     args = parser.parse_args()
+    # The KV cache grows by doubling from 256 positions, as dense_llama.rs's does.
+    capacity = max(256, 1 << args.pos.bit_length())
     module = cp.RawModule(path=args.ptx)
     kernel = module.get_function
     rng = cp.random.default_rng(0)
@@ -52,7 +53,7 @@ def main():
             "down": weights(HIDDEN, FFN),
             "attn_norm": norm(),
             "ffn_norm": norm(),
-            "cache": rng.standard_normal((2, KV_HEADS, CAPACITY, HEAD_DIM), dtype=cp.float32),
+            "cache": rng.standard_normal((2, KV_HEADS, capacity, HEAD_DIM), dtype=cp.float32),
             # Outputs, allocated once so that a graph can capture the launches.
             "qkv_out": cp.empty(qkv_rows, cp.float16),
             "attn_out": cp.empty(HEADS * HEAD_DIM, cp.float16),
@@ -82,7 +83,7 @@ def main():
         attention(
             (HEADS,), (1024,),
             (layer["qkv_out"], rope, layer["cache"], layer["attn_out"], U32(HEADS),
-             U32(KV_HEADS), U32(CAPACITY), U32(args.pos), F32(HEAD_DIM ** -0.5)),
+             U32(KV_HEADS), U32(capacity), U32(args.pos), F32(HEAD_DIM ** -0.5)),
         )
 
     def run_add_norm(x, delta, w, out):
