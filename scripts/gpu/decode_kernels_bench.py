@@ -10,7 +10,9 @@ Llama-3.2-1B shapes, with CuPy and without Rust or candle:
   weights read, next to cuBLAS (cupy.matmul) on the same shapes.
 
 Comparing "graph" with the plugin's measured time per token says how much of that time the
-CPU's launches add. Usage, on the GPU machine from the repository root:
+CPU's launches add. First it checks the attention kernel against a float64 reference at
+`--pos` (softmax chunks of 2048 positions: beyond that, the online softmax across chunks)
+and the argmax kernel on ties; a mismatch exits with status 1. Usage, on the GPU machine from the repository root:
 
     nvcc --ptx -O3 -arch=compute_90 -o /tmp/decode.ptx plugins/candle/kernels/decode.cu
     python3 scripts/gpu/decode_kernels_bench.py /tmp/decode.ptx [--pos 600]
@@ -107,8 +109,12 @@ def main():
             x, h = layer["end"][:HIDDEN], layer["end"][HIDDEN:]
         run_gemv(output, h, logits)
 
-    stream = cp.cuda.Stream(non_blocking=True)
     results = {"pos": args.pos}
+    results["attention_check"] = check_attention(
+        layers[0], run_attention, rope, args.pos, capacity, rng
+    )
+    results["argmax_check"] = check_argmax(kernel("argmax_f16"), rng)
+    stream = cp.cuda.Stream(non_blocking=True)
     with stream:
         results["eager_token_ms"] = time_ms(stream, token, repeat=50)
         results["graph_token_ms"] = time_ms(stream, graphed(stream, token), repeat=50)
@@ -143,6 +149,56 @@ def main():
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=1)
+    if not (results["attention_check"]["ok"] and results["argmax_check"]["ok"]):
+        raise SystemExit("a kernel does not match its reference")
+
+
+def check_attention(layer, run_attention, rope, pos, capacity, rng):
+    """decode_attention on random q/k/v and cache against float64 numpy: the output heads and
+    the K/V rows it appends at `pos`."""
+    qkv_rows = (HEADS + 2 * KV_HEADS) * HEAD_DIM
+    layer["qkv_out"][...] = rng.standard_normal(qkv_rows, dtype=cp.float32).astype(cp.float16)
+    before = cp.asnumpy(layer["cache"]).astype(np.float64)
+    run_attention(layer)
+    cp.cuda.Device().synchronize()
+    got = cp.asnumpy(layer["attn_out"]).astype(np.float64).reshape(HEADS, HEAD_DIM)
+    cache = cp.asnumpy(layer["cache"]).astype(np.float64)
+    qkv = cp.asnumpy(layer["qkv_out"]).astype(np.float64)
+    table = cp.asnumpy(rope).astype(np.float64)
+    cos, sin = table[: HEAD_DIM // 2], table[HEAD_DIM // 2 :]
+
+    def rotate(x):
+        x0, x1 = x[..., : HEAD_DIM // 2], x[..., HEAD_DIM // 2 :]
+        return np.concatenate([x0 * cos - x1 * sin, x0 * sin + x1 * cos], axis=-1)
+
+    q = rotate(qkv[: HEADS * HEAD_DIM].reshape(HEADS, HEAD_DIM)) * HEAD_DIM ** -0.5
+    k = rotate(qkv[HEADS * HEAD_DIM : (HEADS + KV_HEADS) * HEAD_DIM].reshape(KV_HEADS, HEAD_DIM))
+    v = qkv[(HEADS + KV_HEADS) * HEAD_DIM :].reshape(KV_HEADS, HEAD_DIM)
+    keys, values = before[0, :, : pos + 1].copy(), before[1, :, : pos + 1].copy()
+    keys[:, pos], values[:, pos] = k, v
+    want = np.empty_like(got)
+    for head in range(HEADS):
+        kv = head // (HEADS // KV_HEADS)
+        scores = keys[kv] @ q[head]
+        weights = np.exp(scores - scores.max())
+        want[head] = weights @ values[kv] / weights.sum()
+    out_err = float(np.abs(got - want).max())
+    row_err = float(max(np.abs(cache[0, :, pos] - k).max(), np.abs(cache[1, :, pos] - v).max()))
+    # F16 output: ~1e-3 relative rounding; the appended rows are F32.
+    ok = out_err < 5e-3 * max(1.0, float(np.abs(want).max())) and row_err < 1e-5
+    return {"ok": ok, "max_abs_err": out_err, "max_abs_ref": float(np.abs(want).max()),
+            "appended_row_err": row_err, "capacity": capacity}
+
+
+def check_argmax(argmax, rng):
+    """argmax_f16 on random logits with the maximum planted twice: the lower index wins."""
+    logits = rng.standard_normal(VOCAB, dtype=cp.float32).astype(cp.float16)
+    logits[[777, 99999]] = 100.0
+    logits[5] = cp.nan
+    out = cp.zeros(1, cp.uint32)
+    argmax((1,), (1024,), (logits, U32(VOCAB), out))
+    got = int(out.get()[0])
+    return {"ok": got == 777, "got": got, "want": 777}
 
 
 def graphed(stream, fn):
