@@ -83,15 +83,22 @@ fn open_cuda(ordinal: usize) -> Result<(Device, String)> {
 /// Takes driver calls off every op, which at one token per step is where the time goes
 /// (candle issues each op from the CPU; the GPU finishes a 1B model's token faster):
 ///
-/// - Freed memory stays in the device's memory pool. By default the pool hands it back to
-///   the driver at every stream synchronization, which reading each token's logits is, so
-///   every token's allocations had to map memory again.
+/// - Freed memory stays in the device's memory pool, up to [`POOL_KEEP`]. By default the
+///   pool hands it all back to the driver at every stream synchronization, which reading
+///   each token's result is, so every token's allocations had to map memory again.
 /// - No CUDA events per allocation. cudarc creates two per buffer to order work across
 ///   streams, but only waits on them once a second stream exists (`new_stream`); candle
 ///   issues everything on the device's one stream, so they were created and destroyed for
 ///   nothing.
 ///
 /// Both only change speed; a failure is logged and the device used as it is.
+/// Freed GPU memory the pool keeps for reuse. One token's temporaries are a few MiB even
+/// for large models, a 512-token prompt's some 100 MiB at 1B; above this, freed memory (an
+/// unloaded model's weights) goes back to the driver at the next synchronization, for other
+/// models, plugins and processes.
+#[cfg(feature = "cuda")]
+const POOL_KEEP: u64 = 256 << 20;
+
 #[cfg(feature = "cuda")]
 fn cheaper_ops(cuda: &candle_core::CudaDevice) {
     use candle_core::cuda_backend::cudarc::driver::{result, sys};
@@ -99,7 +106,7 @@ fn cheaper_ops(cuda: &candle_core::CudaDevice) {
     // SAFETY: this plugin never creates a second stream on the device (the condition under
     // which cudarc would use the events).
     unsafe { cuda.disable_event_tracking() };
-    let mut keep = u64::MAX;
+    let mut keep = POOL_KEEP;
     // SAFETY: the device comes from a live context; the attribute takes a u64.
     let kept = unsafe {
         result::device::get_mem_pool(stream.context().cu_device()).and_then(|pool| {
