@@ -55,6 +55,16 @@ fn workspace_tests(ws: &Workspace) -> Result<()> {
     }
     command
         .env("LLMLOCAL_TEST_PLUGIN_DIR", ws.test_plugins_dir())
-        .env("LLMLOCAL_PLUGIN_DIR_BUILT", ws.plugins_dir());
+        .env("LLMLOCAL_PLUGIN_DIR_BUILT", ws.plugins_dir())
+        // llama.cpp computes with OpenMP, whose threads spin at every barrier while they wait.
+        // Tests run side by side, each with llama.cpp threads for all cores, so on a 2-core
+        // machine a spinning thread holds the core its partner needs: the reload tests of
+        // plugins/llama-cpp took 75-130 s each instead of 0.2-1 s, near nextest's 300 s limit.
+        // Waiting threads that sleep (`passive`) keep them at ~1 s side by side. A caller's own
+        // setting wins.
+        .env(
+            "OMP_WAIT_POLICY",
+            std::env::var_os("OMP_WAIT_POLICY").unwrap_or_else(|| "passive".into()),
+        );
     run(&mut command, "the workspace tests")
 }
