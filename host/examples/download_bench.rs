@@ -95,7 +95,7 @@ async fn client(url: &str, cache: &Path) -> anyhow::Result<()> {
     let spec = ModelSpec::parse(&format!("hf://{REPO}/{FILE}"))?;
     let r = manager.pull(&spec, None, CancellationToken::new()).await?;
     println!(
-        "downloaded {} bytes, cpu_s {:.2}, vmhwm_kib {}",
+        "downloaded {} bytes, cpu_s {}, vmhwm_kib {}",
         r.downloaded_bytes,
         cpu_seconds(),
         vm_hwm_kib().unwrap_or(0)
@@ -130,26 +130,29 @@ async fn raw(url: &str, out: &Path) -> anyhow::Result<()> {
     }
     file.flush()?;
     println!(
-        "raw {n} bytes, cpu_s {:.2}, vmhwm_kib {}",
+        "raw {n} bytes, cpu_s {}, vmhwm_kib {}",
         cpu_seconds(),
         vm_hwm_kib().unwrap_or(0)
     );
     Ok(())
 }
 
-/// User + system CPU time of this process (all threads), from /proc/self/stat.
-fn cpu_seconds() -> f64 {
+/// CPU time of this process (all threads) from /proc/self/stat, as `user+system` seconds.
+/// Fields 14 and 15 of stat (utime, stime) are the 12th and 13th after the `)` that ends the
+/// command name. (Counting only the fields that parse as numbers, as this did before, skipped
+/// the state letter and a tpgid of -1, and so reported the system time alone.)
+fn cpu_seconds() -> String {
     let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
     let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let f: Vec<u64> = after
-        .split_whitespace()
-        .filter_map(|v| v.parse().ok())
-        .collect();
-    // Fields 14 and 15 of stat (utime, stime) are the 12th and 13th after the `)`, minus the state letter.
-    f.get(10)
-        .zip(f.get(11))
-        .map(|(u, s)| (u + s) as f64 / 100.0)
-        .unwrap_or(0.0)
+    let field = |i: usize| -> f64 {
+        let ticks: u64 = after
+            .split_whitespace()
+            .nth(i)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        ticks as f64 / 100.0
+    };
+    format!("{:.2}+{:.2}", field(11), field(12))
 }
 
 fn vm_hwm_kib() -> Option<u64> {
@@ -197,7 +200,7 @@ async fn bench(size_mib: u64, runs: usize) -> anyhow::Result<()> {
         };
         let raw_s = tokio::task::block_in_place(|| run_raw(&cdn_url, tmp.path()))?;
         println!(
-            "run {run}: curl {curl_s:.2}s ({:.0} MiB/s)  llmlocal {ours_s:.2}s ({:.0} MiB/s, sha256 verified, cpu {cpu})  \
+            "run {run}: curl {curl_s:.2}s ({:.0} MiB/s)  llmlocal {ours_s:.2}s ({:.0} MiB/s, sha256 verified, cpu user+sys {cpu})  \
              ratio {:.2}  llmlocal peak RSS {} MiB  [plain reqwest, no hash: {raw_s:.2}s]",
             mib_s(curl_s),
             mib_s(ours_s),
