@@ -81,7 +81,7 @@ impl Session {
     /// the last of them.
     pub fn forward(&mut self, tokens: &[u32], pos: usize, device: &Device) -> Result<Vec<f32>> {
         self.forward_inner(tokens, pos, device)
-            .map_err(|e| PluginError::internal(format!("forward pass at position {pos}: {e}")))
+            .map_err(|e| forward_failed(pos, e))
     }
 
     /// Like [`Session::forward`], but returns the greedy choice (the highest logit, lowest id
@@ -98,7 +98,7 @@ impl Session {
         session
             .forward_argmax(tokens, pos)
             .map(Some)
-            .map_err(|e| PluginError::internal(format!("forward pass at position {pos}: {e}")))
+            .map_err(|e| forward_failed(pos, e))
     }
 
     fn forward_inner(
@@ -117,4 +117,9 @@ impl Session {
         };
         logits.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()
     }
+}
+
+/// A failed forward pass, as the plugin reports it.
+fn forward_failed(pos: usize, e: candle_core::Error) -> PluginError {
+    PluginError::internal(format!("forward pass at position {pos}: {e}"))
 }
