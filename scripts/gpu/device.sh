@@ -4,8 +4,10 @@
 #
 #   bash scripts/gpu/device.sh build   # llama.cpp with CUDA from the packed source (~4 min),
 #                                      # benchmark models, conformance + CPU/GPU agreement
+#   bash scripts/gpu/device.sh prepare # only the llama.cpp build and the benchmark models
 #   bash scripts/gpu/device.sh bench   # the benchmark (needs `build` first on the same machine)
 #   bash scripts/gpu/device.sh http    # HTTP through `llmlocal serve`, llama.cpp plugin alone
+#                                      # (HTTP_ARGS="--threads 4 --repeat 9": more gpu-bench flags)
 #   bash scripts/gpu/device.sh candle  # candle vs llama.cpp, F16 and Q8_0, one stream, with
 #                                      # candle's fused decode kernels and without
 #   bash scripts/gpu/device.sh both    # `llmlocal serve` with both CUDA plugins: does it load?
@@ -171,7 +173,7 @@ http_only() {
     "$B/gpu-bench" run --plugin-dir "$W/plugins-llama" --device cuda \
         --model "F16=$W/models/1b-f16.gguf" --parallel 1 \
         --direct-bench "$W/direct-bench" --llmlocal "$B/llmlocal" \
-        --json "$OUT/gpu-bench-http.json" --log-dir "$OUT"
+        --json "$OUT/gpu-bench-http.json" --log-dir "$OUT" ${HTTP_ARGS:-}
 }
 
 # candle vs llama.cpp on the F16 and Q8_0 models, one stream (no batching runs); twice, with
@@ -225,6 +227,7 @@ build)
     agreement || rc=1
     exit $rc
     ;;
+prepare) build_llama && write_models ;;
 bench) bench ;;
 http)
     build_llama || exit 1
@@ -235,5 +238,5 @@ http)
 both) build_llama && write_models && serve_both ;;
 candle) build_llama && write_models && candle_only ;;
 all) build_llama && write_models && { conformance; agreement; bench; } ;;
-*) echo "usage: $0 build|bench|http|candle|both|all" >&2; exit 2 ;;
+*) echo "usage: $0 build|prepare|bench|http|candle|both|all" >&2; exit 2 ;;
 esac

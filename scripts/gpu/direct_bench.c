@@ -85,6 +85,12 @@ static struct llama_context *open_model(const char *path, int n_ctx, int n_seq,
     cparams.n_ubatch = 512;
     cparams.n_seq_max = (uint32_t)n_seq;
     cparams.kv_unified = false;
+    /* CPU threads: llama.cpp's default (4) unless DIRECT_BENCH_THREADS says, so that gpu-bench
+     * can run both sides with the same count. */
+    const char *threads = getenv("DIRECT_BENCH_THREADS");
+    if (threads && atoi(threads) > 0) {
+        cparams.n_threads = cparams.n_threads_batch = atoi(threads);
+    }
     struct llama_context *ctx = llama_init_from_model(*model, cparams);
     if (!ctx) {
         fprintf(stderr, "cannot create a context\n");

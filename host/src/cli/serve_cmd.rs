@@ -42,6 +42,9 @@ pub struct ServeArgs {
     /// Context length for models that set none (default: from the machine's memory).
     #[arg(long, value_name = "TOKENS")]
     pub context_length: Option<u32>,
+    /// CPU threads per model (default: the backend's, one per physical core for llama.cpp).
+    #[arg(long, value_name = "N")]
+    pub threads: Option<u32>,
     /// The most tokens one request may generate (and the default).
     #[arg(long, value_name = "TOKENS")]
     pub max_tokens_cap: Option<u32>,
@@ -107,6 +110,7 @@ fn settings(args: &ServeArgs, config: &Config) -> anyhow::Result<(EngineSettings
     engine.queue_depth = args.queue_depth.unwrap_or(engine.queue_depth);
     engine.parallel = args.parallel.or(engine.parallel);
     engine.context_length = args.context_length.or(engine.context_length);
+    engine.threads = args.threads.unwrap_or(engine.threads);
     engine.memory_limit = args
         .memory_limit_mib
         .map(|m| m << 20)

@@ -59,9 +59,10 @@ fn run(mut job: Job, sender: Sender) {
         .prompt_tokens
         .get_or_create(&label)
         .inc_by(job.request.prompt_tokens.len() as u64);
+    let started = Instant::now();
     let outcome = match job.model.generate(job.request.clone()) {
         Ok(mut generation) => {
-            let outcome = pump(&mut job, &mut generation, &sender);
+            let outcome = pump(&mut job, &mut generation, &sender, started);
             let stats = generation.stats().unwrap_or_default();
             // Dropping the generation here cancels it in the plugin when it did not finish.
             drop(generation);
@@ -124,7 +125,13 @@ fn finish(job: Job, sender: Sender, (outcome, stats): (Outcome, plugins::Generat
 }
 
 /// Pulls tokens until the end, a stop sequence, an error, or the consumer leaving.
-fn pump(job: &mut Job, generation: &mut plugins::RunningGeneration, sender: &Sender) -> Outcome {
+/// `started`: when this thread asked the backend for the generation.
+fn pump(
+    job: &mut Job,
+    generation: &mut plugins::RunningGeneration,
+    sender: &Sender,
+    started: Instant,
+) -> Outcome {
     let label = Metrics::model(&job.name);
     let tokens_out = job.metrics.generated_tokens.get_or_create(&label).clone();
     let latency = job.metrics.token_latency.get_or_create(&label).clone();
@@ -148,11 +155,13 @@ fn pump(job: &mut Job, generation: &mut plugins::RunningGeneration, sender: &Sen
         };
         let now = Instant::now();
         match last_token {
-            None => job
-                .metrics
-                .time_to_first_token
-                .get_or_create(&label)
-                .observe((now - job.received).as_secs_f64()),
+            None => {
+                log_first_token(job, started, now);
+                job.metrics
+                    .time_to_first_token
+                    .get_or_create(&label)
+                    .observe((now - job.received).as_secs_f64())
+            }
             Some(previous) => latency.observe((now - previous).as_secs_f64()),
         }
         last_token = Some(now);
@@ -168,6 +177,22 @@ fn pump(job: &mut Job, generation: &mut plugins::RunningGeneration, sender: &Sen
             return Outcome::Finished(FinishReason::Stop);
         }
     }
+}
+
+/// Where the time to the first token went on the host's side, at debug level (the backend
+/// may split its own part further, as llama.cpp's plugin does).
+fn log_first_token(job: &Job, started: Instant, now: Instant) {
+    let ms = |d: std::time::Duration| d.as_secs_f64() * 1000.0;
+    tracing::debug!(
+        model = %job.name,
+        "first token {:.3} ms after the request: load {:.3} ms, queue {:.3} ms, \
+         to the generation thread {:.3} ms, in the backend {:.3} ms",
+        ms(now - job.received),
+        job.load_ms,
+        job.queue_ms,
+        ms(started.saturating_duration_since(job.received)) - job.load_ms - job.queue_ms,
+        ms(now - started),
+    );
 }
 
 /// Sends non-empty text; false when the consumer is gone.

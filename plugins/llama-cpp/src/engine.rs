@@ -63,6 +63,8 @@ pub struct Job {
     /// `None`: the adapters given at load.
     pub adapters: Option<AdapterSet>,
     pub kind: JobKind,
+    /// When the caller sent the job: the start of its time to first token.
+    pub sent: Instant,
 }
 
 pub enum JobKind {
@@ -397,6 +399,45 @@ struct Sequence {
     done: bool,
     /// Has tokens in the batch being decoded.
     in_batch: bool,
+    /// Where the time to this sequence's first token went (logged at debug level).
+    prompt_clock: PromptClock,
+}
+
+/// The parts of a sequence's time to first token: waiting for a slot, inside `llama_decode`,
+/// and the rest (sampling, the decode thread's own work between batches).
+struct PromptClock {
+    sent: Instant,
+    taken: Instant,
+    decoding: Duration,
+    batches: u32,
+}
+
+impl PromptClock {
+    fn new(sent: Instant) -> Self {
+        PromptClock {
+            sent,
+            taken: Instant::now(),
+            decoding: Duration::ZERO,
+            batches: 0,
+        }
+    }
+
+    /// Logs the split once the first token is sampled: what `llmlocal serve --log debug`
+    /// shows when the time to first token is longer than llama.cpp's prompt pass.
+    fn report(&self, prompt_tokens: usize) {
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        let total = self.sent.elapsed();
+        let queued = self.taken.saturating_duration_since(self.sent);
+        tracing::debug!(
+            "first token after {:.3} ms: {prompt_tokens} prompt tokens, queued {:.3} ms, \
+             llama_decode {:.3} ms in {} batches, other {:.3} ms",
+            ms(total),
+            ms(queued),
+            ms(self.decoding),
+            self.batches,
+            ms(total.saturating_sub(queued + self.decoding)),
+        );
+    }
 }
 
 enum SequenceKind {
@@ -613,12 +654,30 @@ impl<'m> State<'m> {
         if self.batch.n_tokens() == 0 {
             return false;
         }
-        if let Err(err) = self.context.decode(&mut self.batch) {
+        let started = Instant::now();
+        let decoded = self.context.decode(&mut self.batch);
+        self.count_prompt_decode(started.elapsed());
+        if let Err(err) = decoded {
             self.fail_batch(&format!("llama.cpp could not decode a batch: {err}"));
             return true;
         }
         self.after_decode();
         true
+    }
+
+    /// Adds a batch's decode time to the prompt clock of each sequence still before its
+    /// first token.
+    fn count_prompt_decode(&mut self, took: Duration) {
+        for seq in self.slots.iter_mut().flatten() {
+            let before_first = match &seq.kind {
+                SequenceKind::Generate(gen) => gen.generated == 0,
+                SequenceKind::Logits(_) => true,
+            };
+            if seq.in_batch && before_first {
+                seq.prompt_clock.decoding += took;
+                seq.prompt_clock.batches += 1;
+            }
+        }
     }
 
     /// Samples (or reads logits) for every sequence that had logits in the batch.
@@ -662,6 +721,7 @@ impl<'m> State<'m> {
                         Some(token) => token,
                         None => gen.job.sampler.sample(&self.context, index),
                     };
+                    let before = gen.generated;
                     if vocab.is_eog(token) && !gen.job.ignore_eos {
                         gen.finish(FinishReason::EndOfGeneration);
                     } else {
@@ -682,6 +742,10 @@ impl<'m> State<'m> {
                     }
                     if !gen.flush() {
                         seq.done = true;
+                    }
+                    // After the flush: the first token is not held back by the log line.
+                    if before == 0 && gen.generated == 1 {
+                        seq.prompt_clock.report(seq.prompt.len());
                     }
                 }
             }
@@ -753,6 +817,7 @@ fn start_sequence(job: Job) -> Sequence {
         kind,
         done: false,
         in_batch: false,
+        prompt_clock: PromptClock::new(job.sent),
     }
 }
 

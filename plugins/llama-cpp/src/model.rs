@@ -13,6 +13,7 @@ use llmlocal_plugin_api::{
     GenerateRequest, Generation, Model, ModelMetadata, PluginError, StatsClock,
 };
 use std::sync::{atomic::AtomicBool, Arc, RwLock, RwLockReadGuard, RwLockWriteGuard, TryLockError};
+use std::time::Instant;
 
 /// The loaded model, shared by callers (tokenizing under short read locks) and the decode
 /// thread (a read lock for its context's life; the write lock only to read a LoRA adapter
@@ -278,6 +279,7 @@ impl Model for LlamaCppModel {
                 ignore_eos: request.ignore_eos,
                 out,
             }),
+            sent: Instant::now(),
         };
         self.engine.send(Command::Start(Box::new(job)))?;
         Ok(Box::new(LlamaGeneration::new(
@@ -296,6 +298,7 @@ impl Model for LlamaCppModel {
             cancel: Arc::new(AtomicBool::new(false)),
             adapters: None,
             kind: JobKind::Logits(reply),
+            sent: Instant::now(),
         };
         self.engine.send(Command::Start(Box::new(job)))?;
         result

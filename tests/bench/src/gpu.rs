@@ -103,6 +103,9 @@ fn run_direct(
         .arg(setup.prompt_tokens.to_string())
         .arg(setup.gen_tokens.to_string())
         .arg(last.to_string())
+        // The plugin's thread count when the bench sets one (direct-bench keeps llama.cpp's
+        // default of 4 otherwise; the plugin's default is one per physical core).
+        .env("DIRECT_BENCH_THREADS", setup.threads.to_string())
         .stderr(Stdio::null())
         .output()
         .with_context(|| format!("run {}", exe.display()))?;
@@ -229,8 +232,15 @@ fn serve_command(
         .arg(shape.parallel.to_string())
         .arg("--context-length")
         .arg(shape.context_length.to_string())
+        .arg("--threads")
+        .arg(setup.threads.to_string())
         .env("LLMLOCAL_PLUGIN_PATH", plugin_dir)
-        .env("LLMLOCAL_LOG", "info");
+        // The bench's own filter when set, so that e.g.
+        // `llmlocal_backend_llama_cpp::engine=debug` splits the prompt time on both sides.
+        .env(
+            "LLMLOCAL_LOG",
+            std::env::var("LLMLOCAL_LOG").unwrap_or_else(|_| "info".into()),
+        );
     command
 }
 
@@ -246,12 +256,15 @@ fn http(addr: &str, method: &str, path: &str, body: &str) -> anyhow::Result<(u16
 fn send(addr: &str, method: &str, path: &str, body: &str) -> anyhow::Result<BufReader<TcpStream>> {
     let mut stream = TcpStream::connect(addr)?;
     stream.set_nodelay(true)?;
-    write!(
-        stream,
+    // One write, as HTTP clients send a request: `write!` on the socket would send each
+    // formatted piece as its own segment (no Nagle), and the server would read the request
+    // in pieces, which a real client does not make it do.
+    let request = format!(
         "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
          Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
-    )?;
+    );
+    stream.write_all(request.as_bytes())?;
     Ok(BufReader::new(stream))
 }
 

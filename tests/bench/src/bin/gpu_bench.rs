@@ -73,6 +73,10 @@ enum Cmd {
         gen_tokens: usize,
         #[arg(long, default_value_t = 3)]
         repeat: usize,
+        /// CPU threads of the plugin's model, in-process and in `llmlocal serve` (0: the
+        /// plugin's default).
+        #[arg(long, default_value_t = 0)]
+        threads: u32,
         /// Parallel stream counts for the aggregate measurement.
         #[arg(long, value_delimiter = ',', default_value = "1,4,16,64")]
         parallel: Vec<usize>,
@@ -167,6 +171,7 @@ fn main() -> anyhow::Result<()> {
             prompt_tokens,
             gen_tokens,
             repeat,
+            threads,
             parallel,
             bandwidth_gbs,
             candle,
@@ -178,7 +183,10 @@ fn main() -> anyhow::Result<()> {
                 let job = ModelJob {
                     candle: candle.contains(&label),
                     label,
-                    setup: setup(path, prompt_tokens, gen_tokens, repeat),
+                    setup: Setup {
+                        threads,
+                        ..setup(path, prompt_tokens, gen_tokens, repeat)
+                    },
                     device: &device,
                     direct_bench: direct_bench.as_deref(),
                     llmlocal: llmlocal.as_deref(),
