@@ -60,17 +60,24 @@ impl Agreement {
     }
 }
 
-/// Loads `setup.model` on the CPU and on `device` with `backend` and compares `n` greedy tokens.
+/// Loads `setup.model` on the CPU and on `device` with `backend` and compares `n` greedy tokens
+/// after "Once upon a time", or, when `long_prompt` is set, after a prompt of
+/// `setup.prompt_tokens` tokens (to reach positions a short prompt does not).
 pub fn agree(
     dir: &Path,
     backend: &str,
     setup: &Setup,
     device: &str,
     n: usize,
+    long_prompt: bool,
 ) -> anyhow::Result<Agreement> {
     let on = |dev: &str| -> anyhow::Result<Vec<u32>> {
         let model = plugin::load_on(dir, backend, setup, 1, dev)?;
-        let prompt = model.tokenize("Once upon a time", true, false)?;
+        let prompt = if long_prompt {
+            plugin::prompt_tokens(&model, setup.prompt_tokens)?
+        } else {
+            model.tokenize("Once upon a time", true, false)?
+        };
         greedy_ids(&model, &prompt, n)
     };
     let cpu = on("cpu")?;

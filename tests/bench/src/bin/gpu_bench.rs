@@ -51,6 +51,10 @@ enum Cmd {
         /// Fail unless at least this many leading tokens agree (and the GPU produced them).
         #[arg(long, default_value_t = 32)]
         require: usize,
+        /// A prompt of this many tokens instead of "Once upon a time" (0), e.g. to reach
+        /// positions where candle's decode attention splits over blocks (past 1024).
+        #[arg(long, default_value_t = 0)]
+        prompt_tokens: usize,
     },
     /// The throughput benchmark.
     Run {
@@ -143,9 +147,11 @@ fn main() -> anyhow::Result<()> {
             device,
             tokens,
             require,
+            prompt_tokens,
         } => {
-            let setup = setup(model, 16, tokens, 1);
-            let a = gpu::agree(&plugin_dir, &backend, &setup, &device, tokens)?;
+            let setup = setup(model, prompt_tokens.max(16), tokens, 1);
+            let long_prompt = prompt_tokens > 0;
+            let a = gpu::agree(&plugin_dir, &backend, &setup, &device, tokens, long_prompt)?;
             println!(
                 "{backend} {}: CPU {} tokens, {device} {} tokens, {} agree from the start{}",
                 a.model,
