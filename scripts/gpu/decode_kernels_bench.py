@@ -25,6 +25,8 @@ import cupy as cp
 import numpy as np
 
 HIDDEN, HEADS, KV_HEADS, HEAD_DIM, FFN, VOCAB, LAYERS = 2048, 32, 8, 64, 8192, 128256, 16
+# As src/decode_kernels.rs: attention split over blocks of SPLIT_SPAN positions beyond SPLIT_FROM.
+SPLIT_FROM, SPLIT_SPAN = 1024, 512
 U32, F32 = np.uint32, np.float32
 
 
@@ -75,18 +77,27 @@ def main():
     rope = cp.asarray(np.concatenate([np.cos(angles), np.sin(angles)]).astype(np.float32))
     gemv, swiglu = kernel("gemv_f16"), kernel("swiglu_f16")
     attention = kernel(f"decode_attention_{HEAD_DIM}_f16")
+    combine = kernel(f"decode_attention_combine_{HEAD_DIM}_f16")
+    max_splits = (args.pos + 1 + 255) // 256
+    partial = cp.empty(HEADS * max_splits * (HEAD_DIM + 2), cp.float32)
     add_rms_norm = kernel("add_rms_norm_f16")
 
     def run_gemv(w, x, y):
         rows, k = w.shape
         gemv(((rows + 7) // 8,), (256,), (w, x, y, U32(rows), U32(k)))
 
-    def run_attention(layer):
+    def run_attention(layer, span=None):
+        length = args.pos + 1
+        if span is None:
+            span = SPLIT_SPAN if length > SPLIT_FROM else length
+        splits = (length + span - 1) // span
         attention(
-            (HEADS,), (1024,),
-            (layer["qkv_out"], rope, layer["cache"], layer["attn_out"], U32(HEADS),
-             U32(KV_HEADS), U32(capacity), U32(args.pos), F32(HEAD_DIM ** -0.5)),
+            (HEADS, splits), (1024,),
+            (layer["qkv_out"], rope, layer["cache"], layer["attn_out"], partial, U32(HEADS),
+             U32(KV_HEADS), U32(capacity), U32(args.pos), U32(span), F32(HEAD_DIM ** -0.5)),
         )
+        if splits > 1:
+            combine((HEADS,), (HEAD_DIM,), (partial, layer["attn_out"], U32(splits)))
 
     def run_add_norm(x, delta, w, out):
         add_rms_norm((1,), (1024,), (x, delta, w, out, U32(HIDDEN), F32(1e-5)))
@@ -110,9 +121,13 @@ def main():
         run_gemv(output, h, logits)
 
     results = {"pos": args.pos}
-    results["attention_check"] = check_attention(
-        layers[0], run_attention, rope, args.pos, capacity, rng
-    )
+    # Unsplit, split as the plugin does, and split in uneven ranges (256 and 300 positions).
+    results["attention_check"] = {
+        f"span {span or 'plugin'}": check_attention(
+            layers[0], lambda layer, s=span: run_attention(layer, s), rope, args.pos, capacity, rng
+        )
+        for span in (args.pos + 1, None, 256, 300)
+    }
     results["argmax_check"] = check_argmax(kernel("argmax_f16"), rng)
     stream = cp.cuda.Stream(non_blocking=True)
     with stream:
@@ -149,7 +164,8 @@ def main():
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=1)
-    if not (results["attention_check"]["ok"] and results["argmax_check"]["ok"]):
+    attention_ok = all(check["ok"] for check in results["attention_check"].values())
+    if not (attention_ok and results["argmax_check"]["ok"]):
         raise SystemExit("a kernel does not match its reference")
 
 

@@ -6,7 +6,8 @@
 //   gemv_*             y = W x for one row of activations (cuBLAS GEMM: ~16 us of CPU per call)
 //   decode_attention_* RoPE of q and k, the KV-cache append and the attention of one query
 //                      head over the cache (cast, RoPE, two copies, two cuBLAS batched
-//                      matmuls, softmax and a cast: 8 ops)
+//                      matmuls, softmax and a cast: 8 ops); past 1024 positions split
+//                      over blocks and joined by decode_attention_combine_*
 //   add_rms_norm_*     the residual add and the next RMS norm (2 ops)
 //   swiglu_*           silu(gate) * up (2 ops)
 //   argmax_*           the greedy choice over the logits, so 4 bytes come back to the CPU
@@ -94,10 +95,16 @@ __device__ float block_reduce(float v, float *red) {
 // The time goes to waiting on memory, so each thread keeps many loads in flight: a score is
 // one thread's dot product of a whole K row (D / 4 float4 loads, unrolled), and the weighted
 // sum of V gives each thread 4 dimensions of every (ATTN_THREADS / (D / 4))-th position.
+//
+// Long contexts split the positions over blockIdx.y (flash decoding): block (h, s) takes
+// positions [s * span, (s + 1) * span) and, when gridDim.y > 1, writes its partial result to
+// `partial` ([heads, splits, D + 2] F32: the unnormalised sum, its max score and its sum of
+// weights) for decode_attention_combine; with one split it writes `out` itself.
 template <typename T, int D>
 __device__ void decode_attention(const T *__restrict__ qkv, const float *__restrict__ rope,
-                                 float *__restrict__ cache, T *__restrict__ out, uint32_t heads,
-                                 uint32_t kv_heads, uint32_t cap, uint32_t pos, float q_scale) {
+                                 float *__restrict__ cache, T *__restrict__ out,
+                                 float *__restrict__ partial, uint32_t heads, uint32_t kv_heads,
+                                 uint32_t cap, uint32_t pos, uint32_t span, float q_scale) {
     constexpr uint32_t HALF = D / 2, LANES = D / 4, GROUPS = ATTN_THREADS / LANES;
     __shared__ __align__(16) float q[D];
     __shared__ __align__(16) float k_new[D];
@@ -123,17 +130,18 @@ __device__ void decode_attention(const T *__restrict__ qkv, const float *__restr
     __syncthreads();
     float *keys = cache + (size_t)kv * cap * D;
     float *values = cache + (size_t)(kv_heads + kv) * cap * D;
-    if (head % group == 0 && tid < D) {
+    if (head % group == 0 && blockIdx.y == 0 && tid < D) {
         keys[(size_t)pos * D + tid] = k_new[tid];
         values[(size_t)pos * D + tid] = v_new[tid];
     }
     const float4 *q4 = reinterpret_cast<const float4 *>(q);
     // Thread (g, lane) sums dimensions 4 lane .. 4 lane + 3 over positions g, g + GROUPS, ...
-    const uint32_t len = pos + 1, g = tid / LANES, lane = tid % LANES;
+    const uint32_t g = tid / LANES, lane = tid % LANES;
+    const uint32_t first = blockIdx.y * span, end = min(pos + 1, first + span);
     float best = -INFINITY, total = 0.0f;
     float4 acc = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-    for (uint32_t start = 0; start < len; start += ATTN_CHUNK) {
-        const uint32_t n = min(ATTN_CHUNK, len - start);
+    for (uint32_t start = first; start < end; start += ATTN_CHUNK) {
+        const uint32_t n = min(ATTN_CHUNK, end - start);
         float local = -INFINITY;
         for (uint32_t p = tid; p < n; p += ATTN_THREADS) {
             const uint32_t at = start + p;
@@ -176,8 +184,33 @@ __device__ void decode_attention(const T *__restrict__ qkv, const float *__restr
         // Dimension tid sits in lane tid / 4, component tid % 4, of every group.
         float sum = 0.0f;
         for (uint32_t r = 0; r < GROUPS; ++r) sum += part[r * D + tid];
-        out[(size_t)head * D + tid] = from_f<T>(sum / total);
+        if (gridDim.y == 1) {
+            out[(size_t)head * D + tid] = from_f<T>(sum / total);
+        } else {
+            float *mine = partial + ((size_t)head * gridDim.y + blockIdx.y) * (D + 2);
+            mine[tid] = sum;
+            if (tid == 0) mine[D] = best, mine[D + 1] = total;
+        }
     }
+}
+
+// Joins decode_attention's partial results of `splits` position ranges: block h, thread d.
+// Each range's sum and weights are rescaled from its own max score to the overall one.
+template <typename T, int D>
+__device__ void decode_attention_combine(const float *__restrict__ partial, T *__restrict__ out,
+                                         uint32_t splits) {
+    const uint32_t head = blockIdx.x, d = threadIdx.x;
+    const float *rows = partial + (size_t)head * splits * (D + 2);
+    float best = -INFINITY;
+    for (uint32_t s = 0; s < splits; ++s) best = fmaxf(best, rows[s * (D + 2) + D]);
+    float sum = 0.0f, total = 0.0f;
+    for (uint32_t s = 0; s < splits; ++s) {
+        const float *row = rows + s * (D + 2);
+        const float scale = expf(row[D] - best);
+        sum += row[d] * scale;
+        total += row[D + 1] * scale;
+    }
+    out[(size_t)head * D + d] = from_f<T>(sum / total);
 }
 
 // out[0..n] = x + delta (rounded to T, as candle's add), out[n..2n] = RMS norm of that sum
@@ -255,9 +288,14 @@ __device__ void argmax(const T *__restrict__ x, uint32_t n, uint32_t *__restrict
 // decode_attention_<D>_<dtype> for every head size the dense llama takes it at.
 #define ATTENTION_KERNEL(SUFFIX, T, D)                                                       \
     extern "C" __global__ void __launch_bounds__(ATTN_THREADS) decode_attention_##D##_##SUFFIX( \
-        const T *qkv, const float *rope, float *cache, T *out, uint32_t heads,                 \
-        uint32_t kv_heads, uint32_t cap, uint32_t pos, float q_scale) {                      \
-        decode_attention<T, D>(qkv, rope, cache, out, heads, kv_heads, cap, pos, q_scale);    \
+        const T *qkv, const float *rope, float *cache, T *out, float *partial, uint32_t heads, \
+        uint32_t kv_heads, uint32_t cap, uint32_t pos, uint32_t span, float q_scale) {       \
+        decode_attention<T, D>(qkv, rope, cache, out, partial, heads, kv_heads, cap, pos, span, \
+                               q_scale);                                                     \
+    }                                                                                        \
+    extern "C" __global__ void decode_attention_combine_##D##_##SUFFIX(                       \
+        const float *partial, T *out, uint32_t splits) {                                     \
+        decode_attention_combine<T, D>(partial, out, splits);                                \
     }
 #define ATTENTION_KERNELS(SUFFIX, T)                                                         \
     ATTENTION_KERNEL(SUFFIX, T, 16)                                                          \
