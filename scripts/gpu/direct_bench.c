@@ -2,13 +2,16 @@
  * on the GPU machine (the crate's copy of llama.cpp ships without llama-bench's source).
  * Built there by scripts/gpu/device.sh against the same CUDA build the plugin runs on.
  *
- *   direct-bench bench MODEL N_PROMPT N_GEN REPEAT   -> {"pp_tps": .., "tg_tps": ..} (best run)
+ *   direct-bench bench MODEL N_PROMPT N_GEN REPEAT   -> {"pp_tps": .., "tg_tps": .., (best run)
+ *                                                        "pp_runs": [..], "tg_runs": [..]}
  *   direct-bench batched MODEL N_PROMPT N_GEN N_SEQ  -> {"n_seq": .., "tg_tps": ..} aggregate
  *   direct-bench quantize IN OUT [f16]               -> IN re-quantized as Q4_K_M (or F16)
  *
  * The measurement mirrors the plugin benchmark (tests/bench/src/plugin.rs): a prompt of
  * N_PROMPT tokens of the same story text, decoded in batches of 512, timed to the first
- * greedy token; then N_GEN tokens, one decode and one greedy sample each. Context settings
+ * greedy token; then N_GEN tokens, one decode and one greedy sample each. One unmeasured run
+ * comes first (as llama-bench's warm-up: first-use costs such as cuBLAS handles and CUDA graph
+ * capture), as gpu-bench warms the plugin and the server up. Context settings
  * are the plugin's: n_ctx = prompt + gen + 16, n_batch = n_ubatch = 512, one sequence, all
  * layers on the GPU. */
 #include "llama.h"
@@ -29,8 +32,13 @@ static double now(void) {
 }
 
 static void errors_only(enum ggml_log_level level, const char *text, void *user) {
+    /* CONT continues the previous message (e.g. the loader's progress dots): its level. */
+    static enum ggml_log_level last = GGML_LOG_LEVEL_NONE;
     (void)user;
-    if (level >= GGML_LOG_LEVEL_ERROR) {
+    if (level != GGML_LOG_LEVEL_CONT) {
+        last = level;
+    }
+    if (last == GGML_LOG_LEVEL_ERROR) {
         fputs(text, stderr);
     }
 }
@@ -98,47 +106,82 @@ static struct llama_context *open_model(const char *path, int n_ctx, int n_seq,
     return ctx;
 }
 
+/* One run: the prompt timed to the first greedy token, then n_gen tokens; tokens/s of each. */
+static int bench_run(struct llama_context *ctx, struct llama_sampler *greedy, llama_token *tokens,
+                     int n_prompt, int n_gen, double *pp, double *tg) {
+    llama_memory_clear(llama_get_memory(ctx), true);
+    double started = now();
+    for (int off = 0; off < n_prompt; off += 512) {
+        int n = n_prompt - off < 512 ? n_prompt - off : 512;
+        if (llama_decode(ctx, llama_batch_get_one(tokens + off, n)) != 0) {
+            fprintf(stderr, "prompt decode failed\n");
+            return 1;
+        }
+    }
+    llama_token token = llama_sampler_sample(greedy, ctx, -1);
+    *pp = n_prompt / (now() - started);
+    started = now();
+    for (int i = 0; i < n_gen; i++) {
+        if (llama_decode(ctx, llama_batch_get_one(&token, 1)) != 0) {
+            fprintf(stderr, "generation decode failed\n");
+            return 1;
+        }
+        token = llama_sampler_sample(greedy, ctx, -1);
+    }
+    *tg = n_gen / (now() - started);
+    return 0;
+}
+
+static void print_runs(const char *key, const double *values, int n) {
+    printf(", \"%s\": [", key);
+    for (int i = 0; i < n; i++) {
+        printf(i ? ", %.1f" : "%.1f", values[i]);
+    }
+    printf("]");
+}
+
 static int bench(const char *path, int n_prompt, int n_gen, int repeat) {
+    if (repeat < 1) {
+        fprintf(stderr, "REPEAT must be at least 1\n");
+        return 2;
+    }
     struct llama_model *model = NULL;
     struct llama_context *ctx = open_model(path, n_prompt + n_gen + 16, 1, &model);
     if (!ctx) {
         return 1;
     }
     llama_token *tokens = prompt_tokens(llama_model_get_vocab(model), n_prompt);
-    if (!tokens) {
+    double *pp = malloc(sizeof(double) * (size_t)repeat);
+    double *tg = malloc(sizeof(double) * (size_t)repeat);
+    if (!tokens || !pp || !tg) {
         return 1;
     }
     struct llama_sampler *greedy = llama_sampler_init_greedy();
     double best_pp = 0, best_tg = 0;
-    for (int r = 0; r < repeat; r++) {
-        llama_memory_clear(llama_get_memory(ctx), true);
-        double started = now();
-        for (int off = 0; off < n_prompt; off += 512) {
-            int n = n_prompt - off < 512 ? n_prompt - off : 512;
-            if (llama_decode(ctx, llama_batch_get_one(tokens + off, n)) != 0) {
-                fprintf(stderr, "prompt decode failed\n");
-                return 1;
-            }
+    /* r = -1 is the warm-up run, not reported. */
+    for (int r = -1; r < repeat; r++) {
+        double run_pp, run_tg;
+        if (bench_run(ctx, greedy, tokens, n_prompt, n_gen, &run_pp, &run_tg) != 0) {
+            return 1;
         }
-        llama_token token = llama_sampler_sample(greedy, ctx, -1);
-        double pp = n_prompt / (now() - started);
-        started = now();
-        for (int i = 0; i < n_gen; i++) {
-            if (llama_decode(ctx, llama_batch_get_one(&token, 1)) != 0) {
-                fprintf(stderr, "generation decode failed\n");
-                return 1;
-            }
-            token = llama_sampler_sample(greedy, ctx, -1);
+        if (r < 0) {
+            continue;
         }
-        double tg = n_gen / (now() - started);
-        best_pp = pp > best_pp ? pp : best_pp;
-        best_tg = tg > best_tg ? tg : best_tg;
+        pp[r] = run_pp;
+        tg[r] = run_tg;
+        best_pp = run_pp > best_pp ? run_pp : best_pp;
+        best_tg = run_tg > best_tg ? run_tg : best_tg;
     }
-    printf("{\"pp_tps\": %.1f, \"tg_tps\": %.1f}\n", best_pp, best_tg);
+    printf("{\"pp_tps\": %.1f, \"tg_tps\": %.1f", best_pp, best_tg);
+    print_runs("pp_runs", pp, repeat);
+    print_runs("tg_runs", tg, repeat);
+    printf("}\n");
     llama_sampler_free(greedy);
     llama_free(ctx);
     llama_model_free(model);
     free(tokens);
+    free(pp);
+    free(tg);
     return 0;
 }
 

@@ -1,7 +1,7 @@
 //! llama.cpp driven directly through llama-cpp-2: one context, one sequence, a plain decode
 //! loop. This is the baseline the plugin is compared with.
 
-use crate::{best, Setup, Speed};
+use crate::{Setup, Speed};
 use anyhow::{anyhow, Context as _};
 use llama_cpp_2::{
     context::params::LlamaContextParams,
@@ -90,11 +90,5 @@ pub fn run(setup: &Setup) -> anyhow::Result<(Speed, Vec<u32>)> {
     drop(model);
     // The backend is dropped last (llama_backend_free).
     drop(backend);
-    Ok((
-        Speed {
-            prompt_tps: best(&pp),
-            gen_tps: best(&tg),
-        },
-        prompt,
-    ))
+    Ok((Speed::of(pp, tg), prompt))
 }

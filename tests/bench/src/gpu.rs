@@ -5,14 +5,16 @@
 //! The GPU machine has no Rust toolchain: `cargo xtask gpu-build` packs the `gpu-bench` binary,
 //! the plugins and the llama.cpp source, and `scripts/gpu/device.sh` runs this there.
 
-use crate::{best, plugin, Setup, Speed};
+mod http;
+
+use crate::{median, plugin, Setup, Speed};
 use anyhow::{anyhow, bail, Context as _};
+use http::Client;
 use llmlocal::plugins::LoadedModel;
 use llmlocal_plugin_api::Step;
 use serde::Serialize;
 use std::{
-    io::{BufRead, BufReader, Write},
-    net::TcpStream,
+    io::{BufRead, Read},
     path::Path,
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
@@ -123,17 +125,28 @@ fn run_direct(
 }
 
 /// pp/tg of llama.cpp driven directly through its C API (`scripts/gpu/direct_bench.c`, built
-/// against the same llama.cpp build the plugin runs on), all layers on the GPU.
+/// against the same llama.cpp build the plugin runs on), all layers on the GPU: one process,
+/// an unmeasured warm-up run, then `setup.repeat` runs.
 pub fn direct_bench(exe: &Path, setup: &Setup) -> anyhow::Result<Speed> {
-    let row = run_direct(exe, "bench", setup, setup.repeat)?;
-    let speed = Speed {
-        prompt_tps: row["pp_tps"].as_f64().unwrap_or(0.0),
-        gen_tps: row["tg_tps"].as_f64().unwrap_or(0.0),
+    direct_speed(&run_direct(exe, "bench", setup, setup.repeat)?)
+}
+
+/// The per-run speeds of direct-bench's `bench` line.
+fn direct_speed(row: &serde_json::Value) -> anyhow::Result<Speed> {
+    let runs = |key: &str| -> anyhow::Result<Vec<f64>> {
+        let values: Option<Vec<f64>> = row[key]
+            .as_array()
+            .map(|a| a.iter().map(serde_json::Value::as_f64).collect())
+            .unwrap_or_default();
+        match values {
+            Some(v) if !v.is_empty() && v.iter().all(|&x| x > 0.0) => Ok(v),
+            _ => bail!(
+                "direct-bench printed no {key} (an old build? rebuild it from \
+                 scripts/gpu/direct_bench.c): {row}"
+            ),
+        }
     };
-    if speed.prompt_tps == 0.0 || speed.gen_tps == 0.0 {
-        bail!("direct-bench printed no speeds");
-    }
-    Ok(speed)
+    Ok(Speed::of(runs("pp_runs")?, runs("tg_runs")?))
 }
 
 /// Aggregate tokens/s of `n_seq` sequences decoded together by llama.cpp directly (one token
@@ -209,13 +222,16 @@ pub fn serve(
         .stderr(log_file)
         .spawn()
         .with_context(|| format!("start {}", llmlocal.display()))?;
-    let server = Server { child, addr };
+    let mut server = Server { child, addr };
     let deadline = Instant::now() + Duration::from_secs(60);
     while Instant::now() < deadline {
         if let Ok((status, _)) = http(&server.addr, "GET", "/health", "") {
             if status == 200 {
                 return Ok(server);
             }
+        }
+        if let Ok(Some(status)) = server.child.try_wait() {
+            bail!("llmlocal serve exited ({status}); see {}", log.display());
         }
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -251,37 +267,17 @@ fn serve_command(
     command
 }
 
-/// One HTTP/1.1 request with `Connection: close`; the status and the whole body.
+/// One request on a connection of its own; the status and the whole body.
 fn http(addr: &str, method: &str, path: &str, body: &str) -> anyhow::Result<(u16, String)> {
-    let mut reader = send(addr, method, path, body)?;
-    let status = read_status(&mut reader)?;
+    Client::new(addr).exchange(method, path, body, |_, status, reader| {
+        Ok((status, read_text(reader)?))
+    })
+}
+
+fn read_text(reader: &mut impl Read) -> anyhow::Result<String> {
     let mut text = String::new();
-    std::io::Read::read_to_string(&mut reader, &mut text)?;
-    Ok((status, text))
-}
-
-fn send(addr: &str, method: &str, path: &str, body: &str) -> anyhow::Result<BufReader<TcpStream>> {
-    let mut stream = TcpStream::connect(addr)?;
-    stream.set_nodelay(true)?;
-    // One write, as HTTP clients send a request: `write!` on the socket would send each
-    // formatted piece as its own segment (no Nagle), and the server would read the request
-    // in pieces, which a real client does not make it do.
-    let request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
-         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    stream.write_all(request.as_bytes())?;
-    Ok(BufReader::new(stream))
-}
-
-fn read_status(reader: &mut BufReader<TcpStream>) -> anyhow::Result<u16> {
-    let mut line = String::new();
-    reader.read_line(&mut line)?;
-    line.split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| anyhow!("not an HTTP status line: {line:?}"))
+    reader.read_to_string(&mut text)?;
+    Ok(text)
 }
 
 /// The lowest and the median of a set of times.
@@ -293,17 +289,9 @@ pub struct Millis {
 
 impl Millis {
     fn of(values: &[f64]) -> Option<Millis> {
-        let mut sorted = values.to_vec();
-        sorted.sort_by(f64::total_cmp);
-        let n = sorted.len();
-        let median = match n {
-            0 => return None,
-            _ if n % 2 == 1 => sorted[n / 2],
-            _ => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
-        };
         Some(Millis {
-            best: sorted[0],
-            median,
+            median: median(values)?,
+            best: values.iter().copied().fold(f64::INFINITY, f64::min),
         })
     }
 }
@@ -322,10 +310,36 @@ pub struct HttpTiming {
 }
 
 /// What one set of streamed HTTP runs measured.
-#[derive(Debug, Clone, Copy, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct HttpResult {
     pub speed: Speed,
     pub timing: HttpTiming,
+}
+
+impl HttpResult {
+    /// Prompt tokens/s from each run's time to the first token event, generated tokens/s
+    /// from the first to the last, and the server's own prompt time next to the client's.
+    fn of(runs: &[HttpRun], prompt_tokens: usize) -> HttpResult {
+        let ttft: Vec<f64> = runs.iter().map(|r| r.ttft_ms).collect();
+        let server_ms: Option<Vec<f64>> = runs.iter().map(|r| r.server_prompt_ms).collect();
+        let overhead: Option<Vec<f64>> = runs
+            .iter()
+            .map(|r| r.server_prompt_ms.map(|s| r.ttft_ms - s))
+            .collect();
+        let pp: Vec<f64> = ttft
+            .iter()
+            .map(|ms| prompt_tokens as f64 * 1000.0 / ms)
+            .collect();
+        let tg: Vec<f64> = runs.iter().filter_map(|r| r.gen_tps).collect();
+        HttpResult {
+            speed: Speed::of(pp, tg),
+            timing: HttpTiming {
+                client_ttft_ms: Millis::of(&ttft).unwrap_or_default(),
+                server_prompt_ms: server_ms.as_deref().and_then(Millis::of),
+                overhead_ms: overhead.as_deref().and_then(Millis::of),
+            },
+        }
+    }
 }
 
 /// One measured streamed request.
@@ -336,43 +350,137 @@ struct HttpRun {
     gen_tps: Option<f64>,
 }
 
-/// Streamed `/v1/completions` runs of `prompt` (a JSON string, or a list of token ids;
-/// greedy, `max_tokens`): prompt tokens/s from the time to the first token event, generated
-/// tokens/s from the first to the last, and the server's own prompt time next to the client's.
+/// Streamed `/v1/completions` requests of one prompt (a JSON string, or a list of token ids;
+/// greedy, `max_tokens` = gen_tokens + 1) on one keep-alive connection, as an SDK client
+/// sends them. Runs accumulate over calls of [`HttpSeries::measure`].
+pub struct HttpSeries<'a> {
+    server: &'a mut Server,
+    client: Client,
+    body: String,
+    gen_tokens: usize,
+    runs: Vec<HttpRun>,
+}
+
+impl<'a> HttpSeries<'a> {
+    /// Opens the connection with one request that is not measured: the first request of a
+    /// server loads the model (on demand), and the first of a connection pays its accept.
+    pub fn start(
+        server: &'a mut Server,
+        prompt: &serde_json::Value,
+        setup: &Setup,
+    ) -> anyhow::Result<Self> {
+        let body = serde_json::json!({
+            "model": "bench",
+            "prompt": prompt,
+            "max_tokens": setup.gen_tokens + 1,
+            "temperature": 0.0,
+            "stream": true,
+            // As the in-process runs: a random model may pick EOS at any point.
+            "ignore_eos": true,
+        })
+        .to_string();
+        let client = Client::new(&server.addr);
+        let mut series = HttpSeries {
+            server,
+            client,
+            body,
+            gen_tokens: setup.gen_tokens,
+            runs: Vec::new(),
+        };
+        series.request().map_err(|e| series.explain(e))?;
+        Ok(series)
+    }
+
+    /// `n` more measured requests.
+    pub fn measure(&mut self, n: usize) -> anyhow::Result<()> {
+        for _ in 0..n {
+            let run = self.request().map_err(|e| self.explain(e))?;
+            self.runs.push(run);
+        }
+        Ok(())
+    }
+
+    pub fn result(&self, prompt_tokens: usize) -> HttpResult {
+        HttpResult::of(&self.runs, prompt_tokens)
+    }
+
+    /// Connections opened so far (1 when every request reused the first).
+    pub fn connects(&self) -> usize {
+        self.client.connects
+    }
+
+    /// An error, or that the server exited (which is what to look at then).
+    fn explain(&mut self, error: anyhow::Error) -> anyhow::Error {
+        match self.server.child.try_wait() {
+            Ok(Some(status)) => anyhow!("llmlocal serve exited ({status}); see its log"),
+            _ => error,
+        }
+    }
+
+    fn request(&mut self) -> anyhow::Result<HttpRun> {
+        let gen_tokens = self.gen_tokens;
+        self.client.exchange(
+            "POST",
+            "/v1/completions",
+            &self.body,
+            |started, status, reader| {
+                if status != 200 {
+                    bail!(
+                        "POST /v1/completions answered {status}: {}",
+                        read_text(reader)?
+                    );
+                }
+                stream_run(started, reader, gen_tokens)
+            },
+        )
+    }
+}
+
+/// Reads a streamed completion's events; times the token events from `started`.
+fn stream_run(
+    started: Instant,
+    reader: &mut impl BufRead,
+    gen_tokens: usize,
+) -> anyhow::Result<HttpRun> {
+    let mut times = Vec::new();
+    let mut server_ms = None;
+    let mut line = String::new();
+    while reader.read_line(&mut line)? > 0 {
+        if has_text(&line) {
+            times.push(Instant::now());
+        } else if let Some(ms) = server_prompt_ms(&line) {
+            server_ms = Some(ms);
+        }
+        line.clear();
+    }
+    let (Some(first), Some(last)) = (times.first(), times.last()) else {
+        bail!("the server streamed no tokens");
+    };
+    if times.len() < gen_tokens {
+        bail!(
+            "the server streamed {} token events for max_tokens {}",
+            times.len(),
+            gen_tokens + 1
+        );
+    }
+    Ok(HttpRun {
+        ttft_ms: (*first - started).as_secs_f64() * 1000.0,
+        server_prompt_ms: server_ms,
+        gen_tps: (times.len() > 1)
+            .then(|| (times.len() - 1) as f64 / (*last - *first).as_secs_f64()),
+    })
+}
+
+/// One block of `setup.repeat` measured streamed requests of `prompt` (after the unmeasured
+/// first one).
 pub fn http_speed(
     server: &mut Server,
     prompt: &serde_json::Value,
     setup: &Setup,
 ) -> anyhow::Result<HttpResult> {
-    let result = http_runs(server, prompt, setup);
-    if result.is_err() {
-        if let Ok(Some(status)) = server.child.try_wait() {
-            bail!("llmlocal serve exited ({status}); see its log");
-        }
-    }
-    let runs = result?;
-    let ttft: Vec<f64> = runs.iter().map(|r| r.ttft_ms).collect();
-    let server_ms: Option<Vec<f64>> = runs.iter().map(|r| r.server_prompt_ms).collect();
-    let overhead: Option<Vec<f64>> = runs
-        .iter()
-        .map(|r| r.server_prompt_ms.map(|s| r.ttft_ms - s))
-        .collect();
-    let pp: Vec<f64> = ttft
-        .iter()
-        .map(|ms| setup.prompt_tokens as f64 * 1000.0 / ms)
-        .collect();
-    let tg: Vec<f64> = runs.iter().filter_map(|r| r.gen_tps).collect();
-    Ok(HttpResult {
-        speed: Speed {
-            prompt_tps: best(&pp),
-            gen_tps: best(&tg),
-        },
-        timing: HttpTiming {
-            client_ttft_ms: Millis::of(&ttft).unwrap_or_default(),
-            server_prompt_ms: server_ms.as_deref().and_then(Millis::of),
-            overhead_ms: overhead.as_deref().and_then(Millis::of),
-        },
-    })
+    let mut series = HttpSeries::start(server, prompt, setup)?;
+    series.measure(setup.repeat)?;
+    Ok(series.result(setup.prompt_tokens))
 }
 
 /// Whether an SSE line is an event carrying generated text (not the final event, whose
@@ -395,67 +503,6 @@ fn server_prompt_ms(line: &str) -> Option<f64> {
     event["timings"]["prompt_ms"].as_f64()
 }
 
-fn http_runs(
-    server: &Server,
-    prompt: &serde_json::Value,
-    setup: &Setup,
-) -> anyhow::Result<Vec<HttpRun>> {
-    let body = serde_json::json!({
-        "model": "bench",
-        "prompt": prompt,
-        "max_tokens": setup.gen_tokens + 1,
-        "temperature": 0.0,
-        "stream": true,
-        // As the in-process runs: a random model may pick EOS at any point.
-        "ignore_eos": true,
-    })
-    .to_string();
-    let mut runs = Vec::new();
-    // The first request loads the model (the server loads on demand): not measured.
-    for run in 0..=setup.repeat {
-        let started = Instant::now();
-        let mut reader = send(&server.addr, "POST", "/v1/completions", &body)?;
-        let status = read_status(&mut reader)?;
-        if status != 200 {
-            let mut body = String::new();
-            std::io::Read::read_to_string(&mut reader, &mut body)?;
-            let body = body.rsplit("\r\n\r\n").next().unwrap_or_default();
-            bail!("POST /v1/completions answered {status}: {body}");
-        }
-        let mut times = Vec::new();
-        let mut server_ms = None;
-        let mut line = String::new();
-        while reader.read_line(&mut line)? > 0 {
-            if has_text(&line) {
-                times.push(Instant::now());
-            } else if let Some(ms) = server_prompt_ms(&line) {
-                server_ms = Some(ms);
-            }
-            line.clear();
-        }
-        let (Some(first), Some(last)) = (times.first(), times.last()) else {
-            bail!("the server streamed no tokens");
-        };
-        if times.len() < setup.gen_tokens {
-            bail!(
-                "the server streamed {} token events for max_tokens {}",
-                times.len(),
-                setup.gen_tokens + 1
-            );
-        }
-        if run == 0 {
-            continue;
-        }
-        runs.push(HttpRun {
-            ttft_ms: (*first - started).as_secs_f64() * 1000.0,
-            server_prompt_ms: server_ms,
-            gen_tps: (times.len() > 1)
-                .then(|| (times.len() - 1) as f64 / (*last - *first).as_secs_f64()),
-        });
-    }
-    Ok(runs)
-}
-
 /// The text of exactly `n` prompt tokens of `model` (the bench prompt, detokenized), so an HTTP
 /// request carries the same prompt length as the in-process runs.
 pub fn prompt_text(model: &LoadedModel, n: usize) -> anyhow::Result<(Vec<u32>, String)> {
@@ -465,13 +512,21 @@ pub fn prompt_text(model: &LoadedModel, n: usize) -> anyhow::Result<(Vec<u32>, S
 }
 
 /// One model file on the GPU: llama.cpp direct, the plugin through the host, over HTTP.
+///
+/// Speeds carry their runs, best and median; `direct`, `plugin` and `http_ids` ran in
+/// `rounds` interleaved rounds of `repeat` runs each. The ratios `x_vs_y_*` are of medians
+/// (the headline); `x_vs_y_*_best` are the same of the best runs.
 #[derive(Debug, Clone, Serialize)]
 pub struct ModelRow {
     pub label: String,
     pub size_bytes: u64,
+    pub rounds: usize,
+    /// Runs of each path per round.
+    pub repeat: usize,
     pub direct: Option<Speed>,
     pub plugin: Speed,
-    /// `llmlocal serve`, streamed `/v1/completions` with the prompt as text.
+    /// `llmlocal serve`, streamed `/v1/completions` with the prompt as text (one block of
+    /// `repeat` runs, not in the rounds).
     pub http: Option<Speed>,
     /// The same with the prompt as the token ids the plugin run used (as llama.cpp's pp).
     pub http_ids: Option<Speed>,
@@ -479,6 +534,8 @@ pub struct ModelRow {
     pub http_timing: Option<HttpTiming>,
     /// Client TTFT vs the server's `timings.prompt_ms`, token-id prompt.
     pub http_ids_timing: Option<HttpTiming>,
+    /// TCP connections the token-id series used (1: every request on one kept connection).
+    pub http_ids_connections: Option<usize>,
     /// What the HTTP runs' server loaded the model with (as the plugin run).
     pub http_load: LoadShape,
     /// The plugin's prompt pass with the bench's load vs the server's default load.
@@ -490,24 +547,58 @@ pub struct ModelRow {
     pub http_vs_direct_tg: f64,
     pub http_ids_vs_direct_tg: f64,
     pub http_vs_plugin_tg: f64,
+    pub plugin_vs_direct_pp_best: f64,
+    pub plugin_vs_direct_tg_best: f64,
+    pub http_vs_direct_pp_best: f64,
+    pub http_ids_vs_direct_pp_best: f64,
+    pub http_vs_direct_tg_best: f64,
+    pub http_ids_vs_direct_tg_best: f64,
+    pub http_vs_plugin_tg_best: f64,
     /// Aggregate generated tokens/s with N parallel streams.
     pub aggregate: Vec<(usize, f64)>,
     /// The same through llama.cpp directly (N sequences in one decode per step).
     pub direct_aggregate: Vec<(usize, f64)>,
     /// Generation tokens/s the weight bytes allow at the measured copy bandwidth.
     pub bandwidth_bound_tg: Option<f64>,
-    /// plugin tg / bandwidth bound.
+    /// plugin tg (median) / bandwidth bound.
     pub bandwidth_share: Option<f64>,
     /// candle on the same file and device, through the host.
     pub candle: Option<Speed>,
     pub candle_vs_llama_pp: f64,
     pub candle_vs_llama_tg: f64,
+    pub candle_vs_llama_pp_best: f64,
+    pub candle_vs_llama_tg_best: f64,
+}
+
+/// a / b of the prompt and generation speeds, of the medians and of the bests.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+struct Ratios {
+    pp: f64,
+    tg: f64,
+    pp_best: f64,
+    tg_best: f64,
+}
+
+impl Ratios {
+    fn of(a: Option<&Speed>, b: Option<&Speed>) -> Ratios {
+        let (Some(a), Some(b)) = (a, b) else {
+            return Ratios::default();
+        };
+        Ratios {
+            pp: ratio(a.prompt_tps_median, b.prompt_tps_median),
+            tg: ratio(a.gen_tps_median, b.gen_tps_median),
+            pp_best: ratio(a.prompt_tps, b.prompt_tps),
+            tg_best: ratio(a.gen_tps, b.gen_tps),
+        }
+    }
 }
 
 /// What to measure for one model.
 pub struct ModelJob<'a> {
     pub label: String,
     pub setup: Setup,
+    /// Interleaved rounds of direct, plugin and HTTP (token ids), `setup.repeat` runs each.
+    pub rounds: usize,
     pub device: &'a str,
     pub direct_bench: Option<&'a Path>,
     pub llmlocal: Option<&'a Path>,
@@ -519,27 +610,23 @@ pub struct ModelJob<'a> {
     pub candle: bool,
 }
 
+/// The pp/tg comparison of one model: the three paths measured in interleaved rounds, and
+/// the text-prompt HTTP block.
+struct Paths {
+    direct: Option<Speed>,
+    plugin: Speed,
+    http: Option<HttpResult>,
+    http_ids: Option<HttpResult>,
+    http_ids_connections: Option<usize>,
+}
+
 /// Measures one model; each part that fails is reported on stderr and left out.
 pub fn measure(dir: &Path, job: &ModelJob) -> anyhow::Result<ModelRow> {
     let setup = &job.setup;
     let size_bytes = std::fs::metadata(&setup.model)
         .with_context(|| format!("{}", setup.model.display()))?
         .len();
-    eprintln!("{}: llama-cpp plugin on {} ...", job.label, job.device);
-    let model = plugin::load_on(dir, "llama-cpp", setup, 1, job.device)?;
-    let (prompt, text) = prompt_text(&model, setup.prompt_tokens)?;
-    let through = plugin::run(&model, setup, &prompt)?;
-    drop(model);
-    let direct = job.direct_bench.and_then(|exe| {
-        eprintln!("{}: llama.cpp direct ...", job.label);
-        direct_bench(exe, setup)
-            .map_err(|e| eprintln!("direct-bench: {e:#}"))
-            .ok()
-    });
-    let (http, http_ids) = job
-        .llmlocal
-        .map(|exe| http_both(exe, dir, job, &text, &prompt))
-        .unwrap_or_default();
+    let (paths, prompt) = paths(dir, job)?;
     let load_cost = job.llmlocal.and_then(|_| {
         eprintln!(
             "{}: prompt pass, bench vs server default load ...",
@@ -555,69 +642,163 @@ pub fn measure(dir: &Path, job: &ModelJob) -> anyhow::Result<ModelRow> {
     });
     let direct_aggregate = job
         .direct_bench
-        .map(|exe| {
-            let mut short = setup.clone();
-            short.prompt_tokens = AGGREGATE_PROMPT;
-            job.parallel
-                .iter()
-                .filter_map(|&n| match direct_batched(exe, &short, n) {
-                    Ok(tps) => Some((n, tps)),
-                    Err(e) => {
-                        eprintln!("direct batched {n}: {e:#}");
-                        None
-                    }
-                })
-                .collect()
-        })
+        .map(|exe| direct_aggregate(exe, job))
         .unwrap_or_default();
     let candle = job
         .candle
         .then(|| candle_speed(dir, job, &prompt))
         .and_then(|r| r.map_err(|e| eprintln!("candle: {e:#}")).ok());
     let bound = job.bandwidth_gbs.map(|gbs| gbs * 1e9 / size_bytes as f64);
-    let d = direct.unwrap_or_default();
-    let c = candle.unwrap_or_default();
-    let (h, hi) = (
-        http.unwrap_or_default().speed,
-        http_ids.unwrap_or_default().speed,
-    );
+    let d = paths.direct.as_ref();
+    let through = Some(&paths.plugin);
+    let h = paths.http.as_ref().map(|r| &r.speed);
+    let hi = paths.http_ids.as_ref().map(|r| &r.speed);
+    let plugin_direct = Ratios::of(through, d);
+    let (http_direct, ids_direct) = (Ratios::of(h, d), Ratios::of(hi, d));
+    let http_plugin = Ratios::of(h, through);
+    let candle_llama = Ratios::of(candle.as_ref(), through);
     Ok(ModelRow {
         label: job.label.clone(),
         size_bytes,
-        plugin_vs_direct_pp: ratio(through.prompt_tps, d.prompt_tps),
-        plugin_vs_direct_tg: ratio(through.gen_tps, d.gen_tps),
-        http_vs_direct_pp: ratio(h.prompt_tps, d.prompt_tps),
-        http_ids_vs_direct_pp: ratio(hi.prompt_tps, d.prompt_tps),
-        http_vs_direct_tg: ratio(h.gen_tps, d.gen_tps),
-        http_ids_vs_direct_tg: ratio(hi.gen_tps, d.gen_tps),
-        http_vs_plugin_tg: ratio(h.gen_tps, through.gen_tps),
-        direct,
-        plugin: through,
-        http: http.map(|r| r.speed),
-        http_ids: http_ids.map(|r| r.speed),
-        http_timing: http.map(|r| r.timing),
-        http_ids_timing: http_ids.map(|r| r.timing),
+        rounds: job.rounds,
+        repeat: setup.repeat,
+        plugin_vs_direct_pp: plugin_direct.pp,
+        plugin_vs_direct_tg: plugin_direct.tg,
+        http_vs_direct_pp: http_direct.pp,
+        http_ids_vs_direct_pp: ids_direct.pp,
+        http_vs_direct_tg: http_direct.tg,
+        http_ids_vs_direct_tg: ids_direct.tg,
+        http_vs_plugin_tg: http_plugin.tg,
+        plugin_vs_direct_pp_best: plugin_direct.pp_best,
+        plugin_vs_direct_tg_best: plugin_direct.tg_best,
+        http_vs_direct_pp_best: http_direct.pp_best,
+        http_ids_vs_direct_pp_best: ids_direct.pp_best,
+        http_vs_direct_tg_best: http_direct.tg_best,
+        http_ids_vs_direct_tg_best: ids_direct.tg_best,
+        http_vs_plugin_tg_best: http_plugin.tg_best,
+        bandwidth_bound_tg: bound,
+        bandwidth_share: bound.map(|b| ratio(paths.plugin.gen_tps_median, b)),
+        direct: paths.direct,
+        plugin: paths.plugin,
+        http: paths.http.as_ref().map(|r| r.speed.clone()),
+        http_ids: paths.http_ids.as_ref().map(|r| r.speed.clone()),
+        http_timing: paths.http.map(|r| r.timing),
+        http_ids_timing: paths.http_ids.map(|r| r.timing),
+        http_ids_connections: paths.http_ids_connections,
         http_load: LoadShape::bench(setup),
         load_cost,
         aggregate,
         direct_aggregate,
-        bandwidth_bound_tg: bound,
-        bandwidth_share: bound.map(|b| ratio(through.gen_tps, b)),
-        candle_vs_llama_pp: ratio(c.prompt_tps, through.prompt_tps),
-        candle_vs_llama_tg: ratio(c.gen_tps, through.gen_tps),
+        candle_vs_llama_pp: candle_llama.pp,
+        candle_vs_llama_tg: candle_llama.tg,
+        candle_vs_llama_pp_best: candle_llama.pp_best,
+        candle_vs_llama_tg_best: candle_llama.tg_best,
         candle,
     })
 }
 
-/// One `llmlocal serve` for the model; the HTTP runs with the prompt as text, then as the
-/// token ids `ids`. Each part that fails is reported on stderr and left out.
-fn http_both(
-    exe: &Path,
-    dir: &Path,
+/// Loads the plugin's model and starts `llmlocal serve` (both kept for all rounds), measures
+/// the text-prompt HTTP block, then the interleaved rounds. Also returns the prompt.
+fn paths(dir: &Path, job: &ModelJob) -> anyhow::Result<(Paths, Vec<u32>)> {
+    let setup = &job.setup;
+    eprintln!("{}: llama-cpp plugin on {} ...", job.label, job.device);
+    let model = plugin::load_on(dir, "llama-cpp", setup, 1, job.device)?;
+    let (prompt, text) = prompt_text(&model, setup.prompt_tokens)?;
+    let mut server = job.llmlocal.and_then(|exe| start_server(exe, dir, job));
+    let http = server.as_mut().and_then(|server| {
+        eprintln!("{}: HTTP with a text prompt ...", job.label);
+        http_speed(server, &serde_json::json!(text), setup)
+            .map_err(|e| eprintln!("HTTP (text prompt): {e:#}"))
+            .ok()
+    });
+    let paths = rounds(job, &model, server.as_mut(), &prompt)?;
+    Ok((Paths { http, ..paths }, prompt))
+}
+
+/// The paths measured in the rounds of [`rounds`].
+#[derive(Debug, Clone, Copy)]
+enum Part {
+    Direct,
+    Plugin,
+    HttpIds,
+}
+
+const PARTS: [Part; 3] = [Part::Direct, Part::Plugin, Part::HttpIds];
+
+/// `job.rounds` rounds of: direct-bench (a process per round), the in-process plugin, and
+/// HTTP with the token ids on one kept connection, `setup.repeat` runs each, so that a drift
+/// of the machine's speed reaches all three alike; the order turns by one each round, so no
+/// path always runs first (after a process start) or last. Each path is warmed up once
+/// first; a direct or HTTP failure drops that path (reported on stderr).
+fn rounds(
     job: &ModelJob,
-    text: &str,
-    ids: &[u32],
-) -> (Option<HttpResult>, Option<HttpResult>) {
+    model: &LoadedModel,
+    server: Option<&mut Server>,
+    prompt: &[u32],
+) -> anyhow::Result<Paths> {
+    let setup = &job.setup;
+    // The first generation of a context pays first-use costs (cuBLAS handles, CUDA graphs);
+    // direct-bench and the server get a warm-up run too.
+    plugin::runs(model, setup, prompt, 1)?;
+    let mut ids = server.and_then(|server| {
+        HttpSeries::start(server, &serde_json::json!(prompt), setup)
+            .map_err(|e| eprintln!("HTTP (token-id prompt): {e:#}"))
+            .ok()
+    });
+    let mut direct = job.direct_bench.map(|exe| (exe, Vec::new(), Vec::new()));
+    let (mut pp, mut tg) = (Vec::new(), Vec::new());
+    for round in 0..job.rounds {
+        let order: Vec<Part> = (0..PARTS.len())
+            .map(|k| PARTS[(round + k) % PARTS.len()])
+            .collect();
+        eprintln!(
+            "{}: round {}/{}: {order:?} ...",
+            job.label,
+            round + 1,
+            job.rounds
+        );
+        for part in order {
+            match part {
+                Part::Direct => {
+                    let Some((exe, dpp, dtg)) = direct.as_mut() else {
+                        continue;
+                    };
+                    match direct_bench(exe, setup) {
+                        Ok(speed) => {
+                            dpp.extend(speed.prompt_runs);
+                            dtg.extend(speed.gen_runs);
+                        }
+                        Err(e) => {
+                            eprintln!("direct-bench: {e:#}");
+                            direct = None;
+                        }
+                    }
+                }
+                Part::Plugin => {
+                    let (p, t) = plugin::runs(model, setup, prompt, setup.repeat)?;
+                    pp.extend(p);
+                    tg.extend(t);
+                }
+                Part::HttpIds => {
+                    if let Some(Err(e)) = ids.as_mut().map(|series| series.measure(setup.repeat)) {
+                        eprintln!("HTTP (token-id prompt): {e:#}");
+                        ids = None;
+                    }
+                }
+            }
+        }
+    }
+    Ok(Paths {
+        direct: direct.map(|(_, dpp, dtg)| Speed::of(dpp, dtg)),
+        plugin: Speed::of(pp, tg),
+        http: None,
+        http_ids_connections: ids.as_ref().map(HttpSeries::connects),
+        http_ids: ids.map(|series| series.result(setup.prompt_tokens)),
+    })
+}
+
+/// `llmlocal serve` for the model, or `None` (reported) when it does not start.
+fn start_server(exe: &Path, dir: &Path, job: &ModelJob) -> Option<Server> {
     eprintln!("{}: llmlocal serve over HTTP ...", job.label);
     let log = job.log_dir.join(format!("serve-{}.log", job.label));
     // Loaded as the plugin runs and direct-bench load it (one sequence, prompt + generation
@@ -626,21 +807,25 @@ fn http_both(
     // 768): HTTP vs plugin vs direct then differ only in the path, not in the context
     // llama.cpp runs. [`load_cost`] measures what the defaults change.
     let shape = LoadShape::bench(&job.setup);
-    let mut server = match serve(exe, dir, &job.setup, shape, 18_473, &log) {
-        Ok(server) => server,
-        Err(e) => {
-            eprintln!("HTTP: {e:#}");
-            return (None, None);
-        }
-    };
-    let mut measure = |what: &str, prompt: serde_json::Value| {
-        http_speed(&mut server, &prompt, &job.setup)
-            .map_err(|e| eprintln!("HTTP ({what} prompt): {e:#}"))
-            .ok()
-    };
-    let text = measure("text", serde_json::json!(text));
-    eprintln!("{}: HTTP with token ids ...", job.label);
-    (text, measure("token-id", serde_json::json!(ids)))
+    serve(exe, dir, &job.setup, shape, 18_473, &log)
+        .map_err(|e| eprintln!("HTTP: {e:#}"))
+        .ok()
+}
+
+/// llama.cpp's batched decoding for each count of parallel streams.
+fn direct_aggregate(exe: &Path, job: &ModelJob) -> Vec<(usize, f64)> {
+    let mut short = job.setup.clone();
+    short.prompt_tokens = AGGREGATE_PROMPT;
+    job.parallel
+        .iter()
+        .filter_map(|&n| match direct_batched(exe, &short, n) {
+            Ok(tps) => Some((n, tps)),
+            Err(e) => {
+                eprintln!("direct batched {n}: {e:#}");
+                None
+            }
+        })
+        .collect()
 }
 
 /// Generations per load in [`load_cost`], after one warm-up each.
@@ -721,37 +906,56 @@ fn candle_speed(dir: &Path, job: &ModelJob, prompt: &[u32]) -> anyhow::Result<Sp
     plugin::run(&model, &job.setup, prompt)
 }
 
+/// What the table's numbers are.
+fn legend(rows: &[ModelRow]) -> String {
+    let (rounds, repeat) = rows.first().map_or((0, 0), |r| (r.rounds, r.repeat));
+    format!(
+        "tok/s = medians of the runs: direct, plugin and http ids in {rounds} interleaved rounds \
+         x {repeat} runs, http text and candle one block of {repeat}; (ratios of medians) \
+         [ratios of best runs]\n"
+    )
+}
+
 /// The rows as a plain-text table.
 pub fn table(rows: &[ModelRow]) -> String {
-    let mut out = String::from(
-        "model      size GB | direct pp   tg | plugin pp   tg (ratio) | http tg (/direct /plugin) | \
-         bound tg share | candle pp tg (ratio)\n",
+    let mut out = legend(rows);
+    out.push_str(
+        "model      size GB | direct pp    tg | plugin pp   tg (ratio pp/tg) [best ratios]  | \
+         http tg (/direct /plugin) [best]    | bound tg share | candle pp tg (ratio) [best]\n",
     );
     for r in rows {
-        let d = r.direct.unwrap_or_default();
-        let h = r.http.unwrap_or_default();
-        let c = r.candle.unwrap_or_default();
+        let d = r.direct.clone().unwrap_or_default();
+        let h = r.http.clone().unwrap_or_default();
+        let c = r.candle.clone().unwrap_or_default();
         out.push_str(&format!(
-            "{:<10} {:>7.2} | {:>9.0} {:>5.0} | {:>9.0} {:>5.0} ({:.3}/{:.3}) | {:>7.0} ({:.3}/{:.3}) | \
-             {:>8.0} {:>5.2} | {:>6.0} {:>5.0} ({:.2}/{:.2})\n",
+            "{:<10} {:>7.2} | {:>9.0} {:>5.0} | {:>9.0} {:>5.0} ({:.3}/{:.3}) [{:.3}/{:.3}] | \
+             {:>7.0} ({:.3}/{:.3}) [{:.3}/{:.3}] | {:>8.0} {:>5.2} | {:>6.0} {:>5.0} ({:.2}/{:.2}) \
+             [{:.2}/{:.2}]\n",
             r.label,
             r.size_bytes as f64 / 1e9,
-            d.prompt_tps,
-            d.gen_tps,
-            r.plugin.prompt_tps,
-            r.plugin.gen_tps,
+            d.prompt_tps_median,
+            d.gen_tps_median,
+            r.plugin.prompt_tps_median,
+            r.plugin.gen_tps_median,
             r.plugin_vs_direct_pp,
             r.plugin_vs_direct_tg,
-            h.gen_tps,
+            r.plugin_vs_direct_pp_best,
+            r.plugin_vs_direct_tg_best,
+            h.gen_tps_median,
             r.http_vs_direct_tg,
             r.http_vs_plugin_tg,
+            r.http_vs_direct_tg_best,
+            r.http_vs_plugin_tg_best,
             r.bandwidth_bound_tg.unwrap_or(0.0),
             r.bandwidth_share.unwrap_or(0.0),
-            c.prompt_tps,
-            c.gen_tps,
+            c.prompt_tps_median,
+            c.gen_tps_median,
             r.candle_vs_llama_pp,
             r.candle_vs_llama_tg,
+            r.candle_vs_llama_pp_best,
+            r.candle_vs_llama_tg_best,
         ));
+        out.push_str(&best_line(r));
         out.push_str(&http_line(r));
         if let Some(c) = &r.load_cost {
             out.push_str(&load_cost_line(c));
@@ -787,24 +991,45 @@ pub fn table(rows: &[ModelRow]) -> String {
     out
 }
 
+/// The best runs of the interleaved paths, pp and tg, for a look past the medians.
+fn best_line(r: &ModelRow) -> String {
+    let speed = |name: &str, s: Option<&Speed>| {
+        s.map(|s| format!("{name} {:.0} {:.0}", s.prompt_tps, s.gen_tps))
+    };
+    let parts: Vec<String> = [
+        speed("direct", r.direct.as_ref()),
+        speed("plugin", Some(&r.plugin)),
+        speed("http ids", r.http_ids.as_ref()),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    format!("           best runs pp tg: {}\n", parts.join(", "))
+}
+
 /// The HTTP prompt numbers of a row: pp with a text and a token-id prompt against direct,
 /// and where the time to the first token goes (medians).
 fn http_line(r: &ModelRow) -> String {
     if r.http.is_none() && r.http_ids.is_none() {
         return String::new();
     }
-    let (text, ids) = (r.http.unwrap_or_default(), r.http_ids.unwrap_or_default());
+    let text = r.http.clone().unwrap_or_default();
+    let ids = r.http_ids.clone().unwrap_or_default();
     let mut line = format!(
-        "           http (load {} x {}) pp text {:.0} ({:.3} of direct), ids {:.0} ({:.3}); \
-         tg ids {:.0} ({:.3})\n",
+        "           http (load {} x {}) pp text {:.0} ({:.3} of direct) [{:.3}], ids {:.0} \
+         ({:.3}) [{:.3}]; tg ids {:.0} ({:.3}) [{:.3}]; ids on {} connection(s)\n",
         r.http_load.parallel,
         r.http_load.context_length,
-        text.prompt_tps,
+        text.prompt_tps_median,
         r.http_vs_direct_pp,
-        ids.prompt_tps,
+        r.http_vs_direct_pp_best,
+        ids.prompt_tps_median,
         r.http_ids_vs_direct_pp,
-        ids.gen_tps,
+        r.http_ids_vs_direct_pp_best,
+        ids.gen_tps_median,
         r.http_ids_vs_direct_tg,
+        r.http_ids_vs_direct_tg_best,
+        r.http_ids_connections.unwrap_or(0),
     );
     for (what, timing) in [("text", r.http_timing), ("ids", r.http_ids_timing)] {
         if let Some(t) = timing {
@@ -911,5 +1136,115 @@ mod tests {
         let even = Millis::of(&[4.0, 1.0, 2.0, 3.0]).expect("values");
         assert_eq!((even.best, even.median), (1.0, 2.5));
         assert!(Millis::of(&[]).is_none());
+    }
+
+    #[test]
+    fn direct_bench_lines_give_the_runs_their_median_and_best() {
+        // As scripts/gpu/direct_bench.c prints it.
+        let line = r#"{"pp_tps": 30.0, "tg_tps": 4.0, "pp_runs": [10.0, 30.0, 20.0], "tg_runs": [4.0, 1.0, 3.0]}"#;
+        let row: serde_json::Value = serde_json::from_str(line).expect("json");
+        let speed = direct_speed(&row).expect("speed");
+        assert_eq!(speed.prompt_runs, [10.0, 30.0, 20.0]);
+        assert_eq!((speed.prompt_tps, speed.prompt_tps_median), (30.0, 20.0));
+        assert_eq!((speed.gen_tps, speed.gen_tps_median), (4.0, 3.0));
+        // An old build prints only the bests: an error, not a median of one value.
+        let old: serde_json::Value =
+            serde_json::from_str(r#"{"pp_tps": 30.0, "tg_tps": 4.0}"#).expect("json");
+        assert!(direct_speed(&old).is_err());
+    }
+
+    #[test]
+    fn ratios_are_of_the_medians_with_the_bests_beside() {
+        let a = Speed::of(vec![90.0, 100.0, 200.0], vec![9.0, 10.0, 11.0]);
+        let b = Speed::of(vec![100.0, 100.0, 100.0], vec![10.0, 10.0, 22.0]);
+        let r = Ratios::of(Some(&a), Some(&b));
+        assert_eq!((r.pp, r.pp_best), (1.0, 2.0));
+        assert_eq!((r.tg, r.tg_best), (1.0, 0.5));
+        assert_eq!(Ratios::of(None, Some(&b)), Ratios::default());
+    }
+
+    #[test]
+    fn a_streamed_completion_is_timed_from_its_chunked_events() {
+        let token = r#"data: {"choices":[{"finish_reason":null,"index":0,"text":"a"}]}"#;
+        let last = r#"data: {"choices":[{"finish_reason":"length","index":0,"text":""}],"timings":{"prompt_ms":7.5}}"#;
+        let events = format!("{token}\n\n{token}\n\n{token}\n\n{last}\n\ndata: [DONE]\n\n");
+        // Chunks of 5 bytes: events are split across chunks.
+        let mut body = String::new();
+        for piece in events.as_bytes().chunks(5) {
+            body.push_str(&format!(
+                "{:x}\r\n{}\r\n",
+                piece.len(),
+                String::from_utf8_lossy(piece)
+            ));
+        }
+        body.push_str("0\r\n\r\n");
+        let started = Instant::now();
+        let chunks = http::ChunkedReader::new(body.as_bytes());
+        let run = stream_run(started, &mut std::io::BufReader::new(chunks), 2).expect("run");
+        assert_eq!(run.server_prompt_ms, Some(7.5));
+        assert!(run.ttft_ms >= 0.0 && run.gen_tps.is_some());
+        // Fewer token events than asked for is an error.
+        let chunks = http::ChunkedReader::new(body.as_bytes());
+        assert!(stream_run(started, &mut std::io::BufReader::new(chunks), 8).is_err());
+    }
+
+    fn row() -> ModelRow {
+        let speed = Speed::of(vec![1000.0, 1200.0], vec![100.0, 120.0]);
+        let r = Ratios::of(Some(&speed), Some(&speed));
+        ModelRow {
+            label: "F16".into(),
+            size_bytes: 2_471_000_000,
+            rounds: 3,
+            repeat: 3,
+            direct: Some(speed.clone()),
+            plugin: speed.clone(),
+            http: Some(speed.clone()),
+            http_ids: Some(speed.clone()),
+            http_timing: None,
+            http_ids_timing: None,
+            http_ids_connections: Some(1),
+            http_load: LoadShape::bench(&setup()),
+            load_cost: None,
+            plugin_vs_direct_pp: r.pp,
+            plugin_vs_direct_tg: r.tg,
+            http_vs_direct_pp: r.pp,
+            http_ids_vs_direct_pp: r.pp,
+            http_vs_direct_tg: r.tg,
+            http_ids_vs_direct_tg: r.tg,
+            http_vs_plugin_tg: r.tg,
+            plugin_vs_direct_pp_best: r.pp_best,
+            plugin_vs_direct_tg_best: r.tg_best,
+            http_vs_direct_pp_best: r.pp_best,
+            http_ids_vs_direct_pp_best: r.pp_best,
+            http_vs_direct_tg_best: r.tg_best,
+            http_ids_vs_direct_tg_best: r.tg_best,
+            http_vs_plugin_tg_best: r.tg_best,
+            aggregate: Vec::new(),
+            direct_aggregate: Vec::new(),
+            bandwidth_bound_tg: Some(1300.0),
+            bandwidth_share: Some(0.09),
+            candle: Some(speed),
+            candle_vs_llama_pp: r.pp,
+            candle_vs_llama_tg: r.tg,
+            candle_vs_llama_pp_best: r.pp_best,
+            candle_vs_llama_tg_best: r.tg_best,
+        }
+    }
+
+    #[test]
+    fn the_table_shows_medians_and_its_columns_line_up() {
+        let text = table(&[row()]);
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines[0].contains("3 interleaved rounds x 3 runs"), "{text}");
+        let bars = |line: &str| -> Vec<usize> {
+            line.char_indices()
+                .filter(|&(_, c)| c == '|')
+                .map(|(i, _)| i)
+                .collect()
+        };
+        assert_eq!(bars(lines[1]), bars(lines[2]), "\n{text}");
+        // Medians (1100, 110) in the row; the bests (1200 120) on the "best runs" line.
+        assert!(lines[2].contains(" 1100   110 "), "{text}");
+        assert!(lines[3].contains("plugin 1200 120"), "{text}");
     }
 }

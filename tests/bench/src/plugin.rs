@@ -122,11 +122,23 @@ pub fn default_parallel(dir: &Path, backend: &str) -> anyhow::Result<u32> {
     Ok(handle.manifest.capabilities.parallel_generations.max(1))
 }
 
-/// Prompt processing (time to the first token) and single-sequence generation speed.
+/// Prompt processing (time to the first token) and single-sequence generation speed of
+/// `setup.repeat` runs.
 pub fn run(model: &LoadedModel, setup: &Setup, prompt: &[u32]) -> anyhow::Result<Speed> {
+    let (pp, tg) = runs(model, setup, prompt, setup.repeat)?;
+    Ok(Speed::of(pp, tg))
+}
+
+/// `n` runs of [`run`]: prompt tokens/s and generated tokens/s of each, in order.
+pub fn runs(
+    model: &LoadedModel,
+    setup: &Setup,
+    prompt: &[u32],
+    n: usize,
+) -> anyhow::Result<(Vec<f64>, Vec<f64>)> {
     let mut pp = Vec::new();
     let mut tg = Vec::new();
-    for _ in 0..setup.repeat {
+    for _ in 0..n {
         let started = Instant::now();
         let mut generation = model.generate(request(prompt, setup.gen_tokens + 1))?;
         let times = token_times(&mut generation)?;
@@ -136,10 +148,7 @@ pub fn run(model: &LoadedModel, setup: &Setup, prompt: &[u32]) -> anyhow::Result
         pp.push(prompt.len() as f64 / (*first - started).as_secs_f64());
         tg.push((times.len() - 1) as f64 / (*last - *first).as_secs_f64());
     }
-    Ok(Speed {
-        prompt_tps: best(&pp),
-        gen_tps: best(&tg),
-    })
+    Ok((pp, tg))
 }
 
 /// Aggregate generation speed of `n` generations started together, each consumed on its own

@@ -5,7 +5,9 @@
 //! - `agree`: CPU vs GPU greedy tokens of one backend on one model;
 //! - `run`: per model, llama.cpp driven directly (scripts/gpu/direct_bench.c) vs the llama-cpp plugin through the host vs
 //!   `llmlocal serve` over HTTP, aggregate tokens/s with N parallel streams, candle vs
-//!   llama.cpp, and the share of the weight-bandwidth bound.
+//!   llama.cpp, and the share of the weight-bandwidth bound. Direct, plugin and HTTP (token
+//!   ids, one keep-alive connection) run in `--rounds` interleaved rounds of `--repeat` runs;
+//!   the table's speeds and ratios are medians of all runs, the best-run ratios beside them.
 
 use anyhow::{bail, Context as _};
 use clap::{Parser, Subcommand};
@@ -75,8 +77,12 @@ enum Cmd {
         prompt_tokens: usize,
         #[arg(long, default_value_t = 128)]
         gen_tokens: usize,
+        /// Runs of each path per round.
         #[arg(long, default_value_t = 3)]
         repeat: usize,
+        /// Interleaved rounds of direct, plugin and HTTP (token ids), `--repeat` runs each.
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
         /// CPU threads of the plugin's model, in-process and in `llmlocal serve` (0: the
         /// plugin's default).
         #[arg(long, default_value_t = 0)]
@@ -177,6 +183,7 @@ fn main() -> anyhow::Result<()> {
             prompt_tokens,
             gen_tokens,
             repeat,
+            rounds,
             threads,
             parallel,
             bandwidth_gbs,
@@ -193,6 +200,7 @@ fn main() -> anyhow::Result<()> {
                         threads,
                         ..setup(path, prompt_tokens, gen_tokens, repeat)
                     },
+                    rounds: rounds.max(1),
                     device: &device,
                     direct_bench: direct_bench.as_deref(),
                     llmlocal: llmlocal.as_deref(),
