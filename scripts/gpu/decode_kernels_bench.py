@@ -11,8 +11,9 @@ Llama-3.2-1B shapes, with CuPy and without Rust or candle:
 
 Comparing "graph" with the plugin's measured time per token says how much of that time the
 CPU's launches add. First it checks the attention kernel against a float64 reference at
-`--pos` (softmax chunks of 2048 positions: beyond that, the online softmax across chunks)
-and the argmax kernel on ties; a mismatch exits with status 1. Usage, on the GPU machine from the repository root:
+`--pos` (softmax chunks of 2048 positions: beyond that, the online softmax across chunks),
+the argmax kernel on ties, and the prefill kernels (causal softmax, SwiGLU over many rows);
+a mismatch exits with status 1. Usage, on the GPU machine from the repository root:
 
     nvcc --ptx -O3 -arch=compute_90 -o /tmp/decode.ptx plugins/candle/kernels/decode.cu
     python3 scripts/gpu/decode_kernels_bench.py /tmp/decode.ptx [--pos 600]
@@ -103,7 +104,7 @@ def main():
         add_rms_norm((1,), (1024,), (x, delta, w, out, U32(HIDDEN), F32(1e-5)))
 
     def run_swiglu(layer):
-        swiglu(((FFN + 255) // 256,), (256,), (layer["gate_up_out"], layer["act"], U32(FFN)))
+        swiglu(((FFN + 255) // 256,), (256,), (layer["gate_up_out"], layer["act"], U32(FFN), U32(FFN)))
 
     def token():
         x, h = embedding[:HIDDEN], embedding[HIDDEN:]
@@ -129,6 +130,7 @@ def main():
         for span in (args.pos + 1, None, 256, 300)
     }
     results["argmax_check"] = check_argmax(kernel("argmax_f16"), rng)
+    results["prefill_check"] = check_prefill(kernel("causal_softmax_f32"), swiglu, rng)
     stream = cp.cuda.Stream(non_blocking=True)
     with stream:
         results["eager_token_ms"] = time_ms(stream, token, repeat=50)
@@ -165,7 +167,8 @@ def main():
         with open(args.json, "w") as f:
             json.dump(results, f, indent=1)
     attention_ok = all(check["ok"] for check in results["attention_check"].values())
-    if not (attention_ok and results["argmax_check"]["ok"]):
+    prefill_ok = all(check["ok"] for check in results["prefill_check"].values())
+    if not (attention_ok and results["argmax_check"]["ok"] and prefill_ok):
         raise SystemExit("a kernel does not match its reference")
 
 
@@ -215,6 +218,36 @@ def check_argmax(argmax, rng):
     argmax((1,), (1024,), (logits, U32(VOCAB), out))
     got = int(out.get()[0])
     return {"ok": got == 777, "got": got, "want": 777}
+
+
+def check_prefill(causal_softmax, swiglu, rng, t=386, pos=100):
+    """The prefill kernels against float64: the causal softmax of a prompt chunk of t queries
+    at positions pos.. (rows ordered KV head, group, query) and SwiGLU over t rows."""
+    group, length = HEADS // KV_HEADS, pos + t
+    rows = KV_HEADS * group * t
+    scores = rng.standard_normal((rows, length), dtype=cp.float32) * 4.0
+    out = cp.empty_like(scores)
+    causal_softmax(((rows + 3) // 4,), (128,),
+                   (scores, out, U32(rows), U32(t), U32(length), U32(pos)))
+    x = scores.get().astype(np.float64)
+    query = np.arange(rows) % t
+    hidden = np.arange(length)[None, :] > (pos + query)[:, None]
+    x[hidden] = -np.inf
+    want = np.exp(x - x.max(axis=1, keepdims=True))
+    want /= want.sum(axis=1, keepdims=True)
+    softmax_err = float(np.abs(out.get() - want).max())
+    gate_up = (rng.standard_normal((t, 2 * FFN), dtype=cp.float32) * 2.0).astype(cp.float16)
+    act = cp.empty((t, FFN), cp.float16)
+    swiglu(((t * FFN + 255) // 256,), (256,), (gate_up, act, U32(FFN), U32(t * FFN)))
+    g, u = (gate_up[:, :FFN].get().astype(np.float64), gate_up[:, FFN:].get().astype(np.float64))
+    want_act = g / (1.0 + np.exp(-g)) * u
+    act_err = float(np.abs(act.get().astype(np.float64) - want_act).max())
+    act_scale = float(np.abs(want_act).max())
+    return {
+        "causal_softmax": {"ok": softmax_err < 1e-5, "max_abs_err": softmax_err},
+        "swiglu_rows": {"ok": act_err <= 2e-3 * max(1.0, act_scale), "max_abs_err": act_err,
+                        "max_abs_ref": act_scale},
+    }
 
 
 def graphed(stream, fn):

@@ -127,6 +127,10 @@ agreement() {
         # KV head, 16 layers through the fused kernels.
         "$B/gpu-bench" agree --plugin-dir "$P" --backend candle --model "$W/models/1b-f16.gguf" \
             --tokens 64 --require 32 || rc=1
+        # After 1100 prompt tokens: the prompt through the prefill kernels (causal softmax,
+        # SwiGLU), then decode steps past 1024 positions, where attention splits over blocks.
+        "$B/gpu-bench" agree --plugin-dir "$P" --backend candle --model "$W/models/1b-f16.gguf" \
+            --tokens 40 --require 32 --prompt-tokens 1100 || rc=1
     fi
     return $rc
 }
@@ -216,7 +220,8 @@ serve_both() {
     dmesg 2>/dev/null | tail -5
 }
 
-nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/gpu.txt"
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader >"$OUT/gpu.txt"
+[ "$STEP" = env ] || cat "$OUT/gpu.txt"
 unpack || { echo "cannot unpack .gpu/"; exit 1; }
 case "$STEP" in
 build)
@@ -228,6 +233,10 @@ build)
     exit $rc
     ;;
 prepare) build_llama && write_models ;;
+# Unpacked binaries only; `eval "$(bash scripts/gpu/device.sh env)"` then gives a shell the
+# paths (W, B, P, M) and the library path the steps use.
+unpack) ;;
+env) printf 'export W=%q B=%q P=%q M=%q LD_LIBRARY_PATH=%q\n' "$W" "$B" "$P" "$M" "$LD_LIBRARY_PATH" ;;
 bench) bench ;;
 http)
     build_llama || exit 1
@@ -238,5 +247,5 @@ http)
 both) build_llama && write_models && serve_both ;;
 candle) build_llama && write_models && candle_only ;;
 all) build_llama && write_models && { conformance; agreement; bench; } ;;
-*) echo "usage: $0 build|prepare|bench|http|candle|both|all" >&2; exit 2 ;;
+*) echo "usage: $0 build|prepare|unpack|env|bench|http|candle|both|all" >&2; exit 2 ;;
 esac

@@ -73,9 +73,18 @@ pub fn argmax(logits: &Tensor) -> Result<Tensor> {
     logits.apply_op1_no_bwd(&Argmax)
 }
 
-/// `silu(gate) * up` of one token's `[1, 2 * ffn]` gate/up projection: `[1, ffn]`.
+/// `silu(gate) * up` of a `[rows, 2 * ffn]` gate/up projection (each row: gate, then up):
+/// `[rows, ffn]`. One row per token: one when generating, the prompt's at prefill.
 pub fn swiglu(gate_up: &Tensor) -> Result<Tensor> {
     gate_up.apply_op1_no_bwd(&SwiGlu)
+}
+
+/// Softmax over the last dimension of F32 attention scores (`[.., len]`, contiguous, rows
+/// ordered with the query index innermost, `t` queries at positions `pos..pos + t`), each
+/// query seeing keys `0..=pos + i` only (causal); the keys it may not see get 0. Replaces
+/// adding a `-inf` mask and a softmax at prefill.
+pub fn causal_softmax(scores: &Tensor, t: usize, pos: usize) -> Result<Tensor> {
+    scores.apply_op1_no_bwd(&CausalSoftmax { t, pos })
 }
 
 fn cpu_refused() -> Result<(CpuStorage, Shape)> {
@@ -428,25 +437,24 @@ impl SwiGlu {
         gate_up: (&CudaStorage, &Layout),
         dtype: DType,
     ) -> Result<(CudaSlice<T>, Shape)> {
-        let n = gate_up.1.shape().elem_count();
-        if n % 2 != 0 {
-            bail!(
-                "swiglu: {:?} has an odd number of elements",
-                gate_up.1.shape()
-            )
+        let shape = gate_up.1.shape();
+        let width = shape.dims().last().copied().unwrap_or(0);
+        if width == 0 || width % 2 != 0 {
+            bail!("swiglu: {shape:?} has no even last dimension")
         }
-        let ffn = n / 2;
+        let (ffn, rows) = (width / 2, shape.elem_count() / width);
+        let total = rows * ffn;
         let input = view::<T>(gate_up.0, gate_up.1)?;
         // SAFETY: every element is written by the kernel.
-        let out = unsafe { dev.alloc::<T>(ffn)? };
+        let out = unsafe { dev.alloc::<T>(total)? };
         let cfg = LaunchConfig {
-            grid_dim: (blocks(ffn, 256), 1, 1),
+            grid_dim: (blocks(total, 256), 1, 1),
             block_dim: (256, 1, 1),
             shared_mem_bytes: 0,
         };
-        let ffn32 = ffn as u32;
-        launch!(dev, "swiglu", dtype, cfg, &input, &out, &ffn32);
-        Ok((out, Shape::from((1, ffn))))
+        let [ffn32, total32] = [ffn, total].map(|n| n as u32);
+        launch!(dev, "swiglu", dtype, cfg, &input, &out, &ffn32, &total32);
+        Ok((out, Shape::from((rows, ffn))))
     }
 }
 
@@ -473,6 +481,59 @@ impl CustomOp1 for SwiGlu {
             _ => bail!("swiglu takes F16 or BF16"),
         };
         Ok((wrap(slice, dev), shape))
+    }
+}
+
+struct CausalSoftmax {
+    t: usize,
+    pos: usize,
+}
+
+/// Rows (warps) per block of `causal_softmax_f32`.
+const SOFTMAX_ROWS_PER_BLOCK: usize = 4;
+
+impl CustomOp1 for CausalSoftmax {
+    fn name(&self) -> &'static str {
+        "llmlocal-causal-softmax"
+    }
+
+    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
+        cpu_refused()
+    }
+
+    fn cuda_fwd(&self, scores: &CudaStorage, layout: &Layout) -> Result<(CudaStorage, Shape)> {
+        let dev = scores.device();
+        let shape = layout.shape();
+        let len = shape.dims().last().copied().unwrap_or(0);
+        let rows = shape.elem_count() / len.max(1);
+        if len == 0 || self.t == 0 || rows % self.t != 0 || self.pos + self.t > len {
+            bail!(
+                "causal softmax: scores {shape:?} do not fit {} queries at position {}",
+                self.t,
+                self.pos
+            )
+        }
+        let input = view::<f32>(scores, layout)?;
+        // SAFETY: the kernel writes every element of every row.
+        let out = unsafe { dev.alloc::<f32>(rows * len)? };
+        let cfg = LaunchConfig {
+            grid_dim: (blocks(rows, SOFTMAX_ROWS_PER_BLOCK), 1, 1),
+            block_dim: (32 * SOFTMAX_ROWS_PER_BLOCK as u32, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let [rows32, t, len32, pos] = [rows, self.t, len, self.pos].map(|n| n as u32);
+        let func = dev.get_or_load_custom_func("causal_softmax_f32", MODULE, PTX)?;
+        let mut builder = func.builder();
+        builder
+            .arg(&input)
+            .arg(&out)
+            .arg(&rows32)
+            .arg(&t)
+            .arg(&len32)
+            .arg(&pos);
+        // SAFETY: the arguments match causal_softmax_f32's signature in decode.cu.
+        unsafe { builder.launch(cfg) }.w()?;
+        Ok((wrap(CudaStorageSlice::F32(out), dev), shape.clone()))
     }
 }
 

@@ -147,6 +147,12 @@ impl DenseLlama {
         }
     }
 
+    /// Whether the CUDA kernels of [`crate::decode_kernels`] run: for one-token steps, and at
+    /// prefill for the causal softmax and SwiGLU.
+    fn fused_on(&self) -> bool {
+        self.fused_rope.is_some()
+    }
+
     fn kv_dim(&self) -> usize {
         self.shape.kv_heads * self.shape.head_dim
     }
@@ -241,13 +247,17 @@ impl Session {
             self.len = pos + 1;
             return logits.squeeze(0);
         }
-        let mask = causal_mask(t, pos, device)?;
+        // The CUDA kernels mask inside the softmax.
+        let mask = match model.fused_on() {
+            true => None,
+            false => causal_mask(t, pos, device)?,
+        };
         for (i, layer) in model.layers.iter().enumerate() {
             let h = rms_norm(&x, &layer.attn_norm, model.shape.rms_eps)?;
             let attn = self.attention(&model, i, layer, &h, pos, mask.as_ref())?;
             x = (x + attn.matmul(&layer.o.t()?)?)?;
             let h = rms_norm(&x, &layer.ffn_norm, model.shape.rms_eps)?;
-            x = (&x + mlp(layer, &h)?)?;
+            x = (&x + mlp(layer, &h, model.fused_on())?)?;
         }
         self.len = pos + t;
         let last = x.narrow(0, t - 1, 1)?;
@@ -348,13 +358,17 @@ fn attend(
     let values = cache.get(1)?.narrow(1, 0, len)?;
     let q = q.reshape((s.kv_heads, group * t, s.head_dim))?;
     let scores = q.matmul(&keys.t()?)?;
-    let scores = match mask {
-        Some(mask) => scores
-            .reshape((s.kv_heads, group, t, len))?
-            .broadcast_add(mask)?,
-        None => scores,
+    let weights = match mask {
+        // The scores' rows run (KV head, group, query), as the kernel needs.
+        _ if t > 1 && model.fused_on() => fused::causal_softmax(&scores, t, len - t)?,
+        Some(mask) => softmax_last_dim(
+            &scores
+                .reshape((s.kv_heads, group, t, len))?
+                .broadcast_add(mask)?,
+        )?
+        .reshape((s.kv_heads, group * t, len))?,
+        None => softmax_last_dim(&scores)?,
     };
-    let weights = softmax_last_dim(&scores)?.reshape((s.kv_heads, group * t, len))?;
     let out = weights.matmul(&values)?;
     // [heads, t, d] -> [t, heads * d]: free when t == 1.
     out.reshape((s.heads, t, s.head_dim))?
@@ -430,6 +444,16 @@ mod fused {
         linear(&h, &model.output)
     }
 
+    /// See [`k::causal_softmax`].
+    pub fn causal_softmax(scores: &Tensor, t: usize, pos: usize) -> Result<Tensor> {
+        k::causal_softmax(scores, t, pos)
+    }
+
+    /// See [`k::swiglu`].
+    pub fn swiglu(gate_up: &Tensor) -> Result<Tensor> {
+        k::swiglu(gate_up)
+    }
+
     /// The index of the largest logit, picked on the device.
     pub fn argmax(logits: &Tensor) -> Result<u32> {
         let index = k::argmax(logits)?.to_vec1::<u32>()?;
@@ -478,11 +502,23 @@ mod fused {
     pub fn argmax(_: &Tensor) -> Result<u32> {
         bail!("this build has no CUDA kernels")
     }
+
+    pub fn causal_softmax(_: &Tensor, _: usize, _: usize) -> Result<Tensor> {
+        bail!("this build has no CUDA kernels")
+    }
+
+    pub fn swiglu(_: &Tensor) -> Result<Tensor> {
+        bail!("this build has no CUDA kernels")
+    }
 }
 
-/// SwiGLU feed-forward of `h` (`[t, hidden]`).
-fn mlp(layer: &Layer, h: &Tensor) -> Result<Tensor> {
+/// SwiGLU feed-forward of `h` (`[t, hidden]`); `fused`: by the CUDA kernel (one pass, where
+/// candle's narrow views make silu and the product two slow strided passes).
+fn mlp(layer: &Layer, h: &Tensor, fused: bool) -> Result<Tensor> {
     let gate_up = h.matmul(&layer.gate_up.t()?)?;
+    if fused {
+        return fused::swiglu(&gate_up)?.matmul(&layer.down.t()?);
+    }
     let gate = gate_up.narrow(1, 0, layer.ffn)?;
     let up = gate_up.narrow(1, layer.ffn, layer.ffn)?;
     (gate.silu()? * up)?.matmul(&layer.down.t()?)
