@@ -404,7 +404,8 @@ struct Sequence {
 }
 
 /// The parts of a sequence's time to first token: waiting for a slot, inside `llama_decode`,
-/// and the rest (sampling, the decode thread's own work between batches).
+/// and the rest: sampling, the decode thread's own work between batches and, on a GPU, the
+/// wait for it (`llama_decode` returns once the work is queued; reading the logits waits).
 struct PromptClock {
     sent: Instant,
     taken: Instant,
@@ -422,8 +423,8 @@ impl PromptClock {
         }
     }
 
-    /// Logs the split once the first token is sampled: what `llmlocal serve --log debug`
-    /// shows when the time to first token is longer than llama.cpp's prompt pass.
+    /// Logs the split once the first token is sampled (`LLMLOCAL_LOG=llmlocal::plugin=debug`
+    /// on the host): where a time to first token longer than llama.cpp's prompt pass went.
     fn report(&self, prompt_tokens: usize) {
         let ms = |d: Duration| d.as_secs_f64() * 1000.0;
         let total = self.sent.elapsed();
