@@ -154,14 +154,13 @@ fn pump(
             }
         };
         let now = Instant::now();
+        let first = last_token.is_none();
         match last_token {
-            None => {
-                log_first_token(job, started, now);
-                job.metrics
-                    .time_to_first_token
-                    .get_or_create(&label)
-                    .observe((now - job.received).as_secs_f64())
-            }
+            None => job
+                .metrics
+                .time_to_first_token
+                .get_or_create(&label)
+                .observe((now - job.received).as_secs_f64()),
             Some(previous) => latency.observe((now - previous).as_secs_f64()),
         }
         last_token = Some(now);
@@ -172,6 +171,10 @@ fn pump(
         };
         if !send_text(sender, text) {
             return Outcome::Cancelled;
+        }
+        // After the send, so that the log line does not hold the first token back.
+        if first {
+            log_first_token(job, started, now);
         }
         if stopped {
             return Outcome::Finished(FinishReason::Stop);
