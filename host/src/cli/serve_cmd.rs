@@ -228,3 +228,40 @@ async fn shutdown_signal() {
     }
     eprintln!("llmlocal: shutting down, finishing in-flight requests");
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        serve: ServeArgs,
+    }
+
+    fn settings_of(flags: &[&str]) -> EngineSettings {
+        let cli = Cli::try_parse_from(std::iter::once("serve").chain(flags.iter().copied()))
+            .expect("flags parse");
+        settings(&cli.serve, &Config::default())
+            .expect("settings")
+            .0
+    }
+
+    #[test]
+    fn load_shape_flags_reach_the_engine() {
+        let engine = settings_of(&[
+            "--threads",
+            "3",
+            "--parallel",
+            "2",
+            "--context-length",
+            "640",
+        ]);
+        assert_eq!(engine.threads, 3);
+        assert_eq!(engine.parallel, Some(2));
+        assert_eq!(engine.context_length, Some(640));
+        // Unset: the backend's own thread count (0).
+        assert_eq!(settings_of(&[]).threads, 0);
+    }
+}
