@@ -102,8 +102,15 @@ fn kernel_name(name: &str, dtype: DType) -> Result<String> {
 
 /// Launches kernel `$name` (for `$dtype`) of decode.cu with the given arguments.
 macro_rules! launch {
-    ($dev:expr, $name:expr, $dtype:expr, $cfg:expr, $($arg:expr),+ $(,)?) => {{
-        let func = $dev.get_or_load_custom_func(&kernel_name($name, $dtype)?, MODULE, PTX)?;
+    ($dev:expr, $name:expr, $dtype:expr, $cfg:expr, $($arg:expr),+ $(,)?) => {
+        launch_named!($dev, &kernel_name($name, $dtype)?, $cfg, $($arg),+)
+    };
+}
+
+/// Launches the decode.cu kernel named exactly `$name` (one without a dtype suffix).
+macro_rules! launch_named {
+    ($dev:expr, $name:expr, $cfg:expr, $($arg:expr),+ $(,)?) => {{
+        let func = $dev.get_or_load_custom_func($name, MODULE, PTX)?;
         let mut builder = func.builder();
         $( builder.arg($arg); )+
         // SAFETY: the argument lists match the kernels' signatures in decode.cu.
@@ -522,17 +529,17 @@ impl CustomOp1 for CausalSoftmax {
             shared_mem_bytes: 0,
         };
         let [rows32, t, len32, pos] = [rows, self.t, len, self.pos].map(|n| n as u32);
-        let func = dev.get_or_load_custom_func("causal_softmax_f32", MODULE, PTX)?;
-        let mut builder = func.builder();
-        builder
-            .arg(&input)
-            .arg(&out)
-            .arg(&rows32)
-            .arg(&t)
-            .arg(&len32)
-            .arg(&pos);
-        // SAFETY: the arguments match causal_softmax_f32's signature in decode.cu.
-        unsafe { builder.launch(cfg) }.w()?;
+        launch_named!(
+            dev,
+            "causal_softmax_f32",
+            cfg,
+            &input,
+            &out,
+            &rows32,
+            &t,
+            &len32,
+            &pos
+        );
         Ok((wrap(CudaStorageSlice::F32(out), dev), shape.clone()))
     }
 }
