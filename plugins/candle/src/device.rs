@@ -80,6 +80,13 @@ fn open_cuda(ordinal: usize) -> Result<(Device, String)> {
     Ok((device, format!("cuda:{ordinal}")))
 }
 
+/// Freed GPU memory the pool keeps for reuse. One token's temporaries are a few MiB even
+/// for large models, a 512-token prompt's some 100 MiB at 1B; above this, freed memory (an
+/// unloaded model's weights) goes back to the driver at the next synchronization, for other
+/// models, plugins and processes.
+#[cfg(feature = "cuda")]
+const POOL_KEEP: u64 = 256 << 20;
+
 /// Takes driver calls off every op, which at one token per step is where the time goes
 /// (candle issues each op from the CPU; the GPU finishes a 1B model's token faster):
 ///
@@ -92,13 +99,6 @@ fn open_cuda(ordinal: usize) -> Result<(Device, String)> {
 ///   nothing.
 ///
 /// Both only change speed; a failure is logged and the device used as it is.
-/// Freed GPU memory the pool keeps for reuse. One token's temporaries are a few MiB even
-/// for large models, a 512-token prompt's some 100 MiB at 1B; above this, freed memory (an
-/// unloaded model's weights) goes back to the driver at the next synchronization, for other
-/// models, plugins and processes.
-#[cfg(feature = "cuda")]
-const POOL_KEEP: u64 = 256 << 20;
-
 #[cfg(feature = "cuda")]
 fn cheaper_ops(cuda: &candle_core::CudaDevice) {
     use candle_core::cuda_backend::cudarc::driver::{result, sys};
