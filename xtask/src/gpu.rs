@@ -14,7 +14,10 @@
 //!   kernels to PTX, cudarc links cuBLAS/cuRAND/NVRTC). NVIDIA publishes the CUDA toolkit as
 //!   pip wheels; we fetch CUDA 13.0's (the GPU machine's driver 580 runs PTX up to 13.0) into
 //!   target/cuda-toolkit. At run time the GPU machine's own cuBLAS (PyTorch's) is used.
-//! - The host binaries (`gpu-bench`, `conformance`, `llmlocal`) are plain CPU binaries.
+//! - The host binaries (`gpu-bench`, `conformance`, `llmlocal`) are plain CPU binaries, built
+//!   with `--release` as users run `llmlocal`: the dev profile keeps our own crates at
+//!   opt-level 1 with overflow checks, and the HTTP path measured there (request parsing, the
+//!   engine, the streamed frames) is our code.
 
 use crate::{
     process::{cargo, run},
@@ -90,7 +93,7 @@ pub fn command(ws: &Workspace, options: &Options) -> Result<()> {
     }
     build_host_binaries(ws)?;
     for bin in ["gpu-bench", "conformance", "llmlocal"] {
-        copy_stripped(&ws.debug_dir().join(bin), &bundle.join("bin"))?;
+        copy_stripped(&ws.release_dir().join(bin), &bundle.join("bin"))?;
     }
     pack_llama_source(&llama_source(ws)?, &bundle.join("llama.cpp.tar.gz"))?;
     copy_models(ws, &bundle.join("models"))?;
@@ -173,6 +176,7 @@ fn build_host_binaries(ws: &Workspace) -> Result<()> {
     run(
         cargo(&ws.root).args([
             "build",
+            "--release",
             "-p",
             "llmlocal-bench",
             "--bin",

@@ -77,6 +77,10 @@ impl Workspace {
         self.target.join("debug")
     }
 
+    pub fn release_dir(&self) -> PathBuf {
+        self.target.join("release")
+    }
+
     pub fn plugins_dir(&self) -> PathBuf {
         self.target.join("plugins")
     }

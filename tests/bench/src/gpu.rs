@@ -10,6 +10,7 @@ mod http;
 use crate::{median, plugin, Setup, Speed};
 use anyhow::{anyhow, bail, Context as _};
 use http::Client;
+pub use http::Wait;
 use llmlocal::plugins::LoadedModel;
 use llmlocal_plugin_api::Step;
 use serde::Serialize;
@@ -269,7 +270,7 @@ fn serve_command(
 
 /// One request on a connection of its own; the status and the whole body.
 fn http(addr: &str, method: &str, path: &str, body: &str) -> anyhow::Result<(u16, String)> {
-    Client::new(addr).exchange(method, path, body, |_, status, reader| {
+    Client::new(addr, Wait::Block).exchange(method, path, body, |_, status, reader| {
         Ok((status, read_text(reader)?))
     })
 }
@@ -368,6 +369,7 @@ impl<'a> HttpSeries<'a> {
         server: &'a mut Server,
         prompt: &serde_json::Value,
         setup: &Setup,
+        wait: Wait,
     ) -> anyhow::Result<Self> {
         let body = serde_json::json!({
             "model": "bench",
@@ -379,7 +381,7 @@ impl<'a> HttpSeries<'a> {
             "ignore_eos": true,
         })
         .to_string();
-        let client = Client::new(&server.addr);
+        let client = Client::new(&server.addr, wait);
         let mut series = HttpSeries {
             server,
             client,
@@ -477,8 +479,9 @@ pub fn http_speed(
     server: &mut Server,
     prompt: &serde_json::Value,
     setup: &Setup,
+    wait: Wait,
 ) -> anyhow::Result<HttpResult> {
-    let mut series = HttpSeries::start(server, prompt, setup)?;
+    let mut series = HttpSeries::start(server, prompt, setup, wait)?;
     series.measure(setup.repeat)?;
     Ok(series.result(setup.prompt_tokens))
 }
@@ -608,6 +611,8 @@ pub struct ModelJob<'a> {
     /// Copy bandwidth in GB/s (bytes read + written per second / 2 = one direction).
     pub bandwidth_gbs: Option<f64>,
     pub candle: bool,
+    /// How the HTTP client waits for the server's answers.
+    pub client_wait: Wait,
 }
 
 /// The pp/tg comparison of one model: the three paths measured in interleaved rounds, and
@@ -707,7 +712,7 @@ fn paths(dir: &Path, job: &ModelJob) -> anyhow::Result<(Paths, Vec<u32>)> {
     let mut server = job.llmlocal.and_then(|exe| start_server(exe, dir, job));
     let http = server.as_mut().and_then(|server| {
         eprintln!("{}: HTTP with a text prompt ...", job.label);
-        http_speed(server, &serde_json::json!(text), setup)
+        http_speed(server, &serde_json::json!(text), setup, job.client_wait)
             .map_err(|e| eprintln!("HTTP (text prompt): {e:#}"))
             .ok()
     });
@@ -741,7 +746,7 @@ fn rounds(
     // direct-bench and the server get a warm-up run too.
     plugin::runs(model, setup, prompt, 1)?;
     let mut ids = server.and_then(|server| {
-        HttpSeries::start(server, &serde_json::json!(prompt), setup)
+        HttpSeries::start(server, &serde_json::json!(prompt), setup, job.client_wait)
             .map_err(|e| eprintln!("HTTP (token-id prompt): {e:#}"))
             .ok()
     });
