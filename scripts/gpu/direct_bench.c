@@ -141,6 +141,9 @@ static void print_runs(const char *key, const double *values, int n) {
     printf("]");
 }
 
+/* Seconds of unmeasured prompt passes before the measured ones (see bench). */
+#define WARM_UP_S 0.2
+
 static int bench(const char *path, int n_prompt, int n_gen, int repeat) {
     if (repeat < 1) {
         fprintf(stderr, "REPEAT must be at least 1\n");
@@ -161,18 +164,20 @@ static int bench(const char *path, int n_prompt, int n_gen, int repeat) {
     double best_pp = 0, best_tg = 0, unused;
     /* As llama-bench measures pp and tg: the prompt speed from prompt-only runs back to back,
      * the generation speed from runs of prompt + n_gen where only the generation is timed.
-     * (A prompt pass right after a generation took 1-2 ms longer for 512 tokens on the H100,
-     * so runs of both would time that, not the prompt pass.) r = -1 is a warm-up run of each
-     * kind, not reported. */
-    for (int r = -1; r < repeat; r++) {
-        double run_pp;
-        if (bench_run(ctx, greedy, tokens, n_prompt, 0, &run_pp, &unused) != 0) {
+     * Before each kind, unmeasured runs: prompt passes for WARM_UP_S (after a generation the
+     * next prompt passes ran up to 2x slower on the H100, the first one or two of them), and
+     * one run of prompt + n_gen. gpu-bench warms the plugin and HTTP paths alike. */
+    double warm_until = now() + WARM_UP_S;
+    do {
+        if (bench_run(ctx, greedy, tokens, n_prompt, 0, &unused, &unused) != 0) {
             return 1;
         }
-        if (r >= 0) {
-            pp[r] = run_pp;
-            best_pp = run_pp > best_pp ? run_pp : best_pp;
+    } while (now() < warm_until);
+    for (int r = 0; r < repeat; r++) {
+        if (bench_run(ctx, greedy, tokens, n_prompt, 0, &pp[r], &unused) != 0) {
+            return 1;
         }
+        best_pp = pp[r] > best_pp ? pp[r] : best_pp;
     }
     for (int r = -1; r < repeat; r++) {
         double run_tg;
@@ -195,6 +200,47 @@ static int bench(const char *path, int n_prompt, int n_gen, int repeat) {
     free(pp);
     free(tg);
     return 0;
+}
+
+/* Single runs on request, for gpu-bench to interleave them one by one with the plugin's and
+ * the server's (GPU clocks drift from second to second; runs next to each other see the same
+ * state). Prints "ready" once the model is loaded, then reads lines from stdin: "pp" answers
+ * the tokens/s of one prompt-only run, "tg" those of the generation of one run of prompt +
+ * n_gen. Ends at EOF. */
+static int serve(const char *path, int n_prompt, int n_gen) {
+    struct llama_model *model = NULL;
+    struct llama_context *ctx = open_model(path, n_prompt + n_gen + 16, 1, &model);
+    if (!ctx) {
+        return 1;
+    }
+    llama_token *tokens = prompt_tokens(llama_model_get_vocab(model), n_prompt);
+    if (!tokens) {
+        return 1;
+    }
+    struct llama_sampler *greedy = llama_sampler_init_greedy();
+    printf("ready\n");
+    fflush(stdout);
+    char line[64];
+    int rc = 0;
+    while (rc == 0 && fgets(line, sizeof line, stdin)) {
+        int gen = strncmp(line, "tg", 2) == 0;
+        if (!gen && strncmp(line, "pp", 2) != 0) {
+            fprintf(stderr, "unknown command: %s", line);
+            rc = 2;
+            break;
+        }
+        double pp, tg;
+        rc = bench_run(ctx, greedy, tokens, n_prompt, gen ? n_gen : 0, &pp, &tg);
+        if (rc == 0) {
+            printf("%.1f\n", gen ? tg : pp);
+            fflush(stdout);
+        }
+    }
+    llama_sampler_free(greedy);
+    llama_free(ctx);
+    llama_model_free(model);
+    free(tokens);
+    return rc;
 }
 
 /* Index of the largest logit (the plugin's greedy sampler does the same). */
@@ -275,6 +321,8 @@ int main(int argc, char **argv) {
     int rc = 2;
     if (argc == 6 && strcmp(argv[1], "bench") == 0) {
         rc = bench(argv[2], atoi(argv[3]), atoi(argv[4]), atoi(argv[5]));
+    } else if (argc == 5 && strcmp(argv[1], "serve") == 0) {
+        rc = serve(argv[2], atoi(argv[3]), atoi(argv[4]));
     } else if (argc == 6 && strcmp(argv[1], "batched") == 0) {
         rc = batched(argv[2], atoi(argv[3]), atoi(argv[4]), atoi(argv[5]));
     } else if (argc == 4 && strcmp(argv[1], "quantize") == 0) {
@@ -283,6 +331,7 @@ int main(int argc, char **argv) {
         rc = quantize(argv[2], argv[3], 1);
     } else {
         fprintf(stderr, "usage: direct-bench bench MODEL N_PROMPT N_GEN REPEAT\n"
+                        "       direct-bench serve MODEL N_PROMPT N_GEN  (pp/tg lines on stdin)\n"
                         "       direct-bench batched MODEL N_PROMPT N_GEN N_SEQ\n"
                         "       direct-bench quantize IN OUT [f16]\n");
     }

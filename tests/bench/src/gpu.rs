@@ -5,14 +5,16 @@
 //! The GPU machine has no Rust toolchain: `cargo xtask gpu-build` packs the `gpu-bench` binary,
 //! the plugins and the llama.cpp source, and `scripts/gpu/device.sh` runs this there.
 
+mod direct_process;
 mod http;
+mod rounds;
 
 use crate::{median, plugin, Setup, Speed};
 use anyhow::{anyhow, bail, Context as _};
 use http::Client;
-pub use http::Wait;
 use llmlocal::plugins::LoadedModel;
 use llmlocal_plugin_api::Step;
+use rounds::Kind;
 use serde::Serialize;
 use std::{
     io::{BufRead, Read},
@@ -123,31 +125,6 @@ fn run_direct(
         bail!("{} {mode} failed: {}", exe.display(), output.status);
     }
     serde_json::from_slice(&output.stdout).context("direct-bench's JSON output")
-}
-
-/// pp/tg of llama.cpp driven directly through its C API (`scripts/gpu/direct_bench.c`, built
-/// against the same llama.cpp build the plugin runs on), all layers on the GPU: one process,
-/// an unmeasured warm-up run, then `setup.repeat` runs.
-pub fn direct_bench(exe: &Path, setup: &Setup) -> anyhow::Result<Speed> {
-    direct_speed(&run_direct(exe, "bench", setup, setup.repeat)?)
-}
-
-/// The per-run speeds of direct-bench's `bench` line.
-fn direct_speed(row: &serde_json::Value) -> anyhow::Result<Speed> {
-    let runs = |key: &str| -> anyhow::Result<Vec<f64>> {
-        let values: Option<Vec<f64>> = row[key]
-            .as_array()
-            .map(|a| a.iter().map(serde_json::Value::as_f64).collect())
-            .unwrap_or_default();
-        match values {
-            Some(v) if !v.is_empty() && v.iter().all(|&x| x > 0.0) => Ok(v),
-            _ => bail!(
-                "direct-bench printed no {key} (an old build? rebuild it from \
-                 scripts/gpu/direct_bench.c): {row}"
-            ),
-        }
-    };
-    Ok(Speed::of(runs("pp_runs")?, runs("tg_runs")?))
 }
 
 /// Aggregate tokens/s of `n_seq` sequences decoded together by llama.cpp directly (one token
@@ -270,7 +247,7 @@ fn serve_command(
 
 /// One request on a connection of its own; the status and the whole body.
 fn http(addr: &str, method: &str, path: &str, body: &str) -> anyhow::Result<(u16, String)> {
-    Client::new(addr, Wait::Block).exchange(method, path, body, |_, status, reader| {
+    Client::new(addr).exchange(method, path, body, |_, status, reader| {
         Ok((status, read_text(reader)?))
     })
 }
@@ -318,12 +295,13 @@ pub struct HttpResult {
 }
 
 impl HttpResult {
-    /// Prompt tokens/s from each run's time to the first token event, generated tokens/s
-    /// from the first to the last, and the server's own prompt time next to the client's.
-    fn of(runs: &[HttpRun], prompt_tokens: usize) -> HttpResult {
-        let ttft: Vec<f64> = runs.iter().map(|r| r.ttft_ms).collect();
-        let server_ms: Option<Vec<f64>> = runs.iter().map(|r| r.server_prompt_ms).collect();
-        let overhead: Option<Vec<f64>> = runs
+    /// Prompt tokens/s from the prompt-only runs' time to the first token event (and the
+    /// server's own prompt time next to the client's), generated tokens/s of the full runs
+    /// from the first token event to the last.
+    fn of(prompt_runs: &[HttpRun], gen_runs: &[HttpRun], prompt_tokens: usize) -> HttpResult {
+        let ttft: Vec<f64> = prompt_runs.iter().map(|r| r.ttft_ms).collect();
+        let server_ms: Option<Vec<f64>> = prompt_runs.iter().map(|r| r.server_prompt_ms).collect();
+        let overhead: Option<Vec<f64>> = prompt_runs
             .iter()
             .map(|r| r.server_prompt_ms.map(|s| r.ttft_ms - s))
             .collect();
@@ -331,7 +309,7 @@ impl HttpResult {
             .iter()
             .map(|ms| prompt_tokens as f64 * 1000.0 / ms)
             .collect();
-        let tg: Vec<f64> = runs.iter().filter_map(|r| r.gen_tps).collect();
+        let tg: Vec<f64> = gen_runs.iter().filter_map(|r| r.gen_tps).collect();
         HttpResult {
             speed: Speed::of(pp, tg),
             timing: HttpTiming {
@@ -352,14 +330,17 @@ struct HttpRun {
 }
 
 /// Streamed `/v1/completions` requests of one prompt (a JSON string, or a list of token ids;
-/// greedy, `max_tokens` = gen_tokens + 1) on one keep-alive connection, as an SDK client
-/// sends them. Runs accumulate over calls of [`HttpSeries::measure`].
+/// greedy) on one keep-alive connection, as an SDK client sends them: prompt-only ones
+/// (`max_tokens` 1) for the prompt speed and full ones (`max_tokens` = gen_tokens + 1) for the
+/// generation speed, as [`plugin::runs`] measures. Runs accumulate over calls of
+/// [`HttpSeries::measure`].
 pub struct HttpSeries<'a> {
     server: &'a mut Server,
     client: Client,
-    body: String,
+    prompt: serde_json::Value,
     gen_tokens: usize,
-    runs: Vec<HttpRun>,
+    prompt_runs: Vec<HttpRun>,
+    gen_runs: Vec<HttpRun>,
 }
 
 impl<'a> HttpSeries<'a> {
@@ -369,41 +350,55 @@ impl<'a> HttpSeries<'a> {
         server: &'a mut Server,
         prompt: &serde_json::Value,
         setup: &Setup,
-        wait: Wait,
     ) -> anyhow::Result<Self> {
-        let body = serde_json::json!({
-            "model": "bench",
-            "prompt": prompt,
-            "max_tokens": setup.gen_tokens + 1,
-            "temperature": 0.0,
-            "stream": true,
-            // As the in-process runs: a random model may pick EOS at any point.
-            "ignore_eos": true,
-        })
-        .to_string();
-        let client = Client::new(&server.addr, wait);
+        let client = Client::new(&server.addr);
         let mut series = HttpSeries {
             server,
             client,
-            body,
+            prompt: prompt.clone(),
             gen_tokens: setup.gen_tokens,
-            runs: Vec::new(),
+            prompt_runs: Vec::new(),
+            gen_runs: Vec::new(),
         };
-        series.request().map_err(|e| series.explain(e))?;
+        series.request(series.gen_tokens + 1)?;
         Ok(series)
     }
 
-    /// `n` more measured requests.
+    /// `n` more measured requests of each kind, each kind after unmeasured ones as
+    /// [`plugin::runs`] makes them.
     pub fn measure(&mut self, n: usize) -> anyhow::Result<()> {
+        let warm_until = Instant::now() + plugin::WARM_UP;
+        while Instant::now() < warm_until {
+            self.run(Kind::Prompt, false)?;
+        }
         for _ in 0..n {
-            let run = self.request().map_err(|e| self.explain(e))?;
-            self.runs.push(run);
+            self.run(Kind::Prompt, true)?;
+        }
+        self.run(Kind::Generation, false)?;
+        for _ in 0..n {
+            self.run(Kind::Generation, true)?;
+        }
+        Ok(())
+    }
+
+    /// One request: prompt-only (`max_tokens` 1) or with the generation; kept when `record`.
+    pub fn run(&mut self, kind: Kind, record: bool) -> anyhow::Result<()> {
+        let max_tokens = match kind {
+            Kind::Prompt => 1,
+            Kind::Generation => self.gen_tokens + 1,
+        };
+        let run = self.request(max_tokens)?;
+        if record {
+            match kind {
+                Kind::Prompt => self.prompt_runs.push(run),
+                Kind::Generation => self.gen_runs.push(run),
+            }
         }
         Ok(())
     }
 
     pub fn result(&self, prompt_tokens: usize) -> HttpResult {
-        HttpResult::of(&self.runs, prompt_tokens)
+        HttpResult::of(&self.prompt_runs, &self.gen_runs, prompt_tokens)
     }
 
     /// Connections opened so far (1 when every request reused the first).
@@ -419,12 +414,21 @@ impl<'a> HttpSeries<'a> {
         }
     }
 
-    fn request(&mut self) -> anyhow::Result<HttpRun> {
-        let gen_tokens = self.gen_tokens;
-        self.client.exchange(
+    fn request(&mut self, max_tokens: usize) -> anyhow::Result<HttpRun> {
+        let body = serde_json::json!({
+            "model": "bench",
+            "prompt": self.prompt,
+            "max_tokens": max_tokens,
+            "temperature": 0.0,
+            "stream": true,
+            // As the in-process runs: a random model may pick EOS at any point.
+            "ignore_eos": true,
+        })
+        .to_string();
+        let run = self.client.exchange(
             "POST",
             "/v1/completions",
-            &self.body,
+            &body,
             |started, status, reader| {
                 if status != 200 {
                     bail!(
@@ -432,17 +436,20 @@ impl<'a> HttpSeries<'a> {
                         read_text(reader)?
                     );
                 }
-                stream_run(started, reader, gen_tokens)
+                stream_run(started, reader, max_tokens)
             },
-        )
+        );
+        run.map_err(|e| self.explain(e))
     }
 }
 
-/// Reads a streamed completion's events; times the token events from `started`.
+/// Reads a streamed completion's events; times the token events from `started`. A token
+/// whose text is held back (part of a UTF-8 character, a possible stop sequence) sends no
+/// event, so one event fewer than `max_tokens` is accepted.
 fn stream_run(
     started: Instant,
     reader: &mut impl BufRead,
-    gen_tokens: usize,
+    max_tokens: usize,
 ) -> anyhow::Result<HttpRun> {
     let mut times = Vec::new();
     let mut server_ms = None;
@@ -458,11 +465,10 @@ fn stream_run(
     let (Some(first), Some(last)) = (times.first(), times.last()) else {
         bail!("the server streamed no tokens");
     };
-    if times.len() < gen_tokens {
+    if times.len() + 1 < max_tokens {
         bail!(
-            "the server streamed {} token events for max_tokens {}",
+            "the server streamed {} token events for max_tokens {max_tokens}",
             times.len(),
-            gen_tokens + 1
         );
     }
     Ok(HttpRun {
@@ -479,9 +485,8 @@ pub fn http_speed(
     server: &mut Server,
     prompt: &serde_json::Value,
     setup: &Setup,
-    wait: Wait,
 ) -> anyhow::Result<HttpResult> {
-    let mut series = HttpSeries::start(server, prompt, setup, wait)?;
+    let mut series = HttpSeries::start(server, prompt, setup)?;
     series.measure(setup.repeat)?;
     Ok(series.result(setup.prompt_tokens))
 }
@@ -611,8 +616,6 @@ pub struct ModelJob<'a> {
     /// Copy bandwidth in GB/s (bytes read + written per second / 2 = one direction).
     pub bandwidth_gbs: Option<f64>,
     pub candle: bool,
-    /// How the HTTP client waits for the server's answers.
-    pub client_wait: Wait,
 }
 
 /// The pp/tg comparison of one model: the three paths measured in interleaved rounds, and
@@ -712,94 +715,21 @@ fn paths(dir: &Path, job: &ModelJob) -> anyhow::Result<(Paths, Vec<u32>)> {
     let mut server = job.llmlocal.and_then(|exe| start_server(exe, dir, job));
     let http = server.as_mut().and_then(|server| {
         eprintln!("{}: HTTP with a text prompt ...", job.label);
-        http_speed(server, &serde_json::json!(text), setup, job.client_wait)
+        http_speed(server, &serde_json::json!(text), setup)
             .map_err(|e| eprintln!("HTTP (text prompt): {e:#}"))
             .ok()
     });
-    let paths = rounds(job, &model, server.as_mut(), &prompt)?;
-    Ok((Paths { http, ..paths }, prompt))
-}
-
-/// The paths measured in the rounds of [`rounds`].
-#[derive(Debug, Clone, Copy)]
-enum Part {
-    Direct,
-    Plugin,
-    HttpIds,
-}
-
-const PARTS: [Part; 3] = [Part::Direct, Part::Plugin, Part::HttpIds];
-
-/// `job.rounds` rounds of: direct-bench (a process per round), the in-process plugin, and
-/// HTTP with the token ids on one kept connection, `setup.repeat` runs each, so that a drift
-/// of the machine's speed reaches all three alike; the order turns by one each round, so no
-/// path always runs first (after a process start) or last. Each path is warmed up once
-/// first; a direct or HTTP failure drops that path (reported on stderr).
-fn rounds(
-    job: &ModelJob,
-    model: &LoadedModel,
-    server: Option<&mut Server>,
-    prompt: &[u32],
-) -> anyhow::Result<Paths> {
-    let setup = &job.setup;
-    // The first generation of a context pays first-use costs (cuBLAS handles, CUDA graphs);
-    // direct-bench and the server get a warm-up run too.
-    plugin::runs(model, setup, prompt, 1)?;
-    let mut ids = server.and_then(|server| {
-        HttpSeries::start(server, &serde_json::json!(prompt), setup, job.client_wait)
-            .map_err(|e| eprintln!("HTTP (token-id prompt): {e:#}"))
-            .ok()
-    });
-    let mut direct = job.direct_bench.map(|exe| (exe, Vec::new(), Vec::new()));
-    let (mut pp, mut tg) = (Vec::new(), Vec::new());
-    for round in 0..job.rounds {
-        let order: Vec<Part> = (0..PARTS.len())
-            .map(|k| PARTS[(round + k) % PARTS.len()])
-            .collect();
-        eprintln!(
-            "{}: round {}/{}: {order:?} ...",
-            job.label,
-            round + 1,
-            job.rounds
-        );
-        for part in order {
-            match part {
-                Part::Direct => {
-                    let Some((exe, dpp, dtg)) = direct.as_mut() else {
-                        continue;
-                    };
-                    match direct_bench(exe, setup) {
-                        Ok(speed) => {
-                            dpp.extend(speed.prompt_runs);
-                            dtg.extend(speed.gen_runs);
-                        }
-                        Err(e) => {
-                            eprintln!("direct-bench: {e:#}");
-                            direct = None;
-                        }
-                    }
-                }
-                Part::Plugin => {
-                    let (p, t) = plugin::runs(model, setup, prompt, setup.repeat)?;
-                    pp.extend(p);
-                    tg.extend(t);
-                }
-                Part::HttpIds => {
-                    if let Some(Err(e)) = ids.as_mut().map(|series| series.measure(setup.repeat)) {
-                        eprintln!("HTTP (token-id prompt): {e:#}");
-                        ids = None;
-                    }
-                }
-            }
-        }
-    }
-    Ok(Paths {
-        direct: direct.map(|(_, dpp, dtg)| Speed::of(dpp, dtg)),
-        plugin: Speed::of(pp, tg),
-        http: None,
-        http_ids_connections: ids.as_ref().map(HttpSeries::connects),
-        http_ids: ids.map(|series| series.result(setup.prompt_tokens)),
-    })
+    let measured = rounds::rounds(job, &model, server.as_mut(), &prompt)?;
+    let paths = Paths {
+        direct: measured.direct,
+        plugin: measured.plugin,
+        http,
+        http_ids_connections: measured.http_ids.as_ref().map(HttpSeries::connects),
+        http_ids: measured
+            .http_ids
+            .map(|series| series.result(setup.prompt_tokens)),
+    };
+    Ok((paths, prompt))
 }
 
 /// `llmlocal serve` for the model, or `None` (reported) when it does not start.
@@ -915,9 +845,10 @@ fn candle_speed(dir: &Path, job: &ModelJob, prompt: &[u32]) -> anyhow::Result<Sp
 fn legend(rows: &[ModelRow]) -> String {
     let (rounds, repeat) = rows.first().map_or((0, 0), |r| (r.rounds, r.repeat));
     format!(
-        "tok/s = medians of the runs: direct, plugin and http ids in {rounds} interleaved rounds \
-         x {repeat} runs, http text and candle one block of {repeat}; (ratios of medians) \
-         [ratios of best runs]\n"
+        "tok/s = medians of the runs: direct, plugin and http ids in {rounds} rounds x {repeat} \
+         runs, one run of each in turn; http text and candle one block of {repeat}; pp from \
+         prompt-only runs, tg from runs of prompt + generation (as llama-bench); (ratios of \
+         medians) [ratios of best runs]\n"
     )
 }
 
@@ -1144,21 +1075,6 @@ mod tests {
     }
 
     #[test]
-    fn direct_bench_lines_give_the_runs_their_median_and_best() {
-        // As scripts/gpu/direct_bench.c prints it.
-        let line = r#"{"pp_tps": 30.0, "tg_tps": 4.0, "pp_runs": [10.0, 30.0, 20.0], "tg_runs": [4.0, 1.0, 3.0]}"#;
-        let row: serde_json::Value = serde_json::from_str(line).expect("json");
-        let speed = direct_speed(&row).expect("speed");
-        assert_eq!(speed.prompt_runs, [10.0, 30.0, 20.0]);
-        assert_eq!((speed.prompt_tps, speed.prompt_tps_median), (30.0, 20.0));
-        assert_eq!((speed.gen_tps, speed.gen_tps_median), (4.0, 3.0));
-        // An old build prints only the bests: an error, not a median of one value.
-        let old: serde_json::Value =
-            serde_json::from_str(r#"{"pp_tps": 30.0, "tg_tps": 4.0}"#).expect("json");
-        assert!(direct_speed(&old).is_err());
-    }
-
-    #[test]
     fn ratios_are_of_the_medians_with_the_bests_beside() {
         let a = Speed::of(vec![90.0, 100.0, 200.0], vec![9.0, 10.0, 11.0]);
         let b = Speed::of(vec![100.0, 100.0, 100.0], vec![10.0, 10.0, 22.0]);
@@ -1185,12 +1101,12 @@ mod tests {
         body.push_str("0\r\n\r\n");
         let started = Instant::now();
         let chunks = http::ChunkedReader::new(body.as_bytes());
-        let run = stream_run(started, &mut std::io::BufReader::new(chunks), 2).expect("run");
+        let run = stream_run(started, &mut std::io::BufReader::new(chunks), 3).expect("run");
         assert_eq!(run.server_prompt_ms, Some(7.5));
         assert!(run.ttft_ms >= 0.0 && run.gen_tps.is_some());
         // Fewer token events than asked for is an error.
         let chunks = http::ChunkedReader::new(body.as_bytes());
-        assert!(stream_run(started, &mut std::io::BufReader::new(chunks), 8).is_err());
+        assert!(stream_run(started, &mut std::io::BufReader::new(chunks), 9).is_err());
     }
 
     fn row() -> ModelRow {
@@ -1240,7 +1156,10 @@ mod tests {
     fn the_table_shows_medians_and_its_columns_line_up() {
         let text = table(&[row()]);
         let lines: Vec<&str> = text.lines().collect();
-        assert!(lines[0].contains("3 interleaved rounds x 3 runs"), "{text}");
+        assert!(
+            lines[0].contains("3 rounds x 3 runs, one run of each in turn"),
+            "{text}"
+        );
         let bars = |line: &str| -> Vec<usize> {
             line.char_indices()
                 .filter(|&(_, c)| c == '|')

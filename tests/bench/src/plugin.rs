@@ -7,7 +7,7 @@ use llmlocal::plugins::{LoadedModel, PluginRegistry, RunningGeneration};
 use llmlocal_plugin_api::{GenerateRequest, LoadRequest, Step};
 use std::{
     path::{Path, PathBuf},
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 /// The library file of the plugin of `backend` in `dir` (backend `llama-cpp` is
@@ -122,33 +122,60 @@ pub fn default_parallel(dir: &Path, backend: &str) -> anyhow::Result<u32> {
     Ok(handle.manifest.capabilities.parallel_generations.max(1))
 }
 
-/// Prompt processing (time to the first token) and single-sequence generation speed of
-/// `setup.repeat` runs.
+/// Prompt processing (time to the first token) and single-sequence generation speed, from
+/// `setup.repeat` runs of each kind (see [`runs`]).
 pub fn run(model: &LoadedModel, setup: &Setup, prompt: &[u32]) -> anyhow::Result<Speed> {
     let (pp, tg) = runs(model, setup, prompt, setup.repeat)?;
     Ok(Speed::of(pp, tg))
 }
 
-/// `n` runs of [`run`]: prompt tokens/s and generated tokens/s of each, in order.
+/// Unmeasured prompt passes before the measured ones: after a generation, the next prompt
+/// passes ran up to 2x slower on the H100 (the first one or two of them).
+pub const WARM_UP: Duration = Duration::from_millis(200);
+
+/// Prompt tokens/s and generated tokens/s, in order, measured as llama-bench measures pp and
+/// tg: the prompt speed from `n` prompt-only runs back to back, the generation speed from
+/// `n` runs of the prompt and `setup.gen_tokens` where only the generation is timed. Before
+/// each kind, unmeasured runs: prompt passes for [`WARM_UP`], one run of prompt + generation
+/// (as scripts/gpu/direct_bench.c does).
 pub fn runs(
     model: &LoadedModel,
     setup: &Setup,
     prompt: &[u32],
     n: usize,
 ) -> anyhow::Result<(Vec<f64>, Vec<f64>)> {
-    let mut pp = Vec::new();
-    let mut tg = Vec::new();
-    for _ in 0..n {
-        let started = Instant::now();
-        let mut generation = model.generate(request(prompt, setup.gen_tokens + 1))?;
-        let times = token_times(&mut generation)?;
-        let (Some(first), Some(last)) = (times.first(), times.last()) else {
-            bail!("the plugin generated no tokens");
-        };
-        pp.push(prompt.len() as f64 / (*first - started).as_secs_f64());
-        tg.push((times.len() - 1) as f64 / (*last - *first).as_secs_f64());
+    let warm_until = Instant::now() + WARM_UP;
+    while Instant::now() < warm_until {
+        prompt_speed(model, prompt)?;
     }
+    let pp = (0..n)
+        .map(|_| prompt_speed(model, prompt))
+        .collect::<anyhow::Result<_>>()?;
+    generation_speed(model, setup, prompt)?;
+    let tg = (0..n)
+        .map(|_| generation_speed(model, setup, prompt))
+        .collect::<anyhow::Result<_>>()?;
     Ok((pp, tg))
+}
+
+/// Prompt tokens/s of one prompt-only run: from asking for the generation to its one token.
+pub fn prompt_speed(model: &LoadedModel, prompt: &[u32]) -> anyhow::Result<f64> {
+    let started = Instant::now();
+    let mut generation = model.generate(request(prompt, 1))?;
+    let Some(first) = token_times(&mut generation)?.first().copied() else {
+        bail!("the plugin generated no tokens");
+    };
+    Ok(prompt.len() as f64 / (first - started).as_secs_f64())
+}
+
+/// Generated tokens/s of one run of `setup.gen_tokens` tokens after the first.
+pub fn generation_speed(model: &LoadedModel, setup: &Setup, prompt: &[u32]) -> anyhow::Result<f64> {
+    let mut generation = model.generate(request(prompt, setup.gen_tokens + 1))?;
+    let times = token_times(&mut generation)?;
+    let (Some(first), Some(last)) = (times.first(), times.last()) else {
+        bail!("the plugin generated no tokens");
+    };
+    Ok((times.len() - 1) as f64 / (*last - *first).as_secs_f64())
 }
 
 /// Aggregate generation speed of `n` generations started together, each consumed on its own

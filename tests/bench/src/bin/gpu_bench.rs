@@ -101,11 +101,6 @@ enum Cmd {
         /// Folder for the `llmlocal serve` logs.
         #[arg(long, default_value = ".")]
         log_dir: PathBuf,
-        /// How the HTTP client waits for the server: `spin` polls the socket and sees a token
-        /// as it arrives; `block` sleeps in `read` and adds its own wake-up to each time to
-        /// first token.
-        #[arg(long, value_enum, default_value_t = gpu::Wait::Spin)]
-        client_wait: gpu::Wait,
     },
 }
 
@@ -195,7 +190,6 @@ fn main() -> anyhow::Result<()> {
             candle,
             json,
             log_dir,
-            client_wait,
         } => {
             let mut rows = Vec::new();
             for (label, path) in models {
@@ -213,7 +207,6 @@ fn main() -> anyhow::Result<()> {
                     log_dir: &log_dir,
                     parallel: &parallel,
                     bandwidth_gbs,
-                    client_wait,
                 };
                 rows.push(gpu::measure(&plugin_dir, &job)?);
                 eprint!("{}", gpu::table(&rows));

@@ -6,10 +6,10 @@
 //! Not reqwest (which the workspace has): its blocking client hands every read to a runtime
 //! thread, a thread hop that would be counted in the very time to first token measured here.
 //!
-//! [`Wait::Spin`] (the bench's default) polls the socket instead of sleeping in `read`: a
-//! thread that sleeps through a 9 ms prompt takes 0.1 ms or more to wake when the first token
-//! arrives (0.13 ms on the 2-core dev VM), which is the client's cost, not the server's.
-//! direct-bench's clock also stops in a spinning thread (the CUDA stream sync spins).
+//! Reads block. A client that polled its socket instead (tried at stop 8, so that its own
+//! wake-up would not count) made the server's prompt pass slower on the H100: the CPU time
+//! in `llama_decode` (graph and kernel launches) went from 2.0 to 2.6 ms per 512-token prompt
+//! while the spinning thread ran, and the HTTP overhead it measured did not shrink.
 
 use anyhow::{anyhow, Context as _};
 use std::{
@@ -246,82 +246,21 @@ impl<R: BufRead> Read for Body<R> {
     }
 }
 
-/// How the client waits for the server's bytes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Wait {
-    /// Blocking reads: the thread sleeps until data arrives.
-    Block,
-    /// Non-blocking reads in a loop: the thread never sleeps, so it sees data as it arrives.
-    Spin,
-}
-
-/// A connection read blocking or spinning, as [`Wait`] says.
-pub struct Socket {
-    stream: TcpStream,
-    wait: Wait,
-}
-
-impl Socket {
-    fn connect(addr: &str, wait: Wait) -> io::Result<Self> {
-        let stream = TcpStream::connect(addr)?;
-        stream.set_nodelay(true)?;
-        match wait {
-            Wait::Block => stream.set_read_timeout(Some(READ_TIMEOUT))?,
-            Wait::Spin => stream.set_nonblocking(true)?,
-        }
-        Ok(Socket { stream, wait })
-    }
-
-    /// Retries `op` while it would block (only a spinning socket does), until [`READ_TIMEOUT`].
-    fn retry<T>(&mut self, mut op: impl FnMut(&mut TcpStream) -> io::Result<T>) -> io::Result<T> {
-        let deadline = Instant::now() + READ_TIMEOUT;
-        loop {
-            match op(&mut self.stream) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock && self.wait == Wait::Spin => {
-                    if Instant::now() > deadline {
-                        return Err(io::Error::new(io::ErrorKind::TimedOut, "no answer"));
-                    }
-                    std::hint::spin_loop();
-                }
-                other => return other,
-            }
-        }
-    }
-}
-
-impl Read for Socket {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.retry(|stream| stream.read(buf))
-    }
-}
-
-impl Write for Socket {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.retry(|stream| stream.write(buf))
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        self.stream.flush()
-    }
-}
-
 /// The reader a response handler gets: the decoded body, read line by line or whole.
-pub type BodyReader<'a> = BufReader<Body<&'a mut BufReader<Socket>>>;
+pub type BodyReader<'a> = BufReader<Body<&'a mut BufReader<TcpStream>>>;
 
 /// A client of one server that reuses its connection from one request to the next.
 pub struct Client {
     addr: String,
-    wait: Wait,
-    connection: Option<BufReader<Socket>>,
+    connection: Option<BufReader<TcpStream>>,
     /// Connections opened so far (1 when every request reused the first).
     pub connects: usize,
 }
 
 impl Client {
-    pub fn new(addr: &str, wait: Wait) -> Self {
+    pub fn new(addr: &str) -> Self {
         Client {
             addr: addr.to_string(),
-            wait,
             connection: None,
             connects: 0,
         }
@@ -372,9 +311,11 @@ impl Client {
             }
             self.connection = None;
         }
-        let socket = Socket::connect(&self.addr, self.wait)
-            .with_context(|| format!("connect to {}", self.addr))?;
-        self.connection = Some(BufReader::new(socket));
+        let stream =
+            TcpStream::connect(&self.addr).with_context(|| format!("connect to {}", self.addr))?;
+        stream.set_nodelay(true)?;
+        stream.set_read_timeout(Some(READ_TIMEOUT))?;
+        self.connection = Some(BufReader::new(stream));
         self.connects += 1;
         let sent = self.try_send(request);
         if sent.is_err() {
@@ -497,12 +438,10 @@ mod tests {
     }
 
     /// Accepts `connections` connections one after the other and answers `answers` requests
-    /// on each with a chunked body, `delay` after each request, then closes it; returns the
-    /// request lines it saw.
+    /// on each with a chunked body, then closes it; returns the request lines it saw.
     fn server(
         connections: usize,
         answers: usize,
-        delay: Duration,
     ) -> (String, std::thread::JoinHandle<Vec<String>>) {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
         let addr = listener.local_addr().expect("addr").to_string();
@@ -514,7 +453,6 @@ mod tests {
                 let mut writer = stream;
                 for i in 0..answers {
                     seen.push(read_request(&mut reader));
-                    std::thread::sleep(delay);
                     let answer = format!(
                         "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n\
                          6\r\nevent{i}\r\n1\r\n\n\r\n0\r\n\r\n"
@@ -533,23 +471,10 @@ mod tests {
         Ok(text)
     }
 
-    const WAITS: [Wait; 2] = [Wait::Block, Wait::Spin];
-
     #[test]
     fn the_client_sends_its_requests_on_one_kept_connection() {
-        for wait in WAITS {
-            sends_on_one_kept_connection(wait, Duration::ZERO);
-        }
-    }
-
-    #[test]
-    fn a_spinning_client_waits_for_a_late_answer() {
-        sends_on_one_kept_connection(Wait::Spin, Duration::from_millis(30));
-    }
-
-    fn sends_on_one_kept_connection(wait: Wait, delay: Duration) {
-        let (addr, server) = server(1, 3, delay);
-        let mut client = Client::new(&addr, wait);
+        let (addr, server) = server(1, 3);
+        let mut client = Client::new(&addr);
         for i in 0..3 {
             let line = client
                 .exchange("POST", "/v1/completions", "{}", |_, status, body| {
@@ -568,14 +493,8 @@ mod tests {
 
     #[test]
     fn a_connection_the_server_closed_is_replaced() {
-        for wait in WAITS {
-            replaces_a_closed_connection(wait);
-        }
-    }
-
-    fn replaces_a_closed_connection(wait: Wait) {
-        let (addr, server) = server(2, 1, Duration::ZERO);
-        let mut client = Client::new(&addr, wait);
+        let (addr, server) = server(2, 1);
+        let mut client = Client::new(&addr);
         let first = client.exchange("GET", "/", "", read_all).expect("first");
         assert_eq!(first, "event0\n");
         // The server closed the first connection after one answer: the request goes again

@@ -1,0 +1,184 @@
+//! The interleaved comparison of direct llama.cpp, the in-process plugin and HTTP: one run of
+//! each path after the other, so that all three see the same GPU state.
+//!
+//! The H100's prompt speed moved in steps of ~10 % from one second to the next (the same
+//! process ran pp512 at 72k tok/s in one block of runs and 79k in the next), so paths measured
+//! in blocks of their own, seconds apart, differed by more than the 3 % being looked for.
+//! Here each round warms every path up, then makes `repeat` prompt-only runs of each path in
+//! turn, then `repeat` generation runs in turn; the order turns with every run.
+
+use super::{direct_process::DirectProcess, plugin, HttpSeries, ModelJob, Server};
+use crate::Speed;
+use llmlocal::plugins::LoadedModel;
+use std::time::Instant;
+
+/// The paths measured in the rounds.
+#[derive(Debug, Clone, Copy)]
+pub enum Part {
+    Direct,
+    Plugin,
+    HttpIds,
+}
+
+const PARTS: [Part; 3] = [Part::Direct, Part::Plugin, Part::HttpIds];
+
+/// What one run measures, as llama-bench does: pp from a prompt-only run, tg from the
+/// generation of a run of prompt + generation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Prompt,
+    Generation,
+}
+
+/// What the rounds measured: per path, the speeds of its runs; HTTP keeps its series (with
+/// the server's own timings).
+pub struct Measured<'a> {
+    pub direct: Option<Speed>,
+    pub plugin: Speed,
+    pub http_ids: Option<HttpSeries<'a>>,
+}
+
+/// The three paths, each run one measurement at a time.
+struct Lanes<'a> {
+    model: &'a LoadedModel,
+    job: &'a ModelJob<'a>,
+    prompt: &'a [u32],
+    direct: Option<DirectProcess>,
+    direct_runs: Runs,
+    plugin_runs: Runs,
+    http: Option<HttpSeries<'a>>,
+}
+
+/// Tokens/s of the prompt-only runs and of the generation runs.
+#[derive(Default)]
+struct Runs {
+    pp: Vec<f64>,
+    tg: Vec<f64>,
+}
+
+impl Runs {
+    fn push(&mut self, kind: Kind, tps: f64) {
+        match kind {
+            Kind::Prompt => self.pp.push(tps),
+            Kind::Generation => self.tg.push(tps),
+        }
+    }
+
+    fn speed(self) -> Speed {
+        Speed::of(self.pp, self.tg)
+    }
+}
+
+/// `job.rounds` rounds over the three paths (see the module doc). A direct or HTTP failure
+/// drops that path (reported on stderr); a plugin failure ends the measurement.
+pub fn rounds<'a>(
+    job: &'a ModelJob<'a>,
+    model: &'a LoadedModel,
+    server: Option<&'a mut Server>,
+    prompt: &'a [u32],
+) -> anyhow::Result<Measured<'a>> {
+    let setup = &job.setup;
+    // The first generation of a context pays first-use costs (cuBLAS handles, CUDA graphs):
+    // each path makes one unmeasured run of prompt + generation first.
+    plugin::generation_speed(model, setup, prompt)?;
+    let http = server.and_then(|server| {
+        HttpSeries::start(server, &serde_json::json!(prompt), setup)
+            .map_err(|e| eprintln!("HTTP (token-id prompt): {e:#}"))
+            .ok()
+    });
+    let direct = job.direct_bench.and_then(|exe| {
+        DirectProcess::start(exe, setup)
+            .and_then(|mut direct| direct.run(Kind::Generation).map(|_| direct))
+            .map_err(|e| eprintln!("direct-bench: {e:#}"))
+            .ok()
+    });
+    let mut lanes = Lanes {
+        model,
+        job,
+        prompt,
+        direct,
+        direct_runs: Runs::default(),
+        plugin_runs: Runs::default(),
+        http,
+    };
+    for round in 0..job.rounds {
+        eprintln!("{}: round {}/{} ...", job.label, round + 1, job.rounds);
+        lanes.round(round)?;
+    }
+    Ok(Measured {
+        direct: lanes.direct.is_some().then(|| lanes.direct_runs.speed()),
+        plugin: lanes.plugin_runs.speed(),
+        http_ids: lanes.http,
+    })
+}
+
+impl Lanes<'_> {
+    /// Warm-up prompt passes on every path, then the prompt-only runs and the generation runs,
+    /// one run of each path in turn.
+    fn round(&mut self, round: usize) -> anyhow::Result<()> {
+        let repeat = self.job.setup.repeat;
+        for part in PARTS {
+            let until = Instant::now() + plugin::WARM_UP / PARTS.len() as u32;
+            while Instant::now() < until && self.has(part) {
+                self.run(part, Kind::Prompt, false)?;
+            }
+        }
+        for kind in [Kind::Prompt, Kind::Generation] {
+            for i in 0..repeat {
+                for k in 0..PARTS.len() {
+                    let part = PARTS[(round * repeat + i + k) % PARTS.len()];
+                    self.run(part, kind, true)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether `part` is still measured (direct and HTTP drop out after a failure).
+    fn has(&self, part: Part) -> bool {
+        match part {
+            Part::Direct => self.direct.is_some(),
+            Part::Plugin => true,
+            Part::HttpIds => self.http.is_some(),
+        }
+    }
+
+    /// One run of `part`, kept when `record`.
+    fn run(&mut self, part: Part, kind: Kind, record: bool) -> anyhow::Result<()> {
+        match part {
+            Part::Direct => {
+                let Some(direct) = self.direct.as_mut() else {
+                    return Ok(());
+                };
+                match direct.run(kind) {
+                    Ok(tps) if record => self.direct_runs.push(kind, tps),
+                    Ok(_) => {}
+                    Err(e) => {
+                        eprintln!("direct-bench: {e:#}");
+                        self.direct = None;
+                    }
+                }
+            }
+            Part::Plugin => {
+                let (model, setup, prompt) = (self.model, &self.job.setup, self.prompt);
+                let tps = match kind {
+                    Kind::Prompt => plugin::prompt_speed(model, prompt)?,
+                    Kind::Generation => plugin::generation_speed(model, setup, prompt)?,
+                };
+                if record {
+                    self.plugin_runs.push(kind, tps);
+                }
+            }
+            Part::HttpIds => {
+                let Some(series) = self.http.as_mut() else {
+                    return Ok(());
+                };
+                if let Err(e) = series.run(kind, record) {
+                    eprintln!("HTTP (token-id prompt): {e:#}");
+                    self.http = None;
+                }
+            }
+        }
+        Ok(())
+    }
+}
