@@ -13,7 +13,13 @@
 //! - the network's own buffers are released at once, so hyper reuses them.
 //!
 //! 1 MiB buffers made the writer's copy into the page cache erratic on the 2-core box (4x the
-//! CPU in some runs); 256 KiB did not.
+//! CPU in some runs); 256 KiB less so. The writer hands each buffer to `write` in
+//! [`WRITE_PIECE`]s, as curl writes: after memory churn on that box (a full test run) 256 KiB
+//! writes still had runs with 2-4 s of system time per GiB where curl had none, and the
+//! median of curl/llmlocal over 6 pulls fell to 0.81-0.97; 16 KiB writes gave medians of
+//! 1.01-1.05 in the same minutes (4 benches), at ~10 % below 256 KiB writes when the box is
+//! quiet. Likely cause, not verified: the page cache allocates a larger folio for a larger
+//! write, and large allocations are what gets slow when free memory is fragmented.
 //!
 //! A dropped download (cancel, dropped future) still flushes everything handed off.
 
@@ -30,8 +36,10 @@ use super::error::{ModelError, Result};
 
 /// Buffers in the pool: the most data in flight between the network and the disk/hash.
 const DEPTH: usize = 16;
-/// Bytes per buffer (one write, one hand-off).
+/// Bytes per buffer (one hand-off).
 const BUF: usize = 256 << 10;
+/// Bytes per `write` call (see the module doc).
+const WRITE_PIECE: usize = 16 << 10;
 
 enum Msg {
     Data(Vec<u8>),
@@ -251,7 +259,9 @@ fn write_loop(
         match msg {
             Msg::Data(buf) => {
                 let t = std::time::Instant::now();
-                file.write_all(&buf)?;
+                for piece in buf.chunks(WRITE_PIECE) {
+                    file.write_all(piece)?;
+                }
                 busy += t.elapsed();
                 len += buf.len() as u64;
                 // A reader that is gone (it gave up) needs no buffer back.
