@@ -2,16 +2,16 @@
  * on the GPU machine (the crate's copy of llama.cpp ships without llama-bench's source).
  * Built there by scripts/gpu/device.sh against the same CUDA build the plugin runs on.
  *
- *   direct-bench bench MODEL N_PROMPT N_GEN REPEAT   -> {"pp_tps": .., "tg_tps": .., (best run)
- *                                                        "pp_runs": [..], "tg_runs": [..]}
+ *   direct-bench serve MODEL N_PROMPT N_GEN          -> "ready", then per "pp"/"tg" line on
+ *                                                       stdin one line: tokens/s of one run
  *   direct-bench batched MODEL N_PROMPT N_GEN N_SEQ  -> {"n_seq": .., "tg_tps": ..} aggregate
  *   direct-bench quantize IN OUT [f16]               -> IN re-quantized as Q4_K_M (or F16)
  *
  * The measurement mirrors the plugin benchmark (tests/bench/src/plugin.rs): a prompt of
  * N_PROMPT tokens of the same story text, decoded in batches of 512, timed to the first
- * greedy token; then N_GEN tokens, one decode and one greedy sample each. One unmeasured run
- * comes first (as llama-bench's warm-up: first-use costs such as cuBLAS handles and CUDA graph
- * capture), as gpu-bench warms the plugin and the server up. Context settings
+ * greedy token ("pp": a prompt-only run); for "tg", that prompt then N_GEN tokens, one decode
+ * and one greedy sample each, only the generation timed. gpu-bench makes the warm-up runs and
+ * interleaves these runs with the plugin's and the server's. Context settings
  * are the plugin's: n_ctx = prompt + gen + 16, n_batch = n_ubatch = 512, one sequence, all
  * layers on the GPU. */
 #include "llama.h"
@@ -133,75 +133,6 @@ static int bench_run(struct llama_context *ctx, struct llama_sampler *greedy, ll
     return 0;
 }
 
-static void print_runs(const char *key, const double *values, int n) {
-    printf(", \"%s\": [", key);
-    for (int i = 0; i < n; i++) {
-        printf(i ? ", %.1f" : "%.1f", values[i]);
-    }
-    printf("]");
-}
-
-/* Seconds of unmeasured prompt passes before the measured ones (see bench). */
-#define WARM_UP_S 0.2
-
-static int bench(const char *path, int n_prompt, int n_gen, int repeat) {
-    if (repeat < 1) {
-        fprintf(stderr, "REPEAT must be at least 1\n");
-        return 2;
-    }
-    struct llama_model *model = NULL;
-    struct llama_context *ctx = open_model(path, n_prompt + n_gen + 16, 1, &model);
-    if (!ctx) {
-        return 1;
-    }
-    llama_token *tokens = prompt_tokens(llama_model_get_vocab(model), n_prompt);
-    double *pp = malloc(sizeof(double) * (size_t)repeat);
-    double *tg = malloc(sizeof(double) * (size_t)repeat);
-    if (!tokens || !pp || !tg) {
-        return 1;
-    }
-    struct llama_sampler *greedy = llama_sampler_init_greedy();
-    double best_pp = 0, best_tg = 0, unused;
-    /* As llama-bench measures pp and tg: the prompt speed from prompt-only runs back to back,
-     * the generation speed from runs of prompt + n_gen where only the generation is timed.
-     * Before each kind, unmeasured runs: prompt passes for WARM_UP_S (after a generation the
-     * next prompt passes ran up to 2x slower on the H100, the first one or two of them), and
-     * one run of prompt + n_gen. gpu-bench warms the plugin and HTTP paths alike. */
-    double warm_until = now() + WARM_UP_S;
-    do {
-        if (bench_run(ctx, greedy, tokens, n_prompt, 0, &unused, &unused) != 0) {
-            return 1;
-        }
-    } while (now() < warm_until);
-    for (int r = 0; r < repeat; r++) {
-        if (bench_run(ctx, greedy, tokens, n_prompt, 0, &pp[r], &unused) != 0) {
-            return 1;
-        }
-        best_pp = pp[r] > best_pp ? pp[r] : best_pp;
-    }
-    for (int r = -1; r < repeat; r++) {
-        double run_tg;
-        if (bench_run(ctx, greedy, tokens, n_prompt, n_gen, &unused, &run_tg) != 0) {
-            return 1;
-        }
-        if (r >= 0) {
-            tg[r] = run_tg;
-            best_tg = run_tg > best_tg ? run_tg : best_tg;
-        }
-    }
-    printf("{\"pp_tps\": %.1f, \"tg_tps\": %.1f", best_pp, best_tg);
-    print_runs("pp_runs", pp, repeat);
-    print_runs("tg_runs", tg, repeat);
-    printf("}\n");
-    llama_sampler_free(greedy);
-    llama_free(ctx);
-    llama_model_free(model);
-    free(tokens);
-    free(pp);
-    free(tg);
-    return 0;
-}
-
 /* Single runs on request, for gpu-bench to interleave them one by one with the plugin's and
  * the server's (GPU clocks drift from second to second; runs next to each other see the same
  * state). Prints "ready" once the model is loaded, then reads lines from stdin: "pp" answers
@@ -319,9 +250,7 @@ int main(int argc, char **argv) {
     llama_log_set(errors_only, NULL);
     llama_backend_init();
     int rc = 2;
-    if (argc == 6 && strcmp(argv[1], "bench") == 0) {
-        rc = bench(argv[2], atoi(argv[3]), atoi(argv[4]), atoi(argv[5]));
-    } else if (argc == 5 && strcmp(argv[1], "serve") == 0) {
+    if (argc == 5 && strcmp(argv[1], "serve") == 0) {
         rc = serve(argv[2], atoi(argv[3]), atoi(argv[4]));
     } else if (argc == 6 && strcmp(argv[1], "batched") == 0) {
         rc = batched(argv[2], atoi(argv[3]), atoi(argv[4]), atoi(argv[5]));
@@ -330,8 +259,7 @@ int main(int argc, char **argv) {
     } else if (argc == 5 && strcmp(argv[1], "quantize") == 0 && strcmp(argv[4], "f16") == 0) {
         rc = quantize(argv[2], argv[3], 1);
     } else {
-        fprintf(stderr, "usage: direct-bench bench MODEL N_PROMPT N_GEN REPEAT\n"
-                        "       direct-bench serve MODEL N_PROMPT N_GEN  (pp/tg lines on stdin)\n"
+        fprintf(stderr, "usage: direct-bench serve MODEL N_PROMPT N_GEN  (pp/tg lines on stdin)\n"
                         "       direct-bench batched MODEL N_PROMPT N_GEN N_SEQ\n"
                         "       direct-bench quantize IN OUT [f16]\n");
     }

@@ -9,12 +9,15 @@ mod direct_process;
 mod http;
 mod rounds;
 
-use crate::{median, plugin, Setup, Speed};
+use crate::{
+    median,
+    plugin::{self, Kind},
+    Setup, Speed,
+};
 use anyhow::{anyhow, bail, Context as _};
 use http::Client;
 use llmlocal::plugins::LoadedModel;
 use llmlocal_plugin_api::Step;
-use rounds::Kind;
 use serde::Serialize;
 use std::{
     io::{BufRead, Read},
@@ -102,19 +105,16 @@ pub fn agree(
     })
 }
 
-/// Runs `direct-bench MODE MODEL N_PROMPT N_GEN LAST` and parses the JSON line it prints.
-fn run_direct(
-    exe: &Path,
-    mode: &str,
-    setup: &Setup,
-    last: usize,
-) -> anyhow::Result<serde_json::Value> {
+/// Aggregate tokens/s of `n_seq` sequences decoded together by llama.cpp directly (one token
+/// per sequence per decode, greedy on one thread): a reference for the plugin's continuous
+/// batching. Runs `direct-bench batched MODEL N_PROMPT N_GEN N_SEQ`, which prints one JSON line.
+pub fn direct_batched(exe: &Path, setup: &Setup, n_seq: usize) -> anyhow::Result<f64> {
     let output = Command::new(exe)
-        .arg(mode)
+        .arg("batched")
         .arg(&setup.model)
         .arg(setup.prompt_tokens.to_string())
         .arg(setup.gen_tokens.to_string())
-        .arg(last.to_string())
+        .arg(n_seq.to_string())
         // The plugin's thread count when the bench sets one (direct-bench keeps llama.cpp's
         // default of 4 otherwise; the plugin's default is one per physical core).
         .env("DIRECT_BENCH_THREADS", setup.threads.to_string())
@@ -122,16 +122,11 @@ fn run_direct(
         .output()
         .with_context(|| format!("run {}", exe.display()))?;
     if !output.status.success() {
-        bail!("{} {mode} failed: {}", exe.display(), output.status);
+        bail!("{} batched failed: {}", exe.display(), output.status);
     }
-    serde_json::from_slice(&output.stdout).context("direct-bench's JSON output")
-}
-
-/// Aggregate tokens/s of `n_seq` sequences decoded together by llama.cpp directly (one token
-/// per sequence per decode, greedy on one thread): a reference for the plugin's continuous
-/// batching.
-pub fn direct_batched(exe: &Path, setup: &Setup, n_seq: usize) -> anyhow::Result<f64> {
-    run_direct(exe, "batched", setup, n_seq)?["tg_tps"]
+    let row: serde_json::Value =
+        serde_json::from_slice(&output.stdout).context("direct-bench's JSON output")?;
+    row["tg_tps"]
         .as_f64()
         .ok_or_else(|| anyhow!("direct-bench batched printed no speed"))
 }
@@ -332,7 +327,7 @@ struct HttpRun {
 /// Streamed `/v1/completions` requests of one prompt (a JSON string, or a list of token ids;
 /// greedy) on one keep-alive connection, as an SDK client sends them: prompt-only ones
 /// (`max_tokens` 1) for the prompt speed and full ones (`max_tokens` = gen_tokens + 1) for the
-/// generation speed, as [`plugin::runs`] measures. Runs accumulate over calls of
+/// generation speed, as [`plugin::run`] measures. Runs accumulate over calls of
 /// [`HttpSeries::measure`].
 pub struct HttpSeries<'a> {
     server: &'a mut Server,
@@ -364,21 +359,9 @@ impl<'a> HttpSeries<'a> {
         Ok(series)
     }
 
-    /// `n` more measured requests of each kind, each kind after unmeasured ones as
-    /// [`plugin::runs`] makes them.
+    /// `n` more measured requests of each kind, made as [`plugin::schedule`] says.
     pub fn measure(&mut self, n: usize) -> anyhow::Result<()> {
-        let warm_until = Instant::now() + plugin::WARM_UP;
-        while Instant::now() < warm_until {
-            self.run(Kind::Prompt, false)?;
-        }
-        for _ in 0..n {
-            self.run(Kind::Prompt, true)?;
-        }
-        self.run(Kind::Generation, false)?;
-        for _ in 0..n {
-            self.run(Kind::Generation, true)?;
-        }
-        Ok(())
+        plugin::schedule(n, |kind, record| self.run(kind, record))
     }
 
     /// One request: prompt-only (`max_tokens` 1) or with the generation; kept when `record`.

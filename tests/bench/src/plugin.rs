@@ -122,44 +122,72 @@ pub fn default_parallel(dir: &Path, backend: &str) -> anyhow::Result<u32> {
     Ok(handle.manifest.capabilities.parallel_generations.max(1))
 }
 
-/// Prompt processing (time to the first token) and single-sequence generation speed, from
-/// `setup.repeat` runs of each kind (see [`runs`]).
-pub fn run(model: &LoadedModel, setup: &Setup, prompt: &[u32]) -> anyhow::Result<Speed> {
-    let (pp, tg) = runs(model, setup, prompt, setup.repeat)?;
-    Ok(Speed::of(pp, tg))
+/// What one run measures, as llama-bench does: pp from a prompt-only run, tg from the
+/// generation of a run of prompt + generation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Prompt,
+    Generation,
 }
 
 /// Unmeasured prompt passes before the measured ones: after a generation, the next prompt
 /// passes ran up to 2x slower on the H100 (the first one or two of them).
 pub const WARM_UP: Duration = Duration::from_millis(200);
 
-/// Prompt tokens/s and generated tokens/s, in order, measured as llama-bench measures pp and
-/// tg: the prompt speed from `n` prompt-only runs back to back, the generation speed from
-/// `n` runs of the prompt and `setup.gen_tokens` where only the generation is timed. Before
-/// each kind, unmeasured runs: prompt passes for [`WARM_UP`], one run of prompt + generation
-/// (as scripts/gpu/direct_bench.c does).
-pub fn runs(
+/// The runs of one path as llama-bench makes them: prompt passes for [`WARM_UP`], `n`
+/// prompt-only runs back to back, one unmeasured run of prompt + generation, then `n` more
+/// (only their generation counts). `run(kind, record)` makes one run and keeps it when
+/// `record`. scripts/gpu/direct_bench.c times its runs the same way.
+pub fn schedule(
+    n: usize,
+    mut run: impl FnMut(Kind, bool) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    let warm_until = Instant::now() + WARM_UP;
+    while Instant::now() < warm_until {
+        run(Kind::Prompt, false)?;
+    }
+    for _ in 0..n {
+        run(Kind::Prompt, true)?;
+    }
+    run(Kind::Generation, false)?;
+    for _ in 0..n {
+        run(Kind::Generation, true)?;
+    }
+    Ok(())
+}
+
+/// Prompt processing (time to the first token) and single-sequence generation speed from
+/// `setup.repeat` runs of each kind, made as [`schedule`] says.
+pub fn run(model: &LoadedModel, setup: &Setup, prompt: &[u32]) -> anyhow::Result<Speed> {
+    let (mut pp, mut tg) = (Vec::new(), Vec::new());
+    schedule(setup.repeat, |kind, record| {
+        let tps = speed(model, setup, prompt, kind)?;
+        if record {
+            match kind {
+                Kind::Prompt => pp.push(tps),
+                Kind::Generation => tg.push(tps),
+            }
+        }
+        Ok(())
+    })?;
+    Ok(Speed::of(pp, tg))
+}
+
+/// Tokens/s of one run of `kind`.
+pub fn speed(
     model: &LoadedModel,
     setup: &Setup,
     prompt: &[u32],
-    n: usize,
-) -> anyhow::Result<(Vec<f64>, Vec<f64>)> {
-    let warm_until = Instant::now() + WARM_UP;
-    while Instant::now() < warm_until {
-        prompt_speed(model, prompt)?;
+    kind: Kind,
+) -> anyhow::Result<f64> {
+    match kind {
+        Kind::Prompt => prompt_speed(model, prompt),
+        Kind::Generation => generation_speed(model, setup, prompt),
     }
-    let pp = (0..n)
-        .map(|_| prompt_speed(model, prompt))
-        .collect::<anyhow::Result<_>>()?;
-    generation_speed(model, setup, prompt)?;
-    let tg = (0..n)
-        .map(|_| generation_speed(model, setup, prompt))
-        .collect::<anyhow::Result<_>>()?;
-    Ok((pp, tg))
 }
 
 /// Prompt tokens/s of one prompt-only run: from asking for the generation to its one token.
-pub fn prompt_speed(model: &LoadedModel, prompt: &[u32]) -> anyhow::Result<f64> {
+fn prompt_speed(model: &LoadedModel, prompt: &[u32]) -> anyhow::Result<f64> {
     let started = Instant::now();
     let mut generation = model.generate(request(prompt, 1))?;
     let Some(first) = token_times(&mut generation)?.first().copied() else {
@@ -169,7 +197,7 @@ pub fn prompt_speed(model: &LoadedModel, prompt: &[u32]) -> anyhow::Result<f64> 
 }
 
 /// Generated tokens/s of one run of `setup.gen_tokens` tokens after the first.
-pub fn generation_speed(model: &LoadedModel, setup: &Setup, prompt: &[u32]) -> anyhow::Result<f64> {
+fn generation_speed(model: &LoadedModel, setup: &Setup, prompt: &[u32]) -> anyhow::Result<f64> {
     let mut generation = model.generate(request(prompt, setup.gen_tokens + 1))?;
     let times = token_times(&mut generation)?;
     let (Some(first), Some(last)) = (times.first(), times.last()) else {

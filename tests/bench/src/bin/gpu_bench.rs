@@ -6,8 +6,9 @@
 //! - `run`: per model, llama.cpp driven directly (scripts/gpu/direct_bench.c) vs the llama-cpp plugin through the host vs
 //!   `llmlocal serve` over HTTP, aggregate tokens/s with N parallel streams, candle vs
 //!   llama.cpp, and the share of the weight-bandwidth bound. Direct, plugin and HTTP (token
-//!   ids, one keep-alive connection) run in `--rounds` interleaved rounds of `--repeat` runs;
-//!   the table's speeds and ratios are medians of all runs, the best-run ratios beside them.
+//!   ids, one keep-alive connection) run in `--rounds` rounds of `--repeat` runs of each
+//!   kind (prompt-only, prompt + generation), one run of each path in turn; the table's
+//!   speeds and ratios are medians of all runs, the best-run ratios beside them.
 
 use anyhow::{bail, Context as _};
 use clap::{Parser, Subcommand};

@@ -1,8 +1,7 @@
 //! `direct-bench serve` (scripts/gpu/direct_bench.c) as a child process that makes single
 //! runs on request: llama.cpp driven through its C API, loaded once for all rounds.
 
-use super::rounds::Kind;
-use crate::Setup;
+use crate::{plugin::Kind, Setup};
 use anyhow::{anyhow, bail, Context as _};
 use std::{
     io::{BufRead, BufReader, Write},

@@ -7,7 +7,11 @@
 //! Here each round warms every path up, then makes `repeat` prompt-only runs of each path in
 //! turn, then `repeat` generation runs in turn; the order turns with every run.
 
-use super::{direct_process::DirectProcess, plugin, HttpSeries, ModelJob, Server};
+use super::{
+    direct_process::DirectProcess,
+    plugin::{self, Kind},
+    HttpSeries, ModelJob, Server,
+};
 use crate::Speed;
 use llmlocal::plugins::LoadedModel;
 use std::time::Instant;
@@ -21,14 +25,6 @@ pub enum Part {
 }
 
 const PARTS: [Part; 3] = [Part::Direct, Part::Plugin, Part::HttpIds];
-
-/// What one run measures, as llama-bench does: pp from a prompt-only run, tg from the
-/// generation of a run of prompt + generation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
-    Prompt,
-    Generation,
-}
 
 /// What the rounds measured: per path, the speeds of its runs; HTTP keeps its series (with
 /// the server's own timings).
@@ -80,7 +76,7 @@ pub fn rounds<'a>(
     let setup = &job.setup;
     // The first generation of a context pays first-use costs (cuBLAS handles, CUDA graphs):
     // each path makes one unmeasured run of prompt + generation first.
-    plugin::generation_speed(model, setup, prompt)?;
+    plugin::speed(model, setup, prompt, Kind::Generation)?;
     let http = server.and_then(|server| {
         HttpSeries::start(server, &serde_json::json!(prompt), setup)
             .map_err(|e| eprintln!("HTTP (token-id prompt): {e:#}"))
@@ -160,11 +156,7 @@ impl Lanes<'_> {
                 }
             }
             Part::Plugin => {
-                let (model, setup, prompt) = (self.model, &self.job.setup, self.prompt);
-                let tps = match kind {
-                    Kind::Prompt => plugin::prompt_speed(model, prompt)?,
-                    Kind::Generation => plugin::generation_speed(model, setup, prompt)?,
-                };
+                let tps = plugin::speed(self.model, &self.job.setup, self.prompt, kind)?;
                 if record {
                     self.plugin_runs.push(kind, tps);
                 }
