@@ -567,6 +567,7 @@ impl Engine {
             model: name.to_string(),
             backend: slot.backend.clone(),
             prompt_tokens: prompt_len,
+            received,
         })
     }
 

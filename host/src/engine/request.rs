@@ -6,6 +6,7 @@ use futures_util::Stream;
 use std::{
     pin::Pin,
     task::{Context, Poll},
+    time::Instant,
 };
 use tokio::sync::mpsc;
 
@@ -130,6 +131,8 @@ pub struct TokenStream {
     pub model: String,
     pub backend: String,
     pub prompt_tokens: u32,
+    /// When the engine received the request (for the server's first-token debug line).
+    pub received: Instant,
 }
 
 impl Stream for TokenStream {

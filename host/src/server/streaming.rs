@@ -71,6 +71,8 @@ struct State<F> {
     tokens: Option<TokenStream>,
     framer: F,
     started: bool,
+    /// Whether the first token's frame was logged.
+    logged: bool,
 }
 
 /// Frames for one event; true when it was the last.
@@ -95,6 +97,7 @@ pub fn body<F: Framer>(tokens: TokenStream, framer: F) -> Body {
         tokens: Some(tokens),
         framer,
         started: false,
+        logged: false,
     };
     let chunks = stream::unfold(state, |mut state| async move {
         if !state.started {
@@ -105,6 +108,10 @@ pub fn body<F: Framer>(tokens: TokenStream, framer: F) -> Body {
         let mut tokens = state.tokens.take()?;
         let mut out = String::new();
         let mut last = frame_event(&mut state.framer, tokens.next().await?, &mut out);
+        if !state.logged {
+            state.logged = true;
+            log_first_frame(&tokens);
+        }
         while !last {
             match tokens.try_next() {
                 Some(event) => last = frame_event(&mut state.framer, event, &mut out),
@@ -117,6 +124,16 @@ pub fn body<F: Framer>(tokens: TokenStream, framer: F) -> Body {
         Some((Ok(Bytes::from(out)), state))
     });
     Body::from_stream(chunks)
+}
+
+/// The engine's own debug line says when the token left the backend; this one says when it
+/// was framed for the client, after the hop from the generation thread to the connection's.
+fn log_first_frame(tokens: &TokenStream) {
+    tracing::debug!(
+        model = %tokens.model,
+        "first frame {:.3} ms after the request",
+        tokens.received.elapsed().as_secs_f64() * 1000.0
+    );
 }
 
 #[cfg(test)]
