@@ -1,14 +1,16 @@
 //! Streams under stress: a client that disconnects cancels its generation; 64 concurrent
-//! streams all complete with the right text; shutdown lets in-flight streams finish.
+//! streams all complete with the right text; shutdown lets in-flight streams finish; a
+//! backend that blocks in `generate` does not stall other requests.
 
 mod server_support;
 
-use llmlocal::server::ServerSettings;
+use llmlocal::{engine::Engine, server::ServerSettings};
 use serde_json::{json, Value};
 use server_support::{
-    client, eventually, metric, parse_sse, scripted_engine, scripted_settings, TestServer,
+    client, eventually, metric, parse_sse, post, registry, scripted_engine, scripted_settings,
+    TestServer,
 };
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 const DIGITS: &str = "0123456789";
 
@@ -170,4 +172,47 @@ async fn shutdown_lets_in_flight_streams_finish() {
     let refused = client().get(server.url("/health")).send().await;
     assert!(refused.is_err(), "no new connections after shutdown");
     let _: Option<Value> = None;
+}
+
+/// The slow-generate test plugin blocks 2 s inside `generate`, as a backend that reads the
+/// prompt there would. With a single runtime worker, a server that made that call on the
+/// worker itself would answer nothing else until it returned.
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn a_backend_that_blocks_in_generate_does_not_stall_other_requests() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut settings = scripted_settings(dir.path(), &[("quick", DIGITS), ("slow", DIGITS)]);
+    if let Some(slow) = settings.models.get_mut("slow") {
+        slow.backend = Some("slow-generate".to_string());
+    }
+    let engine = Engine::new(settings, registry(&["scripted", "slow_generate"]), None);
+    let server = TestServer::start(engine, ServerSettings::default()).await;
+    let body =
+        |model: &str| json!({"model": model, "prompt": "go", "max_tokens": 4, "temperature": 0});
+    let sent = Instant::now();
+    let slow = tokio::spawn(
+        client()
+            .post(server.url("/v1/completions"))
+            .json(&body("slow"))
+            .send(),
+    );
+    // The plugin creates this file when its generate call begins.
+    let marker = dir.path().join("slow.txt.generating");
+    let began = eventually(Duration::from_secs(10), || marker.exists()).await;
+    assert!(began, "the slow model's generate call began");
+
+    let (status, text) = post(&server, "/v1/completions", body("quick")).await;
+    let answered = sent.elapsed();
+    assert_eq!(status, 200, "{text}");
+    assert!(text.contains("0123"), "{text}");
+    // The slow generate returns 2 s after it began, which was after `sent`.
+    assert!(
+        answered < Duration::from_millis(1500),
+        "the quick model was answered {answered:?} after the slow request was sent: it waited \
+         for the slow model's generate"
+    );
+
+    let response = slow.await.expect("join").expect("slow request");
+    assert_eq!(response.status(), 200);
+    let text = response.text().await.expect("body");
+    assert!(text.contains("0123"), "{text}");
 }

@@ -54,8 +54,9 @@ enum Outcome {
 /// prompt at once, not after a blocking-pool thread has woken up (0.06 ms of a 0.3 ms
 /// request overhead on the 2-core dev VM, measured with the engine's first-token debug line).
 /// `block_in_place` keeps the runtime's other tasks moving should a backend's `generate`
-/// block. It needs the multi-thread runtime; on a current-thread one (some tests) the call
-/// happens on the blocking thread instead.
+/// block (test: `a_backend_that_blocks_in_generate_does_not_stall_other_requests`). It needs
+/// the multi-thread runtime; on a current-thread one (some tests) the call happens on the
+/// blocking thread instead.
 pub fn spawn(job: Job, sender: Sender) {
     let flavor = tokio::runtime::Handle::current().runtime_flavor();
     if flavor == tokio::runtime::RuntimeFlavor::MultiThread {

@@ -17,6 +17,7 @@ fn manifest() -> Manifest {
 fn new_backend() -> Result<ScriptedBackend, PluginError> {
     Ok(ScriptedBackend::with_behaviour(Behaviour {
         panic_at_token: Some(PANIC_AT_TOKEN),
+        ..Behaviour::default()
     }))
 }
 

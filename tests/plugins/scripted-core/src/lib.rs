@@ -33,6 +33,9 @@ pub const PARALLEL_GENERATIONS: u32 = 4;
 pub struct Behaviour {
     /// Panic inside `Generation::next` when producing this token (1-based).
     pub panic_at_token: Option<u32>,
+    /// Block inside `Model::generate` this long, after creating `<model file>.generating`
+    /// (so that a test knows the call has begun).
+    pub generate_delay: Option<std::time::Duration>,
 }
 
 /// The scripted backend: loads script files as models.

@@ -9,12 +9,16 @@ use llmlocal_plugin_api::{
     abi_stable::std_types::{ROption, RString, RVec},
     GenerateRequest, Generation, LoadRequest, Model, ModelMetadata, PluginError,
 };
-use std::{path::Path, time::Instant};
+use std::{
+    path::{Path, PathBuf},
+    time::Instant,
+};
 
 /// The context length when the request leaves it to the backend.
 pub const DEFAULT_CONTEXT: u32 = 4096;
 
 pub struct ScriptedModel {
+    path: PathBuf,
     script: Script,
     metadata: ModelMetadata,
     behaviour: Behaviour,
@@ -65,6 +69,7 @@ impl ScriptedModel {
             load_ms: started.elapsed().as_secs_f64() * 1000.0,
         };
         Ok(ScriptedModel {
+            path: path.to_path_buf(),
             script,
             metadata,
             behaviour,
@@ -105,6 +110,13 @@ impl Model for ScriptedModel {
     }
 
     fn generate(&self, request: GenerateRequest) -> Result<Box<dyn Generation>, PluginError> {
+        if let Some(delay) = self.behaviour.generate_delay {
+            let mut marker = self.path.clone().into_os_string();
+            marker.push(".generating");
+            std::fs::write(&marker, b"")
+                .map_err(|e| PluginError::internal(format!("writing the marker file: {e}")))?;
+            std::thread::sleep(delay);
+        }
         let generation = ScriptedGeneration::start(
             self.script.clone(),
             &request,
