@@ -280,6 +280,10 @@ pub struct HttpTiming {
     /// Per run, client TTFT - server prompt_ms: HTTP, JSON, tokenizing (text prompts), the
     /// engine's queue and the hand-offs between the host's threads.
     pub overhead_ms: Option<Millis>,
+    /// `GET /health` on the same connection, one after each measured prompt run: what any
+    /// request costs there (the client's write and wake-up, the server's wake-up, HTTP
+    /// parsing), without the engine. `None` when no run was measured.
+    pub round_trip_ms: Option<Millis>,
 }
 
 /// What one set of streamed HTTP runs measured.
@@ -293,7 +297,12 @@ impl HttpResult {
     /// Prompt tokens/s from the prompt-only runs' time to the first token event (and the
     /// server's own prompt time next to the client's), generated tokens/s of the full runs
     /// from the first token event to the last.
-    fn of(prompt_runs: &[HttpRun], gen_runs: &[HttpRun], prompt_tokens: usize) -> HttpResult {
+    fn of(
+        prompt_runs: &[HttpRun],
+        gen_runs: &[HttpRun],
+        round_trips: &[f64],
+        prompt_tokens: usize,
+    ) -> HttpResult {
         let ttft: Vec<f64> = prompt_runs.iter().map(|r| r.ttft_ms).collect();
         let server_ms: Option<Vec<f64>> = prompt_runs.iter().map(|r| r.server_prompt_ms).collect();
         let overhead: Option<Vec<f64>> = prompt_runs
@@ -311,6 +320,7 @@ impl HttpResult {
                 client_ttft_ms: Millis::of(&ttft).unwrap_or_default(),
                 server_prompt_ms: server_ms.as_deref().and_then(Millis::of),
                 overhead_ms: overhead.as_deref().and_then(Millis::of),
+                round_trip_ms: Millis::of(round_trips),
             },
         }
     }
@@ -336,6 +346,8 @@ pub struct HttpSeries<'a> {
     gen_tokens: usize,
     prompt_runs: Vec<HttpRun>,
     gen_runs: Vec<HttpRun>,
+    /// Milliseconds of each `GET /health` (see [`HttpTiming::round_trip_ms`]).
+    round_trips: Vec<f64>,
 }
 
 impl<'a> HttpSeries<'a> {
@@ -354,6 +366,7 @@ impl<'a> HttpSeries<'a> {
             gen_tokens: setup.gen_tokens,
             prompt_runs: Vec::new(),
             gen_runs: Vec::new(),
+            round_trips: Vec::new(),
         };
         series.request(series.gen_tokens + 1)?;
         Ok(series)
@@ -373,15 +386,38 @@ impl<'a> HttpSeries<'a> {
         let run = self.request(max_tokens)?;
         if record {
             match kind {
-                Kind::Prompt => self.prompt_runs.push(run),
+                Kind::Prompt => {
+                    self.prompt_runs.push(run);
+                    let ms = self.round_trip()?;
+                    self.round_trips.push(ms);
+                }
                 Kind::Generation => self.gen_runs.push(run),
             }
         }
         Ok(())
     }
 
+    /// One `GET /health`: milliseconds from writing the request to the end of the answer.
+    fn round_trip(&mut self) -> anyhow::Result<f64> {
+        // `exchange` reads the rest of the body before it returns.
+        let (started, status) =
+            self.client
+                .exchange("GET", "/health", "", |started, status, _| {
+                    Ok((started, status))
+                })?;
+        if status != 200 {
+            bail!("GET /health answered {status}");
+        }
+        Ok(started.elapsed().as_secs_f64() * 1000.0)
+    }
+
     pub fn result(&self, prompt_tokens: usize) -> HttpResult {
-        HttpResult::of(&self.prompt_runs, &self.gen_runs, prompt_tokens)
+        HttpResult::of(
+            &self.prompt_runs,
+            &self.gen_runs,
+            &self.round_trips,
+            prompt_tokens,
+        )
     }
 
     /// Connections opened so far (1 when every request reused the first).
@@ -981,11 +1017,15 @@ fn timing_line(what: &str, t: &HttpTiming) -> String {
     );
     match (t.server_prompt_ms, t.overhead_ms) {
         (Some(server), Some(over)) => line.push_str(&format!(
-            ", server prompt_ms {:.2}, HTTP + host {:.2} ms (best {:.2})\n",
+            ", server prompt_ms {:.2}, HTTP + host {:.2} ms (best {:.2})",
             server.median, over.median, over.best
         )),
-        _ => line.push_str(" (the server sent no timings)\n"),
+        _ => line.push_str(" (the server sent no timings)"),
     }
+    if let Some(trip) = t.round_trip_ms {
+        line.push_str(&format!(", GET /health {:.2} ms", trip.median));
+    }
+    line.push('\n');
     line
 }
 
