@@ -7,12 +7,12 @@ use llmlocal_scripted_core::{Behaviour, ScriptedBackend};
 use std::time::Duration;
 
 /// How long each `generate` call blocks.
-pub const GENERATE_DELAY: Duration = Duration::from_secs(2);
+pub const GENERATE_DELAY: Duration = Duration::from_secs(3);
 
 fn manifest() -> Manifest {
     llmlocal_scripted_core::manifest_named(
         "slow-generate",
-        "test plugin: scripted, but every generate call blocks for 2 s",
+        "test plugin: scripted, but every generate call blocks for 3 s",
     )
 }
 
