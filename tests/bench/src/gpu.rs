@@ -368,7 +368,7 @@ impl<'a> HttpSeries<'a> {
             gen_runs: Vec::new(),
             round_trips: Vec::new(),
         };
-        series.request(series.gen_tokens + 1)?;
+        series.run(Kind::Generation, false)?;
         Ok(series)
     }
 
@@ -379,11 +379,7 @@ impl<'a> HttpSeries<'a> {
 
     /// One request: prompt-only (`max_tokens` 1) or with the generation; kept when `record`.
     pub fn run(&mut self, kind: Kind, record: bool) -> anyhow::Result<()> {
-        let max_tokens = match kind {
-            Kind::Prompt => 1,
-            Kind::Generation => self.gen_tokens + 1,
-        };
-        let run = self.request(max_tokens)?;
+        let run = self.request(kind.max_tokens(self.gen_tokens))?;
         if record {
             match kind {
                 Kind::Prompt => {

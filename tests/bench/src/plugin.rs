@@ -130,6 +130,17 @@ pub enum Kind {
     Generation,
 }
 
+impl Kind {
+    /// Tokens a run of this kind asks for: one for a prompt-only run; for a generation run
+    /// the first token (which ends the prompt) and `gen_tokens` timed ones after it.
+    pub fn max_tokens(self, gen_tokens: usize) -> usize {
+        match self {
+            Kind::Prompt => 1,
+            Kind::Generation => gen_tokens + 1,
+        }
+    }
+}
+
 /// Unmeasured prompt passes before the measured ones: after a generation, the next prompt
 /// passes ran up to 2x slower on the H100 (the first one or two of them).
 pub const WARM_UP: Duration = Duration::from_millis(200);
@@ -181,15 +192,16 @@ pub fn speed(
     kind: Kind,
 ) -> anyhow::Result<f64> {
     match kind {
-        Kind::Prompt => prompt_speed(model, prompt),
+        Kind::Prompt => prompt_speed(model, setup, prompt),
         Kind::Generation => generation_speed(model, setup, prompt),
     }
 }
 
 /// Prompt tokens/s of one prompt-only run: from asking for the generation to its one token.
-fn prompt_speed(model: &LoadedModel, prompt: &[u32]) -> anyhow::Result<f64> {
+fn prompt_speed(model: &LoadedModel, setup: &Setup, prompt: &[u32]) -> anyhow::Result<f64> {
+    let max_tokens = Kind::Prompt.max_tokens(setup.gen_tokens);
     let started = Instant::now();
-    let mut generation = model.generate(request(prompt, 1))?;
+    let mut generation = model.generate(request(prompt, max_tokens))?;
     let Some(first) = token_times(&mut generation)?.first().copied() else {
         bail!("the plugin generated no tokens");
     };
@@ -198,7 +210,8 @@ fn prompt_speed(model: &LoadedModel, prompt: &[u32]) -> anyhow::Result<f64> {
 
 /// Generated tokens/s of one run of `setup.gen_tokens` tokens after the first.
 fn generation_speed(model: &LoadedModel, setup: &Setup, prompt: &[u32]) -> anyhow::Result<f64> {
-    let mut generation = model.generate(request(prompt, setup.gen_tokens + 1))?;
+    let max_tokens = Kind::Generation.max_tokens(setup.gen_tokens);
+    let mut generation = model.generate(request(prompt, max_tokens))?;
     let times = token_times(&mut generation)?;
     let (Some(first), Some(last)) = (times.first(), times.last()) else {
         bail!("the plugin generated no tokens");
