@@ -170,18 +170,35 @@ pub fn schedule(
 /// Prompt processing (time to the first token) and single-sequence generation speed from
 /// `setup.repeat` runs of each kind, made as [`schedule`] says.
 pub fn run(model: &LoadedModel, setup: &Setup, prompt: &[u32]) -> anyhow::Result<Speed> {
-    let (mut pp, mut tg) = (Vec::new(), Vec::new());
+    let mut runs = Runs::default();
     schedule(setup.repeat, |kind, record| {
         let tps = speed(model, setup, prompt, kind)?;
         if record {
-            match kind {
-                Kind::Prompt => pp.push(tps),
-                Kind::Generation => tg.push(tps),
-            }
+            runs.push(kind, tps);
         }
         Ok(())
     })?;
-    Ok(Speed::of(pp, tg))
+    Ok(runs.speed())
+}
+
+/// Tokens/s of the prompt-only runs and of the generation runs of one path.
+#[derive(Debug, Default)]
+pub struct Runs {
+    pp: Vec<f64>,
+    tg: Vec<f64>,
+}
+
+impl Runs {
+    pub fn push(&mut self, kind: Kind, tps: f64) {
+        match kind {
+            Kind::Prompt => self.pp.push(tps),
+            Kind::Generation => self.tg.push(tps),
+        }
+    }
+
+    pub fn speed(self) -> Speed {
+        Speed::of(self.pp, self.tg)
+    }
 }
 
 /// Tokens/s of one run of `kind`.

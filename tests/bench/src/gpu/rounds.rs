@@ -9,7 +9,7 @@
 
 use super::{
     direct_process::DirectProcess,
-    plugin::{self, Kind},
+    plugin::{self, Kind, Runs},
     HttpSeries, ModelJob, Server,
 };
 use crate::Speed;
@@ -43,26 +43,6 @@ struct Lanes<'a> {
     direct_runs: Runs,
     plugin_runs: Runs,
     http: Option<HttpSeries<'a>>,
-}
-
-/// Tokens/s of the prompt-only runs and of the generation runs.
-#[derive(Default)]
-struct Runs {
-    pp: Vec<f64>,
-    tg: Vec<f64>,
-}
-
-impl Runs {
-    fn push(&mut self, kind: Kind, tps: f64) {
-        match kind {
-            Kind::Prompt => self.pp.push(tps),
-            Kind::Generation => self.tg.push(tps),
-        }
-    }
-
-    fn speed(self) -> Speed {
-        Speed::of(self.pp, self.tg)
-    }
 }
 
 /// `job.rounds` rounds over the three paths (see the module doc). A direct or HTTP failure
