@@ -11,6 +11,8 @@
 #   bash scripts/gpu/device.sh candle  # candle vs llama.cpp, F16 and Q8_0, one stream, with
 #                                      # candle's fused decode kernels and without
 #   bash scripts/gpu/device.sh both    # `llmlocal serve` with both CUDA plugins: does it load?
+#   bash scripts/gpu/device.sh wake    # what one thread wake-up / loopback TCP hop costs here
+#   bash scripts/gpu/device.sh download # 1 GiB from the loopback hub: llmlocal vs curl (issue #5)
 #
 # Results go to $OUT (the device tool's output folder) or /tmp/llmlocal-gpu/out.
 set -uo pipefail
@@ -220,6 +222,21 @@ serve_both() {
     dmesg 2>/dev/null | tail -5
 }
 
+# One thread hand-off and one loopback TCP hop on this machine (scripts/gpu/wake_bench.c): the
+# floor under the HTTP path's overhead. Needs only gcc.
+wake() {
+    gcc -O2 -pthread -o "$W/wake-bench" scripts/gpu/wake_bench.c || return 1
+    "$W/wake-bench" | tee "$OUT/wake-bench.jsonl"
+}
+
+# llmlocal's verified download vs curl on this machine's CPU (host/examples/download_bench.rs),
+# with one core's SHA-256 rate beside it: the bound of a verified download.
+download() {
+    echo "sha_ni: $(grep -c -w sha_ni /proc/cpuinfo) of $(nproc) CPUs"
+    command -v openssl >/dev/null && openssl speed -evp sha256 -bytes 16384 -seconds 2 2>/dev/null | tail -1
+    "$B/download_bench" --size-mib 1024 --runs 6 | tee "$OUT/download-bench.txt"
+}
+
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader >"$OUT/gpu.txt"
 [ "$STEP" = env ] || cat "$OUT/gpu.txt"
 unpack || { echo "cannot unpack .gpu/"; exit 1; }
@@ -246,6 +263,8 @@ http)
     ;;
 both) build_llama && write_models && serve_both ;;
 candle) build_llama && write_models && candle_only ;;
+wake) wake ;;
+download) download ;;
 all) build_llama && write_models && { conformance; agreement; bench; } ;;
-*) echo "usage: $0 build|prepare|unpack|env|bench|http|candle|both|all" >&2; exit 2 ;;
+*) echo "usage: $0 build|prepare|unpack|env|bench|http|candle|both|wake|download|all" >&2; exit 2 ;;
 esac

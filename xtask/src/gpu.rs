@@ -14,7 +14,8 @@
 //!   kernels to PTX, cudarc links cuBLAS/cuRAND/NVRTC). NVIDIA publishes the CUDA toolkit as
 //!   pip wheels; we fetch CUDA 13.0's (the GPU machine's driver 580 runs PTX up to 13.0) into
 //!   target/cuda-toolkit. At run time the GPU machine's own cuBLAS (PyTorch's) is used.
-//! - The host binaries (`gpu-bench`, `conformance`, `llmlocal`) are plain CPU binaries, built
+//! - The host binaries (`gpu-bench`, `conformance`, `llmlocal`, and the `download_bench`
+//!   example, for download speed on that machine's CPU) are plain CPU binaries, built
 //!   with `--release` as users run `llmlocal`: the dev profile keeps our own crates at
 //!   opt-level 1 with overflow checks, and the HTTP path measured there (request parsing, the
 //!   engine, the streamed frames) is our code.
@@ -92,7 +93,12 @@ pub fn command(ws: &Workspace, options: &Options) -> Result<()> {
         )?;
     }
     build_host_binaries(ws)?;
-    for bin in ["gpu-bench", "conformance", "llmlocal"] {
+    for bin in [
+        "gpu-bench",
+        "conformance",
+        "llmlocal",
+        "examples/download_bench",
+    ] {
         copy_stripped(&ws.release_dir().join(bin), &bundle.join("bin"))?;
     }
     pack_llama_source(&llama_source(ws)?, &bundle.join("llama.cpp.tar.gz"))?;
@@ -189,8 +195,10 @@ fn build_host_binaries(ws: &Workspace) -> Result<()> {
             "llmlocal",
             "--bin",
             "llmlocal",
+            "--example",
+            "download_bench",
         ]),
-        "building gpu-bench, conformance and llmlocal",
+        "building gpu-bench, conformance, llmlocal and download_bench",
     )
 }
 
