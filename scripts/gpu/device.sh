@@ -6,7 +6,8 @@
 #                                      # benchmark models, conformance + CPU/GPU agreement
 #   bash scripts/gpu/device.sh prepare # only the llama.cpp build and the benchmark models
 #   bash scripts/gpu/device.sh bench   # the benchmark (needs `build` first on the same machine)
-#   bash scripts/gpu/device.sh http    # HTTP through `llmlocal serve`, llama.cpp plugin alone
+#   bash scripts/gpu/device.sh http    # HTTP through `llmlocal serve`, llama.cpp plugin alone,
+#                                      # and through `direct-bench http` (the floor)
 #                                      # (HTTP_ARGS="--threads 4 --repeat 9": more gpu-bench flags)
 #   bash scripts/gpu/device.sh candle  # candle vs llama.cpp, F16 and Q8_0, one stream, with
 #                                      # candle's fused decode kernels and without
@@ -172,12 +173,13 @@ bench() {
 }
 
 # HTTP only, F16 only, with the llama.cpp plugin alone in the server's plugin folder (with the
-# candle CUDA plugin also loaded, the server process died during the model load; see docs/gpu.md).
+# candle CUDA plugin also loaded, the server process died during the model load; see docs/gpu.md),
+# and `direct-bench http` beside it: the same requests to llama.cpp behind the thinnest server.
 http_only() {
     mkdir -p "$W/plugins-llama"
     cp "$P/libllmlocal_backend_llama_cpp.so" "$W/plugins-llama/"
     "$B/gpu-bench" run --plugin-dir "$W/plugins-llama" --device cuda \
-        --model "F16=$W/models/1b-f16.gguf" --parallel 1 \
+        --model "F16=$W/models/1b-f16.gguf" --parallel 1 --http-floor \
         --direct-bench "$W/direct-bench" --llmlocal "$B/llmlocal" \
         --json "$OUT/gpu-bench-http.json" --log-dir "$OUT" ${HTTP_ARGS:-}
 }

@@ -5,6 +5,8 @@
  *   direct-bench serve MODEL N_PROMPT N_GEN          -> "ready", then per "pp"/"tg" line on
  *                                                       stdin one line: tokens/s of one run
  *   direct-bench batched MODEL N_PROMPT N_GEN N_SEQ  -> {"n_seq": .., "tg_tps": ..} aggregate
+ *   direct-bench http MODEL N_PROMPT N_GEN           -> "ready PORT", then streamed completions
+ *                                                       on 127.0.0.1:PORT (see http_floor)
  *   direct-bench quantize IN OUT [f16]               -> IN re-quantized as Q4_K_M (or F16)
  *
  * The measurement mirrors the plugin benchmark (tests/bench/src/plugin.rs): a prompt of
@@ -14,12 +16,18 @@
  * interleaves these runs with the plugin's and the server's. Context settings
  * are the plugin's: n_ctx = prompt + gen + 16, n_batch = n_ubatch = 512, one sequence, all
  * layers on the GPU. */
+#define _GNU_SOURCE /* strcasestr */
 #include "llama.h"
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <time.h>
+#include <unistd.h>
 
 static const char *STORY =
     "Once upon a time, there was a little girl named Lily. She loved to play outside in the "
@@ -246,6 +254,162 @@ static int batched(const char *path, int n_prompt, int n_gen, int n_seq) {
     return 0;
 }
 
+/* ---- http: the thinnest HTTP front end llama.cpp can have ----
+ *
+ * How close to direct can any server that speaks HTTP get on this host? One thread accepts a
+ * connection and answers its requests (HTTP/1.1, kept alive) itself: for a POST it runs the
+ * prompt pass on that same thread and writes the response headers and the first token's
+ * event in one send, then one event per further token (`max_tokens` from the body; the body's
+ * prompt is not read: the run uses the same N_PROMPT tokens as "serve"), then `[DONE]`.
+ * `GET /health` answers "ok". No thread hand-off anywhere: what is left of the time to first
+ * token, beyond the prompt pass, is the loopback TCP hops and the client. gpu-bench's
+ * `--http-floor` puts it in the rounds beside `llmlocal serve`, with the same client. */
+
+#define REQUEST_MAX (256 * 1024)
+
+static int send_all(int fd, const char *data, size_t len) {
+    while (len > 0) {
+        ssize_t sent = send(fd, data, len, MSG_NOSIGNAL);
+        if (sent <= 0) {
+            return -1;
+        }
+        data += sent;
+        len -= (size_t)sent;
+    }
+    return 0;
+}
+
+/* One request from fd into buf (which may already hold `*have` bytes). Returns its length
+ * (head + body; the bytes after it are the next request's), 0 at EOF, -1 on error. */
+static int read_request(int fd, char *buf, int *have, int *is_get, int *max_tokens) {
+    char *end;
+    int need = -1;
+    for (;;) {
+        buf[*have] = 0;
+        if (need < 0 && (end = strstr(buf, "\r\n\r\n")) != NULL) {
+            int head = (int)(end - buf) + 4;
+            char *length = strcasestr(buf, "\r\ncontent-length:");
+            need = head + (length && length < end ? atoi(length + 17) : 0);
+            if (need >= REQUEST_MAX) {
+                return -1;
+            }
+        }
+        if (need >= 0 && *have >= need) {
+            break;
+        }
+        if (*have >= REQUEST_MAX - 1) {
+            return -1;
+        }
+        ssize_t got = recv(fd, buf + *have, (size_t)(REQUEST_MAX - 1 - *have), 0);
+        if (got <= 0) {
+            return got == 0 && *have == 0 ? 0 : -1;
+        }
+        *have += (int)got;
+    }
+    char kept = buf[need];
+    buf[need] = 0;
+    *is_get = strncmp(buf, "GET ", 4) == 0;
+    char *mt = strstr(buf, "\"max_tokens\":");
+    *max_tokens = mt ? atoi(mt + 13) : 1;
+    buf[need] = kept;
+    return need;
+}
+
+static const char EVENT[] = "data: {\"choices\":[{\"index\":0,\"text\":\"x\"}]}\n\n";
+
+static int send_event(int fd, const char *prefix, const char *event) {
+    char out[512];
+    int len = snprintf(out, sizeof out, "%s%zx\r\n%s\r\n", prefix, strlen(event), event);
+    return send_all(fd, out, (size_t)len);
+}
+
+/* A streamed completion of max_tokens tokens, decoded on this thread. */
+static int answer(int fd, struct llama_context *ctx, struct llama_sampler *greedy,
+                  llama_token *tokens, int n_prompt, int max_tokens) {
+    static const char HEAD[] = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+                               "Transfer-Encoding: chunked\r\n\r\n";
+    llama_memory_clear(llama_get_memory(ctx), true);
+    for (int off = 0; off < n_prompt; off += 512) {
+        int n = n_prompt - off < 512 ? n_prompt - off : 512;
+        if (llama_decode(ctx, llama_batch_get_one(tokens + off, n)) != 0) {
+            static const char FAIL[] = "HTTP/1.1 500 Internal Server Error\r\nContent-Length: 0\r\n\r\n";
+            send_all(fd, FAIL, sizeof FAIL - 1);
+            return -1;
+        }
+    }
+    llama_token token = llama_sampler_sample(greedy, ctx, -1);
+    if (send_event(fd, HEAD, EVENT) != 0) {
+        return -1;
+    }
+    for (int i = 1; i < max_tokens; i++) {
+        if (llama_decode(ctx, llama_batch_get_one(&token, 1)) != 0) {
+            return -1; /* the client sees the stream end without [DONE] */
+        }
+        token = llama_sampler_sample(greedy, ctx, -1);
+        if (send_event(fd, "", EVENT) != 0) {
+            return -1;
+        }
+    }
+    char tail[64];
+    int len = snprintf(tail, sizeof tail, "%zx\r\ndata: [DONE]\n\n\r\n0\r\n\r\n",
+                       strlen("data: [DONE]\n\n"));
+    return send_all(fd, tail, (size_t)len);
+}
+
+static void connection(int fd, struct llama_context *ctx, struct llama_sampler *greedy,
+                       llama_token *tokens, int n_prompt, char *buf) {
+    static const char OK[] = "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\r\nok";
+    int one = 1, have = 0, is_get = 0, max_tokens = 1, used;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    while ((used = read_request(fd, buf, &have, &is_get, &max_tokens)) > 0) {
+        int rc = is_get ? send_all(fd, OK, sizeof OK - 1)
+                        : answer(fd, ctx, greedy, tokens, n_prompt, max_tokens < 1 ? 1 : max_tokens);
+        if (rc != 0) {
+            break;
+        }
+        memmove(buf, buf + used, (size_t)(have - used));
+        have -= used;
+    }
+    close(fd);
+}
+
+static int http_floor(const char *path, int n_prompt, int n_gen) {
+    struct llama_model *model = NULL;
+    /* The context "serve" (and the plugin) use: a request may ask for up to n_gen + 1 tokens. */
+    struct llama_context *ctx = open_model(path, n_prompt + n_gen + 16, 1, &model);
+    llama_token *tokens = ctx ? prompt_tokens(llama_model_get_vocab(model), n_prompt) : NULL;
+    char *buf = malloc(REQUEST_MAX);
+    int lfd = socket(AF_INET, SOCK_STREAM, 0), one = 1;
+    struct sockaddr_in addr = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t len = sizeof addr;
+    if (!tokens || !buf || lfd < 0) {
+        return 1;
+    }
+    setsockopt(lfd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    if (bind(lfd, (struct sockaddr *)&addr, sizeof addr) != 0 || listen(lfd, 4) != 0 ||
+        getsockname(lfd, (struct sockaddr *)&addr, &len) != 0) {
+        perror("listen on 127.0.0.1");
+        return 1;
+    }
+    struct llama_sampler *greedy = llama_sampler_init_greedy();
+    printf("ready %d\n", ntohs(addr.sin_port));
+    fflush(stdout);
+    for (;;) {
+        int fd = accept(lfd, NULL, NULL);
+        if (fd < 0) {
+            perror("accept");
+            break;
+        }
+        connection(fd, ctx, greedy, tokens, n_prompt, buf);
+    }
+    llama_sampler_free(greedy);
+    llama_free(ctx);
+    llama_model_free(model);
+    free(tokens);
+    free(buf);
+    return 1;
+}
+
 int main(int argc, char **argv) {
     llama_log_set(errors_only, NULL);
     llama_backend_init();
@@ -254,6 +418,8 @@ int main(int argc, char **argv) {
         rc = serve(argv[2], atoi(argv[3]), atoi(argv[4]));
     } else if (argc == 6 && strcmp(argv[1], "batched") == 0) {
         rc = batched(argv[2], atoi(argv[3]), atoi(argv[4]), atoi(argv[5]));
+    } else if (argc == 5 && strcmp(argv[1], "http") == 0) {
+        rc = http_floor(argv[2], atoi(argv[3]), atoi(argv[4]));
     } else if (argc == 4 && strcmp(argv[1], "quantize") == 0) {
         rc = quantize(argv[2], argv[3], 0);
     } else if (argc == 5 && strcmp(argv[1], "quantize") == 0 && strcmp(argv[4], "f16") == 0) {
@@ -261,6 +427,7 @@ int main(int argc, char **argv) {
     } else {
         fprintf(stderr, "usage: direct-bench serve MODEL N_PROMPT N_GEN  (pp/tg lines on stdin)\n"
                         "       direct-bench batched MODEL N_PROMPT N_GEN N_SEQ\n"
+                        "       direct-bench http MODEL N_PROMPT N_GEN  (streamed completions on loopback)\n"
                         "       direct-bench quantize IN OUT [f16]\n");
     }
     llama_backend_free();

@@ -559,6 +559,15 @@ pub struct ModelRow {
     pub http_ids_timing: Option<HttpTiming>,
     /// TCP connections the token-id series used (1: every request on one kept connection).
     pub http_ids_connections: Option<usize>,
+    /// `direct-bench http` with the token-id requests (`--http-floor`): the same client
+    /// against a server that runs the prompt on the thread that read the request.
+    pub http_floor: Option<Speed>,
+    pub http_floor_timing: Option<HttpTiming>,
+    pub http_floor_vs_direct_pp: f64,
+    pub http_floor_vs_direct_pp_best: f64,
+    /// `llmlocal serve` / the floor, token-id prompts.
+    pub http_ids_vs_floor_pp: f64,
+    pub http_ids_vs_floor_pp_best: f64,
     /// What the HTTP runs' server loaded the model with (as the plugin run).
     pub http_load: LoadShape,
     /// The plugin's prompt pass with the bench's load vs the server's default load.
@@ -631,6 +640,9 @@ pub struct ModelJob<'a> {
     /// Copy bandwidth in GB/s (bytes read + written per second / 2 = one direction).
     pub bandwidth_gbs: Option<f64>,
     pub candle: bool,
+    /// Also measure `direct-bench http` (the thinnest HTTP front end, see
+    /// scripts/gpu/direct_bench.c) in the rounds, with the same client as `llmlocal serve`.
+    pub http_floor: bool,
 }
 
 /// The pp/tg comparison of one model: the three paths measured in interleaved rounds, and
@@ -641,6 +653,7 @@ struct Paths {
     http: Option<HttpResult>,
     http_ids: Option<HttpResult>,
     http_ids_connections: Option<usize>,
+    http_floor: Option<HttpResult>,
 }
 
 /// Measures one model; each part that fails is reported on stderr and left out.
@@ -679,6 +692,8 @@ pub fn measure(dir: &Path, job: &ModelJob) -> anyhow::Result<ModelRow> {
     let plugin_direct = Ratios::of(through, d);
     let (http_direct, ids_direct) = (Ratios::of(h, d), Ratios::of(hi, d));
     let http_plugin = Ratios::of(h, through);
+    let floor = paths.http_floor.as_ref().map(|r| &r.speed);
+    let (floor_direct, ids_floor) = (Ratios::of(floor, d), Ratios::of(hi, floor));
     let candle_llama = Ratios::of(candle.as_ref(), through);
     Ok(ModelRow {
         label: job.label.clone(),
@@ -708,6 +723,12 @@ pub fn measure(dir: &Path, job: &ModelJob) -> anyhow::Result<ModelRow> {
         http_timing: paths.http.map(|r| r.timing),
         http_ids_timing: paths.http_ids.map(|r| r.timing),
         http_ids_connections: paths.http_ids_connections,
+        http_floor_vs_direct_pp: floor_direct.pp,
+        http_floor_vs_direct_pp_best: floor_direct.pp_best,
+        http_ids_vs_floor_pp: ids_floor.pp,
+        http_ids_vs_floor_pp_best: ids_floor.pp_best,
+        http_floor: paths.http_floor.as_ref().map(|r| r.speed.clone()),
+        http_floor_timing: paths.http_floor.map(|r| r.timing),
         http_load: LoadShape::bench(setup),
         load_cost,
         aggregate,
@@ -734,7 +755,12 @@ fn paths(dir: &Path, job: &ModelJob) -> anyhow::Result<(Paths, Vec<u32>)> {
             .map_err(|e| eprintln!("HTTP (text prompt): {e:#}"))
             .ok()
     });
-    let measured = rounds::rounds(job, &model, server.as_mut(), &prompt)?;
+    let mut floor = job.direct_bench.filter(|_| job.http_floor).and_then(|exe| {
+        start_floor(exe, setup)
+            .map_err(|e| eprintln!("HTTP floor: {e:#}"))
+            .ok()
+    });
+    let measured = rounds::rounds(job, &model, server.as_mut(), floor.as_mut(), &prompt)?;
     let paths = Paths {
         direct: measured.direct,
         plugin: measured.plugin,
@@ -743,8 +769,43 @@ fn paths(dir: &Path, job: &ModelJob) -> anyhow::Result<(Paths, Vec<u32>)> {
         http_ids: measured
             .http_ids
             .map(|series| series.result(setup.prompt_tokens)),
+        http_floor: measured
+            .http_floor
+            .map(|series| series.result(setup.prompt_tokens)),
     };
     Ok((paths, prompt))
+}
+
+/// `direct-bench http` on the model (scripts/gpu/direct_bench.c), once it says it listens.
+fn start_floor(exe: &Path, setup: &Setup) -> anyhow::Result<Server> {
+    eprintln!("HTTP floor: direct-bench http ...");
+    let mut child = Command::new(exe)
+        .arg("http")
+        .arg(&setup.model)
+        .arg(setup.prompt_tokens.to_string())
+        .arg(setup.gen_tokens.to_string())
+        .env("DIRECT_BENCH_THREADS", setup.threads.to_string())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .with_context(|| format!("start {} http", exe.display()))?;
+    let mut line = String::new();
+    if let Some(out) = child.stdout.take() {
+        std::io::BufReader::new(out).read_line(&mut line)?;
+    }
+    let port = line.trim().strip_prefix("ready ").map(str::to_owned);
+    // Owned by `Server` from here: killed on drop, also on the error below.
+    let server = Server {
+        child,
+        addr: format!("127.0.0.1:{}", port.as_deref().unwrap_or_default()),
+    };
+    if port.is_none() {
+        bail!(
+            "direct-bench http said {:?} instead of \"ready PORT\"",
+            line.trim()
+        );
+    }
+    Ok(server)
 }
 
 /// `llmlocal serve` for the model, or `None` (reported) when it does not start.
@@ -951,6 +1012,7 @@ fn best_line(r: &ModelRow) -> String {
         speed("direct", r.direct.as_ref()),
         speed("plugin", Some(&r.plugin)),
         speed("http ids", r.http_ids.as_ref()),
+        speed("http floor", r.http_floor.as_ref()),
     ]
     .into_iter()
     .flatten()
@@ -987,6 +1049,26 @@ fn http_line(r: &ModelRow) -> String {
             line.push_str(&timing_line(what, &t));
         }
     }
+    line.push_str(&floor_line(r));
+    line
+}
+
+/// `direct-bench http` against direct, and `llmlocal serve` against it (token-id prompts).
+fn floor_line(r: &ModelRow) -> String {
+    let (Some(floor), Some(timing)) = (&r.http_floor, &r.http_floor_timing) else {
+        return String::new();
+    };
+    let mut line = format!(
+        "           http floor (direct-bench http) pp {:.0} ({:.3} of direct) [{:.3}], \
+         tg {:.0}; llmlocal ids / floor pp {:.3} [{:.3}]\n",
+        floor.prompt_tps_median,
+        r.http_floor_vs_direct_pp,
+        r.http_floor_vs_direct_pp_best,
+        floor.gen_tps_median,
+        r.http_ids_vs_floor_pp,
+        r.http_ids_vs_floor_pp_best,
+    );
+    line.push_str(&timing_line("flr", timing));
     line
 }
 
@@ -1143,6 +1225,12 @@ mod tests {
             http_timing: None,
             http_ids_timing: None,
             http_ids_connections: Some(1),
+            http_floor: Some(speed.clone()),
+            http_floor_timing: Some(HttpTiming::default()),
+            http_floor_vs_direct_pp: r.pp,
+            http_floor_vs_direct_pp_best: r.pp_best,
+            http_ids_vs_floor_pp: r.pp,
+            http_ids_vs_floor_pp_best: r.pp_best,
             http_load: LoadShape::bench(&setup()),
             load_cost: None,
             plugin_vs_direct_pp: r.pp,
@@ -1189,5 +1277,10 @@ mod tests {
         // Medians (1100, 110) in the row; the bests (1200 120) on the "best runs" line.
         assert!(lines[2].contains(" 1100   110 "), "{text}");
         assert!(lines[3].contains("plugin 1200 120"), "{text}");
+        assert!(lines[3].contains("http floor 1200 120"), "{text}");
+        assert!(
+            text.contains("http floor (direct-bench http) pp 1100 (1.000 of direct)"),
+            "{text}"
+        );
     }
 }

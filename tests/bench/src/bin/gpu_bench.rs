@@ -97,6 +97,10 @@ enum Cmd {
         /// Labels of models also measured with the candle plugin.
         #[arg(long, value_delimiter = ',')]
         candle: Vec<String>,
+        /// Also measure `direct-bench http` (needs --direct-bench) in the rounds: llama.cpp
+        /// behind the thinnest HTTP server, with the same client as `llmlocal serve`.
+        #[arg(long)]
+        http_floor: bool,
         #[arg(long)]
         json: Option<PathBuf>,
         /// Folder for the `llmlocal serve` logs.
@@ -189,6 +193,7 @@ fn main() -> anyhow::Result<()> {
             parallel,
             bandwidth_gbs,
             candle,
+            http_floor,
             json,
             log_dir,
         } => {
@@ -208,6 +213,7 @@ fn main() -> anyhow::Result<()> {
                     log_dir: &log_dir,
                     parallel: &parallel,
                     bandwidth_gbs,
+                    http_floor,
                 };
                 rows.push(gpu::measure(&plugin_dir, &job)?);
                 eprint!("{}", gpu::table(&rows));

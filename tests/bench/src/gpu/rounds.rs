@@ -22,9 +22,11 @@ pub enum Part {
     Direct,
     Plugin,
     HttpIds,
+    /// `direct-bench http`: the same client against the thinnest HTTP front end (`--http-floor`).
+    HttpFloor,
 }
 
-const PARTS: [Part; 3] = [Part::Direct, Part::Plugin, Part::HttpIds];
+const PARTS: [Part; 4] = [Part::Direct, Part::Plugin, Part::HttpIds, Part::HttpFloor];
 
 /// What the rounds measured: per path, the speeds of its runs; HTTP keeps its series (with
 /// the server's own timings).
@@ -32,9 +34,10 @@ pub struct Measured<'a> {
     pub direct: Option<Speed>,
     pub plugin: Speed,
     pub http_ids: Option<HttpSeries<'a>>,
+    pub http_floor: Option<HttpSeries<'a>>,
 }
 
-/// The three paths, each run one measurement at a time.
+/// The paths, each run one measurement at a time.
 struct Lanes<'a> {
     model: &'a LoadedModel,
     job: &'a ModelJob<'a>,
@@ -43,25 +46,30 @@ struct Lanes<'a> {
     direct_runs: Runs,
     plugin_runs: Runs,
     http: Option<HttpSeries<'a>>,
+    floor: Option<HttpSeries<'a>>,
 }
 
-/// `job.rounds` rounds over the three paths (see the module doc). A direct or HTTP failure
-/// drops that path (reported on stderr); a plugin failure ends the measurement.
+/// `job.rounds` rounds over the paths (see the module doc). A direct or HTTP failure drops
+/// that path (reported on stderr); a plugin failure ends the measurement. `floor`: the
+/// `direct-bench http` server, when `--http-floor` asked for it.
 pub fn rounds<'a>(
     job: &'a ModelJob<'a>,
     model: &'a LoadedModel,
     server: Option<&'a mut Server>,
+    floor: Option<&'a mut Server>,
     prompt: &'a [u32],
 ) -> anyhow::Result<Measured<'a>> {
     let setup = &job.setup;
     // The first generation of a context pays first-use costs (cuBLAS handles, CUDA graphs):
     // each path makes one unmeasured run of prompt + generation first.
     plugin::speed(model, setup, prompt, Kind::Generation)?;
-    let http = server.and_then(|server| {
+    let series = |server: &'a mut Server, what: &str| {
         HttpSeries::start(server, &serde_json::json!(prompt), setup)
-            .map_err(|e| eprintln!("HTTP (token-id prompt): {e:#}"))
+            .map_err(|e| eprintln!("{what}: {e:#}"))
             .ok()
-    });
+    };
+    let http = server.and_then(|server| series(server, "HTTP (token-id prompt)"));
+    let floor = floor.and_then(|server| series(server, "HTTP floor"));
     let direct = job.direct_bench.and_then(|exe| {
         DirectProcess::start(exe, setup)
             .and_then(|mut direct| direct.run(Kind::Generation).map(|_| direct))
@@ -76,6 +84,7 @@ pub fn rounds<'a>(
         direct_runs: Runs::default(),
         plugin_runs: Runs::default(),
         http,
+        floor,
     };
     for round in 0..job.rounds {
         eprintln!("{}: round {}/{} ...", job.label, round + 1, job.rounds);
@@ -85,6 +94,7 @@ pub fn rounds<'a>(
         direct: lanes.direct.is_some().then(|| lanes.direct_runs.speed()),
         plugin: lanes.plugin_runs.speed(),
         http_ids: lanes.http,
+        http_floor: lanes.floor,
     })
 }
 
@@ -93,16 +103,17 @@ impl Lanes<'_> {
     /// one run of each path in turn.
     fn round(&mut self, round: usize) -> anyhow::Result<()> {
         let repeat = self.job.setup.repeat;
-        for part in PARTS {
-            let until = Instant::now() + plugin::WARM_UP / PARTS.len() as u32;
+        let parts: Vec<Part> = PARTS.into_iter().filter(|&p| self.has(p)).collect();
+        for &part in &parts {
+            let until = Instant::now() + plugin::WARM_UP / parts.len() as u32;
             while Instant::now() < until && self.has(part) {
                 self.run(part, Kind::Prompt, false)?;
             }
         }
         for kind in [Kind::Prompt, Kind::Generation] {
             for i in 0..repeat {
-                for k in 0..PARTS.len() {
-                    let part = PARTS[(round * repeat + i + k) % PARTS.len()];
+                for k in 0..parts.len() {
+                    let part = parts[(round * repeat + i + k) % parts.len()];
                     self.run(part, kind, true)?;
                 }
             }
@@ -116,6 +127,7 @@ impl Lanes<'_> {
             Part::Direct => self.direct.is_some(),
             Part::Plugin => true,
             Part::HttpIds => self.http.is_some(),
+            Part::HttpFloor => self.floor.is_some(),
         }
     }
 
@@ -141,16 +153,20 @@ impl Lanes<'_> {
                     self.plugin_runs.push(kind, tps);
                 }
             }
-            Part::HttpIds => {
-                let Some(series) = self.http.as_mut() else {
-                    return Ok(());
-                };
-                if let Err(e) = series.run(kind, record) {
-                    eprintln!("HTTP (token-id prompt): {e:#}");
-                    self.http = None;
-                }
-            }
+            Part::HttpIds => run_http(&mut self.http, kind, record, "HTTP (token-id prompt)"),
+            Part::HttpFloor => run_http(&mut self.floor, kind, record, "HTTP floor"),
         }
         Ok(())
+    }
+}
+
+/// One run of an HTTP lane; a failure is reported and drops the lane.
+fn run_http(lane: &mut Option<HttpSeries<'_>>, kind: Kind, record: bool, what: &str) {
+    let Some(series) = lane.as_mut() else {
+        return;
+    };
+    if let Err(e) = series.run(kind, record) {
+        eprintln!("{what}: {e:#}");
+        *lane = None;
     }
 }
