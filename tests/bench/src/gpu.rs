@@ -756,7 +756,8 @@ fn paths(dir: &Path, job: &ModelJob) -> anyhow::Result<(Paths, Vec<u32>)> {
             .ok()
     });
     let mut floor = job.direct_bench.filter(|_| job.http_floor).and_then(|exe| {
-        start_floor(exe, setup)
+        eprintln!("{}: HTTP floor (direct-bench http) ...", job.label);
+        direct_process::start_http(exe, setup)
             .map_err(|e| eprintln!("HTTP floor: {e:#}"))
             .ok()
     });
@@ -774,38 +775,6 @@ fn paths(dir: &Path, job: &ModelJob) -> anyhow::Result<(Paths, Vec<u32>)> {
             .map(|series| series.result(setup.prompt_tokens)),
     };
     Ok((paths, prompt))
-}
-
-/// `direct-bench http` on the model (scripts/gpu/direct_bench.c), once it says it listens.
-fn start_floor(exe: &Path, setup: &Setup) -> anyhow::Result<Server> {
-    eprintln!("HTTP floor: direct-bench http ...");
-    let mut child = Command::new(exe)
-        .arg("http")
-        .arg(&setup.model)
-        .arg(setup.prompt_tokens.to_string())
-        .arg(setup.gen_tokens.to_string())
-        .env("DIRECT_BENCH_THREADS", setup.threads.to_string())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .with_context(|| format!("start {} http", exe.display()))?;
-    let mut line = String::new();
-    if let Some(out) = child.stdout.take() {
-        std::io::BufReader::new(out).read_line(&mut line)?;
-    }
-    let port = line.trim().strip_prefix("ready ").map(str::to_owned);
-    // Owned by `Server` from here: killed on drop, also on the error below.
-    let server = Server {
-        child,
-        addr: format!("127.0.0.1:{}", port.as_deref().unwrap_or_default()),
-    };
-    if port.is_none() {
-        bail!(
-            "direct-bench http said {:?} instead of \"ready PORT\"",
-            line.trim()
-        );
-    }
-    Ok(server)
 }
 
 /// `llmlocal serve` for the model, or `None` (reported) when it does not start.

@@ -1,6 +1,8 @@
-//! `direct-bench serve` (scripts/gpu/direct_bench.c) as a child process that makes single
-//! runs on request: llama.cpp driven through its C API, loaded once for all rounds.
+//! `direct-bench` (scripts/gpu/direct_bench.c) as a child process loaded once for all
+//! rounds: `serve` makes single runs on request (llama.cpp driven through its C API), `http`
+//! answers streamed completions itself (the HTTP floor).
 
+use super::Server;
 use crate::{plugin::Kind, Setup};
 use anyhow::{anyhow, bail, Context as _};
 use std::{
@@ -8,6 +10,45 @@ use std::{
     path::Path,
     process::{Child, ChildStdin, ChildStdout, Command, Stdio},
 };
+
+/// `direct-bench MODE MODEL N_PROMPT N_GEN` on `setup`'s model, started with its stdout piped.
+fn spawn(exe: &Path, mode: &str, setup: &Setup, stdin: Stdio) -> anyhow::Result<Child> {
+    Command::new(exe)
+        .arg(mode)
+        .arg(&setup.model)
+        .arg(setup.prompt_tokens.to_string())
+        .arg(setup.gen_tokens.to_string())
+        // The plugin's thread count when the bench sets one (direct-bench keeps llama.cpp's
+        // default of 4 otherwise).
+        .env("DIRECT_BENCH_THREADS", setup.threads.to_string())
+        .stdin(stdin)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .with_context(|| format!("start {} {mode}", exe.display()))
+}
+
+/// `direct-bench http` on `setup`'s model, once it says on which port it listens.
+pub fn start_http(exe: &Path, setup: &Setup) -> anyhow::Result<Server> {
+    let mut child = spawn(exe, "http", setup, Stdio::null())?;
+    let mut line = String::new();
+    if let Some(out) = child.stdout.take() {
+        BufReader::new(out).read_line(&mut line)?;
+    }
+    let port = line.trim().strip_prefix("ready ").map(str::to_owned);
+    // Owned by `Server` from here: killed on drop, also on the error below.
+    let server = Server {
+        child,
+        addr: format!("127.0.0.1:{}", port.as_deref().unwrap_or_default()),
+    };
+    match port {
+        Some(port) if port.parse::<u16>().is_ok() => Ok(server),
+        _ => bail!(
+            "direct-bench http said {:?} instead of \"ready PORT\"",
+            line.trim()
+        ),
+    }
+}
 
 /// The running `direct-bench serve`; killed on drop.
 pub struct DirectProcess {
@@ -26,19 +67,7 @@ impl Drop for DirectProcess {
 impl DirectProcess {
     /// Starts it on `setup`'s model and waits until the model is loaded.
     pub fn start(exe: &Path, setup: &Setup) -> anyhow::Result<Self> {
-        let mut child = Command::new(exe)
-            .arg("serve")
-            .arg(&setup.model)
-            .arg(setup.prompt_tokens.to_string())
-            .arg(setup.gen_tokens.to_string())
-            // The plugin's thread count when the bench sets one (direct-bench keeps
-            // llama.cpp's default of 4 otherwise).
-            .env("DIRECT_BENCH_THREADS", setup.threads.to_string())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .with_context(|| format!("start {} serve", exe.display()))?;
+        let mut child = spawn(exe, "serve", setup, Stdio::piped())?;
         let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
             bail!("no pipes to {}", exe.display());
         };
@@ -133,5 +162,24 @@ mod tests {
         assert!(direct.run(Kind::Prompt).is_err());
         // It has ended: the next run is an error too, not a hang.
         assert!(direct.run(Kind::Prompt).is_err());
+    }
+
+    #[test]
+    fn the_http_floor_is_reached_on_the_port_it_names() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        // The mode and the arguments come through, and the port it prints is the address.
+        let exe = stand_in(
+            dir.path(),
+            "[ \"$1 $3 $4\" = \"http 512 128\" ] && echo 'ready 40123' && sleep 5\n",
+        );
+        let server = start_http(&exe, &setup()).expect("start");
+        assert_eq!(server.addr, "127.0.0.1:40123");
+        for said in ["echo 'cannot load model'", "echo 'ready soon'", "true"] {
+            let exe = stand_in(dir.path(), &format!("{said}\n"));
+            match start_http(&exe, &setup()) {
+                Ok(server) => panic!("{said}: started at {}", server.addr),
+                Err(err) => assert!(err.to_string().contains("instead of"), "{said}: {err}"),
+            }
+        }
     }
 }
