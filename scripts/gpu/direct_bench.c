@@ -116,10 +116,9 @@ static struct llama_context *open_model(const char *path, int n_ctx, int n_seq,
 
 /* One run: the prompt timed to the first greedy token, then n_gen tokens (none: a prompt-only
  * run); tokens/s of each. */
-static int bench_run(struct llama_context *ctx, struct llama_sampler *greedy, llama_token *tokens,
-                     int n_prompt, int n_gen, double *pp, double *tg) {
-    llama_memory_clear(llama_get_memory(ctx), true);
-    double started = now();
+/* The prompt, decoded in batches of 512 into an empty sequence, and its greedy first token. */
+static int prompt_pass(struct llama_context *ctx, struct llama_sampler *greedy, llama_token *tokens,
+                       int n_prompt, llama_token *first) {
     for (int off = 0; off < n_prompt; off += 512) {
         int n = n_prompt - off < 512 ? n_prompt - off : 512;
         if (llama_decode(ctx, llama_batch_get_one(tokens + off, n)) != 0) {
@@ -127,15 +126,34 @@ static int bench_run(struct llama_context *ctx, struct llama_sampler *greedy, ll
             return 1;
         }
     }
-    llama_token token = llama_sampler_sample(greedy, ctx, -1);
+    *first = llama_sampler_sample(greedy, ctx, -1);
+    return 0;
+}
+
+/* One generation step: decodes *token and replaces it with the next greedy token. */
+static int next_token(struct llama_context *ctx, struct llama_sampler *greedy, llama_token *token) {
+    if (llama_decode(ctx, llama_batch_get_one(token, 1)) != 0) {
+        fprintf(stderr, "generation decode failed\n");
+        return 1;
+    }
+    *token = llama_sampler_sample(greedy, ctx, -1);
+    return 0;
+}
+
+static int bench_run(struct llama_context *ctx, struct llama_sampler *greedy, llama_token *tokens,
+                     int n_prompt, int n_gen, double *pp, double *tg) {
+    llama_memory_clear(llama_get_memory(ctx), true);
+    double started = now();
+    llama_token token;
+    if (prompt_pass(ctx, greedy, tokens, n_prompt, &token) != 0) {
+        return 1;
+    }
     *pp = n_prompt / (now() - started);
     started = now();
     for (int i = 0; i < n_gen; i++) {
-        if (llama_decode(ctx, llama_batch_get_one(&token, 1)) != 0) {
-            fprintf(stderr, "generation decode failed\n");
+        if (next_token(ctx, greedy, &token) != 0) {
             return 1;
         }
-        token = llama_sampler_sample(greedy, ctx, -1);
     }
     *tg = n_gen > 0 ? n_gen / (now() - started) : 0;
     return 0;
@@ -329,23 +347,19 @@ static int answer(int fd, struct llama_context *ctx, struct llama_sampler *greed
     static const char HEAD[] = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
                                "Transfer-Encoding: chunked\r\n\r\n";
     llama_memory_clear(llama_get_memory(ctx), true);
-    for (int off = 0; off < n_prompt; off += 512) {
-        int n = n_prompt - off < 512 ? n_prompt - off : 512;
-        if (llama_decode(ctx, llama_batch_get_one(tokens + off, n)) != 0) {
-            static const char FAIL[] = "HTTP/1.1 500 Internal Server Error\r\nContent-Length: 0\r\n\r\n";
-            send_all(fd, FAIL, sizeof FAIL - 1);
-            return -1;
-        }
+    llama_token token;
+    if (prompt_pass(ctx, greedy, tokens, n_prompt, &token) != 0) {
+        static const char FAIL[] = "HTTP/1.1 500 Internal Server Error\r\nContent-Length: 0\r\n\r\n";
+        send_all(fd, FAIL, sizeof FAIL - 1);
+        return -1;
     }
-    llama_token token = llama_sampler_sample(greedy, ctx, -1);
     if (send_event(fd, HEAD, EVENT) != 0) {
         return -1;
     }
     for (int i = 1; i < max_tokens; i++) {
-        if (llama_decode(ctx, llama_batch_get_one(&token, 1)) != 0) {
+        if (next_token(ctx, greedy, &token) != 0) {
             return -1; /* the client sees the stream end without [DONE] */
         }
-        token = llama_sampler_sample(greedy, ctx, -1);
         if (send_event(fd, "", EVENT) != 0) {
             return -1;
         }
