@@ -55,14 +55,14 @@ fn plugins_lists_loaded_and_refused_with_reasons() {
         .lines()
         .find(|l| l.contains(&common::library_of("scripted")))
         .unwrap_or_else(|| panic!("no scripted row in:\n{stdout}"));
-    for cell in ["loaded", "scripted", "0.1.0", "1.0.0", "cpu", "parallel=4"] {
+    for cell in ["loaded", "scripted", "0.1.0", "2.0.0", "cpu", "parallel=4"] {
         assert!(
             scripted_row.contains(cell),
             "{cell:?} missing from {scripted_row:?}"
         );
     }
     for reason in [
-        "built for plugin API 2.0.0",
+        "built for plugin API 3.0.0",
         "exports no llmlocal root module",
         "not a loadable library",
     ] {
@@ -121,7 +121,7 @@ fn plugins_json_has_every_library() {
     let bad = by_file("bad-major");
     assert_eq!(bad["status"], "refused");
     assert!(
-        bad["reason"].as_str().is_some_and(|r| r.contains("2.0.0")),
+        bad["reason"].as_str().is_some_and(|r| r.contains("3.0.0")),
         "{bad}"
     );
     assert_eq!(by_file("text")["status"], "refused");

@@ -5,8 +5,8 @@ mod server_support;
 
 use futures_util::StreamExt;
 use llmlocal::engine::{
-    memory, template::CHATML_STOP, ChatMessage, ChatTemplate, Completion, Engine, EngineError,
-    ErrorClass, Event, FinishReason, GenerationConfig, ModelEntry, Prompt,
+    memory, template::CHATML_STOP, ChatMessage, ChatTemplate, Completion, Constraint, Engine,
+    EngineError, ErrorClass, Event, FinishReason, GenerationConfig, ModelEntry, Prompt,
 };
 use server_support::{eventually, metric, scripted_engine, scripted_settings};
 use std::time::Duration;
@@ -183,6 +183,60 @@ async fn errors_before_the_first_token_have_classes() {
     )
     .await;
     assert_eq!(empty.class(), ErrorClass::BadRequest, "{empty}");
+}
+
+/// The scripted backend declares no capability beyond plain sampling: each request that
+/// needs one is a 400 naming the backend and the capability, before the plugin is called.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_request_needing_an_undeclared_capability_names_it() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let engine = engine_answering(dir.path(), SCRIPT);
+    let cases = [
+        (
+            "grammar",
+            GenerationConfig {
+                constraint: Some(Constraint::Grammar("root ::= \"a\"".into())),
+                ..GenerationConfig::default()
+            },
+        ),
+        (
+            "json-schema",
+            GenerationConfig {
+                constraint: Some(Constraint::JsonSchema("{}".into())),
+                ..GenerationConfig::default()
+            },
+        ),
+        (
+            "logprobs",
+            GenerationConfig {
+                logprobs: Some(2),
+                ..GenerationConfig::default()
+            },
+        ),
+        (
+            "logit-bias",
+            GenerationConfig {
+                logit_bias: vec![(65, f32::NEG_INFINITY)],
+                ..GenerationConfig::default()
+            },
+        ),
+        (
+            "full-sampling",
+            GenerationConfig {
+                presence_penalty: Some(0.5),
+                ..GenerationConfig::default()
+            },
+        ),
+    ];
+    for (capability, config) in cases {
+        let err = refused(&engine, "s", text("x"), config).await;
+        assert_eq!(err.class(), ErrorClass::BadRequest, "{err}");
+        let message = err.to_string();
+        assert!(
+            message.contains("`scripted`") && message.contains(&format!("`{capability}`")),
+            "{message}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

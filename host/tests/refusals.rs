@@ -69,7 +69,7 @@ fn every_broken_plugin_is_refused_with_its_reason_and_the_good_ones_load() {
     assert_contains(
         reason(&registry, "bad-major"),
         &[
-            "built for plugin API 2.0.0",
+            "built for plugin API 3.0.0",
             "supports 1.x",
             "rebuild the plugin",
             "upgrade llmlocal",
@@ -78,7 +78,7 @@ fn every_broken_plugin_is_refused_with_its_reason_and_the_good_ones_load() {
     assert_contains(
         reason(&registry, "newer-minor"),
         &[
-            "built for plugin API 1.99.0",
+            "built for plugin API 2.99.0",
             "newer than",
             "upgrade llmlocal",
         ],

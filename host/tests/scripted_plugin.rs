@@ -35,7 +35,10 @@ fn drain(generation: &mut RunningGeneration) -> (Vec<u32>, String, FinishReason)
                 ids.push(token.id);
                 text.push_str(&token.text);
             }
-            Step::Finished(reason) => return (ids, text, reason),
+            Step::Finished(end) => {
+                text.push_str(&end.text);
+                return (ids, text, end.reason);
+            }
         }
     }
     panic!("the generation did not end");
@@ -138,8 +141,8 @@ fn greedy_generation_streams_the_script_then_ends() {
     assert_eq!(reason, FinishReason::EndOfGeneration);
     // After the end, the same end again.
     assert_eq!(
-        generation.next().expect("next"),
-        Step::Finished(FinishReason::EndOfGeneration)
+        generation.next().expect("next").finish_reason(),
+        Some(FinishReason::EndOfGeneration)
     );
     let stats = generation.stats().expect("stats");
     assert_eq!(stats.prompt_tokens as usize, prompt.len());
@@ -201,7 +204,7 @@ fn sampling_settings_change_the_output_deterministically() {
         let mut request = GenerateRequest::greedy(vec![BOS, 1], 100);
         request.sampling = Sampling {
             temperature: 0.8,
-            seed,
+            seed: Some(seed).into(),
             ..Sampling::default()
         };
         drain(&mut model.generate(request).expect("generate")).1

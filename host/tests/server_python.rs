@@ -70,6 +70,15 @@ for m in models:
     check(ocs == chat, name + ": ollama chat stream %r" % ocs)
     check(oc["eval_count"] >= 1 and oc["done"], name + ": ollama final fields")
 
+    # Structured output: the schema's JSON through both dialects, the same greedy answer.
+    schema = {"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"], "additionalProperties": False}
+    rf = {"type": "json_schema", "json_schema": {"name": "answer", "schema": schema}}
+    so = oa.chat.completions.create(model=name, messages=msgs, temperature=0, max_tokens=60, response_format=rf)
+    answer = json.loads(so.choices[0].message.content)
+    check(set(answer) == {"ok"} and isinstance(answer["ok"], bool), name + ": openai structured output %r" % answer)
+    check(so.choices[0].finish_reason == "stop", name + ": structured output ends by itself")
+    oj = ol.chat(model=name, messages=msgs, options=opts, format=schema)
+    check(json.loads(oj["message"]["content"]) == answer, name + ": ollama format %r == openai %r" % (oj["message"]["content"], answer))
     if m.get("expect_chat") is not None:
         check(chat == m["expect_chat"], name + ": chat %r != designed %r" % (chat, m["expect_chat"]))
     if m.get("expect_completion") is not None:

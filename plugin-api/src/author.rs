@@ -1,9 +1,11 @@
 //! The traits a plugin author implements: plain Rust, `Result`-returning, no FFI types in
-//! sight except the plain data of [`crate::types`]. `export_backend!` adapts them.
+//! sight except the plain data of the request, metadata and step modules. `export_backend!` adapts them.
 
 use crate::{
     error::PluginError,
-    types::{GenerateRequest, GenerationStats, LoadRequest, ModelMetadata, Step},
+    metadata::ModelMetadata,
+    request::{EmbedRequest, GenerateRequest, LoadRequest},
+    step::{GenerationStats, Step},
 };
 
 /// Loads models. One instance per process; `load` may be called from several threads.
@@ -27,13 +29,17 @@ pub trait Model: Send + Sync + 'static {
     fn detokenize(&self, tokens: &[u32], skip_special: bool) -> Result<String, PluginError>;
 
     /// Starts a generation. It must own (or share) what it needs: it outlives this borrow.
+    /// The export glue has already checked the request against the contract
+    /// ([`GenerateRequest::validate`]) and the declared capabilities.
     fn generate(&self, request: GenerateRequest) -> Result<Box<dyn Generation>, PluginError>;
 
     /// Next-token logits (one per vocabulary entry) after `tokens`, from an empty context.
     /// Used to check that backends agree numerically.
     fn logits(&self, tokens: &[u32]) -> Result<Vec<f32>, PluginError>;
 
-    fn embed(&self, _tokens: &[u32]) -> Result<Vec<f32>, PluginError> {
+    /// One vector per input (docs/contract.md, "Embeddings"). Only called when the manifest
+    /// declares `embeddings`.
+    fn embed(&self, _request: EmbedRequest) -> Result<Vec<Vec<f32>>, PluginError> {
         Err(PluginError::unsupported(
             "this backend does not compute embeddings",
         ))

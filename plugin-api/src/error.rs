@@ -3,32 +3,60 @@
 use abi_stable::{std_types::RString, StableAbi};
 use std::fmt;
 
-/// What went wrong, so the host can map it to a status (404, 400, 507, ...) without parsing
-/// the message. New kinds need a new major version (the enum is exhaustive across the ABI).
-#[repr(u8)]
-#[derive(StableAbi, Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum ErrorKind {
-    /// A model or adapter file does not exist.
-    NotFound,
-    /// The file is not in a format this backend reads (or is corrupt/truncated).
-    UnsupportedFormat,
-    /// The format is fine but the model architecture is not implemented.
-    UnsupportedArchitecture,
-    /// Not enough memory (host RAM or device memory) for the request.
-    OutOfMemory,
-    /// A LoRA adapter does not fit the base model.
-    AdapterIncompatible,
-    /// The operation was cancelled.
-    Cancelled,
-    /// The request itself is wrong (empty prompt, context too long, bad sampling values).
-    InvalidRequest,
-    /// The backend does not implement this operation (e.g. embeddings).
-    Unsupported,
-    /// A bug or an unexpected failure inside the backend, including a caught panic.
-    Internal,
+/// What went wrong, so the host can map it to a status (404, 400, 503, ...) without parsing
+/// the message. A number across the boundary, so kinds can be added in minor versions: a
+/// host reading a kind it does not know treats it as `Internal`.
+#[repr(transparent)]
+#[derive(StableAbi, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ErrorKind(pub u16);
+
+impl fmt::Debug for ErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            ErrorKind::NotFound => f.write_str("NotFound"),
+            ErrorKind::UnsupportedFormat => f.write_str("UnsupportedFormat"),
+            ErrorKind::UnsupportedArchitecture => f.write_str("UnsupportedArchitecture"),
+            ErrorKind::OutOfMemory => f.write_str("OutOfMemory"),
+            ErrorKind::AdapterIncompatible => f.write_str("AdapterIncompatible"),
+            ErrorKind::Cancelled => f.write_str("Cancelled"),
+            ErrorKind::InvalidRequest => f.write_str("InvalidRequest"),
+            ErrorKind::Unsupported => f.write_str("Unsupported"),
+            ErrorKind::Internal => f.write_str("Internal"),
+            ErrorKind::Unavailable => f.write_str("Unavailable"),
+            ErrorKind::Timeout => f.write_str("Timeout"),
+            ErrorKind(other) => write!(f, "ErrorKind({other})"),
+        }
+    }
 }
 
+#[allow(non_upper_case_globals)]
 impl ErrorKind {
+    /// A model or adapter file does not exist.
+    pub const NotFound: ErrorKind = ErrorKind(1);
+    /// The file is not in a format this backend reads (or is corrupt/truncated). The host may
+    /// try the next backend that claims the format.
+    pub const UnsupportedFormat: ErrorKind = ErrorKind(2);
+    /// The format is fine but the model architecture is not implemented.
+    pub const UnsupportedArchitecture: ErrorKind = ErrorKind(3);
+    /// Not enough memory (host RAM or device memory) for the request.
+    pub const OutOfMemory: ErrorKind = ErrorKind(4);
+    /// A LoRA adapter does not fit the base model.
+    pub const AdapterIncompatible: ErrorKind = ErrorKind(5);
+    /// The operation was cancelled.
+    pub const Cancelled: ErrorKind = ErrorKind(6);
+    /// The request itself is wrong (empty prompt, out-of-vocabulary ids, context too long,
+    /// bad sampling values, an invalid grammar or schema).
+    pub const InvalidRequest: ErrorKind = ErrorKind(7);
+    /// The backend does not implement this operation (e.g. embeddings).
+    pub const Unsupported: ErrorKind = ErrorKind(8);
+    /// A bug or an unexpected failure inside the backend, including a caught panic.
+    pub const Internal: ErrorKind = ErrorKind(9);
+    /// The backend (a worker process, a remote server, a device) cannot serve now; a retry
+    /// later may succeed.
+    pub const Unavailable: ErrorKind = ErrorKind(10);
+    /// The operation did not finish within its deadline.
+    pub const Timeout: ErrorKind = ErrorKind(11);
+
     pub fn as_str(self) -> &'static str {
         match self {
             ErrorKind::NotFound => "not found",
@@ -39,7 +67,9 @@ impl ErrorKind {
             ErrorKind::Cancelled => "cancelled",
             ErrorKind::InvalidRequest => "invalid request",
             ErrorKind::Unsupported => "unsupported",
-            ErrorKind::Internal => "internal error",
+            ErrorKind::Unavailable => "unavailable",
+            ErrorKind::Timeout => "timeout",
+            _ => "internal error",
         }
     }
 }
@@ -85,6 +115,12 @@ impl PluginError {
     }
     pub fn internal(message: impl Into<String>) -> Self {
         Self::new(ErrorKind::Internal, message)
+    }
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Unavailable, message)
+    }
+    pub fn timeout(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Timeout, message)
     }
 }
 

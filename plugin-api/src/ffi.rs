@@ -10,7 +10,9 @@
 
 use crate::{
     error::PluginError,
-    types::{GenerateRequest, GenerationStats, LoadRequest, ModelMetadata, Step},
+    metadata::ModelMetadata,
+    request::{EmbedRequest, GenerateRequest, LoadRequest},
+    step::{GenerationStats, Step},
 };
 use abi_stable::{
     sabi_trait,
@@ -48,7 +50,7 @@ pub trait FfiModel: Send + Sync {
     fn logits(&self, tokens: RSlice<'_, u32>) -> RResult<RVec<f32>, PluginError>;
 
     #[sabi(last_prefix_field)]
-    fn embed(&self, tokens: RSlice<'_, u32>) -> RResult<RVec<f32>, PluginError>;
+    fn embed(&self, request: EmbedRequest) -> RResult<RVec<RVec<f32>>, PluginError>;
 }
 
 /// A running generation. Pull-based: every `next` returns one token or the end.

@@ -10,7 +10,10 @@ use crate::{
         FfiModel_TO, GenerationBox, ModelBox,
     },
     log::{self, BackendConfig},
-    types::{GenerateRequest, GenerationStats, LoadRequest, Manifest, ModelMetadata, Step},
+    manifest::{capability, Capabilities, Manifest},
+    metadata::ModelMetadata,
+    request::{EmbedRequest, GenerateRequest, LoadRequest},
+    step::{GenerationStats, Step},
 };
 use abi_stable::{
     sabi_trait::TD_Opaque,
@@ -66,6 +69,7 @@ pub fn export_manifest(
 #[doc(hidden)]
 pub fn export_new_backend<B: Backend>(
     config: BackendConfig,
+    manifest: impl FnOnce() -> Manifest,
     f: impl FnOnce() -> Result<B, PluginError>,
 ) -> RResult<BackendBox, PluginError> {
     guarded("new_backend", || {
@@ -75,19 +79,28 @@ pub fn export_new_backend<B: Backend>(
         std::panic::set_hook(Box::new(|info| {
             tracing::debug!(target: "llmlocal_plugin", "panic caught at the plugin boundary: {info}");
         }));
+        let capabilities = manifest().capabilities;
         let backend = f()?;
         Ok(FfiBackend_TO::from_value(
-            BackendAdapter(Some(Box::new(backend))),
+            BackendAdapter {
+                inner: Some(Box::new(backend)),
+                capabilities,
+            },
             TD_Opaque,
         ))
     })
 }
 
-struct BackendAdapter(Option<Box<dyn Backend>>);
+struct BackendAdapter {
+    inner: Option<Box<dyn Backend>>,
+    /// What the manifest declared: requests needing anything else are refused here too, so a
+    /// host that skips its own check still never reaches code the author did not write.
+    capabilities: Capabilities,
+}
 
 impl BackendAdapter {
     fn inner(&self) -> Result<&dyn Backend, PluginError> {
-        self.0
+        self.inner
             .as_deref()
             .ok_or_else(|| PluginError::internal("backend already dropped"))
     }
@@ -96,9 +109,15 @@ impl BackendAdapter {
 impl FfiBackend for BackendAdapter {
     fn load(&self, request: LoadRequest) -> RResult<ModelBox, PluginError> {
         guarded("load", || {
+            crate::extension::reject_unknown(&request.extensions, &[])?;
             let model = self.inner()?.load(request)?;
+            let vocab_size = model.metadata().vocab_size;
             Ok(FfiModel_TO::from_value(
-                ModelAdapter(Some(model)),
+                ModelAdapter {
+                    inner: Some(model),
+                    capabilities: self.capabilities.clone(),
+                    vocab_size,
+                },
                 TD_Opaque,
             ))
         })
@@ -107,17 +126,41 @@ impl FfiBackend for BackendAdapter {
 
 impl Drop for BackendAdapter {
     fn drop(&mut self) {
-        drop_guarded(self.0.take());
+        drop_guarded(self.inner.take());
     }
 }
 
-struct ModelAdapter(Option<Box<dyn Model>>);
+struct ModelAdapter {
+    inner: Option<Box<dyn Model>>,
+    capabilities: Capabilities,
+    vocab_size: u32,
+}
 
 impl ModelAdapter {
     fn inner(&self) -> Result<&dyn Model, PluginError> {
-        self.0
+        self.inner
             .as_deref()
             .ok_or_else(|| PluginError::internal("model already dropped"))
+    }
+
+    fn require(&self, name: &str, what: &str) -> Result<(), PluginError> {
+        if self.capabilities.has(name) {
+            Ok(())
+        } else {
+            Err(PluginError::unsupported(format!(
+                "{what} needs the capability `{name}`, which this backend does not declare"
+            )))
+        }
+    }
+
+    /// The contract's checks and the capabilities a request needs, before author code runs.
+    fn check_generate(&self, request: &GenerateRequest) -> Result<(), PluginError> {
+        request.validate(self.vocab_size)?;
+        crate::extension::reject_unknown(&request.extensions, &[])?;
+        for name in request.required_capabilities() {
+            self.require(name, "this request")?;
+        }
+        Ok(())
     }
 }
 
@@ -153,11 +196,7 @@ impl FfiModel for ModelAdapter {
 
     fn generate(&self, request: GenerateRequest) -> RResult<GenerationBox, PluginError> {
         guarded("generate", || {
-            if request.prompt_tokens.is_empty() {
-                return Err(PluginError::invalid_request(
-                    "the prompt is empty: a generation needs at least one prompt token",
-                ));
-            }
+            self.check_generate(&request)?;
             let generation = self.inner()?.generate(request)?;
             Ok(FfiGeneration_TO::from_value(
                 GenerationAdapter {
@@ -176,20 +215,45 @@ impl FfiModel for ModelAdapter {
                     "logits need at least one token",
                 ));
             }
+            if let Some(bad) = tokens.iter().find(|&&t| t >= self.vocab_size) {
+                return Err(PluginError::invalid_request(format!(
+                    "token id {bad} is outside the vocabulary (size {})",
+                    self.vocab_size
+                )));
+            }
             Ok(RVec::from(self.inner()?.logits(tokens.as_slice())?))
         })
     }
 
-    fn embed(&self, tokens: RSlice<'_, u32>) -> RResult<RVec<f32>, PluginError> {
+    fn embed(&self, request: EmbedRequest) -> RResult<RVec<RVec<f32>>, PluginError> {
         guarded("embed", || {
-            Ok(RVec::from(self.inner()?.embed(tokens.as_slice())?))
+            self.require(capability::EMBEDDINGS, "embeddings")?;
+            crate::extension::reject_unknown(&request.extensions, &[])?;
+            if request.inputs.is_empty() || request.inputs.iter().any(|i| i.is_empty()) {
+                return Err(PluginError::invalid_request(
+                    "embeddings need at least one input, each with at least one token",
+                ));
+            }
+            let out_of_vocab = request
+                .inputs
+                .iter()
+                .flatten()
+                .find(|&&t| t >= self.vocab_size);
+            if let Some(bad) = out_of_vocab {
+                return Err(PluginError::invalid_request(format!(
+                    "token id {bad} is outside the vocabulary (size {})",
+                    self.vocab_size
+                )));
+            }
+            let vectors = self.inner()?.embed(request)?;
+            Ok(vectors.into_iter().map(RVec::from).collect())
         })
     }
 }
 
 impl Drop for ModelAdapter {
     fn drop(&mut self) {
-        drop_guarded(self.0.take());
+        drop_guarded(self.inner.take());
     }
 }
 

@@ -10,10 +10,14 @@
 //! than the host's. Everything crossing the boundary is `#[repr(C)]` + `StableAbi`.
 
 pub mod error;
+pub mod extension;
 pub mod ffi;
 pub mod log;
+pub mod manifest;
+pub mod metadata;
 pub mod module;
-pub mod types;
+pub mod request;
+pub mod step;
 pub mod utf8;
 
 mod author;
@@ -21,8 +25,17 @@ mod guard;
 
 pub use author::{Backend, Generation, Model};
 pub use error::{ErrorKind, PluginError};
+pub use extension::{reject_unknown, ExtValue, Extension};
+pub use manifest::{capability, format, Capabilities, Manifest, ModelFormat};
+pub use metadata::ModelMetadata;
 pub use module::{BackendModule, BackendModuleRef, BackendModule_Prefix};
-pub use types::*;
+pub use request::{
+    pooling, AdapterRequest, Constraint, ConstraintKind, EmbedRequest, GenerateRequest,
+    LoadRequest, LogitBias, Sampling, MAX_TOP_LOGPROBS,
+};
+pub use step::{
+    FinishReason, Finished, GenerationStats, StatsClock, Step, Token, TokenLogprobs, TopLogprob,
+};
 pub use utf8::Utf8Decoder;
 
 /// Re-exported so `export_backend!` expands the same way in every plugin crate.
@@ -79,7 +92,7 @@ macro_rules! __export_backend_with_api_version {
                 $crate::ffi::BackendBox,
                 $crate::PluginError,
             > {
-                $crate::__private::export_new_backend(config, $backend)
+                $crate::__private::export_new_backend(config, $manifest, $backend)
             }
             $crate::BackendModule {
                 api_version: $crate::abi_stable::std_types::RStr::from_str($api),

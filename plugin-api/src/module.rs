@@ -1,6 +1,6 @@
 //! The root module every plugin library exports.
 
-use crate::{error::PluginError, ffi::BackendBox, log::BackendConfig, types::Manifest};
+use crate::{error::PluginError, ffi::BackendBox, log::BackendConfig, manifest::Manifest};
 use abi_stable::{
     declare_root_module_statics,
     library::RootModule,

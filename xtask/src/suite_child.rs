@@ -25,6 +25,12 @@ pub enum Expect {
     Pass,
     /// Loads, but its generations fail with a caught panic (panicking-generation).
     PanickingGenerations,
+    /// Loads, and the named check fails with a message containing the text: a test plugin
+    /// that breaks one rule of the contract on purpose.
+    Catches {
+        check: &'static str,
+        message: &'static str,
+    },
 }
 
 /// One suite run to do.
@@ -33,6 +39,8 @@ pub struct Plan {
     pub model: Option<PathBuf>,
     pub eos_prompt: Option<String>,
     pub expect: Expect,
+    /// `--check-timeout` for the suite (seconds); `None` = its default.
+    pub check_timeout: Option<u64>,
 }
 
 /// Builds the `conformance` binary once and returns its path.
@@ -93,6 +101,9 @@ pub fn run_plan(ws: &Workspace, exe: &Path, plan: &Plan, index: usize) -> Result
     if let Some(prompt) = &plan.eos_prompt {
         command.args(["--eos-prompt", prompt]);
     }
+    if let Some(seconds) = plan.check_timeout {
+        command.args(["--check-timeout", &seconds.to_string()]);
+    }
     println!("$ {}", crate::process::shown(&command));
     let finished = run_logged(&mut command, &log, SUITE_LIMIT)?;
     let mut row = Row {
@@ -152,6 +163,21 @@ fn judge(row: &mut Row, report: &SuiteReport, expect: Expect) {
                 "expected: generation checks fail with the caught panic".into()
             } else {
                 "UNEXPECTED: no failed check reports the plugin's panic".into()
+            };
+        }
+        Expect::Catches { check, message } => {
+            let loads = report
+                .checks
+                .iter()
+                .any(|c| c.name == "loads" && c.status == Status::Pass);
+            let caught = report
+                .failures()
+                .any(|c| c.name == check && c.message.contains(message));
+            row.ok = loads && caught;
+            row.result = if row.ok {
+                format!("expected: caught by \"{check}\"")
+            } else {
+                format!("UNEXPECTED: \"{check}\" did not fail with \"{message}\"")
             };
         }
     }

@@ -25,6 +25,25 @@ const BROKEN: [&str; 6] = [
     "panicking_generation",
     "no_root_symbol",
 ];
+/// Test plugins that load but break one rule of contract 2.0 on purpose, and the check of the
+/// suite that must catch each (name, then text its failure message contains).
+const RULE_BREAKERS: [(&str, &str, &str); 4] = [
+    (
+        "ignores_logit_bias",
+        "logit_bias",
+        "was banned with -inf but came out",
+    ),
+    ("wrong_logprobs", "logprobs match logits", "logprob"),
+    (
+        "breaks_grammar",
+        "grammar output parses",
+        "is not in the grammar's language",
+    ),
+    ("hanging_next", "greedy deterministic", "hung"),
+];
+/// The suite's time limit per check for the hanging test plugin: short, since every check
+/// that generates waits it out.
+const HANG_CHECK_TIMEOUT: u64 = 3;
 /// Greedy continuation of "w" in the fixture model is "xyz{|}~" then EOS.
 const FIXTURE_EOS_PROMPT: &str = "w";
 /// The scripted model replays its script then ends, whatever the prompt.
@@ -71,6 +90,7 @@ pub fn in_tree(ws: &Workspace) -> Result<()> {
             model: Some(fx.scripted_model.clone()),
             eos_prompt: Some(SCRIPTED_EOS_PROMPT.into()),
             expect: Expect::Pass,
+            check_timeout: None,
         }),
         None => rows.push(missing("scripted")),
     }
@@ -131,6 +151,7 @@ fn plan(lib: &Path, model: Option<PathBuf>, eos_prompt: Option<&str>) -> Plan {
         model,
         eos_prompt: eos_prompt.map(str::to_string),
         expect: Expect::Pass,
+        check_timeout: None,
     }
 }
 
@@ -164,9 +185,24 @@ fn broken(
                     model: Some(fx.scripted_model.clone()),
                     eos_prompt: None,
                     expect: Expect::PanickingGenerations,
+                    check_timeout: None,
                 });
                 continue;
             }
+            v if RULE_BREAKERS.iter().any(|r| r.0 == v) && entry.loaded => {
+                if let Some(&(_, check, message)) = RULE_BREAKERS.iter().find(|r| r.0 == v) {
+                    plans.push(Plan {
+                        plugin: entry.path.clone(),
+                        model: Some(fx.scripted_model.clone()),
+                        eos_prompt: None,
+                        expect: Expect::Catches { check, message },
+                        check_timeout: (v == "hanging_next").then_some(HANG_CHECK_TIMEOUT),
+                    });
+                }
+                continue;
+            }
+            // A rule breaker must load (so that the suite can catch it).
+            v if RULE_BREAKERS.iter().any(|r| r.0 == v) => false,
             v if BROKEN.contains(&v) => !entry.loaded,
             _ => continue,
         };
@@ -183,7 +219,11 @@ fn broken(
             ok: expected,
         });
     }
-    for variant in BROKEN {
+    for variant in BROKEN
+        .iter()
+        .copied()
+        .chain(RULE_BREAKERS.iter().map(|r| r.0))
+    {
         if !report
             .entries
             .iter()

@@ -73,7 +73,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     let config = Config::load(cli.config.as_deref())?;
     let dirs = plugin_search_dirs(&cli, &config);
     match cli.command {
-        Command::Plugins(args) => plugins_cmd::run(&args, &dirs),
+        Command::Plugins(args) => match &args.action {
+            Some(plugins_cmd::PluginsAction::Check(check)) => plugins_cmd::check(check),
+            None => plugins_cmd::run(&args, &dirs),
+        },
         Command::Run(args) => run_cmd::run(&args, &config, &dirs),
         Command::Serve(args) => serve_cmd::run(args, &config, &dirs),
         Command::Pull(args) => models_cmd::pull(&args),

@@ -1,6 +1,8 @@
-//! `llmlocal plugins`: every library found, loaded or refused with the reason.
+//! `llmlocal plugins`: every library found, loaded or refused with the reason;
+//! `llmlocal plugins check`: the conformance suite on one plugin library.
 
 use crate::plugins::{Manifest, PluginEntry, PluginRegistry, PluginStatus};
+use anyhow::{bail, Context as _};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 
@@ -9,6 +11,91 @@ pub struct PluginsArgs {
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
+    #[command(subcommand)]
+    pub action: Option<PluginsAction>,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum PluginsAction {
+    /// Run the conformance suite (docs/contract.md) on a plugin library and models: the same
+    /// checks `cargo xtask test-plugins` runs on the in-tree plugins.
+    Check(CheckArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct CheckArgs {
+    /// The plugin library (libllmlocal_backend_<name>.so / .dylib / .dll).
+    pub library: PathBuf,
+    /// A model the plugin reads (GGUF file, Hugging Face folder, ...). Repeatable.
+    #[arg(long = "model")]
+    pub models: Vec<PathBuf>,
+    /// A prompt that ends with EOS under greedy decoding for every model given.
+    #[arg(long)]
+    pub eos_prompt: Option<String>,
+    /// cpu, cuda, cuda:N, metal or auto.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Seconds one check may take before it fails as hung.
+    #[arg(long, default_value_t = 120)]
+    pub check_timeout: u64,
+    /// Skipped checks fail too.
+    #[arg(long)]
+    pub strict: bool,
+    /// Also write the report as JSON here.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+/// The suite's executable names, looked for next to this executable, then on PATH.
+const SUITE_EXES: [&str; 2] = ["llmlocal-conformance", "conformance"];
+
+/// Runs the conformance binary (the suite lives in its own crate, which depends on this
+/// one); its exit status becomes ours.
+pub fn check(args: &CheckArgs) -> anyhow::Result<()> {
+    let exe = suite_exe().context(
+        "the conformance suite is a separate binary and was not found next to llmlocal or on \
+         PATH: install it with `cargo install --git https://github.com/llmlocal/llmlocal \
+         llmlocal-conformance` (in a checkout: `cargo build -p llmlocal-conformance`, it lands \
+         in target/debug/conformance)",
+    )?;
+    let mut command = std::process::Command::new(&exe);
+    command.arg("--plugin").arg(&args.library);
+    for model in &args.models {
+        command.arg("--model").arg(model);
+    }
+    if let Some(prompt) = &args.eos_prompt {
+        command.args(["--eos-prompt", prompt]);
+    }
+    command.args(["--device", &args.device]);
+    command.args(["--check-timeout", &args.check_timeout.to_string()]);
+    if args.strict {
+        command.arg("--strict");
+    }
+    if let Some(json) = &args.json {
+        command.arg("--json").arg(json);
+    }
+    let status = command
+        .status()
+        .with_context(|| format!("starting {}", exe.display()))?;
+    if !status.success() {
+        bail!("{} does not conform ({status})", args.library.display());
+    }
+    Ok(())
+}
+
+fn suite_exe() -> Option<PathBuf> {
+    let names = SUITE_EXES.map(|n| format!("{n}{}", std::env::consts::EXE_SUFFIX));
+    let beside = std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(Path::to_path_buf));
+    let path_dirs = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .unwrap_or_default();
+    beside
+        .into_iter()
+        .chain(path_dirs)
+        .flat_map(|dir| names.iter().map(move |n| dir.join(n)))
+        .find(|candidate| candidate.is_file())
 }
 
 /// One row, as printed in the table and in JSON.
@@ -22,15 +109,14 @@ struct Row {
     api_version: Option<String>,
     description: Option<String>,
     devices: Vec<String>,
-    formats: Vec<&'static str>,
+    formats: Vec<String>,
     capabilities: Option<Capabilities>,
 }
 
 #[derive(Debug, Serialize)]
 struct Capabilities {
-    lora: bool,
-    lora_per_generation: bool,
-    embeddings: bool,
+    /// Capability names as declared (an open set, see the plugin-api `capability` module).
+    names: Vec<String>,
     parallel_generations: u32,
 }
 
@@ -72,11 +158,11 @@ fn row(entry: &PluginEntry) -> Row {
         devices: m.map_or_else(Vec::new, |m| {
             m.devices.iter().map(|d| d.to_string()).collect()
         }),
-        formats: m.map_or_else(Vec::new, |m| m.formats.iter().map(|f| f.as_str()).collect()),
+        formats: m.map_or_else(Vec::new, |m| {
+            m.formats.iter().map(|f| f.to_string()).collect()
+        }),
         capabilities: m.map(|m| Capabilities {
-            lora: m.capabilities.lora,
-            lora_per_generation: m.capabilities.lora_per_generation,
-            embeddings: m.capabilities.embeddings,
+            names: m.capabilities.names.iter().map(|n| n.to_string()).collect(),
             parallel_generations: m.capabilities.parallel_generations,
         }),
     }
@@ -152,7 +238,7 @@ fn cells(row: &Row) -> [String; 8] {
         or_dash(&row.version),
         or_dash(&row.api_version),
         list(row.devices.clone()),
-        list(row.formats.iter().map(|f| f.to_string()).collect()),
+        list(row.formats.clone()),
         row.capabilities
             .as_ref()
             .map_or_else(|| "-".to_string(), capabilities),
@@ -161,16 +247,7 @@ fn cells(row: &Row) -> [String; 8] {
 }
 
 fn capabilities(c: &Capabilities) -> String {
-    let mut parts = Vec::new();
-    if c.lora {
-        parts.push("lora".to_string());
-    }
-    if c.lora_per_generation {
-        parts.push("lora-per-generation".to_string());
-    }
-    if c.embeddings {
-        parts.push("embeddings".to_string());
-    }
+    let mut parts = c.names.clone();
     parts.push(format!("parallel={}", c.parallel_generations));
     parts.join(",")
 }

@@ -65,7 +65,7 @@ pub fn run(args: &RunArgs, config: &Config, dirs: &[PathBuf]) -> anyhow::Result<
     let request = GenerateRequest {
         sampling: Sampling {
             temperature: args.temperature,
-            seed: args.seed,
+            seed: Some(args.seed).into(),
             ..Sampling::default()
         },
         ..GenerateRequest::greedy(prompt_tokens, args.max_tokens)
@@ -85,9 +85,9 @@ fn stream(generation: &mut RunningGeneration) -> anyhow::Result<FinishReason> {
                 stdout.write_all(token.text.as_bytes())?;
                 stdout.flush().context("cannot write to stdout")?;
             }
-            Step::Finished(reason) => {
-                writeln!(stdout)?;
-                return Ok(reason);
+            Step::Finished(end) => {
+                writeln!(stdout, "{}", end.text)?;
+                return Ok(end.reason);
             }
         }
     }

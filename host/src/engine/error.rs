@@ -138,7 +138,11 @@ fn backend_error_class(kind: ErrorKind) -> ErrorClass {
         | ErrorKind::UnsupportedArchitecture
         | ErrorKind::AdapterIncompatible
         | ErrorKind::Unsupported => ErrorClass::BadRequest,
-        ErrorKind::OutOfMemory | ErrorKind::Cancelled => ErrorClass::Unavailable,
-        ErrorKind::Internal => ErrorClass::Internal,
+        ErrorKind::OutOfMemory
+        | ErrorKind::Cancelled
+        | ErrorKind::Unavailable
+        | ErrorKind::Timeout => ErrorClass::Unavailable,
+        // Internal, and kinds of a newer contract minor (a plugin is never newer than us).
+        _ => ErrorClass::Internal,
     }
 }

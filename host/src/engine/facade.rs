@@ -7,7 +7,7 @@ use super::{
     memory,
     metrics::Metrics,
     pool::{BusyGuard, Gate, LoadedInfo, Pool, Slot},
-    request::{Completion, GenerationConfig, Prompt, TokenStream},
+    request::{Completion, Constraint, GenerationConfig, Prompt, TokenStream},
     runner::{self, Job, OnEnd, CHANNEL_CAPACITY},
     settings::{EngineSettings, ModelEntry},
     stop::StopMatcher,
@@ -18,8 +18,8 @@ use crate::{
     api::AdapterRequest,
     models::{format_of_path, ModelError, ModelManager, ModelSource, ModelSpec},
     plugins::{
-        GenerateRequest, LoadRequest, LoadedBackend, LoadedModel, ModelFormat, ModelMetadata,
-        PluginRegistry, Sampling,
+        self, ConstraintKind, GenerateRequest, LoadRequest, LoadedBackend, LoadedModel, LogitBias,
+        ModelFormat, ModelMetadata, PluginRegistry, Sampling,
     },
 };
 use abi_stable::std_types::{RString, RVec};
@@ -545,8 +545,17 @@ impl Engine {
             sampling: sampling_of(&config),
             ignore_eos: config.ignore_eos,
             adapters: adapters.map(RVec::from).into(),
+            logit_bias: config
+                .logit_bias
+                .iter()
+                .map(|&(token, bias)| LogitBias { token, bias })
+                .collect(),
+            constraint: config.constraint.as_ref().map(constraint_of).into(),
+            logprobs: config.logprobs.into(),
             ..GenerateRequest::greedy(prepared, 0)
         };
+        // A 400 naming the backend and the capability, before any work is queued.
+        slot.model.check_capabilities(&request)?;
         let (sender, receiver) = mpsc::channel(CHANNEL_CAPACITY);
         let job = Job {
             model: slot.model.clone(),
@@ -665,8 +674,23 @@ fn sampling_of(config: &GenerationConfig) -> Sampling {
         top_p: config.top_p.unwrap_or(d.top_p),
         min_p: config.min_p.unwrap_or(d.min_p),
         repeat_penalty: config.repeat_penalty.unwrap_or(d.repeat_penalty),
+        typical_p: config.typical_p.unwrap_or(d.typical_p),
+        frequency_penalty: config.frequency_penalty.unwrap_or(d.frequency_penalty),
+        presence_penalty: config.presence_penalty.unwrap_or(d.presence_penalty),
         repeat_last_n: d.repeat_last_n,
-        seed: config.seed.unwrap_or_else(rand::random),
+        // `None`: the backend draws a random seed (the contract's rule).
+        seed: config.seed.into(),
+    }
+}
+
+fn constraint_of(constraint: &Constraint) -> plugins::Constraint {
+    let (kind, text) = match constraint {
+        Constraint::Grammar(text) => (ConstraintKind::Grammar, text),
+        Constraint::JsonSchema(text) => (ConstraintKind::JsonSchema, text),
+    };
+    plugins::Constraint {
+        kind,
+        text: text.as_str().into(),
     }
 }
 

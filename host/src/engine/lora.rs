@@ -19,7 +19,7 @@ use crate::{
     },
     api::AdapterRequest,
     models::ModelManager,
-    plugins::LoadedBackend,
+    plugins::{capability, LoadedBackend},
 };
 use std::{
     collections::HashMap,
@@ -177,8 +177,8 @@ impl Adapters {
         if specs.is_empty() {
             return Ok(Variant::base(name));
         }
-        let caps = backend.manifest.capabilities;
-        if !caps.lora {
+        let caps = &backend.manifest.capabilities;
+        if !caps.has(capability::LORA) {
             return Err(EngineError::InvalidRequest(format!(
                 "backend `{}` does not support LoRA adapters; run the model with a backend \
                  that does (llama-cpp, candle)",
@@ -189,7 +189,7 @@ impl Adapters {
         for spec in specs {
             resolved.push(self.resolve(spec, model_path, backend.name()).await?);
         }
-        let variant = if caps.lora_per_generation {
+        let variant = if caps.has(capability::LORA_PER_GENERATION) {
             per_generation_variant(name, self.one_adapter(&resolved).await?)
         } else {
             merged_variant(name, &resolved)

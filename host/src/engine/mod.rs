@@ -24,6 +24,8 @@ pub use error::{EngineError, ErrorClass};
 pub use facade::{Engine, ResolvedFiles};
 pub use metrics::Metrics;
 pub use pool::LoadedInfo;
-pub use request::{Completion, Event, FinishReason, GenerationConfig, Prompt, TokenStream};
+pub use request::{
+    Completion, Constraint, Event, FinishReason, GenerationConfig, Prompt, TokenStream,
+};
 pub use settings::{EngineSettings, ModelEntry};
 pub use template::{ChatMessage, ChatTemplate};

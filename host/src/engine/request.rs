@@ -30,6 +30,17 @@ pub struct GenerationConfig {
     pub top_k: Option<u32>,
     pub min_p: Option<f32>,
     pub repeat_penalty: Option<f32>,
+    /// Locally typical sampling; `None` or 1 = off. Needs the backend's `full-sampling`.
+    pub typical_p: Option<f32>,
+    /// OpenAI-style penalties over the last 64 tokens; `None` or 0 = off (`full-sampling`).
+    pub frequency_penalty: Option<f32>,
+    pub presence_penalty: Option<f32>,
+    /// Token id -> bias added to its logit (`f32::NEG_INFINITY` bans it); `logit-bias`.
+    pub logit_bias: Vec<(u32, f32)>,
+    /// Constrained decoding: a GBNF grammar (`grammar`) or a JSON schema (`json-schema`).
+    pub constraint: Option<Constraint>,
+    /// `Some(n)`: per-token logprobs with `n` alternatives (`logprobs`).
+    pub logprobs: Option<u32>,
     /// `None` = a random seed.
     pub seed: Option<u64>,
     /// Text that ends the generation (not included in the output).
@@ -53,6 +64,15 @@ impl GenerationConfig {
             ..GenerationConfig::default()
         }
     }
+}
+
+/// A constraint on the output, applied by the backend as token masks.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Constraint {
+    /// A GBNF grammar (llama.cpp's form) with a `root` rule.
+    Grammar(String),
+    /// A JSON schema, as JSON text.
+    JsonSchema(String),
 }
 
 /// Why a generation ended.

@@ -171,11 +171,22 @@ fn pump(
         };
         let token = match step {
             Step::Token(token) => token,
-            Step::Finished(reason) => {
+            Step::Finished(end) => {
+                // The decoder's remainder comes with the end; it still passes the stop scan.
+                let (tail, stopped) = match job.stop.push(end.text.as_str()) {
+                    Scan::Emit(text) => (text, false),
+                    Scan::Stopped(text) => (text, true),
+                };
+                if !send_text(sender, tail) {
+                    return Outcome::Cancelled;
+                }
+                if stopped {
+                    return Outcome::Finished(FinishReason::Stop);
+                }
                 if !send_text(sender, job.stop.finish()) {
                     return Outcome::Cancelled;
                 }
-                return Outcome::Finished(map_reason(reason));
+                return Outcome::Finished(map_reason(end.reason));
             }
         };
         let now = Instant::now();
@@ -230,8 +241,9 @@ fn send_text(sender: &Sender, text: String) -> bool {
 
 fn map_reason(reason: plugins::FinishReason) -> FinishReason {
     match reason {
-        plugins::FinishReason::EndOfGeneration => FinishReason::Stop,
         plugins::FinishReason::Length => FinishReason::Length,
         plugins::FinishReason::ContextFull => FinishReason::ContextFull,
+        // EndOfGeneration, and reasons of a newer contract minor (never sent to us).
+        _ => FinishReason::Stop,
     }
 }

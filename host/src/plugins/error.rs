@@ -51,6 +51,18 @@ impl BackendError {
     pub fn kind(&self) -> ErrorKind {
         self.source.kind
     }
+
+    /// The backend did not declare a capability the request needs: refused by the host before
+    /// the plugin is called (a 400 naming the backend and the capability).
+    pub fn missing_capability(backend: &str, capability: &str) -> Self {
+        BackendError {
+            backend: backend.to_string(),
+            source: llmlocal_plugin_api::PluginError::unsupported(format!(
+                "this request needs the capability `{capability}`, which the backend does not \
+                 declare (`llmlocal plugins` lists what each backend can do)"
+            )),
+        }
+    }
 }
 
 /// Why a library was not loaded. The `Display` text is the reason users see in

@@ -4,8 +4,10 @@
 use super::error::BackendError;
 use abi_stable::std_types::{RResult, RSlice, RStr};
 use llmlocal_plugin_api::{
+    capability,
     ffi::{BackendBox, GenerationBox, ModelBox},
-    GenerateRequest, GenerationStats, LoadRequest, Manifest, ModelMetadata, Step,
+    Capabilities, EmbedRequest, GenerateRequest, GenerationStats, LoadRequest, Manifest,
+    ModelMetadata, Step,
 };
 use std::{path::PathBuf, sync::Arc};
 
@@ -47,6 +49,7 @@ impl LoadedBackend {
             inner: Arc::new(ModelInner {
                 model,
                 backend_name: name,
+                capabilities: self.manifest.capabilities.clone(),
                 _backend: Arc::clone(&self.backend),
             }),
         })
@@ -57,6 +60,8 @@ struct ModelInner {
     // Field order is drop order: the model goes before the backend that made it.
     model: ModelBox,
     backend_name: Arc<str>,
+    /// What the manifest declared: the host never sends a request needing anything else.
+    capabilities: Capabilities,
     _backend: Arc<BackendBox>,
 }
 
@@ -111,7 +116,29 @@ impl LoadedModel {
         self.check(text).map(Into::into)
     }
 
+    /// Whether the backend declared `capability` (see [`llmlocal_plugin_api::capability`]).
+    pub fn has_capability(&self, capability: &str) -> bool {
+        self.inner.capabilities.has(capability)
+    }
+
+    /// Fails with a `missing_capability` error for the first capability the request needs and
+    /// the backend did not declare.
+    pub fn check_capabilities(&self, request: &GenerateRequest) -> Result<(), BackendError> {
+        match request
+            .required_capabilities()
+            .into_iter()
+            .find(|c| !self.has_capability(c))
+        {
+            Some(missing) => Err(BackendError::missing_capability(
+                self.backend_name(),
+                missing,
+            )),
+            None => Ok(()),
+        }
+    }
+
     pub fn generate(&self, request: GenerateRequest) -> Result<RunningGeneration, BackendError> {
+        self.check_capabilities(&request)?;
         let generation = self.check(self.inner.model.generate(request))?;
         Ok(RunningGeneration {
             generation,
@@ -124,10 +151,16 @@ impl LoadedModel {
         self.check(logits).map(Into::into)
     }
 
-    /// Embeddings; backends without them return an `Unsupported` error.
-    pub fn embed(&self, tokens: &[u32]) -> Result<Vec<f32>, BackendError> {
-        let embedding = self.inner.model.embed(RSlice::from_slice(tokens));
-        self.check(embedding).map(Into::into)
+    /// One vector per input; a backend without the `embeddings` capability is not called.
+    pub fn embed(&self, request: EmbedRequest) -> Result<Vec<Vec<f32>>, BackendError> {
+        if !self.has_capability(capability::EMBEDDINGS) {
+            return Err(BackendError::missing_capability(
+                self.backend_name(),
+                capability::EMBEDDINGS,
+            ));
+        }
+        let vectors = self.check(self.inner.model.embed(request))?;
+        Ok(vectors.into_iter().map(Into::into).collect())
     }
 }
 

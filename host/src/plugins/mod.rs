@@ -19,6 +19,7 @@ pub use log_sink::PLUGIN_LOG_TARGET;
 pub use registry::{PluginEntry, PluginRegistry, PluginStatus};
 
 pub use llmlocal_plugin_api::{
-    ErrorKind, FinishReason, GenerateRequest, GenerationStats, LoadRequest, Manifest, ModelFormat,
-    ModelMetadata, Sampling, Step, Token,
+    capability, Constraint, ConstraintKind, EmbedRequest, ErrorKind, FinishReason, Finished,
+    GenerateRequest, GenerationStats, LoadRequest, LogitBias, Manifest, ModelFormat, ModelMetadata,
+    Sampling, Step, Token,
 };

@@ -159,7 +159,7 @@ impl PluginRegistry {
         }
         let mut candidates = self.backends.iter();
         let chosen = match format {
-            Some(format) => candidates.find(|b| b.manifest.formats.contains(&format)),
+            Some(format) => candidates.find(|b| b.manifest.reads(format.as_str())),
             None => candidates.next(),
         };
         match (chosen, format) {

@@ -102,16 +102,6 @@ fn go_duration_seconds(text: &str) -> Option<f64> {
 
 /// Refuses `format` (JSON mode, structured outputs): the backends have no constrained
 /// decoding, and ignoring it would hand back text the client cannot parse.
-pub fn check_format(format: Option<&Value>) -> Result<(), String> {
-    match format {
-        None | Some(Value::Null) => Ok(()),
-        Some(Value::String(s)) if s.is_empty() => Ok(()),
-        Some(other) => Err(format!(
-            "format {other} is not supported: this server has no constrained (JSON/schema) \
-             decoding; leave `format` out and ask for JSON in the prompt"
-        )),
-    }
-}
 
 /// Applies a request's keep-alive to its model when dropped, i.e. when the request is done.
 #[derive(Debug)]
@@ -190,15 +180,5 @@ mod tests {
         ] {
             assert!(parse(bad.clone()).is_err(), "{bad}");
         }
-    }
-
-    #[test]
-    fn format_is_refused_unless_empty() {
-        assert!(check_format(None).is_ok());
-        assert!(check_format(Some(&json!(""))).is_ok());
-        assert!(check_format(Some(&json!(null))).is_ok());
-        let err = check_format(Some(&json!("json"))).expect_err("json mode");
-        assert!(err.contains("not supported"), "{err}");
-        assert!(check_format(Some(&json!({"type": "object"}))).is_err());
     }
 }

@@ -5,13 +5,13 @@
 use super::{
     error::{ApiError, Flavor},
     extract::JsonBody,
-    keep_alive::{check_format, KeepAlive, KeepAliveGuard},
+    keep_alive::{KeepAlive, KeepAliveGuard},
     params::{Params, StopField},
     streaming::{self, ndjson, Framer},
     AppState,
 };
 use crate::{
-    engine::{ChatMessage, Completion, EngineError, LoadedInfo, ModelEntry, Prompt},
+    engine::{ChatMessage, Completion, Constraint, EngineError, LoadedInfo, ModelEntry, Prompt},
     models::{ModelSource, ModelSpec},
 };
 use axum::{
@@ -34,6 +34,9 @@ pub struct Options {
     pub top_k: Option<i64>,
     pub min_p: Option<f64>,
     pub repeat_penalty: Option<f64>,
+    pub typical_p: Option<f64>,
+    pub presence_penalty: Option<f64>,
+    pub frequency_penalty: Option<f64>,
     pub seed: Option<i64>,
     pub stop: Option<StopField>,
 }
@@ -55,7 +58,7 @@ pub struct GenerateRequest {
     /// 0 unloads it, negative keeps it.
     #[serde(default)]
     pub keep_alive: Option<Value>,
-    /// JSON mode / structured outputs: refused with a 400 (no constrained decoding).
+    /// JSON mode (`"json"`) or structured outputs (a JSON schema).
     #[serde(default)]
     pub format: Option<Value>,
     /// Extension: the backend plugin to run the model with.
@@ -86,7 +89,7 @@ pub struct ChatRequest {
     /// 0 unloads it, negative keeps it.
     #[serde(default)]
     pub keep_alive: Option<Value>,
-    /// JSON mode / structured outputs: refused with a 400 (no constrained decoding).
+    /// JSON mode (`"json"`) or structured outputs (a JSON schema).
     #[serde(default)]
     pub format: Option<Value>,
     #[serde(default)]
@@ -130,6 +133,11 @@ fn params(
         top_k: o.top_k,
         min_p: o.min_p,
         repeat_penalty: o.repeat_penalty,
+        typical_p: o.typical_p,
+        presence_penalty: o.presence_penalty,
+        frequency_penalty: o.frequency_penalty,
+        logit_bias: None,
+        constraint: None,
         seed: o.seed,
         stop: o.stop.map(StopField::into_vec).unwrap_or_default(),
         backend,
@@ -270,15 +278,31 @@ async fn load_only(
     Ok(Json(value).into_response())
 }
 
-/// The request's keep-alive, applied when the returned guard drops; refuses `format`.
+/// `format`: JSON mode (`"json"`: one JSON object) or structured outputs (a JSON schema),
+/// both as a JSON-schema constraint for the backend.
+fn format_constraint(format: Option<&Value>) -> Result<Option<Constraint>, String> {
+    match format {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) if s.is_empty() => Ok(None),
+        // Ollama's JSON mode: one JSON object.
+        Some(Value::String(s)) if s == "json" => Ok(Some(Constraint::JsonSchema(
+            r#"{"type":"object"}"#.to_string(),
+        ))),
+        // Structured outputs: the value is the schema.
+        Some(schema @ Value::Object(_)) => Ok(Some(Constraint::JsonSchema(schema.to_string()))),
+        Some(other) => Err(format!(
+            "format {other} is not supported: use \"json\" or a JSON schema object"
+        )),
+    }
+}
+
+/// The request's keep-alive, applied when the returned guard drops.
 fn keep_alive_of(
     state: &AppState,
     model: &str,
     keep_alive: Option<&Value>,
-    format: Option<&Value>,
 ) -> Result<Option<KeepAliveGuard>, ApiError> {
     let bad = |message: String| ApiError::bad_request(message).flavor(Flavor::Ollama);
-    check_format(format).map_err(bad)?;
     let keep = KeepAlive::from_field(keep_alive).map_err(bad)?;
     Ok(keep.map(|k| KeepAliveGuard::new(&state.engine, model, k)))
 }
@@ -302,12 +326,9 @@ pub async fn generate(
 ) -> Result<Response, ApiError> {
     let prompt_text = request.prompt.unwrap_or_default();
     let load_only_request = prompt_text.is_empty() && request.system.is_none();
-    let keep = keep_alive_of(
-        &state,
-        &request.model,
-        request.keep_alive.as_ref(),
-        request.format.as_ref(),
-    )?;
+    let constraint = format_constraint(request.format.as_ref())
+        .map_err(|m| ApiError::bad_request(m).flavor(Flavor::Ollama))?;
+    let keep = keep_alive_of(&state, &request.model, request.keep_alive.as_ref())?;
     if load_only_request && keep.as_ref().is_some_and(|k| k.unloads()) {
         return Ok(unload_now(&state, &request.model, Shape::Generate));
     }
@@ -331,7 +352,8 @@ pub async fn generate(
         messages.push(ChatMessage::new("user", prompt_text));
         Prompt::Chat(messages)
     };
-    let params = params(request.options, request.backend, request.adapters);
+    let mut params = params(request.options, request.backend, request.adapters);
+    params.constraint = constraint;
     let stream = request.stream.unwrap_or(true);
     run(
         &state,
@@ -350,12 +372,9 @@ pub async fn chat(
     State(state): State<AppState>,
     JsonBody(request): JsonBody<ChatRequest>,
 ) -> Result<Response, ApiError> {
-    let keep = keep_alive_of(
-        &state,
-        &request.model,
-        request.keep_alive.as_ref(),
-        request.format.as_ref(),
-    )?;
+    let constraint = format_constraint(request.format.as_ref())
+        .map_err(|m| ApiError::bad_request(m).flavor(Flavor::Ollama))?;
+    let keep = keep_alive_of(&state, &request.model, request.keep_alive.as_ref())?;
     if request.messages.is_empty() && keep.as_ref().is_some_and(|k| k.unloads()) {
         return Ok(unload_now(&state, &request.model, Shape::Chat));
     }
@@ -374,7 +393,8 @@ pub async fn chat(
         .into_iter()
         .map(|m| ChatMessage::new(m.role, m.content))
         .collect();
-    let params = params(request.options, request.backend, request.adapters);
+    let mut params = params(request.options, request.backend, request.adapters);
+    params.constraint = constraint;
     let stream = request.stream.unwrap_or(true);
     run(
         &state,
@@ -602,4 +622,27 @@ pub async fn pull(
 /// `GET /api/version`
 pub async fn version() -> Json<Value> {
     Json(json!({ "version": env!("CARGO_PKG_VERSION") }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn format_becomes_a_json_schema_constraint() {
+        assert_eq!(format_constraint(None), Ok(None));
+        assert_eq!(format_constraint(Some(&json!(""))), Ok(None));
+        assert_eq!(format_constraint(Some(&json!(null))), Ok(None));
+        assert_eq!(
+            format_constraint(Some(&json!("json"))),
+            Ok(Some(Constraint::JsonSchema(r#"{"type":"object"}"#.into())))
+        );
+        let schema = json!({"type": "object", "properties": {"a": {"type": "integer"}}});
+        assert_eq!(
+            format_constraint(Some(&schema)),
+            Ok(Some(Constraint::JsonSchema(schema.to_string())))
+        );
+        let err = format_constraint(Some(&json!("yaml"))).expect_err("not a format");
+        assert!(err.contains("\"json\" or a JSON schema"), "{err}");
+    }
 }

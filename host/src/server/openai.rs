@@ -8,7 +8,7 @@ use super::{
     streaming::{self, sse, Framer, Slotted, SLOT, SSE_DONE},
     AppState,
 };
-use crate::engine::{ChatMessage, Completion, EngineError, Prompt, TokenStream};
+use crate::engine::{ChatMessage, Completion, Constraint, EngineError, Prompt, TokenStream};
 use axum::{
     extract::State,
     http::header,
@@ -62,6 +62,18 @@ pub struct Common {
     pub seed: Option<i64>,
     pub stop: Option<StopField>,
     pub n: Option<i64>,
+    pub presence_penalty: Option<f64>,
+    pub frequency_penalty: Option<f64>,
+    pub logit_bias: Option<serde_json::Map<String, Value>>,
+    /// `{"type": "text" | "json_object" | "json_schema", "json_schema": {"schema": ...}}`.
+    pub response_format: Option<Value>,
+    /// Not carried to the response yet: refused with a 400 rather than ignored.
+    pub logprobs: Option<Value>,
+    pub top_logprobs: Option<Value>,
+    /// Extensions (llama-server spellings): a GBNF grammar, a JSON schema, typical_p.
+    pub grammar: Option<String>,
+    pub json_schema: Option<Value>,
+    pub typical_p: Option<f64>,
     /// Extensions (llama.cpp server spellings).
     pub top_k: Option<i64>,
     pub min_p: Option<f64>,
@@ -97,8 +109,23 @@ impl Common {
                 "only n = 1 is supported, got {n}"
             )));
         }
+        let asks_logprobs = !matches!(
+            self.logprobs,
+            None | Some(Value::Bool(false)) | Some(Value::Null)
+        ) || !matches!(self.top_logprobs, None | Some(Value::Null));
+        if asks_logprobs {
+            return Err(ApiError::bad_request(
+                "logprobs are not supported by this server yet; leave `logprobs` and \
+                 `top_logprobs` out",
+            ));
+        }
         Ok(Params {
             max_tokens: self.max_completion_tokens.or(self.max_tokens),
+            typical_p: self.typical_p,
+            presence_penalty: self.presence_penalty,
+            frequency_penalty: self.frequency_penalty,
+            logit_bias: self.logit_bias.clone(),
+            constraint: self.constraint()?,
             temperature: self.temperature,
             top_p: self.top_p,
             top_k: self.top_k,
@@ -116,10 +143,61 @@ impl Common {
         })
     }
 
+    /// The one constraint the request asks for: `response_format`, or llama-server's
+    /// `grammar` / `json_schema`.
+    fn constraint(&self) -> Result<Option<Constraint>, ApiError> {
+        let from_format = match &self.response_format {
+            None | Some(Value::Null) => None,
+            Some(format) => response_format(format)?,
+        };
+        let asked: Vec<Constraint> = [
+            from_format,
+            self.grammar.clone().map(Constraint::Grammar),
+            self.json_schema
+                .as_ref()
+                .map(|s| Constraint::JsonSchema(s.to_string())),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        match <[Constraint; 1]>::try_from(asked) {
+            Ok([one]) => Ok(Some(one)),
+            Err(none) if none.is_empty() => Ok(None),
+            Err(_) => Err(ApiError::bad_request(
+                "give at most one of response_format (json), grammar and json_schema",
+            )),
+        }
+    }
+
     fn include_usage(&self) -> bool {
         self.stream_options
             .as_ref()
             .is_some_and(|o| o.include_usage)
+    }
+}
+
+/// OpenAI's `response_format` as a constraint (`text`: none).
+fn response_format(format: &Value) -> Result<Option<Constraint>, ApiError> {
+    let kind = format
+        .get("type")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    match kind {
+        "text" => Ok(None),
+        "json_object" => Ok(Some(Constraint::JsonSchema(r#"{"type":"object"}"#.into()))),
+        "json_schema" => {
+            let schema = format
+                .get("json_schema")
+                .and_then(|s| s.get("schema"))
+                .ok_or_else(|| {
+                    ApiError::bad_request("response_format json_schema needs json_schema.schema")
+                })?;
+            Ok(Some(Constraint::JsonSchema(schema.to_string())))
+        }
+        other => Err(ApiError::bad_request(format!(
+            "response_format type {other:?} is not supported: use text, json_object or \
+             json_schema"
+        ))),
     }
 }
 

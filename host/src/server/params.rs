@@ -2,8 +2,9 @@
 //! [`GenerationConfig`].
 
 use super::error::ApiError;
-use crate::engine::GenerationConfig;
+use crate::engine::{Constraint, GenerationConfig};
 use serde::Deserialize;
+use serde_json::Value;
 
 /// `stop`: one string or a list.
 #[derive(Debug, Clone, Deserialize)]
@@ -31,6 +32,12 @@ pub struct Params {
     pub top_k: Option<i64>,
     pub min_p: Option<f64>,
     pub repeat_penalty: Option<f64>,
+    pub typical_p: Option<f64>,
+    pub presence_penalty: Option<f64>,
+    pub frequency_penalty: Option<f64>,
+    /// Token id (as a JSON object key, as OpenAI sends it) -> bias in [-100, 100].
+    pub logit_bias: Option<serde_json::Map<String, Value>>,
+    pub constraint: Option<Constraint>,
     pub seed: Option<i64>,
     pub stop: Vec<String>,
     pub backend: Option<String>,
@@ -86,6 +93,22 @@ impl Params {
         if self.stop.iter().any(String::is_empty) {
             return Err(ApiError::bad_request("stop sequences must not be empty"));
         }
+        for (name, value) in [
+            ("presence_penalty", self.presence_penalty),
+            ("frequency_penalty", self.frequency_penalty),
+        ] {
+            if let Some(v) = value.filter(|v| !(-2.0..=2.0).contains(v)) {
+                return Err(ApiError::bad_request(format!(
+                    "{name} must be between -2 and 2, got {v}"
+                )));
+            }
+        }
+        if let Some(p) = self.typical_p.filter(|p| !(*p > 0.0 && *p <= 1.0)) {
+            return Err(ApiError::bad_request(format!(
+                "typical_p must be in (0, 1], got {p}"
+            )));
+        }
+        let logit_bias = logit_bias(self.logit_bias.as_ref())?;
         if let Some(bad) = self.adapters.iter().flatten().find(|a| a.trim().is_empty()) {
             return Err(ApiError::bad_request(format!(
                 "adapters must be non-empty \"SPEC[:scale]\" strings, got {bad:?}"
@@ -98,13 +121,58 @@ impl Params {
             top_k,
             min_p: self.min_p.map(|p| p as f32),
             repeat_penalty: self.repeat_penalty.map(|r| r as f32),
-            seed: self.seed.map(|s| s as u64),
+            typical_p: self.typical_p.map(|p| p as f32),
+            presence_penalty: self.presence_penalty.map(|p| p as f32),
+            frequency_penalty: self.frequency_penalty.map(|p| p as f32),
+            logit_bias,
+            constraint: self.constraint,
+            // A negative seed means a random one (llama.cpp's and Ollama's -1).
+            seed: self.seed.and_then(|s| u64::try_from(s).ok()),
             stop: self.stop,
             ignore_eos: self.ignore_eos,
             backend: self.backend,
             adapters: self.adapters,
+            ..GenerationConfig::default()
         })
     }
+}
+
+/// The most entries a `logit_bias` may have (OpenAI's limit is 300).
+pub const MAX_LOGIT_BIAS: usize = 1024;
+
+/// `logit_bias` as OpenAI sends it: `{"<token id>": bias}`, bias in [-100, 100]; -100 bans
+/// the token (as OpenAI documents it), so it becomes `-inf`.
+fn logit_bias(map: Option<&serde_json::Map<String, Value>>) -> Result<Vec<(u32, f32)>, ApiError> {
+    let Some(map) = map else {
+        return Ok(Vec::new());
+    };
+    if map.len() > MAX_LOGIT_BIAS {
+        return Err(ApiError::bad_request(format!(
+            "logit_bias has {} entries; at most {MAX_LOGIT_BIAS}",
+            map.len()
+        )));
+    }
+    map.iter()
+        .map(|(key, value)| {
+            let id: u32 = key.parse().map_err(|_| {
+                ApiError::bad_request(format!("logit_bias: key {key:?} is not a token id"))
+            })?;
+            let bias = value
+                .as_f64()
+                .filter(|b| (-100.0..=100.0).contains(b))
+                .ok_or_else(|| {
+                    ApiError::bad_request(format!(
+                        "logit_bias: the bias of token {id} must be a number in [-100, 100]"
+                    ))
+                })?;
+            let bias = if bias <= -100.0 {
+                f32::NEG_INFINITY
+            } else {
+                bias as f32
+            };
+            Ok((id, bias))
+        })
+        .collect()
 }
 
 /// Seconds since the Unix epoch.

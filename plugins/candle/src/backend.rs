@@ -68,6 +68,7 @@ impl Backend for CandleBackend {
             batch,
             load_ms,
             adapters,
+            guidance: Default::default(),
         })))
     }
 }

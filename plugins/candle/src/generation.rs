@@ -2,14 +2,14 @@
 //! `next()`, on the caller's thread: the host pulls each generation on its own blocking
 //! thread, several run at once, and dropping one frees its cache with nothing left running.
 
+use crate::constraint::Constrainer;
 use crate::error::Result;
 use crate::model::Shared;
 use crate::net::Session;
 use crate::sampling::Sampler;
 use llmlocal_plugin_api::{
-    abi_stable::std_types::{ROption, RString},
-    FinishReason, GenerateRequest, Generation, GenerationStats, PluginError, StatsClock, Step,
-    Token, Utf8Decoder,
+    abi_stable::std_types::ROption, ConstraintKind, FinishReason, GenerateRequest, Generation,
+    GenerationStats, PluginError, StatsClock, Step, Token, TokenLogprobs, Utf8Decoder,
 };
 use std::sync::Arc;
 
@@ -33,22 +33,36 @@ pub struct CandleGeneration {
 
 impl CandleGeneration {
     pub fn new(shared: Arc<Shared>, request: GenerateRequest) -> Result<Self> {
+        // The export glue checks this too; a plugin used as a Rust library checks it here.
+        request.validate(u32::try_from(shared.info.vocab_size).unwrap_or(u32::MAX))?;
         let prompt: Vec<u32> = request.prompt_tokens.to_vec();
-        if prompt.is_empty() {
-            return Err(PluginError::invalid_request("the prompt is empty"));
-        }
         shared.check_tokens(&prompt)?;
         if let ROption::RSome(asked) = &request.adapters {
             shared.check_adapters(asked.as_slice())?;
         }
         let context = shared.info.context_length;
-        if prompt.len() > context {
+        // The contract: prompt + generated <= context, and a prompt must leave room for one.
+        if prompt.len() >= context {
             return Err(PluginError::invalid_request(format!(
-                "the prompt has {} tokens, more than the context of {context}",
+                "the prompt has {} tokens but the context holds {context}; shorten the prompt \
+                 or load the model with a longer context_length",
                 prompt.len()
             )));
         }
-        let sampler = Sampler::new(request.sampling)?;
+        let mut sampler = Sampler::new(&request);
+        if let ROption::RSome(constraint) = &request.constraint {
+            if constraint.kind != ConstraintKind::JsonSchema {
+                return Err(PluginError::unsupported(
+                    "candle constrains output by JSON schema only (no GBNF grammars)",
+                ));
+            }
+            sampler = sampler.with_constraint(Constrainer::json_schema(
+                &constraint.text,
+                &shared.guidance,
+                &shared.vocab,
+                shared.info.vocab_size,
+            )?);
+        }
         let session = shared.net.session(&shared.device)?;
         Ok(CandleGeneration {
             clock: StatsClock::start(u32::try_from(prompt.len()).unwrap_or(u32::MAX)),
@@ -81,49 +95,50 @@ impl CandleGeneration {
 
     /// The next token: greedy without penalties is picked on the device where the network
     /// can, else the sampler runs over the logits.
-    fn next_token(&mut self) -> Result<u32> {
+    fn next_token(&mut self) -> Result<(u32, Option<TokenLogprobs>)> {
         if self.cached > 0 && self.sampler.is_plain_greedy() {
             let pending = &self.history[self.cached..];
             if let Some(id) = self.session.forward_argmax(pending, self.cached)? {
                 self.cached = self.history.len();
-                return Ok(id);
+                return Ok((id, None));
             }
         }
         let mut logits = self.next_logits()?;
-        Ok(self.sampler.sample(&mut logits, &self.history))
+        let sampled = self.sampler.sample(&mut logits, &self.history)?;
+        Ok((sampled.id, sampled.logprobs))
     }
 
     fn step(&mut self) -> Result<Step> {
-        if self.generated >= self.max_tokens {
+        // 0 = no limit (the contract).
+        if self.max_tokens > 0 && self.generated >= self.max_tokens {
             return Ok(self.finish(FinishReason::Length));
         }
         if self.history.len() >= self.shared.info.context_length {
             return Ok(self.finish(FinishReason::ContextFull));
         }
-        let id = self.next_token()?;
+        let (id, logprobs) = self.next_token()?;
         if !self.ignore_eos && self.shared.vocab.is_eog(id) {
             return Ok(self.finish(FinishReason::EndOfGeneration));
         }
         self.history.push(id);
         self.generated += 1;
         self.clock.token();
-        let text = self.text.push(self.shared.vocab.piece(id));
-        Ok(Step::Token(Token {
-            id,
-            text: RString::from(text),
-        }))
+        let mut token = Token::new(id, self.text.push(self.shared.vocab.piece(id)));
+        token.logprobs = logprobs.into();
+        Ok(Step::Token(token))
     }
 
+    /// The end, with what the UTF-8 decoder still holds.
     fn finish(&mut self, reason: FinishReason) -> Step {
         self.done = Some(Ok(reason));
-        Step::Finished(reason)
+        Step::finished_with(reason, self.text.finish())
     }
 }
 
 impl Generation for CandleGeneration {
     fn next(&mut self) -> Result<Step> {
         match &self.done {
-            Some(Ok(reason)) => return Ok(Step::Finished(*reason)),
+            Some(Ok(reason)) => return Ok(Step::finished(*reason)),
             Some(Err(e)) => return Err(e.clone()),
             None => {}
         }

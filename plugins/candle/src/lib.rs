@@ -33,6 +33,7 @@
 //! above; quantized files keep their blocks).
 
 pub mod backend;
+pub mod constraint;
 #[cfg(feature = "cuda")]
 pub mod decode_kernels;
 pub mod dense_llama;
@@ -52,7 +53,7 @@ pub mod tokenizer;
 
 pub use backend::CandleBackend;
 
-use llmlocal_plugin_api::{abi_stable::std_types::RString, Manifest, ModelFormat};
+use llmlocal_plugin_api::{abi_stable::std_types::RString, capability, format, Manifest};
 
 /// Generations one model runs at once (each on its caller's thread, with its own cache).
 pub const PARALLEL_GENERATIONS: u32 = 4;
@@ -65,9 +66,18 @@ pub fn manifest() -> Manifest {
         "candle (Hugging Face) backend: safetensors llama/mistral/qwen2 and GGUF llama",
     );
     manifest.devices = device::available().into_iter().map(RString::from).collect();
-    manifest.formats = vec![ModelFormat::Safetensors, ModelFormat::Gguf].into();
-    manifest.capabilities.lora = true;
-    manifest.capabilities.lora_per_generation = false;
+    manifest.add_format(format::SAFETENSORS);
+    manifest.add_format(format::GGUF);
+    // Not (yet) GBNF grammars: the host refuses those requests for candle by name.
+    for name in [
+        capability::LORA,
+        capability::LOGIT_BIAS,
+        capability::FULL_SAMPLING,
+        capability::LOGPROBS,
+        capability::JSON_SCHEMA,
+    ] {
+        manifest.capabilities.insert(name);
+    }
     manifest.capabilities.parallel_generations = PARALLEL_GENERATIONS;
     manifest
 }

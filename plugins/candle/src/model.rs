@@ -40,6 +40,8 @@ pub struct Shared {
     pub load_ms: f64,
     /// The LoRA adapters merged into the weights at load (path, scale).
     pub adapters: Vec<(String, f32)>,
+    /// JSON-schema masks' token tables, built on the first constrained generation.
+    pub guidance: crate::constraint::GuidanceCache,
 }
 
 impl Shared {
@@ -123,6 +125,8 @@ impl Model for CandleModel {
             },
             device: RString::from(s.device_name.as_str()),
             load_ms: s.load_ms,
+            pooling: RString::new(),
+            extensions: RVec::new(),
         }
     }
 

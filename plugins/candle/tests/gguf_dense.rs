@@ -43,6 +43,7 @@ fn model(loaded: Loaded) -> Box<dyn Model> {
         batch: DEFAULT_BATCH,
         load_ms: 0.0,
         adapters: Vec::new(),
+        guidance: Default::default(),
     }))
 }
 

@@ -146,8 +146,14 @@ fn max_tokens_ends_with_length_and_stays_ended() {
     for _ in 0..3 {
         assert!(matches!(g.next().unwrap(), Step::Token(_)));
     }
-    assert_eq!(g.next().unwrap(), Step::Finished(FinishReason::Length));
-    assert_eq!(g.next().unwrap(), Step::Finished(FinishReason::Length));
+    assert_eq!(
+        g.next().unwrap().finish_reason(),
+        Some(FinishReason::Length)
+    );
+    assert_eq!(
+        g.next().unwrap().finish_reason(),
+        Some(FinishReason::Length)
+    );
     let stats = g.stats();
     assert_eq!(stats.generated_tokens, 3);
     assert_eq!(stats.prompt_tokens, 5);
@@ -167,7 +173,7 @@ fn context_full_ends_the_generation() {
     assert_eq!(model.metadata().context_length, 12);
     let tokens = prompt(model.as_ref());
     let (ids, _, end) = greedy(model.as_ref(), &tokens, 100);
-    assert_eq!(end, Step::Finished(FinishReason::ContextFull));
+    assert_eq!(end, FinishReason::ContextFull);
     assert_eq!(tokens.len() + ids.len(), 12);
 }
 
@@ -178,7 +184,7 @@ fn sampled(tokens: &[u32], seed: u64, max_tokens: u32, ignore_eos: bool) -> Gene
             top_k: 0,
             top_p: 1.0,
             min_p: 0.0,
-            seed,
+            seed: Some(seed).into(),
             ..Sampling::default()
         },
         ignore_eos,
@@ -209,7 +215,7 @@ fn end_of_generation_token_ends_it() {
     });
     let (seed, at, with_eos) = found.expect("some sampled story ends");
     let (ids, _, end) = common::drain(model.generate(sampled(&tokens, seed, 500, false)).unwrap());
-    assert_eq!(end, Step::Finished(FinishReason::EndOfGeneration));
+    assert_eq!(end, FinishReason::EndOfGeneration);
     assert_eq!(
         ids,
         with_eos[..at].to_vec(),
@@ -229,7 +235,7 @@ fn seeded_sampling_is_reproducible() {
                 top_k: 0,
                 top_p: 1.0,
                 min_p: 0.0,
-                seed,
+                seed: Some(seed).into(),
                 ..Sampling::default()
             },
             ..GenerateRequest::greedy(tokens.clone(), 48)

@@ -24,14 +24,12 @@ use crate::{
     adapters::{AdapterSet, AdapterStore},
     load::{ModelShape, Reload},
     model::SharedModel,
-    sampler::SamplerChain,
+    sampler::{GuidanceCache, SamplerChain, SamplingPlan},
 };
 use llama_cpp_2::{
     context::LlamaContext, llama_batch::LlamaBatch, model::LlamaModel, token::LlamaToken,
 };
-use llmlocal_plugin_api::{
-    abi_stable::std_types::RString, FinishReason, PluginError, Step, Token, Utf8Decoder,
-};
+use llmlocal_plugin_api::{FinishReason, PluginError, Step, Token, Utf8Decoder};
 use std::{
     collections::VecDeque,
     sync::{
@@ -74,7 +72,9 @@ pub enum JobKind {
 }
 
 pub struct GenerateJob {
-    pub sampler: SamplerChain,
+    /// Turned into samplers when the job takes a slot (see [`SamplingPlan`]).
+    pub plan: SamplingPlan,
+    pub guidance: GuidanceCache,
     /// 0 = until the context is full.
     pub max_tokens: u32,
     pub ignore_eos: bool,
@@ -448,6 +448,7 @@ enum SequenceKind {
 
 struct Generating {
     job: GenerateJob,
+    sampler: SamplerChain,
     outbox: VecDeque<Result<Step, PluginError>>,
     decoder: Utf8Decoder,
     generated: u32,
@@ -470,8 +471,15 @@ impl Generating {
         true
     }
 
+    /// Ends the generation; what the UTF-8 decoder still holds goes with the end.
     fn finish(&mut self, reason: FinishReason) {
-        self.outbox.push_back(Ok(Step::Finished(reason)));
+        let rest = self.decoder.finish();
+        self.outbox.push_back(Ok(Step::finished_with(reason, rest)));
+        self.finished = true;
+    }
+
+    fn fail(&mut self, err: PluginError) {
+        self.outbox.push_back(Err(err));
         self.finished = true;
     }
 }
@@ -599,7 +607,7 @@ impl<'m> State<'m> {
                 self.pending.active = wanted;
             }
             if let Some(job) = self.pending.queue.pop_front() {
-                self.slots[free] = Some(start_sequence(job));
+                self.slots[free] = Some(start_sequence(job, self.model));
             }
         }
         None
@@ -694,7 +702,7 @@ impl<'m> State<'m> {
                     logits_index: Some(index),
                     kind: SequenceKind::Generate(gen),
                     ..
-                }) if gen.job.sampler.is_greedy() => Some((id, *index)),
+                }) if gen.sampler.is_greedy() => Some((id, *index)),
                 _ => None,
             })
             .collect();
@@ -718,27 +726,35 @@ impl<'m> State<'m> {
                     seq.done = true;
                 }
                 SequenceKind::Generate(gen) => {
-                    let token = match picked[id] {
-                        Some(token) => token,
-                        None => gen.job.sampler.sample(&self.context, index),
+                    let sampled = match picked[id] {
+                        Some(token) => Ok((token, None)),
+                        None => gen.sampler.sample(&self.context, index),
                     };
                     let before = gen.generated;
-                    if vocab.is_eog(token) && !gen.job.ignore_eos {
-                        gen.finish(FinishReason::EndOfGeneration);
-                    } else {
-                        let piece = vocab.token_to_piece(token, false, None);
-                        let text = gen.decoder.push(&piece);
-                        gen.outbox.push_back(Ok(Step::Token(Token {
-                            id: u32::try_from(token.0).unwrap_or(0),
-                            text: RString::from(text),
-                        })));
-                        gen.generated += 1;
-                        if gen.job.max_tokens != 0 && gen.generated >= gen.job.max_tokens {
-                            gen.finish(FinishReason::Length);
-                        } else if seq.n_past >= self.context_per_sequence {
-                            gen.finish(FinishReason::ContextFull);
-                        } else {
-                            seq.next_input = Some(token);
+                    match sampled {
+                        Err(err) => gen.fail(err),
+                        Ok((token, _)) if vocab.is_eog(token) && !gen.job.ignore_eos => {
+                            gen.finish(FinishReason::EndOfGeneration);
+                        }
+                        Ok((token, logprobs)) => {
+                            let piece = vocab.token_to_piece(token, false, None);
+                            let mut step = Token::new(
+                                u32::try_from(token.0).unwrap_or(0),
+                                gen.decoder.push(&piece),
+                            );
+                            step.logprobs = logprobs.into();
+                            gen.outbox.push_back(Ok(Step::Token(step)));
+                            gen.generated += 1;
+                            // The contract: prompt + generated tokens never exceed the
+                            // context; `n_past` counts the evaluated ones, which excludes the
+                            // token just sampled.
+                            if gen.job.max_tokens != 0 && gen.generated >= gen.job.max_tokens {
+                                gen.finish(FinishReason::Length);
+                            } else if seq.n_past + 1 >= self.context_per_sequence {
+                                gen.finish(FinishReason::ContextFull);
+                            } else {
+                                seq.next_input = Some(token);
+                            }
                         }
                     }
                     if !gen.flush() {
@@ -792,25 +808,39 @@ fn add(batch: &mut LlamaBatch, token: LlamaToken, pos: i32, seq: usize, logits: 
     batch.add(token, pos, &[seq], logits).is_ok()
 }
 
-fn start_sequence(job: Job) -> Sequence {
+/// A sequence for `job`. Samplers that cannot be built (the caller checked them, so only an
+/// unexpected failure) end the sequence with the error before its prompt is read.
+fn start_sequence(job: Job, model: &LlamaModel) -> Sequence {
+    let mut prefilled = 0;
     let kind = match job.kind {
         JobKind::Logits(reply) => SequenceKind::Logits(reply),
         JobKind::Generate(generate) => {
+            let built = SamplerChain::new(&generate.plan, model, &generate.guidance);
             let mut gen = Generating {
                 job: generate,
+                sampler: SamplerChain::greedy(),
                 outbox: VecDeque::new(),
                 decoder: Utf8Decoder::new(),
                 generated: 0,
                 finished: false,
             };
-            // The repeat penalty looks at the prompt too, as in llama.cpp's own tools.
-            gen.job.sampler.accept_prompt(&job.prompt);
+            match built {
+                Ok(mut sampler) => {
+                    // The penalties look at the prompt too, as in llama.cpp's own tools.
+                    sampler.accept_prompt(&job.prompt);
+                    gen.sampler = sampler;
+                }
+                Err(err) => {
+                    gen.fail(err);
+                    prefilled = job.prompt.len();
+                }
+            }
             SequenceKind::Generate(gen)
         }
     };
     Sequence {
         prompt: job.prompt,
-        prefilled: 0,
+        prefilled,
         n_past: 0,
         next_input: None,
         logits_index: None,

@@ -17,7 +17,8 @@ pub struct LlamaGeneration {
     /// Keeps the decode thread (and the model) alive while this generation exists.
     engine: Arc<Engine>,
     clock: StatsClock,
-    /// Once ended, every later `next` returns the same.
+    /// Once ended, every later `next` returns the same reason (with no trailing text: it
+    /// was handed out once) or the same error.
     ended: Option<Result<FinishReason, PluginError>>,
 }
 
@@ -45,7 +46,7 @@ impl LlamaGeneration {
 impl Generation for LlamaGeneration {
     fn next(&mut self) -> Result<Step, PluginError> {
         if let Some(end) = &self.ended {
-            return end.clone().map(Step::Finished);
+            return end.clone().map(Step::finished);
         }
         let step = match self.steps.recv() {
             Ok(step) => step,
@@ -60,9 +61,9 @@ impl Generation for LlamaGeneration {
                 self.clock.token();
                 Ok(Step::Token(token))
             }
-            Ok(Step::Finished(reason)) => {
-                self.ended = Some(Ok(reason));
-                Ok(Step::Finished(reason))
+            Ok(Step::Finished(end)) => {
+                self.ended = Some(Ok(end.reason));
+                Ok(Step::Finished(end))
             }
             Err(err) => {
                 self.ended = Some(Err(err.clone()));

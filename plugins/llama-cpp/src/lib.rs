@@ -55,8 +55,8 @@ pub mod runtime;
 pub mod sampler;
 
 use llmlocal_plugin_api::{
-    abi_stable::std_types::{RString, RVec},
-    Backend, LoadRequest, Manifest, Model, ModelFormat, PluginError,
+    abi_stable::std_types::RString, capability, format, Backend, LoadRequest, Manifest, Model,
+    PluginError,
 };
 
 /// The name users select this backend by.
@@ -72,13 +72,22 @@ pub fn manifest() -> Manifest {
         env!("CARGO_PKG_VERSION"),
         "llama.cpp (llama-cpp-2): GGUF models, continuous batching, LoRA",
     );
-    manifest.formats = RVec::from(vec![ModelFormat::Gguf]);
+    manifest.add_format(format::GGUF);
     manifest.devices = runtime::devices()
         .into_iter()
         .map(|d| RString::from(d.name))
         .collect();
-    manifest.capabilities.lora = true;
-    manifest.capabilities.lora_per_generation = true;
+    for name in [
+        capability::LORA,
+        capability::LORA_PER_GENERATION,
+        capability::LOGIT_BIAS,
+        capability::FULL_SAMPLING,
+        capability::LOGPROBS,
+        capability::GRAMMAR,
+        capability::JSON_SCHEMA,
+    ] {
+        manifest.capabilities.insert(name);
+    }
     manifest.capabilities.parallel_generations = DEFAULT_PARALLEL;
     manifest
 }

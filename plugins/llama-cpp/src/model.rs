@@ -5,7 +5,7 @@ use crate::{
     engine::{Command, Engine, EngineConfig, GenerateJob, Job, JobKind, OUTPUT_CHANNEL_CAPACITY},
     generation::LlamaGeneration,
     runtime::Device,
-    sampler::SamplerChain,
+    sampler::{GuidanceCache, SamplerChain, SamplingPlan},
 };
 use llama_cpp_2::{model::LlamaModel, token::LlamaToken};
 use llmlocal_plugin_api::{
@@ -95,6 +95,7 @@ pub struct LlamaCppModel {
     n_vocab: i32,
     context_per_sequence: u32,
     load_set: AdapterSet,
+    guidance: GuidanceCache,
 }
 
 impl LlamaCppModel {
@@ -110,6 +111,7 @@ impl LlamaCppModel {
             metadata,
             context_per_sequence: parts.config.context_per_sequence,
             load_set: parts.load_set,
+            guidance: GuidanceCache::default(),
         })
     }
 
@@ -207,6 +209,27 @@ fn read_metadata(model: &LlamaModel, parts: &Parts) -> ModelMetadata {
         chat_template: chat_template.map(RString::from).into(),
         device: RString::from(parts.device.name.clone()),
         load_ms: parts.load_ms,
+        pooling: RString::from(pooling(model)),
+        extensions: RVec::new(),
+    }
+}
+
+/// The pooling an embedding GGUF asks for (`<arch>.pooling_type`: 0 none, 1 mean, 2 cls,
+/// 3 last, as llama.cpp numbers them); empty when the file says nothing.
+fn pooling(model: &LlamaModel) -> &'static str {
+    let arch = model
+        .meta_val_str("general.architecture")
+        .unwrap_or_default();
+    match model
+        .meta_val_str(&format!("{arch}.pooling_type"))
+        .ok()
+        .as_deref()
+    {
+        Some("0") => "none",
+        Some("1") => "mean",
+        Some("2") => "cls",
+        Some("3") => "last",
+        _ => "",
     }
 }
 
@@ -264,9 +287,17 @@ impl Model for LlamaCppModel {
         // thread may finish the prompt before this thread runs again.
         let prompt_len = u32::try_from(request.prompt_tokens.len()).unwrap_or(u32::MAX);
         let clock = StatsClock::start(prompt_len);
+        // The export glue checks this too; a plugin used as a Rust library checks it here.
+        request.validate(self.metadata.vocab_size)?;
         let prompt = self.check_prompt(request.prompt_tokens.as_slice())?;
         let adapters = self.adapters_for(&request)?;
-        let sampler = SamplerChain::new(&request.sampling, self.n_vocab)?;
+        let plan = SamplingPlan::of(&request);
+        if plan.constraint.is_some() {
+            // Parse the grammar or schema here, so a bad one fails this call; the decode
+            // thread builds its own samplers (see `SamplingPlan`).
+            let model = read(&self.model)?;
+            SamplerChain::new(&plan, &model, &self.guidance)?;
+        }
         let (out, steps) = std::sync::mpsc::sync_channel(OUTPUT_CHANNEL_CAPACITY);
         let cancel = Arc::new(AtomicBool::new(false));
         let job = Job {
@@ -274,7 +305,8 @@ impl Model for LlamaCppModel {
             cancel: Arc::clone(&cancel),
             adapters,
             kind: JobKind::Generate(GenerateJob {
-                sampler,
+                plan,
+                guidance: self.guidance.clone(),
                 max_tokens: request.max_tokens,
                 ignore_eos: request.ignore_eos,
                 out,

@@ -1,72 +1,281 @@
-//! The per-sequence llama.cpp sampler chain.
+//! The per-sequence sampler, in the contract's order (docs/contract.md, "Sampling"):
+//! logit_bias -> penalties ("shape": the distribution logprobs are read from) -> constraint
+//! mask -> top_k -> typical_p -> top_p -> min_p -> temperature -> seeded draw ("pick"), or
+//! argmax after the constraint when the temperature is 0.
+//!
+//! Every stage is one of llama.cpp's own samplers, except the JSON-schema mask, which is
+//! llguidance's (see Cargo.toml). Plain greedy decoding with nothing else asked skips all of
+//! it: an argmax over the logits in place.
 
-use llama_cpp_2::{context::LlamaContext, sampling::LlamaSampler, token::LlamaToken};
-use llmlocal_plugin_api::{PluginError, Sampling};
+use llama_cpp_2::{
+    context::LlamaContext,
+    model::LlamaModel,
+    sampling::LlamaSampler,
+    token::{
+        data::LlamaTokenData, data_array::LlamaTokenDataArray, logit_bias::LlamaLogitBias,
+        LlamaToken,
+    },
+};
+use llguidance::{api::TopLevelGrammar, Matcher, ParserFactory};
+use llmlocal_plugin_api::{
+    abi_stable::std_types::ROption, ConstraintKind, GenerateRequest, PluginError, Sampling,
+    TokenLogprobs,
+};
+use std::sync::{Arc, OnceLock};
 
-/// penalties -> top_k -> top_p -> min_p -> temperature -> dist(seed), or plain argmax when the
-/// temperature is 0 (the contract: greedy ignores the other filters).
+/// What a generation asked of sampling, kept as plain data until the decode thread builds
+/// the samplers: llama.cpp's grammar sampler points into the model's vocabulary, which a
+/// reload (to free LoRA adapters) replaces while jobs wait in the queue.
+#[derive(Debug, Clone)]
+pub struct SamplingPlan {
+    pub sampling: Sampling,
+    pub logit_bias: Vec<(i32, f32)>,
+    pub constraint: Option<(ConstraintKind, String)>,
+    pub logprobs: Option<usize>,
+}
+
+impl SamplingPlan {
+    pub fn of(request: &GenerateRequest) -> Self {
+        SamplingPlan {
+            sampling: request.sampling,
+            logit_bias: request
+                .logit_bias
+                .iter()
+                .map(|b| (i32::try_from(b.token).unwrap_or(i32::MAX), b.bias))
+                .collect(),
+            constraint: match &request.constraint {
+                ROption::RSome(c) => Some((c.kind, c.text.to_string())),
+                ROption::RNone => None,
+            },
+            logprobs: request.logprobs.into_option().map(|n| n as usize),
+        }
+    }
+
+    /// Nothing but an argmax over the raw logits.
+    fn is_plain_greedy(&self) -> bool {
+        self.sampling.is_greedy()
+            && self.logit_bias.is_empty()
+            && !self.sampling.has_penalties()
+            && self.constraint.is_none()
+            && self.logprobs.is_none()
+    }
+}
+
+/// llguidance's parser factory for one model, built on first use (it walks the vocabulary)
+/// and shared by every JSON-schema generation of the model.
+#[derive(Clone, Default)]
+pub struct GuidanceCache(Arc<OnceLock<Result<ParserFactory, String>>>);
+
+impl GuidanceCache {
+    fn factory(&self, model: &LlamaModel) -> Result<&ParserFactory, PluginError> {
+        self.0
+            .get_or_init(|| {
+                let env = LlamaSampler::llguidance_tok_env(model);
+                let mut factory = ParserFactory::new_simple(&env).map_err(|e| e.to_string())?;
+                factory.quiet();
+                Ok(factory)
+            })
+            .as_ref()
+            .map_err(|e| {
+                PluginError::internal(format!("llguidance cannot read the vocabulary: {e}"))
+            })
+    }
+}
+
 pub struct SamplerChain {
-    /// `None` for greedy: an argmax over the logits in place. llama.cpp's greedy sampler first
-    /// builds a candidate array of the whole vocabulary (1.5 MB for 128k tokens), which on a
-    /// GPU made sampling, done on the one decode thread for every sequence, the bottleneck of
-    /// batched generation.
-    sampler: Option<LlamaSampler>,
+    /// `None` for plain greedy: an argmax over the logits in place. llama.cpp's greedy
+    /// sampler first builds a candidate array of the whole vocabulary (1.5 MB for 128k
+    /// tokens), which on a GPU made sampling, done on the one decode thread for every
+    /// sequence, the bottleneck of batched generation.
+    stages: Option<Stages>,
+}
+
+struct Stages {
+    /// logit_bias + penalties, or nothing.
+    shape: Option<LlamaSampler>,
+    /// constraint + filters + draw (or greedy).
+    pick: LlamaSampler,
+    logprobs: Option<usize>,
 }
 
 impl SamplerChain {
-    pub fn new(sampling: &Sampling, n_vocab: i32) -> Result<Self, PluginError> {
-        validate(sampling)?;
-        if sampling.is_greedy() {
-            return Ok(SamplerChain { sampler: None });
+    /// Builds the samplers; an invalid grammar or schema is an `InvalidRequest`.
+    pub fn new(
+        plan: &SamplingPlan,
+        model: &LlamaModel,
+        guidance: &GuidanceCache,
+    ) -> Result<Self, PluginError> {
+        if plan.is_plain_greedy() {
+            return Ok(SamplerChain::greedy());
         }
-        let mut chain = Vec::new();
-        if sampling.repeat_penalty != 1.0 && sampling.repeat_last_n != 0 {
-            let last_n = i32::try_from(sampling.repeat_last_n).unwrap_or(i32::MAX);
-            chain.push(LlamaSampler::penalties(
+        let s = &plan.sampling;
+        let n_vocab = model.n_vocab();
+        let mut shape = Vec::new();
+        if !plan.logit_bias.is_empty() {
+            let biases: Vec<LlamaLogitBias> = plan
+                .logit_bias
+                .iter()
+                .map(|&(token, bias)| LlamaLogitBias::new(LlamaToken(token), bias))
+                .collect();
+            shape.push(LlamaSampler::logit_bias(n_vocab, &biases));
+        }
+        if s.has_penalties() {
+            shape.push(LlamaSampler::penalties(
                 n_vocab,
-                last_n,
-                sampling.repeat_penalty,
-                0.0,
-                0.0,
+                i32::try_from(s.repeat_last_n).unwrap_or(i32::MAX),
+                s.repeat_penalty,
+                s.frequency_penalty,
+                s.presence_penalty,
             ));
         }
-        if sampling.top_k > 0 {
-            chain.push(LlamaSampler::top_k(
-                i32::try_from(sampling.top_k).unwrap_or(i32::MAX),
-            ));
+        let mut pick = Vec::new();
+        if let Some((kind, text)) = &plan.constraint {
+            pick.push(constraint_sampler(*kind, text, model, guidance)?);
         }
-        if sampling.top_p < 1.0 {
-            chain.push(LlamaSampler::top_p(sampling.top_p, 1));
+        if s.is_greedy() {
+            pick.push(LlamaSampler::greedy());
+        } else {
+            if s.top_k > 0 {
+                pick.push(LlamaSampler::top_k(
+                    i32::try_from(s.top_k).unwrap_or(i32::MAX),
+                ));
+            }
+            if s.typical_p < 1.0 {
+                pick.push(LlamaSampler::typical(s.typical_p, 1));
+            }
+            if s.top_p < 1.0 {
+                pick.push(LlamaSampler::top_p(s.top_p, 1));
+            }
+            if s.min_p > 0.0 {
+                pick.push(LlamaSampler::min_p(s.min_p, 1));
+            }
+            pick.push(LlamaSampler::temp(s.temperature));
+            pick.push(LlamaSampler::dist(seed32(s.seed_or_random())));
         }
-        if sampling.min_p > 0.0 {
-            chain.push(LlamaSampler::min_p(sampling.min_p, 1));
-        }
-        chain.push(LlamaSampler::temp(sampling.temperature));
-        chain.push(LlamaSampler::dist(seed32(sampling.seed)));
         Ok(SamplerChain {
-            sampler: Some(LlamaSampler::chain_simple(chain)),
+            stages: Some(Stages {
+                shape: (!shape.is_empty()).then(|| LlamaSampler::chain_simple(shape)),
+                pick: LlamaSampler::chain_simple(pick),
+                logprobs: plan.logprobs,
+            }),
         })
+    }
+
+    /// Plain argmax over the raw logits.
+    pub fn greedy() -> Self {
+        SamplerChain { stages: None }
     }
 
     /// Plain argmax: the decode thread may then pick the token itself (see [`argmax_all`]).
     pub fn is_greedy(&self) -> bool {
-        self.sampler.is_none()
+        self.stages.is_none()
     }
 
-    /// Lets the repeat penalty see the prompt.
+    /// Lets the penalties see the prompt, as llama.cpp's own tools do.
     pub fn accept_prompt(&mut self, prompt: &[LlamaToken]) {
-        if let Some(sampler) = &mut self.sampler {
-            sampler.accept_many(prompt);
+        if let Some(Stages {
+            shape: Some(shape), ..
+        }) = &mut self.stages
+        {
+            shape.accept_many(prompt);
         }
     }
 
-    /// Samples from the logits at batch index `index` and records the token.
-    pub fn sample(&mut self, context: &LlamaContext<'_>, index: i32) -> LlamaToken {
-        match &mut self.sampler {
-            Some(sampler) => sampler.sample(context, index),
-            None => LlamaToken(argmax(context.get_logits_ith(index))),
+    /// Samples from the logits at batch index `index`, records the token in every stage, and
+    /// returns it with its logprobs when they were asked for.
+    pub fn sample(
+        &mut self,
+        context: &LlamaContext<'_>,
+        index: i32,
+    ) -> Result<(LlamaToken, Option<TokenLogprobs>), PluginError> {
+        let logits = context.get_logits_ith(index);
+        let Some(stages) = &mut self.stages else {
+            return Ok((LlamaToken(argmax(logits)), None));
+        };
+        let mut candidates = LlamaTokenDataArray::from_iter(
+            logits
+                .iter()
+                .enumerate()
+                .map(|(i, &l)| LlamaTokenData::new(LlamaToken(i as i32), l, 0.0)),
+            false,
+        );
+        if let Some(shape) = &mut stages.shape {
+            candidates.apply_sampler(shape);
         }
+        // The shaped logits, in token order (bias and penalties neither sort nor drop).
+        let shaped: Option<Vec<f32>> = stages
+            .logprobs
+            .map(|_| candidates.data.iter().map(LlamaTokenData::logit).collect());
+        candidates.apply_sampler(&mut stages.pick);
+        let token = candidates.selected_token().ok_or_else(|| {
+            PluginError::invalid_request(
+                "no token is allowed here: the constraint and the filters left no candidate \
+                 (a grammar that cannot continue, or every token banned)",
+            )
+        })?;
+        if let Some(shape) = &mut stages.shape {
+            shape.accept(token);
+        }
+        stages.pick.accept(token);
+        let logprobs = match (stages.logprobs, shaped) {
+            (Some(n), Some(row)) => Some(TokenLogprobs::from_logits(
+                &row,
+                u32::try_from(token.0).unwrap_or(0),
+                n,
+            )),
+            _ => None,
+        };
+        Ok((token, logprobs))
     }
+}
+
+/// A GBNF grammar through llama.cpp's grammar sampler, a JSON schema through llguidance.
+fn constraint_sampler(
+    kind: ConstraintKind,
+    text: &str,
+    model: &LlamaModel,
+    guidance: &GuidanceCache,
+) -> Result<LlamaSampler, PluginError> {
+    match kind {
+        ConstraintKind::Grammar => {
+            // llama.cpp logs the parse error and returns null; the message says where to look.
+            LlamaSampler::grammar(model, text, "root").map_err(|e| {
+                PluginError::invalid_request(format!(
+                    "the grammar is not valid GBNF with a `root` rule ({e}); the log has \
+                     llama.cpp's parse error"
+                ))
+            })
+        }
+        ConstraintKind::JsonSchema => {
+            let schema: serde_json::Value = serde_json::from_str(text).map_err(|e| {
+                PluginError::invalid_request(format!("the JSON schema is not valid JSON: {e}"))
+            })?;
+            let factory = guidance.factory(model)?;
+            let parser = factory.create_parser(TopLevelGrammar::from_json_schema(compact(schema)));
+            let matcher = Matcher::new(parser);
+            if let Some(err) = matcher.get_error() {
+                return Err(PluginError::invalid_request(format!(
+                    "the JSON schema cannot be used: {err}"
+                )));
+            }
+            Ok(LlamaSampler::from(matcher))
+        }
+        other => Err(PluginError::invalid_request(format!(
+            "constraint kind {} is not supported",
+            other.0
+        ))),
+    }
+}
+
+/// JSON output is compact (docs/contract.md): unless the schema sets llguidance's own
+/// `x-guidance` options, no whitespace between tokens, so a small model cannot pad an answer
+/// with whitespace until `max_tokens`.
+fn compact(mut schema: serde_json::Value) -> serde_json::Value {
+    if let serde_json::Value::Object(map) = &mut schema {
+        map.entry("x-guidance")
+            .or_insert_with(|| serde_json::json!({ "whitespace_flexible": false }));
+    }
+    schema
 }
 
 /// Below this many greedy sequences in a batch, argmax runs on the calling thread.
@@ -126,23 +335,6 @@ fn seed32(seed: u64) -> u32 {
     }
 }
 
-fn validate(s: &Sampling) -> Result<(), PluginError> {
-    let bad = |what: &str| Err(PluginError::invalid_request(format!("sampling: {what}")));
-    if !s.temperature.is_finite() || s.temperature < 0.0 {
-        return bad("temperature must be a finite number >= 0");
-    }
-    if !(s.top_p > 0.0 && s.top_p <= 1.0) {
-        return bad("top_p must be in (0, 1]");
-    }
-    if !(0.0..=1.0).contains(&s.min_p) {
-        return bad("min_p must be in [0, 1]");
-    }
-    if !s.repeat_penalty.is_finite() || s.repeat_penalty <= 0.0 {
-        return bad("repeat_penalty must be a finite number > 0");
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -175,18 +367,17 @@ mod tests {
     }
 
     #[test]
-    fn bad_sampling_values_are_invalid_requests() {
-        let s = Sampling {
-            top_p: 0.0,
-            ..Sampling::default()
-        };
-        assert!(validate(&s).is_err());
-        let s = Sampling {
-            temperature: f32::NAN,
-            ..Sampling::default()
-        };
-        assert!(validate(&s).is_err());
-        assert!(validate(&Sampling::default()).is_ok());
-        assert!(validate(&Sampling::GREEDY).is_ok());
+    fn only_a_bare_greedy_request_takes_the_argmax_path() {
+        let request = GenerateRequest::greedy(vec![1], 1);
+        assert!(SamplingPlan::of(&request).is_plain_greedy());
+        let mut with_logprobs = request.clone();
+        with_logprobs.logprobs = ROption::RSome(0);
+        assert!(!SamplingPlan::of(&with_logprobs).is_plain_greedy());
+        let mut with_bias = request;
+        with_bias.logit_bias.push(llmlocal_plugin_api::LogitBias {
+            token: 0,
+            bias: -1.0,
+        });
+        assert!(!SamplingPlan::of(&with_bias).is_plain_greedy());
     }
 }

@@ -123,8 +123,9 @@ fn four_parallel_generations_equal_the_single_one() {
                     outs[i].ids.push(t.id);
                     outs[i].text.push_str(&t.text);
                 }
-                Step::Finished(r) => {
-                    outs[i].finish = r;
+                Step::Finished(end) => {
+                    outs[i].text.push_str(&end.text);
+                    outs[i].finish = end.reason;
                     done[i] = true;
                 }
             }
@@ -199,7 +200,7 @@ fn seeded_sampling_reproduces_and_seeds_differ() {
         let mut req = GenerateRequest::greedy(prompt.clone(), 40);
         req.sampling = Sampling {
             temperature: 1.0,
-            seed,
+            seed: Some(seed).into(),
             ..Sampling::default()
         };
         generate(model.as_ref(), req)
@@ -223,8 +224,8 @@ fn max_tokens_ends_with_length_and_the_end_repeats() {
     assert_eq!(out.ids.len(), 5);
     assert_eq!(out.finish, FinishReason::Length);
     assert_eq!(
-        generation.next().unwrap(),
-        Step::Finished(FinishReason::Length)
+        generation.next().unwrap().finish_reason(),
+        Some(FinishReason::Length)
     );
     assert_eq!(generation.stats().generated_tokens, 5);
 }

@@ -9,6 +9,7 @@
 //! model is therefore a random-weight llama of ~110M parameters written by [`random_gguf`].
 
 pub mod compare;
+pub mod constrained;
 pub mod direct;
 pub mod gpu;
 pub mod plugin;

@@ -30,10 +30,17 @@ pub fn greedy(prompt: &[u32], max_tokens: u32, ignore_eos: bool) -> GenerateRequ
     request
 }
 
+/// The most tokens [`run_to_end`] pulls from a generation without `max_tokens`.
+const NO_LIMIT_CAP: usize = 100_000;
+
 /// Pulls tokens until the generation ends. More tokens than `max_tokens` is a failure (and
 /// stops the pull, so a plugin that never ends cannot loop forever here).
 pub fn run_to_end(model: &LoadedModel, request: GenerateRequest) -> Result<Run, Failure> {
-    let max = request.max_tokens as usize;
+    // max_tokens 0 = no limit (the context ends it): still, never pull forever.
+    let max = match request.max_tokens {
+        0 => NO_LIMIT_CAP,
+        n => n as usize,
+    };
     let mut generation = model.generate(request)?;
     let mut ids = Vec::new();
     let mut pieces = Vec::new();
@@ -48,7 +55,12 @@ pub fn run_to_end(model: &LoadedModel, request: GenerateRequest) -> Result<Run, 
                 ids.push(token.id);
                 pieces.push(token.text.to_string());
             }
-            Step::Finished(reason) => break reason,
+            Step::Finished(end) => {
+                if !end.text.is_empty() {
+                    pieces.push(end.text.to_string());
+                }
+                break end.reason;
+            }
         }
     };
     let stats = generation.stats()?;

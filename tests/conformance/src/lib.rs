@@ -17,10 +17,13 @@ pub mod report;
 pub use probe::{probe_dir, probe_files};
 pub use report::{CheckResult, Counts, ProbeEntry, ProbeReport, Status, SuiteReport};
 
-use checks::{concurrency, errors, generation, model, plugin, ModelCtx};
+use checks::{concurrency, errors, generation, model, plugin, sampling, ModelCtx};
 use llmlocal::plugins::{LoadedBackend, PluginRegistry};
 use recorder::Recorder;
-use std::path::{Path, PathBuf};
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+};
 
 /// A model to run the checks on.
 #[derive(Debug, Clone, PartialEq)]
@@ -44,13 +47,25 @@ impl ModelUnderTest {
     }
 }
 
-/// Loads the plugin at `plugin_path` and runs every check. Never fails: problems are rows.
+/// Loads the plugin at `plugin_path` and runs every check with the default time limit per
+/// check. Never fails: problems are rows.
 pub fn run_suite(plugin_path: &Path, models: &[ModelUnderTest]) -> SuiteReport {
-    let mut rec = Recorder::default();
+    run_suite_with(plugin_path, models, recorder::DEFAULT_CHECK_LIMIT)
+}
+
+/// [`run_suite`] with `check_limit` per check: a check that takes longer fails as hung and
+/// the suite goes on.
+pub fn run_suite_with(
+    plugin_path: &Path,
+    models: &[ModelUnderTest],
+    check_limit: std::time::Duration,
+) -> SuiteReport {
+    let mut rec = Recorder::with_limit(check_limit);
     // Kept alive for the whole run (libraries are never unloaded anyway).
     let registry = PluginRegistry::load_files(&[plugin_path.to_path_buf()]);
     let mut backend = None;
-    rec.check(None, "loads", || plugin::loads(&registry, &mut backend));
+    let loaded = plugin::loads(&registry, &mut backend);
+    rec.check(None, "loads", move || loaded);
     let mut report = SuiteReport {
         plugin_path: plugin_path.to_path_buf(),
         backend: None,
@@ -60,7 +75,8 @@ pub fn run_suite(plugin_path: &Path, models: &[ModelUnderTest]) -> SuiteReport {
     if let Some(backend) = backend {
         report.backend = Some(backend.manifest.name.to_string());
         report.version = Some(backend.manifest.version.to_string());
-        rec.check(None, "manifest", || plugin::manifest(&backend.manifest));
+        let manifest = backend.manifest.clone();
+        rec.check(None, "manifest", move || plugin::manifest(&manifest));
         for m in models {
             model_checks(&mut rec, &backend, m);
         }
@@ -92,49 +108,73 @@ const SOLO_CHECKS: [&str; 5] = [
     "two loaded models",
 ];
 
-fn model_checks(rec: &mut Recorder, backend: &LoadedBackend, m: &ModelUnderTest) {
+fn model_checks(rec: &mut Recorder, backend: &Arc<LoadedBackend>, m: &ModelUnderTest) {
     let label = match m.device.as_str() {
         "cpu" => m.path.display().to_string(),
         device => format!("{} on {device}", m.path.display()),
     };
     let l = Some(label.as_str());
-    rec.check(l, "missing model path", || {
-        errors::missing_path(backend, &m.path, &m.device)
-    });
-    rec.check(l, "corrupt model file", || {
-        errors::corrupt_model(backend, &m.path, &m.device)
-    });
+    let (path, device) = (m.path.clone(), m.device.clone());
+    {
+        let (b, p, d) = (Arc::clone(backend), path.clone(), device.clone());
+        rec.check(l, "missing model path", move || {
+            errors::missing_path(&b, &p, &d)
+        });
+    }
+    {
+        let (b, p, d) = (Arc::clone(backend), path.clone(), device.clone());
+        rec.check(l, "corrupt model file", move || {
+            errors::corrupt_model(&b, &p, &d)
+        });
+    }
     let slots = checks::slots(&backend.manifest);
-    let mut loaded: Option<ModelCtx> = None;
-    rec.check(l, "model loads", || {
-        let ctx = model::load(backend, &m.path, slots, &m.device)?;
-        let message = format!(
-            "{} prompt tokens for {:?}",
-            ctx.prompt.len(),
-            checks::PROMPT
-        );
-        loaded = Some(ctx);
-        Ok(message)
-    });
+    let (_, loaded) = {
+        let (b, p, d) = (Arc::clone(backend), path.clone(), device.clone());
+        rec.check_value(l, "model loads", move || {
+            let ctx = model::load(&b, &p, slots, &d)?;
+            let message = format!(
+                "{} prompt tokens for {:?}",
+                ctx.prompt.len(),
+                checks::PROMPT
+            );
+            Ok((message, Arc::new(ctx)))
+        })
+    };
     let Some(ctx) = loaded else {
-        for name in MODEL_CHECKS {
+        for name in MODEL_CHECKS.iter().chain(sampling::CHECKS) {
             rec.skip(l, name, "the model did not load");
         }
         return;
     };
-    rec.check(l, "metadata", || model::metadata(&ctx.meta));
-    rec.check(l, "tokenize round trip", || model::round_trip(&ctx));
-    let mut solo = None;
-    rec.check(l, "greedy deterministic", || {
-        let (message, run) = generation::deterministic(&ctx)?;
-        solo = Some(run);
-        Ok(message)
+    let c = || Arc::clone(&ctx);
+    rec.check(l, "metadata", {
+        let ctx = c();
+        move || model::metadata(&ctx.meta)
     });
-    rec.check(l, "max_tokens", || generation::max_tokens(&ctx));
-    rec.check(l, "end of generation", || {
-        generation::end_of_generation(&ctx, m.eos_prompt.as_deref())
+    rec.check(l, "tokenize round trip", {
+        let ctx = c();
+        move || model::round_trip(&ctx)
     });
-    rec.check(l, "drop cancels", || concurrency::drop_cancels(&ctx));
+    let (_, solo) = rec.check_value(l, "greedy deterministic", {
+        let ctx = c();
+        move || {
+            let (message, run) = generation::deterministic(&ctx)?;
+            Ok((message, Arc::new(run)))
+        }
+    });
+    rec.check(l, "max_tokens", {
+        let ctx = c();
+        move || generation::max_tokens(&ctx)
+    });
+    rec.check(l, "end of generation", {
+        let (ctx, eos) = (c(), m.eos_prompt.clone());
+        move || generation::end_of_generation(&ctx, eos.as_deref())
+    });
+    rec.check(l, "drop cancels", {
+        let ctx = c();
+        move || concurrency::drop_cancels(&ctx)
+    });
+    sampling::run(rec, l, backend, &ctx, &path, &device, solo.as_deref());
     let Some(solo) = solo else {
         for name in SOLO_CHECKS {
             rec.skip(
@@ -145,13 +185,20 @@ fn model_checks(rec: &mut Recorder, backend: &LoadedBackend, m: &ModelUnderTest)
         }
         return;
     };
-    rec.check(l, "text pieces", || generation::pieces(&ctx, &solo));
-    rec.check(l, "stats", || generation::stats(&ctx, &solo));
-    rec.check(l, "logits", || generation::logits(&ctx, &solo));
-    rec.check(l, "parallel generations", || {
-        concurrency::parallel_generations(&ctx, &solo)
-    });
-    rec.check(l, "two loaded models", || {
-        concurrency::two_models(&ctx, backend, &m.path, &solo)
+    let with_solo = |f: fn(&ModelCtx, &generate::Run) -> outcome::Outcome| {
+        let (ctx, solo) = (c(), Arc::clone(&solo));
+        move || f(&ctx, &solo)
+    };
+    rec.check(l, "text pieces", with_solo(generation::pieces));
+    rec.check(l, "stats", with_solo(generation::stats));
+    rec.check(l, "logits", with_solo(generation::logits));
+    rec.check(
+        l,
+        "parallel generations",
+        with_solo(concurrency::parallel_generations),
+    );
+    rec.check(l, "two loaded models", {
+        let (ctx, solo, b, p) = (c(), Arc::clone(&solo), Arc::clone(backend), path.clone());
+        move || concurrency::two_models(&ctx, &b, &p, &solo)
     });
 }

@@ -4,8 +4,8 @@
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use llmlocal_conformance::{probe_dir, probe_files, run_suite, ModelUnderTest, ProbeReport};
-use std::{path::PathBuf, process::ExitCode};
+use llmlocal_conformance::{probe_dir, probe_files, run_suite_with, ModelUnderTest, ProbeReport};
+use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 #[derive(Parser, Debug)]
 #[command(about = "Run the llmlocal plugin conformance suite against one backend plugin")]
@@ -39,6 +39,13 @@ struct Args {
     /// Also write the report as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Seconds one check may take; a check that takes longer fails as hung and the suite
+    /// goes on with the next.
+    #[arg(long, default_value_t = 120)]
+    check_timeout: u64,
+    /// Fail when a check is skipped too (a capability not declared, a prerequisite failed).
+    #[arg(long)]
+    strict: bool,
 }
 
 fn main() -> ExitCode {
@@ -75,9 +82,14 @@ fn run(args: Args) -> Result<bool> {
             device: args.device.clone(),
         })
         .collect();
-    let report = run_suite(&plugin, &models);
+    let report = run_suite_with(&plugin, &models, Duration::from_secs(args.check_timeout));
     print!("{}", report.to_text());
     write_json(args.json.as_ref(), &report)?;
+    let skipped = report.counts().skipped;
+    if args.strict && skipped > 0 {
+        println!("--strict: {skipped} check(s) skipped");
+        return Ok(false);
+    }
     Ok(report.passed())
 }
 

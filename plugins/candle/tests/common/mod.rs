@@ -7,8 +7,8 @@ use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::Device;
 use llmlocal_backend_candle::CandleBackend;
 use llmlocal_plugin_api::{
-    abi_stable::std_types::RString, Backend, GenerateRequest, Generation, LoadRequest, Model,
-    PluginError, Step,
+    abi_stable::std_types::RString, Backend, FinishReason, GenerateRequest, Generation,
+    LoadRequest, Model, PluginError, Step,
 };
 use std::path::{Path, PathBuf};
 
@@ -45,8 +45,8 @@ pub fn load(path: &Path) -> Box<dyn Model> {
     load_paths(&[path]).unwrap_or_else(|e| panic!("loading {}: {e}", path.display()))
 }
 
-/// Pulls a generation to its end: (ids, streamed text, finish step).
-pub fn drain(mut generation: Box<dyn Generation>) -> (Vec<u32>, String, Step) {
+/// Pulls a generation to its end: (ids, streamed text with the end's trailing text, reason).
+pub fn drain(mut generation: Box<dyn Generation>) -> (Vec<u32>, String, FinishReason) {
     let mut ids = Vec::new();
     let mut text = String::new();
     loop {
@@ -55,12 +55,19 @@ pub fn drain(mut generation: Box<dyn Generation>) -> (Vec<u32>, String, Step) {
                 ids.push(t.id);
                 text.push_str(t.text.as_str());
             }
-            end @ Step::Finished(_) => return (ids, text, end),
+            Step::Finished(end) => {
+                text.push_str(end.text.as_str());
+                return (ids, text, end.reason);
+            }
         }
     }
 }
 
-pub fn greedy(model: &dyn Model, prompt: &[u32], max_tokens: u32) -> (Vec<u32>, String, Step) {
+pub fn greedy(
+    model: &dyn Model,
+    prompt: &[u32],
+    max_tokens: u32,
+) -> (Vec<u32>, String, FinishReason) {
     let generation = model
         .generate(GenerateRequest::greedy(prompt.to_vec(), max_tokens))
         .expect("start generation");

@@ -77,8 +77,9 @@ pub fn drain(generation: &mut dyn Generation) -> Output {
                 out.ids.push(t.id);
                 out.text.push_str(&t.text);
             }
-            Step::Finished(reason) => {
-                out.finish = reason;
+            Step::Finished(end) => {
+                out.text.push_str(&end.text);
+                out.finish = end.reason;
                 return out;
             }
         }

@@ -16,7 +16,7 @@
 use anyhow::Context as _;
 use clap::Parser;
 use llmlocal_bench::{
-    compare, direct, plugin,
+    compare, constrained, direct, plugin,
     random_gguf::{self, Shape, Storage},
     report::Report,
     Setup,
@@ -56,6 +56,10 @@ struct Args {
     /// RAYON_NUM_THREADS and CANDLE_NUM_THREADS to --threads: candle sizes its pools from them.
     #[arg(long, value_name = "BACKEND")]
     compare: Option<String>,
+    /// Instead: JSON-schema-constrained vs free greedy decoding through this backend plugin
+    /// (e.g. `llama-cpp`), same model, interleaved rounds (--repeat of them), medians.
+    #[arg(long, value_name = "BACKEND", conflicts_with = "compare")]
+    constrained: Option<String>,
     /// Also write the results as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -157,6 +161,11 @@ fn main() -> anyhow::Result<()> {
         Some(m) => m,
         None => default_model("85m", &Shape::RANDOM_85M, Storage::F16)?,
     };
+    if let Some(backend) = &args.constrained {
+        let report = constrained::run(&plugin_dir, backend, &setup)?;
+        println!("{}", report.table());
+        return write_json(args.json.as_ref(), &report);
+    }
 
     eprintln!("direct llama.cpp ...");
     let (direct, prompt) = direct::run(&setup)?;

@@ -5,10 +5,7 @@ use crate::{
     generate::{compare_ids, greedy, run_to_end, with_timeout, Run},
     outcome::{ensure, fail, Failure, Outcome},
 };
-use llmlocal::{
-    api::Step,
-    plugins::{LoadedBackend, LoadedModel, RunningGeneration},
-};
+use llmlocal::plugins::{LoadedBackend, LoadedModel, RunningGeneration};
 use std::{
     path::Path,
     sync::{Arc, Barrier},
@@ -58,7 +55,7 @@ pub fn drop_cancels(ctx: &ModelCtx) -> Outcome {
 
 fn take_tokens(generation: &mut RunningGeneration, n: usize) -> Result<(), Failure> {
     for i in 0..n {
-        if let Step::Finished(reason) = generation.next()? {
+        if let Some(reason) = generation.next()?.finish_reason() {
             return Err(fail(format!(
                 "the generation ended ({reason:?}) after {i} tokens; expected at least {n}"
             )));

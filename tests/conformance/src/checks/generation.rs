@@ -72,7 +72,7 @@ pub fn max_tokens(ctx: &ModelCtx) -> Outcome {
                 return Err(fail("a 6th token came after max_tokens 5"))
             }
             Step::Token(_) => count += 1,
-            Step::Finished(reason) => break reason,
+            Step::Finished(end) => break end.reason,
         }
     };
     ensure!(
@@ -85,7 +85,7 @@ pub fn max_tokens(ctx: &ModelCtx) -> Outcome {
     );
     let again = generation.next()?;
     ensure!(
-        again == Step::Finished(reason),
+        again.finish_reason() == Some(reason),
         "next() after the end returned {again:?} instead of the same end"
     );
     Ok("5 tokens, then Length (repeated after the end)".to_string())

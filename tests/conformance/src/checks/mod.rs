@@ -5,6 +5,7 @@ pub mod errors;
 pub mod generation;
 pub mod model;
 pub mod plugin;
+pub mod sampling;
 
 use llmlocal::{
     api::{LoadRequest, Manifest, ModelMetadata},

@@ -1,13 +1,13 @@
-//! Test plugin: claims plugin API 1.99.0, a newer minor than the host, which must refuse it.
+//! Test plugin: claims plugin API 2.99.0, a newer minor than the host, which must refuse it.
 
 use llmlocal_plugin_api::Manifest;
 
 fn manifest() -> Manifest {
-    llmlocal_scripted_core::manifest_named("newer-minor", "test plugin claiming plugin API 1.99.0")
+    llmlocal_scripted_core::manifest_named("newer-minor", "test plugin claiming plugin API 2.99.0")
 }
 
 llmlocal_plugin_api::__export_backend_with_api_version!(
-    "1.99.0",
+    "2.99.0",
     manifest,
     llmlocal_scripted_core::ScriptedBackend::new
 );

@@ -7,8 +7,8 @@ use crate::{
     Behaviour,
 };
 use llmlocal_plugin_api::{
-    abi_stable::std_types::RString, FinishReason, GenerateRequest, Generation, GenerationStats,
-    PluginError, StatsClock, Step, Token, Utf8Decoder,
+    FinishReason, GenerateRequest, Generation, GenerationStats, PluginError, StatsClock, Step,
+    Token, TokenLogprobs, Utf8Decoder,
 };
 
 pub struct ScriptedGeneration {
@@ -27,6 +27,8 @@ pub struct ScriptedGeneration {
     clock: StatsClock,
     decoder: Utf8Decoder,
     behaviour: Behaviour,
+    /// The request asked for logprobs.
+    logprobs: bool,
 }
 
 impl ScriptedGeneration {
@@ -56,11 +58,12 @@ impl ScriptedGeneration {
         }
         let sampling = &request.sampling;
         // Greedy continues the script after whatever of it the prompt already ends with (as
-        // `logits` predicts); sampling replays the whole script from a rotated start.
-        let (offset, position) = if sampling.is_greedy() {
+        // `logits` predicts); sampling replays the whole script from a rotated start. top_k 1
+        // leaves only the most likely token: greedy, as the contract says.
+        let (offset, position) = if sampling.is_greedy() || sampling.top_k == 1 {
             (0, script.matched_prefix(prompt))
         } else {
-            (script.start_offset(prompt, sampling.seed), 0)
+            (script.start_offset(prompt, sampling.seed_or_random()), 0)
         };
         Ok(ScriptedGeneration {
             script,
@@ -74,6 +77,7 @@ impl ScriptedGeneration {
             clock: StatsClock::start(prompt_len),
             decoder: Utf8Decoder::new(),
             behaviour,
+            logprobs: request.logprobs.is_some(),
         })
     }
 
@@ -98,20 +102,26 @@ impl ScriptedGeneration {
 
     fn finish(&mut self, reason: FinishReason) -> Step {
         self.finished = Some(reason);
-        Step::Finished(reason)
+        Step::finished_with(reason, self.decoder.finish())
     }
 }
 
 impl Generation for ScriptedGeneration {
     fn next(&mut self) -> Result<Step, PluginError> {
         if let Some(reason) = self.finished {
-            return Ok(Step::Finished(reason));
+            return Ok(Step::finished(reason));
         }
         if self.max_tokens > 0 && self.generated >= self.max_tokens {
             return Ok(self.finish(FinishReason::Length));
         }
         if self.generated >= self.room {
             return Ok(self.finish(FinishReason::ContextFull));
+        }
+        if self.behaviour.hang_at_token == Some(self.generated + 1) {
+            // A plugin that never answers: the suite's time limit must catch it.
+            loop {
+                std::thread::sleep(std::time::Duration::from_secs(3600));
+            }
         }
         if self.behaviour.panic_at_token == Some(self.generated + 1) {
             panic!(
@@ -125,10 +135,16 @@ impl Generation for ScriptedGeneration {
         let text = self.decoder.push(token_bytes(id, true)?);
         self.generated += 1;
         self.clock.token();
-        Ok(Step::Token(Token {
-            id,
-            text: RString::from(text),
-        }))
+        let mut token = Token::new(id, text);
+        if self.logprobs && self.behaviour.wrong_logprobs {
+            // The bug on purpose: the probability the logits give the token, not its log.
+            token.logprobs = Some(TokenLogprobs {
+                logprob: 0.975,
+                top: Vec::new().into(),
+            })
+            .into();
+        }
+        Ok(Step::Token(token))
     }
 
     fn stats(&self) -> GenerationStats {

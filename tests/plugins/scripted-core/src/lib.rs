@@ -36,6 +36,11 @@ pub struct Behaviour {
     /// Block inside `Model::generate` this long, after creating `<model file>.generating`
     /// (so that a test knows the call has begun).
     pub generate_delay: Option<std::time::Duration>,
+    /// Never return from `Generation::next` when producing this token (1-based).
+    pub hang_at_token: Option<u32>,
+    /// Report probabilities where the contract asks for log-probabilities (when a request
+    /// asks for logprobs; only a manifest declaring `logprobs` gets such requests).
+    pub wrong_logprobs: bool,
 }
 
 /// The scripted backend: loads script files as models.

@@ -67,6 +67,8 @@ impl ScriptedModel {
             chat_template: ROption::RNone,
             device: RString::from("cpu"),
             load_ms: started.elapsed().as_secs_f64() * 1000.0,
+            pooling: RString::new(),
+            extensions: RVec::new(),
         };
         Ok(ScriptedModel {
             path: path.to_path_buf(),

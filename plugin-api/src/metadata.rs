@@ -1,0 +1,39 @@
+//! What a loaded model is, read from its files.
+
+use crate::extension::Extension;
+use abi_stable::{
+    std_types::{ROption, RString, RVec},
+    StableAbi,
+};
+
+#[repr(C)]
+#[derive(StableAbi, Debug, Clone, PartialEq)]
+pub struct ModelMetadata {
+    /// `llama`, `qwen2`, ... as named by the file.
+    pub architecture: RString,
+    pub name: RString,
+    /// The context length of this load (per sequence).
+    pub context_length: u32,
+    /// The context length the model was trained with, as the file says.
+    pub train_context_length: u32,
+    pub vocab_size: u32,
+    /// The hidden size: also the dimension of pooled embeddings.
+    pub embedding_length: u32,
+    pub layer_count: u32,
+    pub parameter_count: u64,
+    /// Bytes of weights held in memory.
+    pub size_bytes: u64,
+    pub bos_token: ROption<u32>,
+    pub eos_token: ROption<u32>,
+    /// Every token that ends a generation (EOS, EOT, `<|im_end|>`, ...).
+    pub end_of_generation_tokens: RVec<u32>,
+    /// The Jinja chat template stored with the model, if any.
+    pub chat_template: ROption<RString>,
+    /// The device the model runs on (`cpu`, `cuda:0`, ...).
+    pub device: RString,
+    /// Wall time the load took, in milliseconds.
+    pub load_ms: f64,
+    /// The pooling the model's files ask for (`mean`, `cls`, `last`, `none`), empty if none.
+    pub pooling: RString,
+    pub extensions: RVec<Extension>,
+}
