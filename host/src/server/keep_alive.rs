@@ -100,9 +100,6 @@ fn go_duration_seconds(text: &str) -> Option<f64> {
     Some(sign * total)
 }
 
-/// Refuses `format` (JSON mode, structured outputs): the backends have no constrained
-/// decoding, and ignoring it would hand back text the client cannot parse.
-
 /// Applies a request's keep-alive to its model when dropped, i.e. when the request is done.
 #[derive(Debug)]
 pub struct KeepAliveGuard {

@@ -442,7 +442,8 @@ impl PromptClock {
 }
 
 enum SequenceKind {
-    Generate(Generating),
+    /// Boxed: the samplers make it much larger than the other variant.
+    Generate(Box<Generating>),
     Logits(SyncSender<Result<Vec<f32>, PluginError>>),
 }
 
@@ -835,7 +836,7 @@ fn start_sequence(job: Job, model: &LlamaModel) -> Sequence {
                     prefilled = job.prompt.len();
                 }
             }
-            SequenceKind::Generate(gen)
+            SequenceKind::Generate(Box::new(gen))
         }
     };
     Sequence {

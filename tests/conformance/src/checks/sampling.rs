@@ -315,7 +315,7 @@ fn penalties(ctx: &ModelCtx) -> Outcome {
     let token = first_token(&ctx.model, r)?;
     let best = expected.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     ensure!(
-        expected[token.id as usize] >= best - LOGPROB_TOLERANCE,
+        close_or_above(expected[token.id as usize], best),
         "greedy with penalties chose {} (penalised log-probability {:.4}) but the formula's \
          argmax has {best:.4}",
         token.id,
@@ -520,7 +520,7 @@ fn compare_logprobs(
 ) -> Result<(), Failure> {
     let want = expected[chosen as usize];
     ensure!(
-        (got.logprob - want).abs() <= LOGPROB_TOLERANCE,
+        close(got.logprob, want),
         "token {chosen}: logprob {} but log_softmax(logits) gives {want}",
         got.logprob
     );
@@ -533,20 +533,30 @@ fn compare_logprobs(
     sorted.sort_by(|a, b| b.total_cmp(a));
     for (rank, (alt, want)) in got.top.iter().zip(&sorted).enumerate() {
         ensure!(
-            (alt.logprob - want).abs() <= LOGPROB_TOLERANCE,
+            close(alt.logprob, *want),
             "alternative {rank} (token {}) has logprob {} but the {rank}-th largest is {want}",
             alt.id,
             alt.logprob
         );
         let own = expected[alt.id as usize];
         ensure!(
-            (alt.logprob - own).abs() <= LOGPROB_TOLERANCE,
+            close(alt.logprob, own),
             "alternative {rank} says token {} has logprob {} but log_softmax gives {own}",
             alt.id,
             alt.logprob
         );
     }
     Ok(())
+}
+
+/// Within [`LOGPROB_TOLERANCE`] (NaN never is).
+fn close(got: f32, want: f32) -> bool {
+    (got - want).abs() <= LOGPROB_TOLERANCE
+}
+
+/// At least `want`, up to [`LOGPROB_TOLERANCE`] (NaN never is).
+fn close_or_above(got: f32, want: f32) -> bool {
+    got >= want - LOGPROB_TOLERANCE
 }
 
 fn log_softmax(logits: &[f32]) -> Vec<f32> {
