@@ -109,6 +109,14 @@ pub enum ModelError {
 
     #[error("could not set up the HTTP client: {0}")]
     Client(String),
+
+    #[error("refusing the {what} {value:?} from {origin}: {reason}; it could name a path outside the cache, so nothing was written")]
+    UnsafeValue {
+        what: &'static str,
+        value: String,
+        origin: String,
+        reason: String,
+    },
 }
 
 impl ModelError {
@@ -122,6 +130,24 @@ impl ModelError {
             action,
             path: path.into(),
             source,
+        }
+    }
+}
+
+impl ModelError {
+    /// A value that cannot safely become a path in the cache (at most 200 characters of it
+    /// are kept, so a hostile hub cannot flood logs).
+    pub(crate) fn unsafe_value(
+        what: &'static str,
+        value: &str,
+        origin: impl Into<String>,
+        reason: String,
+    ) -> Self {
+        ModelError::UnsafeValue {
+            what,
+            value: value.chars().take(200).collect(),
+            origin: origin.into(),
+            reason,
         }
     }
 }

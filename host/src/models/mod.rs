@@ -22,6 +22,7 @@ pub mod cli;
 mod config;
 mod download;
 mod error;
+mod hub_input;
 mod manager;
 mod manifest;
 mod pipeline;

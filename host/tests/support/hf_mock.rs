@@ -142,6 +142,8 @@ pub struct Inner {
     repos: Mutex<HashMap<String, MockRepo>>,
     faults: Mutex<HashMap<String, VecDeque<Fault>>>,
     token: Mutex<Option<String>>,
+    /// Headers set on every `resolve` answer, replacing the true ones (a lying mirror).
+    header_overrides: Mutex<Vec<(String, String)>>,
     log: Mutex<Vec<String>>,
     bytes_served: AtomicU64,
     content_gets: AtomicU64,
@@ -247,6 +249,16 @@ impl MockHub {
             .push_back(fault);
     }
 
+    /// From now on every `resolve` answer carries `name: value` instead of the true header
+    /// (a hostile hub or mirror; e.g. `x-repo-commit: ../../x`).
+    pub fn override_header(&self, name: &str, value: &str) {
+        self.inner
+            .header_overrides
+            .lock()
+            .unwrap()
+            .push((name.to_string(), value.to_string()));
+    }
+
     pub fn require_token(&self, token: Option<&str>) {
         *self.inner.token.lock().unwrap() = token.map(str::to_string);
     }
@@ -316,7 +328,7 @@ async fn handle(
             info(&inner, &format!("{org}/{name}"), &rev.join("/"))
         }
         [org, name, "resolve", rev, file @ ..] if !file.is_empty() => {
-            resolve(
+            let mut r = resolve(
                 &inner,
                 &method,
                 &format!("{org}/{name}"),
@@ -324,7 +336,13 @@ async fn handle(
                 &file.join("/"),
                 &headers,
             )
-            .await
+            .await;
+            for (k, v) in inner.header_overrides.lock().unwrap().iter() {
+                let name = axum::http::HeaderName::from_bytes(k.as_bytes()).unwrap();
+                r.headers_mut()
+                    .insert(name, HeaderValue::from_str(v).unwrap());
+            }
+            r
         }
         _ => status(404, None),
     }
