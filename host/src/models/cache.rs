@@ -8,7 +8,8 @@
 //!     refs/<revision>                   the commit a branch or tag pointed to
 //! ```
 //!
-//! Last-used times live in a small JSON sidecar, `<root>/.llmlocal/last_used.json`, written when
+//! Last-used times live in a small JSON sidecar, `last_used.json` in llmlocal's state folder
+//! beside the cache (`state.rs`: `$HF_HOME/llmlocal/hub/` for the standard cache), written when
 //! llmlocal resolves or pulls a model (file atimes are unreliable: `noatime`/`relatime` mounts).
 //! Repositories that llmlocal never used (downloaded by Python) fall back to the newest
 //! modification time of their blobs.
@@ -21,6 +22,7 @@ use hf_hub::{Cache, CacheRepo, Repo, RepoType};
 use serde::{Deserialize, Serialize};
 
 use super::error::{ModelError, Result};
+use super::state::{default_state_dir, migrate_legacy_state};
 use super::hub_input::{check_commit, check_etag, check_repo_file, check_revision};
 
 /// Where the cache is: `HF_HUB_CACHE` (or the older `HUGGINGFACE_HUB_CACHE`), else
@@ -86,6 +88,8 @@ pub struct CachedFile {
 #[derive(Debug, Clone)]
 pub struct HubCache {
     root: PathBuf,
+    /// llmlocal's own records about this cache (see `state.rs`).
+    state: PathBuf,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -96,7 +100,27 @@ struct UsageFile {
 
 impl HubCache {
     pub fn new(root: impl Into<PathBuf>) -> Self {
-        HubCache { root: root.into() }
+        let root = root.into();
+        let state = default_state_dir(&root);
+        HubCache { root, state }
+    }
+
+    /// The same cache with llmlocal's records kept in `dir` instead of the default.
+    pub fn with_state_dir(self, dir: impl Into<PathBuf>) -> Self {
+        HubCache {
+            state: dir.into(),
+            ..self
+        }
+    }
+
+    /// Where llmlocal keeps its own records about this cache (outside the cache root).
+    pub fn state_dir(&self) -> &Path {
+        &self.state
+    }
+
+    /// Moves records an older version kept in `<root>/.llmlocal` to [`Self::state_dir`].
+    pub fn migrate_legacy_state(&self) {
+        migrate_legacy_state(&self.root, &self.state);
     }
 
     /// The cache at the standard location (see [`cache_dir_from`]).
@@ -375,7 +399,7 @@ impl HubCache {
     }
 
     fn usage_path(&self) -> PathBuf {
-        self.root.join(".llmlocal").join("last_used.json")
+        self.state.join("last_used.json")
     }
 
     fn read_usage(&self) -> UsageFile {

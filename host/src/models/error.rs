@@ -110,6 +110,29 @@ pub enum ModelError {
     #[error("could not set up the HTTP client: {0}")]
     Client(String),
 
+    #[error(
+        "not enough disk space to pull `{repo}`: it needs {need} more, but {path} has only {free} free; \
+         free some space (e.g. `llmlocal rm` a model you no longer use) or point HF_HUB_CACHE at a larger disk"
+    )]
+    NoSpace {
+        repo: String,
+        need: String,
+        free: String,
+        path: PathBuf,
+    },
+
+    #[error(
+        "the disk is full: writing `{file}` of `{repo}` to {path} failed ({source}); the partial download was deleted, \
+         free some space and pull again"
+    )]
+    DiskFull {
+        repo: String,
+        file: String,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
     #[error("refusing the {what} {value:?} from {origin}: {reason}; it could name a path outside the cache, so nothing was written")]
     UnsafeValue {
         what: &'static str,

@@ -229,6 +229,22 @@ impl MockHub {
         );
     }
 
+    /// Adds an LFS file to an existing repository under a made-up sha256, without hashing
+    /// its contents (for advertised sizes too large to generate, e.g. 1 EiB).
+    pub fn add_unhashed_lfs_file(&self, repo: &str, name: &str, content: Content, sha256: &str) {
+        let mut repos = self.inner.repos.lock().unwrap();
+        let file = Arc::new(MockFile {
+            content,
+            sha256: sha256.to_string(),
+            lfs: true,
+        });
+        repos
+            .get_mut(repo)
+            .expect("add the repository first")
+            .files
+            .push((name.to_string(), file));
+    }
+
     pub fn sha256_of(&self, repo: &str, file: &str) -> String {
         let repos = self.inner.repos.lock().unwrap();
         let r = &repos[repo];
