@@ -72,7 +72,10 @@ async fn a_full_disk_deletes_the_partial_file() {
     let err = pull(&m, "org/full:model.gguf").await.unwrap_err();
     let shown = err.to_string();
     assert!(matches!(err, ModelError::DiskFull { .. }), "{shown}");
-    assert!(shown.contains("disk is full") && shown.contains("deleted"), "{shown}");
+    assert!(
+        shown.contains("disk is full") && shown.contains("deleted"),
+        "{shown}"
+    );
     assert!(
         partial.symlink_metadata().is_err(),
         "the partial file is left behind"
@@ -120,14 +123,24 @@ async fn own_records_live_outside_the_cache_and_old_ones_are_moved() {
     // Records an older version kept inside the cache.
     let legacy = root.join(".llmlocal");
     std::fs::create_dir_all(&legacy).unwrap();
-    std::fs::write(legacy.join("last_used.json"), r#"{"last_used":{"org/old":1}}"#).unwrap();
+    std::fs::write(
+        legacy.join("last_used.json"),
+        r#"{"last_used":{"org/old":1}}"#,
+    )
+    .unwrap();
     let m = ModelManager::new(hub.manager_config(&root)).unwrap();
     pull(&m, "org/m").await.unwrap();
     let state = tmp.path().join("llmlocal").join("hub");
     assert_eq!(m.cache().state_dir(), state);
-    assert!(!legacy.exists(), "the old records folder is still in the cache");
+    assert!(
+        !legacy.exists(),
+        "the old records folder is still in the cache"
+    );
     let usage = std::fs::read_to_string(state.join("last_used.json")).unwrap();
-    assert!(usage.contains("org/m") && usage.contains("org/old"), "{usage}");
+    assert!(
+        usage.contains("org/m") && usage.contains("org/old"),
+        "{usage}"
+    );
     assert!(state.join("manifests/models--org--m").is_dir());
     assert_scan_clean(&root);
 }

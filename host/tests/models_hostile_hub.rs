@@ -45,7 +45,11 @@ impl Scene {
     fn assert_outside_untouched(&self) {
         let sentinel = self.tmp.path().join("x/model.gguf");
         assert!(
-            !sentinel.symlink_metadata().unwrap().file_type().is_symlink(),
+            !sentinel
+                .symlink_metadata()
+                .unwrap()
+                .file_type()
+                .is_symlink(),
             "the sentinel was replaced by a link"
         );
         assert_eq!(std::fs::read(&sentinel).unwrap(), SENTINEL);
@@ -114,7 +118,10 @@ async fn a_commit_header_with_dot_dot_is_refused() {
     one_file_repo(&hub, "org/m", hostile, "model.gguf");
     let err = pull(&scene.manager(&hub), "org/m:model.gguf").await;
     let shown = format!("{}", err.as_ref().unwrap_err());
-    assert!(shown.contains("X-Repo-Commit") && shown.contains("40"), "{shown}");
+    assert!(
+        shown.contains("X-Repo-Commit") && shown.contains("40"),
+        "{shown}"
+    );
     assert_unsafe(err, "commit", hostile);
     scene.assert_outside_untouched();
 }
@@ -174,8 +181,16 @@ async fn unsafe_revisions_and_file_names_in_specs_are_refused() {
     assert!(ModelSpec::hugging_face("org/m", None, bad_file).is_err());
     // The cache layer refuses them too, whoever calls it.
     let cache = m.cache();
-    assert_unsafe(cache.write_ref("org/m", "../../x", COMMIT), "revision", "../../x");
-    assert_unsafe(cache.write_ref("org/m", "main", "../../x"), "commit", "../../x");
+    assert_unsafe(
+        cache.write_ref("org/m", "../../x", COMMIT),
+        "revision",
+        "../../x",
+    );
+    assert_unsafe(
+        cache.write_ref("org/m", "main", "../../x"),
+        "commit",
+        "../../x",
+    );
     assert_unsafe(
         cache.link_snapshot("org/m", COMMIT, "../../../x/model.gguf", "abc"),
         "file name",
@@ -189,11 +204,7 @@ async fn hostile_refs_and_links_on_disk_are_not_used() {
     let hub = MockHub::start().await;
     let scene = Scene::new();
     let content = Content::generated(4096 + 3, 7);
-    hub.add_repo(
-        "org/m",
-        COMMIT,
-        vec![("model.gguf", content.clone(), true)],
-    );
+    hub.add_repo("org/m", COMMIT, vec![("model.gguf", content.clone(), true)]);
     let m = scene.manager(&hub);
     let repo_dir = scene.root().join("models--org--m");
     // A ref naming a path instead of a commit, and a snapshot link into the sentinel's folder.
@@ -203,9 +214,15 @@ async fn hostile_refs_and_links_on_disk_are_not_used() {
     std::fs::create_dir_all(&snap).unwrap();
     assert!(m.cache().resolve_commit("org/m", "main").is_none());
     std::fs::write(repo_dir.join("refs/main"), COMMIT).unwrap();
-    std::os::unix::fs::symlink(scene.tmp.path().join("x/model.gguf"), snap.join("model.gguf"))
-        .unwrap();
-    assert!(m.cache().cached_file("org/m", "main", "model.gguf").is_none());
+    std::os::unix::fs::symlink(
+        scene.tmp.path().join("x/model.gguf"),
+        snap.join("model.gguf"),
+    )
+    .unwrap();
+    assert!(m
+        .cache()
+        .cached_file("org/m", "main", "model.gguf")
+        .is_none());
     // The pull fetches the real file and replaces the link, not its target.
     let r = pull(&m, "org/m:model.gguf").await.unwrap();
     assert_eq!(std::fs::read(&r.path).unwrap(), content.to_vec());

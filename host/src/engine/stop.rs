@@ -243,7 +243,9 @@ mod tests {
                 .filter(|&k| text.is_char_boundary(text.len() - k))
                 .find(|&k| {
                     let tail = &text[text.len() - k..];
-                    self.stops.iter().any(|s| s.len() > k && s.starts_with(tail))
+                    self.stops
+                        .iter()
+                        .any(|s| s.len() > k && s.starts_with(tail))
                 })
                 .unwrap_or(0);
             let split = self.pending.len() - keep;
@@ -264,7 +266,9 @@ mod tests {
         }
         /// Text over a tiny alphabet (with a 2-byte character), so stops overlap a lot.
         fn text(&mut self, len: usize) -> String {
-            (0..len).map(|_| ['a', 'a', 'b', 'é'][self.below(4)]).collect()
+            (0..len)
+                .map(|_| ['a', 'a', 'b', 'é'][self.below(4)])
+                .collect()
         }
     }
 

@@ -22,8 +22,8 @@ use hf_hub::{Cache, CacheRepo, Repo, RepoType};
 use serde::{Deserialize, Serialize};
 
 use super::error::{ModelError, Result};
-use super::state::{default_state_dir, migrate_legacy_state};
 use super::hub_input::{check_commit, check_etag, check_repo_file, check_revision};
+use super::state::{default_state_dir, migrate_legacy_state};
 
 /// Where the cache is: `HF_HUB_CACHE` (or the older `HUGGINGFACE_HUB_CACHE`), else
 /// `$HF_HOME/hub`, else `$XDG_CACHE_HOME/huggingface/hub`, else `~/.cache/huggingface/hub` —

@@ -105,13 +105,32 @@ mod tests {
 
     #[test]
     fn revisions_and_files_stay_relative() {
-        for good in ["main", "v1.0", "refs/pr/1", "a/b.gguf", "model.Q4_K_M.gguf", ".gitattributes"] {
+        for good in [
+            "main",
+            "v1.0",
+            "refs/pr/1",
+            "a/b.gguf",
+            "model.Q4_K_M.gguf",
+            ".gitattributes",
+        ] {
             assert!(check_revision(good).is_ok(), "{good:?}");
             assert!(check_repo_file(good).is_ok(), "{good:?}");
         }
         for bad in [
-            "", "..", "../x", "a/../../x", "a/..", "/etc/passwd", "a\\..\\b", "a//b", "a/", "./a",
-            "a\0b", "a\nb", "C:x", "c:\\x",
+            "",
+            "..",
+            "../x",
+            "a/../../x",
+            "a/..",
+            "/etc/passwd",
+            "a\\..\\b",
+            "a//b",
+            "a/",
+            "./a",
+            "a\0b",
+            "a\nb",
+            "C:x",
+            "c:\\x",
         ] {
             assert!(check_revision(bad).is_err(), "{bad:?}");
             assert!(check_repo_file(bad).is_err(), "{bad:?}");

@@ -186,7 +186,11 @@ impl ModelManager {
             picked,
             commit,
         } = plan;
-        check_free_space(&hf.repo, self.cache.root(), self.missing_bytes(&hf.repo, &metas))?;
+        check_free_space(
+            &hf.repo,
+            self.cache.root(),
+            self.missing_bytes(&hf.repo, &metas),
+        )?;
         let total: u64 = metas.iter().map(|m| m.size).sum();
         let mut tracker = Tracker::new(progress, total, files.len());
         let created = !self.cache.repo_dir(&hf.repo).exists();

@@ -33,8 +33,12 @@ pub fn migrate_legacy_state(root: &Path, state: &Path) {
     }
     let result = merge_move(&legacy, state).and_then(|()| std::fs::remove_dir_all(&legacy));
     match result {
-        Ok(()) => tracing::info!(from = %legacy.display(), to = %state.display(), "moved llmlocal's records out of the cache folder"),
-        Err(e) => tracing::warn!(from = %legacy.display(), to = %state.display(), error = %e, "could not move llmlocal's records out of the cache folder"),
+        Ok(()) => {
+            tracing::info!(from = %legacy.display(), to = %state.display(), "moved llmlocal's records out of the cache folder")
+        }
+        Err(e) => {
+            tracing::warn!(from = %legacy.display(), to = %state.display(), error = %e, "could not move llmlocal's records out of the cache folder")
+        }
     }
 }
 
@@ -66,7 +70,10 @@ mod tests {
             default_state_dir(Path::new("/home/u/.cache/huggingface/hub")),
             PathBuf::from("/home/u/.cache/huggingface/llmlocal/hub")
         );
-        assert_eq!(default_state_dir(Path::new("/")), PathBuf::from("/.llmlocal"));
+        assert_eq!(
+            default_state_dir(Path::new("/")),
+            PathBuf::from("/.llmlocal")
+        );
     }
 
     #[test]
@@ -82,7 +89,10 @@ mod tests {
         std::fs::write(state.join("last_used.json"), "new").unwrap();
         migrate_legacy_state(&root, &state);
         assert!(!legacy.exists());
-        assert_eq!(std::fs::read_to_string(state.join("last_used.json")).unwrap(), "new");
+        assert_eq!(
+            std::fs::read_to_string(state.join("last_used.json")).unwrap(),
+            "new"
+        );
         assert_eq!(
             std::fs::read_to_string(state.join("manifests/models--a--b/c.json")).unwrap(),
             "list"
