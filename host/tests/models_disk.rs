@@ -44,7 +44,7 @@ async fn a_pull_larger_than_the_free_space_fails_before_downloading() {
     let shown = err.to_string();
     assert!(matches!(err, ModelError::NoSpace { .. }), "{shown}");
     assert!(
-        shown.contains("needs 1073741824.0 GiB") && shown.contains("free"),
+        shown.contains("needs 1048576.0 TiB") && shown.contains("free"),
         "{shown}"
     );
     assert_eq!(hub.content_gets(), 0, "nothing was downloaded");

@@ -28,6 +28,9 @@ impl Scene {
         std::fs::create_dir_all(tmp.path().join("hub")).unwrap();
         std::fs::create_dir_all(tmp.path().join("x")).unwrap();
         std::fs::write(tmp.path().join("x/model.gguf"), SENTINEL).unwrap();
+        // llmlocal's state folder beside the cache (`llmlocal/hub`), made up front so that
+        // only its inside is left out of the comparison.
+        std::fs::create_dir_all(tmp.path().join("llmlocal/hub")).unwrap();
         let before = outside(tmp.path());
         Scene { tmp, before }
     }
@@ -57,14 +60,14 @@ impl Scene {
     }
 }
 
-/// Every entry under `dir` except the cache root `hub/` and llmlocal's state `llmlocal/`:
+/// Every entry under `dir` except the cache root `hub/` and llmlocal's state `llmlocal/hub/`:
 /// path -> contents (links as `link:<target>`, folders as empty).
 fn outside(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
     fn walk(base: &Path, dir: &Path, out: &mut BTreeMap<PathBuf, Vec<u8>>) {
         for e in std::fs::read_dir(dir).unwrap().flatten() {
             let p = e.path();
             let rel = p.strip_prefix(base).unwrap().to_path_buf();
-            if rel == Path::new("hub") || rel == Path::new("llmlocal") {
+            if rel == Path::new("hub") || rel == Path::new("llmlocal/hub") {
                 continue;
             }
             let meta = p.symlink_metadata().unwrap();

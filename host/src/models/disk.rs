@@ -8,6 +8,7 @@
 use std::path::Path;
 
 use super::cache::HubCache;
+use super::cli::human_bytes;
 use super::error::{ModelError, Result};
 
 /// Fails with [`ModelError::NoSpace`] when `need` bytes do not fit on the disk of `dir` (or
@@ -65,19 +66,6 @@ pub(crate) fn tidy_after_failure(cache: &HubCache, repo: &str, created: bool) {
     };
     if let Err(e) = result {
         tracing::warn!(path = %dir.display(), error = %e, "could not tidy the repo folder after a failed pull");
-    }
-}
-
-/// `1.5 GiB`, `300.0 MiB`, `512 bytes`.
-pub(crate) fn human_bytes(n: u64) -> String {
-    const KIB: f64 = 1024.0;
-    let f = n as f64;
-    if f >= KIB * KIB * KIB {
-        format!("{:.1} GiB", f / (KIB * KIB * KIB))
-    } else if f >= KIB * KIB {
-        format!("{:.1} MiB", f / (KIB * KIB))
-    } else {
-        format!("{n} bytes")
     }
 }
 
