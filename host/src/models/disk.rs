@@ -85,7 +85,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let err = check_free_space("org/m", &tmp.path().join("not/yet"), u64::MAX).unwrap_err();
         let shown = err.to_string();
-        assert!(shown.contains("org/m") && shown.contains("GiB"), "{shown}");
+        assert!(shown.contains("org/m") && shown.contains("TiB"), "{shown}");
         assert!(check_free_space("org/m", tmp.path(), 1).is_ok());
     }
 }
