@@ -86,7 +86,7 @@ async fn resolve_completes_a_snapshot_whose_index_names_a_missing_shard() {
         .unwrap();
     assert_eq!(first.files.len(), 5);
     // A cache laid out by someone else (no file list recorded) that lacks the second shard.
-    std::fs::remove_dir_all(tmp.path().join(".llmlocal")).unwrap();
+    std::fs::remove_dir_all(llmlocal::models::HubCache::new(tmp.path()).state_dir()).unwrap();
     std::fs::remove_file(snapshot(tmp.path(), "org/sharded").join(SHARD2)).unwrap();
     let blob = std::fs::read_link(first.path.join(SHARD1)).unwrap();
     assert!(blob.to_string_lossy().contains("blobs"));
@@ -176,7 +176,7 @@ async fn a_split_gguf_missing_a_part_is_not_taken_as_cached() {
         .unwrap();
     assert_eq!(first.files.len(), 2);
     std::fs::remove_file(snapshot(tmp.path(), "org/split").join(part2)).unwrap();
-    std::fs::remove_dir_all(tmp.path().join(".llmlocal")).unwrap();
+    std::fs::remove_dir_all(llmlocal::models::HubCache::new(tmp.path()).state_dir()).unwrap();
 
     let e = offline_manager(&hub, tmp.path())
         .resolve(&spec("org/split:Q4_K_M"))

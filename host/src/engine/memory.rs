@@ -1,6 +1,8 @@
 //! Memory: what the OS has, what a model will need, and the default context length.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, OnceLock};
 
 const GIB: u64 = 1 << 30;
 /// The largest context chosen by default (an explicit setting may go higher).
@@ -13,13 +15,85 @@ pub struct MemoryInfo {
     pub available: u64,
 }
 
-/// Reads the OS's memory figures now.
+/// The machine's memory figures now, as far as they are known: a failed read of the OS's
+/// figures gives the last good ones (see [`MemoryMonitor`]).
 pub fn read() -> MemoryInfo {
-    let mut system = sysinfo::System::new();
-    system.refresh_memory();
-    MemoryInfo {
-        total: system.total_memory(),
-        available: system.available_memory(),
+    static OS: OnceLock<MemoryMonitor<OsMemory>> = OnceLock::new();
+    OS.get_or_init(|| MemoryMonitor::new(OsMemory)).read()
+}
+
+/// Where memory figures come from: the OS, or a test's script.
+pub trait MemorySource {
+    /// One reading; `None` when it failed.
+    fn sample(&self) -> Option<MemoryInfo>;
+}
+
+/// The OS's figures through sysinfo. sysinfo reports a failed read (e.g. `/proc/meminfo`
+/// not openable because the process is at its file-descriptor limit) as zeros, never as an
+/// error; no running machine has 0 bytes in total or available, so zero means failed.
+pub struct OsMemory;
+
+impl MemorySource for OsMemory {
+    fn sample(&self) -> Option<MemoryInfo> {
+        let mut system = sysinfo::System::new();
+        system.refresh_memory();
+        let info = MemoryInfo {
+            total: system.total_memory(),
+            available: system.available_memory(),
+        };
+        (info.total > 0 && info.available > 0).then_some(info)
+    }
+}
+
+/// Readings that survive failed reads. Near the file-descriptor limit the OS's figures read
+/// as 0 MiB available, and the low-memory watch unloaded a model for it: a failed read now
+/// gives the last good reading (warned about once per run of failures). Before any good
+/// reading, memory is unknown and reported as unlimited available ([`UNKNOWN`]), so nothing
+/// is unloaded or refused on a guess, and the default context stays the smallest.
+pub struct MemoryMonitor<S> {
+    source: S,
+    last_good: Mutex<Option<MemoryInfo>>,
+    failing: AtomicBool,
+}
+
+/// What [`MemoryMonitor::read`] gives before any reading succeeded.
+pub const UNKNOWN: MemoryInfo = MemoryInfo {
+    total: 0,
+    available: u64::MAX,
+};
+
+impl<S: MemorySource> MemoryMonitor<S> {
+    pub fn new(source: S) -> Self {
+        MemoryMonitor {
+            source,
+            last_good: Mutex::new(None),
+            failing: AtomicBool::new(false),
+        }
+    }
+
+    /// A fresh reading, or the last good one when this one failed.
+    pub fn read(&self) -> MemoryInfo {
+        let mut last = self.last_good.lock().unwrap_or_else(|e| e.into_inner());
+        match self.source.sample() {
+            Some(info) => {
+                if self.failing.swap(false, Ordering::Relaxed) {
+                    tracing::info!("memory figures can be read again");
+                }
+                *last = Some(info);
+                info
+            }
+            None => {
+                let kept = last.unwrap_or(UNKNOWN);
+                if !self.failing.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(
+                        kept_available_mib = kept.available >> 20,
+                        "could not read the OS's memory figures (at the open-file limit?); \
+                         keeping the last good reading until they can be read again"
+                    );
+                }
+                kept
+            }
+        }
     }
 }
 
@@ -88,6 +162,55 @@ fn gguf_context_length(path: &Path) -> Option<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Plays back a script of readings (`None` = a failed read), then repeats the last.
+    struct Script(Mutex<Vec<Option<MemoryInfo>>>);
+
+    impl MemorySource for Script {
+        fn sample(&self) -> Option<MemoryInfo> {
+            let mut left = self.0.lock().unwrap();
+            if left.len() > 1 {
+                left.remove(0)
+            } else {
+                left[0]
+            }
+        }
+    }
+
+    fn info(total_gib: u64, available_gib: u64) -> MemoryInfo {
+        MemoryInfo {
+            total: total_gib * GIB,
+            available: available_gib * GIB,
+        }
+    }
+
+    #[test]
+    fn failed_reads_keep_the_last_good_reading() {
+        let monitor = MemoryMonitor::new(Script(Mutex::new(vec![
+            None,
+            Some(info(16, 9)),
+            None,
+            None,
+            Some(info(16, 3)),
+            None,
+        ])));
+        // Nothing known yet: not "0 available".
+        assert_eq!(monitor.read(), UNKNOWN);
+        assert_eq!(monitor.read(), info(16, 9));
+        assert_eq!(monitor.read(), info(16, 9));
+        assert!(monitor.failing.load(Ordering::Relaxed));
+        assert_eq!(monitor.read(), info(16, 9));
+        assert_eq!(monitor.read(), info(16, 3));
+        assert!(!monitor.failing.load(Ordering::Relaxed));
+        assert_eq!(monitor.read(), info(16, 3));
+    }
+
+    #[test]
+    fn the_os_source_reads_real_figures() {
+        // On a machine with its files to spare, the OS reading succeeds and is non-zero.
+        let got = OsMemory.sample().expect("memory figures");
+        assert!(got.total >= got.available && got.available > 0);
+    }
 
     #[test]
     fn default_context_follows_the_machine() {

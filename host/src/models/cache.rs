@@ -8,7 +8,8 @@
 //!     refs/<revision>                   the commit a branch or tag pointed to
 //! ```
 //!
-//! Last-used times live in a small JSON sidecar, `<root>/.llmlocal/last_used.json`, written when
+//! Last-used times live in a small JSON sidecar, `last_used.json` in llmlocal's state folder
+//! beside the cache (`state.rs`: `$HF_HOME/llmlocal/hub/` for the standard cache), written when
 //! llmlocal resolves or pulls a model (file atimes are unreliable: `noatime`/`relatime` mounts).
 //! Repositories that llmlocal never used (downloaded by Python) fall back to the newest
 //! modification time of their blobs.
@@ -21,6 +22,8 @@ use hf_hub::{Cache, CacheRepo, Repo, RepoType};
 use serde::{Deserialize, Serialize};
 
 use super::error::{ModelError, Result};
+use super::hub_input::{check_commit, check_etag, check_repo_file, check_revision};
+use super::state::{default_state_dir, migrate_legacy_state};
 
 /// Where the cache is: `HF_HUB_CACHE` (or the older `HUGGINGFACE_HUB_CACHE`), else
 /// `$HF_HOME/hub`, else `$XDG_CACHE_HOME/huggingface/hub`, else `~/.cache/huggingface/hub` —
@@ -85,6 +88,8 @@ pub struct CachedFile {
 #[derive(Debug, Clone)]
 pub struct HubCache {
     root: PathBuf,
+    /// llmlocal's own records about this cache (see `state.rs`).
+    state: PathBuf,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -95,7 +100,27 @@ struct UsageFile {
 
 impl HubCache {
     pub fn new(root: impl Into<PathBuf>) -> Self {
-        HubCache { root: root.into() }
+        let root = root.into();
+        let state = default_state_dir(&root);
+        HubCache { root, state }
+    }
+
+    /// The same cache with llmlocal's records kept in `dir` instead of the default.
+    pub fn with_state_dir(self, dir: impl Into<PathBuf>) -> Self {
+        HubCache {
+            state: dir.into(),
+            ..self
+        }
+    }
+
+    /// Where llmlocal keeps its own records about this cache (outside the cache root).
+    pub fn state_dir(&self) -> &Path {
+        &self.state
+    }
+
+    /// Moves records an older version kept in `<root>/.llmlocal` to [`Self::state_dir`].
+    pub fn migrate_legacy_state(&self) {
+        migrate_legacy_state(&self.root, &self.state);
     }
 
     /// The cache at the standard location (see [`cache_dir_from`]).
@@ -152,27 +177,38 @@ impl HubCache {
         self.cache_repo(repo, "main").pointer_path(commit)
     }
 
-    /// The commit a revision names: `refs/<revision>`, or the revision itself when a snapshot
-    /// of that commit exists.
+    /// The commit a revision names: `refs/<revision>`, or the revision itself when it is a
+    /// commit with a snapshot. A revision or a ref's content that could name a path outside
+    /// the repo folder (a hand-edited or hostile `refs/` file) counts as not cached.
     pub fn resolve_commit(&self, repo: &str, revision: &str) -> Option<String> {
+        if let Err(why) = check_revision(revision) {
+            tracing::warn!(repo, revision, %why, "ignoring an unsafe revision");
+            return None;
+        }
         let ref_path = self.repo_dir(repo).join("refs").join(revision);
         if let Ok(commit) = std::fs::read_to_string(&ref_path) {
             let commit = commit.trim();
-            if !commit.is_empty() {
-                return Some(commit.to_string());
+            match check_commit(commit) {
+                Ok(()) => return Some(commit.to_string()),
+                Err(why) if !commit.is_empty() => {
+                    tracing::warn!(path = %ref_path.display(), %why, "ignoring a ref that does not hold a commit hash");
+                    return None;
+                }
+                Err(_) => {}
             }
         }
-        self.snapshot_dir(repo, revision)
-            .is_dir()
+        (check_commit(revision).is_ok() && self.snapshot_dir(repo, revision).is_dir())
             .then(|| revision.to_string())
     }
 
-    /// The snapshot path of `file` if it is cached for `revision` (and its blob is there).
+    /// The snapshot path of `file` if it is cached for `revision` (and its blob is there,
+    /// inside this repo folder).
     pub fn cached_file(&self, repo: &str, revision: &str, file: &str) -> Option<PathBuf> {
+        check_repo_file(file).ok()?;
         let commit = self.resolve_commit(repo, revision)?;
         let path = self.snapshot_dir(repo, &commit).join(file);
         // `exists` follows the symlink: a dangling link to a deleted blob is not cached.
-        path.exists().then_some(path)
+        (path.exists() && self.contained(repo, &commit, &path)).then_some(path)
     }
 
     /// Whether the revision is cached: one file, or (with `None`) any snapshot at all.
@@ -192,12 +228,18 @@ impl HubCache {
         let dir = self.snapshot_dir(repo, &commit);
         let mut files = Vec::new();
         walk_files(&dir, &dir, &mut files);
+        files.retain(|f| self.contained(repo, &commit, &f.path));
         files.sort_by(|a, b| a.name.cmp(&b.name));
         Some((commit, files))
     }
 
     /// Writes `refs/<revision>` = commit (skipped when the revision is the commit itself).
     pub fn write_ref(&self, repo: &str, revision: &str, commit: &str) -> Result<()> {
+        let origin = || format!("the ref of `{repo}`");
+        check_revision(revision)
+            .map_err(|why| ModelError::unsafe_value("revision", revision, origin(), why))?;
+        check_commit(commit)
+            .map_err(|why| ModelError::unsafe_value("commit", commit, origin(), why))?;
         if revision == commit {
             return Ok(());
         }
@@ -215,6 +257,14 @@ impl HubCache {
         file: &str,
         etag: &str,
     ) -> Result<PathBuf> {
+        // Checked here too, whoever the caller: with these three valid, the link is inside
+        // `snapshots/<commit>/` and its target inside `blobs/` by construction.
+        let origin = || format!("a snapshot link of `{repo}`");
+        check_commit(commit)
+            .map_err(|why| ModelError::unsafe_value("commit", commit, origin(), why))?;
+        check_repo_file(file)
+            .map_err(|why| ModelError::unsafe_value("file name", file, origin(), why))?;
+        check_etag(etag).map_err(|why| ModelError::unsafe_value("etag", etag, origin(), why))?;
         let link = self.snapshot_dir(repo, commit).join(file);
         let parent = link.parent().unwrap_or(&self.root).to_path_buf();
         std::fs::create_dir_all(&parent).map_err(|e| ModelError::io("creating", &parent, e))?;
@@ -231,6 +281,23 @@ impl HubCache {
         }
         make_link(&target, &self.blob_path(repo, etag), &link)?;
         Ok(link)
+    }
+
+    /// Whether a snapshot file really lies in this repo: a symlink must lead into `blobs/`
+    /// (as huggingface_hub's links do), a plain file (a copy where symlinks are unavailable)
+    /// must be inside the snapshot. Anything else (a link to `/etc/passwd`, to another
+    /// repo) is not taken as cached.
+    fn contained(&self, repo: &str, commit: &str, path: &Path) -> bool {
+        let Ok(real) = std::fs::canonicalize(path) else {
+            return false;
+        };
+        let repo_dir = self.repo_dir(repo);
+        let inside = |dir: PathBuf| std::fs::canonicalize(dir).is_ok_and(|d| real.starts_with(d));
+        let ok = inside(repo_dir.join("blobs")) || inside(self.snapshot_dir(repo, commit));
+        if !ok {
+            tracing::warn!(path = %path.display(), target = %real.display(), "ignoring a snapshot file that points outside the repo's blobs");
+        }
+        ok
     }
 
     /// Every cached model repository, sorted by id.
@@ -332,7 +399,7 @@ impl HubCache {
     }
 
     fn usage_path(&self) -> PathBuf {
-        self.root.join(".llmlocal").join("last_used.json")
+        self.state.join("last_used.json")
     }
 
     fn read_usage(&self) -> UsageFile {
@@ -444,7 +511,11 @@ fn walk_files(base: &Path, dir: &Path, out: &mut Vec<CachedFile>) {
             continue; // dangling symlink: the blob is gone, the file is not cached
         };
         if meta.is_dir() {
-            walk_files(base, &path, out);
+            // A symlinked folder is never part of the layout: not followed (it could lead
+            // anywhere, even in a cycle).
+            if !entry.file_type().is_ok_and(|t| t.is_symlink()) {
+                walk_files(base, &path, out);
+            }
         } else if let Ok(rel) = path.strip_prefix(base) {
             let name = rel
                 .components()

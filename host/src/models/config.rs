@@ -15,6 +15,9 @@ pub const DEFAULT_ENDPOINT: &str = "https://huggingface.co";
 pub struct ManagerConfig {
     /// The hub-layout cache folder.
     pub cache_dir: PathBuf,
+    /// Where llmlocal keeps its own records about the cache (last-used times, file lists);
+    /// `None`: `<parent of cache_dir>/llmlocal/<cache folder name>` (`$HF_HOME/llmlocal/hub`).
+    pub state_dir: Option<PathBuf>,
     /// Base URL of the hub (`HF_ENDPOINT`).
     pub endpoint: String,
     /// Bearer token (`HF_TOKEN`, else the token file `huggingface-cli login` writes).
@@ -39,6 +42,7 @@ impl ManagerConfig {
     pub fn new(cache_dir: impl Into<PathBuf>) -> Self {
         ManagerConfig {
             cache_dir: cache_dir.into(),
+            state_dir: None,
             endpoint: DEFAULT_ENDPOINT.to_string(),
             token: None,
             offline: false,

@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 use super::cache::HubCache;
+use super::disk::is_disk_full;
 use super::error::{ModelError, Result};
 use super::pipeline::Writer;
 use super::progress::Tracker;
@@ -132,7 +133,9 @@ async fn lock_download(
     }
 }
 
-/// Downloads into the `.incomplete` file, verifies, renames to the blob. Returns bytes received.
+/// Downloads into the `.incomplete` file, verifies, renames to the blob. Returns bytes
+/// received. Partial data is kept for a resume, except when the disk is full: kept, it
+/// would keep the disk full.
 async fn transfer(
     hub: &Hub,
     cache: &HubCache,
@@ -142,6 +145,33 @@ async fn transfer(
     lock: Option<Arc<File>>,
 ) -> Result<u64> {
     let partial = cache.incomplete_path(job.repo, &job.meta.etag);
+    match transfer_to(hub, cache, job, tracker, cancel, lock, &partial).await {
+        Err(ModelError::Io { path, source, .. }) if is_disk_full(&source) => {
+            if let Err(e) = std::fs::remove_file(&partial) {
+                tracing::warn!(path = %partial.display(), error = %e, "could not delete the partial download");
+            }
+            tracing::error!(file = job.file, path = %path.display(), "the disk is full; partial download deleted");
+            Err(ModelError::DiskFull {
+                repo: job.repo.into(),
+                file: job.file.into(),
+                path,
+                source,
+            })
+        }
+        other => other,
+    }
+}
+
+async fn transfer_to(
+    hub: &Hub,
+    cache: &HubCache,
+    job: &FileJob<'_>,
+    tracker: &mut Tracker,
+    cancel: &CancellationToken,
+    lock: Option<Arc<File>>,
+    partial: &Path,
+) -> Result<u64> {
+    let partial = partial.to_path_buf();
     if let Some(dir) = partial.parent() {
         std::fs::create_dir_all(dir).map_err(|e| ModelError::io("creating", dir, e))?;
     }

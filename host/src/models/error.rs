@@ -109,6 +109,37 @@ pub enum ModelError {
 
     #[error("could not set up the HTTP client: {0}")]
     Client(String),
+
+    #[error(
+        "not enough disk space to pull `{repo}`: it needs {need} more, but {path} has only {free} free; \
+         free some space (e.g. `llmlocal rm` a model you no longer use) or point HF_HUB_CACHE at a larger disk"
+    )]
+    NoSpace {
+        repo: String,
+        need: String,
+        free: String,
+        path: PathBuf,
+    },
+
+    #[error(
+        "the disk is full: writing `{file}` of `{repo}` to {path} failed ({source}); the partial download was deleted, \
+         free some space and pull again"
+    )]
+    DiskFull {
+        repo: String,
+        file: String,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("refusing the {what} {value:?} from {origin}: {reason}; it could name a path outside the cache, so nothing was written")]
+    UnsafeValue {
+        what: &'static str,
+        value: String,
+        origin: String,
+        reason: String,
+    },
 }
 
 impl ModelError {
@@ -122,6 +153,24 @@ impl ModelError {
             action,
             path: path.into(),
             source,
+        }
+    }
+}
+
+impl ModelError {
+    /// A value that cannot safely become a path in the cache (at most 200 characters of it
+    /// are kept, so a hostile hub cannot flood logs).
+    pub(crate) fn unsafe_value(
+        what: &'static str,
+        value: &str,
+        origin: impl Into<String>,
+        reason: String,
+    ) -> Self {
+        ModelError::UnsafeValue {
+            what,
+            value: value.chars().take(200).collect(),
+            origin: origin.into(),
+            reason,
         }
     }
 }

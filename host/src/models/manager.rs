@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use super::cache::{CachedRepo, HubCache};
 use super::cached::{cache_state, wanted, CacheState, PickLimits};
 use super::config::ManagerConfig;
+use super::disk::{check_free_space, tidy_after_failure};
 use super::download::{fetch_file, present_bytes, FileJob};
 use super::error::{ModelError, Result};
 use super::progress::{ProgressSender, Tracker};
@@ -93,7 +94,11 @@ pub struct ModelManager {
 impl ModelManager {
     pub fn new(config: ManagerConfig) -> Result<Self> {
         let hub = Hub::new(&config)?;
-        let cache = HubCache::new(config.cache_dir.clone());
+        let mut cache = HubCache::new(config.cache_dir.clone());
+        if let Some(dir) = &config.state_dir {
+            cache = cache.with_state_dir(dir);
+        }
+        cache.migrate_legacy_state();
         Ok(ModelManager { config, cache, hub })
     }
 
@@ -181,23 +186,24 @@ impl ModelManager {
             picked,
             commit,
         } = plan;
+        check_free_space(
+            &hf.repo,
+            self.cache.root(),
+            self.missing_bytes(&hf.repo, &metas),
+        )?;
         let total: u64 = metas.iter().map(|m| m.size).sum();
         let mut tracker = Tracker::new(progress, total, files.len());
-        let mut paths = Vec::with_capacity(files.len());
-        let mut downloaded = 0;
-        for (file, meta) in files.iter().zip(&metas) {
-            let job = FileJob {
-                repo: &hf.repo,
-                revision: &hf.revision,
-                file,
-                meta,
-            };
-            let (path, bytes) =
-                fetch_file(&self.hub, &self.cache, &job, &mut tracker, &cancel).await?;
-            paths.push(path);
-            downloaded += bytes;
-        }
-        self.cache.write_ref(&hf.repo, &hf.revision, &commit)?;
+        let created = !self.cache.repo_dir(&hf.repo).exists();
+        let fetched = self
+            .fetch_all(hf, &files, &metas, &commit, &mut tracker, &cancel)
+            .await;
+        let (paths, downloaded) = match fetched {
+            Ok(done) => done,
+            Err(e) => {
+                tidy_after_failure(&self.cache, &hf.repo, created);
+                return Err(e);
+            }
+        };
         self.cache.touch(&hf.repo);
         tracker.finish();
         if let Some(p) = &picked {
@@ -207,6 +213,43 @@ impl ModelManager {
             downloaded_bytes: downloaded,
             ..ResolvedModel::from_hub(&self.cache, spec, hf, commit, &files, paths, picked)
         })
+    }
+
+    /// Fetches each file and writes the ref; returns the snapshot paths and bytes received.
+    async fn fetch_all(
+        &self,
+        hf: &HfSource,
+        files: &[String],
+        metas: &[FileMeta],
+        commit: &str,
+        tracker: &mut Tracker,
+        cancel: &CancellationToken,
+    ) -> Result<(Vec<PathBuf>, u64)> {
+        let mut paths = Vec::with_capacity(files.len());
+        let mut downloaded = 0;
+        for (file, meta) in files.iter().zip(metas) {
+            let job = FileJob {
+                repo: &hf.repo,
+                revision: &hf.revision,
+                file,
+                meta,
+            };
+            let (path, bytes) = fetch_file(&self.hub, &self.cache, &job, tracker, cancel).await?;
+            paths.push(path);
+            downloaded += bytes;
+        }
+        self.cache.write_ref(&hf.repo, &hf.revision, commit)?;
+        Ok((paths, downloaded))
+    }
+
+    /// Bytes still to download for `metas` (each blob once; partial data counts as present).
+    fn missing_bytes(&self, repo: &str, metas: &[FileMeta]) -> u64 {
+        let mut seen = std::collections::BTreeSet::new();
+        metas
+            .iter()
+            .filter(|m| seen.insert(m.etag.as_str()))
+            .map(|m| m.size.saturating_sub(present_bytes(&self.cache, repo, m)))
+            .sum()
     }
 
     /// The answer when the hub is not asked: the cached model, or an error naming what is missing.

@@ -1,12 +1,13 @@
 //! The file list of a repository at one commit, as the hub listed it on the last pull:
-//! `<cache>/.llmlocal/manifests/models--org--name/<commit>.json`.
+//! `<state>/manifests/models--org--name/<commit>.json`, in llmlocal's state folder beside the
+//! cache (`state.rs`).
 //!
 //! Why: the hub layout records which files were downloaded, not which files the repository
 //! has, so a snapshot that lacks a file (a pull stopped between two files, a blob deleted by
 //! hand) would otherwise look complete to a cache-first resolve. Caches written by Python's
 //! huggingface_hub have no manifest; the checks that need none (a safetensors index naming its
 //! shards, the parts of a split GGUF) still run on them. Kept beside `last_used.json`, outside
-//! the repo folders, so the layout Python reads is unchanged.
+//! the cache, so the layout Python reads is unchanged.
 
 use std::path::PathBuf;
 
@@ -34,7 +35,7 @@ impl HubCache {
             .file_name()
             .map(|f| f.to_os_string())
             .unwrap_or_default();
-        self.root().join(".llmlocal").join("manifests").join(folder)
+        self.state_dir().join("manifests").join(folder)
     }
 
     fn manifest_path(&self, repo: &str, commit: &str) -> PathBuf {

@@ -20,8 +20,10 @@ mod cache;
 mod cached;
 pub mod cli;
 mod config;
+mod disk;
 mod download;
 mod error;
+mod hub_input;
 mod manager;
 mod manifest;
 mod pipeline;
@@ -29,6 +31,7 @@ mod progress;
 pub mod quant;
 mod remote;
 mod spec;
+mod state;
 
 pub use cache::{
     cache_dir_from, cache_dir_from_env, CachedFile, CachedRepo, CachedRevision, HubCache,

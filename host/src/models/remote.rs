@@ -14,6 +14,7 @@ use serde::Deserialize;
 
 use super::config::ManagerConfig;
 use super::error::{ModelError, Result};
+use super::hub_input::{check_commit, check_etag, check_repo_file};
 
 const MAX_REDIRECTS: usize = 10;
 /// Retries when no connection can be made at all (refused, no route, DNS): that is rarely
@@ -43,6 +44,20 @@ pub struct RepoInfo {
     pub sha: String,
     #[serde(default)]
     pub siblings: Vec<Sibling>,
+}
+
+impl RepoInfo {
+    /// Refuses a listing whose commit or file names would become paths outside the cache.
+    fn check(&self, url: &str) -> Result<()> {
+        check_commit(&self.sha)
+            .map_err(|why| ModelError::unsafe_value("commit (sha)", &self.sha, url, why))?;
+        for sibling in &self.siblings {
+            check_repo_file(&sibling.rfilename).map_err(|why| {
+                ModelError::unsafe_value("file name (rfilename)", &sibling.rfilename, url, why)
+            })?;
+        }
+        Ok(())
+    }
 }
 
 /// What the `HEAD` of a `resolve` URL says about one file.
@@ -154,10 +169,12 @@ impl Hub {
                     .timeout(Duration::from_secs(60))
             })
             .await?;
-        response.json().await.map_err(|e| ModelError::Protocol {
-            url,
+        let info: RepoInfo = response.json().await.map_err(|e| ModelError::Protocol {
+            url: url.clone(),
             reason: format!("repository info is not valid JSON: {e}"),
-        })
+        })?;
+        info.check(&url)?;
+        Ok(info)
     }
 
     /// `HEAD` of the resolve URL: commit, etag, size, and where the bytes are.
@@ -394,13 +411,9 @@ fn meta_from_headers(headers: &HeaderMap, location: String, url: &str) -> Result
         .or_else(|| header(headers, "content-length"))
         .and_then(|s| s.parse().ok())
         .ok_or_else(|| missing("X-Linked-Size or Content-Length"))?;
-    let etag_ok = !etag.is_empty() && etag.chars().all(|c| c.is_ascii_alphanumeric() || c == '-');
-    if !etag_ok {
-        return Err(ModelError::Protocol {
-            url: url.into(),
-            reason: format!("unusable etag `{etag}`"),
-        });
-    }
+    check_commit(&commit)
+        .map_err(|why| ModelError::unsafe_value("commit (X-Repo-Commit)", &commit, url, why))?;
+    check_etag(&etag).map_err(|why| ModelError::unsafe_value("etag", &etag, url, why))?;
     // Only a 64-hex linked etag is a sha256 we can check.
     let sha256 = sha256 && is_sha256(&etag);
     Ok(FileMeta {

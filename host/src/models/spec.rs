@@ -7,6 +7,7 @@ use std::str::FromStr;
 use llmlocal_plugin_api::ModelFormat;
 
 use super::error::{ModelError, Result};
+use super::hub_input::{check_repo_file, check_revision};
 
 /// The revision used when none is named.
 pub const DEFAULT_REVISION: &str = "main";
@@ -80,10 +81,17 @@ impl ModelSpec {
         revision: Option<&str>,
         selector: FileSelector,
     ) -> Result<Self> {
-        validate_repo(repo).map_err(|reason| ModelError::InvalidSpec {
+        let invalid = |reason| ModelError::InvalidSpec {
             input: repo.to_string(),
             reason,
-        })?;
+        };
+        validate_repo(repo).map_err(invalid)?;
+        if let Some(rev) = revision {
+            check_revision(rev).map_err(invalid)?;
+        }
+        if let FileSelector::File(file) = &selector {
+            check_repo_file(file).map_err(invalid)?;
+        }
         let source = ModelSource::HuggingFace(HfSource {
             repo: repo.to_string(),
             revision: revision.unwrap_or(DEFAULT_REVISION).to_string(),
@@ -216,6 +224,7 @@ fn parse_tag(tag: &str) -> std::result::Result<FileSelector, String> {
         return Err("empty quantization after `:`; e.g. `org/repo:Q4_K_M`".into());
     }
     if tag.contains('.') {
+        check_repo_file(tag)?;
         return Ok(FileSelector::File(tag.to_string()));
     }
     if !tag
@@ -236,7 +245,10 @@ fn split_revision(s: &str) -> std::result::Result<(&str, String), String> {
             Err("empty revision after `@`; e.g. `org/repo@main`".into())
         }
         Some((_, rev)) if rev.contains('@') => Err("more than one `@`".into()),
-        Some((repo, rev)) => Ok((repo, rev.to_string())),
+        Some((repo, rev)) => {
+            check_revision(rev)?;
+            Ok((repo, rev.to_string()))
+        }
     }
 }
 
@@ -252,10 +264,10 @@ fn parse_hf_url(rest: &str) -> std::result::Result<HfSource, String> {
     let repo = format!("{org}/{name}");
     validate_repo(&repo)?;
     let selector = match file {
-        Some(f) if f.split('/').any(|seg| seg.is_empty() || seg == "..") => {
-            return Err(format!("bad file path `{f}` inside the repository"))
+        Some(f) => {
+            check_repo_file(f).map_err(|why| format!("bad file path `{f}`: {why}"))?;
+            FileSelector::File(f.to_string())
         }
-        Some(f) => FileSelector::File(f.to_string()),
         None => FileSelector::Auto,
     };
     Ok(HfSource {

@@ -90,9 +90,7 @@ impl Params {
             Some(k) => Some(u32::try_from(k).unwrap_or(u32::MAX)),
             None => None,
         };
-        if self.stop.iter().any(String::is_empty) {
-            return Err(ApiError::bad_request("stop sequences must not be empty"));
-        }
+        crate::engine::stop::check_stop_limits(&self.stop).map_err(ApiError::bad_request)?;
         for (name, value) in [
             ("presence_penalty", self.presence_penalty),
             ("frequency_penalty", self.frequency_penalty),

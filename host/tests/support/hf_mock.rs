@@ -142,6 +142,8 @@ pub struct Inner {
     repos: Mutex<HashMap<String, MockRepo>>,
     faults: Mutex<HashMap<String, VecDeque<Fault>>>,
     token: Mutex<Option<String>>,
+    /// Headers set on every `resolve` answer, replacing the true ones (a lying mirror).
+    header_overrides: Mutex<Vec<(String, String)>>,
     log: Mutex<Vec<String>>,
     bytes_served: AtomicU64,
     content_gets: AtomicU64,
@@ -227,6 +229,22 @@ impl MockHub {
         );
     }
 
+    /// Adds an LFS file to an existing repository under a made-up sha256, without hashing
+    /// its contents (for advertised sizes too large to generate, e.g. 1 EiB).
+    pub fn add_unhashed_lfs_file(&self, repo: &str, name: &str, content: Content, sha256: &str) {
+        let mut repos = self.inner.repos.lock().unwrap();
+        let file = Arc::new(MockFile {
+            content,
+            sha256: sha256.to_string(),
+            lfs: true,
+        });
+        repos
+            .get_mut(repo)
+            .expect("add the repository first")
+            .files
+            .push((name.to_string(), file));
+    }
+
     pub fn sha256_of(&self, repo: &str, file: &str) -> String {
         let repos = self.inner.repos.lock().unwrap();
         let r = &repos[repo];
@@ -245,6 +263,16 @@ impl MockHub {
             .entry(file.to_string())
             .or_default()
             .push_back(fault);
+    }
+
+    /// From now on every `resolve` answer carries `name: value` instead of the true header
+    /// (a hostile hub or mirror; e.g. `x-repo-commit: ../../x`).
+    pub fn override_header(&self, name: &str, value: &str) {
+        self.inner
+            .header_overrides
+            .lock()
+            .unwrap()
+            .push((name.to_string(), value.to_string()));
     }
 
     pub fn require_token(&self, token: Option<&str>) {
@@ -316,7 +344,7 @@ async fn handle(
             info(&inner, &format!("{org}/{name}"), &rev.join("/"))
         }
         [org, name, "resolve", rev, file @ ..] if !file.is_empty() => {
-            resolve(
+            let mut r = resolve(
                 &inner,
                 &method,
                 &format!("{org}/{name}"),
@@ -324,7 +352,13 @@ async fn handle(
                 &file.join("/"),
                 &headers,
             )
-            .await
+            .await;
+            for (k, v) in inner.header_overrides.lock().unwrap().iter() {
+                let name = axum::http::HeaderName::from_bytes(k.as_bytes()).unwrap();
+                r.headers_mut()
+                    .insert(name, HeaderValue::from_str(v).unwrap());
+            }
+            r
         }
         _ => status(404, None),
     }
