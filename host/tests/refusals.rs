@@ -70,7 +70,7 @@ fn every_broken_plugin_is_refused_with_its_reason_and_the_good_ones_load() {
         reason(&registry, "bad-major"),
         &[
             "built for plugin API 3.0.0",
-            "supports 1.x",
+            "supports 2.x",
             "rebuild the plugin",
             "upgrade llmlocal",
         ],
