@@ -357,3 +357,38 @@ async fn without_keys_adapter_downloads_follow_the_loopback_rule() {
     .await;
     assert!(status != 403, "{status}: {text}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cors_answers_only_the_named_origins() {
+    let hub = hub().await;
+    let cache = tempfile::tempdir().expect("temp dir");
+    let preflight = |server: &TestServer, origin: &str| {
+        let request = client()
+            .request(reqwest::Method::OPTIONS, server.url("/v1/chat/completions"))
+            .header("Origin", origin)
+            .header("Access-Control-Request-Method", "POST")
+            .header("Access-Control-Request-Headers", "content-type,authorization");
+        async move {
+            let response = request.send().await.expect("request");
+            response
+                .headers()
+                .get("access-control-allow-origin")
+                .map(|v| v.to_str().expect("text").to_string())
+        }
+    };
+    // By default no origin is allowed.
+    let closed = TestServer::start(engine(&hub, cache.path(), &[]), ServerSettings::default()).await;
+    assert_eq!(preflight(&closed, "http://localhost:3000").await, None);
+    let settings = ServerSettings {
+        api_keys: vec!["user-key".into()],
+        cors_origins: vec!["http://localhost:3000".into()],
+        ..ServerSettings::default()
+    };
+    let server = TestServer::start(engine(&hub, cache.path(), &[]), settings).await;
+    // The preflight carries no key and is answered anyway.
+    assert_eq!(
+        preflight(&server, "http://localhost:3000").await.as_deref(),
+        Some("http://localhost:3000")
+    );
+    assert_eq!(preflight(&server, "https://evil.example").await, None);
+}

@@ -42,6 +42,15 @@ pub struct ServeArgs {
         value_delimiter = ','
     )]
     pub allowed_origins: Vec<String>,
+    /// Origins browsers may call this API from (CORS), as http(s)://host[:port]
+    /// (comma-separated or repeatable; default none).
+    #[arg(
+        long = "cors-origins",
+        env = "LLMLOCAL_CORS_ORIGINS",
+        value_name = "ORIGIN",
+        value_delimiter = ','
+    )]
+    pub cors_origins: Vec<String>,
     /// Refuse /api/pull and every download a request names (configured models still
     /// download on first use).
     #[arg(long)]
@@ -147,6 +156,7 @@ fn settings(args: &ServeArgs, config: &Config) -> anyhow::Result<(EngineSettings
     server.apply_env();
     server.allowed_origins.extend(args.allowed_origins.iter().cloned());
     server.no_remote_pull |= args.no_remote_pull;
+    server.cors_origins.extend(args.cors_origins.iter().cloned());
     server.max_connections = args.max_connections.unwrap_or(server.max_connections);
     if let Some(secs) = args.header_timeout {
         server.header_timeout = Duration::from_secs(secs);

@@ -9,6 +9,7 @@
 //! response stream, which cancels its generation.
 
 pub mod access;
+mod cors;
 mod error;
 mod extract;
 mod guard;
@@ -81,7 +82,7 @@ pub fn router(engine: Engine, settings: ServerSettings) -> Router {
             .ok(),
     };
     let body_limit = state.settings.max_body_bytes;
-    Router::new()
+    let app = Router::new()
         .route("/v1/models", get(openai::list_models))
         .route("/v1/chat/completions", post(openai::chat_completions))
         .route("/v1/completions", post(openai::completions))
@@ -99,8 +100,13 @@ pub fn router(engine: Engine, settings: ServerSettings) -> Router {
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(middleware::from_fn_with_state(state.clone(), guard::guard))
         .layer(middleware::from_fn_with_state(state.clone(), authorize))
-        .layer(middleware::from_fn_with_state(state.clone(), count))
-        .with_state(state)
+        .layer(middleware::from_fn_with_state(state.clone(), count));
+    // Outermost: a preflight is answered before authentication.
+    let app = match cors::layer(&state.settings.cors_origins) {
+        Some(cors) => app.layer(cors),
+        None => app,
+    };
+    app.with_state(state)
 }
 
 /// Serves until `shutdown` resolves, then lets in-flight requests (streams included) finish.

@@ -131,6 +131,7 @@ impl ServerSettings {
         if self.header_timeout.is_zero() {
             return Err("the header timeout must be at least 1 second".to_string());
         }
+        super::cors::check(&self.cors_origins)?;
         if let Some(key) = self
             .api_keys
             .iter()
