@@ -31,12 +31,20 @@ async fn hub() -> MockHub {
     hub.add_repo(
         "org/tiny",
         COMMIT,
-        vec![("model.gguf", Content::Bytes(model.as_bytes().to_vec().into()), true)],
+        vec![(
+            "model.gguf",
+            Content::Bytes(model.as_bytes().to_vec().into()),
+            true,
+        )],
     );
     hub.add_repo(
         "org/lora",
         COMMIT,
-        vec![("adapter.gguf", Content::Bytes(b"not really".to_vec().into()), true)],
+        vec![(
+            "adapter.gguf",
+            Content::Bytes(b"not really".to_vec().into()),
+            true,
+        )],
     );
     hub
 }
@@ -73,7 +81,8 @@ fn is_cached(engine: &Engine, spec: &str) -> bool {
 async fn a_cross_site_simple_request_cannot_pull() {
     let hub = hub().await;
     let cache = tempfile::tempdir().expect("temp dir");
-    let server = TestServer::start(engine(&hub, cache.path(), &[]), ServerSettings::default()).await;
+    let server =
+        TestServer::start(engine(&hub, cache.path(), &[]), ServerSettings::default()).await;
     let host = host(&server);
     // What a web page can send without a CORS preflight: text/plain, a form type, or no type.
     for content_type in [
@@ -91,7 +100,11 @@ async fn a_cross_site_simple_request_cannot_pull() {
         assert_eq!(status, 403, "{content_type}: {text}");
         assert!(text.contains("application/json"), "{text}");
     }
-    assert!(hub.requests().is_empty(), "nothing was fetched: {:?}", hub.requests());
+    assert!(
+        hub.requests().is_empty(),
+        "nothing was fetched: {:?}",
+        hub.requests()
+    );
     assert!(!is_cached(&server.engine, MODEL));
     // The same request as a JSON client sends it pulls.
     let (status, text) = raw_exchange(
@@ -107,10 +120,15 @@ async fn a_cross_site_simple_request_cannot_pull() {
 async fn a_rebound_host_or_a_foreign_origin_cannot_pull_or_delete() {
     let hub = hub().await;
     let cache = tempfile::tempdir().expect("temp dir");
-    let server = TestServer::start(engine(&hub, cache.path(), &[]), ServerSettings::default()).await;
+    let server =
+        TestServer::start(engine(&hub, cache.path(), &[]), ServerSettings::default()).await;
     let json = "Content-Type: application/json";
     // DNS rebinding: the page's own name reaches 127.0.0.1.
-    for rebound in ["Host: evil.example", "Host: evil.example:11435", "Host: 10.1.2.3"] {
+    for rebound in [
+        "Host: evil.example",
+        "Host: evil.example:11435",
+        "Host: 10.1.2.3",
+    ] {
         let (status, text) = raw_exchange(server.addr, &pull_request(&[rebound, json])).await;
         assert_eq!(status, 403, "{rebound}: {text}");
         assert!(text.contains("--admin-key"), "{text}");
@@ -126,15 +144,28 @@ async fn a_rebound_host_or_a_foreign_origin_cannot_pull_or_delete() {
     let delete_body = format!(r#"{{"model": "{MODEL}"}}"#);
     let (status, text) = raw_exchange(
         server.addr,
-        &raw_request("DELETE", "/api/delete", &["Host: evil.example", json], &delete_body),
+        &raw_request(
+            "DELETE",
+            "/api/delete",
+            &["Host: evil.example", json],
+            &delete_body,
+        ),
     )
     .await;
     assert_eq!(status, 403, "{text}");
-    assert!(hub.requests().is_empty(), "nothing was fetched: {:?}", hub.requests());
+    assert!(
+        hub.requests().is_empty(),
+        "nothing was fetched: {:?}",
+        hub.requests()
+    );
     // `localhost` with a loopback Origin is this machine.
     let (status, text) = raw_exchange(
         server.addr,
-        &pull_request(&["Host: localhost:11435", json, "Origin: http://localhost:3000"]),
+        &pull_request(&[
+            "Host: localhost:11435",
+            json,
+            "Origin: http://localhost:3000",
+        ]),
     )
     .await;
     assert_eq!(status, 200, "{text}");
@@ -184,7 +215,11 @@ async fn pulls_can_be_turned_off() {
     )
     .await;
     assert_eq!(status, 403, "{body}");
-    assert!(hub.requests().is_empty(), "nothing was fetched: {:?}", hub.requests());
+    assert!(
+        hub.requests().is_empty(),
+        "nothing was fetched: {:?}",
+        hub.requests()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -215,7 +250,11 @@ async fn with_an_admin_key_only_the_admin_key_may_pull() {
     let (status, body) = pull(Some("user-key")).await;
     assert_eq!(status, 403, "an inference key is not an admin key: {body}");
     assert!(body.contains("admin key"), "{body}");
-    assert!(hub.requests().is_empty(), "nothing was fetched: {:?}", hub.requests());
+    assert!(
+        hub.requests().is_empty(),
+        "nothing was fetched: {:?}",
+        hub.requests()
+    );
     let (status, body) = pull(Some("admin-key")).await;
     assert_eq!(status, 200, "{body}");
     assert!(is_cached(&server.engine, MODEL));
@@ -252,11 +291,17 @@ async fn a_configured_model_is_not_deleted() {
         .expect("request");
     let text = response.text().await.expect("body");
     assert!(text.contains("configured"), "{text}");
-    assert!(is_cached(&server.engine, MODEL), "the files are still there");
+    assert!(
+        is_cached(&server.engine, MODEL),
+        "the files are still there"
+    );
     assert!(server.engine.models().contains_key("tiny"));
     // Another name for the same repository would take the configured model's files with it.
     let (_, body) = post(&server, "/api/pull", json!({"model": MODEL})).await;
-    assert_eq!(parse_ndjson(&body).last().expect("a line")["status"], "success");
+    assert_eq!(
+        parse_ndjson(&body).last().expect("a line")["status"],
+        "success"
+    );
     let (status, text) = {
         let response = client()
             .delete(server.url("/api/delete"))
@@ -264,11 +309,17 @@ async fn a_configured_model_is_not_deleted() {
             .send()
             .await
             .expect("request");
-        (response.status().as_u16(), response.text().await.expect("body"))
+        (
+            response.status().as_u16(),
+            response.text().await.expect("body"),
+        )
     };
     assert_eq!(status, 409, "{text}");
     assert!(text.contains("tiny"), "{text}");
-    assert!(is_cached(&server.engine, MODEL), "the files are still there");
+    assert!(
+        is_cached(&server.engine, MODEL),
+        "the files are still there"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -305,13 +356,22 @@ async fn adapter_downloads_need_the_right_to_change_models() {
     assert_eq!(status, 200, "inference needs no admin key: {body}");
     let (status, body) = generate("user-key", Some(adapter)).await;
     assert_eq!(status, 403, "{body}");
-    assert!(body.contains(adapter), "the refusal names the adapter: {body}");
-    assert!(hub.requests().is_empty(), "nothing was fetched: {:?}", hub.requests());
+    assert!(
+        body.contains(adapter),
+        "the refusal names the adapter: {body}"
+    );
+    assert!(
+        hub.requests().is_empty(),
+        "nothing was fetched: {:?}",
+        hub.requests()
+    );
     let chat = client()
         .post(server.url("/v1/chat/completions"))
         .bearer_auth("user-key")
-        .json(&json!({"model": "s", "messages": [{"role": "user", "content": "x"}],
-                      "adapters": [adapter]}))
+        .json(
+            &json!({"model": "s", "messages": [{"role": "user", "content": "x"}],
+                      "adapters": [adapter]}),
+        )
         .send()
         .await
         .expect("request");
@@ -337,22 +397,39 @@ async fn without_keys_adapter_downloads_follow_the_loopback_rule() {
         vec![local.as_str(), "Content-Type: text/plain"],
         vec!["Host: evil.example", "Content-Type: application/json"],
     ] {
-        let (status, text) =
-            raw_exchange(server.addr, &raw_request("POST", "/api/generate", &headers, body)).await;
+        let (status, text) = raw_exchange(
+            server.addr,
+            &raw_request("POST", "/api/generate", &headers, body),
+        )
+        .await;
         assert_eq!(status, 403, "{headers:?}: {text}");
     }
-    assert!(hub.requests().is_empty(), "nothing was fetched: {:?}", hub.requests());
+    assert!(
+        hub.requests().is_empty(),
+        "nothing was fetched: {:?}",
+        hub.requests()
+    );
     // Without an adapter the same cross-site request is inference, which stays open.
     let plain = r#"{"model": "s", "prompt": "x", "stream": false}"#;
     let (status, text) = raw_exchange(
         server.addr,
-        &raw_request("POST", "/api/generate", &[&local, "Content-Type: text/plain"], plain),
+        &raw_request(
+            "POST",
+            "/api/generate",
+            &[&local, "Content-Type: text/plain"],
+            plain,
+        ),
     )
     .await;
     assert_eq!(status, 200, "{text}");
     let (status, text) = raw_exchange(
         server.addr,
-        &raw_request("POST", "/api/generate", &[&local, "Content-Type: application/json"], body),
+        &raw_request(
+            "POST",
+            "/api/generate",
+            &[&local, "Content-Type: application/json"],
+            body,
+        ),
     )
     .await;
     assert!(status != 403, "{status}: {text}");
@@ -367,7 +444,10 @@ async fn cors_answers_only_the_named_origins() {
             .request(reqwest::Method::OPTIONS, server.url("/v1/chat/completions"))
             .header("Origin", origin)
             .header("Access-Control-Request-Method", "POST")
-            .header("Access-Control-Request-Headers", "content-type,authorization");
+            .header(
+                "Access-Control-Request-Headers",
+                "content-type,authorization",
+            );
         async move {
             let response = request.send().await.expect("request");
             response
@@ -377,7 +457,8 @@ async fn cors_answers_only_the_named_origins() {
         }
     };
     // By default no origin is allowed.
-    let closed = TestServer::start(engine(&hub, cache.path(), &[]), ServerSettings::default()).await;
+    let closed =
+        TestServer::start(engine(&hub, cache.path(), &[]), ServerSettings::default()).await;
     assert_eq!(preflight(&closed, "http://localhost:3000").await, None);
     let settings = ServerSettings {
         api_keys: vec!["user-key".into()],

@@ -5,9 +5,7 @@
 mod server_support;
 
 use llmlocal::server::ServerSettings;
-use server_support::{
-    raw_exchange, raw_request, scripted_engine, scripted_settings, TestServer,
-};
+use server_support::{raw_exchange, raw_request, scripted_engine, scripted_settings, TestServer};
 use std::time::Duration;
 use tokio::{
     io::{AsyncReadExt as _, AsyncWriteExt as _},
@@ -27,7 +25,10 @@ async fn server(settings: ServerSettings) -> (TestServer, tempfile::TempDir) {
 async fn read_until_closed(stream: &mut TcpStream) -> String {
     let mut bytes = Vec::new();
     let read = tokio::time::timeout(PATIENCE, stream.read_to_end(&mut bytes)).await;
-    assert!(read.is_ok(), "the server held the connection open for {PATIENCE:?}");
+    assert!(
+        read.is_ok(),
+        "the server held the connection open for {PATIENCE:?}"
+    );
     String::from_utf8_lossy(&bytes).into_owned()
 }
 
@@ -101,7 +102,10 @@ async fn connections_beyond_the_limit_are_refused_while_earlier_ones_are_served(
     // The earlier ones are served.
     for stream in &mut held {
         let rest = format!("Host: {}\r\nConnection: close\r\n\r\n", server.addr);
-        stream.write_all(rest.as_bytes()).await.expect("send the rest");
+        stream
+            .write_all(rest.as_bytes())
+            .await
+            .expect("send the rest");
         let answer = read_until_closed(stream).await;
         assert!(answer.starts_with("HTTP/1.1 200"), "{answer:?}");
     }

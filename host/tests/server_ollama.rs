@@ -184,7 +184,12 @@ async fn pull_reports_progress_and_makes_the_model_usable_and_delete_forgets_it(
         delete(&server, "/api/delete", json!({"model": name})).await,
         409
     );
-    post_whole(&server, "/api/generate", json!({"model": name, "keep_alive": 0})).await;
+    post_whole(
+        &server,
+        "/api/generate",
+        json!({"model": name, "keep_alive": 0}),
+    )
+    .await;
     assert_eq!(
         delete(&server, "/api/delete", json!({"model": name})).await,
         200

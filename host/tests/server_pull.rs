@@ -80,7 +80,10 @@ async fn pull_downloads_with_progress_then_serves_and_delete_removes_it() {
         delete(&server, "/api/delete", json!({"model": name})).await,
         409
     );
-    assert!(manager.is_cached(&spec), "a refused delete leaves the files");
+    assert!(
+        manager.is_cached(&spec),
+        "a refused delete leaves the files"
+    );
     let (status, _) = post(
         &server,
         "/api/generate",

@@ -154,9 +154,13 @@ fn settings(args: &ServeArgs, config: &Config) -> anyhow::Result<(EngineSettings
     server.api_keys.extend(args.api_keys.iter().cloned());
     server.admin_keys.extend(args.admin_keys.iter().cloned());
     server.apply_env();
-    server.allowed_origins.extend(args.allowed_origins.iter().cloned());
+    server
+        .allowed_origins
+        .extend(args.allowed_origins.iter().cloned());
     server.no_remote_pull |= args.no_remote_pull;
-    server.cors_origins.extend(args.cors_origins.iter().cloned());
+    server
+        .cors_origins
+        .extend(args.cors_origins.iter().cloned());
     server.max_connections = args.max_connections.unwrap_or(server.max_connections);
     if let Some(secs) = args.header_timeout {
         server.header_timeout = Duration::from_secs(secs);

@@ -221,7 +221,11 @@ mod tests {
             "LOCALHOST.",
             "app.localhost:3000",
         ] {
-            assert_eq!(check_mutation(&facts(LOCAL, host), &open()), Ok(()), "{host}");
+            assert_eq!(
+                check_mutation(&facts(LOCAL, host), &open()),
+                Ok(()),
+                "{host}"
+            );
         }
         let v6 = facts("[::1]:5000", "[::1]:11435");
         assert_eq!(check_mutation(&v6, &open()), Ok(()));
@@ -233,7 +237,10 @@ mod tests {
     fn a_remote_peer_is_refused_without_an_admin_key() {
         for peer in ["192.168.1.20:40000", "[2001:db8::1]:40000", "0.0.0.0:1"] {
             let denial = check_mutation(&facts(peer, "localhost"), &open());
-            assert!(matches!(denial, Err(Denial::NotLoopback(_))), "{peer}: {denial:?}");
+            assert!(
+                matches!(denial, Err(Denial::NotLoopback(_))),
+                "{peer}: {denial:?}"
+            );
         }
         let unknown = RequestFacts {
             peer: None,
@@ -247,7 +254,11 @@ mod tests {
 
     #[test]
     fn a_cross_site_simple_request_is_refused() {
-        for content_type in [None, Some("text/plain"), Some("application/x-www-form-urlencoded")] {
+        for content_type in [
+            None,
+            Some("text/plain"),
+            Some("application/x-www-form-urlencoded"),
+        ] {
             let request = RequestFacts {
                 content_type,
                 ..facts(LOCAL, "localhost")
@@ -271,7 +282,10 @@ mod tests {
             "",
         ] {
             let denial = check_mutation(&facts(LOCAL, host), &open());
-            assert!(matches!(denial, Err(Denial::ForeignHost(_))), "{host}: {denial:?}");
+            assert!(
+                matches!(denial, Err(Denial::ForeignHost(_))),
+                "{host}: {denial:?}"
+            );
         }
     }
 
@@ -281,11 +295,22 @@ mod tests {
             origin: Some(origin),
             ..facts(LOCAL, "localhost")
         };
-        assert_eq!(check_mutation(&with("http://localhost:3000"), &open()), Ok(()));
+        assert_eq!(
+            check_mutation(&with("http://localhost:3000"), &open()),
+            Ok(())
+        );
         assert_eq!(check_mutation(&with("https://[::1]"), &open()), Ok(()));
-        for origin in ["https://evil.example", "null", "file://", "http://localhost.evil"] {
+        for origin in [
+            "https://evil.example",
+            "null",
+            "file://",
+            "http://localhost.evil",
+        ] {
             assert!(
-                matches!(check_mutation(&with(origin), &open()), Err(Denial::ForeignOrigin(_))),
+                matches!(
+                    check_mutation(&with(origin), &open()),
+                    Err(Denial::ForeignOrigin(_))
+                ),
                 "{origin}"
             );
         }
@@ -293,8 +318,14 @@ mod tests {
             allowed_origins: vec!["https://app.example".into(), "chrome-extension://*".into()],
             ..open()
         };
-        assert_eq!(check_mutation(&with("https://app.example"), &settings), Ok(()));
-        assert_eq!(check_mutation(&with("chrome-extension://abc"), &settings), Ok(()));
+        assert_eq!(
+            check_mutation(&with("https://app.example"), &settings),
+            Ok(())
+        );
+        assert_eq!(
+            check_mutation(&with("chrome-extension://abc"), &settings),
+            Ok(())
+        );
         assert!(check_mutation(&with("https://app.example.evil"), &settings).is_err());
     }
 

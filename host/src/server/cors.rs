@@ -67,7 +67,13 @@ mod tests {
         let ok = |o: &str| check(&[o.to_string()]);
         assert!(ok("http://localhost:3000").is_ok());
         assert!(ok("https://app.example/").is_ok());
-        for bad in ["*", "app.example", "ftp://x", "http://x/path", "https://*.example"] {
+        for bad in [
+            "*",
+            "app.example",
+            "ftp://x",
+            "http://x/path",
+            "https://*.example",
+        ] {
             assert!(ok(bad).is_err(), "{bad}");
         }
         assert!(layer(&[]).is_none());

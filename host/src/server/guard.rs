@@ -121,7 +121,8 @@ fn download_needed(state: &AppState, model: &str, adapters: Option<&[String]>) -
     }
     let engine = &state.engine;
     let named_by_spec = engine.settings().open_specs && !engine.models().contains_key(model);
-    let remote = ModelSpec::parse(model).is_ok_and(|s| matches!(s.source, ModelSource::HuggingFace(_)));
+    let remote =
+        ModelSpec::parse(model).is_ok_and(|s| matches!(s.source, ModelSource::HuggingFace(_)));
     (named_by_spec && remote && !engine.is_cached(model)).then(|| model.to_string())
 }
 

@@ -235,9 +235,7 @@ pub async fn eventually(timeout: Duration, mut check: impl FnMut() -> bool) -> b
 /// connection; returns the status code and the whole response text.
 pub async fn raw_exchange(addr: SocketAddr, request: &str) -> (u16, String) {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let mut stream = tokio::net::TcpStream::connect(addr)
-        .await
-        .expect("connect");
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
     stream
         .write_all(request.as_bytes())
         .await
