@@ -179,6 +179,17 @@ async fn pull_reports_progress_and_makes_the_model_usable_and_delete_forgets_it(
     let (status, _) = post(&server, "/api/pull", json!({})).await;
     assert_eq!(status, 400);
 
+    // A loaded model is not deleted (409) until it is unloaded.
+    assert_eq!(
+        delete(&server, "/api/delete", json!({"model": name})).await,
+        409
+    );
+    post_whole(
+        &server,
+        "/api/generate",
+        json!({"model": name, "keep_alive": 0}),
+    )
+    .await;
     assert_eq!(
         delete(&server, "/api/delete", json!({"model": name})).await,
         200

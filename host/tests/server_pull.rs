@@ -75,6 +75,22 @@ async fn pull_downloads_with_progress_then_serves_and_delete_removes_it() {
     let answer: Value = serde_json::from_str(&answer).expect("json");
     assert_eq!(answer["response"], "pulled over http.", "{answer}");
 
+    // Loaded: refused until unloaded, the files left in place.
+    assert_eq!(
+        delete(&server, "/api/delete", json!({"model": name})).await,
+        409
+    );
+    assert!(
+        manager.is_cached(&spec),
+        "a refused delete leaves the files"
+    );
+    let (status, _) = post(
+        &server,
+        "/api/generate",
+        json!({"model": name, "keep_alive": 0}),
+    )
+    .await;
+    assert_eq!(status, 200);
     assert_eq!(
         delete(&server, "/api/delete", json!({"model": name})).await,
         200

@@ -97,6 +97,8 @@ if pull_path:
     check(statuses[-1] == "success", "ollama pull: %r" % statuses)
     g = ol.generate(model=pull_path, prompt="uvw", raw=True, options={"temperature": 0, "num_predict": 10})
     check(g["response"] == models[0].get("expect_completion", g["response"]), "the pulled model answers: %r" % g["response"])
+    # A loaded model is not deleted (409): unload it first, as `ollama stop` does.
+    ol.generate(model=pull_path, keep_alive=0)
     ol.delete(pull_path)
     check(pull_path not in [x["model"] for x in ol.list()["models"]], "ollama delete forgets the model")
 ids = [x.id for x in oa.models.list().data]

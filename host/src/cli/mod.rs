@@ -42,7 +42,8 @@ pub enum Command {
     /// PROMPT, chat: each stdin line is a message (/clear resets, /bye ends).
     Run(run_cmd::RunArgs),
     /// Serve the OpenAI- and Ollama-compatible HTTP API.
-    Serve(serve_cmd::ServeArgs),
+    // Boxed: its many flags make it far larger than the other variants.
+    Serve(Box<serve_cmd::ServeArgs>),
     /// Download a model from the Hugging Face hub into the shared cache (with progress).
     Pull(models_cmd::PullArgs),
     /// List the models in the Hugging Face cache.
@@ -78,7 +79,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             None => plugins_cmd::run(&args, &dirs),
         },
         Command::Run(args) => run_cmd::run(&args, &config, &dirs),
-        Command::Serve(args) => serve_cmd::run(args, &config, &dirs),
+        Command::Serve(args) => serve_cmd::run(*args, &config, &dirs),
         Command::Pull(args) => models_cmd::pull(&args),
         Command::List => models_cmd::list(),
         Command::Rm(args) => models_cmd::rm(&args),

@@ -27,6 +27,41 @@ pub struct ServeArgs {
     /// Require `Authorization: Bearer KEY` (repeatable; also $LLMLOCAL_API_KEYS).
     #[arg(long = "api-key", value_name = "KEY")]
     pub api_keys: Vec<String>,
+    /// Require `Authorization: Bearer KEY` for routes that change the models this server
+    /// holds: pull, delete, and downloads a request names (repeatable; also
+    /// $LLMLOCAL_ADMIN_KEY). Without one those answer only loopback clients sending JSON
+    /// with a loopback Host.
+    #[arg(long = "admin-key", value_name = "KEY")]
+    pub admin_keys: Vec<String>,
+    /// Browser Origins (besides loopback ones) whose pages may pull/delete without an admin
+    /// key; `*` matches any run of characters (comma-separated or repeatable).
+    #[arg(
+        long = "allowed-origins",
+        env = "LLMLOCAL_ALLOWED_ORIGINS",
+        value_name = "ORIGIN",
+        value_delimiter = ','
+    )]
+    pub allowed_origins: Vec<String>,
+    /// Origins browsers may call this API from (CORS), as http(s)://host[:port]
+    /// (comma-separated or repeatable; default none).
+    #[arg(
+        long = "cors-origins",
+        env = "LLMLOCAL_CORS_ORIGINS",
+        value_name = "ORIGIN",
+        value_delimiter = ','
+    )]
+    pub cors_origins: Vec<String>,
+    /// Refuse /api/pull and every download a request names (configured models still
+    /// download on first use).
+    #[arg(long)]
+    pub no_remote_pull: bool,
+    /// Connections open at once; one more is answered 503 and closed (default 512).
+    #[arg(long, value_name = "N")]
+    pub max_connections: Option<usize>,
+    /// Seconds a client has to send a request's headers, from its connection's start or the
+    /// end of its previous response (so also the keep-alive idle limit; default 30).
+    #[arg(long, value_name = "SECS")]
+    pub header_timeout: Option<u64>,
     /// Accept any model spec as a model name, not only the configured names.
     #[arg(long)]
     pub allow_any_model: bool,
@@ -117,7 +152,20 @@ fn settings(args: &ServeArgs, config: &Config) -> anyhow::Result<(EngineSettings
         .or(engine.memory_limit);
     server.bind = args.bind.unwrap_or(server.bind);
     server.api_keys.extend(args.api_keys.iter().cloned());
+    server.admin_keys.extend(args.admin_keys.iter().cloned());
     server.apply_env();
+    server
+        .allowed_origins
+        .extend(args.allowed_origins.iter().cloned());
+    server.no_remote_pull |= args.no_remote_pull;
+    server
+        .cors_origins
+        .extend(args.cors_origins.iter().cloned());
+    server.max_connections = args.max_connections.unwrap_or(server.max_connections);
+    if let Some(secs) = args.header_timeout {
+        server.header_timeout = Duration::from_secs(secs);
+    }
+    server.check().map_err(anyhow::Error::msg)?;
     server.max_tokens_cap = args.max_tokens_cap.unwrap_or(server.max_tokens_cap);
     server.max_body_bytes = args.max_body_bytes.unwrap_or(server.max_body_bytes);
     Ok((engine, server))
@@ -151,11 +199,7 @@ async fn serve(args: ServeArgs, config: &Config, dirs: &[PathBuf]) -> anyhow::Re
         "backends: {}; models: {}; auth: {}",
         list(&backends),
         list(&models),
-        if server_settings.api_keys.is_empty() {
-            "off"
-        } else {
-            "API key"
-        }
+        auth_summary(&server_settings)
     );
     // `--join`: register with a router and send it heartbeats while serving (router/).
     if let Some(router_url) = args.join.clone() {
@@ -190,6 +234,22 @@ async fn serve(args: ServeArgs, config: &Config, dirs: &[PathBuf]) -> anyhow::Re
     }
     eprintln!("llmlocal: stopped");
     Ok(())
+}
+
+/// How requests are authorized, for the start-up line.
+fn auth_summary(settings: &ServerSettings) -> String {
+    let inference = if settings.api_keys.is_empty() {
+        "open"
+    } else {
+        "API key"
+    };
+    let changes = match (settings.no_remote_pull, settings.admin_keys.is_empty()) {
+        (true, true) => "pulls off; delete from loopback only",
+        (true, false) => "pulls off; delete with the admin key",
+        (false, true) => "loopback only",
+        (false, false) => "admin key",
+    };
+    format!("inference {inference}, model changes {changes}")
 }
 
 fn list(names: &[String]) -> String {
@@ -246,6 +306,35 @@ mod tests {
         settings(&cli.serve, &Config::default())
             .expect("settings")
             .0
+    }
+
+    fn server_of(flags: &[&str]) -> anyhow::Result<ServerSettings> {
+        let cli = Cli::try_parse_from(std::iter::once("serve").chain(flags.iter().copied()))
+            .expect("flags parse");
+        settings(&cli.serve, &Config::default()).map(|(_, server)| server)
+    }
+
+    #[test]
+    fn security_flags_reach_the_server() {
+        let server = server_of(&[
+            "--admin-key",
+            "a",
+            "--allowed-origins",
+            "http://x,http://y",
+            "--no-remote-pull",
+            "--max-connections",
+            "9",
+            "--header-timeout",
+            "4",
+        ])
+        .expect("settings");
+        assert!(server.admin_keys.contains(&"a".to_string()));
+        assert!(server.allowed_origins.contains(&"http://y".to_string()));
+        assert!(server.no_remote_pull);
+        assert_eq!(server.max_connections, 9);
+        assert_eq!(server.header_timeout, Duration::from_secs(4));
+        let err = server_of(&["--max-connections", "0"]).expect_err("zero");
+        assert!(err.to_string().contains("max_connections"), "{err}");
     }
 
     #[test]

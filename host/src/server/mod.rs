@@ -1,33 +1,41 @@
 //! The HTTP server of `llmlocal serve` (axum): OpenAI `/v1/*`, Ollama `/api/*`, `/health`
 //! and Prometheus `/metrics` over one [`Engine`].
 //!
-//! Limits: optional API keys (`Authorization: Bearer KEY` on every route but `/health`), a
-//! request body limit (413), a `max_tokens` cap (400 above it; also the default), and the
+//! Limits: optional API keys (`Authorization: Bearer KEY` on every route but `/health`),
+//! admin keys or a loopback-only rule for routes that change what the server holds
+//! ([`access`]), a request body limit (413), a `max_tokens` cap (400 above it; also the default), and the
 //! engine's bounded queue per model (429 + `Retry-After` when full). Shutdown is graceful:
 //! the listener closes and in-flight streams finish. A client that disconnects drops its
 //! response stream, which cancels its generation.
 
+pub mod access;
+mod cors;
 mod error;
 mod extract;
+mod guard;
 mod keep_alive;
+mod listen;
 mod ollama;
 mod openai;
 mod params;
 mod pull;
+mod removal;
 mod settings;
 mod streaming;
 
 pub use error::{ApiError, Flavor};
 pub use settings::ServerSettings;
 
-use crate::engine::{metrics::RequestLabel, Engine};
+use crate::{
+    adapters::{AdapterConfig, AdapterManager},
+    engine::{metrics::RequestLabel, Engine},
+};
 use axum::{
     extract::{DefaultBodyLimit, Request, State},
     http::{header, StatusCode},
     middleware::{self, Next},
     response::{IntoResponse, Response},
     routing::{delete, get, post},
-    serve::ListenerExt as _,
     Json, Router,
 };
 use serde_json::json;
@@ -40,6 +48,9 @@ pub struct AppState {
     pub engine: Engine,
     pub settings: Arc<ServerSettings>,
     pub started: Instant,
+    /// Where GitHub adapters are cached (the engine's default manager reads the same
+    /// environment), to tell whether a request's adapter would be downloaded.
+    pub adapters: Option<Arc<AdapterManager>>,
 }
 
 /// Routes whose names label the request counter (anything else counts as `other`).
@@ -65,9 +76,13 @@ pub fn router(engine: Engine, settings: ServerSettings) -> Router {
         engine,
         settings: Arc::new(settings),
         started: Instant::now(),
+        adapters: AdapterManager::new(AdapterConfig::from_env())
+            .map(Arc::new)
+            .map_err(|err| tracing::warn!("no adapter cache to check requests against: {err}"))
+            .ok(),
     };
     let body_limit = state.settings.max_body_bytes;
-    Router::new()
+    let app = Router::new()
         .route("/v1/models", get(openai::list_models))
         .route("/v1/chat/completions", post(openai::chat_completions))
         .route("/v1/completions", post(openai::completions))
@@ -83,12 +98,19 @@ pub fn router(engine: Engine, settings: ServerSettings) -> Router {
         .route("/metrics", get(metrics))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(body_limit))
+        .layer(middleware::from_fn_with_state(state.clone(), guard::guard))
         .layer(middleware::from_fn_with_state(state.clone(), authorize))
-        .layer(middleware::from_fn_with_state(state.clone(), count))
-        .with_state(state)
+        .layer(middleware::from_fn_with_state(state.clone(), count));
+    // Outermost: a preflight is answered before authentication.
+    let app = match cors::layer(&state.settings.cors_origins) {
+        Some(cors) => app.layer(cors),
+        None => app,
+    };
+    app.with_state(state)
 }
 
 /// Serves until `shutdown` resolves, then lets in-flight requests (streams included) finish.
+/// Connections are bounded as [`listen`] describes.
 pub async fn serve(
     listener: TcpListener,
     engine: Engine,
@@ -96,17 +118,12 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let maintenance = engine.spawn_maintenance();
+    let limits = listen::Limits {
+        max_connections: settings.max_connections.max(1),
+        header_timeout: settings.header_timeout,
+    };
     let app = router(engine, settings);
-    // Streams write one small frame per token: without TCP_NODELAY, Nagle's algorithm holds
-    // each frame until the client acknowledges the previous one.
-    let listener = listener.tap_io(|stream| {
-        if let Err(err) = stream.set_nodelay(true) {
-            tracing::debug!("cannot set TCP_NODELAY: {err}");
-        }
-    });
-    let result = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await;
+    let result = listen::serve(listener, app, limits, shutdown).await;
     maintenance.abort();
     result
 }
@@ -150,25 +167,20 @@ async fn not_found(request: Request) -> ApiError {
     .flavor(Flavor::of_path(&path))
 }
 
-/// Checks `Authorization: Bearer KEY` when keys are configured (`/health` is open).
+/// Checks `Authorization: Bearer KEY` when API keys are configured (`/health` is open); an
+/// admin key is accepted wherever an API key is.
 async fn authorize(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    let keys = &state.settings.api_keys;
+    let settings = &state.settings;
     let path = request.uri().path();
-    if keys.is_empty() || path == "/health" {
+    if settings.api_keys.is_empty() || path == "/health" {
         return next.run(request).await;
     }
     let flavor = Flavor::of_path(path);
-    let given = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-        })
-        .map(str::trim);
-    let message = match given {
-        Some(key) if keys.iter().any(|k| same(k.as_bytes(), key.as_bytes())) => {
+    let message = match access::bearer(request.headers()) {
+        Some(key)
+            if access::key_matches(&settings.api_keys, key)
+                || access::key_matches(&settings.admin_keys, key) =>
+        {
             return next.run(request).await
         }
         Some(_) => "invalid API key",
@@ -182,11 +194,6 @@ async fn authorize(State(state): State<AppState>, request: Request, next: Next) 
     )
     .flavor(flavor)
     .into_response()
-}
-
-/// Compares in time independent of where the first difference is.
-fn same(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// Counts requests by endpoint and status, and errors by code.

@@ -5,6 +5,7 @@
 use super::{
     error::{ApiError, Flavor},
     extract::JsonBody,
+    guard::Mutation,
     keep_alive::{KeepAlive, KeepAliveGuard},
     params::{Params, StopField},
     streaming::{self, ndjson, Framer},
@@ -322,8 +323,15 @@ fn unload_now(state: &AppState, model: &str, shape: Shape) -> Response {
 /// `POST /api/generate`
 pub async fn generate(
     State(state): State<AppState>,
+    mutation: Mutation,
     JsonBody(request): JsonBody<GenerateRequest>,
 ) -> Result<Response, ApiError> {
+    mutation.allow_downloads(
+        &state,
+        &request.model,
+        request.adapters.as_deref(),
+        Flavor::Ollama,
+    )?;
     let prompt_text = request.prompt.unwrap_or_default();
     let load_only_request = prompt_text.is_empty() && request.system.is_none();
     let constraint = format_constraint(request.format.as_ref())
@@ -370,8 +378,15 @@ pub async fn generate(
 /// `POST /api/chat`
 pub async fn chat(
     State(state): State<AppState>,
+    mutation: Mutation,
     JsonBody(request): JsonBody<ChatRequest>,
 ) -> Result<Response, ApiError> {
+    mutation.allow_downloads(
+        &state,
+        &request.model,
+        request.adapters.as_deref(),
+        Flavor::Ollama,
+    )?;
     let constraint = format_constraint(request.format.as_ref())
         .map_err(|m| ApiError::bad_request(m).flavor(Flavor::Ollama))?;
     let keep = keep_alive_of(&state, &request.model, request.keep_alive.as_ref())?;
@@ -530,7 +545,8 @@ pub async fn show(
 }
 
 /// `DELETE /api/delete`: removes a downloaded model from the cache and forgets its name; a
-/// model that is a local file is forgotten but its file is left alone.
+/// model that is a local file is forgotten but its file is left alone. A configured or
+/// loaded model is refused (409, see [`super::removal`]).
 pub async fn delete(
     State(state): State<AppState>,
     JsonBody(request): JsonBody<NameRequest>,
@@ -544,6 +560,15 @@ pub async fn delete(
         .get(&name)
         .cloned()
         .ok_or_else(not_found)?;
+    if let Some(message) = super::removal::conflict(&state.engine, &name, &entry) {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "invalid_request_error",
+            "model_in_use",
+            message,
+        )
+        .flavor(Flavor::Ollama));
+    }
     if let Ok(ModelSpec {
         source: ModelSource::HuggingFace(hf),
         ..

@@ -4,6 +4,7 @@
 use super::{
     error::{ApiError, Flavor},
     extract::JsonBody,
+    guard::Mutation,
     params::{new_id, unix_now, Params, StopField},
     streaming::{self, sse, Framer, Slotted, SLOT, SSE_DONE},
     AppState,
@@ -332,9 +333,16 @@ fn engine_error(err: EngineError) -> ApiError {
 /// `POST /v1/chat/completions`
 pub async fn chat_completions(
     State(state): State<AppState>,
+    mutation: Mutation,
     JsonBody(request): JsonBody<ChatRequest>,
 ) -> Result<Response, ApiError> {
     let common = request.common;
+    mutation.allow_downloads(
+        &state,
+        &common.model,
+        common.adapters.as_deref(),
+        Flavor::OpenAi,
+    )?;
     let config = common
         .params()?
         .into_config(state.settings.max_tokens_cap, "max_tokens")?;
@@ -445,9 +453,16 @@ impl Framer for ChatFramer {
 /// `POST /v1/completions`
 pub async fn completions(
     State(state): State<AppState>,
+    mutation: Mutation,
     JsonBody(request): JsonBody<CompletionRequest>,
 ) -> Result<Response, ApiError> {
     let common = request.common;
+    mutation.allow_downloads(
+        &state,
+        &common.model,
+        common.adapters.as_deref(),
+        Flavor::OpenAi,
+    )?;
     let config = common
         .params()?
         .into_config(state.settings.max_tokens_cap, "max_tokens")?;
