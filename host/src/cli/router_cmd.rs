@@ -26,10 +26,11 @@ pub struct RouterArgs {
         hide_env_values = true
     )]
     pub join_token: Option<String>,
-    /// Key for the admin API and dashboard (`Authorization: Bearer KEY`); off without one.
+    /// Key for the admin API, the dashboard and the mutating model routes (pull, delete,
+    /// copy, create...) (`Authorization: Bearer KEY`); all of them are refused without one.
     #[arg(
         long,
-        env = "LLMLOCAL_ADMIN_KEY",
+        env = "LLMLOCAL_ROUTER_ADMIN_KEY",
         value_name = "KEY",
         hide_env_values = true
     )]

@@ -2,7 +2,7 @@
 //! key), and the proxy entry point (client API keys).
 
 use super::{
-    auth,
+    access, auth,
     error::{Result, RouterError},
     history::now_ms,
     proxy::{self, Outgoing},
@@ -209,7 +209,12 @@ async fn proxy_inner(state: RouterState, req: Request) -> Result<Response> {
         let body = json!({ "error": { "message": format!("no route for {path}"), "type": "not_found_error" } });
         return Ok(proxy::json_response(StatusCode::NOT_FOUND, &body));
     }
-    check_client(&state, req.headers())?;
+    // Mutating routes need the admin key: a client key (or none) never reaches them.
+    if access::is_client_route(req.method(), path) {
+        check_client(&state, req.headers())?;
+    } else {
+        check_admin(&state, req.headers())?;
+    }
     if req.headers().contains_key(proxy::HOP_MARK) {
         return Err(RouterError::Loop);
     }

@@ -13,7 +13,11 @@ pub enum RouterError {
     BadJoinToken,
     #[error("invalid or missing admin key (send `Authorization: Bearer KEY`)")]
     BadAdminKey,
-    #[error("the admin API is off: start the router with --admin-key KEY")]
+    #[error(
+        "admin routes (node admin, dashboard, pull/delete/copy/create and other model \
+         changes) are off: start the router with --admin-key KEY \
+         (or LLMLOCAL_ROUTER_ADMIN_KEY, or admin_key in [router])"
+    )]
     AdminDisabled,
     #[error("invalid or missing API key (send `Authorization: Bearer KEY`)")]
     BadApiKey,

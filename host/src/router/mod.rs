@@ -6,6 +6,7 @@
 //! chosen by [`Strategy`], with failover before the first response byte ([`proxy`]).
 //! Nodes and request history live in SQLite ([`store`]); `/dashboard` shows them live.
 
+mod access;
 mod api;
 mod auth;
 mod dashboard;

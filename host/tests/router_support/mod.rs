@@ -48,6 +48,23 @@ pub struct Behaviour {
     /// of one process under load, and would break ties the test means to keep).
     pub cpu_percent: Mutex<Option<f32>>,
     pub loaded: Mutex<Vec<String>>,
+    /// Model-changing requests received (`/api/delete`, `/api/pull`, `/api/copy`, `/api/create`).
+    pub admin_calls: AtomicUsize,
+    /// Every `Authorization`, `Cookie` and `x-api-key` value received, as `name: value`.
+    pub credentials: Mutex<Vec<String>>,
+    /// Streams send one chunk, then nothing more (a node that hangs mid-answer).
+    pub stall_stream: AtomicBool,
+}
+
+impl Behaviour {
+    fn note_credentials(&self, headers: &axum::http::HeaderMap) {
+        let mut seen = self.credentials.lock().unwrap();
+        for name in ["authorization", "cookie", "x-api-key"] {
+            for value in headers.get_all(name) {
+                seen.push(format!("{name}: {}", value.to_str().unwrap_or("?")));
+            }
+        }
+    }
 }
 
 #[derive(Clone)]
@@ -182,7 +199,18 @@ fn node_router(app: NodeApp) -> Router {
         .route("/v1/chat/completions", post(fake_chat))
         .route("/api/chat", post(ollama_chat))
         .route("/api/version", get(version))
+        .route("/api/delete", axum::routing::delete(model_change))
+        .route("/api/pull", post(model_change))
+        .route("/api/copy", post(model_change))
+        .route("/api/create", post(model_change))
         .with_state(app)
+}
+
+/// A model-changing route: counted, and answered like Ollama does.
+async fn model_change(State(app): State<NodeApp>, headers: axum::http::HeaderMap) -> Json<Value> {
+    app.behaviour.note_credentials(&headers);
+    app.behaviour.admin_calls.fetch_add(1, Ordering::Relaxed);
+    Json(json!({ "status": "success", "node": app.name }))
 }
 
 async fn health(State(app): State<NodeApp>) -> Response {
@@ -220,11 +248,15 @@ type Chunks = futures_util::stream::BoxStream<'static, Result<Bytes, std::io::Er
 fn chunked(app: &NodeApp, pieces: Vec<String>) -> Chunks {
     let delay = Duration::from_millis(app.behaviour.chunk_delay_ms.load(Ordering::Relaxed) as u64);
     let broken = app.behaviour.break_stream.load(Ordering::Relaxed);
+    let stall = app.behaviour.stall_stream.load(Ordering::Relaxed);
     let stream = futures_util::stream::unfold(
         (pieces.into_iter(), 0usize),
         move |(mut it, n)| async move {
             if n > 0 {
                 tokio::time::sleep(delay).await;
+            }
+            if stall && n == 1 {
+                std::future::pending::<()>().await;
             }
             if broken && n == 2 {
                 return Some((Err(std::io::Error::other("node broke")), (it, usize::MAX)));
@@ -239,7 +271,12 @@ fn chunked(app: &NodeApp, pieces: Vec<String>) -> Chunks {
     Box::pin(stream)
 }
 
-async fn fake_chat(State(app): State<NodeApp>, Json(body): Json<Value>) -> Response {
+async fn fake_chat(
+    State(app): State<NodeApp>,
+    headers: axum::http::HeaderMap,
+    Json(body): Json<Value>,
+) -> Response {
+    app.behaviour.note_credentials(&headers);
     app.behaviour.served.fetch_add(1, Ordering::Relaxed);
     if app.behaviour.fail_500.load(Ordering::Relaxed) {
         return (

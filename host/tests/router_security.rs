@@ -1,0 +1,124 @@
+//! The router under attack, on loopback: anonymous model changes, the dashboard socket
+//! without a key or from another origin, node hijacks and hosts that must not be reached,
+//! client credentials leaking to nodes, and nodes that hang.
+
+mod router_support;
+
+use router_support::*;
+use serde_json::{json, Value};
+use std::{
+    sync::atomic::Ordering,
+    time::{Duration, Instant},
+};
+
+const CLIENT_KEY: &str = "client-key-for-tests";
+
+/// `method url` with a JSON body and an optional bearer token; (status, JSON body or null).
+async fn send(method: reqwest::Method, url: &str, bearer: Option<&str>, body: Value) -> (u16, Value) {
+    let mut req = client()
+        .request(method, url)
+        .header("content-type", "application/json")
+        .body(body.to_string());
+    if let Some(key) = bearer {
+        req = req.bearer_auth(key);
+    }
+    let resp = req.send().await.unwrap();
+    let status = resp.status().as_u16();
+    let bytes = resp.bytes().await.unwrap();
+    (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+}
+
+fn admin_calls(nodes: &[FakeNode]) -> usize {
+    nodes
+        .iter()
+        .map(|n| n.behaviour.admin_calls.load(Ordering::Relaxed))
+        .sum()
+}
+
+/// The model-changing Ollama routes, as (method, path).
+fn model_changes() -> [(reqwest::Method, &'static str); 4] {
+    [
+        (reqwest::Method::DELETE, "/api/delete"),
+        (reqwest::Method::POST, "/api/pull"),
+        (reqwest::Method::POST, "/api/copy"),
+        (reqwest::Method::POST, "/api/create"),
+    ]
+}
+
+/// Issue 24 case 3: anonymous `DELETE /api/delete` through the router emptied the cluster.
+/// Model changes need the router's admin key; a client key is not enough.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn model_changes_through_the_router_need_the_admin_key() {
+    let mut s = settings(None);
+    s.api_keys = vec![CLIENT_KEY.into()];
+    let router = TestRouter::start(s).await;
+    let url = router.url();
+    let mut nodes = [fake_node("d1", &["m"]), fake_node("d2", &["m"])];
+    join_all(&url, TOKEN, &mut nodes).await;
+    let body = json!({ "model": "m", "name": "m", "source": "m", "destination": "m2" });
+    for (method, path) in model_changes() {
+        for key in [None, Some(CLIENT_KEY), Some("wrong")] {
+            let (code, reply) = send(method.clone(), &format!("{url}{path}"), key, body.clone()).await;
+            assert_eq!(code, 401, "{method} {path} with {key:?}: {reply}");
+        }
+    }
+    assert_eq!(admin_calls(&nodes), 0, "a model change reached a node");
+    // Inference still works with the client key.
+    let chat = json!({ "model": "m", "messages": [] });
+    let (code, reply) = send(
+        reqwest::Method::POST,
+        &format!("{url}/v1/chat/completions"),
+        Some(CLIENT_KEY),
+        chat,
+    )
+    .await;
+    assert_eq!(code, 200, "{reply}");
+    // The admin key opens them.
+    let (code, reply) = send(
+        reqwest::Method::DELETE,
+        &format!("{url}/api/delete"),
+        Some(ADMIN),
+        body,
+    )
+    .await;
+    assert_eq!(code, 200, "{reply}");
+    assert_eq!(admin_calls(&nodes), 1);
+    router.stop().await;
+}
+
+/// Without an admin key configured, model changes are refused with a message that says
+/// how to enable them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn model_changes_are_off_without_an_admin_key() {
+    let mut s = settings(None);
+    s.admin_key = None;
+    let router = TestRouter::start(s).await;
+    let url = router.url();
+    let mut nodes = [fake_node("o1", &["m"])];
+    join_all_unchecked(&url, &mut nodes).await;
+    let body = json!({ "model": "m" });
+    for (method, path) in model_changes() {
+        let (code, reply) = send(method.clone(), &format!("{url}{path}"), None, body.clone()).await;
+        assert_eq!(code, 403, "{method} {path}: {reply}");
+        let message = reply["error"].as_str().unwrap_or_default();
+        assert!(message.contains("--admin-key"), "{reply}");
+    }
+    assert_eq!(admin_calls(&nodes), 0, "a model change reached a node");
+    router.stop().await;
+}
+
+/// Joins `nodes` and waits until the router sends them traffic (no admin API to ask).
+async fn join_all_unchecked(router: &str, nodes: &mut [FakeNode]) {
+    for node in nodes.iter_mut() {
+        node.join(router, TOKEN);
+    }
+    let start = Instant::now();
+    loop {
+        let (code, _) = chat(router, &nodes[0].models[0]).await;
+        if code == 200 {
+            return;
+        }
+        assert!(start.elapsed() < Duration::from_secs(5), "nodes never joined");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
