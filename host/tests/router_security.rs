@@ -122,3 +122,91 @@ async fn join_all_unchecked(router: &str, nodes: &mut [FakeNode]) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// A WebSocket handshake on `/dashboard/ws` (`key` as `?key=`, `origin` as `Origin`): the
+/// status code, and for 101 what arrives within a few seconds (the first snapshot frame).
+async fn dashboard_socket(
+    addr: std::net::SocketAddr,
+    key: Option<&str>,
+    origin: Option<&str>,
+) -> (u16, String) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let query = key.map(|k| format!("?key={k}")).unwrap_or_default();
+    let origin = origin.map(|o| format!("Origin: {o}\r\n")).unwrap_or_default();
+    let request = format!(
+        "GET /dashboard/ws{query} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\n\
+         Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+         Sec-WebSocket-Version: 13\r\n{origin}\r\n"
+    );
+    conn.write_all(request.as_bytes()).await.unwrap();
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let mut buf = [0u8; 4096];
+    while Instant::now() < deadline {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, conn.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => seen.extend_from_slice(&buf[..n]),
+            _ => break,
+        }
+        let text = String::from_utf8_lossy(&seen);
+        // A refusal is complete once its headers are; an upgrade once a frame followed.
+        if text.contains("\r\n\r\n") && (!text.starts_with("HTTP/1.1 101") || text.contains("\"nodes\"")) {
+            break;
+        }
+    }
+    let text = String::from_utf8_lossy(&seen).to_string();
+    let code = text
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (code, text)
+}
+
+/// Issue 24 case 4: the dashboard's socket streamed node URLs and traffic without the
+/// admin key and to any origin.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn dashboard_socket_needs_the_admin_key_and_the_routers_origin() {
+    let router = TestRouter::start(settings(None)).await;
+    let url = router.url();
+    let mut nodes = [fake_node("w1", &["m"])];
+    join_all(&url, TOKEN, &mut nodes).await;
+    let addr = router.addr;
+    let node_url = nodes[0].url();
+    let own = format!("http://{addr}");
+    // The page's own origin with the key: the feed, with the node's URL.
+    let (code, text) = dashboard_socket(addr, Some(ADMIN), Some(&own)).await;
+    assert_eq!(code, 101, "{text}");
+    assert!(text.contains(&nodes[0].addr.to_string()), "no node in {text}");
+    // A non-browser client (no Origin) with the key.
+    assert_eq!(dashboard_socket(addr, Some(ADMIN), None).await.0, 101);
+    // No key, a wrong key.
+    for key in [None, Some("wrong")] {
+        let (code, text) = dashboard_socket(addr, key, Some(&own)).await;
+        assert_eq!(code, 401, "{text}");
+        assert!(!text.contains(&node_url), "{text}");
+    }
+    // Another site's page, even with the key.
+    for origin in ["http://evil.example", "null", "http://127.0.0.1:1"] {
+        let (code, text) = dashboard_socket(addr, Some(ADMIN), Some(origin)).await;
+        assert_eq!(code, 403, "{origin}: {text}");
+        assert!(text.contains("--dashboard-origin"), "{text}");
+    }
+    router.stop().await;
+    // An allowed extra origin.
+    let mut s = settings(None);
+    s.dashboard_origins = vec!["https://ops.example".into()];
+    let router = TestRouter::start(s).await;
+    let (code, text) = dashboard_socket(router.addr, Some(ADMIN), Some("https://ops.example")).await;
+    assert_eq!(code, 101, "{text}");
+    router.stop().await;
+    // No admin key configured: no feed at all.
+    let mut s = settings(None);
+    s.admin_key = None;
+    let router = TestRouter::start(s).await;
+    let (code, text) = dashboard_socket(router.addr, None, None).await;
+    assert_eq!(code, 403, "{text}");
+    assert!(text.contains("--admin-key"), "{text}");
+    router.stop().await;
+}

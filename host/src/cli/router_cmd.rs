@@ -35,6 +35,10 @@ pub struct RouterArgs {
         hide_env_values = true
     )]
     pub admin_key: Option<String>,
+    /// A browser origin besides the router's own that may open the dashboard's live feed,
+    /// e.g. `https://ops.example.com` (repeatable).
+    #[arg(long = "dashboard-origin", value_name = "ORIGIN")]
+    pub dashboard_origins: Vec<String>,
     /// Key clients must send for /v1/* and /api/* (repeatable; none: open).
     #[arg(long = "api-key", value_name = "KEY")]
     pub api_keys: Vec<String>,
@@ -78,6 +82,9 @@ fn settings(args: RouterArgs, config: &Config) -> anyhow::Result<RouterSettings>
     settings.join_token = args.join_token.or(settings.join_token);
     settings.admin_key = args.admin_key.or(settings.admin_key);
     settings.api_keys.extend(args.api_keys);
+    settings
+        .dashboard_origins
+        .extend(args.dashboard_origins.iter().map(|o| o.trim_end_matches('/').to_string()));
     if let Some(secs) = args.offline_after {
         settings.offline_after = positive("--offline-after", secs)?;
     }

@@ -19,6 +19,13 @@ pub enum RouterError {
          (or LLMLOCAL_ROUTER_ADMIN_KEY, or admin_key in [router])"
     )]
     AdminDisabled,
+    #[error("admin key needed for the dashboard feed: open /dashboard#key=KEY")]
+    DashboardKey,
+    #[error(
+        "dashboard socket from origin `{0}` refused: only the router's own origin may connect \
+         (add others with --dashboard-origin)"
+    )]
+    ForeignOrigin(String),
     #[error("invalid or missing API key (send `Authorization: Bearer KEY`)")]
     BadApiKey,
     #[error("invalid registration: {0}")]
@@ -44,10 +51,11 @@ pub enum RouterError {
 impl RouterError {
     pub fn status(&self) -> StatusCode {
         match self {
-            RouterError::BadJoinToken | RouterError::BadAdminKey | RouterError::BadApiKey => {
-                StatusCode::UNAUTHORIZED
-            }
-            RouterError::AdminDisabled => StatusCode::FORBIDDEN,
+            RouterError::BadJoinToken
+            | RouterError::BadAdminKey
+            | RouterError::BadApiKey
+            | RouterError::DashboardKey => StatusCode::UNAUTHORIZED,
+            RouterError::AdminDisabled | RouterError::ForeignOrigin(_) => StatusCode::FORBIDDEN,
             RouterError::BadRegistration(_) => StatusCode::BAD_REQUEST,
             RouterError::UnknownNode(_) | RouterError::UnknownModel(_) => StatusCode::NOT_FOUND,
             RouterError::NoNode(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -66,6 +74,8 @@ impl RouterError {
             RouterError::BadJoinToken
             | RouterError::BadAdminKey
             | RouterError::BadApiKey
+            | RouterError::DashboardKey
+            | RouterError::ForeignOrigin(_)
             | RouterError::AdminDisabled => "authentication_error",
             RouterError::UnknownNode(_) | RouterError::UnknownModel(_) => "not_found_error",
             RouterError::NoNode(_) | RouterError::AllNodesFailed { .. } => "unavailable_error",

@@ -49,8 +49,11 @@ pub struct RouterSettings {
     pub strategy: Strategy,
     /// `None`: use the one stored in the database, or make one.
     pub join_token: Option<String>,
-    /// `None`: the admin API is off.
+    /// `None`: the admin API, the dashboard feed and model changes are off.
     pub admin_key: Option<String>,
+    /// Browser origins besides the router's own (its `Host`) that may open the dashboard
+    /// socket, e.g. `https://ops.example.com`.
+    pub dashboard_origins: Vec<String>,
     /// Keys clients must send for `/v1/*` and `/api/*` (empty: open).
     pub api_keys: Vec<String>,
     /// Heartbeat period the router asks nodes for.
@@ -72,6 +75,7 @@ impl Default for RouterSettings {
             strategy: Strategy::default(),
             join_token: None,
             admin_key: None,
+            dashboard_origins: Vec::new(),
             api_keys: Vec::new(),
             heartbeat_interval: Duration::from_secs(10),
             offline_after: Duration::from_secs(30),
@@ -95,6 +99,8 @@ struct RouterTable {
     strategy: Option<Strategy>,
     join_token: Option<String>,
     admin_key: Option<String>,
+    #[serde(default)]
+    dashboard_origins: Vec<String>,
     #[serde(default)]
     api_keys: Vec<String>,
     heartbeat_interval_secs: Option<f64>,
@@ -128,6 +134,7 @@ impl RouterSettings {
         self.join_token = t.join_token.or(self.join_token.take());
         self.admin_key = t.admin_key.or(self.admin_key.take());
         self.api_keys.extend(t.api_keys);
+        self.dashboard_origins.extend(t.dashboard_origins);
         if let Some(secs) = t.heartbeat_interval_secs {
             self.heartbeat_interval = seconds("heartbeat_interval_secs", secs)?;
         }
