@@ -210,3 +210,126 @@ async fn dashboard_socket_needs_the_admin_key_and_the_routers_origin() {
     assert!(text.contains("--admin-key"), "{text}");
     router.stop().await;
 }
+
+/// `POST /api/nodes/register` with the join token and, when given, a node secret.
+async fn register(router: &str, body: Value, secret: Option<&str>) -> (u16, Value) {
+    let mut req = client()
+        .post(format!("{router}/api/nodes/register"))
+        .bearer_auth(TOKEN)
+        .header("content-type", "application/json")
+        .body(body.to_string());
+    if let Some(secret) = secret {
+        req = req.header("x-llmlocal-node-secret", secret);
+    }
+    let resp = req.send().await.unwrap();
+    let status = resp.status().as_u16();
+    let bytes = resp.bytes().await.unwrap();
+    (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+}
+
+async fn url_of(router: &str, id: &str) -> String {
+    let (code, node) = get_json(&format!("{router}/api/nodes/{id}"), Some(ADMIN)).await;
+    assert_eq!(code, 200, "{node}");
+    node["url"].as_str().unwrap().to_string()
+}
+
+/// Issue 24 case 8: any join-token holder could re-register an existing node id with its
+/// own URL (persisted), and register any URL, cloud metadata included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn node_ids_cannot_be_hijacked_and_bad_hosts_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = settings(Some(dir.path().join("router.sqlite")));
+    let router = TestRouter::start(s.clone()).await;
+    let url = router.url();
+    let mut nodes = [fake_node("v1", &["m"])];
+    join_all(&url, TOKEN, &mut nodes).await;
+    let real = url_of(&url, "v1").await;
+    let hijack = json!({ "node_id": "v1", "url": "http://127.0.0.1:9", "models_available": ["m"] });
+    for secret in [None, Some("guess")] {
+        let (code, reply) = register(&url, hijack.clone(), secret).await;
+        assert_eq!(code, 403, "{reply}");
+        assert!(reply["error"]["message"].as_str().unwrap().contains("node secret"), "{reply}");
+    }
+    let (code, reply) = post_json(&format!("{url}/api/nodes/v1/heartbeat"), Some(TOKEN), "{}").await;
+    assert_eq!(code, 403, "heartbeat without the node's secret: {reply}");
+    assert_eq!(url_of(&url, "v1").await, real);
+    assert_eq!(chat(&url, "m").await.0, 200);
+    // A restarted router (same database) still knows who owns the id; the node's agent
+    // keeps its secret and stays online.
+    let addr = router.addr;
+    router.stop().await;
+    let router = TestRouter::start_on(s, addr).await;
+    let (code, reply) = register(&url, hijack, None).await;
+    assert_eq!(code, 403, "{reply}");
+    wait_status(&url, Duration::from_secs(5), "v1", "online").await;
+    assert_eq!(url_of(&url, "v1").await, real);
+    assert_eq!(chat(&url, "m").await.0, 200);
+    // Hosts a router must never send requests to.
+    for bad in [
+        "http://169.254.169.254",
+        "http://169.254.169.254:80/latest",
+        "http://0.0.0.0:8080",
+        "http://[::]:8080",
+        "http://[fe80::1]:8080",
+        "http://[::ffff:169.254.169.254]:80",
+        "http://224.0.0.1:80",
+        "gopher://127.0.0.1:70",
+    ] {
+        let (code, reply) = register(&url, json!({ "node_id": "meta", "url": bad }), None).await;
+        assert_eq!(code, 400, "{bad}: {reply}");
+    }
+    let (code, _) = get_json(&format!("{url}/api/nodes/meta"), Some(ADMIN)).await;
+    assert_eq!(code, 404);
+    router.stop().await;
+    // With an allowlist, only the hosts on it.
+    let mut s = settings(None);
+    s.node_allow_hosts = vec!["localhost".into()];
+    let router = TestRouter::start(s).await;
+    let (code, reply) = register(&router.url(), json!({ "node_id": "x", "url": "http://127.0.0.1:9" }), None).await;
+    assert_eq!(code, 400, "{reply}");
+    assert!(reply["error"]["message"].as_str().unwrap().contains("--node-allow-hosts"), "{reply}");
+    let (code, reply) = register(&router.url(), json!({ "node_id": "x", "url": "http://localhost:9" }), None).await;
+    assert_eq!(code, 200, "{reply}");
+    assert!(reply["node_secret"].as_str().is_some_and(|s| s.len() == 64), "{reply}");
+    router.stop().await;
+}
+
+/// Issue 24 case 8: the client's `Authorization` (and cookies, `x-api-key`) reached the
+/// nodes. The router sends its own node key instead, when it has one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn client_credentials_never_reach_nodes() {
+    for node_key in [None, Some("node-key-for-tests")] {
+        let mut s = settings(None);
+        s.api_keys = vec![CLIENT_KEY.into()];
+        s.node_key = node_key.map(str::to_string);
+        let router = TestRouter::start(s).await;
+        let url = router.url();
+        let mut nodes = [fake_node("c1", &["m"])];
+        join_all(&url, TOKEN, &mut nodes).await;
+        let resp = client()
+            .post(format!("{url}/v1/chat/completions"))
+            .bearer_auth(CLIENT_KEY)
+            .header("cookie", "session=client-cookie")
+            .header("x-api-key", CLIENT_KEY)
+            .header("content-type", "application/json")
+            .body(json!({ "model": "m", "messages": [] }).to_string())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        let (code, reply) = send(
+            reqwest::Method::DELETE,
+            &format!("{url}/api/delete"),
+            Some(ADMIN),
+            json!({ "model": "m" }),
+        )
+        .await;
+        assert_eq!(code, 200, "{reply}");
+        let seen = nodes[0].behaviour.credentials.lock().unwrap().clone();
+        let expected: Vec<String> = node_key
+            .map(|k| vec![format!("authorization: Bearer {k}"); 2])
+            .unwrap_or_default();
+        assert_eq!(seen, expected, "credentials the node saw");
+        router.stop().await;
+    }
+}

@@ -39,6 +39,20 @@ pub struct RouterArgs {
     /// e.g. `https://ops.example.com` (repeatable).
     #[arg(long = "dashboard-origin", value_name = "ORIGIN")]
     pub dashboard_origins: Vec<String>,
+    /// Key the router sends to nodes (`Authorization: Bearer KEY`), for nodes started with
+    /// an API key; clients' own credentials are never passed on to nodes.
+    #[arg(
+        long,
+        env = "LLMLOCAL_ROUTER_NODE_KEY",
+        value_name = "KEY",
+        hide_env_values = true
+    )]
+    pub node_key: Option<String>,
+    /// The only hosts nodes may advertise (names or IPs as written in their URLs;
+    /// comma-separated or repeated). Default: any host but link-local, multicast and
+    /// unspecified addresses, which are always refused.
+    #[arg(long = "node-allow-hosts", value_name = "HOST", value_delimiter = ',')]
+    pub node_allow_hosts: Vec<String>,
     /// Key clients must send for /v1/* and /api/* (repeatable; none: open).
     #[arg(long = "api-key", value_name = "KEY")]
     pub api_keys: Vec<String>,
@@ -82,6 +96,8 @@ fn settings(args: RouterArgs, config: &Config) -> anyhow::Result<RouterSettings>
     settings.join_token = args.join_token.or(settings.join_token);
     settings.admin_key = args.admin_key.or(settings.admin_key);
     settings.api_keys.extend(args.api_keys);
+    settings.node_key = args.node_key.or(settings.node_key);
+    settings.node_allow_hosts.extend(args.node_allow_hosts);
     settings
         .dashboard_origins
         .extend(args.dashboard_origins.iter().map(|o| o.trim_end_matches('/').to_string()));

@@ -30,6 +30,14 @@ pub enum RouterError {
     BadApiKey,
     #[error("invalid registration: {0}")]
     BadRegistration(String),
+    #[error(
+        "node id `{0}` belongs to a node with another node secret: restart that node with \
+         its secret file, pick another --node-id, or remove the old node (admin: DELETE \
+         /api/nodes/{0})"
+    )]
+    NodeSecret(String),
+    #[error("node `{0}` must register again to get a node secret")]
+    NodeUnclaimed(String),
     #[error("unknown node `{0}`: register it first")]
     UnknownNode(String),
     #[error("model `{0}` is not served by any registered node")]
@@ -54,8 +62,11 @@ impl RouterError {
             RouterError::BadJoinToken
             | RouterError::BadAdminKey
             | RouterError::BadApiKey
-            | RouterError::DashboardKey => StatusCode::UNAUTHORIZED,
-            RouterError::AdminDisabled | RouterError::ForeignOrigin(_) => StatusCode::FORBIDDEN,
+            | RouterError::DashboardKey
+            | RouterError::NodeUnclaimed(_) => StatusCode::UNAUTHORIZED,
+            RouterError::AdminDisabled
+            | RouterError::ForeignOrigin(_)
+            | RouterError::NodeSecret(_) => StatusCode::FORBIDDEN,
             RouterError::BadRegistration(_) => StatusCode::BAD_REQUEST,
             RouterError::UnknownNode(_) | RouterError::UnknownModel(_) => StatusCode::NOT_FOUND,
             RouterError::NoNode(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -76,6 +87,8 @@ impl RouterError {
             | RouterError::BadApiKey
             | RouterError::DashboardKey
             | RouterError::ForeignOrigin(_)
+            | RouterError::NodeSecret(_)
+            | RouterError::NodeUnclaimed(_)
             | RouterError::AdminDisabled => "authentication_error",
             RouterError::UnknownNode(_) | RouterError::UnknownModel(_) => "not_found_error",
             RouterError::NoNode(_) | RouterError::AllNodesFailed { .. } => "unavailable_error",

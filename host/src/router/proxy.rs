@@ -30,6 +30,10 @@ const HOP_HEADERS: &[&str] = &[
     "content-length",
 ];
 
+/// The client's credentials for the router: never passed on to a node (a node would learn
+/// the router's keys, and a node's own keys are the router's business: `--node-key`).
+const CLIENT_CREDENTIALS: &[&str] = &["authorization", "cookie", "x-api-key"];
+
 /// Set on every forwarded request: a router receiving it is talking to itself (a node
 /// advertised a router's address), and refuses instead of looping forever.
 pub const HOP_MARK: &str = "x-llmlocal-routed";
@@ -48,10 +52,20 @@ pub struct Outgoing {
 }
 
 impl Outgoing {
-    /// Strips hop-by-hop headers once, whatever the number of attempts.
-    pub fn new(method: Method, uri: Uri, mut headers: HeaderMap, body: Bytes) -> Self {
-        for name in HOP_HEADERS {
+    /// Strips hop-by-hop headers and client credentials once, whatever the number of
+    /// attempts; `node_auth` (the router's key for nodes) replaces the latter.
+    pub fn new(
+        method: Method,
+        uri: Uri,
+        mut headers: HeaderMap,
+        body: Bytes,
+        node_auth: Option<&header::HeaderValue>,
+    ) -> Self {
+        for name in HOP_HEADERS.iter().chain(CLIENT_CREDENTIALS) {
             headers.remove(*name);
+        }
+        if let Some(auth) = node_auth {
+            headers.insert(header::AUTHORIZATION, auth.clone());
         }
         headers.insert(HOP_MARK, header::HeaderValue::from_static("1"));
         Self {

@@ -56,6 +56,12 @@ pub struct RouterSettings {
     pub dashboard_origins: Vec<String>,
     /// Keys clients must send for `/v1/*` and `/api/*` (empty: open).
     pub api_keys: Vec<String>,
+    /// Sent to nodes as `Authorization: Bearer KEY` (nodes started with an API key); the
+    /// clients' own credentials are never passed on.
+    pub node_key: Option<String>,
+    /// When not empty, the only hosts (names or IPs, as written in the nodes' URLs) nodes
+    /// may advertise.
+    pub node_allow_hosts: Vec<String>,
     /// Heartbeat period the router asks nodes for.
     pub heartbeat_interval: Duration,
     /// A node not heard from for this long is offline.
@@ -77,6 +83,8 @@ impl Default for RouterSettings {
             admin_key: None,
             dashboard_origins: Vec::new(),
             api_keys: Vec::new(),
+            node_key: None,
+            node_allow_hosts: Vec::new(),
             heartbeat_interval: Duration::from_secs(10),
             offline_after: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(2),
@@ -103,6 +111,9 @@ struct RouterTable {
     dashboard_origins: Vec<String>,
     #[serde(default)]
     api_keys: Vec<String>,
+    node_key: Option<String>,
+    #[serde(default)]
+    node_allow_hosts: Vec<String>,
     heartbeat_interval_secs: Option<f64>,
     offline_after_secs: Option<f64>,
     max_body_bytes: Option<usize>,
@@ -135,6 +146,8 @@ impl RouterSettings {
         self.admin_key = t.admin_key.or(self.admin_key.take());
         self.api_keys.extend(t.api_keys);
         self.dashboard_origins.extend(t.dashboard_origins);
+        self.node_key = t.node_key.or(self.node_key.take());
+        self.node_allow_hosts.extend(t.node_allow_hosts);
         if let Some(secs) = t.heartbeat_interval_secs {
             self.heartbeat_interval = seconds("heartbeat_interval_secs", secs)?;
         }

@@ -38,8 +38,14 @@ impl Drop for Proc {
 
 /// Starts `llmlocal ARGS` and waits for its "listening on http://ADDR" line.
 pub fn spawn(args: &[String]) -> Proc {
+    spawn_with_env(args, &[])
+}
+
+/// [`spawn`] with extra environment variables.
+pub fn spawn_with_env(args: &[String], env: &[(&str, &Path)]) -> Proc {
     let mut child = Command::new(BIN)
         .args(args)
+        .envs(env.iter().map(|(k, v)| (*k, *v)))
         .env("RUST_LOG", "warn")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -171,9 +177,11 @@ pub fn router(db: &Path, port: u16, strategy: &str, token: &str, admin: &str) ->
     ])
 }
 
-/// `llmlocal serve` with the scripted model `s`, joined to `router_url` as `id`.
+/// `llmlocal serve` with the scripted model `s`, joined to `router_url` as `id`; its data
+/// directory (where it keeps its node secret) is in `files`.
 pub fn node(files: &NodeFiles, id: &str, port: u16, router_url: &str, token: &str) -> Proc {
-    spawn(&[
+    let data = files.dir.path().join("data");
+    spawn_with_env(&[
         "serve".into(),
         "--bind".into(),
         format!("127.0.0.1:{port}"),
@@ -189,7 +197,7 @@ pub fn node(files: &NodeFiles, id: &str, port: u16, router_url: &str, token: &st
         token.into(),
         "--node-id".into(),
         id.into(),
-    ])
+    ], &[("XDG_DATA_HOME", &data)])
 }
 
 /// A directory holding only the llama.cpp plugin.
@@ -213,7 +221,8 @@ pub fn llama_node(
     router_url: &str,
     token: &str,
 ) -> Proc {
-    spawn(&[
+    let data = files.dir.path().join("data");
+    spawn_with_env(&[
         "serve".into(),
         "--bind".into(),
         "127.0.0.1:0".into(),
@@ -231,5 +240,5 @@ pub fn llama_node(
         token.into(),
         "--node-id".into(),
         id.into(),
-    ])
+    ], &[("XDG_DATA_HOME", &data)])
 }
