@@ -211,14 +211,15 @@ async fn proxy_inner(state: RouterState, req: Request) -> Result<Response> {
         let body = json!({ "error": { "message": format!("no route for {path}"), "type": "not_found_error" } });
         return Ok(proxy::json_response(StatusCode::NOT_FOUND, &body));
     }
+    // A router's own forwarded request (never carrying the client's key): a loop.
+    if req.headers().contains_key(proxy::HOP_MARK) {
+        return Err(RouterError::Loop);
+    }
     // Mutating routes need the admin key: a client key (or none) never reaches them.
     if access::is_client_route(req.method(), path) {
         check_client(&state, req.headers())?;
     } else {
         check_admin(&state, req.headers())?;
-    }
-    if req.headers().contains_key(proxy::HOP_MARK) {
-        return Err(RouterError::Loop);
     }
     let (parts, body) = req.into_parts();
     let limit = state.settings.max_body_bytes;

@@ -83,6 +83,9 @@ pub struct FakeNode {
     pub behaviour: Arc<Behaviour>,
     /// The node agent's `nvidia-smi` (None: no GPU); set before [`FakeNode::join`].
     pub nvidia_smi: Option<std::path::PathBuf>,
+    /// Where the node agent keeps its node secret (None: memory only); set before
+    /// [`FakeNode::join`] to let a restarted node take its id back.
+    pub secret_file: Option<std::path::PathBuf>,
     stop: Option<std::sync::mpsc::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
     agent: Option<tokio::task::JoinHandle<()>>,
@@ -119,6 +122,7 @@ impl FakeNode {
             models: models.iter().map(|m| m.to_string()).collect(),
             behaviour,
             nvidia_smi: None,
+            secret_file: None,
             stop: Some(stop),
             thread: Some(thread),
             agent: None,
@@ -136,6 +140,7 @@ impl FakeNode {
         cfg.heartbeat_interval = Duration::from_millis(200);
         cfg.backends = vec!["fake".into()];
         cfg.nvidia_smi = self.nvidia_smi.clone();
+        cfg.secret_file = self.secret_file.clone();
         let models = self.models.clone();
         let behaviour = self.behaviour.clone();
         let status = move || NodeStatus {
