@@ -333,3 +333,81 @@ async fn client_credentials_never_reach_nodes() {
         router.stop().await;
     }
 }
+
+/// A node that accepts connections and never answers, like a SIGSTOPped `serve` (the
+/// kernel still completes the handshakes): registered by hand, it sends no heartbeats.
+async fn register_hung_node(router: &str, id: &str) -> std::net::TcpListener {
+    let hung = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let node_url = format!("http://{}", hung.local_addr().unwrap());
+    let body = json!({ "node_id": id, "url": node_url, "models_available": ["m"] });
+    let (code, reply) = register(router, body, None).await;
+    assert_eq!(code, 200, "{reply}");
+    hung
+}
+
+/// Issue 24 case 5: a hung node blackholed every request routed to it. Requests fail over
+/// after the first-byte timeout and the node is skipped while suspect; a stream that stalls
+/// after its first byte ends with an error event after the idle timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_hung_node_is_skipped_and_stalled_streams_end() {
+    let mut s = settings(None);
+    s.first_byte_timeout = Duration::from_millis(500);
+    s.idle_timeout = Duration::from_millis(500);
+    // Long enough that the monitor does not take the hung node offline during the test.
+    s.offline_after = Duration::from_secs(60);
+    let router = TestRouter::start(s).await;
+    let url = router.url();
+    let mut nodes = [fake_node("good", &["m"])];
+    join_all(&url, TOKEN, &mut nodes).await;
+    let _hung = register_hung_node(&url, "hung").await;
+    for _ in 0..4 {
+        let started = Instant::now();
+        let (code, body) = chat(&url, "m").await;
+        assert_eq!(code, 200, "{body}");
+        assert_eq!(body["node"], "good");
+        assert!(started.elapsed() < Duration::from_secs(5), "took {:?}", started.elapsed());
+    }
+    let statuses = node_statuses(&url).await;
+    assert_eq!(status_of(&statuses, "hung"), Some("suspect"), "{statuses:?}");
+    // A stream that stops after its first chunk.
+    nodes[0].behaviour.stall_stream.store(true, Ordering::Relaxed);
+    let resp = client()
+        .post(format!("{url}/v1/chat/completions"))
+        .header("content-type", "application/json")
+        .body(json!({ "model": "m", "stream": true, "messages": [] }).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let body = tokio::time::timeout(Duration::from_secs(10), resp.bytes())
+        .await
+        .expect("the stalled stream never ended")
+        .unwrap();
+    let text = String::from_utf8_lossy(&body);
+    assert!(text.contains("t0"), "first chunk missing: {text}");
+    assert!(text.contains("\"error\"") && text.contains("sent nothing"), "{text}");
+    router.stop().await;
+}
+
+/// A request waiting on a node that stops heartbeating fails over as soon as the node is
+/// offline, without waiting out a long first-byte timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn requests_on_a_node_gone_offline_fail_over_at_once() {
+    let mut s = settings(None);
+    s.first_byte_timeout = Duration::from_secs(120);
+    let router = TestRouter::start(s).await;
+    let url = router.url();
+    let mut nodes = [fake_node("good", &["m"])];
+    join_all(&url, TOKEN, &mut nodes).await;
+    let _hung = register_hung_node(&url, "hung").await;
+    let started = Instant::now();
+    // Round-robin: of two requests at once, one tries the hung node first.
+    let (a, b) = tokio::join!(chat(&url, "m"), chat(&url, "m"));
+    for (code, body) in [a, b] {
+        assert_eq!(code, 200, "{body}");
+        assert_eq!(body["node"], "good");
+    }
+    // Offline after 1.5 s without a heartbeat (the test settings); well under 120 s.
+    assert!(started.elapsed() < Duration::from_secs(10), "took {:?}", started.elapsed());
+    router.stop().await;
+}

@@ -59,6 +59,14 @@ pub struct RouterArgs {
     /// Seconds without a heartbeat before a node is offline (default 30).
     #[arg(long, value_name = "SECS")]
     pub offline_after: Option<f64>,
+    /// Seconds to wait for a node's response headers before trying another node (default
+    /// 300; a node that stops heartbeating is given up on sooner, at --offline-after).
+    #[arg(long, value_name = "SECS")]
+    pub first_byte_timeout: Option<f64>,
+    /// Seconds a response may stay silent mid-body before the client gets an error and the
+    /// connection to the node is dropped (default 300).
+    #[arg(long, value_name = "SECS")]
+    pub idle_timeout: Option<f64>,
     /// Heartbeat period asked of nodes, in seconds (default 10).
     #[arg(long, value_name = "SECS")]
     pub heartbeat_interval: Option<f64>,
@@ -103,6 +111,12 @@ fn settings(args: RouterArgs, config: &Config) -> anyhow::Result<RouterSettings>
         .extend(args.dashboard_origins.iter().map(|o| o.trim_end_matches('/').to_string()));
     if let Some(secs) = args.offline_after {
         settings.offline_after = positive("--offline-after", secs)?;
+    }
+    if let Some(secs) = args.first_byte_timeout {
+        settings.first_byte_timeout = positive("--first-byte-timeout", secs)?;
+    }
+    if let Some(secs) = args.idle_timeout {
+        settings.idle_timeout = positive("--idle-timeout", secs)?;
     }
     if let Some(secs) = args.heartbeat_interval {
         settings.heartbeat_interval = positive("--heartbeat-interval", secs)?;

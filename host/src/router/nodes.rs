@@ -9,6 +9,7 @@ use super::{
 };
 use axum::http::HeaderValue;
 use reqwest::Url;
+use tokio_util::sync::CancellationToken;
 use std::{
     collections::BTreeMap,
     sync::{
@@ -78,6 +79,13 @@ struct Node {
     inflight: Arc<AtomicU32>,
     /// Hash of the secret that owns this id (None: stored before secrets; unclaimed).
     secret_hash: Option<String>,
+    /// Skipped by the balancer until then (a request there timed out), or until the node
+    /// is heard from again.
+    suspect_until: Option<Instant>,
+    /// Cancelled when the node goes offline: requests waiting on it give up at once (fail
+    /// over, or end their stream) instead of waiting out their timeouts. A fresh one
+    /// comes with each return online.
+    down: CancellationToken,
 }
 
 impl Node {
@@ -94,7 +102,14 @@ impl Node {
     }
 
     fn takes_requests(&self) -> bool {
-        self.status == NodeState::Online && !self.drained && self.endpoint.is_some()
+        self.status == NodeState::Online
+            && !self.drained
+            && self.endpoint.is_some()
+            && !self.is_suspect()
+    }
+
+    fn is_suspect(&self) -> bool {
+        self.suspect_until.is_some_and(|t| Instant::now() < t)
     }
 
     /// Lower is better: requests waiting or running, then CPU.
@@ -114,6 +129,7 @@ impl Node {
     fn view(&self) -> NodeView {
         let status = match (self.status, self.drained) {
             (NodeState::Online, true) => NodeState::Draining,
+            (NodeState::Online, false) if self.is_suspect() => NodeState::Suspect,
             (status, _) => status,
         };
         NodeView {
@@ -151,6 +167,8 @@ impl Node {
 pub struct Target {
     pub endpoint: Arc<Endpoint>,
     pub inflight: Arc<AtomicU32>,
+    /// Cancelled when the node goes offline.
+    pub down: CancellationToken,
 }
 
 /// What a model lookup found.
@@ -204,6 +222,8 @@ impl Nodes {
                     registered_at_ms: s.registered_at_ms,
                     inflight: Arc::default(),
                     secret_hash: s.secret_hash,
+                    suspect_until: None,
+                    down: cancelled(),
                     registration: s.registration,
                 },
             );
@@ -244,6 +264,8 @@ impl Nodes {
                 status: NodeState::Online,
                 load,
                 last_seen: Some(Instant::now()),
+                suspect_until: None,
+                down: alive(old.down),
                 ..old
             },
             None => Node {
@@ -257,6 +279,8 @@ impl Nodes {
                 registered_at_ms: now_ms,
                 inflight: Arc::default(),
                 secret_hash: None,
+                suspect_until: None,
+                down: CancellationToken::new(),
             },
         };
         if let Some(secret) = &issued {
@@ -309,9 +333,17 @@ impl Nodes {
             return None;
         }
         node.status = NodeState::Offline;
+        node.down.cancel();
         Some(Change {
             stored: node.stored(now_ms),
         })
+    }
+
+    /// A request to the node timed out: skip it for `cool_down` or until it is heard from.
+    pub fn mark_suspect(&self, id: &str, cool_down: std::time::Duration) {
+        if let Some(node) = self.write().get_mut(id) {
+            node.suspect_until = Some(Instant::now() + cool_down);
+        }
     }
 
     pub fn set_drained(&self, id: &str, drained: bool, now_ms: i64) -> Option<Change> {
@@ -403,18 +435,38 @@ impl Nodes {
                 Some(Target {
                     endpoint: n.endpoint.clone()?,
                     inflight: n.inflight.clone(),
+                    down: n.down.clone(),
                 })
             })
             .collect()
     }
 }
 
+/// A token for a node restored offline: already cancelled, like one that went down.
+fn cancelled() -> CancellationToken {
+    let token = CancellationToken::new();
+    token.cancel();
+    token
+}
+
+/// `token` while the node stayed up, else a fresh one.
+fn alive(token: CancellationToken) -> CancellationToken {
+    if token.is_cancelled() {
+        CancellationToken::new()
+    } else {
+        token
+    }
+}
+
 fn mark_seen(node: &mut Node, now_ms: i64) -> Option<Change> {
     node.last_seen = Some(Instant::now());
+    // Heard from: whatever timed out there, the node is alive.
+    node.suspect_until = None;
     if node.status == NodeState::Online {
         return None;
     }
     node.status = NodeState::Online;
+    node.down = alive(std::mem::take(&mut node.down));
     Some(Change {
         stored: node.stored(now_ms),
     })

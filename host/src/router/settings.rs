@@ -67,6 +67,12 @@ pub struct RouterSettings {
     /// A node not heard from for this long is offline.
     pub offline_after: Duration,
     pub connect_timeout: Duration,
+    /// Longest wait for a node's response headers; then the request goes to another node
+    /// (nothing was sent to the client yet) and the node is suspect for `offline_after`.
+    pub first_byte_timeout: Duration,
+    /// Longest silence inside a response body; then the client gets an error event (or a
+    /// cut connection) and the node is suspect.
+    pub idle_timeout: Duration,
     pub max_body_bytes: usize,
     /// Nodes tried per request before giving up.
     pub max_attempts: usize,
@@ -88,6 +94,12 @@ impl Default for RouterSettings {
             heartbeat_interval: Duration::from_secs(10),
             offline_after: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(2),
+            // Generous: a node that stops (hangs, SIGSTOP) misses its heartbeats and goes
+            // offline within `offline_after`, which ends its requests sooner; these catch a
+            // node that still beats but never answers. A non-streamed answer comes in one
+            // piece after the whole generation, and a model's first load may take minutes.
+            first_byte_timeout: Duration::from_secs(300),
+            idle_timeout: Duration::from_secs(300),
             max_body_bytes: 16 << 20,
             max_attempts: 3,
             retention: Retention {
@@ -116,6 +128,8 @@ struct RouterTable {
     node_allow_hosts: Vec<String>,
     heartbeat_interval_secs: Option<f64>,
     offline_after_secs: Option<f64>,
+    first_byte_timeout_secs: Option<f64>,
+    idle_timeout_secs: Option<f64>,
     max_body_bytes: Option<usize>,
     max_attempts: Option<usize>,
     history_max_rows: Option<u64>,
@@ -153,6 +167,12 @@ impl RouterSettings {
         }
         if let Some(secs) = t.offline_after_secs {
             self.offline_after = seconds("offline_after_secs", secs)?;
+        }
+        if let Some(secs) = t.first_byte_timeout_secs {
+            self.first_byte_timeout = seconds("first_byte_timeout_secs", secs)?;
+        }
+        if let Some(secs) = t.idle_timeout_secs {
+            self.idle_timeout = seconds("idle_timeout_secs", secs)?;
         }
         self.max_body_bytes = t.max_body_bytes.unwrap_or(self.max_body_bytes);
         self.max_attempts = t.max_attempts.unwrap_or(self.max_attempts).max(1);

@@ -105,6 +105,9 @@ pub enum NodeState {
     Offline,
     /// Still healthy, but takes no new requests (admin drain).
     Draining,
+    /// Online, but a request there timed out: skipped until its next heartbeat or the
+    /// end of a cool-down (`offline_after`). Shown, never stored.
+    Suspect,
 }
 
 impl NodeState {
@@ -113,6 +116,7 @@ impl NodeState {
             NodeState::Online => "online",
             NodeState::Offline => "offline",
             NodeState::Draining => "draining",
+            NodeState::Suspect => "suspect",
         }
     }
 
@@ -121,6 +125,7 @@ impl NodeState {
             "online" => Some(NodeState::Online),
             "offline" => Some(NodeState::Offline),
             "draining" => Some(NodeState::Draining),
+            "suspect" => Some(NodeState::Suspect),
             _ => None,
         }
     }
