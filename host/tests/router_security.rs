@@ -14,7 +14,12 @@ use std::{
 const CLIENT_KEY: &str = "client-key-for-tests";
 
 /// `method url` with a JSON body and an optional bearer token; (status, JSON body or null).
-async fn send(method: reqwest::Method, url: &str, bearer: Option<&str>, body: Value) -> (u16, Value) {
+async fn send(
+    method: reqwest::Method,
+    url: &str,
+    bearer: Option<&str>,
+    body: Value,
+) -> (u16, Value) {
     let mut req = client()
         .request(method, url)
         .header("content-type", "application/json")
@@ -25,7 +30,10 @@ async fn send(method: reqwest::Method, url: &str, bearer: Option<&str>, body: Va
     let resp = req.send().await.unwrap();
     let status = resp.status().as_u16();
     let bytes = resp.bytes().await.unwrap();
-    (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    )
 }
 
 fn admin_calls(nodes: &[FakeNode]) -> usize {
@@ -58,7 +66,8 @@ async fn model_changes_through_the_router_need_the_admin_key() {
     let body = json!({ "model": "m", "name": "m", "source": "m", "destination": "m2" });
     for (method, path) in model_changes() {
         for key in [None, Some(CLIENT_KEY), Some("wrong")] {
-            let (code, reply) = send(method.clone(), &format!("{url}{path}"), key, body.clone()).await;
+            let (code, reply) =
+                send(method.clone(), &format!("{url}{path}"), key, body.clone()).await;
             assert_eq!(code, 401, "{method} {path} with {key:?}: {reply}");
         }
     }
@@ -118,7 +127,10 @@ async fn join_all_unchecked(router: &str, nodes: &mut [FakeNode]) {
         if code == 200 {
             return;
         }
-        assert!(start.elapsed() < Duration::from_secs(5), "nodes never joined");
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "nodes never joined"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -133,7 +145,9 @@ async fn dashboard_socket(
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
     let query = key.map(|k| format!("?key={k}")).unwrap_or_default();
-    let origin = origin.map(|o| format!("Origin: {o}\r\n")).unwrap_or_default();
+    let origin = origin
+        .map(|o| format!("Origin: {o}\r\n"))
+        .unwrap_or_default();
     let request = format!(
         "GET /dashboard/ws{query} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\n\
          Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
@@ -151,7 +165,9 @@ async fn dashboard_socket(
         }
         let text = String::from_utf8_lossy(&seen);
         // A refusal is complete once its headers are; an upgrade once a frame followed.
-        if text.contains("\r\n\r\n") && (!text.starts_with("HTTP/1.1 101") || text.contains("\"nodes\"")) {
+        if text.contains("\r\n\r\n")
+            && (!text.starts_with("HTTP/1.1 101") || text.contains("\"nodes\""))
+        {
             break;
         }
     }
@@ -178,7 +194,10 @@ async fn dashboard_socket_needs_the_admin_key_and_the_routers_origin() {
     // The page's own origin with the key: the feed, with the node's URL.
     let (code, text) = dashboard_socket(addr, Some(ADMIN), Some(&own)).await;
     assert_eq!(code, 101, "{text}");
-    assert!(text.contains(&nodes[0].addr.to_string()), "no node in {text}");
+    assert!(
+        text.contains(&nodes[0].addr.to_string()),
+        "no node in {text}"
+    );
     // A non-browser client (no Origin) with the key.
     assert_eq!(dashboard_socket(addr, Some(ADMIN), None).await.0, 101);
     // No key, a wrong key.
@@ -198,7 +217,8 @@ async fn dashboard_socket_needs_the_admin_key_and_the_routers_origin() {
     let mut s = settings(None);
     s.dashboard_origins = vec!["https://ops.example".into()];
     let router = TestRouter::start(s).await;
-    let (code, text) = dashboard_socket(router.addr, Some(ADMIN), Some("https://ops.example")).await;
+    let (code, text) =
+        dashboard_socket(router.addr, Some(ADMIN), Some("https://ops.example")).await;
     assert_eq!(code, 101, "{text}");
     router.stop().await;
     // No admin key configured: no feed at all.
@@ -224,7 +244,10 @@ async fn register(router: &str, body: Value, secret: Option<&str>) -> (u16, Valu
     let resp = req.send().await.unwrap();
     let status = resp.status().as_u16();
     let bytes = resp.bytes().await.unwrap();
-    (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    )
 }
 
 async fn url_of(router: &str, id: &str) -> String {
@@ -248,9 +271,16 @@ async fn node_ids_cannot_be_hijacked_and_bad_hosts_are_refused() {
     for secret in [None, Some("guess")] {
         let (code, reply) = register(&url, hijack.clone(), secret).await;
         assert_eq!(code, 403, "{reply}");
-        assert!(reply["error"]["message"].as_str().unwrap().contains("node secret"), "{reply}");
+        assert!(
+            reply["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("node secret"),
+            "{reply}"
+        );
     }
-    let (code, reply) = post_json(&format!("{url}/api/nodes/v1/heartbeat"), Some(TOKEN), "{}").await;
+    let (code, reply) =
+        post_json(&format!("{url}/api/nodes/v1/heartbeat"), Some(TOKEN), "{}").await;
     assert_eq!(code, 403, "heartbeat without the node's secret: {reply}");
     assert_eq!(url_of(&url, "v1").await, real);
     assert_eq!(chat(&url, "m").await.0, 200);
@@ -285,12 +315,31 @@ async fn node_ids_cannot_be_hijacked_and_bad_hosts_are_refused() {
     let mut s = settings(None);
     s.node_allow_hosts = vec!["localhost".into()];
     let router = TestRouter::start(s).await;
-    let (code, reply) = register(&router.url(), json!({ "node_id": "x", "url": "http://127.0.0.1:9" }), None).await;
+    let (code, reply) = register(
+        &router.url(),
+        json!({ "node_id": "x", "url": "http://127.0.0.1:9" }),
+        None,
+    )
+    .await;
     assert_eq!(code, 400, "{reply}");
-    assert!(reply["error"]["message"].as_str().unwrap().contains("--node-allow-hosts"), "{reply}");
-    let (code, reply) = register(&router.url(), json!({ "node_id": "x", "url": "http://localhost:9" }), None).await;
+    assert!(
+        reply["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("--node-allow-hosts"),
+        "{reply}"
+    );
+    let (code, reply) = register(
+        &router.url(),
+        json!({ "node_id": "x", "url": "http://localhost:9" }),
+        None,
+    )
+    .await;
     assert_eq!(code, 200, "{reply}");
-    assert!(reply["node_secret"].as_str().is_some_and(|s| s.len() == 64), "{reply}");
+    assert!(
+        reply["node_secret"].as_str().is_some_and(|s| s.len() == 64),
+        "{reply}"
+    );
     router.stop().await;
 }
 
@@ -365,12 +414,23 @@ async fn a_hung_node_is_skipped_and_stalled_streams_end() {
         let (code, body) = chat(&url, "m").await;
         assert_eq!(code, 200, "{body}");
         assert_eq!(body["node"], "good");
-        assert!(started.elapsed() < Duration::from_secs(5), "took {:?}", started.elapsed());
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "took {:?}",
+            started.elapsed()
+        );
     }
     let statuses = node_statuses(&url).await;
-    assert_eq!(status_of(&statuses, "hung"), Some("suspect"), "{statuses:?}");
+    assert_eq!(
+        status_of(&statuses, "hung"),
+        Some("suspect"),
+        "{statuses:?}"
+    );
     // A stream that stops after its first chunk.
-    nodes[0].behaviour.stall_stream.store(true, Ordering::Relaxed);
+    nodes[0]
+        .behaviour
+        .stall_stream
+        .store(true, Ordering::Relaxed);
     let resp = client()
         .post(format!("{url}/v1/chat/completions"))
         .header("content-type", "application/json")
@@ -385,7 +445,10 @@ async fn a_hung_node_is_skipped_and_stalled_streams_end() {
         .unwrap();
     let text = String::from_utf8_lossy(&body);
     assert!(text.contains("t0"), "first chunk missing: {text}");
-    assert!(text.contains("\"error\"") && text.contains("sent nothing"), "{text}");
+    assert!(
+        text.contains("\"error\"") && text.contains("sent nothing"),
+        "{text}"
+    );
     router.stop().await;
 }
 
@@ -408,6 +471,10 @@ async fn requests_on_a_node_gone_offline_fail_over_at_once() {
         assert_eq!(body["node"], "good");
     }
     // Offline after 1.5 s without a heartbeat (the test settings); well under 120 s.
-    assert!(started.elapsed() < Duration::from_secs(10), "took {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "took {:?}",
+        started.elapsed()
+    );
     router.stop().await;
 }

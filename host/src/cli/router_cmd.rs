@@ -106,9 +106,11 @@ fn settings(args: RouterArgs, config: &Config) -> anyhow::Result<RouterSettings>
     settings.api_keys.extend(args.api_keys);
     settings.node_key = args.node_key.or(settings.node_key);
     settings.node_allow_hosts.extend(args.node_allow_hosts);
-    settings
-        .dashboard_origins
-        .extend(args.dashboard_origins.iter().map(|o| o.trim_end_matches('/').to_string()));
+    settings.dashboard_origins.extend(
+        args.dashboard_origins
+            .iter()
+            .map(|o| o.trim_end_matches('/').to_string()),
+    );
     if let Some(secs) = args.offline_after {
         settings.offline_after = positive("--offline-after", secs)?;
     }

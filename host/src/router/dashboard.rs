@@ -53,7 +53,11 @@ pub async fn socket(
 }
 
 /// The admin key (always needed: the feed shows node URLs and traffic), then the origin.
-fn authorize(state: &RouterState, key: Option<&str>, headers: &HeaderMap) -> Result<(), RouterError> {
+fn authorize(
+    state: &RouterState,
+    key: Option<&str>,
+    headers: &HeaderMap,
+) -> Result<(), RouterError> {
     let admin = state
         .settings
         .admin_key
@@ -71,7 +75,8 @@ fn authorize(state: &RouterState, key: Option<&str>, headers: &HeaderMap) -> Res
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
         .unwrap_or("");
-    if same_authority(origin, host) || state.settings.dashboard_origins.iter().any(|o| o == origin) {
+    if same_authority(origin, host) || state.settings.dashboard_origins.iter().any(|o| o == origin)
+    {
         Ok(())
     } else {
         Err(RouterError::ForeignOrigin(origin.to_string()))

@@ -168,16 +168,16 @@ impl RouterState {
 fn restorable(stored: Vec<store::StoredNode>, settings: &RouterSettings) -> Vec<store::StoredNode> {
     stored
         .into_iter()
-        .filter(|node| {
-            match validate::advertised_url(&node.url, &settings.node_allow_hosts) {
+        .filter(
+            |node| match validate::advertised_url(&node.url, &settings.node_allow_hosts) {
                 Ok(_) => true,
                 Err(err) => {
                     let id = &node.registration.node_id;
                     tracing::warn!("router: not restoring node {id}: {err}");
                     false
                 }
-            }
-        })
+            },
+        )
         .collect()
 }
 
@@ -185,8 +185,9 @@ fn node_auth(settings: &RouterSettings) -> Result<Option<axum::http::HeaderValue
     let Some(key) = &settings.node_key else {
         return Ok(None);
     };
-    let mut value = axum::http::HeaderValue::from_str(&format!("Bearer {key}"))
-        .map_err(|_| RouterError::Internal("--node-key has characters a header cannot carry".into()))?;
+    let mut value = axum::http::HeaderValue::from_str(&format!("Bearer {key}")).map_err(|_| {
+        RouterError::Internal("--node-key has characters a header cannot carry".into())
+    })?;
     value.set_sensitive(true);
     Ok(Some(value))
 }

@@ -86,11 +86,7 @@ fn fallback_entry(api: &Api, name: &str) -> Value {
     }
 }
 
-async fn ask(
-    state: &RouterState,
-    base: &str,
-    api: &Api,
-) -> Option<Vec<Value>> {
+async fn ask(state: &RouterState, base: &str, api: &Api) -> Option<Vec<Value>> {
     let mut req = state
         .client
         .get(format!("{base}{}", api.path))

@@ -132,14 +132,16 @@ struct Secret {
 
 impl Secret {
     fn load(file: Option<PathBuf>) -> Self {
-        let value = file.as_ref().and_then(|path| match std::fs::read_to_string(path) {
-            Ok(text) => Some(text.trim().to_string()).filter(|s| !s.is_empty()),
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => None,
-            Err(err) => {
-                tracing::warn!("node agent: cannot read {}: {err}", path.display());
-                None
-            }
-        });
+        let value = file
+            .as_ref()
+            .and_then(|path| match std::fs::read_to_string(path) {
+                Ok(text) => Some(text.trim().to_string()).filter(|s| !s.is_empty()),
+                Err(err) if err.kind() == std::io::ErrorKind::NotFound => None,
+                Err(err) => {
+                    tracing::warn!("node agent: cannot read {}: {err}", path.display());
+                    None
+                }
+            });
         Self { value, file }
     }
 
@@ -347,7 +349,10 @@ mod tests {
         let mut secret = Secret::load(Some(path.clone()));
         assert_eq!(secret.value, None);
         secret.set("s3cret".into());
-        assert_eq!(Secret::load(Some(path.clone())).value.as_deref(), Some("s3cret"));
+        assert_eq!(
+            Secret::load(Some(path.clone())).value.as_deref(),
+            Some("s3cret")
+        );
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt as _;

@@ -9,7 +9,6 @@ use super::{
 };
 use axum::http::HeaderValue;
 use reqwest::Url;
-use tokio_util::sync::CancellationToken;
 use std::{
     collections::BTreeMap,
     sync::{
@@ -18,6 +17,7 @@ use std::{
     },
     time::Instant,
 };
+use tokio_util::sync::CancellationToken;
 
 /// Where a node is reached, prepared once per registration so that a request copies a
 /// pointer instead of cloning and re-parsing strings.
@@ -507,15 +507,15 @@ mod tests {
     fn node_ids_belong_to_their_secret() {
         let nodes = Nodes::default();
         let r = reg("a", &["m"], &[]);
-        let (_, secret) = nodes
-            .register(r.clone(), r.url.clone(), None, 0)
-            .unwrap();
+        let (_, secret) = nodes.register(r.clone(), r.url.clone(), None, 0).unwrap();
         let secret = secret.unwrap();
-        let hijack = |given: Option<&str>| {
-            nodes.register(r.clone(), "http://127.0.0.1:2".into(), given, 0)
-        };
+        let hijack =
+            |given: Option<&str>| nodes.register(r.clone(), "http://127.0.0.1:2".into(), given, 0);
         assert!(matches!(hijack(None), Err(RouterError::NodeSecret(_))));
-        assert!(matches!(hijack(Some("guess")), Err(RouterError::NodeSecret(_))));
+        assert!(matches!(
+            hijack(Some("guess")),
+            Err(RouterError::NodeSecret(_))
+        ));
         assert_eq!(nodes.view("a").unwrap().url, r.url);
         let beat = |given: Option<&str>| nodes.heartbeat("a", Heartbeat::default(), given, 0);
         assert!(matches!(beat(None), Err(RouterError::NodeSecret(_))));

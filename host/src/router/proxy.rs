@@ -254,8 +254,14 @@ fn relay(
             move || state.nodes.mark_suspect(&id, state.settings.offline_after)
         }),
     };
-    let stream = RelayStream::new(resp.bytes_stream(), flavor, recorder, target.inflight, watch)
-        .with_length(length);
+    let stream = RelayStream::new(
+        resp.bytes_stream(),
+        flavor,
+        recorder,
+        target.inflight,
+        watch,
+    )
+    .with_length(length);
     let mut response = Response::new(Body::from_stream(stream));
     *response.status_mut() = status;
     *response.headers_mut() = headers;

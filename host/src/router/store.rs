@@ -191,8 +191,7 @@ impl Store {
         })?;
         let mut nodes = Vec::new();
         for row in rows {
-            let (id, url, reg, status, drained, registered_at_ms, last_seen_ms, secret_hash) =
-                row?;
+            let (id, url, reg, status, drained, registered_at_ms, last_seen_ms, secret_hash) = row?;
             match serde_json::from_str::<Registration>(&reg) {
                 Ok(registration) => nodes.push(StoredNode {
                     registration,

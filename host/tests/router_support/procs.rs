@@ -181,23 +181,26 @@ pub fn router(db: &Path, port: u16, strategy: &str, token: &str, admin: &str) ->
 /// directory (where it keeps its node secret) is in `files`.
 pub fn node(files: &NodeFiles, id: &str, port: u16, router_url: &str, token: &str) -> Proc {
     let data = files.dir.path().join("data");
-    spawn_with_env(&[
-        "serve".into(),
-        "--bind".into(),
-        format!("127.0.0.1:{port}"),
-        "--plugin-dir".into(),
-        files.plugin_dir(),
-        "--backend".into(),
-        "scripted".into(),
-        "--model".into(),
-        files.model(),
-        "--join".into(),
-        router_url.into(),
-        "--join-token".into(),
-        token.into(),
-        "--node-id".into(),
-        id.into(),
-    ], &[("XDG_DATA_HOME", &data)])
+    spawn_with_env(
+        &[
+            "serve".into(),
+            "--bind".into(),
+            format!("127.0.0.1:{port}"),
+            "--plugin-dir".into(),
+            files.plugin_dir(),
+            "--backend".into(),
+            "scripted".into(),
+            "--model".into(),
+            files.model(),
+            "--join".into(),
+            router_url.into(),
+            "--join-token".into(),
+            token.into(),
+            "--node-id".into(),
+            id.into(),
+        ],
+        &[("XDG_DATA_HOME", &data)],
+    )
 }
 
 /// A directory holding only the llama.cpp plugin.
@@ -222,23 +225,26 @@ pub fn llama_node(
     token: &str,
 ) -> Proc {
     let data = files.dir.path().join("data");
-    spawn_with_env(&[
-        "serve".into(),
-        "--bind".into(),
-        "127.0.0.1:0".into(),
-        "--plugin-dir".into(),
-        files.dir.path().join("plugins").display().to_string(),
-        "--backend".into(),
-        "llama-cpp".into(),
-        "--model".into(),
-        format!("real={}", model.display()),
-        "--context-length".into(),
-        "4096".into(),
-        "--join".into(),
-        router_url.into(),
-        "--join-token".into(),
-        token.into(),
-        "--node-id".into(),
-        id.into(),
-    ], &[("XDG_DATA_HOME", &data)])
+    spawn_with_env(
+        &[
+            "serve".into(),
+            "--bind".into(),
+            "127.0.0.1:0".into(),
+            "--plugin-dir".into(),
+            files.dir.path().join("plugins").display().to_string(),
+            "--backend".into(),
+            "llama-cpp".into(),
+            "--model".into(),
+            format!("real={}", model.display()),
+            "--context-length".into(),
+            "4096".into(),
+            "--join".into(),
+            router_url.into(),
+            "--join-token".into(),
+            token.into(),
+            "--node-id".into(),
+            id.into(),
+        ],
+        &[("XDG_DATA_HOME", &data)],
+    )
 }
