@@ -229,9 +229,8 @@ impl RelayStream {
 
     /// While the node sends nothing: has it gone offline, or been silent too long?
     fn stalled(&mut self, cx: &mut Context<'_>) -> Option<String> {
-        let node = self.recorder.record.node_id.clone().unwrap_or_default();
         if self.down.as_mut().poll(cx).is_ready() {
-            return Some(format!("node {node} went offline mid-response"));
+            return Some(format!("node {} went offline mid-response", self.node()));
         }
         loop {
             if self.timer.as_mut().poll(cx).is_pending() {
@@ -248,7 +247,14 @@ impl RelayStream {
             on_stall();
         }
         let idle = super::proxy::seconds(self.idle);
-        Some(format!("node {node} sent nothing for {idle} mid-response"))
+        Some(format!(
+            "node {} sent nothing for {idle} mid-response",
+            self.node()
+        ))
+    }
+
+    fn node(&self) -> &str {
+        self.recorder.record.node_id.as_deref().unwrap_or_default()
     }
 
     fn end(&mut self) {
