@@ -404,6 +404,9 @@ async fn nodes_history_and_token_survive_a_router_restart() {
     assert!(!again.generated);
     assert_eq!(again.token, join.token, "stored token reused");
     let mut nodes = [fake_node("p1", &["m"]), fake_node("p2", &["m"])];
+    // Like `serve --join`, p1 keeps its node secret in a file, to take its id back later.
+    let p1_secret = dir.path().join("p1.secret");
+    nodes[0].secret_file = Some(p1_secret.clone());
     join_all(&router.url(), &join.token, &mut nodes).await;
     for _ in 0..5 {
         assert_eq!(chat(&router.url(), "m").await.0, 200);
@@ -438,6 +441,7 @@ async fn nodes_history_and_token_survive_a_router_restart() {
     // Stored nodes are offline until heard from; a node coming back is online again.
     wait_status(&router.url(), Duration::from_secs(3), "p1", "offline").await;
     let mut p1 = fake_node("p1", &["m"]);
+    p1.secret_file = Some(p1_secret);
     p1.join(&router.url(), &join.token);
     wait_status(&router.url(), Duration::from_secs(3), "p1", "online").await;
     assert_eq!(chat(&router.url(), "m").await.0, 200);

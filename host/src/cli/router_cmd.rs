@@ -26,20 +26,47 @@ pub struct RouterArgs {
         hide_env_values = true
     )]
     pub join_token: Option<String>,
-    /// Key for the admin API and dashboard (`Authorization: Bearer KEY`); off without one.
+    /// Key for the admin API, the dashboard and the mutating model routes (pull, delete,
+    /// copy, create...) (`Authorization: Bearer KEY`); all of them are refused without one.
     #[arg(
         long,
-        env = "LLMLOCAL_ADMIN_KEY",
+        env = "LLMLOCAL_ROUTER_ADMIN_KEY",
         value_name = "KEY",
         hide_env_values = true
     )]
     pub admin_key: Option<String>,
+    /// A browser origin besides the router's own that may open the dashboard's live feed,
+    /// e.g. `https://ops.example.com` (repeatable).
+    #[arg(long = "dashboard-origin", value_name = "ORIGIN")]
+    pub dashboard_origins: Vec<String>,
+    /// Key the router sends to nodes (`Authorization: Bearer KEY`), for nodes started with
+    /// an API key; clients' own credentials are never passed on to nodes.
+    #[arg(
+        long,
+        env = "LLMLOCAL_ROUTER_NODE_KEY",
+        value_name = "KEY",
+        hide_env_values = true
+    )]
+    pub node_key: Option<String>,
+    /// The only hosts nodes may advertise (names or IPs as written in their URLs;
+    /// comma-separated or repeated). Default: any host but link-local, multicast and
+    /// unspecified addresses, which are always refused.
+    #[arg(long = "node-allow-hosts", value_name = "HOST", value_delimiter = ',')]
+    pub node_allow_hosts: Vec<String>,
     /// Key clients must send for /v1/* and /api/* (repeatable; none: open).
     #[arg(long = "api-key", value_name = "KEY")]
     pub api_keys: Vec<String>,
     /// Seconds without a heartbeat before a node is offline (default 30).
     #[arg(long, value_name = "SECS")]
     pub offline_after: Option<f64>,
+    /// Seconds to wait for a node's response headers before trying another node (default
+    /// 300; a node that stops heartbeating is given up on sooner, at --offline-after).
+    #[arg(long, value_name = "SECS")]
+    pub first_byte_timeout: Option<f64>,
+    /// Seconds a response may stay silent mid-body before the client gets an error and the
+    /// connection to the node is dropped (default 300).
+    #[arg(long, value_name = "SECS")]
+    pub idle_timeout: Option<f64>,
     /// Heartbeat period asked of nodes, in seconds (default 10).
     #[arg(long, value_name = "SECS")]
     pub heartbeat_interval: Option<f64>,
@@ -77,8 +104,21 @@ fn settings(args: RouterArgs, config: &Config) -> anyhow::Result<RouterSettings>
     settings.join_token = args.join_token.or(settings.join_token);
     settings.admin_key = args.admin_key.or(settings.admin_key);
     settings.api_keys.extend(args.api_keys);
+    settings.node_key = args.node_key.or(settings.node_key);
+    settings.node_allow_hosts.extend(args.node_allow_hosts);
+    settings.dashboard_origins.extend(
+        args.dashboard_origins
+            .iter()
+            .map(|o| o.trim_end_matches('/').to_string()),
+    );
     if let Some(secs) = args.offline_after {
         settings.offline_after = positive("--offline-after", secs)?;
+    }
+    if let Some(secs) = args.first_byte_timeout {
+        settings.first_byte_timeout = positive("--first-byte-timeout", secs)?;
+    }
+    if let Some(secs) = args.idle_timeout {
+        settings.idle_timeout = positive("--idle-timeout", secs)?;
     }
     if let Some(secs) = args.heartbeat_interval {
         settings.heartbeat_interval = positive("--heartbeat-interval", secs)?;

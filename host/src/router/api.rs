@@ -2,11 +2,11 @@
 //! key), and the proxy entry point (client API keys).
 
 use super::{
-    auth,
+    access, auth,
     error::{Result, RouterError},
     history::now_ms,
     proxy::{self, Outgoing},
-    types::{Heartbeat, NodeState, RegisterReply, Registration},
+    types::{Heartbeat, NodeState, RegisterReply, Registration, NODE_SECRET_HEADER},
     validate, RouterState,
 };
 use axum::{
@@ -60,14 +60,20 @@ pub async fn register(
 ) -> Result<Json<RegisterReply>> {
     check_join(&state, &headers)?;
     let registration: Registration = parse(&body)?;
-    let url = validate::registration(&registration)?;
+    let url = validate::registration(&registration, &state.settings.node_allow_hosts)?;
     let node_id = registration.node_id.clone();
-    let change = state.nodes.register(registration, url, now_ms());
+    let secret = node_secret(&headers);
+    let (change, issued) = state.nodes.register(registration, url, secret, now_ms())?;
     state.persist(change).await;
     Ok(Json(RegisterReply {
         node_id,
         heartbeat_interval_ms: state.settings.heartbeat_interval.as_millis() as u64,
+        node_secret: issued,
     }))
+}
+
+fn node_secret(headers: &HeaderMap) -> Option<&str> {
+    headers.get(NODE_SECRET_HEADER)?.to_str().ok()
 }
 
 pub async fn heartbeat(
@@ -82,15 +88,11 @@ pub async fn heartbeat(
     if let Some(models) = &beat.models_available {
         validate::names("models_available", models)?;
     }
-    match state.nodes.heartbeat(&id, beat, now_ms()) {
-        None => Err(RouterError::UnknownNode(id)),
-        Some(change) => {
-            if let Some(change) = change {
-                state.persist(change).await;
-            }
-            Ok(Json(json!({ "ok": true })))
-        }
+    let secret = node_secret(&headers);
+    if let Some(change) = state.nodes.heartbeat(&id, beat, secret, now_ms())? {
+        state.persist(change).await;
     }
+    Ok(Json(json!({ "ok": true })))
 }
 
 pub async fn list_nodes(
@@ -209,15 +211,27 @@ async fn proxy_inner(state: RouterState, req: Request) -> Result<Response> {
         let body = json!({ "error": { "message": format!("no route for {path}"), "type": "not_found_error" } });
         return Ok(proxy::json_response(StatusCode::NOT_FOUND, &body));
     }
-    check_client(&state, req.headers())?;
+    // A router's own forwarded request (never carrying the client's key): a loop.
     if req.headers().contains_key(proxy::HOP_MARK) {
         return Err(RouterError::Loop);
+    }
+    // Mutating routes need the admin key: a client key (or none) never reaches them.
+    if access::is_client_route(req.method(), path) {
+        check_client(&state, req.headers())?;
+    } else {
+        check_admin(&state, req.headers())?;
     }
     let (parts, body) = req.into_parts();
     let limit = state.settings.max_body_bytes;
     let body = axum::body::to_bytes(Body::new(body), limit)
         .await
         .map_err(|_| RouterError::TooLarge(limit))?;
-    let outgoing = Outgoing::new(parts.method, parts.uri, parts.headers, body);
+    let outgoing = Outgoing::new(
+        parts.method,
+        parts.uri,
+        parts.headers,
+        body,
+        state.node_auth.as_ref(),
+    );
     proxy::forward(&state, outgoing).await
 }

@@ -26,6 +26,22 @@ pub fn bearer(headers: &HeaderMap) -> Option<&str> {
     headers.get("x-api-key")?.to_str().ok()
 }
 
+/// What the database keeps of a node secret: its SHA-256 in hex. The secrets are 256
+/// random bits, so a fast hash is enough (no guessing to slow down), and a leaked database
+/// does not let anyone re-register a node.
+pub fn hash_secret(secret: &str) -> String {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(secret.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// True when `given` hashes to `hash`.
+pub fn secret_matches_hash(given: &str, hash: &str) -> bool {
+    secret_eq(&hash_secret(given), hash)
+}
+
 /// A fresh random secret: 32 bytes as 64 hex digits.
 pub fn generate_token() -> String {
     let mut bytes = [0u8; 32];
@@ -52,5 +68,7 @@ mod tests {
         assert_eq!(a.len(), 64);
         assert!(a.bytes().all(|c| c.is_ascii_hexdigit()));
         assert_ne!(a, b);
+        assert!(secret_matches_hash(&a, &hash_secret(&a)));
+        assert!(!secret_matches_hash(&b, &hash_secret(&a)));
     }
 }

@@ -1,14 +1,17 @@
 //! `/dashboard`: one self-contained HTML page, fed over a WebSocket with a snapshot of
-//! nodes, load and recent requests every second. When an admin key is set, the socket
-//! needs it (`?key=`; the page reads it from its `#key=` fragment).
+//! nodes, load and recent requests every second. The socket needs the admin key as `?key=`
+//! (browsers cannot set headers on a WebSocket; the page reads the key from its `#key=`
+//! fragment, which never leaves the browser), and a browser's `Origin` must be the router's
+//! own (its `Host`) or one of `--dashboard-origin`: a page elsewhere cannot read the feed
+//! with a key it tricked out of a user (cross-site WebSocket hijacking).
 
-use super::{auth, RouterState};
+use super::{auth, error::RouterError, RouterState};
 use axum::{
     extract::{
         ws::{Message, WebSocket, WebSocketUpgrade},
         Query, State,
     },
-    http::{header, StatusCode},
+    http::{header, HeaderMap},
     response::{Html, IntoResponse, Response},
 };
 use serde_json::json;
@@ -40,22 +43,50 @@ pub struct KeyQuery {
 pub async fn socket(
     State(state): State<RouterState>,
     Query(query): Query<KeyQuery>,
+    headers: HeaderMap,
     upgrade: WebSocketUpgrade,
 ) -> Response {
-    if let Some(admin) = &state.settings.admin_key {
-        let ok = query
-            .key
-            .as_deref()
-            .is_some_and(|k| auth::secret_eq(k, admin));
-        if !ok {
-            return (
-                StatusCode::UNAUTHORIZED,
-                "admin key needed: open /dashboard#key=KEY",
-            )
-                .into_response();
-        }
+    if let Err(err) = authorize(&state, query.key.as_deref(), &headers) {
+        return err.into_response();
     }
     upgrade.on_upgrade(move |ws| feed(ws, state))
+}
+
+/// The admin key (always needed: the feed shows node URLs and traffic), then the origin.
+fn authorize(
+    state: &RouterState,
+    key: Option<&str>,
+    headers: &HeaderMap,
+) -> Result<(), RouterError> {
+    let admin = state
+        .settings
+        .admin_key
+        .as_deref()
+        .ok_or(RouterError::AdminDisabled)?;
+    if !key.is_some_and(|k| auth::secret_eq(k, admin)) {
+        return Err(RouterError::DashboardKey);
+    }
+    let Some(origin) = headers.get(header::ORIGIN) else {
+        // Not a browser (browsers always send Origin on a WebSocket): the key is enough.
+        return Ok(());
+    };
+    let origin = origin.to_str().unwrap_or("").trim_end_matches('/');
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("");
+    if same_authority(origin, host) || state.settings.dashboard_origins.iter().any(|o| o == origin)
+    {
+        Ok(())
+    } else {
+        Err(RouterError::ForeignOrigin(origin.to_string()))
+    }
+}
+
+/// `http://HOST:PORT` (any scheme: TLS may end at a proxy in front) names `host`.
+fn same_authority(origin: &str, host: &str) -> bool {
+    let authority = origin.split_once("://").map_or("", |(_, rest)| rest);
+    !host.is_empty() && authority.eq_ignore_ascii_case(host)
 }
 
 /// The state the page draws.
@@ -88,5 +119,19 @@ async fn feed(mut ws: WebSocket, state: RouterState) {
                 Some(Ok(_)) => {}
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn origins_match_the_host() {
+        assert!(same_authority("http://127.0.0.1:8080", "127.0.0.1:8080"));
+        assert!(same_authority("https://Router.lan", "router.lan"));
+        assert!(!same_authority("http://evil.example", "127.0.0.1:8080"));
+        assert!(!same_authority("null", "127.0.0.1:8080"));
+        assert!(!same_authority("http://127.0.0.1:8080", ""));
     }
 }

@@ -13,12 +13,31 @@ pub enum RouterError {
     BadJoinToken,
     #[error("invalid or missing admin key (send `Authorization: Bearer KEY`)")]
     BadAdminKey,
-    #[error("the admin API is off: start the router with --admin-key KEY")]
+    #[error(
+        "admin routes (node admin, dashboard, pull/delete/copy/create and other model \
+         changes) are off: start the router with --admin-key KEY \
+         (or LLMLOCAL_ROUTER_ADMIN_KEY, or admin_key in [router])"
+    )]
     AdminDisabled,
+    #[error("admin key needed for the dashboard feed: open /dashboard#key=KEY")]
+    DashboardKey,
+    #[error(
+        "dashboard socket from origin `{0}` refused: only the router's own origin may connect \
+         (add others with --dashboard-origin)"
+    )]
+    ForeignOrigin(String),
     #[error("invalid or missing API key (send `Authorization: Bearer KEY`)")]
     BadApiKey,
     #[error("invalid registration: {0}")]
     BadRegistration(String),
+    #[error(
+        "node id `{0}` belongs to a node with another node secret: restart that node with \
+         its secret file, pick another --node-id, or remove the old node (admin: DELETE \
+         /api/nodes/{0})"
+    )]
+    NodeSecret(String),
+    #[error("node `{0}` must register again to get a node secret")]
+    NodeUnclaimed(String),
     #[error("unknown node `{0}`: register it first")]
     UnknownNode(String),
     #[error("model `{0}` is not served by any registered node")]
@@ -40,10 +59,14 @@ pub enum RouterError {
 impl RouterError {
     pub fn status(&self) -> StatusCode {
         match self {
-            RouterError::BadJoinToken | RouterError::BadAdminKey | RouterError::BadApiKey => {
-                StatusCode::UNAUTHORIZED
-            }
-            RouterError::AdminDisabled => StatusCode::FORBIDDEN,
+            RouterError::BadJoinToken
+            | RouterError::BadAdminKey
+            | RouterError::BadApiKey
+            | RouterError::DashboardKey
+            | RouterError::NodeUnclaimed(_) => StatusCode::UNAUTHORIZED,
+            RouterError::AdminDisabled
+            | RouterError::ForeignOrigin(_)
+            | RouterError::NodeSecret(_) => StatusCode::FORBIDDEN,
             RouterError::BadRegistration(_) => StatusCode::BAD_REQUEST,
             RouterError::UnknownNode(_) | RouterError::UnknownModel(_) => StatusCode::NOT_FOUND,
             RouterError::NoNode(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -62,6 +85,10 @@ impl RouterError {
             RouterError::BadJoinToken
             | RouterError::BadAdminKey
             | RouterError::BadApiKey
+            | RouterError::DashboardKey
+            | RouterError::ForeignOrigin(_)
+            | RouterError::NodeSecret(_)
+            | RouterError::NodeUnclaimed(_)
             | RouterError::AdminDisabled => "authentication_error",
             RouterError::UnknownNode(_) | RouterError::UnknownModel(_) => "not_found_error",
             RouterError::NoNode(_) | RouterError::AllNodesFailed { .. } => "unavailable_error",

@@ -6,6 +6,7 @@
 //! chosen by [`Strategy`], with failover before the first response byte ([`proxy`]).
 //! Nodes and request history live in SQLite ([`store`]); `/dashboard` shows them live.
 
+mod access;
 mod api;
 mod auth;
 mod dashboard;
@@ -17,6 +18,7 @@ mod monitor;
 pub mod node_agent;
 mod nodes;
 mod proxy;
+mod resolve;
 pub mod serve_join;
 mod settings;
 mod store;
@@ -73,6 +75,8 @@ pub struct Inner {
     store: Store,
     history: History,
     client: reqwest::Client,
+    /// `Authorization` for requests to nodes (`--node-key`).
+    node_auth: Option<axum::http::HeaderValue>,
     /// Cancelled when the server shuts down: ends the dashboards' sockets, which graceful
     /// shutdown does not wait for (upgraded connections are not tracked).
     closing: tokio_util::sync::CancellationToken,
@@ -101,9 +105,10 @@ impl RouterState {
         };
         let join = join_token(&settings, &store)?;
         let nodes = Nodes::default();
-        nodes.restore(store.nodes()?);
+        nodes.restore(restorable(store.nodes()?, &settings));
         let history = History::start(store.clone(), settings.retention);
         let client = upstream_client(&settings)?;
+        let node_auth = node_auth(&settings)?;
         let inner = Inner {
             settings,
             join_token: join.token.clone(),
@@ -111,6 +116,7 @@ impl RouterState {
             store,
             history,
             client,
+            node_auth,
             closing: tokio_util::sync::CancellationToken::new(),
         };
         Ok((
@@ -157,9 +163,40 @@ impl RouterState {
     }
 }
 
-/// The client for requests to nodes: one shared connection pool, no Nagle delay.
+/// Stored nodes whose URL today's host policy still allows (a row written by an older
+/// router, or before `--node-allow-hosts` changed, may not be).
+fn restorable(stored: Vec<store::StoredNode>, settings: &RouterSettings) -> Vec<store::StoredNode> {
+    stored
+        .into_iter()
+        .filter(
+            |node| match validate::advertised_url(&node.url, &settings.node_allow_hosts) {
+                Ok(_) => true,
+                Err(err) => {
+                    let id = &node.registration.node_id;
+                    tracing::warn!("router: not restoring node {id}: {err}");
+                    false
+                }
+            },
+        )
+        .collect()
+}
+
+fn node_auth(settings: &RouterSettings) -> Result<Option<axum::http::HeaderValue>, RouterError> {
+    let Some(key) = &settings.node_key else {
+        return Ok(None);
+    };
+    let mut value = axum::http::HeaderValue::from_str(&format!("Bearer {key}")).map_err(|_| {
+        RouterError::Internal("--node-key has characters a header cannot carry".into())
+    })?;
+    value.set_sensitive(true);
+    Ok(Some(value))
+}
+
+/// The client for requests to nodes: one shared connection pool, no Nagle delay, and
+/// names resolved without the addresses nodes may not use.
 fn upstream_client(settings: &RouterSettings) -> Result<reqwest::Client, RouterError> {
     reqwest::Client::builder()
+        .dns_resolver(std::sync::Arc::new(resolve::GuardedResolver))
         .connect_timeout(settings.connect_timeout)
         .tcp_nodelay(true)
         .pool_max_idle_per_host(512)

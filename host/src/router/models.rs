@@ -36,7 +36,7 @@ pub async fn openai_models(
     if let Err(err) = check_client(&state, &headers) {
         return err.into_response();
     }
-    let models = union(&state, &headers, &OPENAI).await;
+    let models = union(&state, &OPENAI).await;
     Json(json!({ "object": "list", "data": models })).into_response()
 }
 
@@ -47,18 +47,18 @@ pub async fn ollama_tags(
     if let Err(err) = check_client(&state, &headers) {
         return err.into_response();
     }
-    let models = union(&state, &headers, &OLLAMA).await;
+    let models = union(&state, &OLLAMA).await;
     Json(json!({ "models": models })).into_response()
 }
 
-async fn union(state: &RouterState, headers: &HeaderMap, api: &Api) -> Vec<Value> {
+async fn union(state: &RouterState, api: &Api) -> Vec<Value> {
     let nodes: Vec<_> = state
         .nodes
         .views()
         .into_iter()
         .filter(|n| n.status == NodeState::Online)
         .collect();
-    let asks = nodes.iter().map(|n| ask(state, headers, &n.url, api));
+    let asks = nodes.iter().map(|n| ask(state, &n.url, api));
     let answers = join_all(asks).await;
     let mut merged: BTreeMap<String, Value> = BTreeMap::new();
     for (node, answer) in nodes.iter().zip(answers) {
@@ -86,17 +86,13 @@ fn fallback_entry(api: &Api, name: &str) -> Value {
     }
 }
 
-async fn ask(
-    state: &RouterState,
-    headers: &HeaderMap,
-    base: &str,
-    api: &Api,
-) -> Option<Vec<Value>> {
+async fn ask(state: &RouterState, base: &str, api: &Api) -> Option<Vec<Value>> {
     let mut req = state
         .client
         .get(format!("{base}{}", api.path))
         .timeout(ASK_TIMEOUT);
-    if let Some(auth) = headers.get(axum::http::header::AUTHORIZATION) {
+    // The router's key for nodes, never the client's credentials.
+    if let Some(auth) = &state.node_auth {
         req = req.header(axum::http::header::AUTHORIZATION, auth);
     }
     let resp = req.send().await.ok()?;

@@ -2,10 +2,14 @@
 //! with its load until the returned future is dropped. Re-registers when the router
 //! answers 404/401 to a heartbeat (it forgot the node: new database, removed) and keeps
 //! retrying, with backoff, while the router is unreachable (e.g. restarting).
+//!
+//! The router issues a secret with the first registration of a node id; the agent sends it
+//! with every later registration and heartbeat, and keeps it in memory and, when given a
+//! [`NodeAgentConfig::secret_file`], on disk, so a restarted node keeps its id.
 
 use super::{
     gpu::{GpuLoad, GpuProbe},
-    types::{Heartbeat, RegisterReply, Registration},
+    types::{Heartbeat, RegisterReply, Registration, NODE_SECRET_HEADER},
 };
 use std::{path::PathBuf, sync::Mutex, time::Duration};
 use sysinfo::{MemoryRefreshKind, RefreshKind, System};
@@ -29,6 +33,9 @@ pub struct NodeAgentConfig {
     pub capacity: u32,
     /// The `nvidia-smi` that reports GPU load (default: the one on `PATH`); None: none.
     pub nvidia_smi: Option<PathBuf>,
+    /// Where the node secret the router issued is kept across restarts (None: memory only,
+    /// and a restarted node cannot take its id back until an admin removes it).
+    pub secret_file: Option<PathBuf>,
 }
 
 impl NodeAgentConfig {
@@ -45,6 +52,7 @@ impl NodeAgentConfig {
             devices: Vec::new(),
             capacity: 0,
             nvidia_smi: Some(PathBuf::from("nvidia-smi")),
+            secret_file: None,
         }
     }
 }
@@ -108,24 +116,84 @@ pub async fn run_node_agent(
         }
     };
     let sampler = Sampler::new(GpuProbe::new(cfg.nvidia_smi.clone()));
+    let mut secret = Secret::load(cfg.secret_file.clone());
     let mut interval = cfg.heartbeat_interval;
     loop {
-        interval = register_until_done(&client, &cfg, &status, interval).await;
-        heartbeat_until_forgotten(&client, &cfg, &status, &sampler, interval).await;
+        interval = register_until_done(&client, &cfg, &status, &mut secret, interval).await;
+        heartbeat_until_forgotten(&client, &cfg, &status, &sampler, &secret, interval).await;
     }
+}
+
+/// The node secret: in memory, and in its file when there is one.
+struct Secret {
+    value: Option<String>,
+    file: Option<PathBuf>,
+}
+
+impl Secret {
+    fn load(file: Option<PathBuf>) -> Self {
+        let value = file
+            .as_ref()
+            .and_then(|path| match std::fs::read_to_string(path) {
+                Ok(text) => Some(text.trim().to_string()).filter(|s| !s.is_empty()),
+                Err(err) if err.kind() == std::io::ErrorKind::NotFound => None,
+                Err(err) => {
+                    tracing::warn!("node agent: cannot read {}: {err}", path.display());
+                    None
+                }
+            });
+        Self { value, file }
+    }
+
+    fn set(&mut self, secret: String) {
+        if let Some(path) = &self.file {
+            if let Err(err) = write_private(path, &secret) {
+                tracing::warn!(
+                    "node agent: cannot keep the node secret in {}: {err}; a restart of this \
+                     node will need a new --node-id or an admin to remove the old one",
+                    path.display()
+                );
+            }
+        }
+        self.value = Some(secret);
+    }
+
+    fn add_to(&self, req: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match &self.value {
+            Some(secret) => req.header(NODE_SECRET_HEADER, secret),
+            None => req,
+        }
+    }
+}
+
+/// Writes `text` to `path`, readable by this user only (it lets its holder speak as the node).
+fn write_private(path: &std::path::Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write as _;
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options.open(path)?.write_all(text.as_bytes())
 }
 
 async fn register_until_done(
     client: &reqwest::Client,
     cfg: &NodeAgentConfig,
     status: &impl Fn() -> NodeStatus,
+    secret: &mut Secret,
     interval: Duration,
 ) -> Duration {
     let mut backoff = Duration::from_millis(200);
     loop {
-        match register(client, cfg, &status()).await {
+        match register(client, cfg, &status(), secret).await {
             Ok(reply) => {
                 tracing::info!("node agent: joined {} as {}", cfg.router_url, reply.node_id);
+                if let Some(issued) = reply.node_secret {
+                    secret.set(issued);
+                }
                 return Duration::from_millis(reply.heartbeat_interval_ms.max(50));
             }
             Err(Fatal(message)) => tracing::error!("node agent: {message}"),
@@ -142,6 +210,7 @@ async fn heartbeat_until_forgotten(
     cfg: &NodeAgentConfig,
     status: &impl Fn() -> NodeStatus,
     sampler: &Sampler,
+    secret: &Secret,
     interval: Duration,
 ) {
     let url = format!("{}/api/nodes/{}/heartbeat", cfg.router_url, cfg.node_id);
@@ -156,8 +225,8 @@ async fn heartbeat_until_forgotten(
                 continue;
             }
         };
-        let sent = client
-            .post(&url)
+        let sent = secret
+            .add_to(client.post(&url))
             .bearer_auth(&cfg.join_token)
             .header("content-type", "application/json")
             .body(body)
@@ -165,7 +234,9 @@ async fn heartbeat_until_forgotten(
             .await;
         match sent {
             Ok(resp) if resp.status().is_success() => {}
-            Ok(resp) if matches!(resp.status().as_u16(), 401 | 404) => {
+            // 403: the router no longer takes this node's secret (the id was removed and
+            // claimed again); registering says why.
+            Ok(resp) if matches!(resp.status().as_u16(), 401 | 403 | 404) => {
                 tracing::warn!(
                     "node agent: router answered {}; registering again",
                     resp.status()
@@ -191,6 +262,7 @@ async fn register(
     client: &reqwest::Client,
     cfg: &NodeAgentConfig,
     status: &NodeStatus,
+    secret: &Secret,
 ) -> Result<RegisterReply, Failure> {
     let registration = Registration {
         node_id: cfg.node_id.clone(),
@@ -203,8 +275,8 @@ async fn register(
         capacity: cfg.capacity,
     };
     let body = serde_json::to_vec(&registration).map_err(|e| Fatal(e.to_string()))?;
-    let resp = client
-        .post(format!("{}/api/nodes/register", cfg.router_url))
+    let resp = secret
+        .add_to(client.post(format!("{}/api/nodes/register", cfg.router_url)))
         .bearer_auth(&cfg.join_token)
         .header("content-type", "application/json")
         .body(body)
@@ -269,6 +341,25 @@ impl Sampler {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn keeps_the_secret_in_its_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("secrets").join("node");
+        let mut secret = Secret::load(Some(path.clone()));
+        assert_eq!(secret.value, None);
+        secret.set("s3cret".into());
+        assert_eq!(
+            Secret::load(Some(path.clone())).value.as_deref(),
+            Some("s3cret")
+        );
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o077, 0, "secret file readable by others: {mode:o}");
+        }
+    }
 
     #[test]
     fn derives_node_ids() {

@@ -1,6 +1,8 @@
 //! The live node table: registration, heartbeats, status changes and node choice.
 
 use super::{
+    auth,
+    error::RouterError,
     settings::Strategy,
     store::StoredNode,
     types::{Heartbeat, NodeState, NodeView, Registration},
@@ -15,6 +17,7 @@ use std::{
     },
     time::Instant,
 };
+use tokio_util::sync::CancellationToken;
 
 /// Where a node is reached, prepared once per registration so that a request copies a
 /// pointer instead of cloning and re-parsing strings.
@@ -74,6 +77,15 @@ struct Node {
     registered_at_ms: i64,
     /// Requests the router has in flight there (its own count, fresher than heartbeats).
     inflight: Arc<AtomicU32>,
+    /// Hash of the secret that owns this id (None: stored before secrets; unclaimed).
+    secret_hash: Option<String>,
+    /// Skipped by the balancer until then (a request there timed out), or until the node
+    /// is heard from again.
+    suspect_until: Option<Instant>,
+    /// Cancelled when the node goes offline: requests waiting on it give up at once (fail
+    /// over, or end their stream) instead of waiting out their timeouts. A fresh one
+    /// comes with each return online.
+    down: CancellationToken,
 }
 
 impl Node {
@@ -90,7 +102,14 @@ impl Node {
     }
 
     fn takes_requests(&self) -> bool {
-        self.status == NodeState::Online && !self.drained && self.endpoint.is_some()
+        self.status == NodeState::Online
+            && !self.drained
+            && self.endpoint.is_some()
+            && !self.is_suspect()
+    }
+
+    fn is_suspect(&self) -> bool {
+        self.suspect_until.is_some_and(|t| Instant::now() < t)
     }
 
     /// Lower is better: requests waiting or running, then CPU.
@@ -110,6 +129,7 @@ impl Node {
     fn view(&self) -> NodeView {
         let status = match (self.status, self.drained) {
             (NodeState::Online, true) => NodeState::Draining,
+            (NodeState::Online, false) if self.is_suspect() => NodeState::Suspect,
             (status, _) => status,
         };
         NodeView {
@@ -137,6 +157,7 @@ impl Node {
             drained: self.drained,
             registered_at_ms: self.registered_at_ms,
             last_seen_ms: self.last_seen.map(|_| now_ms),
+            secret_hash: self.secret_hash.clone(),
         }
     }
 }
@@ -146,6 +167,8 @@ impl Node {
 pub struct Target {
     pub endpoint: Arc<Endpoint>,
     pub inflight: Arc<AtomicU32>,
+    /// Cancelled when the node goes offline.
+    pub down: CancellationToken,
 }
 
 /// What a model lookup found.
@@ -198,6 +221,9 @@ impl Nodes {
                     last_seen: None,
                     registered_at_ms: s.registered_at_ms,
                     inflight: Arc::default(),
+                    secret_hash: s.secret_hash,
+                    suspect_until: None,
+                    down: cancelled(),
                     registration: s.registration,
                 },
             );
@@ -205,15 +231,32 @@ impl Nodes {
     }
 
     /// Adds or refreshes a node; it is online from now on (a drain survives re-registering).
-    pub fn register(&self, registration: Registration, url: String, now_ms: i64) -> Change {
+    ///
+    /// A known id needs the secret issued when it was first registered (`secret`), so a
+    /// join-token holder cannot point another node's id at its own URL. Returns the change
+    /// and, for a new (or unclaimed) id, the secret to hand to the node.
+    pub fn register(
+        &self,
+        registration: Registration,
+        url: String,
+        secret: Option<&str>,
+        now_ms: i64,
+    ) -> Result<(Change, Option<String>), RouterError> {
         let mut map = self.write();
         let id = registration.node_id.clone();
+        let owned = map.get(&id).and_then(|n| n.secret_hash.as_deref());
+        if let Some(hash) = owned {
+            if !secret.is_some_and(|s| auth::secret_matches_hash(s, hash)) {
+                return Err(RouterError::NodeSecret(id));
+            }
+        }
+        let issued = owned.is_none().then(auth::generate_token);
         let load = Heartbeat {
             models_loaded: registration.models_loaded.clone(),
             ..Heartbeat::default()
         };
         let endpoint = Endpoint::new(&id, &url);
-        let node = match map.remove(&id) {
+        let mut node = match map.remove(&id) {
             Some(old) => Node {
                 registration,
                 endpoint,
@@ -221,6 +264,8 @@ impl Nodes {
                 status: NodeState::Online,
                 load,
                 last_seen: Some(Instant::now()),
+                suspect_until: None,
+                down: alive(old.down),
                 ..old
             },
             None => Node {
@@ -233,24 +278,45 @@ impl Nodes {
                 last_seen: Some(Instant::now()),
                 registered_at_ms: now_ms,
                 inflight: Arc::default(),
+                secret_hash: None,
+                suspect_until: None,
+                down: CancellationToken::new(),
             },
         };
+        if let Some(secret) = &issued {
+            node.secret_hash = Some(auth::hash_secret(secret));
+        }
         let change = Change {
             stored: node.stored(now_ms),
         };
         map.insert(id, node);
-        change
+        Ok((change, issued))
     }
 
-    /// Records a heartbeat. `None`: unknown node. `Some(Some(change))`: it came back online.
-    pub fn heartbeat(&self, id: &str, beat: Heartbeat, now_ms: i64) -> Option<Option<Change>> {
+    /// Records a heartbeat sent with the node's `secret`. `Ok(Some(change))`: it came back
+    /// online. An unknown or unclaimed id is an error the agent answers by registering.
+    pub fn heartbeat(
+        &self,
+        id: &str,
+        beat: Heartbeat,
+        secret: Option<&str>,
+        now_ms: i64,
+    ) -> Result<Option<Change>, RouterError> {
         let mut map = self.write();
-        let node = map.get_mut(id)?;
+        let node = map
+            .get_mut(id)
+            .ok_or_else(|| RouterError::UnknownNode(id.to_string()))?;
+        let Some(hash) = node.secret_hash.as_deref() else {
+            return Err(RouterError::NodeUnclaimed(id.to_string()));
+        };
+        if !secret.is_some_and(|s| auth::secret_matches_hash(s, hash)) {
+            return Err(RouterError::NodeSecret(id.to_string()));
+        }
         if let Some(models) = &beat.models_available {
             node.registration.models_available = models.clone();
         }
         node.load = beat;
-        Some(mark_seen(node, now_ms))
+        Ok(mark_seen(node, now_ms))
     }
 
     /// A successful `/health` probe counts as hearing from the node.
@@ -267,9 +333,17 @@ impl Nodes {
             return None;
         }
         node.status = NodeState::Offline;
+        node.down.cancel();
         Some(Change {
             stored: node.stored(now_ms),
         })
+    }
+
+    /// A request to the node timed out: skip it for `cool_down` or until it is heard from.
+    pub fn mark_suspect(&self, id: &str, cool_down: std::time::Duration) {
+        if let Some(node) = self.write().get_mut(id) {
+            node.suspect_until = Some(Instant::now() + cool_down);
+        }
     }
 
     pub fn set_drained(&self, id: &str, drained: bool, now_ms: i64) -> Option<Change> {
@@ -361,18 +435,38 @@ impl Nodes {
                 Some(Target {
                     endpoint: n.endpoint.clone()?,
                     inflight: n.inflight.clone(),
+                    down: n.down.clone(),
                 })
             })
             .collect()
     }
 }
 
+/// A token for a node restored offline: already cancelled, like one that went down.
+fn cancelled() -> CancellationToken {
+    let token = CancellationToken::new();
+    token.cancel();
+    token
+}
+
+/// `token` while the node stayed up, else a fresh one.
+fn alive(token: CancellationToken) -> CancellationToken {
+    if token.is_cancelled() {
+        CancellationToken::new()
+    } else {
+        token
+    }
+}
+
 fn mark_seen(node: &mut Node, now_ms: i64) -> Option<Change> {
     node.last_seen = Some(Instant::now());
+    // Heard from: whatever timed out there, the node is alive.
+    node.suspect_until = None;
     if node.status == NodeState::Online {
         return None;
     }
     node.status = NodeState::Online;
+    node.down = alive(std::mem::take(&mut node.down));
     Some(Change {
         stored: node.stored(now_ms),
     })
@@ -393,6 +487,44 @@ mod tests {
             models_loaded: loaded.iter().map(|s| s.to_string()).collect(),
             capacity: 1,
         }
+    }
+
+    type Secrets = std::cell::RefCell<std::collections::HashMap<String, String>>;
+
+    /// Registers `r` and keeps the secret it was issued.
+    fn add(nodes: &Nodes, secrets: &Secrets, r: Registration) {
+        let (id, url) = (r.node_id.clone(), r.url.clone());
+        let (_, secret) = nodes.register(r, url, None, 0).unwrap();
+        secrets.borrow_mut().insert(id, secret.unwrap());
+    }
+
+    fn beat(nodes: &Nodes, secrets: &Secrets, id: &str, hb: Heartbeat) {
+        let secret = secrets.borrow()[id].clone();
+        nodes.heartbeat(id, hb, Some(&secret), 0).unwrap();
+    }
+
+    #[test]
+    fn node_ids_belong_to_their_secret() {
+        let nodes = Nodes::default();
+        let r = reg("a", &["m"], &[]);
+        let (_, secret) = nodes.register(r.clone(), r.url.clone(), None, 0).unwrap();
+        let secret = secret.unwrap();
+        let hijack =
+            |given: Option<&str>| nodes.register(r.clone(), "http://127.0.0.1:2".into(), given, 0);
+        assert!(matches!(hijack(None), Err(RouterError::NodeSecret(_))));
+        assert!(matches!(
+            hijack(Some("guess")),
+            Err(RouterError::NodeSecret(_))
+        ));
+        assert_eq!(nodes.view("a").unwrap().url, r.url);
+        let beat = |given: Option<&str>| nodes.heartbeat("a", Heartbeat::default(), given, 0);
+        assert!(matches!(beat(None), Err(RouterError::NodeSecret(_))));
+        assert!(beat(Some(&secret)).is_ok());
+        // The owner re-registers with its secret; no new one is issued.
+        let (_, again) = nodes
+            .register(r.clone(), r.url.clone(), Some(&secret), 0)
+            .unwrap();
+        assert_eq!(again, None);
     }
 
     fn first(nodes: &Nodes, model: &str, strategy: Strategy) -> String {
@@ -420,11 +552,10 @@ mod tests {
 
     #[test]
     fn picks_at_most_the_limit() {
-        let nodes = Nodes::default();
+        let (nodes, secrets) = (Nodes::default(), Secrets::default());
         for id in ["a", "b", "c"] {
             let r = reg(id, &["m"], &[]);
-            let url = r.url.clone();
-            nodes.register(r, url, 0);
+            add(&nodes, &secrets, r);
         }
         match nodes.pick("m", Strategy::LeastLoaded, 2) {
             Pick::Nodes(t) => assert_eq!(t.len(), 2),
@@ -435,24 +566,23 @@ mod tests {
 
     #[test]
     fn least_loaded_breaks_ties_by_cpu() {
-        let nodes = Nodes::default();
+        let (nodes, secrets) = (Nodes::default(), Secrets::default());
         for id in ["hot", "cool"] {
             let r = reg(id, &["m"], &[]);
-            let url = r.url.clone();
-            nodes.register(r, url, 0);
+            add(&nodes, &secrets, r);
         }
         let cpu = |cpu_percent| Heartbeat {
             cpu_percent,
             active_requests: 1,
             ..Heartbeat::default()
         };
-        nodes.heartbeat("hot", cpu(90.0), 0);
-        nodes.heartbeat("cool", cpu(10.0), 0);
+        beat(&nodes, &secrets, "hot", cpu(90.0));
+        beat(&nodes, &secrets, "cool", cpu(10.0));
         for _ in 0..4 {
             assert_eq!(first(&nodes, "m", Strategy::LeastLoaded), "cool");
         }
         // Within one 20-point step the nodes tie and take turns.
-        nodes.heartbeat("hot", cpu(12.0), 0);
+        beat(&nodes, &secrets, "hot", cpu(12.0));
         let picks: std::collections::BTreeSet<String> = (0..4)
             .map(|_| first(&nodes, "m", Strategy::LeastLoaded))
             .collect();
@@ -461,11 +591,10 @@ mod tests {
 
     #[test]
     fn strategies_pick_as_documented() {
-        let nodes = Nodes::default();
+        let (nodes, secrets) = (Nodes::default(), Secrets::default());
         for (id, loaded) in [("a", vec![]), ("b", vec!["m"]), ("c", vec![])] {
             let r = reg(id, &["m"], &loaded);
-            let url = r.url.clone();
-            nodes.register(r, url, 0);
+            add(&nodes, &secrets, r);
         }
         let mut seen: Vec<String> = (0..3)
             .map(|_| first(&nodes, "m", Strategy::RoundRobin))
@@ -479,8 +608,8 @@ mod tests {
             active_requests: 3,
             ..Heartbeat::default()
         };
-        nodes.heartbeat("a", busy.clone(), 0);
-        nodes.heartbeat("b", busy, 0);
+        beat(&nodes, &secrets, "a", busy.clone());
+        beat(&nodes, &secrets, "b", busy);
         for _ in 0..3 {
             assert_eq!(first(&nodes, "m", Strategy::LeastLoaded), "c");
         }

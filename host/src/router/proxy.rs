@@ -5,7 +5,7 @@ use super::{
     error::RouterError,
     history::now_ms,
     nodes::{Pick, Target},
-    stream::{ErrorFlavor, Recorder, RelayStream},
+    stream::{ErrorFlavor, Recorder, RelayStream, Watch},
     RouterState,
 };
 use axum::{
@@ -30,6 +30,10 @@ const HOP_HEADERS: &[&str] = &[
     "content-length",
 ];
 
+/// The client's credentials for the router: never passed on to a node (a node would learn
+/// the router's keys, and a node's own keys are the router's business: `--node-key`).
+const CLIENT_CREDENTIALS: &[&str] = &["authorization", "cookie", "x-api-key"];
+
 /// Set on every forwarded request: a router receiving it is talking to itself (a node
 /// advertised a router's address), and refuses instead of looping forever.
 pub const HOP_MARK: &str = "x-llmlocal-routed";
@@ -48,10 +52,20 @@ pub struct Outgoing {
 }
 
 impl Outgoing {
-    /// Strips hop-by-hop headers once, whatever the number of attempts.
-    pub fn new(method: Method, uri: Uri, mut headers: HeaderMap, body: Bytes) -> Self {
-        for name in HOP_HEADERS {
+    /// Strips hop-by-hop headers and client credentials once, whatever the number of
+    /// attempts; `node_auth` (the router's key for nodes) replaces the latter.
+    pub fn new(
+        method: Method,
+        uri: Uri,
+        mut headers: HeaderMap,
+        body: Bytes,
+        node_auth: Option<&header::HeaderValue>,
+    ) -> Self {
+        for name in HOP_HEADERS.iter().chain(CLIENT_CREDENTIALS) {
             headers.remove(*name);
+        }
+        if let Some(auth) = node_auth {
+            headers.insert(header::AUTHORIZATION, auth.clone());
         }
         headers.insert(HOP_MARK, header::HeaderValue::from_static("1"));
         Self {
@@ -108,17 +122,17 @@ pub async fn forward(state: &RouterState, req: Outgoing) -> Result<Response<Body
         let is_last = attempt + 1 == max;
         let node_id = &target.endpoint.node_id;
         target.inflight.fetch_add(1, Ordering::Relaxed);
-        match send(state, &req, &target).await {
-            Ok(resp) if resp.status().is_server_error() && !is_last => {
+        match first_byte(state, &req, &target).await {
+            Answer::Headers(resp) if resp.status().is_server_error() && !is_last => {
                 target.inflight.fetch_sub(1, Ordering::Relaxed);
                 last_error = format!("node {node_id} answered {}", resp.status());
                 tracing::info!("router: {last_error}; trying another node");
             }
-            Ok(resp) => {
+            Answer::Headers(resp) => {
                 recorder.attempts = attempt as u32;
-                return Ok(relay(resp, target, recorder));
+                return Ok(relay(state, resp, target, recorder));
             }
-            Err(err) => {
+            Answer::Failed(err) => {
                 target.inflight.fetch_sub(1, Ordering::Relaxed);
                 last_error = format!("node {node_id}: {}", describe(&err));
                 tracing::info!("router: {last_error}; trying another node");
@@ -131,6 +145,15 @@ pub async fn forward(state: &RouterState, req: Outgoing) -> Result<Response<Body
                     }
                 }
             }
+            Answer::Silent(why) => {
+                // Nothing reached the client yet: another node may answer.
+                target.inflight.fetch_sub(1, Ordering::Relaxed);
+                last_error = format!("node {node_id} {why}");
+                tracing::warn!("router: {last_error}; trying another node");
+                state
+                    .nodes
+                    .mark_suspect(node_id, state.settings.offline_after);
+            }
         }
     }
     let err = RouterError::AllNodesFailed {
@@ -140,6 +163,35 @@ pub async fn forward(state: &RouterState, req: Outgoing) -> Result<Response<Body
     recorder.attempts = max as u32;
     recorder.fail(err.status().as_u16(), err.to_string());
     Err(err)
+}
+
+/// How waiting for a node's response headers ended.
+enum Answer {
+    Headers(reqwest::Response),
+    Failed(reqwest::Error),
+    /// Timed out or went offline: (why) "sent no response within 30 s".
+    Silent(String),
+}
+
+/// Sends the request and waits for the response headers, at most the first-byte timeout
+/// and no longer than the node stays online.
+async fn first_byte(state: &RouterState, req: &Outgoing, target: &Target) -> Answer {
+    let timeout = state.settings.first_byte_timeout;
+    tokio::select! {
+        sent = send(state, req, target) => match sent {
+            Ok(resp) => Answer::Headers(resp),
+            Err(err) => Answer::Failed(err),
+        },
+        () = tokio::time::sleep(timeout) => {
+            Answer::Silent(format!("sent no response within {}", seconds(timeout)))
+        }
+        () = target.down.cancelled() => Answer::Silent("went offline before answering".into()),
+    }
+}
+
+/// `1.5 s` for messages.
+pub fn seconds(d: std::time::Duration) -> String {
+    format!("{} s", d.as_secs_f64())
 }
 
 /// Puts a request the router answered itself (no node) into the history.
@@ -164,7 +216,12 @@ async fn send(
 }
 
 /// Passes the node's response through: status, headers, and the body chunk by chunk.
-fn relay(resp: reqwest::Response, target: Target, mut recorder: Recorder) -> Response<Body> {
+fn relay(
+    state: &RouterState,
+    resp: reqwest::Response,
+    target: Target,
+    mut recorder: Recorder,
+) -> Response<Body> {
     let status = resp.status();
     let flavor = ErrorFlavor::of(resp.headers());
     let mut headers = HeaderMap::with_capacity(resp.headers().len() + 1);
@@ -189,8 +246,22 @@ fn relay(resp: reqwest::Response, target: Target, mut recorder: Recorder) -> Res
         headers.insert(NODE_HEADER, node.clone());
     }
     recorder.node(&target.endpoint.node_id, status.as_u16());
-    let stream = RelayStream::new(resp.bytes_stream(), flavor, recorder, target.inflight)
-        .with_length(length);
+    let watch = Watch {
+        idle: state.settings.idle_timeout,
+        down: target.down.clone(),
+        on_stall: Box::new({
+            let (state, id) = (state.clone(), target.endpoint.node_id.clone());
+            move || state.nodes.mark_suspect(&id, state.settings.offline_after)
+        }),
+    };
+    let stream = RelayStream::new(
+        resp.bytes_stream(),
+        flavor,
+        recorder,
+        target.inflight,
+        watch,
+    )
+    .with_length(length);
     let mut response = Response::new(Body::from_stream(stream));
     *response.status_mut() = status;
     *response.headers_mut() = headers;

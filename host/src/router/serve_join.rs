@@ -49,9 +49,43 @@ pub fn spawn_engine_agent(
     if cfg.node_id.is_empty() {
         cfg.node_id = node_id_for(&advertise);
     }
+    cfg.secret_file = secret_file(&options.router_url, &cfg.node_id);
     cfg.backends = engine.registry().backend_names();
     cfg.capacity = engine.settings().parallel.unwrap_or(0);
     tokio::spawn(run_node_agent(cfg, move || engine_status(&engine)))
+}
+
+/// `<data dir>/llmlocal/node-secrets/<router>/<node id>`: the secret this node id holds
+/// at that router, kept so a restarted `serve --join` takes its id back. None when the
+/// system has no data directory (the secret then lives in memory only).
+pub fn secret_file(router_url: &str, node_id: &str) -> Option<std::path::PathBuf> {
+    let dir = dirs::data_dir()?;
+    Some(
+        dir.join("llmlocal")
+            .join("node-secrets")
+            .join(file_name(router_url))
+            .join(file_name(node_id)),
+    )
+}
+
+/// `text` as one safe path component: `A-Z a-z 0-9 . _ -` kept, anything else `_`, and
+/// never `.` or `..`.
+fn file_name(text: &str) -> String {
+    let name: String = text
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if name.starts_with('.') || name.is_empty() {
+        format!("_{name}")
+    } else {
+        name
+    }
 }
 
 /// The engine's load: running generations, waiting requests, models known and loaded.
@@ -70,5 +104,18 @@ pub fn engine_status(engine: &Engine) -> NodeStatus {
         models_loaded: loaded.into_iter().map(|m| m.name).collect(),
         gpu_percent: None,
         cpu_percent: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secret_files_stay_in_their_folder() {
+        assert_eq!(file_name("http://10.0.0.1:11500"), "http___10.0.0.1_11500");
+        assert_eq!(file_name(".."), "_..");
+        assert_eq!(file_name("a/../b"), "a_.._b");
+        assert_eq!(file_name(""), "_");
     }
 }

@@ -49,15 +49,30 @@ pub struct RouterSettings {
     pub strategy: Strategy,
     /// `None`: use the one stored in the database, or make one.
     pub join_token: Option<String>,
-    /// `None`: the admin API is off.
+    /// `None`: the admin API, the dashboard feed and model changes are off.
     pub admin_key: Option<String>,
+    /// Browser origins besides the router's own (its `Host`) that may open the dashboard
+    /// socket, e.g. `https://ops.example.com`.
+    pub dashboard_origins: Vec<String>,
     /// Keys clients must send for `/v1/*` and `/api/*` (empty: open).
     pub api_keys: Vec<String>,
+    /// Sent to nodes as `Authorization: Bearer KEY` (nodes started with an API key); the
+    /// clients' own credentials are never passed on.
+    pub node_key: Option<String>,
+    /// When not empty, the only hosts (names or IPs, as written in the nodes' URLs) nodes
+    /// may advertise.
+    pub node_allow_hosts: Vec<String>,
     /// Heartbeat period the router asks nodes for.
     pub heartbeat_interval: Duration,
     /// A node not heard from for this long is offline.
     pub offline_after: Duration,
     pub connect_timeout: Duration,
+    /// Longest wait for a node's response headers; then the request goes to another node
+    /// (nothing was sent to the client yet) and the node is suspect for `offline_after`.
+    pub first_byte_timeout: Duration,
+    /// Longest silence inside a response body; then the client gets an error event (or a
+    /// cut connection) and the node is suspect.
+    pub idle_timeout: Duration,
     pub max_body_bytes: usize,
     /// Nodes tried per request before giving up.
     pub max_attempts: usize,
@@ -72,10 +87,19 @@ impl Default for RouterSettings {
             strategy: Strategy::default(),
             join_token: None,
             admin_key: None,
+            dashboard_origins: Vec::new(),
             api_keys: Vec::new(),
+            node_key: None,
+            node_allow_hosts: Vec::new(),
             heartbeat_interval: Duration::from_secs(10),
             offline_after: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(2),
+            // Generous: a node that stops (hangs, SIGSTOP) misses its heartbeats and goes
+            // offline within `offline_after`, which ends its requests sooner; these catch a
+            // node that still beats but never answers. A non-streamed answer comes in one
+            // piece after the whole generation, and a model's first load may take minutes.
+            first_byte_timeout: Duration::from_secs(300),
+            idle_timeout: Duration::from_secs(300),
             max_body_bytes: 16 << 20,
             max_attempts: 3,
             retention: Retention {
@@ -96,9 +120,16 @@ struct RouterTable {
     join_token: Option<String>,
     admin_key: Option<String>,
     #[serde(default)]
+    dashboard_origins: Vec<String>,
+    #[serde(default)]
     api_keys: Vec<String>,
+    node_key: Option<String>,
+    #[serde(default)]
+    node_allow_hosts: Vec<String>,
     heartbeat_interval_secs: Option<f64>,
     offline_after_secs: Option<f64>,
+    first_byte_timeout_secs: Option<f64>,
+    idle_timeout_secs: Option<f64>,
     max_body_bytes: Option<usize>,
     max_attempts: Option<usize>,
     history_max_rows: Option<u64>,
@@ -128,11 +159,20 @@ impl RouterSettings {
         self.join_token = t.join_token.or(self.join_token.take());
         self.admin_key = t.admin_key.or(self.admin_key.take());
         self.api_keys.extend(t.api_keys);
+        self.dashboard_origins.extend(t.dashboard_origins);
+        self.node_key = t.node_key.or(self.node_key.take());
+        self.node_allow_hosts.extend(t.node_allow_hosts);
         if let Some(secs) = t.heartbeat_interval_secs {
             self.heartbeat_interval = seconds("heartbeat_interval_secs", secs)?;
         }
         if let Some(secs) = t.offline_after_secs {
             self.offline_after = seconds("offline_after_secs", secs)?;
+        }
+        if let Some(secs) = t.first_byte_timeout_secs {
+            self.first_byte_timeout = seconds("first_byte_timeout_secs", secs)?;
+        }
+        if let Some(secs) = t.idle_timeout_secs {
+            self.idle_timeout = seconds("idle_timeout_secs", secs)?;
         }
         self.max_body_bytes = t.max_body_bytes.unwrap_or(self.max_body_bytes);
         self.max_attempts = t.max_attempts.unwrap_or(self.max_attempts).max(1);

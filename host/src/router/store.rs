@@ -38,6 +38,8 @@ const MIGRATIONS: &[&str] = &[
          error TEXT
      );
      CREATE INDEX requests_ts ON requests (ts_ms);",
+    // v2: nodes own their id through a secret issued at first registration (its hash).
+    "ALTER TABLE nodes ADD COLUMN secret_hash TEXT;",
 ];
 
 /// A node as stored.
@@ -49,6 +51,9 @@ pub struct StoredNode {
     pub drained: bool,
     pub registered_at_ms: i64,
     pub last_seen_ms: Option<i64>,
+    /// SHA-256 of the node's secret (None: a node stored before secrets existed; its next
+    /// registration claims the id).
+    pub secret_hash: Option<String>,
 }
 
 /// How much history to keep.
@@ -122,11 +127,12 @@ impl Store {
             .map_err(|err| rusqlite::Error::ToSqlConversionFailure(Box::new(err)))?;
         self.lock().execute(
             "INSERT INTO nodes (node_id, url, registration, status, drained, registered_at_ms,
-                                last_seen_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                                last_seen_ms, secret_hash)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
              ON CONFLICT(node_id) DO UPDATE SET url = excluded.url,
                  registration = excluded.registration, status = excluded.status,
-                 drained = excluded.drained, last_seen_ms = excluded.last_seen_ms",
+                 drained = excluded.drained, last_seen_ms = excluded.last_seen_ms,
+                 secret_hash = COALESCE(excluded.secret_hash, nodes.secret_hash)",
             params![
                 node.registration.node_id,
                 node.url,
@@ -134,7 +140,8 @@ impl Store {
                 node.status.as_str(),
                 node.drained,
                 node.registered_at_ms,
-                node.last_seen_ms
+                node.last_seen_ms,
+                node.secret_hash
             ],
         )?;
         Ok(())
@@ -166,7 +173,8 @@ impl Store {
     pub fn nodes(&self) -> rusqlite::Result<Vec<StoredNode>> {
         let conn = self.lock();
         let mut stmt = conn.prepare(
-            "SELECT node_id, url, registration, status, drained, registered_at_ms, last_seen_ms
+            "SELECT node_id, url, registration, status, drained, registered_at_ms, last_seen_ms,
+                    secret_hash
              FROM nodes ORDER BY node_id",
         )?;
         let rows = stmt.query_map([], |row| {
@@ -178,11 +186,12 @@ impl Store {
                 row.get::<_, bool>(4)?,
                 row.get::<_, i64>(5)?,
                 row.get::<_, Option<i64>>(6)?,
+                row.get::<_, Option<String>>(7)?,
             ))
         })?;
         let mut nodes = Vec::new();
         for row in rows {
-            let (id, url, reg, status, drained, registered_at_ms, last_seen_ms) = row?;
+            let (id, url, reg, status, drained, registered_at_ms, last_seen_ms, secret_hash) = row?;
             match serde_json::from_str::<Registration>(&reg) {
                 Ok(registration) => nodes.push(StoredNode {
                     registration,
@@ -191,6 +200,7 @@ impl Store {
                     drained,
                     registered_at_ms,
                     last_seen_ms,
+                    secret_hash,
                 }),
                 Err(err) => tracing::warn!("router db: skipping node {id}: {err}"),
             }

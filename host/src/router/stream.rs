@@ -1,10 +1,12 @@
 //! The response body relay: chunks go to the client as they arrive; an upstream failure
-//! after the first byte becomes a clean error event in the stream's own format; the
-//! request is recorded (latency, status, tokens from `usage`) when the body ends.
+//! after the first byte — an error, a silence longer than the idle timeout, or the node
+//! going offline — becomes a clean error event in the stream's own format; the request is
+//! recorded (latency, status, tokens from `usage`) when the body ends.
 
 use super::{history::History, proxy::Outgoing, types::RequestRecord};
 use axum::{body::Bytes, http::HeaderMap};
 use futures_util::{Stream, StreamExt as _};
+use std::future::Future as _;
 use std::{
     pin::Pin,
     sync::{
@@ -12,8 +14,9 @@ use std::{
         Arc,
     },
     task::{Context, Poll},
-    time::Instant,
+    time::{Duration, Instant},
 };
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 /// Bytes of the response end kept to find token counts.
 const TAIL: usize = 16 * 1024;
@@ -151,12 +154,29 @@ fn ms(since: Instant) -> f64 {
 
 type Upstream = Pin<Box<dyn Stream<Item = reqwest::Result<Bytes>> + Send>>;
 
+/// What ends a body that stops flowing.
+pub struct Watch {
+    /// Longest silence between chunks.
+    pub idle: Duration,
+    /// Cancelled when the node goes offline.
+    pub down: CancellationToken,
+    /// Called when the idle timeout ends the body (marks the node suspect).
+    pub on_stall: Box<dyn FnOnce() + Send>,
+}
+
 /// The body sent to the client.
 pub struct RelayStream {
     upstream: Upstream,
     flavor: ErrorFlavor,
     recorder: Recorder,
     inflight: Arc<AtomicU32>,
+    idle: Duration,
+    /// Fires `idle` after the last chunk; re-armed lazily (a chunk only notes its time,
+    /// so streams of many small chunks do not touch the timer wheel for each).
+    timer: Pin<Box<tokio::time::Sleep>>,
+    last_chunk: tokio::time::Instant,
+    down: Pin<Box<WaitForCancellationFutureOwned>>,
+    on_stall: Option<Box<dyn FnOnce() + Send>>,
     /// Bytes still to pass on when the client was promised a length: the server stops
     /// polling (and drops this stream) once it has them, without waiting for the end.
     left: Option<u64>,
@@ -169,12 +189,19 @@ impl RelayStream {
         flavor: ErrorFlavor,
         recorder: Recorder,
         inflight: Arc<AtomicU32>,
+        watch: Watch,
     ) -> Self {
+        let now = tokio::time::Instant::now();
         Self {
             upstream: Box::pin(upstream),
             flavor,
             recorder,
             inflight,
+            idle: watch.idle,
+            timer: Box::pin(tokio::time::sleep_until(now + watch.idle)),
+            last_chunk: now,
+            down: Box::pin(watch.down.cancelled_owned()),
+            on_stall: Some(watch.on_stall),
             left: None,
             finished: false,
         }
@@ -184,6 +211,50 @@ impl RelayStream {
     pub fn with_length(mut self, length: Option<u64>) -> Self {
         self.left = length;
         self
+    }
+
+    /// Ends the body with an error the client can see (an event, or a cut connection) and
+    /// lets go of the node's connection.
+    fn fail(&mut self, message: String) -> Poll<Option<Result<Bytes, std::io::Error>>> {
+        tracing::warn!("router: {message}");
+        self.recorder.record.error = Some(message.clone());
+        let event = self.flavor.event(&message);
+        self.upstream = Box::pin(futures_util::stream::empty());
+        self.end();
+        match event {
+            Some(bytes) => Poll::Ready(Some(Ok(bytes))),
+            None => Poll::Ready(Some(Err(std::io::Error::other(message)))),
+        }
+    }
+
+    /// While the node sends nothing: has it gone offline, or been silent too long?
+    fn stalled(&mut self, cx: &mut Context<'_>) -> Option<String> {
+        if self.down.as_mut().poll(cx).is_ready() {
+            return Some(format!("node {} went offline mid-response", self.node()));
+        }
+        loop {
+            if self.timer.as_mut().poll(cx).is_pending() {
+                return None;
+            }
+            let due = self.last_chunk + self.idle;
+            if due <= tokio::time::Instant::now() {
+                break;
+            }
+            // Chunks came since the timer was set: wait from the last one.
+            self.timer.as_mut().reset(due);
+        }
+        if let Some(on_stall) = self.on_stall.take() {
+            on_stall();
+        }
+        let idle = super::proxy::seconds(self.idle);
+        Some(format!(
+            "node {} sent nothing for {idle} mid-response",
+            self.node()
+        ))
+    }
+
+    fn node(&self) -> &str {
+        self.recorder.record.node_id.as_deref().unwrap_or_default()
     }
 
     fn end(&mut self) {
@@ -216,8 +287,12 @@ impl Stream for RelayStream {
             return Poll::Ready(None);
         }
         match self.upstream.poll_next_unpin(cx) {
-            Poll::Pending => Poll::Pending,
+            Poll::Pending => match self.stalled(cx) {
+                Some(message) => self.fail(message),
+                None => Poll::Pending,
+            },
             Poll::Ready(Some(Ok(bytes))) => {
+                self.last_chunk = tokio::time::Instant::now();
                 self.recorder.chunk(&bytes);
                 if let Some(left) = &mut self.left {
                     *left = left.saturating_sub(bytes.len() as u64);
@@ -234,14 +309,7 @@ impl Stream for RelayStream {
                     "node {node} failed mid-response: {}",
                     super::proxy::describe(&err)
                 );
-                tracing::warn!("router: {message}");
-                self.recorder.record.error = Some(message.clone());
-                let event = self.flavor.event(&message);
-                self.end();
-                match event {
-                    Some(bytes) => Poll::Ready(Some(Ok(bytes))),
-                    None => Poll::Ready(Some(Err(std::io::Error::other(message)))),
-                }
+                self.fail(message)
             }
         }
     }

@@ -27,12 +27,21 @@ pub struct Registration {
     pub capacity: u32,
 }
 
+/// The header that carries a node's secret on registrations and heartbeats (the join
+/// token stays in `Authorization`).
+pub const NODE_SECRET_HEADER: &str = "x-llmlocal-node-secret";
+
 /// What the router answers to a registration.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RegisterReply {
     pub node_id: String,
     /// How often the router expects heartbeats.
     pub heartbeat_interval_ms: u64,
+    /// Issued when the router first sees this node id: the node must send it with every
+    /// later registration and heartbeat ([`NODE_SECRET_HEADER`]); nobody else can take the
+    /// id over. Absent when the node already proved it holds one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_secret: Option<String>,
 }
 
 /// `POST /api/nodes/{id}/heartbeat`: the node's current load.
@@ -96,6 +105,9 @@ pub enum NodeState {
     Offline,
     /// Still healthy, but takes no new requests (admin drain).
     Draining,
+    /// Online, but a request there timed out: skipped until its next heartbeat or the
+    /// end of a cool-down (`offline_after`). Shown, never stored.
+    Suspect,
 }
 
 impl NodeState {
@@ -104,6 +116,7 @@ impl NodeState {
             NodeState::Online => "online",
             NodeState::Offline => "offline",
             NodeState::Draining => "draining",
+            NodeState::Suspect => "suspect",
         }
     }
 
@@ -112,6 +125,7 @@ impl NodeState {
             "online" => Some(NodeState::Online),
             "offline" => Some(NodeState::Offline),
             "draining" => Some(NodeState::Draining),
+            "suspect" => Some(NodeState::Suspect),
             _ => None,
         }
     }

@@ -2,6 +2,7 @@
 
 use super::{error::RouterError, types::Registration};
 use reqwest::Url;
+use std::net::IpAddr;
 
 const MAX_NAME_LEN: usize = 256;
 const MAX_LIST_LEN: usize = 4096;
@@ -22,17 +23,51 @@ pub fn node_id(id: &str) -> Result<(), RouterError> {
     }
 }
 
+/// Why the router must never send requests to `ip`, if so: addresses that are not a node's
+/// (unspecified, broadcast, multicast) or that reach the router's own machine's secrets
+/// (link-local: cloud metadata at 169.254.169.254, fe80::/10). IPv4-mapped IPv6 counts as
+/// its IPv4 address.
+pub fn blocked_ip(ip: IpAddr) -> Option<&'static str> {
+    let ip = match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    };
+    if ip.is_unspecified() {
+        return Some("an unspecified address");
+    }
+    if ip.is_multicast() {
+        return Some("a multicast address");
+    }
+    match ip {
+        IpAddr::V4(v4) if v4.is_broadcast() => Some("the broadcast address"),
+        IpAddr::V4(v4) if v4.is_link_local() => Some("a link-local address (169.254.0.0/16)"),
+        IpAddr::V6(v6) if v6.is_unicast_link_local() => Some("a link-local address (fe80::/10)"),
+        _ => None,
+    }
+}
+
 /// An advertised base URL: http or https, a host, an explicit or default port, no
-/// user:password, no query or fragment. Returns it normalised without a trailing slash.
-pub fn advertised_url(text: &str) -> Result<String, RouterError> {
+/// user:password, no query or fragment, an IP the router may reach ([`blocked_ip`]), and a
+/// host in `allow_hosts` when that list is not empty. Returns it normalised without a
+/// trailing slash.
+pub fn advertised_url(text: &str, allow_hosts: &[String]) -> Result<String, RouterError> {
     let bad = |why: &str| RouterError::BadRegistration(format!("url {text:?}: {why}"));
     let url = Url::parse(text).map_err(|err| bad(&err.to_string()))?;
     if !matches!(url.scheme(), "http" | "https") {
         return Err(bad("scheme must be http or https"));
     }
-    match url.host_str() {
-        None | Some("") => return Err(bad("no host")),
-        Some(_) => {}
+    // IPv6 hosts come bracketed; the parser already turned IPv4 spellings into dotted quads.
+    let host = url.host_str().unwrap_or("").trim_matches(['[', ']']);
+    if host.is_empty() {
+        return Err(bad("no host"));
+    }
+    if let Some(why) = host.parse::<IpAddr>().ok().and_then(blocked_ip) {
+        return Err(bad(&format!("the host is {why}, which nodes may not use")));
+    }
+    if !allow_hosts.is_empty() && !allow_hosts.iter().any(|h| h.eq_ignore_ascii_case(host)) {
+        return Err(bad(&format!(
+            "host {host} is not in the router's --node-allow-hosts"
+        )));
     }
     if !url.username().is_empty() || url.password().is_some() {
         return Err(bad("must not contain user:password"));
@@ -48,9 +83,9 @@ pub fn advertised_url(text: &str) -> Result<String, RouterError> {
 }
 
 /// The whole registration: id, URL, and sane sizes for the lists.
-pub fn registration(reg: &Registration) -> Result<String, RouterError> {
+pub fn registration(reg: &Registration, allow_hosts: &[String]) -> Result<String, RouterError> {
     node_id(&reg.node_id)?;
-    let url = advertised_url(&reg.url)?;
+    let url = advertised_url(&reg.url, allow_hosts)?;
     let lists = [
         ("backends", &reg.backends),
         ("devices", &reg.devices),
@@ -88,15 +123,15 @@ mod tests {
     #[test]
     fn accepts_plain_urls() {
         assert_eq!(
-            advertised_url("http://127.0.0.1:8080/").unwrap(),
+            advertised_url("http://127.0.0.1:8080/", &[]).unwrap(),
             "http://127.0.0.1:8080"
         );
         assert_eq!(
-            advertised_url("https://node.lan").unwrap(),
+            advertised_url("https://node.lan", &[]).unwrap(),
             "https://node.lan"
         );
         assert_eq!(
-            advertised_url("http://[::1]:9000").unwrap(),
+            advertised_url("http://[::1]:9000", &[]).unwrap(),
             "http://[::1]:9000"
         );
     }
@@ -111,9 +146,26 @@ mod tests {
             "http://host:80/?x=1",
             "file:///etc/passwd",
             "",
+            "http://169.254.169.254",
+            "http://169.254.1.1:8080",
+            "http://0.0.0.0:8080",
+            "http://[::]:8080",
+            "http://[fe80::1]:8080",
+            "http://[::ffff:169.254.169.254]:80",
+            "http://224.0.0.1:80",
+            "http://[ff02::1]:80",
+            "http://255.255.255.255:80",
         ] {
-            assert!(advertised_url(bad).is_err(), "{bad} accepted");
+            assert!(advertised_url(bad, &[]).is_err(), "{bad} accepted");
         }
+    }
+
+    #[test]
+    fn allowlist_limits_hosts() {
+        let allow = ["node.lan".to_string(), "::1".to_string()];
+        assert!(advertised_url("http://NODE.lan:1", &allow).is_ok());
+        assert!(advertised_url("http://[::1]:1", &allow).is_ok());
+        assert!(advertised_url("http://127.0.0.1:1", &allow).is_err());
     }
 
     #[test]

@@ -48,6 +48,23 @@ pub struct Behaviour {
     /// of one process under load, and would break ties the test means to keep).
     pub cpu_percent: Mutex<Option<f32>>,
     pub loaded: Mutex<Vec<String>>,
+    /// Model-changing requests received (`/api/delete`, `/api/pull`, `/api/copy`, `/api/create`).
+    pub admin_calls: AtomicUsize,
+    /// Every `Authorization`, `Cookie` and `x-api-key` value received, as `name: value`.
+    pub credentials: Mutex<Vec<String>>,
+    /// Streams send one chunk, then nothing more (a node that hangs mid-answer).
+    pub stall_stream: AtomicBool,
+}
+
+impl Behaviour {
+    fn note_credentials(&self, headers: &axum::http::HeaderMap) {
+        let mut seen = self.credentials.lock().unwrap();
+        for name in ["authorization", "cookie", "x-api-key"] {
+            for value in headers.get_all(name) {
+                seen.push(format!("{name}: {}", value.to_str().unwrap_or("?")));
+            }
+        }
+    }
 }
 
 #[derive(Clone)]
@@ -66,6 +83,9 @@ pub struct FakeNode {
     pub behaviour: Arc<Behaviour>,
     /// The node agent's `nvidia-smi` (None: no GPU); set before [`FakeNode::join`].
     pub nvidia_smi: Option<std::path::PathBuf>,
+    /// Where the node agent keeps its node secret (None: memory only); set before
+    /// [`FakeNode::join`] to let a restarted node take its id back.
+    pub secret_file: Option<std::path::PathBuf>,
     stop: Option<std::sync::mpsc::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
     agent: Option<tokio::task::JoinHandle<()>>,
@@ -102,6 +122,7 @@ impl FakeNode {
             models: models.iter().map(|m| m.to_string()).collect(),
             behaviour,
             nvidia_smi: None,
+            secret_file: None,
             stop: Some(stop),
             thread: Some(thread),
             agent: None,
@@ -119,6 +140,7 @@ impl FakeNode {
         cfg.heartbeat_interval = Duration::from_millis(200);
         cfg.backends = vec!["fake".into()];
         cfg.nvidia_smi = self.nvidia_smi.clone();
+        cfg.secret_file = self.secret_file.clone();
         let models = self.models.clone();
         let behaviour = self.behaviour.clone();
         let status = move || NodeStatus {
@@ -182,7 +204,18 @@ fn node_router(app: NodeApp) -> Router {
         .route("/v1/chat/completions", post(fake_chat))
         .route("/api/chat", post(ollama_chat))
         .route("/api/version", get(version))
+        .route("/api/delete", axum::routing::delete(model_change))
+        .route("/api/pull", post(model_change))
+        .route("/api/copy", post(model_change))
+        .route("/api/create", post(model_change))
         .with_state(app)
+}
+
+/// A model-changing route: counted, and answered like Ollama does.
+async fn model_change(State(app): State<NodeApp>, headers: axum::http::HeaderMap) -> Json<Value> {
+    app.behaviour.note_credentials(&headers);
+    app.behaviour.admin_calls.fetch_add(1, Ordering::Relaxed);
+    Json(json!({ "status": "success", "node": app.name }))
 }
 
 async fn health(State(app): State<NodeApp>) -> Response {
@@ -220,11 +253,15 @@ type Chunks = futures_util::stream::BoxStream<'static, Result<Bytes, std::io::Er
 fn chunked(app: &NodeApp, pieces: Vec<String>) -> Chunks {
     let delay = Duration::from_millis(app.behaviour.chunk_delay_ms.load(Ordering::Relaxed) as u64);
     let broken = app.behaviour.break_stream.load(Ordering::Relaxed);
+    let stall = app.behaviour.stall_stream.load(Ordering::Relaxed);
     let stream = futures_util::stream::unfold(
         (pieces.into_iter(), 0usize),
         move |(mut it, n)| async move {
             if n > 0 {
                 tokio::time::sleep(delay).await;
+            }
+            if stall && n == 1 {
+                std::future::pending::<()>().await;
             }
             if broken && n == 2 {
                 return Some((Err(std::io::Error::other("node broke")), (it, usize::MAX)));
@@ -239,7 +276,12 @@ fn chunked(app: &NodeApp, pieces: Vec<String>) -> Chunks {
     Box::pin(stream)
 }
 
-async fn fake_chat(State(app): State<NodeApp>, Json(body): Json<Value>) -> Response {
+async fn fake_chat(
+    State(app): State<NodeApp>,
+    headers: axum::http::HeaderMap,
+    Json(body): Json<Value>,
+) -> Response {
+    app.behaviour.note_credentials(&headers);
     app.behaviour.served.fetch_add(1, Ordering::Relaxed);
     if app.behaviour.fail_500.load(Ordering::Relaxed) {
         return (

@@ -38,8 +38,14 @@ impl Drop for Proc {
 
 /// Starts `llmlocal ARGS` and waits for its "listening on http://ADDR" line.
 pub fn spawn(args: &[String]) -> Proc {
+    spawn_with_env(args, &[])
+}
+
+/// [`spawn`] with extra environment variables.
+pub fn spawn_with_env(args: &[String], env: &[(&str, &Path)]) -> Proc {
     let mut child = Command::new(BIN)
         .args(args)
+        .envs(env.iter().map(|(k, v)| (*k, *v)))
         .env("RUST_LOG", "warn")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -171,25 +177,30 @@ pub fn router(db: &Path, port: u16, strategy: &str, token: &str, admin: &str) ->
     ])
 }
 
-/// `llmlocal serve` with the scripted model `s`, joined to `router_url` as `id`.
+/// `llmlocal serve` with the scripted model `s`, joined to `router_url` as `id`; its data
+/// directory (where it keeps its node secret) is in `files`.
 pub fn node(files: &NodeFiles, id: &str, port: u16, router_url: &str, token: &str) -> Proc {
-    spawn(&[
-        "serve".into(),
-        "--bind".into(),
-        format!("127.0.0.1:{port}"),
-        "--plugin-dir".into(),
-        files.plugin_dir(),
-        "--backend".into(),
-        "scripted".into(),
-        "--model".into(),
-        files.model(),
-        "--join".into(),
-        router_url.into(),
-        "--join-token".into(),
-        token.into(),
-        "--node-id".into(),
-        id.into(),
-    ])
+    let data = files.dir.path().join("data");
+    spawn_with_env(
+        &[
+            "serve".into(),
+            "--bind".into(),
+            format!("127.0.0.1:{port}"),
+            "--plugin-dir".into(),
+            files.plugin_dir(),
+            "--backend".into(),
+            "scripted".into(),
+            "--model".into(),
+            files.model(),
+            "--join".into(),
+            router_url.into(),
+            "--join-token".into(),
+            token.into(),
+            "--node-id".into(),
+            id.into(),
+        ],
+        &[("XDG_DATA_HOME", &data)],
+    )
 }
 
 /// A directory holding only the llama.cpp plugin.
@@ -213,23 +224,27 @@ pub fn llama_node(
     router_url: &str,
     token: &str,
 ) -> Proc {
-    spawn(&[
-        "serve".into(),
-        "--bind".into(),
-        "127.0.0.1:0".into(),
-        "--plugin-dir".into(),
-        files.dir.path().join("plugins").display().to_string(),
-        "--backend".into(),
-        "llama-cpp".into(),
-        "--model".into(),
-        format!("real={}", model.display()),
-        "--context-length".into(),
-        "4096".into(),
-        "--join".into(),
-        router_url.into(),
-        "--join-token".into(),
-        token.into(),
-        "--node-id".into(),
-        id.into(),
-    ])
+    let data = files.dir.path().join("data");
+    spawn_with_env(
+        &[
+            "serve".into(),
+            "--bind".into(),
+            "127.0.0.1:0".into(),
+            "--plugin-dir".into(),
+            files.dir.path().join("plugins").display().to_string(),
+            "--backend".into(),
+            "llama-cpp".into(),
+            "--model".into(),
+            format!("real={}", model.display()),
+            "--context-length".into(),
+            "4096".into(),
+            "--join".into(),
+            router_url.into(),
+            "--join-token".into(),
+            token.into(),
+            "--node-id".into(),
+            id.into(),
+        ],
+        &[("XDG_DATA_HOME", &data)],
+    )
 }
