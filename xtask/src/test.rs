@@ -49,9 +49,10 @@ fn workspace_tests(ws: &Workspace) -> Result<()> {
         .is_ok_and(|out| out.status.success());
     let mut command = cargo(&ws.root);
     if nextest {
-        command.args(["nextest", "run", "--workspace"]);
+        // Every failure in one run: a CI log that stops at the first hides the others.
+        command.args(["nextest", "run", "--workspace", "--no-fail-fast"]);
     } else {
-        command.args(["test", "--workspace"]);
+        command.args(["test", "--workspace", "--no-fail-fast"]);
     }
     command
         .env("LLMLOCAL_TEST_PLUGIN_DIR", ws.test_plugins_dir())
