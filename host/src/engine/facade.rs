@@ -250,7 +250,7 @@ impl Engine {
 
     /// Loads the model (if it is not loaded) and returns what is loaded.
     pub async fn load(&self, name: &str, backend: Option<&str>) -> Result<LoadedInfo, EngineError> {
-        let ready = self.ensure_loaded(name, backend, None).await?;
+        let ready = self.ensure_loaded(name, backend, None, &[]).await?;
         Ok(LoadedInfo::from(&ready.slot))
     }
 
@@ -264,7 +264,9 @@ impl Engine {
         backend: Option<&str>,
         adapters: &[String],
     ) -> Result<LoadedInfo, EngineError> {
-        let ready = self.ensure_loaded(name, backend, Some(adapters)).await?;
+        let ready = self
+            .ensure_loaded(name, backend, Some(adapters), &[])
+            .await?;
         Ok(LoadedInfo::from(&ready.slot))
     }
 
@@ -306,11 +308,14 @@ impl Engine {
 
     /// The loaded instance for `name` with `adapters` (`None` = the model's configured
     /// ones), loading it first if needed; marked busy.
+    /// `needs`: capabilities the request requires; a backend lacking one is refused before
+    /// any model file is read or loaded.
     async fn ensure_loaded(
         &self,
         name: &str,
         backend: Option<&str>,
         adapters: Option<&[String]>,
+        needs: &[&str],
     ) -> Result<Ready, EngineError> {
         let (spec, entry) = self.spec_for(name)?;
         let open = self.inner.settings.open_specs;
@@ -334,6 +339,7 @@ impl Engine {
             default_backend,
             files.format,
         )?);
+        chosen.check_capabilities(needs)?;
         let variant = (self.inner.adapters)
             .plan(name, wanted, &specs, &files.path, &chosen)
             .await?;
@@ -509,13 +515,19 @@ impl Engine {
     ) -> Result<TokenStream, EngineError> {
         let received = Instant::now();
         validate(&config)?;
+        let needs = request_of(&config, Vec::new(), 0).required_capabilities();
         let Ready {
             slot,
             busy,
             load_ms,
             adapters,
         } = self
-            .ensure_loaded(name, config.backend.as_deref(), config.adapters.as_deref())
+            .ensure_loaded(
+                name,
+                config.backend.as_deref(),
+                config.adapters.as_deref(),
+                &needs,
+            )
             .await?;
         let queued = Instant::now();
         let permit = slot.gate.enter(name, &self.inner.metrics).await?;
@@ -540,19 +552,10 @@ impl Engine {
         if is_chat {
             stops.extend(slot.template.stop_sequences());
         }
+        let max_tokens = config.max_tokens.unwrap_or(room).min(room.max(1));
         let request = GenerateRequest {
-            max_tokens: config.max_tokens.unwrap_or(room).min(room.max(1)),
-            sampling: sampling_of(&config),
-            ignore_eos: config.ignore_eos,
             adapters: adapters.map(RVec::from).into(),
-            logit_bias: config
-                .logit_bias
-                .iter()
-                .map(|&(token, bias)| LogitBias { token, bias })
-                .collect(),
-            constraint: config.constraint.as_ref().map(constraint_of).into(),
-            logprobs: config.logprobs.into(),
-            ..GenerateRequest::greedy(prepared, 0)
+            ..request_of(&config, prepared, max_tokens)
         };
         // A 400 naming the backend and the capability, before any work is queued.
         slot.model.check_capabilities(&request)?;
@@ -664,6 +667,22 @@ fn validate(config: &GenerationConfig) -> Result<(), EngineError> {
         }
     }
     Ok(())
+}
+
+/// The backend request for `config` (without per-generation adapters, which the load decides).
+fn request_of(config: &GenerationConfig, prompt: Vec<u32>, max_tokens: u32) -> GenerateRequest {
+    GenerateRequest {
+        sampling: sampling_of(config),
+        ignore_eos: config.ignore_eos,
+        logit_bias: config
+            .logit_bias
+            .iter()
+            .map(|&(token, bias)| LogitBias { token, bias })
+            .collect(),
+        constraint: config.constraint.as_ref().map(constraint_of).into(),
+        logprobs: config.logprobs.into(),
+        ..GenerateRequest::greedy(prompt, max_tokens)
+    }
 }
 
 fn sampling_of(config: &GenerationConfig) -> Sampling {

@@ -42,6 +42,13 @@ impl LoadedBackend {
         self.manifest.name.as_str()
     }
 
+    /// Fails with a `missing_capability` error for the first of `needs` (see
+    /// `GenerateRequest::required_capabilities`) this backend did not declare: lets the host
+    /// refuse a request before loading a model for it.
+    pub fn check_capabilities(&self, needs: &[&str]) -> Result<(), BackendError> {
+        first_missing(&self.manifest.capabilities, self.name(), needs)
+    }
+
     pub fn load_model(&self, request: LoadRequest) -> Result<LoadedModel, BackendError> {
         let name: Arc<str> = Arc::from(self.name());
         let model = check(&name, self.backend.load(request))?;
@@ -53,6 +60,17 @@ impl LoadedBackend {
                 _backend: Arc::clone(&self.backend),
             }),
         })
+    }
+}
+
+fn first_missing(
+    declared: &Capabilities,
+    backend: &str,
+    needs: &[&str],
+) -> Result<(), BackendError> {
+    match needs.iter().find(|c| !declared.has(c)) {
+        Some(missing) => Err(BackendError::missing_capability(backend, missing)),
+        None => Ok(()),
     }
 }
 
@@ -124,17 +142,8 @@ impl LoadedModel {
     /// Fails with a `missing_capability` error for the first capability the request needs and
     /// the backend did not declare.
     pub fn check_capabilities(&self, request: &GenerateRequest) -> Result<(), BackendError> {
-        match request
-            .required_capabilities()
-            .into_iter()
-            .find(|c| !self.has_capability(c))
-        {
-            Some(missing) => Err(BackendError::missing_capability(
-                self.backend_name(),
-                missing,
-            )),
-            None => Ok(()),
-        }
+        let needs = request.required_capabilities();
+        first_missing(&self.inner.capabilities, self.backend_name(), &needs)
     }
 
     pub fn generate(&self, request: GenerateRequest) -> Result<RunningGeneration, BackendError> {

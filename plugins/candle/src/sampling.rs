@@ -316,10 +316,13 @@ mod tests {
 
     #[test]
     fn typical_keeps_the_tokens_nearest_the_entropy() {
-        // Two likely tokens and a tail: the tail's surprise is far from the entropy.
-        let kept = typical(vec![(0, 5.0), (1, 5.0), (2, -5.0)], 0.5);
-        let ids: Vec<u32> = kept.iter().map(|c| c.0).collect();
-        assert_eq!(ids, vec![0]);
+        // Two likely tokens and a tail: the tail's surprise is far from the entropy. As in
+        // llama.cpp, tokens are kept until their mass exceeds p: the first holds just under
+        // half (the tail has the rest), so p = 0.4 keeps one and p = 0.5 keeps both.
+        let candidates = vec![(0, 5.0), (1, 5.0), (2, -5.0)];
+        let ids = |p| -> Vec<u32> { typical(candidates.clone(), p).iter().map(|c| c.0).collect() };
+        assert_eq!(ids(0.4), vec![0]);
+        assert_eq!(ids(0.5), vec![0, 1]);
         assert_eq!(typical(vec![(0, 1.0)], 0.1).len(), 1);
     }
 
