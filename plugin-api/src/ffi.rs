@@ -2,8 +2,10 @@
 //! directly: they implement [`crate::Backend`] & co. and `export_backend!` wraps them in
 //! panic-guarded adapters. The host calls these objects.
 //!
-//! Methods after `last_prefix_field` may be appended in minor versions; the host then sees
-//! them as missing on older plugins.
+//! The method lists are frozen for all of 2.x: abi_stable's load check refuses a plugin
+//! whose vtable has fewer entries than the host's, so appending a method in a minor version
+//! would cut off every older plugin (see plugin-api/README.md). The `last_prefix_field`
+//! markers stay on the last 2.0 method.
 
 // abi_stable's generated code trips `non_local_definitions`; nothing to change on our side.
 #![allow(non_local_definitions)]

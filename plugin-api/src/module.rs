@@ -10,8 +10,8 @@ use abi_stable::{
     StableAbi,
 };
 
-/// The root module, a prefix type: fields after `new_backend` may be appended in minor
-/// versions and read as `Option` by newer hosts.
+/// The root module, a prefix type. Frozen for all of 2.x, like the trait objects: abi_stable
+/// refuses a library whose root module has fewer fields than the host's.
 #[repr(C)]
 #[derive(StableAbi)]
 #[sabi(kind(Prefix(prefix_ref = BackendModuleRef)))]
