@@ -71,3 +71,36 @@ async fn stop_lists_over_the_limits_are_400_naming_the_limit() {
     let value: Value = serde_json::from_str(&text).expect("json");
     assert_eq!(value["choices"][0]["message"]["content"], "fine");
 }
+
+/// The other lists a client sends are bounded the same way, whichever dialect carries them.
+#[tokio::test(flavor = "multi_thread")]
+async fn message_and_logit_bias_lists_over_the_limits_are_400_naming_them() {
+    use llmlocal::engine::limits::{MAX_LOGIT_BIAS, MAX_MESSAGES};
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server = server(dir.path()).await;
+    let messages = vec![json!({"role": "user", "content": "x"}); MAX_MESSAGES + 1];
+    let bias: serde_json::Map<String, Value> = (0..=MAX_LOGIT_BIAS)
+        .map(|i| (i.to_string(), json!(1)))
+        .collect();
+    for (path, body, needle) in [
+        (
+            "/v1/chat/completions",
+            json!({"model": "s", "messages": messages}),
+            "messages",
+        ),
+        (
+            "/api/chat",
+            json!({"model": "s", "messages": messages, "stream": false}),
+            "messages",
+        ),
+        (
+            "/v1/completions",
+            json!({"model": "s", "prompt": "x", "logit_bias": bias}),
+            "logit_bias",
+        ),
+    ] {
+        let (status, text) = post(&server, path, body).await;
+        assert_eq!(status, 400, "{path}: {text}");
+        assert!(text.contains(needle), "{path}: {text}");
+    }
+}

@@ -3,6 +3,7 @@
 
 use super::{
     error::EngineError,
+    limits,
     lora::{self, Adapters, Variant},
     memory,
     metrics::Metrics,
@@ -515,6 +516,7 @@ impl Engine {
     ) -> Result<TokenStream, EngineError> {
         let received = Instant::now();
         validate(&config)?;
+        limits::check(&prompt, &config).map_err(EngineError::InvalidRequest)?;
         let needs = request_of(&config, Vec::new(), 0).required_capabilities();
         let Ready {
             slot,

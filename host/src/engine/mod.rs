@@ -10,6 +10,7 @@
 
 mod error;
 mod facade;
+pub mod limits;
 mod lora;
 pub mod memory;
 pub mod metrics;
