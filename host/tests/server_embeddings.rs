@@ -55,7 +55,7 @@ async fn server(dir: &Path) -> Option<TestServer> {
         ("short", entry(&gguf, "llama-cpp", Some(SHORT_CONTEXT))),
         (
             "fox",
-            ModelEntry::new(write_script(dir, "fox.txt", "xyz").to_string_lossy()),
+            entry(&write_script(dir, "fox.txt", "xyz"), "scripted", None),
         ),
     ];
     for (name, entry) in models {
