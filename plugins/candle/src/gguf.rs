@@ -88,6 +88,42 @@ pub fn load_as(
     Ok(Loaded { net, vocab, info })
 }
 
+/// A GGUF llama file's network as a dense F32 [`crate::dense_llama::DenseLlama`] on
+/// `device` (embeddings of files generation runs through `quantized_llama`). Files the dense
+/// network cannot hold exactly, block-quantized ones included, are `Unsupported`.
+pub fn dense_f32(
+    path: &Path,
+    device: &Device,
+    context: usize,
+) -> Result<std::sync::Arc<crate::dense_llama::DenseLlama>> {
+    let mut file = std::fs::File::open(path).map_err(|e| io_error(path, &e))?;
+    let content = Content::read(&mut file)
+        .format_err(|| format!("{} is not a readable GGUF file", path.display()))?;
+    let dims = check_dims(&content.metadata)?;
+    if let Some(reason) = gguf_dense::obstacle(&content, &dims) {
+        return Err(PluginError::unsupported(format!(
+            "the candle backend computes embeddings from dense (F32/F16/BF16) llama weights \
+             only, and this file cannot be held so: {reason}; use the llama-cpp backend"
+        )));
+    }
+    let dense = no_panic("reading the GGUF tensors", || {
+        gguf_dense::load(
+            &content,
+            &mut file,
+            device,
+            candle_core::DType::F32,
+            &dims,
+            context,
+        )
+    })?;
+    match dense.net {
+        Net::Dense(net) => Ok(net),
+        _ => Err(PluginError::internal(
+            "the dense GGUF load gave another network",
+        )),
+    }
+}
+
 /// The positions a load covers: the asked number, else the trained length, capped as each
 /// layout needs.
 fn context_length(layout: Layout, train_context: usize, asked: u32) -> usize {
