@@ -35,8 +35,11 @@ const BATCH_TOLERANCE: f64 = 1e-4;
 /// How far from 1 a normalised vector's norm may be (f32 rounding).
 const NORM_TOLERANCE: f64 = 1e-4;
 
+/// A check body of this module.
+type Check = fn(&ModelCtx) -> Outcome;
+
 pub fn run(rec: &mut Recorder, l: Option<&str>, ctx: &Arc<ModelCtx>) {
-    let checks: [(&str, fn(&ModelCtx) -> Outcome); 5] = [
+    let checks: [(&str, Check); 5] = [
         (CHECKS[0], deterministic),
         (CHECKS[1], dimension),
         (CHECKS[2], normalized),
@@ -86,6 +89,16 @@ fn request(inputs: Vec<Vec<u32>>, pooling: &str, normalize: bool) -> EmbedReques
     r
 }
 
+/// `value <= limit`, false for NaN (a NaN distance fails the check).
+fn within(value: f64, limit: f64) -> bool {
+    value <= limit
+}
+
+/// `value > 0`, false for NaN.
+fn is_positive(value: f64) -> bool {
+    value > 0.0
+}
+
 fn norm(v: &[f32]) -> f64 {
     v.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt()
 }
@@ -115,7 +128,7 @@ fn deterministic(ctx: &ModelCtx) -> Outcome {
         first[0].iter().all(|x| x.is_finite()),
         "the embedding holds NaN or infinite values"
     );
-    ensure!(norm(&first[0]) > 0.0, "the embedding is all zeros");
+    ensure!(is_positive(norm(&first[0])), "the embedding is all zeros");
     Ok(format!("{} values, identical twice", first[0].len()))
 }
 
@@ -188,13 +201,13 @@ fn normalized(ctx: &ModelCtx) -> Outcome {
     for (i, (r, u)) in raw.iter().zip(&unit).enumerate() {
         let n = norm(u);
         ensure!(
-            (n - 1.0).abs() <= NORM_TOLERANCE,
+            within((n - 1.0).abs(), NORM_TOLERANCE),
             "normalised vector {i} has norm {n}"
         );
         let scaled: Vec<f32> = r.iter().map(|x| (f64::from(*x) / norm(r)) as f32).collect();
         let d = relative_distance(&scaled, u);
         ensure!(
-            d <= NORM_TOLERANCE,
+            within(d, NORM_TOLERANCE),
             "normalised vector {i} is not the raw one scaled (distance {d:.3e})"
         );
     }
@@ -217,7 +230,7 @@ fn batch_invariant(ctx: &ModelCtx) -> Outcome {
         let alone = embed(ctx, request(vec![input], "", false))?;
         let d = relative_distance(&alone[0], &batch[i]);
         ensure!(
-            d <= BATCH_TOLERANCE,
+            within(d, BATCH_TOLERANCE),
             "input {i} embedded in a batch of 3 differs from alone: distance {d:.3e} > \
              {BATCH_TOLERANCE:e}"
         );
