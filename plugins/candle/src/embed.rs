@@ -7,9 +7,9 @@
 //! [`DenseLlama`] gets one for embeddings, built from its files on the first `embed` call
 //! and kept: F32 on the model's device, with the load's LoRA adapters merged the same way.
 //! That is a second copy of the weights while the model stays loaded (documented in the
-//! README); block-quantized GGUF files (Q8_0, k-quants) are refused (`Unsupported`), as are
-//! mistral and qwen2 folders and llama variants the dense network cannot hold exactly (rope
-//! scaling, biases).
+//! README); block-quantized GGUF tensors (Q8_0, k-quants) are dequantized for it, so it
+//! takes 4 bytes per weight. Mistral and qwen2 folders and llama variants the dense network
+//! cannot hold exactly (rope scaling, biases, extra tensors) are refused (`Unsupported`).
 //!
 //! Every input runs alone in its own session (no padding, no batch effects): the same input
 //! gives the same vector whatever else is in the request.

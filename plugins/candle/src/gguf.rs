@@ -89,8 +89,9 @@ pub fn load_as(
 }
 
 /// A GGUF llama file's network as a dense F32 [`crate::dense_llama::DenseLlama`] on
-/// `device` (embeddings of files generation runs through `quantized_llama`). Files the dense
-/// network cannot hold exactly, block-quantized ones included, are `Unsupported`.
+/// `device` (embeddings of files generation runs through `quantized_llama`; block-quantized
+/// tensors are dequantized). Files the dense network cannot hold exactly (rope scaling,
+/// extra tensors) are `Unsupported`.
 pub fn dense_f32(
     path: &Path,
     device: &Device,
@@ -100,28 +101,15 @@ pub fn dense_f32(
     let content = Content::read(&mut file)
         .format_err(|| format!("{} is not a readable GGUF file", path.display()))?;
     let dims = check_dims(&content.metadata)?;
-    if let Some(reason) = gguf_dense::obstacle(&content, &dims) {
+    if let Some(reason) = gguf_dense::structural_obstacle(&content, &dims) {
         return Err(PluginError::unsupported(format!(
-            "the candle backend computes embeddings from dense (F32/F16/BF16) llama weights \
-             only, and this file cannot be held so: {reason}; use the llama-cpp backend"
+            "the candle backend cannot compute embeddings of this GGUF: {reason}; use the \
+             llama-cpp backend"
         )));
     }
-    let dense = no_panic("reading the GGUF tensors", || {
-        gguf_dense::load(
-            &content,
-            &mut file,
-            device,
-            candle_core::DType::F32,
-            &dims,
-            context,
-        )
-    })?;
-    match dense.net {
-        Net::Dense(net) => Ok(net),
-        _ => Err(PluginError::internal(
-            "the dense GGUF load gave another network",
-        )),
-    }
+    no_panic("reading the GGUF tensors", || {
+        gguf_dense::load_dequantized(&content, &mut file, device, &dims, context)
+    })
 }
 
 /// The positions a load covers: the asked number, else the trained length, capped as each
