@@ -12,7 +12,7 @@ use llmlocal::{
     server::ServerSettings,
 };
 use serde_json::{json, Value};
-use server_support::{post, registry, write_script, TestServer};
+use server_support::{client, metric, post, registry, write_script, TestServer};
 use std::path::{Path, PathBuf};
 
 const TEXT: &str = "Once upon a time, there was a little girl";
@@ -302,4 +302,15 @@ async fn llama_cpp_and_candle_agree() {
     // And different texts are not all the same vector.
     let (x, y) = (floats(&a["embeddings"][0]), floats(&a["embeddings"][1]));
     assert!(cosine(&x, &y) < 0.999);
+    // /metrics counts the vectors per model.
+    let text = client()
+        .get(server.url("/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    let series = "llmlocal_embeddings_total{model=\"story-candle\"}";
+    assert_eq!(metric(&text, series), Some(texts.len() as f64), "{text}");
 }
