@@ -1,6 +1,7 @@
 //! End to end with the official clients: the `openai` and `ollama` Python packages against a
 //! `llmlocal serve` child process, streaming and not, through the real llama.cpp and candle
-//! plugins, on the fixture model and on stories260K.
+//! plugins, on the fixture model and on stories260K; embeddings through both clients, and
+//! llama.cpp and candle agreeing on stories260K's (cosine > 0.99).
 //!
 //! Needs python3; the packages are pip-installed when missing (the test fails with pip's
 //! reason if that fails). Needs the real plugins built (`cargo xtask build-plugins`).
@@ -83,7 +84,18 @@ for m in models:
         check(chat == m["expect_chat"], name + ": chat %r != designed %r" % (chat, m["expect_chat"]))
     if m.get("expect_completion") is not None:
         check(text == m["expect_completion"], name + ": completion %r != designed %r" % (text, m["expect_completion"]))
-    report[name] = {"chat": chat, "completion": text}
+
+    # Embeddings: the openai client asks for base64 and decodes it; ollama gets floats.
+    texts = ["Once upon a time", "The end"]
+    e = oa.embeddings.create(model=name, input=texts)
+    vec = e.data[0].embedding
+    check(len(e.data) == 2 and len(vec) > 0 and len(e.data[1].embedding) == len(vec), name + ": openai embeddings shape")
+    check(abs(sum(x * x for x in vec) ** 0.5 - 1) < 1e-3, name + ": openai embedding is unit norm")
+    check(e.usage.prompt_tokens >= 2, name + ": embedding usage %r" % e.usage)
+    oe = ol.embed(model=name, input=texts)
+    check(len(oe["embeddings"]) == 2, name + ": ollama embed count")
+    check(max(abs(a - b) for a, b in zip(oe["embeddings"][0], vec)) < 1e-5, name + ": ollama embed == openai embeddings")
+    report[name] = {"chat": chat, "completion": text, "embedding": vec}
 
 listed = [x["model"] for x in ol.list()["models"]]
 check(all(m["name"] in listed for m in models), "ollama list shows every model: %r" % listed)
@@ -312,6 +324,17 @@ fn official_clients_on_stories260k_through_both_backends() {
     assert_eq!(
         report["stories-llama"]["completion"], report["stories-candle"]["completion"],
         "{report}"
+    );
+    // And the same embedding, up to the engines' rounding (both unit norm: cosine = dot).
+    let vector = |name: &str| -> Vec<f64> {
+        let list = report[name]["embedding"].as_array().expect("embedding");
+        list.iter().map(|x| x.as_f64().expect("number")).collect()
+    };
+    let (a, b) = (vector("stories-llama"), vector("stories-candle"));
+    let cosine: f64 = a.iter().zip(&b).map(|(x, y)| x * y).sum();
+    assert!(
+        cosine > 0.99,
+        "llama.cpp and candle embeddings: cosine {cosine}"
     );
     stop_gracefully(served);
 }

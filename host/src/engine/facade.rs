@@ -2,6 +2,7 @@
 //! manager, with several models loaded at once.
 
 use super::{
+    embedding::{self, EmbedConfig, EmbedInput, Embeddings},
     error::EngineError,
     limits,
     lora::{self, Adapters, Variant},
@@ -19,8 +20,9 @@ use crate::{
     api::AdapterRequest,
     models::{format_of_path, ModelError, ModelManager, ModelSource, ModelSpec},
     plugins::{
-        self, ConstraintKind, GenerateRequest, LoadRequest, LoadedBackend, LoadedModel, LogitBias,
-        ModelFormat, ModelMetadata, PluginRegistry, Sampling,
+        self, capability, BackendError, ConstraintKind, EmbedRequest, GenerateRequest, LoadRequest,
+        LoadedBackend, LoadedModel, LogitBias, ModelFormat, ModelMetadata, PluginRegistry,
+        Sampling,
     },
 };
 use abi_stable::std_types::{RString, RVec};
@@ -582,6 +584,60 @@ impl Engine {
             backend: slot.backend.clone(),
             prompt_tokens: prompt_len,
             received,
+        })
+    }
+
+    /// Embeds `input` with model `name` (loading it first): one vector per input, in order.
+    /// A backend without the `embeddings` capability gets a 400 naming it and the capability.
+    pub async fn embed(
+        &self,
+        name: &str,
+        input: EmbedInput,
+        config: EmbedConfig,
+    ) -> Result<Embeddings, EngineError> {
+        let received = Instant::now();
+        embedding::check_count(&input)?;
+        let ready = self
+            .ensure_loaded(name, config.backend.as_deref(), None)
+            .await?;
+        let (slot, busy, load_ms) = (ready.slot, ready.busy, ready.load_ms);
+        if !slot.model.has_capability(capability::EMBEDDINGS) {
+            let backend = slot.model.backend_name();
+            return Err(BackendError::missing_capability(backend, capability::EMBEDDINGS).into());
+        }
+        // Embeddings take a run slot like a generation: they use the same cores.
+        let permit = slot.gate.enter(name, &self.inner.metrics).await?;
+        let (model, metadata, slot_name) =
+            (slot.model.clone(), slot.metadata.clone(), slot.name.clone());
+        let (vectors, prompt_tokens) = tokio::task::spawn_blocking(move || {
+            let inputs = embedding::prepare(
+                &model,
+                &slot_name,
+                metadata.vocab_size,
+                metadata.context_length,
+                input,
+                config.truncate,
+            )?;
+            let tokens = inputs.iter().map(|i| i.len() as u64).sum::<u64>();
+            let mut request = EmbedRequest::new(inputs);
+            request.normalize = config.normalize;
+            Ok::<_, EngineError>((model.embed(request)?, tokens))
+        })
+        .await
+        .map_err(|err| EngineError::Internal(format!("the embedding thread failed: {err}")))??;
+        drop((permit, busy));
+        lock(&self.inner.pool).touch(&slot.name, &slot.backend);
+        self.inner
+            .metrics
+            .embeddings
+            .get_or_create(&Metrics::model(name))
+            .inc_by(vectors.len() as u64);
+        Ok(Embeddings {
+            model: name.to_string(),
+            vectors,
+            prompt_tokens,
+            load_ms,
+            total_ms: received.elapsed().as_secs_f64() * 1000.0,
         })
     }
 

@@ -48,6 +48,8 @@ pub struct Metrics {
     pub prompt_tokens: Family<ModelLabel, Counter>,
     pub generated_tokens: Family<ModelLabel, Counter>,
     pub generations: Family<FinishLabel, Counter>,
+    /// Vectors computed by embedding requests.
+    pub embeddings: Family<ModelLabel, Counter>,
     pub time_to_first_token: Family<ModelLabel, Histogram>,
     pub token_latency: Family<ModelLabel, Histogram>,
     pub load_seconds: Family<ModelLabel, Histogram>,
@@ -77,6 +79,7 @@ impl Metrics {
             prompt_tokens: Family::default(),
             generated_tokens: Family::default(),
             generations: Family::default(),
+            embeddings: Family::default(),
             time_to_first_token: Family::new_with_constructor(seconds_histogram),
             token_latency: Family::new_with_constructor(seconds_histogram),
             load_seconds: Family::new_with_constructor(seconds_histogram),
@@ -98,6 +101,11 @@ impl Metrics {
             self.requests.clone(),
         );
         r.register("errors", "Errors returned, by code", self.errors.clone());
+        r.register(
+            "embeddings",
+            "Embedding vectors computed, by model",
+            self.embeddings.clone(),
+        );
         r.register(
             "prompt_tokens",
             "Prompt tokens processed",

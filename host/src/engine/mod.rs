@@ -8,6 +8,7 @@
 //! stream cancels the generation. Chat templates and stop sequences are handled here, the
 //! same for every backend.
 
+pub mod embedding;
 mod error;
 mod facade;
 pub mod limits;
@@ -21,6 +22,7 @@ pub mod settings;
 pub mod stop;
 pub mod template;
 
+pub use embedding::{EmbedConfig, EmbedInput, Embeddings};
 pub use error::{EngineError, ErrorClass};
 pub use facade::{Engine, ResolvedFiles};
 pub use metrics::Metrics;

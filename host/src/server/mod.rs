@@ -10,6 +10,7 @@
 
 pub mod access;
 mod cors;
+mod embeddings;
 mod error;
 mod extract;
 mod guard;
@@ -86,6 +87,9 @@ pub fn router(engine: Engine, settings: ServerSettings) -> Router {
         .route("/v1/models", get(openai::list_models))
         .route("/v1/chat/completions", post(openai::chat_completions))
         .route("/v1/completions", post(openai::completions))
+        .route("/v1/embeddings", post(embeddings::openai))
+        .route("/api/embed", post(embeddings::ollama))
+        .route("/api/embeddings", post(embeddings::legacy))
         .route("/api/generate", post(ollama::generate))
         .route("/api/chat", post(ollama::chat))
         .route("/api/tags", get(ollama::tags))

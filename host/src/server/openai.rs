@@ -238,7 +238,7 @@ fn prompt_of(value: Value) -> Result<Prompt, ApiError> {
 }
 
 /// Token ids: integers from 0 to `u32::MAX`; the first bad one is named with its index.
-fn token_ids(name: &str, list: &[Value]) -> Result<Vec<u32>, ApiError> {
+pub(super) fn token_ids(name: &str, list: &[Value]) -> Result<Vec<u32>, ApiError> {
     list.iter()
         .enumerate()
         .map(|(index, value)| {

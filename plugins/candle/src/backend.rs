@@ -53,6 +53,17 @@ impl Backend for CandleBackend {
             .iter()
             .map(|a| (a.path.to_string(), a.scale))
             .collect();
+        let dense = match &net {
+            crate::net::Net::Dense(m) => Some(m.clone()),
+            _ => None,
+        };
+        let embedder = crate::embed::Embedder::new(
+            files.clone(),
+            request.adapters.to_vec(),
+            info.context_length,
+            device.clone(),
+            dense,
+        );
         tracing::info!(
             "candle: loaded {} ({}, {} layers) on {device_name} in {load_ms:.0} ms",
             info.name,
@@ -69,6 +80,7 @@ impl Backend for CandleBackend {
             load_ms,
             adapters,
             guidance: Default::default(),
+            embedder,
         })))
     }
 }

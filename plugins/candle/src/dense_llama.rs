@@ -137,6 +137,11 @@ impl DenseLlama {
         })
     }
 
+    /// The width of a hidden state (and of a pooled embedding).
+    pub fn hidden_size(&self) -> usize {
+        self.shape.hidden
+    }
+
     /// An empty sequence.
     pub fn session(self: &Arc<Self>) -> Session {
         Session {
@@ -241,28 +246,57 @@ impl Session {
         self.reserve(pos + t)?;
         let device = model.embed.device();
         let ids = Tensor::new(tokens, device)?;
-        let mut x = model.embed.index_select(&ids, 0)?;
+        let x = model.embed.index_select(&ids, 0)?;
         if let (1, Some(rope)) = (t, &model.fused_rope) {
             let logits = fused::forward(&model, rope, &self.caches, &x, pos)?;
             self.len = pos + 1;
             return logits.squeeze(0);
         }
+        let x = self.layers(&model, x, pos)?;
+        let last = x.narrow(0, t - 1, 1)?;
+        let last = rms_norm(&last, &model.norm, model.shape.rms_eps)?;
+        last.matmul(&model.output.t()?)?.squeeze(0)
+    }
+
+    /// The hidden states of `tokens` at positions `pos..` after the final norm, `[t, hidden]`
+    /// F32 (embeddings). Every token takes candle's ops, never the one-token fused kernels,
+    /// which return logits only.
+    pub fn hidden(&mut self, tokens: &[u32], pos: usize) -> Result<Tensor> {
+        let model = self.model.clone();
+        let t = tokens.len();
+        if pos != self.len || t == 0 || pos + t > model.shape.context {
+            candle_core::bail!(
+                "{t} tokens at position {pos} do not follow the {} cached positions within \
+                 the context of {}",
+                self.len,
+                model.shape.context
+            )
+        }
+        self.reserve(pos + t)?;
+        let ids = Tensor::new(tokens, model.embed.device())?;
+        let x = model.embed.index_select(&ids, 0)?;
+        let x = self.layers(&model, x, pos)?;
+        rms_norm(&x, &model.norm, model.shape.rms_eps)?.to_dtype(DType::F32)
+    }
+
+    /// The residual stream of `x` (`[t, hidden]`, the embedded tokens at positions `pos..`)
+    /// after every layer; the KV cache takes the new positions.
+    fn layers(&mut self, model: &DenseLlama, mut x: Tensor, pos: usize) -> Result<Tensor> {
+        let t = x.dim(0)?;
         // The CUDA kernels mask inside the softmax.
         let mask = match model.fused_on() {
             true => None,
-            false => causal_mask(t, pos, device)?,
+            false => causal_mask(t, pos, x.device())?,
         };
         for (i, layer) in model.layers.iter().enumerate() {
             let h = rms_norm(&x, &layer.attn_norm, model.shape.rms_eps)?;
-            let attn = self.attention(&model, i, layer, &h, pos, mask.as_ref())?;
+            let attn = self.attention(model, i, layer, &h, pos, mask.as_ref())?;
             x = (x + attn.matmul(&layer.o.t()?)?)?;
             let h = rms_norm(&x, &layer.ffn_norm, model.shape.rms_eps)?;
             x = (&x + mlp(layer, &h, model.fused_on())?)?;
         }
         self.len = pos + t;
-        let last = x.narrow(0, t - 1, 1)?;
-        let last = rms_norm(&last, &model.norm, model.shape.rms_eps)?;
-        last.matmul(&model.output.t()?)?.squeeze(0)
+        Ok(x)
     }
 
     /// Whether [`Session::forward_argmax`] runs: one-token steps take the fused CUDA

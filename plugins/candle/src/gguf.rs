@@ -88,6 +88,30 @@ pub fn load_as(
     Ok(Loaded { net, vocab, info })
 }
 
+/// A GGUF llama file's network as a dense F32 [`crate::dense_llama::DenseLlama`] on
+/// `device` (embeddings of files generation runs through `quantized_llama`; block-quantized
+/// tensors are dequantized). Files the dense network cannot hold exactly (rope scaling,
+/// extra tensors) are `Unsupported`.
+pub fn dense_f32(
+    path: &Path,
+    device: &Device,
+    context: usize,
+) -> Result<std::sync::Arc<crate::dense_llama::DenseLlama>> {
+    let mut file = std::fs::File::open(path).map_err(|e| io_error(path, &e))?;
+    let content = Content::read(&mut file)
+        .format_err(|| format!("{} is not a readable GGUF file", path.display()))?;
+    let dims = check_dims(&content.metadata)?;
+    if let Some(reason) = gguf_dense::structural_obstacle(&content, &dims) {
+        return Err(PluginError::unsupported(format!(
+            "the candle backend cannot compute embeddings of this GGUF: {reason}; use the \
+             llama-cpp backend"
+        )));
+    }
+    no_panic("reading the GGUF tensors", || {
+        gguf_dense::load_dequantized(&content, &mut file, device, &dims, context)
+    })
+}
+
 /// The positions a load covers: the asked number, else the trained length, capped as each
 /// layout needs.
 fn context_length(layout: Layout, train_context: usize, asked: u32) -> usize {

@@ -59,8 +59,9 @@ pub fn matrix_dtype(content: &Content) -> Option<GgmlDType> {
     dtypes.all(|d| d == first).then_some(first)
 }
 
-/// Why the dense path cannot hold this file exactly, if it cannot.
-pub fn obstacle(content: &Content, dims: &Dims) -> Option<String> {
+/// What the dense network cannot represent (experts, rope scaling, odd heads, tensors it has
+/// no place for), whatever the tensors' dtypes.
+pub fn structural_obstacle(content: &Content, dims: &Dims) -> Option<String> {
     if dims.experts > 1 {
         return Some(format!("{} experts per layer", dims.experts));
     }
@@ -85,15 +86,24 @@ pub fn obstacle(content: &Content, dims: &Dims) -> Option<String> {
         if part(name).is_none() {
             return Some(format!("tensor `{name}` has no place in the dense llama"));
         }
-        let info = &content.tensor_infos[name];
-        if dense_dtype(info.ggml_dtype).is_none() {
-            return Some(format!(
-                "tensor `{name}` is block-quantized ({:?})",
-                info.ggml_dtype
-            ));
-        }
     }
     None
+}
+
+/// Why the dense path cannot hold this file exactly, if it cannot: [`structural_obstacle`],
+/// or block-quantized tensors.
+pub fn obstacle(content: &Content, dims: &Dims) -> Option<String> {
+    structural_obstacle(content, dims).or_else(|| {
+        dequantize_needed(content).then(|| "some tensors are block-quantized".to_string())
+    })
+}
+
+/// Whether some tensor is block-quantized (only [`load_dequantized`] can read the file).
+pub fn dequantize_needed(content: &Content) -> bool {
+    content
+        .tensor_infos
+        .values()
+        .any(|info| dense_dtype(info.ggml_dtype).is_none())
 }
 
 /// Rope scaling of any kind: [`DenseLlama`] computes plain rope.
@@ -217,6 +227,37 @@ pub fn load<R: Read + Seek>(
         net: Net::Dense(Arc::new(model)),
         weight_bytes,
     })
+}
+
+/// Like [`load`] in F32, for embeddings: block-quantized tensors are dequantized
+/// (candle's `QTensor::dequantize`), so the network holds 4 bytes per weight. The caller
+/// checks [`structural_obstacle`] first.
+pub fn load_dequantized<R: Read + Seek>(
+    content: &Content,
+    reader: &mut R,
+    device: &Device,
+    dims: &Dims,
+    context: usize,
+) -> Result<Arc<DenseLlama>> {
+    let mut parts = Parts::new(dims.layers);
+    let mut names: Vec<&String> = content.tensor_infos.keys().collect();
+    names.sort();
+    for name in names {
+        let place = part(name).ok_or_else(|| {
+            PluginError::unsupported_format(format!("GGUF tensor `{name}` is not a llama tensor"))
+        })?;
+        let tensor = content
+            .tensor(reader, name, device)
+            .and_then(|q| q.dequantize(device))
+            .format_err(|| format!("reading GGUF tensor `{name}`"))?;
+        let tensor = rope_layout(name, tensor, dims)
+            .internal_err(|| format!("converting GGUF tensor `{name}`"))?;
+        parts.put(name, place, tensor)?;
+    }
+    let shape = shape(&content.metadata, dims, context)?;
+    let model = DenseLlama::new(parts.into_weights()?, shape, DType::F32, device)
+        .internal_err(|| "building the dense llama".to_string())?;
+    Ok(Arc::new(model))
 }
 
 /// The tensors read so far, by place.

@@ -38,6 +38,7 @@ pub mod constraint;
 pub mod decode_kernels;
 pub mod dense_llama;
 pub mod device;
+pub mod embed;
 pub mod error;
 pub mod files;
 pub mod generation;
@@ -75,6 +76,7 @@ pub fn manifest() -> Manifest {
         capability::FULL_SAMPLING,
         capability::LOGPROBS,
         capability::JSON_SCHEMA,
+        capability::EMBEDDINGS,
     ] {
         manifest.capabilities.insert(name);
     }

@@ -7,7 +7,7 @@ use crate::tokenizer::Vocab;
 use candle_core::Device;
 use llmlocal_plugin_api::{
     abi_stable::std_types::{ROption, RString, RVec},
-    AdapterRequest, GenerateRequest, Generation, Model, ModelMetadata, PluginError,
+    AdapterRequest, EmbedRequest, GenerateRequest, Generation, Model, ModelMetadata, PluginError,
 };
 use std::sync::Arc;
 
@@ -42,6 +42,8 @@ pub struct Shared {
     pub adapters: Vec<(String, f32)>,
     /// JSON-schema masks' token tables, built on the first constrained generation.
     pub guidance: crate::constraint::GuidanceCache,
+    /// The network embeddings run on (see [`crate::embed`]).
+    pub embedder: crate::embed::Embedder,
 }
 
 impl Shared {
@@ -171,5 +173,9 @@ impl Model for CandleModel {
         }
         let mut session = s.net.session(&s.device)?;
         s.prefill(&mut session, tokens, 0)
+    }
+
+    fn embed(&self, request: EmbedRequest) -> Result<Vec<Vec<f32>>> {
+        self.shared.embedder.embed(&request)
     }
 }

@@ -34,6 +34,18 @@ fn is_dense(loaded: &Loaded) -> bool {
 }
 
 fn model(loaded: Loaded) -> Box<dyn Model> {
+    let dense = match &loaded.net {
+        Net::Dense(m) => Some(m.clone()),
+        _ => None,
+    };
+    // No files: these tests do not embed with a network that is not dense already.
+    let embedder = llmlocal_backend_candle::embed::Embedder::new(
+        llmlocal_backend_candle::files::ModelFiles::Gguf(PathBuf::new()),
+        Vec::new(),
+        loaded.info.context_length,
+        Device::Cpu,
+        dense,
+    );
     Box::new(CandleModel::new(Shared {
         net: loaded.net,
         vocab: loaded.vocab,
@@ -44,6 +56,7 @@ fn model(loaded: Loaded) -> Box<dyn Model> {
         load_ms: 0.0,
         adapters: Vec::new(),
         guidance: Default::default(),
+        embedder,
     }))
 }
 

@@ -45,6 +45,7 @@
 
 pub mod adapters;
 mod context;
+pub mod embed;
 pub mod engine;
 pub mod generation;
 pub mod gguf;
@@ -85,6 +86,7 @@ pub fn manifest() -> Manifest {
         capability::LOGPROBS,
         capability::GRAMMAR,
         capability::JSON_SCHEMA,
+        capability::EMBEDDINGS,
     ] {
         manifest.capabilities.insert(name);
     }

@@ -2,6 +2,7 @@
 
 use crate::{
     adapters::AdapterSet,
+    embed::Embedder,
     engine::{Command, Engine, EngineConfig, GenerateJob, Job, JobKind, OUTPUT_CHANNEL_CAPACITY},
     generation::LlamaGeneration,
     runtime::Device,
@@ -10,7 +11,7 @@ use crate::{
 use llama_cpp_2::{model::LlamaModel, token::LlamaToken};
 use llmlocal_plugin_api::{
     abi_stable::std_types::{ROption, RString, RVec},
-    GenerateRequest, Generation, Model, ModelMetadata, PluginError, StatsClock,
+    EmbedRequest, GenerateRequest, Generation, Model, ModelMetadata, PluginError, StatsClock,
 };
 use std::sync::{atomic::AtomicBool, Arc, RwLock, RwLockReadGuard, RwLockWriteGuard, TryLockError};
 use std::time::Instant;
@@ -96,6 +97,7 @@ pub struct LlamaCppModel {
     context_per_sequence: u32,
     load_set: AdapterSet,
     guidance: GuidanceCache,
+    embedder: Embedder,
 }
 
 impl LlamaCppModel {
@@ -104,7 +106,15 @@ impl LlamaCppModel {
             let model = read(&parts.model)?;
             (read_metadata(&model, &parts), model.n_vocab())
         };
+        let embedder = Embedder {
+            model: Arc::clone(&parts.model),
+            context_length: parts.config.context_per_sequence,
+            threads: parts.config.threads,
+            model_pooling: metadata.pooling.to_string(),
+            has_adapters: !parts.load_set.is_empty(),
+        };
         Ok(LlamaCppModel {
+            embedder,
             n_vocab,
             model: parts.model,
             engine: parts.engine,
@@ -336,5 +346,9 @@ impl Model for LlamaCppModel {
         result
             .recv()
             .map_err(|_| PluginError::internal("the llama.cpp decode thread stopped"))?
+    }
+
+    fn embed(&self, request: EmbedRequest) -> Result<Vec<Vec<f32>>, PluginError> {
+        self.embedder.embed(&request)
     }
 }

@@ -141,7 +141,11 @@ fn model_checks(rec: &mut Recorder, backend: &Arc<LoadedBackend>, m: &ModelUnder
         })
     };
     let Some(ctx) = loaded else {
-        for name in MODEL_CHECKS.iter().chain(sampling::CHECKS) {
+        for name in MODEL_CHECKS
+            .iter()
+            .chain(sampling::CHECKS)
+            .chain(checks::embeddings::CHECKS)
+        {
             rec.skip(l, name, "the model did not load");
         }
         return;
@@ -175,6 +179,7 @@ fn model_checks(rec: &mut Recorder, backend: &Arc<LoadedBackend>, m: &ModelUnder
         move || concurrency::drop_cancels(&ctx)
     });
     sampling::run(rec, l, backend, &ctx, &path, &device, solo.as_deref());
+    checks::embeddings::run(rec, l, &ctx);
     let Some(solo) = solo else {
         for name in SOLO_CHECKS {
             rec.skip(

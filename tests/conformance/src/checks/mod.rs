@@ -1,6 +1,7 @@
 //! The checks, one file per group. Each check body returns an [`crate::outcome::Outcome`].
 
 pub mod concurrency;
+pub mod embeddings;
 pub mod errors;
 pub mod generation;
 pub mod model;
