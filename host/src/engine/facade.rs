@@ -598,7 +598,12 @@ impl Engine {
         let received = Instant::now();
         embedding::check_count(&input)?;
         let ready = self
-            .ensure_loaded(name, config.backend.as_deref(), None)
+            .ensure_loaded(
+                name,
+                config.backend.as_deref(),
+                None,
+                &[capability::EMBEDDINGS],
+            )
             .await?;
         let (slot, busy, load_ms) = (ready.slot, ready.busy, ready.load_ms);
         if !slot.model.has_capability(capability::EMBEDDINGS) {
