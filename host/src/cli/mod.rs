@@ -61,6 +61,7 @@ pub enum Command {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     logging::init(cli.verbose);
+    crate::plugins::install_fatal_signal_report();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {

@@ -31,6 +31,7 @@ pub(crate) fn open(path: &Path) -> Result<Candidate, Refusal> {
         .into_result()
         .map_err(Refusal::Manifest)?;
     check_manifest(&manifest)?;
+    super::crash::register(manifest.name.as_str(), path);
     Ok(Candidate { module, manifest })
 }
 

@@ -2,6 +2,7 @@
 //! check each one on its own ([`PluginRegistry`]), and call the loaded backends through safe
 //! handles ([`LoadedBackend`], [`LoadedModel`], [`RunningGeneration`]).
 
+mod crash;
 mod discover;
 mod error;
 mod handles;
@@ -10,6 +11,7 @@ mod log_sink;
 mod registry;
 pub mod version;
 
+pub use crash::install_fatal_signal_report;
 pub use discover::{
     backend_name_of_file, discover, library_file_name, search_dirs, PLUGIN_PATH_ENV,
 };

@@ -129,6 +129,9 @@ impl Generation for ScriptedGeneration {
                 self.generated + 1
             );
         }
+        if self.behaviour.segfault_at_token == Some(self.generated + 1) {
+            segfault();
+        }
         let Some(id) = self.next_id() else {
             return Ok(self.finish(FinishReason::EndOfGeneration));
         };
@@ -150,4 +153,14 @@ impl Generation for ScriptedGeneration {
     fn stats(&self) -> GenerationStats {
         self.clock.stats()
     }
+}
+
+/// A real invalid memory access in this library's code (not `raise`, whose instruction is in
+/// libc): what a buggy native backend does.
+#[inline(never)]
+fn segfault() {
+    // An address in the never-mapped first page, hidden from the optimiser.
+    let address = std::hint::black_box(16usize) as *mut u32;
+    // SAFETY: deliberately not safe: the point of the segfaulting-generation test plugin.
+    unsafe { address.write_volatile(1) };
 }

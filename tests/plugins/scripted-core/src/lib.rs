@@ -36,6 +36,8 @@ pub struct Behaviour {
     /// Block inside `Model::generate` this long, after creating `<model file>.generating`
     /// (so that a test knows the call has begun).
     pub generate_delay: Option<std::time::Duration>,
+    /// Write to an unmapped address (SIGSEGV) in `Generation::next` at this token (1-based).
+    pub segfault_at_token: Option<u32>,
     /// Never return from `Generation::next` when producing this token (1-based).
     pub hang_at_token: Option<u32>,
     /// Report probabilities where the contract asks for log-probabilities (when a request
