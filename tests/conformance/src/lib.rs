@@ -17,7 +17,7 @@ pub mod report;
 pub use probe::{probe_dir, probe_files};
 pub use report::{CheckResult, Counts, ProbeEntry, ProbeReport, Status, SuiteReport};
 
-use checks::{concurrency, errors, generation, model, plugin, sampling, ModelCtx};
+use checks::{concurrency, errors, generation, model, plugin, prefix, sampling, ModelCtx};
 use llmlocal::plugins::{LoadedBackend, PluginRegistry};
 use recorder::Recorder;
 use std::{
@@ -141,7 +141,7 @@ fn model_checks(rec: &mut Recorder, backend: &Arc<LoadedBackend>, m: &ModelUnder
         })
     };
     let Some(ctx) = loaded else {
-        for name in MODEL_CHECKS.iter().chain(sampling::CHECKS) {
+        for name in MODEL_CHECKS.iter().chain(sampling::CHECKS).chain(prefix::CHECKS) {
             rec.skip(l, name, "the model did not load");
         }
         return;
@@ -175,6 +175,7 @@ fn model_checks(rec: &mut Recorder, backend: &Arc<LoadedBackend>, m: &ModelUnder
         move || concurrency::drop_cancels(&ctx)
     });
     sampling::run(rec, l, backend, &ctx, &path, &device, solo.as_deref());
+    prefix::run(rec, l, &ctx);
     let Some(solo) = solo else {
         for name in SOLO_CHECKS {
             rec.skip(
