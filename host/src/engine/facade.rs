@@ -552,6 +552,7 @@ impl Engine {
                 .collect(),
             constraint: config.constraint.as_ref().map(constraint_of).into(),
             logprobs: config.logprobs.into(),
+            cache_prompt: config.cache_prompt.unwrap_or(true),
             ..GenerateRequest::greedy(prepared, 0)
         };
         // A 400 naming the backend and the capability, before any work is queued.

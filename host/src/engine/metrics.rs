@@ -46,6 +46,7 @@ pub struct Metrics {
     pub requests: Family<RequestLabel, Counter>,
     pub errors: Family<ErrorLabel, Counter>,
     pub prompt_tokens: Family<ModelLabel, Counter>,
+    pub prompt_tokens_cached: Family<ModelLabel, Counter>,
     pub generated_tokens: Family<ModelLabel, Counter>,
     pub generations: Family<FinishLabel, Counter>,
     pub time_to_first_token: Family<ModelLabel, Histogram>,
@@ -75,6 +76,7 @@ impl Metrics {
             requests: Family::default(),
             errors: Family::default(),
             prompt_tokens: Family::default(),
+            prompt_tokens_cached: Family::default(),
             generated_tokens: Family::default(),
             generations: Family::default(),
             time_to_first_token: Family::new_with_constructor(seconds_histogram),
@@ -102,6 +104,11 @@ impl Metrics {
             "prompt_tokens",
             "Prompt tokens processed",
             self.prompt_tokens.clone(),
+        );
+        r.register(
+            "prompt_tokens_cached",
+            "Prompt tokens the backend reused from its prompt cache (included in prompt_tokens)",
+            self.prompt_tokens_cached.clone(),
         );
         r.register(
             "generated_tokens",
