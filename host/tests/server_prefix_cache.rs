@@ -70,7 +70,9 @@ async fn post_ok(server: &TestServer, path: &str, body: Value) -> String {
 async fn chat(server: &TestServer, messages: &[Value], extra: Value) -> (String, Value) {
     let text = post_ok(server, "/v1/chat/completions", chat_body(messages, extra)).await;
     let v: Value = serde_json::from_str(&text).expect("JSON");
-    let answer = v["choices"][0]["message"]["content"].as_str().expect("content");
+    let answer = v["choices"][0]["message"]["content"]
+        .as_str()
+        .expect("content");
     check_timings(&v);
     (answer.to_string(), v["usage"].clone())
 }
@@ -78,9 +80,18 @@ async fn chat(server: &TestServer, messages: &[Value], extra: Value) -> (String,
 /// `timings`: the evaluated (`prompt_n`) and the reused (`cache_n`) make the whole prompt.
 fn check_timings(v: &Value) {
     let (timings, usage) = (&v["timings"], &v["usage"]);
-    assert_eq!(timings["cache_n"], usage["prompt_tokens_details"]["cached_tokens"]);
-    let sum = timings["prompt_n"].as_u64().zip(timings["cache_n"].as_u64());
-    assert_eq!(sum.map(|(a, b)| a + b), usage["prompt_tokens"].as_u64(), "{v}");
+    assert_eq!(
+        timings["cache_n"],
+        usage["prompt_tokens_details"]["cached_tokens"]
+    );
+    let sum = timings["prompt_n"]
+        .as_u64()
+        .zip(timings["cache_n"].as_u64());
+    assert_eq!(
+        sum.map(|(a, b)| a + b),
+        usage["prompt_tokens"].as_u64(),
+        "{v}"
+    );
 }
 
 fn cached(usage: &Value) -> u64 {
@@ -136,7 +147,10 @@ async fn a_chat_second_turn_reuses_the_first_and_answers_the_same() {
 
     let response = client().get(server.url("/metrics")).send().await;
     let metrics = response.expect("metrics").text().await.expect("text");
-    let total = metric(&metrics, "llmlocal_prompt_tokens_cached_total{model=\"story\"}");
+    let total = metric(
+        &metrics,
+        "llmlocal_prompt_tokens_cached_total{model=\"story\"}",
+    );
     assert!(total >= Some(cached(&usage2) as f64), "{metrics}");
 }
 
@@ -153,8 +167,8 @@ async fn completions_reuse_a_repeated_prompt_unless_told_not_to() {
         }
         let server = &server;
         async move {
-            let v: Value =
-                serde_json::from_str(&post_ok(server, "/v1/completions", body).await).expect("JSON");
+            let v: Value = serde_json::from_str(&post_ok(server, "/v1/completions", body).await)
+                .expect("JSON");
             check_timings(&v);
             (v["choices"][0]["text"].clone(), v["usage"].clone())
         }

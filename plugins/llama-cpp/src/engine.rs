@@ -669,7 +669,10 @@ impl<'m> State<'m> {
         let (Ok(seq_id), Ok(p0)) = (u32::try_from(id), u32::try_from(keep)) else {
             return false;
         };
-        match self.context.clear_kv_cache_seq(Some(seq_id), Some(p0), None) {
+        match self
+            .context
+            .clear_kv_cache_seq(Some(seq_id), Some(p0), None)
+        {
             Ok(true) => {}
             Ok(false) | Err(_) => return false,
         }
@@ -728,7 +731,10 @@ impl<'m> State<'m> {
         let prompt = reuse.then_some(job.prompt.as_slice());
         let Some(pick) = self.memory.pick(free, prompt) else {
             // `admit` only calls with a free slot; failing beats losing the job.
-            return fail_job(job, PluginError::internal("no free sequence slot for the job"));
+            return fail_job(
+                job,
+                PluginError::internal("no free sequence slot for the job"),
+            );
         };
         let kept = self.prepare_slot(pick.slot, pick.common, job.prompt.len());
         if let JobKind::Generate(generate) = &job.kind {

@@ -125,10 +125,16 @@ mod tests {
         memory.touch(1);
         memory.touch(2); // used last, but empty
         let prompt = toks(&[1, 2]);
-        assert_eq!(memory.pick(&[0, 1, 2], Some(&prompt)).map(|p| p.slot), Some(2));
+        assert_eq!(
+            memory.pick(&[0, 1, 2], Some(&prompt)).map(|p| p.slot),
+            Some(2)
+        );
         assert_eq!(memory.pick(&[0, 1], Some(&prompt)).map(|p| p.slot), Some(0));
         // A job that must start clean picks the same way.
-        assert_eq!(memory.pick(&[0, 1], None), Some(Pick { slot: 0, common: 0 }));
+        assert_eq!(
+            memory.pick(&[0, 1], None),
+            Some(Pick { slot: 0, common: 0 })
+        );
     }
 
     #[test]
@@ -139,7 +145,10 @@ mod tests {
         memory.remember(0, toks(&[1, 2]));
         memory.remember(1, toks(&[1, 2]));
         let prompt = toks(&[1, 2, 3]);
-        assert_eq!(memory.pick(&[0, 1], Some(&prompt)), Some(Pick { slot: 1, common: 2 }));
+        assert_eq!(
+            memory.pick(&[0, 1], Some(&prompt)),
+            Some(Pick { slot: 1, common: 2 })
+        );
     }
 
     #[test]

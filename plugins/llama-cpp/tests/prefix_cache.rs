@@ -66,7 +66,10 @@ fn another_adapter_set_does_not_reuse_kept_cells() {
     let mut with_lora = greedy(&prompt);
     with_lora.adapters = ROption::RSome(adapters);
     let (got, cached) = run(model.as_ref(), with_lora);
-    assert_eq!(got, expected, "cells computed without the adapter were reused");
+    assert_eq!(
+        got, expected,
+        "cells computed without the adapter were reused"
+    );
     assert_ne!(got.ids, base.ids, "the adapter had no effect");
     assert_eq!(cached, 0);
     // Back to the load set: the adapter's cells are not reused either.

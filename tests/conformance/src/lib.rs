@@ -141,7 +141,11 @@ fn model_checks(rec: &mut Recorder, backend: &Arc<LoadedBackend>, m: &ModelUnder
         })
     };
     let Some(ctx) = loaded else {
-        for name in MODEL_CHECKS.iter().chain(sampling::CHECKS).chain(prefix::CHECKS) {
+        for name in MODEL_CHECKS
+            .iter()
+            .chain(sampling::CHECKS)
+            .chain(prefix::CHECKS)
+        {
             rec.skip(l, name, "the model did not load");
         }
         return;

@@ -31,8 +31,11 @@ const MIN_PROMPT: usize = 20;
 /// Tokens each generation produces (`ignore_eos`, so every run has the same length).
 const NEW_TOKENS: u32 = 8;
 
+/// A check body of this module.
+type Check = fn(&ModelCtx) -> Outcome;
+
 pub fn run(rec: &mut Recorder, l: Option<&str>, ctx: &Arc<ModelCtx>) {
-    let checks: [(&str, fn(&ModelCtx) -> Outcome); 4] = [
+    let checks: [(&str, Check); 4] = [
         (CHECKS[0], longer_prompt),
         (CHECKS[1], shorter_prompt),
         (CHECKS[2], edit_in_the_middle),
