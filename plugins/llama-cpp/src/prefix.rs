@@ -37,10 +37,12 @@ impl SlotMemory {
         }
     }
 
-    /// The free slot for `prompt` among `free`: the longest common prefix wins (ties: the
-    /// least recently used). With no common prefix anywhere (or `prompt` = `None`: a job that
-    /// must start from empty cells), an empty slot first, then the least recently used one,
-    /// so kept prefixes survive as long as possible. `None` when no slot is free.
+    /// The free slot for `prompt` among `free`. A *hit* is a slot whose common prefix with
+    /// the prompt keeps at least half of what the slot holds; the longest hit wins (ties: the
+    /// least recently used). Without a hit (or for `prompt` = `None`: a job that must start
+    /// from empty cells) an empty slot comes first, so a new conversation that shares only
+    /// a chat template's first tokens with a kept one does not wipe that one's history; then
+    /// the longest common prefix, then the least recently used. `None` when no slot is free.
     pub fn pick(&self, free: &[usize], prompt: Option<&[LlamaToken]>) -> Option<Pick> {
         let common = |slot: usize| prompt.map_or(0, |p| common_prefix(&self.held[slot], p));
         free.iter()
@@ -49,10 +51,13 @@ impl SlotMemory {
                 common: common(slot),
             })
             .min_by_key(|pick| {
-                let holds = !self.held[pick.slot].is_empty();
+                let held = self.held[pick.slot].len();
+                let hit = pick.common > 0 && pick.common * 2 >= held;
                 (
+                    !hit,
+                    std::cmp::Reverse(if hit { pick.common } else { 0 }),
+                    held > 0,
                     std::cmp::Reverse(pick.common),
-                    pick.common == 0 && holds,
                     self.last_used[pick.slot],
                 )
             })
@@ -148,6 +153,28 @@ mod tests {
         assert_eq!(
             memory.pick(&[0, 1], Some(&prompt)),
             Some(Pick { slot: 1, common: 2 })
+        );
+    }
+
+    #[test]
+    fn a_short_match_on_a_long_history_takes_an_empty_slot_instead() {
+        let mut memory = SlotMemory::new(3);
+        memory.remember(0, toks(&[1, 2, 3, 4, 5, 6, 7, 8]));
+        memory.remember(1, toks(&[1, 2, 9]));
+        let prompt = toks(&[1, 2, 10, 11]);
+        // Slot 1 keeps 2 of its 3 tokens: a hit; slot 0 would lose 6 of 8.
+        assert_eq!(
+            memory.pick(&[0, 1, 2], Some(&prompt)),
+            Some(Pick { slot: 1, common: 2 })
+        );
+        assert_eq!(
+            memory.pick(&[0, 2], Some(&prompt)),
+            Some(Pick { slot: 2, common: 0 })
+        );
+        // Nothing empty: the longest common prefix still saves work.
+        assert_eq!(
+            memory.pick(&[0], Some(&prompt)),
+            Some(Pick { slot: 0, common: 2 })
         );
     }
 
