@@ -29,8 +29,8 @@
 //! was). A new job takes the free slot whose tokens share the longest common prefix with its
 //! prompt, if that keeps at least half of the slot's tokens (ties: the least recently used;
 //! otherwise an empty slot first, then the longest common prefix, then the least recently
-//! used: see [`SlotMemory::pick`]), removes that slot's cells from the common length on and reads
-//! only the rest of the prompt. The last prompt token is always evaluated again (its logits
+//! used: see [`SlotMemory::pick`]), removes that slot's cells from the common length on and
+//! reads only the rest of the prompt. The last prompt token is always evaluated again (its logits
 //! give the first token), so a prompt found whole reuses `len - 1` tokens. The count is
 //! reported as `GenerationStats::cached_prompt_tokens`. Kept cells are dropped whenever they
 //! could be wrong or are in the way:
