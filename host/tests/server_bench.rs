@@ -525,3 +525,153 @@ async fn time_to_first_token_over_http_on_a_free_backend() {
     );
     assert!(http > 0.0 && direct > 0.0);
 }
+
+/// The first user message of the chat-turn-2 measurement: about `tokens` tokens of prose.
+fn long_message(tokens: usize, round: usize) -> String {
+    const SENTENCE: &str = "The little fox walked along the river and looked at the trees. ";
+    // Round first, so rounds share no more than the template's opening tokens.
+    let mut text = format!("Round {round}. ");
+    while text.len() < tokens * 3 {
+        text.push_str(SENTENCE);
+    }
+    text
+}
+
+/// One streamed chat over HTTP: time to the first non-empty content, the answer, and the
+/// prompt and cached token counts from the final usage chunk.
+async fn chat_ttft(
+    server: &TestServer,
+    http: &reqwest::Client,
+    messages: &serde_json::Value,
+    cache_prompt: bool,
+) -> (f64, String, u64, u64, f64) {
+    let body = json!({"model": "m", "messages": messages, "stream": true, "max_tokens": 16,
+                      "temperature": 0, "cache_prompt": cache_prompt,
+                      "stream_options": {"include_usage": true}});
+    let started = Instant::now();
+    let mut response = http
+        .post(server.url("/v1/chat/completions"))
+        .json(&body)
+        .send()
+        .await
+        .expect("request");
+    const KEY: &str = "\"content\":\"";
+    let (mut first, mut raw) = (None, String::new());
+    while let Some(chunk) = response.chunk().await.expect("read") {
+        let chunk = std::str::from_utf8(&chunk).expect("utf-8");
+        let has_content = chunk
+            .match_indices(KEY)
+            .any(|(at, _)| !chunk[at + KEY.len()..].starts_with('"'));
+        if first.is_none() && has_content {
+            first = Some(started.elapsed().as_secs_f64() * 1000.0);
+        }
+        raw.push_str(chunk);
+    }
+    let (events, done) = server_support::parse_sse(&raw);
+    assert!(done, "{raw}");
+    let text: String = events
+        .iter()
+        .filter_map(|e| e["choices"][0]["delta"]["content"].as_str())
+        .collect();
+    let usage = &events.last().expect("usage chunk")["usage"];
+    let prompt = usage["prompt_tokens"].as_u64().expect("prompt_tokens");
+    let cached = usage["prompt_tokens_details"]["cached_tokens"]
+        .as_u64()
+        .expect("cached_tokens");
+    // A random model may end at once: then the end is the first token.
+    let ttft = first.unwrap_or_else(|| started.elapsed().as_secs_f64() * 1000.0);
+    // The plugin's own time to its first token (prompt processing and the first sample).
+    let prompt_ms = events
+        .iter()
+        .find_map(|e| e["timings"]["prompt_ms"].as_f64())
+        .expect("timings");
+    (ttft, text, prompt, cached, prompt_ms)
+}
+
+/// Time to the first token of a fresh (uncached) completion of `n` prompt tokens: what
+/// evaluating only a turn's new tokens costs.
+async fn fresh_ttft(server: &TestServer, http: &reqwest::Client, n: usize) -> f64 {
+    // Ordinary token ids of the stories260K vocabulary (the bench models share it).
+    let ids: Vec<u32> = (0..n).map(|i| 300 + (i % 200) as u32).collect();
+    let body = json!({"model": "m", "prompt": ids, "max_tokens": 1, "temperature": 0,
+                      "cache_prompt": false, "ignore_eos": true});
+    let response = http
+        .post(server.url("/v1/completions"))
+        .json(&body)
+        .send()
+        .await
+        .expect("request");
+    let v: serde_json::Value = response.json().await.expect("json");
+    v["timings"]["prompt_ms"].as_f64().expect("timings")
+}
+
+/// A chat's second turn after a long first turn (~1000 tokens): time to the first token
+/// with the prompt cache (the first turn's KV cells reused) and without it (`cache_prompt:
+/// false`), the same answer both ways; interleaved rounds (the order alternates), medians,
+/// 2 threads. On `$LLMLOCAL_BENCH_GGUF` (e.g. the bench's random 85M F16 llama, written by
+/// `cargo xtask bench` to target/bench/random-llama-85m-f16.gguf), else on stories260K.
+/// `cargo xtask bench --suite server -- chat_turn2` runs only this one.
+#[tokio::test(flavor = "multi_thread")]
+async fn chat_turn2_time_to_first_token_with_and_without_the_prompt_cache() {
+    const ROUNDS: usize = 5;
+    const FIRST_TURN_TOKENS: usize = 1000;
+    let path = match std::env::var_os("LLMLOCAL_BENCH_GGUF") {
+        Some(path) => std::path::PathBuf::from(path),
+        None => match stories260k() {
+            Some(dir) => dir.join("stories260K.gguf"),
+            None => {
+                eprintln!("SKIP: set LLMLOCAL_BENCH_GGUF or LLMLOCAL_SHARED_MODELS");
+                return;
+            }
+        },
+    };
+    let (_engine, server) = model_server(&path, "cpu", 2).await;
+    let http = client();
+    let (mut with_cache, mut without, mut counts) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut plugin_hit, mut plugin_miss, mut fresh) = (Vec::new(), Vec::new(), Vec::new());
+    for round in 0..=ROUNDS {
+        let mut messages = vec![json!({"role": "user",
+                                       "content": long_message(FIRST_TURN_TOKENS, round)})];
+        let (_, answer, ..) = chat_ttft(&server, &http, &json!(messages), true).await;
+        messages.push(json!({"role": "assistant", "content": answer}));
+        messages.push(json!({"role": "user", "content": "And then what happened?"}));
+        let messages = json!(messages);
+        let cached_first = round % 2 == 0;
+        let mut runs = Vec::new();
+        for cache in [cached_first, !cached_first] {
+            runs.push((cache, chat_ttft(&server, &http, &messages, cache).await));
+        }
+        let (hit, miss) = match runs.as_slice() {
+            [(true, hit), (_, miss)] | [(_, miss), (true, hit)] => (hit.clone(), miss.clone()),
+            _ => unreachable!("one run with the cache, one without"),
+        };
+        assert_eq!(hit.1, miss.1, "the cache changed the answer");
+        assert_eq!(miss.3, 0, "cache_prompt false reused tokens");
+        // Round 0 warms up (model load, first-use buffers).
+        if round > 0 {
+            with_cache.push(hit.0);
+            without.push(miss.0);
+            counts.push((hit.2, hit.3));
+            plugin_hit.push(hit.4);
+            plugin_miss.push(miss.4);
+            let new_tokens = (hit.2 - hit.3) as usize;
+            fresh.push(fresh_ttft(&server, &http, new_tokens).await);
+        }
+    }
+    let (prompt, cached) = counts[0];
+    let name = path
+        .file_name()
+        .map_or("model".into(), |n| n.to_string_lossy());
+    let (hit, miss) = (median(with_cache.clone()), median(without.clone()));
+    println!(
+        "BENCH chat turn 2 TTFT, {name}, 2 threads, {prompt} prompt tokens ({cached} cached), \
+         median of {ROUNDS}: with the prompt cache {hit:.1} ms (runs {with_cache:.1?}), \
+         without {miss:.1} ms (runs {without:.1?}), {:.1}x faster; in the plugin (timings \
+         prompt_ms): {:.1} ms with, {:.1} ms without, {:.1} ms for the {} new tokens alone",
+        miss / hit.max(1e-9),
+        median(plugin_hit),
+        median(plugin_miss),
+        median(fresh),
+        prompt - cached
+    );
+}

@@ -88,9 +88,13 @@ fn assert_mentions(message: &str, parts: &[&str]) {
     }
 }
 
-/// Checks a `timings` object's counts and that its times and rates agree.
-fn check_timings(timings: &Value, prompt_n: u64, predicted_n: u64) {
-    assert_eq!(timings["prompt_n"].as_u64(), Some(prompt_n), "{timings}");
+/// Checks a `timings` object's counts and that its times and rates agree. As in
+/// llama-server, `prompt_n` counts the evaluated prompt tokens and `cache_n` the ones reused
+/// from the prompt cache: together the whole prompt.
+fn check_timings(timings: &Value, prompt_tokens: u64, predicted_n: u64) {
+    let prompt_n = timings["prompt_n"].as_u64().expect("prompt_n");
+    let cache_n = timings["cache_n"].as_u64().expect("cache_n");
+    assert_eq!(prompt_n + cache_n, prompt_tokens, "{timings}");
     assert_eq!(
         timings["predicted_n"].as_u64(),
         Some(predicted_n),

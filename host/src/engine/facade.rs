@@ -744,6 +744,7 @@ fn request_of(config: &GenerationConfig, prompt: Vec<u32>, max_tokens: u32) -> G
             .collect(),
         constraint: config.constraint.as_ref().map(constraint_of).into(),
         logprobs: config.logprobs.into(),
+        cache_prompt: config.cache_prompt.unwrap_or(true),
         ..GenerateRequest::greedy(prompt, max_tokens)
     }
 }

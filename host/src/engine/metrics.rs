@@ -46,6 +46,7 @@ pub struct Metrics {
     pub requests: Family<RequestLabel, Counter>,
     pub errors: Family<ErrorLabel, Counter>,
     pub prompt_tokens: Family<ModelLabel, Counter>,
+    pub prompt_tokens_cached: Family<ModelLabel, Counter>,
     pub generated_tokens: Family<ModelLabel, Counter>,
     pub generations: Family<FinishLabel, Counter>,
     /// Vectors computed by embedding requests.
@@ -77,6 +78,7 @@ impl Metrics {
             requests: Family::default(),
             errors: Family::default(),
             prompt_tokens: Family::default(),
+            prompt_tokens_cached: Family::default(),
             generated_tokens: Family::default(),
             generations: Family::default(),
             embeddings: Family::default(),
@@ -110,6 +112,11 @@ impl Metrics {
             "prompt_tokens",
             "Prompt tokens processed",
             self.prompt_tokens.clone(),
+        );
+        r.register(
+            "prompt_tokens_cached",
+            "Prompt tokens the backend reused from its prompt cache (included in prompt_tokens)",
+            self.prompt_tokens_cached.clone(),
         );
         r.register(
             "generated_tokens",

@@ -53,6 +53,10 @@ pub struct GenerationConfig {
     /// [`crate::adapters::AdapterSpec`]). `None` = the model's configured adapters (its
     /// entry's `adapters`); `Some(vec![])` = none, even when the model configures some.
     pub adapters: Option<Vec<String>>,
+    /// May the backend reuse KV state kept from earlier generations with the same prompt
+    /// prefix (llama-server's `cache_prompt`)? `None` = yes. The output is the same either
+    /// way; a backend without `prefix-cache` never reuses anything.
+    pub cache_prompt: Option<bool>,
 }
 
 impl GenerationConfig {
@@ -114,6 +118,8 @@ pub struct Completion {
     pub completion_tokens: u32,
     /// The backend's counters.
     pub stats: GenerationStats,
+    /// Of `prompt_tokens`, how many the backend reused from its prompt cache.
+    pub cached_tokens: u32,
     /// Time spent loading the model for this request (0 when it was loaded already).
     pub load_ms: f64,
     /// Time waiting in the model's queue.

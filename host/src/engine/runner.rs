@@ -89,6 +89,10 @@ fn run(
         Ok(mut generation) => {
             let outcome = pump(&mut job, &mut generation, &sender, started);
             let stats = generation.stats().unwrap_or_default();
+            job.metrics
+                .prompt_tokens_cached
+                .get_or_create(&label)
+                .inc_by(u64::from(stats.cached_prompt_tokens));
             // Dropping the generation here cancels it in the plugin when it did not finish.
             drop(generation);
             (outcome, stats)
@@ -120,6 +124,9 @@ fn finish(job: Job, sender: Sender, (outcome, stats): (Outcome, plugins::Generat
                 finish_reason: reason,
                 prompt_tokens: job.request.prompt_tokens.len() as u32,
                 completion_tokens: stats.generated_tokens,
+                cached_tokens: stats
+                    .cached_prompt_tokens
+                    .min(job.request.prompt_tokens.len() as u32),
                 stats,
                 load_ms: job.load_ms,
                 queue_ms: job.queue_ms,

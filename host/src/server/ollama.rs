@@ -144,6 +144,7 @@ fn params(
         backend,
         ignore_eos: false,
         adapters,
+        cache_prompt: None,
     }
 }
 
@@ -170,7 +171,9 @@ fn final_fields(done: &Completion) -> Value {
         "done_reason": done.finish_reason.as_openai(),
         "total_duration": ns(done.total_ms),
         "load_duration": ns(done.load_ms),
+        // As Ollama: every prompt token, cached or not; the cached ones also on their own.
         "prompt_eval_count": done.prompt_tokens,
+        "prompt_eval_cached_count": done.cached_tokens,
         "prompt_eval_duration": ns(done.prompt_ms()),
         "eval_count": done.completion_tokens,
         "eval_duration": ns(done.decode_ms()),

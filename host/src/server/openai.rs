@@ -85,6 +85,8 @@ pub struct Common {
     pub backend: Option<String>,
     /// Extension: LoRA adapters for this request, `"SPEC[:scale]"` strings.
     pub adapters: Option<Vec<String>>,
+    /// Extension (llama-server): `false` = do not reuse a kept prompt prefix.
+    pub cache_prompt: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -141,6 +143,7 @@ impl Common {
             backend: self.backend.clone(),
             ignore_eos: self.ignore_eos,
             adapters: self.adapters.clone(),
+            cache_prompt: self.cache_prompt,
         })
     }
 
@@ -268,11 +271,13 @@ fn kind_of(value: &Value) -> &'static str {
     }
 }
 
+/// OpenAI's usage; `prompt_tokens` counts every prompt token, cached or not.
 fn usage(done: &Completion) -> Value {
     json!({
         "prompt_tokens": done.prompt_tokens,
         "completion_tokens": done.completion_tokens,
         "total_tokens": done.prompt_tokens + done.completion_tokens,
+        "prompt_tokens_details": { "cached_tokens": done.cached_tokens },
     })
 }
 
@@ -281,10 +286,12 @@ fn usage(done: &Completion) -> Value {
 /// `prompt_ms` is from that start to the first token being ready (prompt processing plus
 /// sampling the first token), `predicted_ms` from the first token to the last.
 /// `predicted_n` counts every generated token; `predicted_per_second` is the plugin's decode
-/// rate, the tokens after the first over `predicted_ms`.
+/// rate, the tokens after the first over `predicted_ms`. As in llama-server, `prompt_n`
+/// counts the prompt tokens evaluated and `cache_n` those reused from the prompt cache.
 fn timings(done: &Completion) -> Value {
     json!({
-        "prompt_n": done.prompt_tokens,
+        "cache_n": done.cached_tokens,
+        "prompt_n": done.prompt_tokens - done.cached_tokens,
         "prompt_ms": done.prompt_ms(),
         "prompt_per_second": done.stats.prompt_tokens_per_second,
         "predicted_n": done.completion_tokens,

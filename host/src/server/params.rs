@@ -44,6 +44,8 @@ pub struct Params {
     pub ignore_eos: bool,
     /// Extension: LoRA adapters, `SPEC[:scale]` strings; `None` = the model's configured ones.
     pub adapters: Option<Vec<String>>,
+    /// llama-server's `cache_prompt`: may the backend reuse a kept prompt prefix.
+    pub cache_prompt: Option<bool>,
 }
 
 impl Params {
@@ -130,6 +132,7 @@ impl Params {
             ignore_eos: self.ignore_eos,
             backend: self.backend,
             adapters: self.adapters,
+            cache_prompt: self.cache_prompt,
             ..GenerationConfig::default()
         })
     }

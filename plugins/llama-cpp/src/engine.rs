@@ -12,28 +12,57 @@
 //!    creates the context again: queued jobs stay queued, nothing was running; when the model
 //!    already holds [`crate::adapters::MAX_ADAPTERS`] files, it first reloads the model to
 //!    free them all, see `reload`),
-//! 2. frees the slots of cancelled or finished sequences (`llama_memory_seq_rm` at once),
+//! 2. frees the slots of cancelled or finished sequences (`llama_memory_seq_rm` at once,
+//!    except for kept prefixes, below),
 //! 3. builds ONE batch: the next token of every generating sequence whose output channel has
 //!    room, then prompt chunks of the sequences still reading their prompt, up to
 //!    `batch_size` tokens in all,
 //! 4. runs one `llama_decode`, then samples one token per sequence that asked for logits and
 //!    sends it without blocking (a full channel just makes that sequence sit out the next
 //!    steps; the others go on).
+//!
+//! # Prompt-prefix reuse (capability `prefix-cache`)
+//!
+//! A generation that ends normally (a finish reason, not an error or a cancel) with
+//! `cache_prompt` on leaves its KV cells in its slot; [`SlotMemory`] remembers the tokens they
+//! hold: the prompt and the generated tokens that were decoded (the last sampled token never
+//! was). A new job takes the free slot whose tokens share the longest common prefix with its
+//! prompt, if that keeps at least half of the slot's tokens (ties: the least recently used;
+//! otherwise an empty slot first, then the longest common prefix, then the least recently
+//! used: see [`SlotMemory::pick`]), removes that slot's cells from the common length on and
+//! reads only the rest of the prompt. The last prompt token is always evaluated again (its logits
+//! give the first token), so a prompt found whole reuses `len - 1` tokens. The count is
+//! reported as `GenerationStats::cached_prompt_tokens`. Kept cells are dropped whenever they
+//! could be wrong or are in the way:
+//! - a job with `cache_prompt: false` or a `logits` call starts from empty cells, and a
+//!   `cache_prompt: false` generation does not keep its own;
+//! - cancelled or failed sequences are cleared;
+//! - switching the context's adapter set drops every kept prefix (KV depends on the
+//!   adapters); a re-created context (after reading an adapter, or a model reload) starts
+//!   with none;
+//! - a batch that finds no KV slot drops the kept prefixes and is decoded once more;
+//! - a model whose cells cannot be cut at the common length (recurrent state, or a
+//!   sliding-window cache that already dropped early cells) starts from empty cells.
+//!
+//! Greedy output is the same with and without reuse (the conformance suite checks it); the
+//! prompt tokens are the same computation, only batched differently.
 
 use crate::{
     adapters::{AdapterSet, AdapterStore},
     load::{ModelShape, Reload},
     model::SharedModel,
+    prefix::SlotMemory,
     sampler::{GuidanceCache, SamplerChain, SamplingPlan},
 };
 use llama_cpp_2::{
     context::LlamaContext, llama_batch::LlamaBatch, model::LlamaModel, token::LlamaToken,
+    DecodeError,
 };
 use llmlocal_plugin_api::{FinishReason, PluginError, Step, Token, Utf8Decoder};
 use std::{
     collections::VecDeque,
     sync::{
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU32, Ordering},
         mpsc::{Receiver, RecvTimeoutError, Sender, SyncSender, TrySendError},
         Arc, Mutex,
     },
@@ -78,6 +107,10 @@ pub struct GenerateJob {
     /// 0 = until the context is full.
     pub max_tokens: u32,
     pub ignore_eos: bool,
+    /// May start from a slot's kept KV cells, and keeps its own when it ends normally.
+    pub cache_prompt: bool,
+    /// Set when the job takes a slot: prompt tokens reused from kept KV cells.
+    pub cached: Arc<AtomicU32>,
     pub out: SyncSender<Result<Step, PluginError>>,
 }
 
@@ -386,12 +419,17 @@ fn fail_queue(pending: &mut Pending, err: &PluginError) {
 /// One sequence slot in use.
 struct Sequence {
     prompt: Vec<LlamaToken>,
-    /// Prompt tokens already decoded.
+    /// Prompt tokens already decoded (or found in the slot's kept cells).
     prefilled: usize,
+    /// Prompt tokens found in the slot's kept cells.
+    cached: usize,
     /// Position of the next token fed to this sequence.
     n_past: i32,
     /// A sampled token to feed in the next batch.
     next_input: Option<LlamaToken>,
+    /// Generated tokens added to a batch after the prompt: with the prompt, what the
+    /// sequence's KV cells hold (positions `0..n_past`), kept for prefix reuse.
+    fed: Vec<LlamaToken>,
     /// Index in the current batch whose logits belong to this sequence.
     logits_index: Option<i32>,
     cancel: Arc<AtomicBool>,
@@ -425,12 +463,13 @@ impl PromptClock {
 
     /// Logs the split once the first token is sampled (`LLMLOCAL_LOG=llmlocal::plugin=debug`
     /// on the host): where a time to first token longer than llama.cpp's prompt pass went.
-    fn report(&self, prompt_tokens: usize) {
+    fn report(&self, prompt_tokens: usize, cached: usize) {
         let ms = |d: Duration| d.as_secs_f64() * 1000.0;
         let total = self.sent.elapsed();
         let queued = self.taken.saturating_duration_since(self.sent);
         tracing::debug!(
-            "first token after {:.3} ms: {prompt_tokens} prompt tokens, queued {:.3} ms, \
+            "first token after {:.3} ms: {prompt_tokens} prompt tokens ({cached} cached), \
+             queued {:.3} ms, \
              llama_decode {:.3} ms in {} batches, other {:.3} ms",
             ms(total),
             ms(queued),
@@ -454,6 +493,9 @@ struct Generating {
     decoder: Utf8Decoder,
     generated: u32,
     finished: bool,
+    /// Ended with a finish reason (not an error): every batch it was in decoded, so its KV
+    /// cells are whole and may be kept.
+    completed: bool,
 }
 
 impl Generating {
@@ -477,6 +519,7 @@ impl Generating {
         let rest = self.decoder.finish();
         self.outbox.push_back(Ok(Step::finished_with(reason, rest)));
         self.finished = true;
+        self.completed = true;
     }
 
     fn fail(&mut self, err: PluginError) {
@@ -493,6 +536,8 @@ struct State<'m> {
     batch_size: usize,
     context_per_sequence: i32,
     pending: Pending,
+    /// What free slots' KV cells still hold (prefix reuse); empty in a new context.
+    memory: SlotMemory,
 }
 
 impl<'m> State<'m> {
@@ -512,6 +557,7 @@ impl<'m> State<'m> {
             batch_size,
             context_per_sequence: i32::try_from(config.context_per_sequence).unwrap_or(i32::MAX),
             pending,
+            memory: SlotMemory::new(config.parallel.max(1) as usize),
         }
     }
 
@@ -556,10 +602,14 @@ impl<'m> State<'m> {
         }
     }
 
-    /// Frees the slots of finished, cancelled or abandoned sequences.
+    /// Frees the slots of finished, cancelled or abandoned sequences: a generation that
+    /// ended normally with `cache_prompt` keeps its KV cells for prefix reuse, every other
+    /// sequence's cells are removed at once.
     fn reap(&mut self) {
-        for (id, slot) in self.slots.iter_mut().enumerate() {
-            let Some(seq) = slot else { continue };
+        for id in 0..self.slots.len() {
+            let Some(seq) = &mut self.slots[id] else {
+                continue;
+            };
             let mut free = seq.done || seq.cancel.load(Ordering::Relaxed);
             if let SequenceKind::Generate(gen) = &mut seq.kind {
                 if !gen.flush() {
@@ -568,16 +618,67 @@ impl<'m> State<'m> {
                     free = true;
                 }
             }
-            if free {
-                *slot = None;
-                let seq_id = u32::try_from(id).unwrap_or(0);
-                if let Err(err) = self.context.clear_kv_cache_seq(Some(seq_id), None, None) {
-                    tracing::warn!("could not clear the KV cells of sequence {id}: {err}");
-                }
+            if !free {
+                continue;
+            }
+            match self.slots[id].take().and_then(Sequence::into_kept) {
+                Some(tokens) => self.memory.remember(id, tokens),
+                None => self.clear_slot(id),
             }
         }
         // Jobs cancelled while still queued never take a slot.
         (self.pending.queue).retain(|job| !job.cancel.load(Ordering::Relaxed));
+    }
+
+    /// Removes every KV cell of slot `id` and forgets what it held.
+    fn clear_slot(&mut self, id: usize) {
+        self.memory.forget(id);
+        let seq_id = u32::try_from(id).unwrap_or(0);
+        if let Err(err) = self.context.clear_kv_cache_seq(Some(seq_id), None, None) {
+            tracing::warn!("could not clear the KV cells of sequence {id}: {err}");
+        }
+    }
+
+    /// Drops every kept prefix (a different adapter set makes them invalid; a full KV cache
+    /// needs their cells). Returns whether there was any.
+    fn drop_kept(&mut self) -> bool {
+        let holding = self.memory.holding();
+        for &id in &holding {
+            self.clear_slot(id);
+        }
+        !holding.is_empty()
+    }
+
+    /// Gets slot `id`'s cells ready for `job`: keeps the longest usable part of the common
+    /// prefix (`common` tokens match) and removes the rest. Returns the prompt tokens kept.
+    fn prepare_slot(&mut self, id: usize, common: usize, prompt_len: usize) -> usize {
+        let keep = crate::prefix::reusable(common, prompt_len);
+        self.memory.forget(id);
+        self.memory.touch(id);
+        if keep == 0 || !self.trim_slot(id, keep) {
+            self.clear_slot(id);
+            return 0;
+        }
+        keep
+    }
+
+    /// Removes slot `id`'s cells from position `keep` on. False when llama.cpp cannot keep
+    /// the first `keep`: a recurrent model's state cannot be cut (`llama_memory_seq_rm`
+    /// answers false), and a sliding-window cache may already have dropped early cells that
+    /// the positions after `keep` would need (llama-server checks the same).
+    fn trim_slot(&mut self, id: usize, keep: usize) -> bool {
+        let (Ok(seq_id), Ok(p0)) = (u32::try_from(id), u32::try_from(keep)) else {
+            return false;
+        };
+        match self
+            .context
+            .clear_kv_cache_seq(Some(seq_id), Some(p0), None)
+        {
+            Ok(true) => {}
+            Ok(false) | Err(_) => return false,
+        }
+        let seq_id = i32::try_from(id).unwrap_or(0);
+        self.context.kv_cache_seq_pos_min(seq_id) == 0
     }
 
     /// Moves queued jobs into free slots, strictly in order. A job whose adapter set differs
@@ -585,7 +686,13 @@ impl<'m> State<'m> {
     /// Returns the files to read first when the front job needs adapters the model does not
     /// hold yet and nothing is running.
     fn admit(&mut self) -> Option<Vec<String>> {
-        while let Some(free) = self.slots.iter().position(Option::is_none) {
+        loop {
+            let free: Vec<usize> = (0..self.slots.len())
+                .filter(|&id| self.slots[id].is_none())
+                .collect();
+            if free.is_empty() {
+                return None;
+            }
             let front = self.pending.queue.front()?;
             let wanted = front
                 .adapters
@@ -599,6 +706,8 @@ impl<'m> State<'m> {
                 if !missing.is_empty() {
                     return Some(missing);
                 }
+                // KV cells computed under the old adapters are not valid under new ones.
+                self.drop_kept();
                 if let Err(err) = self.pending.adapters.activate(&mut self.context, &wanted) {
                     if let Some(job) = self.pending.queue.pop_front() {
                         fail_job(job, err);
@@ -608,10 +717,32 @@ impl<'m> State<'m> {
                 self.pending.active = wanted;
             }
             if let Some(job) = self.pending.queue.pop_front() {
-                self.slots[free] = Some(start_sequence(job, self.model));
+                self.start(job, &free);
             }
         }
-        None
+    }
+
+    /// Puts `job` into the best of the `free` slots (see [`SlotMemory::pick`]).
+    fn start(&mut self, job: Job, free: &[usize]) {
+        // Logits jobs and `cache_prompt: false` start from empty cells.
+        let reuse = match &job.kind {
+            JobKind::Generate(generate) => generate.cache_prompt,
+            JobKind::Logits(_) => false,
+        };
+        let prompt = reuse.then_some(job.prompt.as_slice());
+        let Some(pick) = self.memory.pick(free, prompt) else {
+            // `admit` only calls with a free slot; failing beats losing the job.
+            return fail_job(
+                job,
+                PluginError::internal("no free sequence slot for the job"),
+            );
+        };
+        let kept = self.prepare_slot(pick.slot, pick.common, job.prompt.len());
+        if let JobKind::Generate(generate) = &job.kind {
+            let kept = u32::try_from(kept).unwrap_or(0);
+            generate.cached.store(kept, Ordering::Relaxed);
+        }
+        self.slots[pick.slot] = Some(start_sequence(job, self.model, kept));
     }
 
     /// Builds and decodes one batch. Returns false if there was nothing to do.
@@ -630,6 +761,7 @@ impl<'m> State<'m> {
                 let index = self.batch.n_tokens();
                 if add(&mut self.batch, token, seq.n_past, id, true) {
                     seq.n_past += 1;
+                    seq.fed.push(token);
                     seq.logits_index = Some(index);
                     seq.in_batch = true;
                     budget -= 1;
@@ -665,7 +797,13 @@ impl<'m> State<'m> {
             return false;
         }
         let started = Instant::now();
-        let decoded = self.context.decode(&mut self.batch);
+        let mut decoded = self.context.decode(&mut self.batch);
+        // No room for the batch's cells: kept prefixes are only a cache, their cells go
+        // first (llama.cpp changes nothing when it finds no slot, so the batch can retry).
+        if decoded == Err(DecodeError::NoKvCacheSlot) && self.drop_kept() {
+            tracing::debug!("the KV cache is full: dropped the kept prompt prefixes");
+            decoded = self.context.decode(&mut self.batch);
+        }
         self.count_prompt_decode(started.elapsed());
         if let Err(err) = decoded {
             self.fail_batch(&format!("llama.cpp could not decode a batch: {err}"));
@@ -763,7 +901,7 @@ impl<'m> State<'m> {
                     }
                     // After the flush: the first token is not held back by the log line.
                     if before == 0 && gen.generated == 1 {
-                        seq.prompt_clock.report(seq.prompt.len());
+                        seq.prompt_clock.report(seq.prompt.len(), seq.cached);
                     }
                 }
             }
@@ -795,6 +933,22 @@ impl<'m> State<'m> {
 }
 
 impl Sequence {
+    /// The tokens this ended sequence's KV cells hold, if they are worth keeping: a
+    /// generation that completed normally and allows prompt caching. `None`: clear them.
+    fn into_kept(self) -> Option<Vec<LlamaToken>> {
+        let SequenceKind::Generate(gen) = &self.kind else {
+            return None;
+        };
+        if !gen.completed || !gen.job.cache_prompt || self.prefilled < self.prompt.len() {
+            return None;
+        }
+        let mut tokens = self.prompt;
+        tokens.extend_from_slice(&self.fed);
+        // Every fed token was decoded, so the cells hold exactly these; a mismatch would be
+        // a bookkeeping bug, and clearing is always safe.
+        (i32::try_from(tokens.len()) == Ok(self.n_past)).then_some(tokens)
+    }
+
     /// A generating sequence takes a token this step only if its consumer has room.
     fn ready_for_token(&self) -> bool {
         match &self.kind {
@@ -811,8 +965,9 @@ fn add(batch: &mut LlamaBatch, token: LlamaToken, pos: i32, seq: usize, logits: 
 
 /// A sequence for `job`. Samplers that cannot be built (the caller checked them, so only an
 /// unexpected failure) end the sequence with the error before its prompt is read.
-fn start_sequence(job: Job, model: &LlamaModel) -> Sequence {
-    let mut prefilled = 0;
+/// `kept`: prompt tokens already in the slot's KV cells (prefix reuse).
+fn start_sequence(job: Job, model: &LlamaModel, kept: usize) -> Sequence {
+    let mut prefilled = kept;
     let kind = match job.kind {
         JobKind::Logits(reply) => SequenceKind::Logits(reply),
         JobKind::Generate(generate) => {
@@ -824,6 +979,7 @@ fn start_sequence(job: Job, model: &LlamaModel) -> Sequence {
                 decoder: Utf8Decoder::new(),
                 generated: 0,
                 finished: false,
+                completed: false,
             };
             match built {
                 Ok(mut sampler) => {
@@ -842,8 +998,10 @@ fn start_sequence(job: Job, model: &LlamaModel) -> Sequence {
     Sequence {
         prompt: job.prompt,
         prefilled,
-        n_past: 0,
+        cached: kept,
+        n_past: i32::try_from(kept).unwrap_or(0),
         next_input: None,
+        fed: Vec::new(),
         logits_index: None,
         cancel: job.cancel,
         kind,

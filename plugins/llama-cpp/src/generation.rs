@@ -6,7 +6,7 @@ use llmlocal_plugin_api::{
     FinishReason, Generation, GenerationStats, PluginError, StatsClock, Step,
 };
 use std::sync::{
-    atomic::{AtomicBool, Ordering},
+    atomic::{AtomicBool, AtomicU32, Ordering},
     mpsc::Receiver,
     Arc,
 };
@@ -14,6 +14,9 @@ use std::sync::{
 pub struct LlamaGeneration {
     steps: Receiver<Result<Step, PluginError>>,
     cancel: Arc<AtomicBool>,
+    /// Prompt tokens reused from kept KV cells, set by the decode thread when the job takes
+    /// a slot (0 until then).
+    cached: Arc<AtomicU32>,
     /// Keeps the decode thread (and the model) alive while this generation exists.
     engine: Arc<Engine>,
     clock: StatsClock,
@@ -30,12 +33,14 @@ impl LlamaGeneration {
     pub fn new(
         steps: Receiver<Result<Step, PluginError>>,
         cancel: Arc<AtomicBool>,
+        cached: Arc<AtomicU32>,
         engine: Arc<Engine>,
         clock: StatsClock,
     ) -> Self {
         LlamaGeneration {
             steps,
             cancel,
+            cached,
             engine,
             clock,
             ended: None,
@@ -73,7 +78,9 @@ impl Generation for LlamaGeneration {
     }
 
     fn stats(&self) -> GenerationStats {
-        self.clock.stats()
+        let mut clock = self.clock.clone();
+        clock.cached(self.cached.load(Ordering::Relaxed));
+        clock.stats()
     }
 }
 

@@ -24,6 +24,10 @@
 //!   it to the end (or dropped it), so a caller that blocks on a *queued* generation while
 //!   not reading the running ones waits forever. Read each generation on its own thread (as
 //!   the server does), or in start order.
+//! * **Prompt-prefix reuse** ([`prefix`], capability `prefix-cache`): a generation that
+//!   ended normally with `cache_prompt` leaves its KV cells in its slot; the next job takes
+//!   the free slot sharing the longest prompt prefix and evaluates only the rest (see
+//!   [`engine`]).
 //! * **Sampling** ([`sampler`]): one llama.cpp sampler chain per sequence: penalties ->
 //!   top_k -> top_p -> min_p -> temperature -> dist(seed); temperature 0 is plain argmax.
 //!   Token text is made from the raw piece bytes with `Utf8Decoder`, so characters split
@@ -52,6 +56,7 @@ pub mod gguf;
 pub mod load;
 mod logs;
 pub mod model;
+pub mod prefix;
 pub mod runtime;
 pub mod sampler;
 
@@ -87,6 +92,7 @@ pub fn manifest() -> Manifest {
         capability::GRAMMAR,
         capability::JSON_SCHEMA,
         capability::EMBEDDINGS,
+        capability::PREFIX_CACHE,
     ] {
         manifest.capabilities.insert(name);
     }

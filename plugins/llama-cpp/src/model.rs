@@ -13,7 +13,10 @@ use llmlocal_plugin_api::{
     abi_stable::std_types::{ROption, RString, RVec},
     EmbedRequest, GenerateRequest, Generation, Model, ModelMetadata, PluginError, StatsClock,
 };
-use std::sync::{atomic::AtomicBool, Arc, RwLock, RwLockReadGuard, RwLockWriteGuard, TryLockError};
+use std::sync::{
+    atomic::{AtomicBool, AtomicU32},
+    Arc, RwLock, RwLockReadGuard, RwLockWriteGuard, TryLockError,
+};
 use std::time::Instant;
 
 /// The loaded model, shared by callers (tokenizing under short read locks) and the decode
@@ -310,6 +313,7 @@ impl Model for LlamaCppModel {
         }
         let (out, steps) = std::sync::mpsc::sync_channel(OUTPUT_CHANNEL_CAPACITY);
         let cancel = Arc::new(AtomicBool::new(false));
+        let cached = Arc::new(AtomicU32::new(0));
         let job = Job {
             prompt,
             cancel: Arc::clone(&cancel),
@@ -319,6 +323,8 @@ impl Model for LlamaCppModel {
                 guidance: self.guidance.clone(),
                 max_tokens: request.max_tokens,
                 ignore_eos: request.ignore_eos,
+                cache_prompt: request.cache_prompt,
+                cached: Arc::clone(&cached),
                 out,
             }),
             sent: Instant::now(),
@@ -327,6 +333,7 @@ impl Model for LlamaCppModel {
         Ok(Box::new(LlamaGeneration::new(
             steps,
             cancel,
+            cached,
             Arc::clone(&self.engine),
             clock,
         )))

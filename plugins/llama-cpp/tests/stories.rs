@@ -242,7 +242,8 @@ fn a_full_context_ends_with_context_full() {
     gen_req.ignore_eos = true;
     let out = generate(model.as_ref(), gen_req);
     assert_eq!(out.finish, FinishReason::ContextFull);
-    // docs/contract.md: the token that makes prompt + generated equal the context is the last.
+    // docs/contract.md: prompt + generated <= context_length, ContextFull on the token that
+    // makes the sum equal to it.
     assert_eq!(out.ids.len() + prompt.len(), 16, "{out:?}");
 }
 

@@ -17,7 +17,7 @@ pub mod report;
 pub use probe::{probe_dir, probe_files};
 pub use report::{CheckResult, Counts, ProbeEntry, ProbeReport, Status, SuiteReport};
 
-use checks::{concurrency, errors, generation, model, plugin, sampling, ModelCtx};
+use checks::{concurrency, errors, generation, model, plugin, prefix, sampling, ModelCtx};
 use llmlocal::plugins::{LoadedBackend, PluginRegistry};
 use recorder::Recorder;
 use std::{
@@ -145,6 +145,7 @@ fn model_checks(rec: &mut Recorder, backend: &Arc<LoadedBackend>, m: &ModelUnder
             .iter()
             .chain(sampling::CHECKS)
             .chain(checks::embeddings::CHECKS)
+            .chain(prefix::CHECKS)
         {
             rec.skip(l, name, "the model did not load");
         }
@@ -180,6 +181,7 @@ fn model_checks(rec: &mut Recorder, backend: &Arc<LoadedBackend>, m: &ModelUnder
     });
     sampling::run(rec, l, backend, &ctx, &path, &device, solo.as_deref());
     checks::embeddings::run(rec, l, &ctx);
+    prefix::run(rec, l, &ctx);
     let Some(solo) = solo else {
         for name in SOLO_CHECKS {
             rec.skip(

@@ -6,6 +6,7 @@ pub mod errors;
 pub mod generation;
 pub mod model;
 pub mod plugin;
+pub mod prefix;
 pub mod sampling;
 
 use llmlocal::{
