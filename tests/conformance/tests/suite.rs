@@ -76,8 +76,8 @@ fn scripted_plugin_passes_every_check() {
         .filter(|c| c.status == llmlocal_conformance::Status::Skip)
         .map(|c| c.message.as_str())
         .collect();
-    // 5 capability checks + 4 prefix-cache checks.
-    assert_eq!(skipped.len(), 9, "{}", report.to_text());
+    // 5 capability checks + 4 prefix-cache checks + 5 embeddings checks.
+    assert_eq!(skipped.len(), 14, "{}", report.to_text());
     assert!(
         skipped.iter().all(|m| m.contains("does not declare")),
         "{skipped:?}"
