@@ -324,3 +324,24 @@ fn peft_config_survives_mutations_of_its_corpus() {
         parsed * 100.0
     );
 }
+
+/// A 32-byte header that claims 2^32 - 1 tensors and nothing else.
+fn header_claiming_tensors() -> Vec<u8> {
+    let mut bytes = b"GGUF".to_vec();
+    bytes.extend(3u32.to_le_bytes());
+    bytes.extend(u64::from(u32::MAX).to_le_bytes());
+    bytes.extend(0u64.to_le_bytes());
+    bytes.extend(4u64.to_le_bytes());
+    bytes
+}
+
+#[test]
+fn a_huge_count_costs_little_memory_when_the_file_length_is_unknown() {
+    // The streaming reader cannot check a count against the file; it preallocated 65,536
+    // tensor infos (4 MiB) for these 32 bytes before the fix, 4,096 (256 KiB) after.
+    let bytes = header_claiming_tensors();
+    let read = |data: &[u8]| llmlocal_formats::gguf::read_header(data).is_ok();
+    let (result, peak) = measured(read, &bytes);
+    assert!(matches!(result, Ok(false)), "the header is cut short");
+    assert!(peak < 512 << 10, "held {peak} bytes");
+}

@@ -208,7 +208,7 @@ fn put_str(out: &mut Vec<u8>, s: &str) {
     out.extend_from_slice(s.as_bytes());
 }
 
-fn put_value(out: &mut Vec<u8>, value: &MetaValue) {
+pub(super) fn put_value(out: &mut Vec<u8>, value: &MetaValue) {
     out.extend_from_slice(&value.value_type().code().to_le_bytes());
     match value {
         MetaValue::U8(v) => out.extend_from_slice(&v.to_le_bytes()),
