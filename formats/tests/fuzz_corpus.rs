@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use llmlocal_formats::fuzz;
 
 /// Mutated inputs per seed.
-const ITERATIONS: usize = 100_000;
+const ITERATIONS: usize = 60_000;
 /// Inputs grow through duplications and insertions up to this size.
 const MAX_INPUT: usize = 128 << 10;
 /// An input that takes this long is a loop driven by the input, not parsing.
