@@ -23,6 +23,7 @@ use std::path::{Path, PathBuf};
 pub use quant::{quantize_q8_0, Q8_0_BLOCK, Q8_0_BLOCK_BYTES};
 pub use read::{
     read_file_f32, read_file_header, read_header, read_header_bounded, read_tensor_f32,
+    read_tensors_f32,
 };
 pub use value::{MetaArray, MetaValue, ValueType};
 pub use write::{write_to_vec, GgufWriter, TensorSpec};
@@ -39,6 +40,29 @@ pub const DEFAULT_ALIGNMENT: u64 = 32;
 pub const ALIGNMENT_KEY: &str = "general.alignment";
 /// Most dimensions a tensor may have (ggml uses 4; anything above 8 is corrupt).
 pub const MAX_DIMS: u32 = 8;
+/// Largest `general.alignment` accepted (real files use 32 or 64): a larger one would only
+/// make the reader or the writer pad the data section by a corrupt amount.
+pub const MAX_ALIGNMENT: u64 = 1 << 20;
+
+/// The data-section alignment the metadata value of [`ALIGNMENT_KEY`] sets
+/// ([`DEFAULT_ALIGNMENT`] when absent). It must be a power of two, as llama.cpp requires.
+fn alignment_of(value: Option<&MetaValue>) -> Result<u64, GgufError> {
+    let Some(value) = value else {
+        return Ok(DEFAULT_ALIGNMENT);
+    };
+    match value.as_u64() {
+        Some(a) if a.is_power_of_two() && a <= MAX_ALIGNMENT => Ok(a),
+        Some(a) => Err(GgufError::BadAlignment {
+            found: a.to_string(),
+        }),
+        None => Err(GgufError::BadAlignment {
+            found: match value.as_i64() {
+                Some(negative) => negative.to_string(),
+                None => format!("a {:?} value", value.value_type()),
+            },
+        }),
+    }
+}
 
 /// A ggml tensor type (`ggml_type`); unknown codes are kept as they are.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -204,6 +228,10 @@ pub enum GgufError {
         "the GGUF file is truncated: its tensors need {needed} bytes but the file has {actual}"
     )]
     Truncated { needed: u64, actual: u64 },
+    #[error("general.alignment is {found}; it must be a power of two no larger than {max}", max = MAX_ALIGNMENT)]
+    BadAlignment { found: String },
+    #[error("the tensors declare {declared} bytes of data but the data section holds only {available}: they overlap or the file is truncated")]
+    TensorDataTooLarge { declared: u64, available: u64 },
     #[error("tensor {tensor} is stored as {ggml_type}; only F32, F16 and BF16 tensors can be read as f32")]
     TensorType { tensor: String, ggml_type: GgmlType },
     #[error("cannot write tensor {tensor}: {reason}")]

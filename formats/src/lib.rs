@@ -4,5 +4,7 @@
 //! memory estimates), the plugins (checking a file before the backend sees it) and the
 //! fixture and benchmark generators all read and write these files the same way.
 
+#[doc(hidden)]
+pub mod fuzz;
 pub mod gguf;
 pub mod peft;

@@ -8,8 +8,8 @@ use std::path::Path;
 use half::{bf16, f16};
 
 use super::{
-    GgmlType, GgufError, GgufHeader, MetaArray, MetaValue, TensorInfo, ValueType, ALIGNMENT_KEY,
-    DEFAULT_ALIGNMENT, MAGIC, MAX_DIMS, SUPPORTED_VERSIONS,
+    alignment_of, GgmlType, GgufError, GgufHeader, MetaArray, MetaValue, TensorInfo, ValueType,
+    ALIGNMENT_KEY, MAGIC, MAX_DIMS, SUPPORTED_VERSIONS,
 };
 
 /// Longest string a header may hold (1 GiB): longer is corruption, not a real value.
@@ -17,8 +17,10 @@ const MAX_STRING: u64 = 1 << 30;
 /// Most items in an array or entries in a table (real files stay far below).
 const MAX_COUNT: u64 = 1 << 32;
 /// Items allocated ahead of reading them: a count read from a corrupt file must not allocate
-/// what the file does not hold.
-const PREALLOCATE: u64 = 1 << 16;
+/// what the file does not hold. Kept small so that, when the file's length is unknown, a
+/// few bytes claiming a huge count cost kilobytes, not megabytes (1 << 16 tensor infos were
+/// 4 MiB).
+const PREALLOCATE: u64 = 1 << 12;
 /// Strings up to this long are allocated before they are read, whatever the file's length.
 const SMALL_STRING: u64 = 1 << 16;
 
@@ -225,9 +227,14 @@ impl<R: Read> Reader<R> {
 
     fn tensor_infos(&mut self, count: u64) -> Result<Vec<TensorInfo>, GgufError> {
         let mut tensors = Vec::with_capacity(count.min(PREALLOCATE) as usize);
+        // Lookups by name find the first of two equal names; llama.cpp refuses such files.
+        let mut seen = HashSet::new();
         for index in 0..count {
             self.context = format!("the info of tensor {index}");
             let name = self.string()?;
+            if !seen.insert(name.clone()) {
+                return Err(GgufError::Corrupt(format!("tensor {name} appears twice")));
+            }
             self.context = format!("the info of tensor {name}");
             let n_dims = self.u32()?;
             if n_dims > MAX_DIMS {
@@ -270,12 +277,12 @@ impl<R: Read> Reader<R> {
         let n_kv = self.length("the key/value count", 13, MAX_COUNT)?;
         let metadata = self.metadata(n_kv)?;
         let tensors = self.tensor_infos(n_tensors)?;
-        let alignment = metadata
-            .iter()
-            .find(|(k, _)| k == ALIGNMENT_KEY)
-            .and_then(|(_, v)| v.as_u64())
-            .filter(|a| *a > 0)
-            .unwrap_or(DEFAULT_ALIGNMENT);
+        let alignment = alignment_of(
+            metadata
+                .iter()
+                .find(|(k, _)| k == ALIGNMENT_KEY)
+                .map(|(_, v)| v),
+        )?;
         let data_offset = self
             .position
             .div_ceil(alignment)
@@ -333,16 +340,38 @@ fn open(path: &Path) -> Result<(GgufHeader, BufReader<File>), GgufError> {
 pub fn read_file_f32(path: &Path) -> Result<(GgufHeader, Vec<Vec<f32>>), GgufError> {
     let read = || {
         let (header, mut reader) = open(path)?;
-        let len = reader.get_ref().metadata()?.len();
-        header.check_data_section(len)?;
-        let tensors = header
-            .tensors
-            .iter()
-            .map(|t| read_tensor_f32(&mut reader, &header, t))
-            .collect::<Result<Vec<_>, _>>()?;
+        let tensors = read_tensors_f32(&mut reader, &header)?;
         Ok((header, tensors))
     };
     read().map_err(|e: GgufError| e.in_file(path))
+}
+
+/// Every tensor of `header` read from `reader` (the whole file) as f32, in the header's order.
+/// The tensors must fit the data section side by side: tensors that overlap would let a
+/// small file expand to any amount of memory.
+pub fn read_tensors_f32<R: Read + Seek>(
+    reader: &mut R,
+    header: &GgufHeader,
+) -> Result<Vec<Vec<f32>>, GgufError> {
+    let len = reader.seek(SeekFrom::End(0))?;
+    header.check_data_section(len)?;
+    let declared = header
+        .tensors
+        .iter()
+        .map(|t| t.byte_size().unwrap_or(0))
+        .fold(0u64, u64::saturating_add);
+    let available = len.saturating_sub(header.data_offset);
+    if declared > available {
+        return Err(GgufError::TensorDataTooLarge {
+            declared,
+            available,
+        });
+    }
+    header
+        .tensors
+        .iter()
+        .map(|t| read_tensor_f32(reader, header, t))
+        .collect()
 }
 
 /// Reads one F32, F16 or BF16 tensor of `header` from `reader` (the whole file), as f32.

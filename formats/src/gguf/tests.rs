@@ -365,3 +365,98 @@ fn q8_0_round_trips_within_half_a_step_per_block() {
     assert_q8_0_close(&values, &back);
     assert!(back[32..64].iter().skip(8).all(|&v| v == 0.0));
 }
+
+/// A file whose `n` F32 tensors of 1024 values all start at offset 0 of one 4 KiB data
+/// section (found by reasoning over the fuzz target: each tensor alone fits the file).
+fn overlapping_tensors(n: usize) -> Vec<u8> {
+    let mut bytes = b"GGUF".to_vec();
+    bytes.extend(3u32.to_le_bytes());
+    bytes.extend((n as u64).to_le_bytes());
+    bytes.extend(0u64.to_le_bytes());
+    for i in 0..n {
+        let name = format!("t{i}");
+        bytes.extend((name.len() as u64).to_le_bytes());
+        bytes.extend(name.as_bytes());
+        bytes.extend(1u32.to_le_bytes());
+        bytes.extend(1024u64.to_le_bytes());
+        bytes.extend(GgmlType::F32.0.to_le_bytes());
+        bytes.extend(0u64.to_le_bytes());
+    }
+    bytes.resize(bytes.len().div_ceil(32) * 32, 0);
+    bytes.extend(vec![0u8; 4096]);
+    bytes
+}
+
+#[test]
+fn overlapping_tensors_cannot_expand_a_small_file() {
+    // 500 tensors over one 4 KiB section: 2 MB of f32 from a 15 KB file (before the fix,
+    // read_file_f32 returned all of it; a larger file multiplies further).
+    let (_dir, path) = write_file(&overlapping_tensors(500));
+    let err = read_file_f32(&path).unwrap_err().into_without_path();
+    assert!(
+        matches!(
+            err,
+            GgufError::TensorDataTooLarge {
+                declared: 2_048_000,
+                available: 4096
+            }
+        ),
+        "{err}"
+    );
+    // One tensor over the same bytes reads.
+    let (_dir, path) = write_file(&overlapping_tensors(1));
+    let (_, tensors) = read_file_f32(&path).expect("one tensor fits");
+    assert_eq!(tensors[0].len(), 1024);
+}
+
+#[test]
+fn duplicate_tensor_names_are_corrupt() {
+    let tensors = vec![
+        (TensorSpec::new("t", vec![2], GgmlType::F32), vec![1.0, 2.0]),
+        (TensorSpec::new("t", vec![2], GgmlType::F32), vec![3.0, 4.0]),
+    ];
+    let err = read_header(Cursor::new(write(&[], &tensors))).unwrap_err();
+    assert!(
+        matches!(&err, GgufError::Corrupt(m) if m.contains("tensor t appears twice")),
+        "{err}"
+    );
+}
+
+#[test]
+fn an_alignment_that_is_not_a_small_power_of_two_is_refused_by_reader_and_writer() {
+    let bad = [
+        (MetaValue::U32(0), "is 0"),
+        (MetaValue::U32(48), "is 48"),
+        (MetaValue::U64(1 << 40), "is 1099511627776"),
+        (MetaValue::I32(-32), "is -32"),
+        (MetaValue::F32(32.0), "is a F32 value"),
+    ];
+    for (value, found) in bad {
+        let meta = [(ALIGNMENT_KEY, value.clone())];
+        let err = write_to_vec(&meta, &[]).unwrap_err();
+        assert!(matches!(err, GgufError::BadAlignment { .. }), "{err}");
+        // The same header, written by hand (the writer refuses it).
+        let mut bytes = b"GGUF".to_vec();
+        bytes.extend(3u32.to_le_bytes());
+        bytes.extend(0u64.to_le_bytes());
+        bytes.extend(1u64.to_le_bytes());
+        bytes.extend((ALIGNMENT_KEY.len() as u64).to_le_bytes());
+        bytes.extend(ALIGNMENT_KEY.as_bytes());
+        super::write::put_value(&mut bytes, &value);
+        let err = read_header(Cursor::new(&bytes)).unwrap_err();
+        let message = err.to_string();
+        assert!(
+            matches!(err, GgufError::BadAlignment { .. }) && message.contains(found),
+            "{message}"
+        );
+        assert!(
+            message.contains("power of two no larger than 1048576"),
+            "{message}"
+        );
+    }
+    let header = read_header(Cursor::new(
+        write_to_vec(&[(ALIGNMENT_KEY, MetaValue::U64(MAX_ALIGNMENT))], &[]).expect("write"),
+    ))
+    .expect("the largest alignment reads");
+    assert_eq!(header.alignment, MAX_ALIGNMENT);
+}

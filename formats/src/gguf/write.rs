@@ -5,8 +5,8 @@ use std::io::Write;
 use half::f16;
 
 use super::{
-    quantize_q8_0, GgmlType, GgufError, MetaArray, MetaValue, ALIGNMENT_KEY, DEFAULT_ALIGNMENT,
-    MAGIC, MAX_DIMS, Q8_0_BLOCK, Q8_0_BLOCK_BYTES, VERSION,
+    alignment_of, quantize_q8_0, GgmlType, GgufError, MetaArray, MetaValue, ALIGNMENT_KEY, MAGIC,
+    MAX_DIMS, Q8_0_BLOCK, Q8_0_BLOCK_BYTES, VERSION,
 };
 
 /// A tensor to write: its name, GGUF dimensions and storage type (F32, F16 or Q8_0).
@@ -96,12 +96,13 @@ impl<W: Write> GgufWriter<W> {
         metadata: &[(K, MetaValue)],
         tensors: Vec<TensorSpec>,
     ) -> Result<Self, GgufError> {
-        let alignment = metadata
-            .iter()
-            .find(|(k, _)| k.as_ref() == ALIGNMENT_KEY)
-            .and_then(|(_, v)| v.as_u64())
-            .filter(|a| *a > 0)
-            .unwrap_or(DEFAULT_ALIGNMENT);
+        // The reader's rule, so that what is written reads back.
+        let alignment = alignment_of(
+            metadata
+                .iter()
+                .find(|(k, _)| k.as_ref() == ALIGNMENT_KEY)
+                .map(|(_, v)| v),
+        )?;
         let sized = tensors
             .into_iter()
             .map(|t| t.byte_size().map(|size| (t, size)))
@@ -207,7 +208,7 @@ fn put_str(out: &mut Vec<u8>, s: &str) {
     out.extend_from_slice(s.as_bytes());
 }
 
-fn put_value(out: &mut Vec<u8>, value: &MetaValue) {
+pub(super) fn put_value(out: &mut Vec<u8>, value: &MetaValue) {
     out.extend_from_slice(&value.value_type().code().to_le_bytes());
     match value {
         MetaValue::U8(v) => out.extend_from_slice(&v.to_le_bytes()),

@@ -1,5 +1,7 @@
 //! `adapter_config.json`: the keys that decide the math and the compatibility.
 
+use std::collections::HashMap;
+
 use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
 use serde_json::{Map, Value};
 
@@ -238,10 +240,16 @@ impl<'de> Visitor<'de> for OrderedVisitor {
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Ordered, A::Error> {
         let mut entries: Vec<(String, Value)> = Vec::new();
+        // Where each key sits in `entries`: a linear search per key made a config with many
+        // keys take quadratic time (40,000 keys, 430 KB: 9 s).
+        let mut index: HashMap<String, usize> = HashMap::new();
         while let Some((key, value)) = map.next_entry::<String, Value>()? {
-            match entries.iter_mut().find(|(k, _)| *k == key) {
-                Some(slot) => slot.1 = value,
-                None => entries.push((key, value)),
+            match index.get(&key) {
+                Some(&i) => entries[i].1 = value,
+                None => {
+                    index.insert(key.clone(), entries.len());
+                    entries.push((key, value));
+                }
             }
         }
         Ok(Ordered(entries))

@@ -296,3 +296,22 @@ fn tensor_names_split_into_module_and_half() {
         );
     }
 }
+
+#[test]
+fn a_pattern_table_with_many_keys_parses_in_linear_time() {
+    // 200,000 keys (2.6 MB): each key was searched for among all before it, 2 * 10^10
+    // comparisons (minutes); with an index it takes well under a second.
+    let n = 200_000;
+    let keys: Vec<String> = (0..n).map(|i| format!("\"m{i}\":1")).collect();
+    let text = format!(
+        r#"{{"r": 8, "lora_alpha": 8, "rank_pattern": {{{}, "m7": 3}}}}"#,
+        keys.join(",")
+    );
+    let started = std::time::Instant::now();
+    let c = PeftConfig::parse(text.as_bytes()).unwrap();
+    let elapsed = started.elapsed();
+    assert_eq!(c.rank_pattern.entries().len(), n);
+    // A repeated key keeps its first place and takes its last value.
+    assert_eq!(c.rank_pattern.entries()[7], ("m7".to_string(), 3));
+    assert!(elapsed.as_secs() < 20, "parsing took {elapsed:?}");
+}
