@@ -27,7 +27,7 @@ const BROKEN: [&str; 6] = [
 ];
 /// Test plugins that load but break one rule of contract 2.0 on purpose, and the check of the
 /// suite that must catch each (name, then text its failure message contains).
-const RULE_BREAKERS: [(&str, &str, &str); 5] = [
+const RULE_BREAKERS: [(&str, &str, &str); 6] = [
     (
         "ignores_logit_bias",
         "logit_bias",
@@ -40,6 +40,11 @@ const RULE_BREAKERS: [(&str, &str, &str); 5] = [
         "is not in the grammar's language",
     ),
     ("hanging_next", "greedy deterministic", "hung"),
+    (
+        "claims_prefix_cache",
+        "prefix reuse",
+        "reported 0 cached prompt tokens",
+    ),
     (
         "batch_dependent_embeddings",
         "embeddings batch invariant",
