@@ -265,11 +265,10 @@ async fn http_versus_engine_throughput_on_the_fixture_model() {
 /// tokens/s, what HTTP costs a user. Reported, not asserted (see the module doc).
 #[tokio::test(flavor = "multi_thread")]
 async fn http_versus_engine_throughput_on_a_real_size_model() {
-    let Some(path) = std::env::var_os("LLMLOCAL_BENCH_GGUF") else {
+    let Some(path) = bench_gguf() else {
         eprintln!("SKIP: set LLMLOCAL_BENCH_GGUF to a GGUF model of real size");
         return;
     };
-    let path = std::path::PathBuf::from(path);
     let device = std::env::var("LLMLOCAL_BENCH_DEVICE").unwrap_or_else(|_| "cpu".into());
     let (engine, server) = model_server(&path, &device, 0).await;
     let name = path
@@ -615,8 +614,8 @@ async fn fresh_ttft(server: &TestServer, http: &reqwest::Client, n: usize) -> f6
 async fn chat_turn2_time_to_first_token_with_and_without_the_prompt_cache() {
     const ROUNDS: usize = 5;
     const FIRST_TURN_TOKENS: usize = 1000;
-    let path = match std::env::var_os("LLMLOCAL_BENCH_GGUF") {
-        Some(path) => std::path::PathBuf::from(path),
+    let path = match bench_gguf() {
+        Some(path) => path,
         None => match stories260k() {
             Some(dir) => dir.join("stories260K.gguf"),
             None => {
@@ -674,4 +673,21 @@ async fn chat_turn2_time_to_first_token_with_and_without_the_prompt_cache() {
         median(fresh),
         prompt - cached
     );
+}
+
+/// `$LLMLOCAL_BENCH_GGUF` as an absolute path: a relative one is taken from the workspace
+/// root (where `cargo xtask bench` is run; tests run in host/), since the engine reads a
+/// relative model spec as a hub repository.
+fn bench_gguf() -> Option<std::path::PathBuf> {
+    let path = std::path::PathBuf::from(std::env::var_os("LLMLOCAL_BENCH_GGUF")?);
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let path = if path.is_absolute() {
+        path
+    } else {
+        root.join(path)
+    };
+    match std::fs::canonicalize(&path) {
+        Ok(path) => Some(path),
+        Err(err) => panic!("LLMLOCAL_BENCH_GGUF {}: {err}", path.display()),
+    }
 }
