@@ -42,6 +42,10 @@ enum Command {
         /// A prompt that ends with EOS for every --model (makes a missing EOS a failure).
         #[arg(long, requires = "plugin")]
         eos_prompt: Option<String>,
+        /// Device for --plugin's models (cpu, cuda, cuda:N, metal, auto), passed to the
+        /// suite: GPU-only plugins are tested where they run.
+        #[arg(long, requires = "plugin")]
+        device: Option<String>,
     },
     /// Build everything and run a short generation with the llama.cpp plugin.
     Demo,
@@ -92,7 +96,14 @@ fn dispatch(command: Command) -> Result<()> {
             plugin: Some(plugin),
             models,
             eos_prompt,
-        } => test_plugins::third_party(&ws, &plugin, &models, eos_prompt.as_deref()),
+            device,
+        } => test_plugins::third_party(
+            &ws,
+            &plugin,
+            &models,
+            eos_prompt.as_deref(),
+            device.as_deref(),
+        ),
         Command::TestPlugins { plugin: None, .. } => test_plugins::in_tree(&ws),
         Command::Demo => demo::command(&ws),
         Command::Test => test::command(&ws),

@@ -65,6 +65,7 @@ pub fn third_party(
     plugin: &Path,
     models: &[PathBuf],
     eos_prompt: Option<&str>,
+    device: Option<&str>,
 ) -> Result<()> {
     let exe = build_conformance(ws)?;
     let mut command = Command::new(&exe);
@@ -74,6 +75,9 @@ pub fn third_party(
     }
     if let Some(prompt) = eos_prompt {
         command.args(["--eos-prompt", prompt]);
+    }
+    if let Some(device) = device {
+        command.args(["--device", device]);
     }
     let status = command
         .status()
