@@ -1,6 +1,9 @@
-//! CI's bounded fuzzing, on stable Rust without libFuzzer: every seed in
-//! `fuzz/corpus/<target>/` goes through a fixed-seed mutation loop, and each input through the
-//! same entry function (`llmlocal_formats::fuzz`) its cargo-fuzz target calls.
+//! CI's bounded fuzzing, on stable Rust without libFuzzer: every seed goes through a
+//! fixed-seed mutation loop, and each input through the same entry function
+//! (`llmlocal_formats::fuzz`) its cargo-fuzz target calls. The GGUF seeds are written here by
+//! our own writer (no model files in the repository; `LLMLOCAL_FUZZ_WRITE_SEEDS=DIR` also
+//! writes them to DIR for libFuzzer, see fuzz/README.md); the PEFT seeds are the JSON files in
+//! `fuzz/corpus/peft_config/`.
 //!
 //! An input fails when it panics, when the memory it holds at once exceeds
 //! [`memory_budget`] (a count or length read from the file was trusted), or when it runs for
@@ -209,6 +212,9 @@ fn mutate(rng: &mut fastrand::Rng, data: &mut Vec<u8>, seeds: &[Vec<u8>]) {
 // ---- the loop ----
 
 fn corpus(target: &str) -> Vec<(PathBuf, Vec<u8>)> {
+    if target == "gguf_reader" {
+        return gguf_seeds();
+    }
     let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../fuzz/corpus")
         .join(target);
@@ -226,6 +232,137 @@ fn corpus(target: &str) -> Vec<(PathBuf, Vec<u8>)> {
         .collect();
     assert!(!seeds.is_empty(), "no seeds in {}", dir.display());
     seeds
+}
+
+/// Small GGUF files from our writer that reach every part of the reader: every metadata and
+/// array type with a non-default alignment and F32/F16/Q8_0 tensors; a llama model's
+/// metadata and tokenizer arrays with Q8_0 weights; a LoRA adapter's F32 pairs.
+fn gguf_seeds() -> Vec<(PathBuf, Vec<u8>)> {
+    use llmlocal_formats::gguf::{
+        write_to_vec, GgmlType, MetaArray, MetaValue as V, TensorSpec, ALIGNMENT_KEY,
+    };
+    let ramp = |n: usize| -> Vec<f32> { (0..n).map(|i| (i as f32 * 0.37).sin()).collect() };
+    let write = |meta: Vec<(&str, V)>, tensors: Vec<(TensorSpec, Vec<f32>)>| {
+        let borrowed: Vec<_> = tensors
+            .iter()
+            .map(|(t, v)| (t.clone(), v.as_slice()))
+            .collect();
+        write_to_vec(&meta, &borrowed).expect("write a seed")
+    };
+    let all_types = write(
+        vec![
+            (ALIGNMENT_KEY, V::U32(64)),
+            ("u8", V::U8(7)),
+            ("i8", V::I8(-7)),
+            ("u16", V::U16(700)),
+            ("i16", V::I16(-700)),
+            ("i32", V::I32(-70_000)),
+            ("f32", V::F32(0.5)),
+            ("bool", V::Bool(true)),
+            ("str", V::Str("text ✓".into())),
+            ("u64", V::U64(1 << 40)),
+            ("i64", V::I64(-(1 << 40))),
+            ("f64", V::F64(-0.25)),
+            ("a.u8", V::Array(MetaArray::U8(vec![1, 2]))),
+            ("a.i8", V::Array(MetaArray::I8(vec![-1, 2]))),
+            ("a.u16", V::Array(MetaArray::U16(vec![1, 2]))),
+            ("a.i16", V::Array(MetaArray::I16(vec![-1, 2]))),
+            ("a.u32", V::Array(MetaArray::U32(vec![1, 2]))),
+            ("a.i32", V::Array(MetaArray::I32(vec![-1, 2]))),
+            ("a.f32", V::Array(MetaArray::F32(vec![0.5, -1.0]))),
+            ("a.bool", V::Array(MetaArray::Bool(vec![true, false]))),
+            (
+                "a.str",
+                V::Array(MetaArray::Str(vec!["a".into(), "".into()])),
+            ),
+            ("a.u64", V::Array(MetaArray::U64(vec![1, 2]))),
+            ("a.i64", V::Array(MetaArray::I64(vec![-1, 2]))),
+            ("a.f64", V::Array(MetaArray::F64(vec![0.5, 2.0]))),
+        ],
+        vec![
+            (TensorSpec::new("f32", vec![3, 2], GgmlType::F32), ramp(6)),
+            (TensorSpec::new("f16", vec![4], GgmlType::F16), ramp(4)),
+            (
+                TensorSpec::new("q8_0", vec![32, 2], GgmlType::Q8_0),
+                ramp(64),
+            ),
+        ],
+    );
+    let vocab: Vec<String> = (0..48).map(|i| format!("tok{i}")).collect();
+    let llama = write(
+        vec![
+            ("general.architecture", V::Str("llama".into())),
+            ("general.name", V::Str("fuzz seed".into())),
+            ("llama.context_length", V::U32(128)),
+            ("llama.embedding_length", V::U32(32)),
+            ("llama.block_count", V::U32(1)),
+            ("llama.feed_forward_length", V::U32(64)),
+            ("llama.attention.head_count", V::U32(4)),
+            ("llama.attention.head_count_kv", V::U32(2)),
+            ("llama.rope.freq_base", V::F32(10_000.0)),
+            ("llama.attention.layer_norm_rms_epsilon", V::F32(1e-5)),
+            ("tokenizer.ggml.model", V::Str("llama".into())),
+            ("tokenizer.ggml.tokens", V::Array(MetaArray::Str(vocab))),
+            (
+                "tokenizer.ggml.scores",
+                V::Array(MetaArray::F32(vec![0.0; 48])),
+            ),
+            (
+                "tokenizer.ggml.token_type",
+                V::Array(MetaArray::I32(vec![1; 48])),
+            ),
+            ("tokenizer.ggml.bos_token_id", V::U32(1)),
+            ("tokenizer.ggml.eos_token_id", V::U32(2)),
+        ],
+        vec![
+            (
+                TensorSpec::new("token_embd.weight", vec![32, 48], GgmlType::Q8_0),
+                ramp(32 * 48),
+            ),
+            (
+                TensorSpec::new("blk.0.attn_q.weight", vec![32, 32], GgmlType::Q8_0),
+                ramp(1024),
+            ),
+            (
+                TensorSpec::new("output_norm.weight", vec![32], GgmlType::F32),
+                ramp(32),
+            ),
+        ],
+    );
+    let lora = write(
+        vec![
+            ("general.architecture", V::Str("llama".into())),
+            ("general.type", V::Str("adapter".into())),
+            ("adapter.type", V::Str("lora".into())),
+            ("adapter.lora.alpha", V::F32(16.0)),
+        ],
+        vec![
+            (
+                TensorSpec::new("blk.0.attn_q.weight.lora_a", vec![32, 4], GgmlType::F32),
+                ramp(128),
+            ),
+            (
+                TensorSpec::new("blk.0.attn_q.weight.lora_b", vec![4, 32], GgmlType::F32),
+                ramp(128),
+            ),
+        ],
+    );
+    let seeds = [
+        ("all-types.gguf", all_types),
+        ("llama-q8_0.gguf", llama),
+        ("lora.gguf", lora),
+    ];
+    let out = std::env::var_os("LLMLOCAL_FUZZ_WRITE_SEEDS").map(PathBuf::from);
+    seeds
+        .into_iter()
+        .map(|(name, bytes)| {
+            if let Some(dir) = &out {
+                std::fs::create_dir_all(dir).expect("create the seed folder");
+                std::fs::write(dir.join(name), &bytes).expect("write a seed file");
+            }
+            (PathBuf::from(name), bytes)
+        })
+        .collect()
 }
 
 /// Writes a failing input where a person can replay it, and says what failed.
