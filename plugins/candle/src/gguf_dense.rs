@@ -205,24 +205,8 @@ pub fn load<R: Read + Seek>(
     dims: &Dims,
     context: usize,
 ) -> Result<Dense> {
-    let mut parts = Parts::new(dims.layers);
-    let mut weight_bytes = 0u64;
-    let mut names: Vec<&String> = content.tensor_infos.keys().collect();
-    names.sort();
-    for name in names {
-        let place = part(name).ok_or_else(|| {
-            PluginError::unsupported_format(format!("GGUF tensor `{name}` is not a llama tensor"))
-        })?;
-        let tensor = read_tensor(content, reader, name, device)?;
-        let tensor = rope_layout(name, tensor, dims)
-            .and_then(|t| t.to_dtype(dtype))
-            .internal_err(|| format!("converting GGUF tensor `{name}` on the device"))?;
-        weight_bytes += (tensor.elem_count() * dtype.size_in_bytes()) as u64;
-        parts.put(name, place, tensor)?;
-    }
-    let shape = shape(&content.metadata, dims, context)?;
-    let model = DenseLlama::new(parts.into_weights()?, shape, dtype, device)
-        .internal_err(|| "building the dense llama on the device".to_string())?;
+    let read = |r: &mut R, name: &str| read_tensor(content, r, name, device);
+    let (model, weight_bytes) = build(content, reader, device, dtype, dims, context, read)?;
     Ok(Dense {
         net: Net::Dense(Arc::new(model)),
         weight_bytes,
@@ -239,25 +223,46 @@ pub fn load_dequantized<R: Read + Seek>(
     dims: &Dims,
     context: usize,
 ) -> Result<Arc<DenseLlama>> {
+    let read = |r: &mut R, name: &str| {
+        content
+            .tensor(r, name, device)
+            .and_then(|q| q.dequantize(device))
+            .format_err(|| format!("reading GGUF tensor `{name}`"))
+    };
+    let (model, _) = build(content, reader, device, DType::F32, dims, context, read)?;
+    Ok(Arc::new(model))
+}
+
+/// Reads every tensor with `read`, puts it in its place as `dtype` and builds the network;
+/// also returns the bytes its weights take.
+fn build<R: Read + Seek>(
+    content: &Content,
+    reader: &mut R,
+    device: &Device,
+    dtype: DType,
+    dims: &Dims,
+    context: usize,
+    mut read: impl FnMut(&mut R, &str) -> Result<Tensor>,
+) -> Result<(DenseLlama, u64)> {
     let mut parts = Parts::new(dims.layers);
+    let mut weight_bytes = 0u64;
     let mut names: Vec<&String> = content.tensor_infos.keys().collect();
     names.sort();
     for name in names {
         let place = part(name).ok_or_else(|| {
             PluginError::unsupported_format(format!("GGUF tensor `{name}` is not a llama tensor"))
         })?;
-        let tensor = content
-            .tensor(reader, name, device)
-            .and_then(|q| q.dequantize(device))
-            .format_err(|| format!("reading GGUF tensor `{name}`"))?;
+        let tensor = read(reader, name)?;
         let tensor = rope_layout(name, tensor, dims)
-            .internal_err(|| format!("converting GGUF tensor `{name}`"))?;
+            .and_then(|t| t.to_dtype(dtype))
+            .internal_err(|| format!("converting GGUF tensor `{name}` on the device"))?;
+        weight_bytes += (tensor.elem_count() * dtype.size_in_bytes()) as u64;
         parts.put(name, place, tensor)?;
     }
     let shape = shape(&content.metadata, dims, context)?;
-    let model = DenseLlama::new(parts.into_weights()?, shape, DType::F32, device)
-        .internal_err(|| "building the dense llama".to_string())?;
-    Ok(Arc::new(model))
+    let model = DenseLlama::new(parts.into_weights()?, shape, dtype, device)
+        .internal_err(|| "building the dense llama on the device".to_string())?;
+    Ok((model, weight_bytes))
 }
 
 /// The tensors read so far, by place.
