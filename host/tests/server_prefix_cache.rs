@@ -7,12 +7,9 @@
 
 mod server_support;
 
-use llmlocal::{
-    engine::{Engine, EngineSettings, ModelEntry},
-    server::ServerSettings,
-};
+use llmlocal::{engine::Engine, server::ServerSettings};
 use serde_json::{json, Value};
-use server_support::{client, metric, parse_sse, post, registry, TestServer};
+use server_support::{client, llama_cpp_settings, metric, parse_sse, post, registry, TestServer};
 use std::path::{Path, PathBuf};
 
 fn stories_gguf() -> Option<PathBuf> {
@@ -31,15 +28,7 @@ fn stories_gguf() -> Option<PathBuf> {
 /// A server with stories260K as model `story` on llama.cpp.
 async fn stories_server() -> Option<TestServer> {
     let path = stories_gguf()?;
-    let mut settings = EngineSettings {
-        open_specs: false,
-        ..EngineSettings::default()
-    };
-    let entry = ModelEntry {
-        backend: Some("llama-cpp".into()),
-        ..ModelEntry::new(path.to_string_lossy())
-    };
-    settings.models.insert("story".into(), entry);
+    let settings = llama_cpp_settings("story", &path);
     let engine = Engine::new(settings, registry(&["llama_cpp"]), None);
     Some(TestServer::start(engine, ServerSettings::default()).await)
 }

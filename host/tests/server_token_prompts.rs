@@ -5,13 +5,11 @@
 
 mod server_support;
 
-use llmlocal::{
-    engine::{EngineSettings, ModelEntry},
-    plugins::LoadRequest,
-    server::ServerSettings,
-};
+use llmlocal::{plugins::LoadRequest, server::ServerSettings};
 use serde_json::{json, Value};
-use server_support::{parse_sse, post, registry, scripted_engine, scripted_settings, TestServer};
+use server_support::{
+    llama_cpp_settings, parse_sse, post, registry, scripted_engine, scripted_settings, TestServer,
+};
 use std::path::{Path, PathBuf};
 
 const SCRIPT: &str = "The quick brown fox jumps.";
@@ -45,15 +43,7 @@ async fn stories_server() -> Option<(TestServer, Vec<u32>)> {
         .expect("stories260K loads");
     let ids = model.tokenize(STORY, true, false).expect("tokenizes");
     drop(model);
-    let mut settings = EngineSettings {
-        open_specs: false,
-        ..EngineSettings::default()
-    };
-    let entry = ModelEntry {
-        backend: Some("llama-cpp".into()),
-        ..ModelEntry::new(path.to_string_lossy())
-    };
-    settings.models.insert("story".into(), entry);
+    let settings = llama_cpp_settings("story", &path);
     let engine = llmlocal::engine::Engine::new(settings, plugins, None);
     Some((
         TestServer::start(engine, ServerSettings::default()).await,

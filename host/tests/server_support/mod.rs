@@ -86,6 +86,20 @@ pub fn scripted_settings(dir: &Path, models: &[(&str, &str)]) -> EngineSettings 
     settings
 }
 
+/// Settings serving the GGUF at `path` as model `name` on the llama.cpp backend.
+pub fn llama_cpp_settings(name: &str, path: &Path) -> EngineSettings {
+    let mut settings = EngineSettings {
+        open_specs: false,
+        ..EngineSettings::default()
+    };
+    let entry = ModelEntry {
+        backend: Some("llama-cpp".into()),
+        ..ModelEntry::new(path.to_string_lossy())
+    };
+    settings.models.insert(name.into(), entry);
+    settings
+}
+
 /// A scripted engine.
 pub fn scripted_engine(settings: EngineSettings) -> Engine {
     Engine::new(settings, registry(&["scripted"]), None)
