@@ -109,7 +109,8 @@ impl BackendAdapter {
 impl FfiBackend for BackendAdapter {
     fn load(&self, request: LoadRequest) -> RResult<ModelBox, PluginError> {
         guarded("load", || {
-            crate::extension::reject_unknown(&request.extensions, &[])?;
+            let accepted = crate::request::load_option::accepted(&self.capabilities.names);
+            crate::extension::reject_unknown(&request.extensions, &accepted)?;
             let model = self.inner()?.load(request)?;
             let vocab_size = model.metadata().vocab_size;
             Ok(FfiModel_TO::from_value(

@@ -31,6 +31,11 @@ pub mod capability {
     pub const PREFIX_CACHE: &str = "prefix-cache";
     /// `Model::embed`.
     pub const EMBEDDINGS: &str = "embeddings";
+    /// Since 2.1: takes the KV cache's element types at load
+    /// ([`crate::load_option::CACHE_TYPE_K`], [`crate::load_option::CACHE_TYPE_V`]).
+    pub const KV_CACHE_TYPES: &str = "kv-cache-types";
+    /// Since 2.1: takes a flash-attention policy at load ([`crate::load_option::FLASH_ATTN`]).
+    pub const FLASH_ATTENTION: &str = "flash-attention";
 
     /// Every name this version of the contract defines.
     pub const ALL: &[&str] = &[
@@ -43,6 +48,8 @@ pub mod capability {
         FULL_SAMPLING,
         PREFIX_CACHE,
         EMBEDDINGS,
+        KV_CACHE_TYPES,
+        FLASH_ATTENTION,
     ];
 }
 

@@ -56,6 +56,57 @@ impl LoadRequest {
     }
 }
 
+/// Extension keys of [`LoadRequest::extensions`] (since 2.1). The host sends one only to a
+/// plugin that declared the capability it belongs to; the export glue refuses any other key.
+pub mod load_option {
+    use crate::capability;
+
+    /// The K cache's element type as llama.cpp names it (`f16`, `q8_0`, `q4_0`, ...), a
+    /// `Text` value; capability [`capability::KV_CACHE_TYPES`].
+    pub const CACHE_TYPE_K: &str = "cache-type-k";
+    /// The V cache's element type, as [`CACHE_TYPE_K`].
+    pub const CACHE_TYPE_V: &str = "cache-type-v";
+    /// Flash attention: `Text` `on`, `off` or `auto` (the backend decides per device);
+    /// capability [`capability::FLASH_ATTENTION`].
+    pub const FLASH_ATTN: &str = "flash-attn";
+
+    /// The cache types of [`CACHE_TYPE_K`] / [`CACHE_TYPE_V`] (llama-server's list) with their
+    /// bytes per value: a block's bytes over its values (q8_0 keeps 32 values in 34 bytes).
+    /// A plugin may accept fewer; hosts use the sizes for memory estimates.
+    pub const CACHE_TYPES: &[(&str, f64)] = &[
+        ("f32", 4.0),
+        ("f16", 2.0),
+        ("bf16", 2.0),
+        ("q8_0", 34.0 / 32.0),
+        ("q4_0", 18.0 / 32.0),
+        ("q4_1", 20.0 / 32.0),
+        ("iq4_nl", 18.0 / 32.0),
+        ("q5_0", 22.0 / 32.0),
+        ("q5_1", 24.0 / 32.0),
+    ];
+
+    /// Bytes per value of a cache type named in [`CACHE_TYPES`] (case-insensitive).
+    pub fn cache_type_bytes(name: &str) -> Option<f64> {
+        CACHE_TYPES
+            .iter()
+            .find(|(known, _)| known.eq_ignore_ascii_case(name.trim()))
+            .map(|&(_, bytes)| bytes)
+    }
+
+    /// The keys a plugin declaring `capabilities` accepts.
+    pub fn accepted(capabilities: &[impl AsRef<str>]) -> Vec<&'static str> {
+        let has = |name: &str| capabilities.iter().any(|c| c.as_ref() == name);
+        let mut keys = Vec::new();
+        if has(capability::KV_CACHE_TYPES) {
+            keys.extend([CACHE_TYPE_K, CACHE_TYPE_V]);
+        }
+        if has(capability::FLASH_ATTENTION) {
+            keys.push(FLASH_ATTN);
+        }
+        keys
+    }
+}
+
 /// Sampling settings, applied by the backend on the model's real logits in this order
 /// (docs/contract.md, "Sampling"): logit_bias -> penalties (repeat, frequency, presence over
 /// the last `repeat_last_n` tokens of prompt + output) -> constraint mask -> top_k ->

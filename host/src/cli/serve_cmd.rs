@@ -2,7 +2,7 @@
 
 use crate::{
     config::Config,
-    engine::{Engine, EngineSettings},
+    engine::{Engine, EngineSettings, KvCacheOptions},
     models::ModelManager,
     plugins::PluginRegistry,
     server::{self, ServerSettings},
@@ -80,6 +80,15 @@ pub struct ServeArgs {
     /// CPU threads per model (default: the backend's, one per physical core for llama.cpp).
     #[arg(long, value_name = "N")]
     pub threads: Option<u32>,
+    /// KV cache K type for models that set none: f16 (default), q8_0, q4_0, ... (llama-cpp).
+    #[arg(long, value_name = "TYPE")]
+    pub cache_type_k: Option<String>,
+    /// KV cache V type, as --cache-type-k; a quantized V cache needs flash attention.
+    #[arg(long, value_name = "TYPE")]
+    pub cache_type_v: Option<String>,
+    /// Flash attention for models that set none: on, off or auto (default: the backend's).
+    #[arg(long, value_name = "on|off|auto")]
+    pub flash_attn: Option<String>,
     /// The most tokens one request may generate (and the default).
     #[arg(long, value_name = "TOKENS")]
     pub max_tokens_cap: Option<u32>,
@@ -146,6 +155,13 @@ fn settings(args: &ServeArgs, config: &Config) -> anyhow::Result<(EngineSettings
     engine.parallel = args.parallel.or(engine.parallel);
     engine.context_length = args.context_length.or(engine.context_length);
     engine.threads = args.threads.unwrap_or(engine.threads);
+    engine.kv_cache = KvCacheOptions {
+        cache_type_k: args.cache_type_k.clone(),
+        cache_type_v: args.cache_type_v.clone(),
+        flash_attn: args.flash_attn.clone(),
+    }
+    .or(&engine.kv_cache);
+    engine.kv_cache.check().map_err(anyhow::Error::msg)?;
     engine.memory_limit = args
         .memory_limit_mib
         .map(|m| m << 20)
@@ -352,5 +368,16 @@ mod tests {
         assert_eq!(engine.context_length, Some(640));
         // Unset: the backend's own thread count (0).
         assert_eq!(settings_of(&[]).threads, 0);
+    }
+
+    #[test]
+    fn kv_cache_flags_reach_the_engine_and_are_checked() {
+        let engine = settings_of(&["--cache-type-k", "q8_0", "--flash-attn", "on"]);
+        assert_eq!(engine.kv_cache.cache_type_k.as_deref(), Some("q8_0"));
+        assert_eq!(engine.kv_cache.cache_type_v, None);
+        assert_eq!(engine.kv_cache.flash_attn.as_deref(), Some("on"));
+        let cli = Cli::try_parse_from(["serve", "--cache-type-v", "q9"]).expect("flags parse");
+        let err = settings(&cli.serve, &Config::default()).expect_err("bad type");
+        assert!(err.to_string().contains("cache_type_v `q9`"), "{err}");
     }
 }

@@ -418,13 +418,29 @@ impl Engine {
                 );
             }
         }
-        let bytes = memory::estimate_load_bytes(memory::model_bytes(&files.path), context_length);
-        // Reserved under the model's name: its load turn (held by the caller) frees that.
-        self.make_room(model, bytes, context_length)?;
         let parallel = settings
             .parallel
             .unwrap_or(backend.manifest.capabilities.parallel_generations)
             .max(1);
+        let kv_cache = entry.kv_cache(&settings.kv_cache);
+        let extensions = kv_cache
+            .extensions(|c| backend.manifest.capabilities.has(c))
+            .map_err(|(option, needs)| {
+                EngineError::InvalidRequest(format!(
+                    "model `{model}` sets {option}, but its backend `{}` does not declare the \
+                     capability `{needs}`; remove the option or use a backend that has it \
+                     (`llmlocal plugins` lists them)",
+                    backend.name()
+                ))
+            })?;
+        let plan = memory::LoadPlan {
+            context_length,
+            parallel,
+            kv_cache: &kv_cache,
+        };
+        let bytes = memory::estimate_load_bytes(&files.path, plan);
+        // Reserved under the model's name: its load turn (held by the caller) frees that.
+        self.make_room(model, bytes, context_length)?;
         let request = LoadRequest {
             model_paths: RVec::from(vec![RString::from(
                 files.path.to_string_lossy().into_owned(),
@@ -434,6 +450,7 @@ impl Engine {
             threads: settings.threads,
             parallel,
             adapters: RVec::from(variant.load.clone()),
+            extensions,
             ..LoadRequest::new("")
         };
         tracing::info!(

@@ -1,5 +1,7 @@
 //! Memory: what the OS has, what a model will need, and the default context length.
 
+use super::kv_cache::KvCacheOptions;
+use crate::models::quant::COMPUTE_ALLOWANCE;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, OnceLock};
@@ -113,10 +115,28 @@ pub fn default_context_length(total_memory: u64, model_max: Option<u32>) -> u32 
     }
 }
 
-/// Bytes a load will need: the weights (file size) plus the KV cache and compute buffers for
-/// `context_length` tokens (the model manager's heuristic, so both plan alike).
-pub fn estimate_load_bytes(weight_bytes: u64, context_length: u32) -> u64 {
-    weight_bytes + crate::models::quant::kv_allowance(weight_bytes, context_length)
+/// What a load will allocate beyond its weights.
+#[derive(Debug, Clone, Copy)]
+pub struct LoadPlan<'a> {
+    pub context_length: u32,
+    /// Sequences the backend gives cells of their own (its `parallel` generations).
+    pub parallel: u32,
+    pub kv_cache: &'a KvCacheOptions,
+}
+
+/// Bytes a load of the model at `path` will need: the weights (file size), compute buffers,
+/// and the KV cache of `context_length` x `parallel` cells in the configured types — exact
+/// from a GGUF header's geometry, else the model manager's per-token heuristic.
+pub fn estimate_load_bytes(path: &Path, plan: LoadPlan<'_>) -> u64 {
+    let weights = model_bytes(path);
+    let cells = u64::from(plan.context_length) * u64::from(plan.parallel.max(1));
+    let kv = plan.kv_cache.gguf_bytes(path, cells).unwrap_or_else(|| {
+        let per_sequence = crate::models::quant::kv_allowance(weights, plan.context_length)
+            .saturating_sub(COMPUTE_ALLOWANCE);
+        let f16 = per_sequence.saturating_mul(u64::from(plan.parallel.max(1)));
+        (f16 as f64 * plan.kv_cache.ratio_to_f16()) as u64
+    });
+    weights + COMPUTE_ALLOWANCE + kv
 }
 
 /// Size of a model on disk: a file, or every file in a folder (one level, symlinks followed).

@@ -11,6 +11,7 @@
 pub mod embedding;
 mod error;
 mod facade;
+pub mod kv_cache;
 pub mod limits;
 mod lora;
 pub mod memory;
@@ -25,6 +26,7 @@ pub mod template;
 pub use embedding::{EmbedConfig, EmbedInput, Embeddings};
 pub use error::{EngineError, ErrorClass};
 pub use facade::{Engine, ResolvedFiles};
+pub use kv_cache::KvCacheOptions;
 pub use metrics::Metrics;
 pub use pool::LoadedInfo;
 pub use request::{

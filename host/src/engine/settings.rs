@@ -14,8 +14,12 @@
 //! context_length = 2048
 //! pinned = true                # never unloaded for memory or idleness
 //! adapters = ["gh:me/loras@v1/tiny.gguf:0.8"]  # default LoRA adapters (requests may override)
+//! cache_type_k = "q8_0"        # KV cache types (f16 default; q8_0, q4_0, ...), also in [engine]
+//! cache_type_v = "q8_0"        # a quantized V cache needs flash attention (llama.cpp)
+//! flash_attn = "auto"          # on | off | auto
 //! ```
 
+use super::kv_cache::KvCacheOptions;
 use serde::Deserialize;
 use std::{collections::BTreeMap, path::Path, time::Duration};
 
@@ -39,6 +43,13 @@ pub struct ModelEntry {
     /// `adapters` replace them.
     #[serde(default)]
     pub adapters: Vec<String>,
+    /// KV cache options over the engine's (see [`KvCacheOptions`]).
+    #[serde(default)]
+    pub cache_type_k: Option<String>,
+    #[serde(default)]
+    pub cache_type_v: Option<String>,
+    #[serde(default)]
+    pub flash_attn: Option<String>,
 }
 
 impl ModelEntry {
@@ -47,6 +58,16 @@ impl ModelEntry {
             spec: spec.into(),
             ..ModelEntry::default()
         }
+    }
+
+    /// This entry's KV cache options, each falling back to the engine's.
+    pub fn kv_cache(&self, engine: &KvCacheOptions) -> KvCacheOptions {
+        KvCacheOptions {
+            cache_type_k: self.cache_type_k.clone(),
+            cache_type_v: self.cache_type_v.clone(),
+            flash_attn: self.flash_attn.clone(),
+        }
+        .or(engine)
     }
 }
 
@@ -75,6 +96,8 @@ pub struct EngineSettings {
     pub device: String,
     /// CPU threads per model; 0 = backend default.
     pub threads: u32,
+    /// KV cache options for models whose entry sets none.
+    pub kv_cache: KvCacheOptions,
 }
 
 impl Default for EngineSettings {
@@ -91,6 +114,7 @@ impl Default for EngineSettings {
             context_length: None,
             device: "auto".to_string(),
             threads: 0,
+            kv_cache: KvCacheOptions::default(),
         }
     }
 }
@@ -116,6 +140,9 @@ struct EngineSection {
     device: Option<String>,
     threads: Option<u32>,
     open_specs: Option<bool>,
+    cache_type_k: Option<String>,
+    cache_type_v: Option<String>,
+    flash_attn: Option<String>,
 }
 
 impl EngineSettings {
@@ -137,6 +164,19 @@ impl EngineSettings {
         self.device = e.device.unwrap_or(std::mem::take(&mut self.device));
         self.threads = e.threads.unwrap_or(self.threads);
         self.open_specs = e.open_specs.unwrap_or(self.open_specs);
+        self.kv_cache = KvCacheOptions {
+            cache_type_k: e.cache_type_k,
+            cache_type_v: e.cache_type_v,
+            flash_attn: e.flash_attn,
+        }
+        .or(&self.kv_cache);
+        self.kv_cache.check().map_err(|err| format!("[engine] {err}"))?;
+        for (name, entry) in &sections.models {
+            entry
+                .kv_cache(&KvCacheOptions::default())
+                .check()
+                .map_err(|err| format!("[models.{name}] {err}"))?;
+        }
         self.models.extend(sections.models);
         Ok(())
     }

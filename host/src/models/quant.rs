@@ -107,8 +107,11 @@ pub(crate) fn sibling_size(s: &Sibling) -> u64 {
 /// about size/50 000 bytes (a heuristic: ~80 KiB/token for a 4 GB 7B model, in line with its
 /// f16 KV cache under grouped-query attention).
 pub fn kv_allowance(model_size: u64, context_length: u32) -> u64 {
-    (256 << 20) + u64::from(context_length) * (model_size / 50_000)
+    COMPUTE_ALLOWANCE + u64::from(context_length) * (model_size / 50_000)
 }
+
+/// Compute buffers and other per-context memory besides the KV cache.
+pub const COMPUTE_ALLOWANCE: u64 = 256 << 20;
 
 /// Picks per the module rule; `Err` says why nothing fits.
 pub fn pick(

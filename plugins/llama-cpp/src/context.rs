@@ -39,14 +39,22 @@ pub fn create<'m>(
         .with_n_ubatch(config.batch_size.min(MAX_UBATCH))
         .with_n_threads(config.threads)
         .with_n_threads_batch(config.threads)
+        .with_type_k(config.kv.type_k.ggml)
+        .with_type_v(config.kv.type_v.ggml)
+        .with_flash_attention_policy(config.kv.flash_attn.policy())
         .with_embeddings(false);
     model
         .new_context(crate::runtime::backend()?, params)
         .map_err(|e| {
             PluginError::out_of_memory(format!(
                 "llama.cpp could not create a context of {total} tokens ({} per sequence x {} \
-                 sequences): {e}; lower context_length or parallel",
-                config.context_per_sequence, config.parallel
+                 sequences, K cache {}, V cache {}, flash attention {:?}): {e}; lower \
+                 context_length or parallel, or check the KV cache types",
+                config.context_per_sequence,
+                config.parallel,
+                config.kv.type_k.name,
+                config.kv.type_v.name,
+                config.kv.flash_attn
             ))
         })
 }

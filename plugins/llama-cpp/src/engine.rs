@@ -121,6 +121,8 @@ pub struct EngineConfig {
     pub parallel: u32,
     pub batch_size: u32,
     pub threads: i32,
+    /// KV cache element types and the flash-attention policy.
+    pub kv: crate::kv::KvOptions,
 }
 
 /// The handle shared by the model and its running generations: the thread stops when the

@@ -53,6 +53,7 @@ pub mod embed;
 pub mod engine;
 pub mod generation;
 pub mod gguf;
+pub mod kv;
 pub mod load;
 mod logs;
 pub mod model;
@@ -93,6 +94,8 @@ pub fn manifest() -> Manifest {
         capability::JSON_SCHEMA,
         capability::EMBEDDINGS,
         capability::PREFIX_CACHE,
+        capability::KV_CACHE_TYPES,
+        capability::FLASH_ATTENTION,
     ] {
         manifest.capabilities.insert(name);
     }

@@ -5,6 +5,7 @@ use crate::{
     adapters::AdapterStore,
     engine::{Engine, EngineConfig},
     gguf::{self, GgufError, GgufHeader},
+    kv::KvOptions,
     model::LlamaCppModel,
     runtime::{self, Device},
 };
@@ -20,8 +21,6 @@ use std::{
 const DEFAULT_CONTEXT: u32 = 4096;
 const DEFAULT_PARALLEL: u32 = 4;
 const DEFAULT_BATCH: u32 = 512;
-/// KV cache entries are f16.
-const KV_BYTES_PER_VALUE: u64 = 2;
 
 /// Loads the model the request names.
 pub fn load(request: &LoadRequest) -> Result<LlamaCppModel, PluginError> {
@@ -38,6 +37,7 @@ pub fn load(request: &LoadRequest) -> Result<LlamaCppModel, PluginError> {
     let mut model = source.open(&header)?;
     let adapters = AdapterStore::load(&mut model, &request.adapters)?;
     let config = engine_config(&model, request)?;
+    config.kv.check_head_size(head_size(&model))?;
     check_memory(&model, &config, &source.device)?;
     let shape = ModelShape::of(&model);
     let model = Arc::new(std::sync::RwLock::new(Some(model)));
@@ -245,6 +245,7 @@ fn engine_config(model: &LlamaModel, request: &LoadRequest) -> Result<EngineConf
         parallel,
         batch_size,
         threads: i32::try_from(threads).unwrap_or(i32::MAX),
+        kv: KvOptions::from_extensions(&request.extensions)?,
     })
 }
 
@@ -257,16 +258,21 @@ fn default_threads() -> usize {
     num_cpus::get_physical().clamp(1, usable)
 }
 
-/// Bytes of f16 KV cache: K and V, for every layer, cell and KV channel.
+/// Channels of one attention head.
+fn head_size(model: &LlamaModel) -> u64 {
+    let n_embd = u64::try_from(model.n_embd()).unwrap_or(0);
+    n_embd / u64::from(model.n_head().max(1))
+}
+
+/// Bytes of KV cache: K and V, for every layer, cell and KV channel, in the configured types.
 pub fn kv_cache_bytes(model: &LlamaModel, config: &EngineConfig) -> u64 {
     let n_head = u64::from(model.n_head().max(1));
     let n_embd = u64::try_from(model.n_embd()).unwrap_or(0);
     let n_embd_kv = n_embd / n_head * u64::from(model.n_head_kv());
     let cells = u64::from(config.context_per_sequence) * u64::from(config.parallel);
-    2u64.saturating_mul(u64::from(model.n_layer()))
-        .saturating_mul(cells)
-        .saturating_mul(n_embd_kv)
-        .saturating_mul(KV_BYTES_PER_VALUE)
+    config
+        .kv
+        .bytes(u64::from(model.n_layer()), cells, n_embd_kv)
 }
 
 /// Refuses a context whose KV cache cannot fit in available memory before llama.cpp tries to
