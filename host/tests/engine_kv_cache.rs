@@ -97,7 +97,11 @@ async fn a_quantized_v_cache_without_flash_attention_is_refused_with_the_reason(
 #[tokio::test(flavor = "multi_thread")]
 async fn a_backend_without_the_capability_is_never_sent_the_options() {
     let fixtures = llmlocal_fixtures::ensure_default().expect("fixtures");
-    let engine = engine(&fixtures.gguf_q8_0, "candle", Some(kv("q8_0", "f16", "auto")));
+    let engine = engine(
+        &fixtures.gguf_q8_0,
+        "candle",
+        Some(kv("q8_0", "f16", "auto")),
+    );
     let err = greedy(&engine, Prompt::Text("w".into()), 4)
         .await
         .expect_err("refused");

@@ -1,9 +1,10 @@
-//! `cargo xtask bench [--suite backend|server|router|download] [-- args]`: the backend
-//! benchmark binary against target/plugins, the server measurements (host/tests/
-//! server_bench.rs), or the router / download benchmark examples of the host.
+//! `cargo xtask bench [--suite backend|server|vs-llama-server|router|download] [-- args]`:
+//! the backend benchmark binary against target/plugins, the server measurements (host/tests/
+//! server_bench.rs), `llmlocal serve` against llama-server (tests/bench vs_llama_server), or
+//! the router / download benchmark examples of the host.
 
 use crate::{
-    build_plugins, fixtures,
+    build_plugins, fixtures, llama_server,
     process::{cargo, run},
     workspace::Workspace,
 };
@@ -17,6 +18,9 @@ pub enum Suite {
     /// `llmlocal serve`: HTTP vs engine API (TTFT, tokens/s), aggregate tokens/s at 1, 4 and
     /// 16 streams, cached model load time, idle RSS, per-token cost of SSE.
     Server,
+    /// `llmlocal serve` vs llama-server (built once from a pinned llama.cpp), same GGUF and
+    /// threads, interleaved: single-stream and 4-stream tokens/s, chat turn-2 TTFT.
+    VsLlamaServer,
     /// Latency the router adds (p50/p99) and requests/s, router and node in their own processes.
     Router,
     /// Download throughput from a loopback hub vs curl, and peak memory.
@@ -25,11 +29,12 @@ pub enum Suite {
 
 pub fn command(ws: &Workspace, suite: Suite, release: bool, args: &[String]) -> Result<()> {
     let example = match suite {
-        Suite::Backend | Suite::Server if release => {
+        Suite::Backend | Suite::Server | Suite::VsLlamaServer if release => {
             bail!("--release applies to the router and download suites")
         }
         Suite::Backend => return backend(ws, args),
         Suite::Server => return server(ws, args),
+        Suite::VsLlamaServer => return vs_llama_server(ws, args),
         Suite::Router => "router_bench",
         Suite::Download => "download_bench",
     };
@@ -87,4 +92,50 @@ fn backend(ws: &Workspace, args: &[String]) -> Result<()> {
         .arg(ws.plugins_dir())
         .args(args);
     run(&mut command, "the benchmark")
+}
+
+/// The bench model `cargo xtask bench` writes (a random 85M-parameter F16 llama).
+const BENCH_MODEL: &str = "random-llama-85m-f16.gguf";
+
+/// Both servers on the same model: llama-server built once, our binary and plugins fresh.
+fn vs_llama_server(ws: &Workspace, args: &[String]) -> Result<()> {
+    let llama_server = llama_server::ensure(ws)?;
+    let built = build_plugins::build(ws)?;
+    if built.failed.iter().any(|p| p.contains("llama")) {
+        bail!("the llama-cpp plugin did not build");
+    }
+    let mut build = cargo(&ws.root);
+    build.args([
+        "build",
+        "-p",
+        "llmlocal",
+        "--bin",
+        "llmlocal",
+        "-p",
+        "llmlocal-bench",
+        "--bin",
+        "vs_llama_server",
+    ]);
+    run(&mut build, "building llmlocal and the benchmark")?;
+    let mut command = std::process::Command::new(ws.debug_dir().join("vs_llama_server"));
+    command
+        .arg("--llmlocal")
+        .arg(ws.debug_dir().join("llmlocal"))
+        .arg("--plugin-dir")
+        .arg(ws.plugins_dir())
+        .arg("--llama-server")
+        .arg(&llama_server);
+    if !args.iter().any(|a| a == "--model") {
+        let model = ws.target.join("bench").join(BENCH_MODEL);
+        if !model.is_file() {
+            bail!(
+                "{} does not exist: run `cargo xtask bench` once (it writes it), or pass \
+                 `-- --model PATH`",
+                model.display()
+            );
+        }
+        command.arg("--model").arg(model);
+    }
+    command.args(args);
+    run(&mut command, "the llmlocal vs llama-server benchmark")
 }

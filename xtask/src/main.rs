@@ -5,6 +5,7 @@ mod build_plugins;
 mod demo;
 mod fixtures;
 mod gpu;
+mod llama_server;
 mod process;
 mod report;
 mod suite_child;
@@ -61,7 +62,8 @@ enum Command {
         no_candle: bool,
     },
     /// Run a benchmark; arguments after `--` go to it. `backend` (default): the bench binary
-    /// against target/plugins; `server`: host/tests/server_bench.rs; `router`:
+    /// against target/plugins; `server`: host/tests/server_bench.rs; `vs-llama-server`:
+    /// tests/bench vs_llama_server against a llama-server built once; `router`:
     /// host/examples/router_bench.rs; `download`: host/examples/download_bench.rs.
     Bench {
         #[arg(long, value_enum, default_value_t = bench::Suite::Backend)]

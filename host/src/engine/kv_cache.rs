@@ -165,9 +165,16 @@ mod tests {
         assert!(options(Some("q8_0"), Some("Q4_0"), Some("auto"))
             .check()
             .is_ok());
-        let err = options(Some("q3"), None, None).check().expect_err("bad type");
-        assert!(err.contains("cache_type_k `q3`") && err.contains("q8_0"), "{err}");
-        let err = options(None, None, Some("yes")).check().expect_err("bad fa");
+        let err = options(Some("q3"), None, None)
+            .check()
+            .expect_err("bad type");
+        assert!(
+            err.contains("cache_type_k `q3`") && err.contains("q8_0"),
+            "{err}"
+        );
+        let err = options(None, None, Some("yes"))
+            .check()
+            .expect_err("bad fa");
         assert!(err.contains("flash_attn"), "{err}");
     }
 
@@ -254,7 +261,10 @@ mod tests {
         let estimate = |p, o| crate::engine::memory::estimate_load_bytes(&path, plan(p, o));
         let one_sequence = 2 * 4 * 1000 * 64 * 2;
         let default = KvCacheOptions::default();
-        assert_eq!(estimate(4, &default) - estimate(1, &default), 3 * one_sequence);
+        assert_eq!(
+            estimate(4, &default) - estimate(1, &default),
+            3 * one_sequence
+        );
         assert_eq!(
             estimate(4, &q8) - estimate(1, &q8),
             3 * one_sequence / 2 * 34 / 32

@@ -170,7 +170,9 @@ impl EngineSettings {
             flash_attn: e.flash_attn,
         }
         .or(&self.kv_cache);
-        self.kv_cache.check().map_err(|err| format!("[engine] {err}"))?;
+        self.kv_cache
+            .check()
+            .map_err(|err| format!("[engine] {err}"))?;
         for (name, entry) in &sections.models {
             entry
                 .kv_cache(&KvCacheOptions::default())

@@ -195,7 +195,10 @@ mod tests {
     fn refuses_unknown_types_and_quantized_v_without_flash_attention() {
         let err = KvOptions::from_extensions(&[text(load_option::CACHE_TYPE_K, "q3")])
             .expect_err("unknown type");
-        assert!(err.message.contains("q3") && err.message.contains("q8_0"), "{err:?}");
+        assert!(
+            err.message.contains("q3") && err.message.contains("q8_0"),
+            "{err:?}"
+        );
         let err = KvOptions::from_extensions(&[
             text(load_option::CACHE_TYPE_V, "q8_0"),
             text(load_option::FLASH_ATTN, "off"),
@@ -216,7 +219,9 @@ mod tests {
         };
         assert_eq!(q8.bytes(2, 64, 32), 4096 * 34 / 32 * 2);
         assert!(q8.check_head_size(64).is_ok());
-        let err = q8.check_head_size(8).expect_err("8 is not a multiple of 32");
+        let err = q8
+            .check_head_size(8)
+            .expect_err("8 is not a multiple of 32");
         assert!(err.message.contains("head size 8"), "{err:?}");
         assert!(KvOptions::default().check_head_size(8).is_ok());
     }
