@@ -215,11 +215,8 @@ fn block_text<'a>(block: &'a Value, where_: &str) -> Result<&'a str, ApiError> {
             )))
         }
     }
-    let fields = block.as_object().into_iter().flatten();
-    if let Some((key, _)) = fields
-        .filter(|(key, _)| !TEXT_BLOCK_KEYS.contains(&key.as_str()))
-        .next()
-    {
+    let mut keys = block.as_object().into_iter().flat_map(|o| o.keys());
+    if let Some(key) = keys.find(|key| !TEXT_BLOCK_KEYS.contains(&key.as_str())) {
         return Err(bad(format!(
             "{where_}: unknown field `{key}` in a text block"
         )));

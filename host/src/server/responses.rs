@@ -303,9 +303,11 @@ impl Shape {
 
     /// The response object with `status`, `output` and (when finished) `usage`.
     fn response(&self, status: &str, output: Value, done: Option<&Completion>) -> Value {
-        let incomplete = (status == "incomplete")
-            .then(|| json!({ "reason": "max_output_tokens" }))
-            .unwrap_or(Value::Null);
+        let incomplete = if status == "incomplete" {
+            json!({ "reason": "max_output_tokens" })
+        } else {
+            Value::Null
+        };
         json!({
             "id": self.id,
             "object": "response",
