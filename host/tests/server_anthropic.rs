@@ -260,6 +260,16 @@ async fn keys_are_taken_from_x_api_key_or_bearer() {
     assert!(message.contains("x-api-key"), "{message}");
     let (status, body) = send(vec![("x-api-key", "wrong")], "/v1/messages").await;
     anthropic_error(status, &body, 401, "authentication_error");
+    // An admin key in x-api-key may change what the server holds; an inference key may not.
+    let remove = |key: &'static str| {
+        let request = client()
+            .delete(server.url("/api/delete"))
+            .header("x-api-key", key)
+            .json(&json!({"model": "not-here"}));
+        async move { request.send().await.expect("request").status().as_u16() }
+    };
+    assert_eq!(remove("user-key").await, 403);
+    assert_eq!(remove("admin-key").await, 404, "past the admin check");
 }
 
 /// Drives the `anthropic` client: create, stream (text_stream + get_final_message),

@@ -1,7 +1,8 @@
 //! The HTTP server of `llmlocal serve` (axum): OpenAI `/v1/*` (Responses included), Anthropic
 //! `/v1/messages`, Ollama `/api/*`, `/health` and Prometheus `/metrics` over one [`Engine`].
 //!
-//! Limits: optional API keys (`Authorization: Bearer KEY` on every route but `/health`),
+//! Limits: optional API keys (`Authorization: Bearer KEY` or `x-api-key: KEY` on every route
+//! but `/health`),
 //! admin keys or a loopback-only rule for routes that change what the server holds
 //! ([`access`]), a request body limit (413), a `max_tokens` cap (400 above it; also the default), and the
 //! engine's bounded queue per model (429 + `Retry-After` when full). Shutdown is graceful:
