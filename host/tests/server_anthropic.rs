@@ -378,3 +378,33 @@ fn stories_gguf() -> Option<std::path::PathBuf> {
     let path = dir.join("stories260K/stories260K.gguf");
     path.is_file().then_some(path)
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_browser_may_send_anthropics_headers_from_a_cors_origin() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let settings = ServerSettings {
+        cors_origins: vec!["http://localhost:5173".into()],
+        ..ServerSettings::default()
+    };
+    let server = server(dir.path(), settings).await;
+    let response = client()
+        .request(reqwest::Method::OPTIONS, server.url("/v1/messages"))
+        .header("origin", "http://localhost:5173")
+        .header("access-control-request-method", "POST")
+        .header(
+            "access-control-request-headers",
+            "x-api-key,anthropic-version,content-type",
+        )
+        .send()
+        .await
+        .expect("preflight");
+    let allowed = response
+        .headers()
+        .get("access-control-allow-headers")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    for header in ["x-api-key", "anthropic-version", "content-type"] {
+        assert!(allowed.contains(header), "{header} not in {allowed:?}");
+    }
+}
