@@ -604,6 +604,28 @@ impl Engine {
         })
     }
 
+    /// How many tokens `prompt` is for model `name` (loading it first), through the same
+    /// preparation a generation uses (chat template, BOS): what Anthropic's
+    /// `count_tokens` reports. Takes no run slot: tokenizing does not wait for generations.
+    pub async fn count_tokens(
+        &self,
+        name: &str,
+        prompt: Prompt,
+        backend: Option<&str>,
+    ) -> Result<u32, EngineError> {
+        limits::check(&prompt, &GenerationConfig::default())
+            .map_err(EngineError::InvalidRequest)?;
+        let ready = self.ensure_loaded(name, backend, None, &[]).await?;
+        let slot = ready.slot.clone();
+        let tokens = tokio::task::spawn_blocking(move || prepare_prompt(&slot, &prompt))
+            .await
+            .map_err(|err| {
+                EngineError::Internal(format!("the tokenizer thread failed: {err}"))
+            })??;
+        drop(ready);
+        Ok(tokens.len() as u32)
+    }
+
     /// Embeds `input` with model `name` (loading it first): one vector per input, in order.
     /// A backend without the `embeddings` capability gets a 400 naming it and the capability.
     pub async fn embed(

@@ -126,6 +126,9 @@ pub struct Completion {
     pub queue_ms: f64,
     /// From the engine receiving the request to the end.
     pub total_ms: f64,
+    /// The stop sequence that ended the generation (the request's or the chat template's);
+    /// `None` when it ended otherwise.
+    pub stop_sequence: Option<String>,
 }
 
 impl Completion {

@@ -131,6 +131,7 @@ fn finish(job: Job, sender: Sender, (outcome, stats): (Outcome, plugins::Generat
                 load_ms: job.load_ms,
                 queue_ms: job.queue_ms,
                 total_ms: job.received.elapsed().as_secs_f64() * 1000.0,
+                stop_sequence: job.stop.matched().map(str::to_string),
             };
             (Some(done), None)
         }

@@ -55,6 +55,10 @@ pub enum Scan {
 pub struct StopMatcher {
     automata: Option<Automata>,
     pending: String,
+    /// The stops, sorted as the automata index them (a match's pattern id is its index).
+    stops: Vec<String>,
+    /// The stop sequence that ended the generation, once one did.
+    matched: Option<String>,
 }
 
 /// The stops compiled once per generation.
@@ -135,7 +139,14 @@ impl StopMatcher {
         StopMatcher {
             automata,
             pending: String::new(),
+            stops,
+            matched: None,
         }
+    }
+
+    /// The stop sequence that ended the generation (Anthropic's `stop_sequence` names it).
+    pub fn matched(&self) -> Option<&str> {
+        self.matched.as_deref()
     }
 
     /// Adds the next piece of generated text.
@@ -147,6 +158,7 @@ impl StopMatcher {
         if let Some(found) = automata.find.find(self.pending.as_str()) {
             let before = self.pending[..found.start()].to_string();
             self.pending.clear();
+            self.matched = self.stops.get(found.pattern().as_usize()).cloned();
             return Scan::Stopped(before);
         }
         let keep = automata.held_suffix_len(&self.pending);
@@ -180,6 +192,19 @@ mod tests {
         }
         out.push_str(&m.finish());
         (out, false)
+    }
+
+    #[test]
+    fn the_matched_stop_is_named() {
+        let mut m = StopMatcher::new(["zz".to_string(), "END".to_string(), "E".to_string()]);
+        assert_eq!(m.push("abEN"), Scan::Stopped("ab".into()));
+        // The earliest start wins; among stops starting there, the sorted list's first.
+        assert_eq!(m.matched(), Some("E"));
+        let mut m = StopMatcher::new(["zz".to_string(), "END".to_string()]);
+        assert_eq!(m.push("a"), Scan::Emit("a".into()));
+        assert_eq!(m.matched(), None);
+        assert_eq!(m.push("bzz"), Scan::Stopped("b".into()));
+        assert_eq!(m.matched(), Some("zz"));
     }
 
     #[test]

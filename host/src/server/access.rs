@@ -23,7 +23,7 @@ pub struct RequestFacts<'a> {
     pub host: Option<&'a str>,
     pub origin: Option<&'a str>,
     pub content_type: Option<&'a str>,
-    /// The `Authorization: Bearer` token.
+    /// The key sent: `Authorization: Bearer KEY`, or Anthropic's `x-api-key: KEY`.
     pub bearer: Option<&'a str>,
 }
 
@@ -35,7 +35,7 @@ impl<'a> RequestFacts<'a> {
             host: text(header::HOST).or_else(|| uri.authority().map(Authority::as_str)),
             origin: text(header::ORIGIN),
             content_type: text(header::CONTENT_TYPE),
-            bearer: bearer(headers),
+            bearer: api_key(headers),
         }
     }
 }
@@ -105,6 +105,18 @@ pub fn check_mutation(facts: &RequestFacts<'_>, settings: &ServerSettings) -> Re
         }
         _ => Ok(()),
     }
+}
+
+/// The key a client sent: `Authorization: Bearer KEY` (OpenAI, Ollama), else `x-api-key: KEY`
+/// (Anthropic's clients). Either header carries an API key or an admin key alike; a browser
+/// cannot send either cross-site without a CORS preflight.
+pub fn api_key(headers: &HeaderMap) -> Option<&str> {
+    bearer(headers).or_else(|| {
+        headers
+            .get("x-api-key")
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+    })
 }
 
 /// The token of `Authorization: Bearer TOKEN`.

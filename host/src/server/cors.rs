@@ -3,7 +3,7 @@
 //! browsers send them without credentials. Routes that change the models a server holds keep
 //! their own Origin rule ([`super::access`]): a CORS origin is not thereby an admin.
 
-use axum::http::{header, HeaderValue, Method, Uri};
+use axum::http::{header, HeaderName, HeaderValue, Method, Uri};
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
 /// The layer for `origins`; `None` when there are none (no CORS headers at all).
@@ -19,7 +19,14 @@ pub fn layer(origins: &[String]) -> Option<CorsLayer> {
         CorsLayer::new()
             .allow_origin(AllowOrigin::list(values))
             .allow_methods([Method::GET, Method::POST, Method::DELETE])
-            .allow_headers([header::CONTENT_TYPE, header::AUTHORIZATION]),
+            .allow_headers([
+                header::CONTENT_TYPE,
+                header::AUTHORIZATION,
+                // Anthropic's clients authenticate and version their calls with these.
+                HeaderName::from_static("x-api-key"),
+                HeaderName::from_static("anthropic-version"),
+                HeaderName::from_static("anthropic-dangerous-direct-browser-access"),
+            ]),
     )
 }
 

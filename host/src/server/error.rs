@@ -1,6 +1,6 @@
 //! API errors in the shape each protocol's clients expect: OpenAI's
 //! `{"error":{"message","type","param","code"}}` under `/v1`, Ollama's `{"error":"..."}` under
-//! `/api`.
+//! `/api`, Anthropic's `{"type":"error","error":{"type","message"}}` under `/v1/messages`.
 
 use crate::engine::{EngineError, ErrorClass};
 use axum::{
@@ -15,15 +15,33 @@ use serde_json::json;
 pub enum Flavor {
     OpenAi,
     Ollama,
+    Anthropic,
 }
 
 impl Flavor {
     pub fn of_path(path: &str) -> Flavor {
         if path.starts_with("/api/") {
             Flavor::Ollama
+        } else if path == "/v1/messages" || path.starts_with("/v1/messages/") {
+            Flavor::Anthropic
         } else {
             Flavor::OpenAi
         }
+    }
+}
+
+/// Anthropic's error `type` for a status, as its API documents them (its clients pick the
+/// exception class by status; the type is what a user reads).
+fn anthropic_kind(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        400 => "invalid_request_error",
+        401 => "authentication_error",
+        403 => "permission_error",
+        404 => "not_found_error",
+        413 => "request_too_large",
+        429 => "rate_limit_error",
+        503 | 529 => "overloaded_error",
+        _ => "api_error",
     }
 }
 
@@ -118,6 +136,10 @@ impl ApiError {
                 }
             }),
             Flavor::Ollama => json!({ "error": self.message }),
+            Flavor::Anthropic => json!({
+                "type": "error",
+                "error": { "type": anthropic_kind(self.status), "message": self.message },
+            }),
         }
     }
 }

@@ -1,7 +1,8 @@
-//! The HTTP server of `llmlocal serve` (axum): OpenAI `/v1/*`, Ollama `/api/*`, `/health`
-//! and Prometheus `/metrics` over one [`Engine`].
+//! The HTTP server of `llmlocal serve` (axum): OpenAI `/v1/*` (Responses included), Anthropic
+//! `/v1/messages`, Ollama `/api/*`, `/health` and Prometheus `/metrics` over one [`Engine`].
 //!
-//! Limits: optional API keys (`Authorization: Bearer KEY` on every route but `/health`),
+//! Limits: optional API keys (`Authorization: Bearer KEY` or `x-api-key: KEY` on every route
+//! but `/health`),
 //! admin keys or a loopback-only rule for routes that change what the server holds
 //! ([`access`]), a request body limit (413), a `max_tokens` cap (400 above it; also the default), and the
 //! engine's bounded queue per model (429 + `Retry-After` when full). Shutdown is graceful:
@@ -9,9 +10,11 @@
 //! response stream, which cancels its generation.
 
 pub mod access;
+mod anthropic;
 mod cors;
 mod embeddings;
 mod error;
+mod events;
 mod extract;
 mod guard;
 mod keep_alive;
@@ -21,6 +24,7 @@ mod openai;
 mod params;
 mod pull;
 mod removal;
+mod responses;
 mod settings;
 mod streaming;
 
@@ -59,6 +63,9 @@ const ENDPOINTS: &[&str] = &[
     "/v1/models",
     "/v1/chat/completions",
     "/v1/completions",
+    "/v1/messages",
+    "/v1/messages/count_tokens",
+    "/v1/responses",
     "/api/generate",
     "/api/chat",
     "/api/tags",
@@ -87,6 +94,9 @@ pub fn router(engine: Engine, settings: ServerSettings) -> Router {
         .route("/v1/models", get(openai::list_models))
         .route("/v1/chat/completions", post(openai::chat_completions))
         .route("/v1/completions", post(openai::completions))
+        .route("/v1/messages", post(anthropic::messages))
+        .route("/v1/messages/count_tokens", post(anthropic::count_tokens))
+        .route("/v1/responses", post(responses::create))
         .route("/v1/embeddings", post(embeddings::openai))
         .route("/api/embed", post(embeddings::ollama))
         .route("/api/embeddings", post(embeddings::legacy))
@@ -171,8 +181,8 @@ async fn not_found(request: Request) -> ApiError {
     .flavor(Flavor::of_path(&path))
 }
 
-/// Checks `Authorization: Bearer KEY` when API keys are configured (`/health` is open); an
-/// admin key is accepted wherever an API key is.
+/// Checks `Authorization: Bearer KEY` or `x-api-key: KEY` when API keys are configured
+/// (`/health` is open); an admin key is accepted wherever an API key is.
 async fn authorize(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let settings = &state.settings;
     let path = request.uri().path();
@@ -180,7 +190,7 @@ async fn authorize(State(state): State<AppState>, request: Request, next: Next) 
         return next.run(request).await;
     }
     let flavor = Flavor::of_path(path);
-    let message = match access::bearer(request.headers()) {
+    let message = match access::api_key(request.headers()) {
         Some(key)
             if access::key_matches(&settings.api_keys, key)
                 || access::key_matches(&settings.admin_keys, key) =>
@@ -188,7 +198,7 @@ async fn authorize(State(state): State<AppState>, request: Request, next: Next) 
             return next.run(request).await
         }
         Some(_) => "invalid API key",
-        None => "missing API key: send `Authorization: Bearer KEY`",
+        None => "missing API key: send `Authorization: Bearer KEY` or `x-api-key: KEY`",
     };
     ApiError::new(
         StatusCode::UNAUTHORIZED,
