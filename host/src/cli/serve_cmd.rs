@@ -16,8 +16,9 @@ pub struct ServeArgs {
     /// port 0 picks a free one).
     #[arg(long, env = "LLMLOCAL_BIND", value_name = "ADDR")]
     pub bind: Option<SocketAddr>,
-    /// A model requests can name: NAME=SPEC, where SPEC is a path or a Hugging Face spec
-    /// (org/repo:Q4_K_M, hf://org/repo/file.gguf) (repeatable).
+    /// A model requests can name: NAME=SPEC, where SPEC is a path, a preset (`stories`,
+    /// `qwen3:0.6b`; see `llmlocal presets`) or a Hugging Face spec (org/repo:Q4_K_M,
+    /// hf://org/repo/file.gguf); a bare SPEC is named after itself (repeatable).
     #[arg(long = "model", value_name = "NAME=SPEC")]
     pub models: Vec<String>,
     /// The backend for models that name none (default: the config's default_backend, else

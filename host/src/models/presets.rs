@@ -244,6 +244,9 @@ pub fn spec_for(input: &str) -> Result<Option<ModelSpec>> {
 /// The error for a name that looks like a preset but is none (`Some`), or `None` when `input`
 /// is not close to any preset (it may still be a legacy bare repository id such as `gpt2`).
 pub fn unknown(input: &str) -> Option<ModelError> {
+    if let Some(err) = unknown_quant(input) {
+        return Some(err);
+    }
     let close = close_names(input);
     if close.is_empty() {
         return None;
@@ -260,6 +263,31 @@ pub fn unknown(input: &str) -> Option<ModelError> {
                 .collect::<Vec<_>>()
                 .join(" or ")
         ),
+    })
+}
+
+/// `NAME-TAG` where NAME is a preset without that quantization: the error lists the ones it has.
+fn unknown_quant(input: &str) -> Option<ModelError> {
+    let input = input.trim();
+    PRESETS.iter().find_map(|p| {
+        let tag = input.strip_prefix(p.name)?.strip_prefix('-')?;
+        let listed: Vec<String> = match &p.source {
+            PresetSource::Hub { quants, .. } => quants.iter().map(|(q, _)| q.to_string()).collect(),
+            PresetSource::Embedded { .. } => Vec::new(),
+        };
+        let reason = if listed.is_empty() {
+            format!("preset `{}` has a single built-in file; write `{}`", p.name, p.name)
+        } else {
+            format!(
+                "preset `{}` has no `{tag}` file; it has {} (or name any file as `org/repo:FILE.gguf`)",
+                p.name,
+                listed.join(", ")
+            )
+        };
+        Some(ModelError::InvalidSpec {
+            input: input.to_string(),
+            reason,
+        })
     })
 }
 
@@ -331,5 +359,7 @@ mod tests {
         assert!(close_names("gpt2").is_empty(), "a legacy repo id stays one");
         let err = unknown("lama3.2:1b").expect("close to llama3.2:1b").to_string();
         assert!(err.contains("`llama3.2:1b`"), "{err}");
+        let err = unknown("qwen3:0.6b-q2_k").expect("a missing quant").to_string();
+        assert!(err.contains("no `q2_k` file; it has Q8_0"), "{err}");
     }
 }
