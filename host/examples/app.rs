@@ -43,7 +43,10 @@ async fn main() -> anyhow::Result<()> {
         }
         // Errors carry a class an app can branch on (and a message a user can act on).
         Err(err) => {
-            let what = match err.downcast_ref::<llmlocal::engine::EngineError>().map(|e| e.class()) {
+            let what = match err
+                .downcast_ref::<llmlocal::engine::EngineError>()
+                .map(|e| e.class())
+            {
                 Some(ErrorClass::NotFound) => "unknown model or file",
                 Some(ErrorClass::Unavailable) => "no backend or not enough memory",
                 Some(ErrorClass::BadRequest) => "bad request",
@@ -78,7 +81,9 @@ pub async fn run(
         Prompt::Chat(vec![ChatMessage::new("user", "Tell me a two-line story.")])
     };
     let config = GenerationConfig::greedy(64);
-    let mut stream = engine.generate(model, prompt.clone(), config.clone()).await?;
+    let mut stream = engine
+        .generate(model, prompt.clone(), config.clone())
+        .await?;
     let mut text = String::new();
     while let Some(event) = stream.next().await {
         match event? {

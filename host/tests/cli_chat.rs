@@ -36,8 +36,13 @@ fn llama_plugin_dir() -> tempfile::TempDir {
 /// The real tiny model: the copy shipped in models/stories260K (so nothing skips on a fresh
 /// clone).
 fn setup() -> Option<Setup> {
-    let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/stories260K/stories260K.gguf");
-    assert!(model.is_file(), "{} is part of the repository", model.display());
+    let model =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/stories260K/stories260K.gguf");
+    assert!(
+        model.is_file(),
+        "{} is part of the repository",
+        model.display()
+    );
     Some(Setup {
         model,
         plugins: llama_plugin_dir(),

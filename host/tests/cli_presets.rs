@@ -138,11 +138,20 @@ fn built_in_stories_tells_the_same_story_through_both_backends() {
         std::fs::copy(&library, plugins.path().join(library_file_name(name))).expect("copy");
     }
     for backend in ["llama-cpp", "candle"] {
-        let out = run(command(home.path(), &["run", "stories", "Once upon a time"])
-            .arg("--plugin-dir")
-            .arg(plugins.path())
-            .args(["--backend", backend, "--temperature", "0", "--max-tokens", "40"])
-            .env("HF_HUB_OFFLINE", "1"));
+        let out = run(
+            command(home.path(), &["run", "stories", "Once upon a time"])
+                .arg("--plugin-dir")
+                .arg(plugins.path())
+                .args([
+                    "--backend",
+                    backend,
+                    "--temperature",
+                    "0",
+                    "--max-tokens",
+                    "40",
+                ])
+                .env("HF_HUB_OFFLINE", "1"),
+        );
         assert!(out.status.success(), "{backend}: {out:?}");
         let story = text(&out.stdout);
         assert!(story.starts_with(STORY), "{backend} told: {story:?}");

@@ -37,7 +37,10 @@ fn the_app_example_streams_cancels_reads_stats_and_unloads() {
             .starts_with(", there was a little girl named Lily. She loved to play outside"),
         "Karpathy's greedy story: {summary:?}"
     );
-    assert!(printed.contains(&summary.text), "streamed to the writer: {printed}");
+    assert!(
+        printed.contains(&summary.text),
+        "streamed to the writer: {printed}"
+    );
     assert_eq!(summary.completion_tokens, 64, "{summary:?}");
     assert!(summary.tokens_per_second > 0.0, "{summary:?}");
     assert_eq!(summary.pieces_before_cancel, 3);

@@ -3,13 +3,13 @@
 //! without a reload, and the page reconnects after a router restart. Screenshots go to
 //! target/test-artifacts/. Installs Debian's chromium + chromium-driver when missing.
 
+mod router_support;
 #[path = "support/webdriver.rs"]
 mod webdriver;
-mod router_support;
 
 use router_support::*;
-use webdriver::{ensure_chromium, Driver};
 use std::time::{Duration, Instant};
+use webdriver::{ensure_chromium, Driver};
 
 impl Driver {
     /// Rows of the node table as (id, status).

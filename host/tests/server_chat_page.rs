@@ -3,9 +3,9 @@
 //! (`--no-chat-page`); and in real headless Chromium it lists the models, streams an answer
 //! from stories260K and shows tokens/s and the time to first token.
 
+mod server_support;
 #[path = "support/webdriver.rs"]
 mod webdriver;
-mod server_support;
 
 use llmlocal::{engine::Engine, server::ServerSettings};
 use server_support::{client, llama_cpp_settings, registry, stories260k_gguf, TestServer};
@@ -30,10 +30,19 @@ async fn the_page_is_served_without_a_key_and_can_be_turned_off() {
     let server = stories_server(keyed).await;
     let page = client().get(server.url("/")).send().await.expect("GET /");
     assert_eq!(page.status(), 200);
-    let policy = page.headers()["content-security-policy"].to_str().unwrap().to_string();
-    assert!(policy.contains("default-src 'none'") && policy.contains("connect-src 'self'"), "{policy}");
+    let policy = page.headers()["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        policy.contains("default-src 'none'") && policy.contains("connect-src 'self'"),
+        "{policy}"
+    );
     let html = page.text().await.unwrap();
-    assert!(html.contains("/v1/chat/completions") && !html.contains("https://"), "no CDN");
+    assert!(
+        html.contains("/v1/chat/completions") && !html.contains("https://"),
+        "no CDN"
+    );
     // The API behind it still needs the key.
     let models = client().get(server.url("/v1/models")).send().await.unwrap();
     assert_eq!(models.status(), 401);
@@ -53,9 +62,15 @@ async fn the_page_streams_a_chat_in_headless_chromium() {
     let server = stories_server(ServerSettings::default()).await;
     let driver = Driver::start().await;
     driver.open(&server.url("/")).await;
-    wait_for(&driver, "return document.querySelectorAll('#model option').length > 0;").await;
+    wait_for(
+        &driver,
+        "return document.querySelectorAll('#model option').length > 0;",
+    )
+    .await;
     assert_eq!(
-        driver.run("return document.getElementById('model').value;").await,
+        driver
+            .run("return document.getElementById('model').value;")
+            .await,
         "stories"
     );
     // Markdown is rendered from escaped text: markup in model output stays text.
@@ -84,8 +99,13 @@ async fn the_page_streams_a_chat_in_headless_chromium() {
         answer.as_str().is_some_and(|a| a.trim().len() > 20),
         "text streamed in: {answer}"
     );
-    let stats = driver.run("return document.getElementById('stats').textContent;").await;
-    assert!(stats.as_str().is_some_and(|s| s.contains("first token")), "{stats}");
+    let stats = driver
+        .run("return document.getElementById('stats').textContent;")
+        .await;
+    assert!(
+        stats.as_str().is_some_and(|s| s.contains("first token")),
+        "{stats}"
+    );
     driver.screenshot("chat_page.png").await;
 }
 
@@ -93,7 +113,10 @@ async fn the_page_streams_a_chat_in_headless_chromium() {
 async fn wait_for(driver: &Driver, script: &str) {
     let start = Instant::now();
     while driver.run(script).await != true {
-        assert!(start.elapsed() < Duration::from_secs(20), "page never matched: {script}");
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "page never matched: {script}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }

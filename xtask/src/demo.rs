@@ -46,10 +46,7 @@ pub fn command(ws: &Workspace) -> Result<()> {
         tell_story(&host, &plugins.dir, backend)?;
     }
     print_next_steps(&host);
-    println!(
-        "demo finished in {:.0} s",
-        started.elapsed().as_secs_f64()
-    );
+    println!("demo finished in {:.0} s", started.elapsed().as_secs_f64());
     Ok(())
 }
 

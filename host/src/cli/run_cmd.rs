@@ -57,8 +57,7 @@ pub fn run(args: &RunArgs, config: &Config, dirs: &[PathBuf]) -> anyhow::Result<
     let mut load = LoadRequest::new(path);
     let adapters = &args.adapters;
     load.adapters =
-        crate::adapters::cli::load_requests_blocking(adapters, &model_path, backend.name())?
-            .into();
+        crate::adapters::cli::load_requests_blocking(adapters, &model_path, backend.name())?.into();
     let model = backend.load_model(load)?;
     tracing::info!(
         "loaded {} with `{}` in {:.0} ms",

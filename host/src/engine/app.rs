@@ -29,7 +29,10 @@ impl Engine {
     ///
     /// Any model spec or preset works as a model name (`open_specs`), as in a library the
     /// caller, not a remote client, chooses the names.
-    pub fn from_config(config: &Config, extra_plugin_dirs: &[PathBuf]) -> Result<Engine, SetupError> {
+    pub fn from_config(
+        config: &Config,
+        extra_plugin_dirs: &[PathBuf],
+    ) -> Result<Engine, SetupError> {
         let mut settings = EngineSettings {
             default_backend: config.default_backend.clone(),
             ..EngineSettings::default()
@@ -90,9 +93,6 @@ impl Engine {
     /// generation loads its model again.
     pub fn unload_all(&self) -> Vec<String> {
         let names: Vec<String> = self.loaded().into_iter().map(|info| info.name).collect();
-        names
-            .into_iter()
-            .filter(|name| self.unload(name))
-            .collect()
+        names.into_iter().filter(|name| self.unload(name)).collect()
     }
 }

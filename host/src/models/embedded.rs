@@ -68,7 +68,11 @@ fn write_once(dir: &Path) -> Result<PathBuf> {
         .and_then(|mut f| f.write_all(STORIES260K_GGUF).and_then(|()| f.sync_all()));
     if let Err(e) = written {
         let _ = fs::remove_file(&partial);
-        return Err(ModelError::io("writing the embedded demo model to", &partial, e));
+        return Err(ModelError::io(
+            "writing the embedded demo model to",
+            &partial,
+            e,
+        ));
     }
     fs::rename(&partial, &path).map_err(|e| ModelError::io("renaming", &partial, e))?;
     Ok(path)

@@ -326,18 +326,26 @@ mod tests {
 
     #[test]
     fn names_and_quant_tags_resolve() {
-        assert_eq!(find("qwen3:0.6b").map(|(p, q)| (p.name, q)), Some(("qwen3:0.6b", None)));
+        assert_eq!(
+            find("qwen3:0.6b").map(|(p, q)| (p.name, q)),
+            Some(("qwen3:0.6b", None))
+        );
         assert_eq!(
             find("llama3.2:1b-q8_0").map(|(p, q)| (p.name, q)),
             Some(("llama3.2:1b", Some("Q8_0")))
         );
-        assert!(find("llama3.2:1b-q3_k").is_none(), "a quant the preset lacks");
+        assert!(
+            find("llama3.2:1b-q3_k").is_none(),
+            "a quant the preset lacks"
+        );
         assert!(find("Qwen/Qwen3-0.6B-GGUF").is_none());
     }
 
     #[test]
     fn hub_preset_becomes_a_file_spec_with_backend_and_context() {
-        let spec = spec_for("smollm2:135m-q4_k_m").expect("ok").expect("a preset");
+        let spec = spec_for("smollm2:135m-q4_k_m")
+            .expect("ok")
+            .expect("a preset");
         assert_eq!(spec.name, "smollm2:135m-q4_k_m");
         assert_eq!(spec.backend.as_deref(), Some("llama-cpp"));
         assert_eq!(spec.context_length, Some(8192));
@@ -357,9 +365,13 @@ mod tests {
         assert_eq!(close_names("qwen3"), ["qwen3:0.6b"]);
         assert_eq!(close_names("storie"), ["stories"]);
         assert!(close_names("gpt2").is_empty(), "a legacy repo id stays one");
-        let err = unknown("lama3.2:1b").expect("close to llama3.2:1b").to_string();
+        let err = unknown("lama3.2:1b")
+            .expect("close to llama3.2:1b")
+            .to_string();
         assert!(err.contains("`llama3.2:1b`"), "{err}");
-        let err = unknown("qwen3:0.6b-q2_k").expect("a missing quant").to_string();
+        let err = unknown("qwen3:0.6b-q2_k")
+            .expect("a missing quant")
+            .to_string();
         assert!(err.contains("no `q2_k` file; it has Q8_0"), "{err}");
     }
 }

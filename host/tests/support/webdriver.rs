@@ -227,4 +227,3 @@ fn base64_decode(text: &str) -> Vec<u8> {
     }
     out
 }
-

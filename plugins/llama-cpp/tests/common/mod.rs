@@ -20,7 +20,11 @@ pub fn shared_models() -> PathBuf {
 pub fn stories() -> Option<PathBuf> {
     let path =
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models/stories260K/stories260K.gguf");
-    assert!(path.is_file(), "{} is part of the repository", path.display());
+    assert!(
+        path.is_file(),
+        "{} is part of the repository",
+        path.display()
+    );
     Some(path)
 }
 
