@@ -77,6 +77,24 @@ async fn dashboard_shows_nodes_live_in_headless_chromium() {
         .run("return document.querySelectorAll('#requests tbody tr').length;")
         .await;
     assert_eq!(recent, 5, "recent requests listed");
+    // The last-hour charts: five metrics, a total line and one per node that served.
+    let charts = driver
+        .run("return Array.from(document.querySelectorAll('#charts .chart')).map(c => [c.dataset.metric, c.querySelectorAll('polyline').length]);")
+        .await;
+    let charts = charts.as_array().expect("charts");
+    assert_eq!(charts.len(), 5, "{charts:?}");
+    assert!(
+        charts.iter().all(|c| c[1].as_u64().is_some_and(|n| n >= 2)),
+        "a total line and node lines in every chart: {charts:?}"
+    );
+    let rate = driver
+        .run("return Number(document.querySelector('#charts [data-metric=requests_per_second] polyline[data-series=total]').dataset.last);")
+        .await;
+    assert!(
+        rate.as_f64().is_some_and(|r| r > 0.0),
+        "this minute's requests drawn: {rate}"
+    );
+    driver.screenshot("dashboard_charts.png").await;
     driver.screenshot("router_dashboard_online.png").await;
 
     // Kill n2: its row turns offline with no reload (the marker survives).
