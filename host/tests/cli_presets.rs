@@ -161,3 +161,67 @@ fn built_in_stories_tells_the_same_story_through_both_backends() {
         "the embedded model was written under LLMLOCAL_EMBEDDED_DIR"
     );
 }
+
+/// `llmlocal serve --model stories` answers an OpenAI completion with the built-in model.
+#[test]
+fn serve_with_the_stories_preset_answers() {
+    use std::io::BufRead as _;
+    let home = tempfile::tempdir().expect("tempdir");
+    let plugins = tempfile::tempdir().expect("tempdir");
+    let library = server_support::plugin_library("llama_cpp");
+    std::fs::copy(
+        &library,
+        plugins.path().join(library_file_name("llama_cpp")),
+    )
+    .expect("copy");
+    let mut child = command(
+        home.path(),
+        &["serve", "--bind", "127.0.0.1:0", "--model", "stories"],
+    )
+    .arg("--plugin-dir")
+    .arg(plugins.path())
+    .env("HF_HUB_OFFLINE", "1")
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::null())
+    .spawn()
+    .expect("start serve");
+    // Our own child, killed by its handle whatever happens below.
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let stdout = child.stdout.take().expect("stdout");
+    let _guard = Kill(child);
+    let mut line = String::new();
+    std::io::BufReader::new(stdout)
+        .read_line(&mut line)
+        .expect("the listening line");
+    let url = line
+        .trim()
+        .strip_prefix("llmlocal listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line: {line:?}"))
+        .to_string();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let body: serde_json::Value = runtime.block_on(async {
+        server_support::client()
+            .post(format!("{url}/v1/completions"))
+            .json(
+                &serde_json::json!({"model": "stories", "prompt": "Once upon a time",
+                                      "max_tokens": 24, "temperature": 0}),
+            )
+            .send()
+            .await
+            .expect("POST")
+            .json()
+            .await
+            .expect("JSON")
+    });
+    let text = body["choices"][0]["text"].as_str().unwrap_or_default();
+    assert!(STORY.starts_with(text) && text.len() > 20, "{body}");
+}
