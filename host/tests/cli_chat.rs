@@ -33,19 +33,16 @@ fn llama_plugin_dir() -> tempfile::TempDir {
     dir
 }
 
-/// The real tiny model, or None (the test prints SKIP) when the shared models are absent.
+/// The real tiny model: the copy shipped in models/stories260K (so nothing skips on a fresh
+/// clone).
 fn setup() -> Option<Setup> {
-    let shared = std::env::var_os("LLMLOCAL_SHARED_MODELS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/models"));
-    let model = shared.join("stories260K/stories260K.gguf");
-    if !model.is_file() {
-        eprintln!(
-            "SKIP: {} not found (set LLMLOCAL_SHARED_MODELS)",
-            model.display()
-        );
-        return None;
-    }
+    let model =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/stories260K/stories260K.gguf");
+    assert!(
+        model.is_file(),
+        "{} is part of the repository",
+        model.display()
+    );
     Some(Setup {
         model,
         plugins: llama_plugin_dir(),

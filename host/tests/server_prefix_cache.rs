@@ -10,19 +10,10 @@ mod server_support;
 use llmlocal::{engine::Engine, server::ServerSettings};
 use serde_json::{json, Value};
 use server_support::{client, llama_cpp_settings, metric, parse_sse, post, registry, TestServer};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 fn stories_gguf() -> Option<PathBuf> {
-    let dir = std::env::var_os("LLMLOCAL_SHARED_MODELS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/models"));
-    let path = dir.join("stories260K").join("stories260K.gguf");
-    if path.is_file() {
-        Some(path)
-    } else {
-        eprintln!("SKIP: stories260K.gguf not found (set LLMLOCAL_SHARED_MODELS)");
-        None
-    }
+    Some(server_support::stories260k_gguf())
 }
 
 /// A server with stories260K as model `story` on llama.cpp.

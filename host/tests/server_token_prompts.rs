@@ -21,11 +21,7 @@ async fn scripted_server(dir: &Path) -> TestServer {
 }
 
 fn stories_gguf() -> Option<PathBuf> {
-    let dir = std::env::var_os("LLMLOCAL_SHARED_MODELS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/models"));
-    let path = dir.join("stories260K").join("stories260K.gguf");
-    path.is_file().then_some(path)
+    Some(server_support::stories260k_gguf())
 }
 
 /// A server with stories260K as model `story` on llama.cpp, and the prompt's token ids as

@@ -48,7 +48,7 @@ enum Command {
         #[arg(long, requires = "plugin")]
         device: Option<String>,
     },
-    /// Build everything and run a short generation with the llama.cpp plugin.
+    /// Build the CLI and both backends only, and print the built-in stories260K story through each.
     Demo,
     /// fmt check, clippy, plugins, fixtures, workspace tests, plugin conformance.
     Test,

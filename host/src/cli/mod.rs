@@ -5,6 +5,7 @@ mod chat;
 mod logging;
 mod models_cmd;
 mod plugins_cmd;
+mod presets_cmd;
 mod router_cmd;
 mod run_cmd;
 mod serve_cmd;
@@ -46,6 +47,9 @@ pub enum Command {
     Serve(Box<serve_cmd::ServeArgs>),
     /// Download a model from the Hugging Face hub into the shared cache (with progress).
     Pull(models_cmd::PullArgs),
+    /// List the model presets: short names (`stories`, `qwen3:0.6b`) that `pull`, `run` and
+    /// `serve --model` accept.
+    Presets(presets_cmd::PresetsArgs),
     /// List the models in the Hugging Face cache.
     List,
     /// Delete a model repo from the cache.
@@ -82,6 +86,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Run(args) => run_cmd::run(&args, &config, &dirs),
         Command::Serve(args) => serve_cmd::run(*args, &config, &dirs),
         Command::Pull(args) => models_cmd::pull(&args),
+        Command::Presets(args) => presets_cmd::run(&args),
         Command::List => models_cmd::list(),
         Command::Rm(args) => models_cmd::rm(&args),
         Command::Adapter(command) => adapter_cmd::run(&command),

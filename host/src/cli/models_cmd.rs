@@ -6,7 +6,8 @@ use anyhow::Context as _;
 
 #[derive(Debug, clap::Args)]
 pub struct PullArgs {
-    /// `org/repo`, `org/repo:Q4_K_M`, `org/repo@revision`, or `hf://org/repo/file.gguf`.
+    /// A preset name (`qwen3:0.6b`; `llmlocal presets` lists them), `org/repo`,
+    /// `org/repo:Q4_K_M`, `org/repo@revision`, or `hf://org/repo/file.gguf`.
     pub spec: String,
     /// One file of the repo to fetch (instead of a quantization tag).
     #[arg(long, value_name = "NAME")]

@@ -2,6 +2,7 @@
 
 use crate::{
     config::Config,
+    models::{ModelManager, ModelSource, ModelSpec},
     plugins::{
         FinishReason, GenerateRequest, GenerationStats, LoadRequest, ModelFormat, PluginRegistry,
         RunningGeneration, Sampling, Step,
@@ -20,7 +21,10 @@ pub struct RunArgs {
     /// backend that reads the model's format).
     #[arg(long)]
     pub backend: Option<String>,
-    /// A model file (.gguf) or a Hugging Face model folder.
+    /// A model file (.gguf), a Hugging Face model folder, a preset name (`stories`,
+    /// `qwen3:0.6b`; `llmlocal presets` lists them) or a Hugging Face spec (`org/repo:Q4_K_M`,
+    /// downloaded into the cache first).
+    #[arg(value_name = "MODEL")]
     pub model_path: PathBuf,
     /// The prompt; without one, an interactive chat reads messages from stdin.
     pub prompt: Option<String>,
@@ -41,23 +45,23 @@ pub fn run(args: &RunArgs, config: &Config, dirs: &[PathBuf]) -> anyhow::Result<
     let Some(prompt) = args.prompt.as_deref() else {
         return super::chat::run(args, config, dirs);
     };
+    let (model_path, preferred) = resolve_model(&args.model_path)?;
     let registry = PluginRegistry::load(dirs);
     let backend = registry.choose(
         args.backend.as_deref(),
-        config.default_backend.as_deref(),
-        format_of(&args.model_path),
+        config.default_backend.as_deref().or(preferred.as_deref()),
+        format_of(&model_path),
     )?;
-    let path = args.model_path.to_string_lossy().into_owned();
+    let path = model_path.to_string_lossy().into_owned();
     let started = Instant::now();
     let mut load = LoadRequest::new(path);
     let adapters = &args.adapters;
     load.adapters =
-        crate::adapters::cli::load_requests_blocking(adapters, &args.model_path, backend.name())?
-            .into();
+        crate::adapters::cli::load_requests_blocking(adapters, &model_path, backend.name())?.into();
     let model = backend.load_model(load)?;
     tracing::info!(
         "loaded {} with `{}` in {:.0} ms",
-        args.model_path.display(),
+        model_path.display(),
         backend.name(),
         started.elapsed().as_secs_f64() * 1000.0
     );
@@ -74,6 +78,29 @@ pub fn run(args: &RunArgs, config: &Config, dirs: &[PathBuf]) -> anyhow::Result<
     let reason = stream(&mut generation)?;
     print_stats(&generation.stats()?, reason);
     Ok(())
+}
+
+/// The file to load for MODEL and the backend its preset prefers: an existing path as it is;
+/// otherwise a model spec (a preset, or a Hugging Face repo fetched into the cache).
+fn resolve_model(model: &Path) -> anyhow::Result<(PathBuf, Option<String>)> {
+    if model.exists() {
+        return Ok((model.to_path_buf(), None));
+    }
+    let text = model.to_string_lossy();
+    let spec = ModelSpec::parse(&text)?;
+    if let ModelSource::Local(path) = &spec.source {
+        return Ok((path.clone(), spec.backend.clone()));
+    }
+    let manager = ModelManager::from_env()?;
+    if !manager.is_cached(&spec) {
+        eprintln!("fetching {text} from the hub (`llmlocal pull {text}` shows progress)");
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let resolved = runtime.block_on(manager.resolve(&spec))?;
+    Ok((resolved.path, spec.backend.clone()))
 }
 
 /// Prints each piece of text as it comes; returns why the generation ended.

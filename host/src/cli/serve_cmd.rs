@@ -16,8 +16,9 @@ pub struct ServeArgs {
     /// port 0 picks a free one).
     #[arg(long, env = "LLMLOCAL_BIND", value_name = "ADDR")]
     pub bind: Option<SocketAddr>,
-    /// A model requests can name: NAME=SPEC, where SPEC is a path or a Hugging Face spec
-    /// (org/repo:Q4_K_M, hf://org/repo/file.gguf) (repeatable).
+    /// A model requests can name: NAME=SPEC, where SPEC is a path, a preset (`stories`,
+    /// `qwen3:0.6b`; see `llmlocal presets`) or a Hugging Face spec (org/repo:Q4_K_M,
+    /// hf://org/repo/file.gguf); a bare SPEC is named after itself (repeatable).
     #[arg(long = "model", value_name = "NAME=SPEC")]
     pub models: Vec<String>,
     /// The backend for models that name none (default: the config's default_backend, else
@@ -62,6 +63,9 @@ pub struct ServeArgs {
     /// end of its previous response (so also the keep-alive idle limit; default 30).
     #[arg(long, value_name = "SECS")]
     pub header_timeout: Option<u64>,
+    /// Do not serve the chat page at `/` (a browser chat over this server's own API).
+    #[arg(long)]
+    pub no_chat_page: bool,
     /// Accept any model spec as a model name, not only the configured names.
     #[arg(long)]
     pub allow_any_model: bool,
@@ -174,6 +178,7 @@ fn settings(args: &ServeArgs, config: &Config) -> anyhow::Result<(EngineSettings
         .allowed_origins
         .extend(args.allowed_origins.iter().cloned());
     server.no_remote_pull |= args.no_remote_pull;
+    server.chat_page &= !args.no_chat_page;
     server
         .cors_origins
         .extend(args.cors_origins.iter().cloned());
@@ -217,6 +222,9 @@ async fn serve(args: ServeArgs, config: &Config, dirs: &[PathBuf]) -> anyhow::Re
         list(&models),
         auth_summary(&server_settings)
     );
+    if server_settings.chat_page {
+        eprintln!("chat page: http://{address}/ (--no-chat-page turns it off)");
+    }
     // `--join`: register with a router and send it heartbeats while serving (router/).
     if let Some(router_url) = args.join.clone() {
         let options = crate::router::serve_join::JoinOptions {

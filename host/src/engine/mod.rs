@@ -8,6 +8,7 @@
 //! stream cancels the generation. Chat templates and stop sequences are handled here, the
 //! same for every backend.
 
+mod app;
 pub mod embedding;
 mod error;
 mod facade;
@@ -23,6 +24,7 @@ pub mod settings;
 pub mod stop;
 pub mod template;
 
+pub use app::SetupError;
 pub use embedding::{EmbedConfig, EmbedInput, Embeddings};
 pub use error::{EngineError, ErrorClass};
 pub use facade::{Engine, ResolvedFiles};

@@ -61,6 +61,15 @@ impl ModelSpec {
     /// Parses a spec string; see the module doc for the accepted forms.
     pub fn parse(input: &str) -> Result<Self> {
         let trimmed = input.trim();
+        // Presets first: `qwen3:0.6b` would otherwise read as repo `qwen3`, quant `0.6b`.
+        if let Some(spec) = super::presets::spec_for(trimmed)? {
+            return Ok(spec);
+        }
+        if !trimmed.contains('/') && !looks_local(trimmed) {
+            if let Some(err) = super::presets::unknown(trimmed) {
+                return Err(err);
+            }
+        }
         let source = parse_source(trimmed).map_err(|reason| ModelError::InvalidSpec {
             input: input.to_string(),
             reason,

@@ -97,6 +97,7 @@ pub fn snapshot(state: &RouterState) -> serde_json::Value {
         "nodes": state.nodes.views(),
         "stats": state.history.stats(),
         "recent": state.history.recent(RECENT),
+        "series": state.history.series(),
     })
 }
 

@@ -3,6 +3,7 @@
 //! retention limit.
 
 use super::{
+    series::Series,
     store::{Retention, Store},
     types::RequestRecord,
 };
@@ -45,6 +46,8 @@ struct Inner {
     recent: VecDeque<Arc<RequestRecord>>,
     total: u64,
     errors: u64,
+    /// The dashboard charts' last hour (in memory only; starts empty after a restart).
+    series: Series,
 }
 
 #[derive(Clone)]
@@ -79,6 +82,7 @@ impl History {
                 recent,
                 total,
                 errors,
+                series: Series::default(),
             })),
             writer,
         }
@@ -96,6 +100,7 @@ impl History {
                 inner.recent.pop_front();
             }
             inner.recent.push_back(record.clone());
+            inner.series.record(&record, now_ms());
         }
         // The writer only stops with the process; a send error just loses this row.
         let _ = self.writer.send(record);
@@ -111,6 +116,12 @@ impl History {
             .skip(skip)
             .map(|r| RequestRecord::clone(r))
             .collect()
+    }
+
+    /// The last hour per minute, per node and in total (see [`Series::view`]).
+    pub fn series(&self) -> serde_json::Value {
+        let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        inner.series.view(now_ms())
     }
 
     pub fn stats(&self) -> Stats {

@@ -19,6 +19,7 @@ pub mod node_agent;
 mod nodes;
 mod proxy;
 mod resolve;
+mod series;
 pub mod serve_join;
 mod settings;
 mod store;

@@ -11,6 +11,7 @@
 
 pub mod access;
 mod anthropic;
+mod chat_page;
 mod cors;
 mod embeddings;
 mod error;
@@ -109,7 +110,15 @@ pub fn router(engine: Engine, settings: ServerSettings) -> Router {
         .route("/api/delete", delete(ollama::delete))
         .route("/api/version", get(ollama::version))
         .route("/health", get(health))
-        .route("/metrics", get(metrics))
+        .route("/metrics", get(metrics));
+    // The chat page is static (no data in it): it is served without a key, and asks for
+    // one (`/#key=KEY`) only for the API calls it makes.
+    let app = if state.settings.chat_page {
+        app.route("/", get(chat_page::page))
+    } else {
+        app
+    };
+    let app = app
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(middleware::from_fn_with_state(state.clone(), guard::guard))
@@ -186,7 +195,8 @@ async fn not_found(request: Request) -> ApiError {
 async fn authorize(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let settings = &state.settings;
     let path = request.uri().path();
-    if settings.api_keys.is_empty() || path == "/health" {
+    let open = path == "/health" || (path == "/" && settings.chat_page);
+    if settings.api_keys.is_empty() || open {
         return next.run(request).await;
     }
     let flavor = Flavor::of_path(path);

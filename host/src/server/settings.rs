@@ -46,6 +46,8 @@ pub struct ServerSettings {
     /// Time a client has to send a request's headers, from the connection's start or the end
     /// of its previous response (so also the keep-alive idle limit).
     pub header_timeout: Duration,
+    /// Serve the chat page at `/` (`--no-chat-page` turns it off).
+    pub chat_page: bool,
 }
 
 impl Default for ServerSettings {
@@ -63,6 +65,7 @@ impl Default for ServerSettings {
             max_tokens_cap: 8192,
             max_connections: DEFAULT_MAX_CONNECTIONS,
             header_timeout: DEFAULT_HEADER_TIMEOUT,
+            chat_page: true,
         }
     }
 }

@@ -281,3 +281,15 @@ pub fn raw_request(method: &str, path: &str, headers: &[&str], body: &str) -> St
     ));
     text
 }
+
+/// The real tiny stories260K GGUF shipped in the repository (models/stories260K), so tests
+/// that need a trained model run on a fresh clone instead of skipping.
+pub fn stories260k_gguf() -> PathBuf {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/stories260K/stories260K.gguf");
+    assert!(
+        path.is_file(),
+        "{} is part of the repository",
+        path.display()
+    );
+    path
+}

@@ -15,18 +15,17 @@ pub fn shared_models() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/models"))
 }
 
-/// stories260K.gguf, or `None` (after printing SKIP) when it is not there.
+/// stories260K.gguf: the copy shipped in the repository (models/stories260K), so the tests
+/// that need a trained model run on a fresh clone. Always `Some`; kept an Option for callers.
 pub fn stories() -> Option<PathBuf> {
-    let path = shared_models().join("stories260K/stories260K.gguf");
-    if path.is_file() {
-        Some(path)
-    } else {
-        eprintln!(
-            "SKIP: {} not found (set LLMLOCAL_SHARED_MODELS)",
-            path.display()
-        );
-        None
-    }
+    let path =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models/stories260K/stories260K.gguf");
+    assert!(
+        path.is_file(),
+        "{} is part of the repository",
+        path.display()
+    );
+    Some(path)
 }
 
 pub fn backend() -> LlamaCppBackend {
