@@ -6,8 +6,8 @@
 mod server_support;
 
 use llmlocal::engine::{Engine, EngineError, GenerationConfig, KvCacheOptions, Prompt};
-use server_support::{llama_cpp_settings, registry};
-use std::path::{Path, PathBuf};
+use server_support::{llama_cpp_settings, registry, stories260k_gguf};
+use std::path::Path;
 
 fn kv(k: &str, v: &str, flash_attn: &str) -> KvCacheOptions {
     KvCacheOptions {
@@ -34,19 +34,6 @@ async fn greedy(engine: &Engine, prompt: Prompt, max: u32) -> Result<String, Eng
     Ok(stream.collect_text().await?.0)
 }
 
-fn stories_gguf() -> Option<PathBuf> {
-    let dir = std::env::var_os("LLMLOCAL_SHARED_MODELS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/models"));
-    let path = dir.join("stories260K").join("stories260K.gguf");
-    if path.is_file() {
-        Some(path)
-    } else {
-        eprintln!("SKIP: stories260K.gguf not found (set LLMLOCAL_SHARED_MODELS)");
-        None
-    }
-}
-
 /// The designed fixture's margins are wide: any exact-enough cache type gives its answer.
 #[tokio::test(flavor = "multi_thread")]
 async fn f32_and_bf16_caches_give_the_designed_answer() {
@@ -64,7 +51,7 @@ async fn f32_and_bf16_caches_give_the_designed_answer() {
 /// error says so instead of llama.cpp's bare failure to create a context.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_quantized_cache_on_narrow_heads_is_refused_with_the_reason() {
-    let Some(path) = stories_gguf() else { return };
+    let path = stories260k_gguf();
     let engine = engine(&path, "llama_cpp", Some(kv("q8_0", "q8_0", "on")));
     let err = greedy(&engine, Prompt::Text("Once".into()), 4)
         .await
