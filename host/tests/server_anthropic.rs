@@ -1,7 +1,7 @@
 //! Anthropic Messages (`/v1/messages`, `/v1/messages/count_tokens`) over loopback HTTP: the
 //! scripted backend for shapes, events, stop reasons, errors and keys; the official
 //! `anthropic` Python client, unmodified, against the real llama.cpp plugin on the fixture
-//! model (and stories260K when present), structured output checked by `jsonschema`.
+//! model (and the shipped stories260K), structured output checked by `jsonschema`.
 
 mod dialect_support;
 mod server_support;
@@ -364,20 +364,10 @@ async fn the_anthropic_client_on_the_fixture_model() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_anthropic_client_on_stories260k() {
-    let Some(gguf) = stories_gguf() else {
-        eprintln!("SKIP: stories260K not found (set LLMLOCAL_SHARED_MODELS)");
-        return;
-    };
+    let gguf = server_support::stories260k_gguf();
     run_client(llama_cpp_settings("stories", &gguf), "stories").await;
 }
 
-fn stories_gguf() -> Option<std::path::PathBuf> {
-    let dir = std::env::var_os("LLMLOCAL_SHARED_MODELS")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/models"));
-    let path = dir.join("stories260K/stories260K.gguf");
-    path.is_file().then_some(path)
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_browser_may_send_anthropics_headers_from_a_cors_origin() {

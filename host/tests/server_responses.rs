@@ -1,6 +1,6 @@
 //! OpenAI Responses (`/v1/responses`, stateless) over loopback HTTP: the scripted backend for
 //! shapes, events, limits and refusals; the official `openai` Python client, unmodified,
-//! against the real llama.cpp plugin on the fixture model (and stories260K when present),
+//! against the real llama.cpp plugin on the fixture model (and the shipped stories260K),
 //! structured output checked by `jsonschema`.
 
 mod dialect_support;
@@ -278,17 +278,7 @@ async fn the_openai_client_responses_on_the_fixture_model() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_openai_client_responses_on_stories260k() {
-    let Some(gguf) = stories_gguf() else {
-        eprintln!("SKIP: stories260K not found (set LLMLOCAL_SHARED_MODELS)");
-        return;
-    };
+    let gguf = server_support::stories260k_gguf();
     run_client(llama_cpp_settings("stories", &gguf), "stories").await;
 }
 
-fn stories_gguf() -> Option<std::path::PathBuf> {
-    let dir = std::env::var_os("LLMLOCAL_SHARED_MODELS")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/models"));
-    let path = dir.join("stories260K/stories260K.gguf");
-    path.is_file().then_some(path)
-}
