@@ -78,6 +78,7 @@ async fn engine_run(engine: &Engine, tokens: u32) -> (Run, String) {
                 first.get_or_insert_with(Instant::now);
                 text.push_str(&piece);
             }
+            Event::Logprobs(_) => {}
             Event::Done(done) => tokens = done.completion_tokens as usize,
         }
     }

@@ -569,6 +569,9 @@ impl Engine {
             name: name.to_string(),
             request,
             stop: StopMatcher::new(stops),
+            logprobs: config
+                .logprobs
+                .map(|_| runner::LogprobTrack::new(slot.model.clone())),
             metrics: Arc::clone(&self.inner.metrics),
             received,
             load_ms,

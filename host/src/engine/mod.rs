@@ -12,6 +12,7 @@ pub mod embedding;
 mod error;
 mod facade;
 pub mod limits;
+pub mod logprobs;
 mod lora;
 pub mod memory;
 pub mod metrics;
@@ -25,6 +26,7 @@ pub mod template;
 pub use embedding::{EmbedConfig, EmbedInput, Embeddings};
 pub use error::{EngineError, ErrorClass};
 pub use facade::{Engine, ResolvedFiles};
+pub use logprobs::{TokenLogprob, TokenLogprobs};
 pub use metrics::Metrics;
 pub use pool::LoadedInfo;
 pub use request::{
