@@ -16,6 +16,7 @@ mod extract;
 mod guard;
 mod keep_alive;
 mod listen;
+mod logprobs;
 mod ollama;
 mod openai;
 mod params;
