@@ -28,6 +28,21 @@ pub struct TokenLogprobs {
     pub top: Vec<TokenLogprob>,
 }
 
+impl TokenLogprobs {
+    /// A token reported for its id alone ([`super::GenerationConfig::token_ids`]).
+    pub fn id_only(id: u32) -> TokenLogprobs {
+        TokenLogprobs {
+            chosen: TokenLogprob {
+                id,
+                token: String::new(),
+                bytes: Vec::new(),
+                logprob: f32::NAN,
+            },
+            top: Vec::new(),
+        }
+    }
+}
+
 /// Token texts by id, asked of the model once per id and generation.
 pub struct Pieces {
     model: LoadedModel,

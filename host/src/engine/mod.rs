@@ -22,6 +22,7 @@ mod runner;
 pub mod settings;
 pub mod stop;
 pub mod template;
+mod view;
 
 pub use embedding::{EmbedConfig, EmbedInput, Embeddings};
 pub use error::{EngineError, ErrorClass};
@@ -34,3 +35,4 @@ pub use request::{
 };
 pub use settings::{EngineSettings, ModelEntry};
 pub use template::{ChatMessage, ChatTemplate};
+pub use view::ModelView;

@@ -41,6 +41,10 @@ pub struct GenerationConfig {
     pub constraint: Option<Constraint>,
     /// `Some(n)`: per-token logprobs with `n` alternatives (`logprobs`).
     pub logprobs: Option<u32>,
+    /// Report each token's id on the stream ([`Event::Logprobs`]) even without `logprobs`
+    /// (llama-server's `return_tokens`); such entries carry only `chosen.id`, with a NaN
+    /// logprob and no text, and need no backend capability.
+    pub token_ids: bool,
     /// `None` = a random seed.
     pub seed: Option<u64>,
     /// Text that ends the generation (not included in the output).
@@ -120,6 +124,8 @@ pub struct Completion {
     pub stats: GenerationStats,
     /// Of `prompt_tokens`, how many the backend reused from its prompt cache.
     pub cached_tokens: u32,
+    /// The stop sequence that ended the generation, if one did.
+    pub stopping_word: Option<String>,
     /// Time spent loading the model for this request (0 when it was loaded already).
     pub load_ms: f64,
     /// Time waiting in the model's queue.

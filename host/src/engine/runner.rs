@@ -148,6 +148,7 @@ fn finish(job: Job, sender: Sender, (outcome, stats): (Outcome, plugins::Generat
                 cached_tokens: stats
                     .cached_prompt_tokens
                     .min(job.request.prompt_tokens.len() as u32),
+                stopping_word: job.stop.matched().map(str::to_string),
                 stats,
                 load_ms: job.load_ms,
                 queue_ms: job.queue_ms,
@@ -222,7 +223,8 @@ fn pump(
         tokens_out.inc();
         let logprobs = match (&mut job.logprobs, token.logprobs.as_ref().into_option()) {
             (Some(track), Some(lp)) => Some(track.pieces.resolve(token.id, lp)),
-            _ => None,
+            (Some(_), None) => Some(TokenLogprobs::id_only(token.id)),
+            (None, _) => None,
         };
         let Ok(stopped) = emit(job, sender, token.text.as_str(), logprobs) else {
             return Outcome::Cancelled;

@@ -55,6 +55,10 @@ pub enum Scan {
 pub struct StopMatcher {
     automata: Option<Automata>,
     pending: String,
+    /// The stops, in the automata's pattern order.
+    stops: Vec<String>,
+    /// The stop that ended the text, once one did.
+    matched: Option<String>,
 }
 
 /// The stops compiled once per generation.
@@ -135,6 +139,8 @@ impl StopMatcher {
         StopMatcher {
             automata,
             pending: String::new(),
+            stops,
+            matched: None,
         }
     }
 
@@ -146,6 +152,7 @@ impl StopMatcher {
         self.pending.push_str(piece);
         if let Some(found) = automata.find.find(self.pending.as_str()) {
             let before = self.pending[..found.start()].to_string();
+            self.matched = self.stops.get(found.pattern().as_usize()).cloned();
             self.pending.clear();
             return Scan::Stopped(before);
         }
@@ -154,6 +161,11 @@ impl StopMatcher {
         let emit = self.pending[..split].to_string();
         self.pending.drain(..split);
         Scan::Emit(emit)
+    }
+
+    /// The stop sequence that ended the text, once one did.
+    pub fn matched(&self) -> Option<&str> {
+        self.matched.as_deref()
     }
 
     /// The end of the generation: what was held back is plain text after all.
@@ -207,6 +219,15 @@ mod tests {
         assert_eq!(m.push("aé"), Scan::Emit("a".into()));
         assert_eq!(m.push("b"), Scan::Emit("éb".into()));
         assert_eq!(m.push("éé"), Scan::Stopped(String::new()));
+    }
+
+    #[test]
+    fn the_matched_stop_is_named() {
+        let mut m = StopMatcher::new(["zz".to_string(), "END".to_string()]);
+        assert_eq!(m.push("aEN"), Scan::Emit("a".into()));
+        assert_eq!(m.matched(), None);
+        assert_eq!(m.push("D"), Scan::Stopped(String::new()));
+        assert_eq!(m.matched(), Some("END"));
     }
 
     #[test]
