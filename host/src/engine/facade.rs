@@ -606,6 +606,12 @@ impl Engine {
         })
     }
 
+    /// Generations running or queued on model `name` (`None` when it is not loaded).
+    pub fn busy_count(&self, name: &str) -> Option<usize> {
+        let mut pool = lock(&self.inner.pool);
+        pool.find(name, None).map(|slot| slot.gate.busy_count())
+    }
+
     /// Embeds `input` with model `name` (loading it first): one vector per input, in order.
     /// A backend without the `embeddings` capability gets a 400 naming it and the capability.
     pub async fn embed(

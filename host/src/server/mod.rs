@@ -15,6 +15,7 @@ mod error;
 mod extract;
 mod guard;
 mod keep_alive;
+mod llama_server;
 mod listen;
 mod logprobs;
 mod ollama;
@@ -60,6 +61,12 @@ const ENDPOINTS: &[&str] = &[
     "/v1/models",
     "/v1/chat/completions",
     "/v1/completions",
+    "/completion",
+    "/tokenize",
+    "/detokenize",
+    "/apply-template",
+    "/props",
+    "/slots",
     "/api/generate",
     "/api/chat",
     "/api/tags",
@@ -89,6 +96,19 @@ pub fn router(engine: Engine, settings: ServerSettings) -> Router {
         .route("/v1/chat/completions", post(openai::chat_completions))
         .route("/v1/completions", post(openai::completions))
         .route("/v1/embeddings", post(embeddings::openai))
+        .route("/v1/models/{id}", get(llama_server::model))
+        // llama-server's aliases: the OpenAI routes without `/v1`, and its native routes.
+        .route("/models", get(openai::list_models))
+        .route("/models/{id}", get(llama_server::model))
+        .route("/chat/completions", post(openai::chat_completions))
+        .route("/completions", post(openai::completions))
+        .route("/embeddings", post(embeddings::openai))
+        .route("/completion", post(llama_server::completion))
+        .route("/tokenize", post(llama_server::tokenize))
+        .route("/detokenize", post(llama_server::detokenize))
+        .route("/apply-template", post(llama_server::apply_template))
+        .route("/props", get(llama_server::props))
+        .route("/slots", get(llama_server::slots))
         .route("/api/embed", post(embeddings::ollama))
         .route("/api/embeddings", post(embeddings::legacy))
         .route("/api/generate", post(ollama::generate))

@@ -5,7 +5,7 @@ use super::{
     error::{ApiError, Flavor},
     extract::JsonBody,
     guard::Mutation,
-    logprobs,
+    llama_server, logprobs,
     params::{new_id, unix_now, Params, StopField},
     streaming::{self, sse, Framer, Slotted, SLOT, SSE_DONE},
     AppState,
@@ -54,6 +54,8 @@ pub struct StreamOptions {
 /// Fields both completion routes take.
 #[derive(Debug, Deserialize)]
 pub struct Common {
+    /// May be left out when the server serves one model (llama-server's rule).
+    #[serde(default)]
     pub model: String,
     #[serde(default)]
     pub stream: bool,
@@ -207,7 +209,7 @@ const MAX_ID: u64 = u32::MAX as u64;
 
 /// `prompt`, as OpenAI takes it: a string, a list with one string, a list of token ids, or
 /// a list with one list of token ids. Several prompts (a batch) are refused.
-fn prompt_of(value: Value) -> Result<Prompt, ApiError> {
+pub(super) fn prompt_of(value: Value) -> Result<Prompt, ApiError> {
     let list = match value {
         Value::String(text) => return Ok(Prompt::Text(text)),
         Value::Array(list) => list,
@@ -285,7 +287,7 @@ fn usage(done: &Completion) -> Value {
 /// `predicted_n` counts every generated token; `predicted_per_second` is the plugin's decode
 /// rate, the tokens after the first over `predicted_ms`. As in llama-server, `prompt_n`
 /// counts the prompt tokens evaluated and `cache_n` those reused from the prompt cache.
-fn timings(done: &Completion) -> Value {
+pub(super) fn timings(done: &Completion) -> Value {
     json!({
         "cache_n": done.cached_tokens,
         "prompt_n": done.prompt_tokens - done.cached_tokens,
@@ -297,7 +299,7 @@ fn timings(done: &Completion) -> Value {
     })
 }
 
-fn messages_of(input: Vec<InMessage>) -> Result<Vec<ChatMessage>, ApiError> {
+pub(super) fn messages_of(input: Vec<InMessage>) -> Result<Vec<ChatMessage>, ApiError> {
     if input.is_empty() {
         return Err(ApiError::bad_request("messages must not be empty"));
     }
@@ -319,7 +321,7 @@ fn messages_of(input: Vec<InMessage>) -> Result<Vec<ChatMessage>, ApiError> {
         .collect()
 }
 
-fn sse_response(body: axum::body::Body) -> Response {
+pub(super) fn sse_response(body: axum::body::Body) -> Response {
     (
         [
             (header::CONTENT_TYPE, "text/event-stream"),
@@ -340,7 +342,8 @@ pub async fn chat_completions(
     mutation: Mutation,
     JsonBody(request): JsonBody<ChatRequest>,
 ) -> Result<Response, ApiError> {
-    let common = request.common;
+    let mut common = request.common;
+    common.model = llama_server::model_name(&state, Some(&common.model))?;
     mutation.allow_downloads(
         &state,
         &common.model,
@@ -485,7 +488,8 @@ pub async fn completions(
     mutation: Mutation,
     JsonBody(request): JsonBody<CompletionRequest>,
 ) -> Result<Response, ApiError> {
-    let common = request.common;
+    let mut common = request.common;
+    common.model = llama_server::model_name(&state, Some(&common.model))?;
     mutation.allow_downloads(
         &state,
         &common.model,
