@@ -571,7 +571,10 @@ impl Engine {
             request,
             stop: StopMatcher::new(stops),
             logprobs: (config.logprobs.is_some() || config.token_ids)
-                .then(|| runner::LogprobTrack::new(slot.model.clone())),
+                .then(|| {
+                    let bos = slot.metadata.bos_token.into_option();
+                    runner::LogprobTrack::new(slot.model.clone(), bos)
+                }),
             metrics: Arc::clone(&self.inner.metrics),
             received,
             load_ms,

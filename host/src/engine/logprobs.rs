@@ -47,21 +47,31 @@ impl TokenLogprobs {
 pub struct Pieces {
     model: LoadedModel,
     cache: HashMap<u32, String>,
+    /// BOS and its text: a token is detokenized after it, and its text cut off, because
+    /// SentencePiece detokenizers drop the leading space of the first token (" girl" would
+    /// come back as "girl").
+    anchor: Option<(u32, String)>,
 }
 
 impl Pieces {
-    pub fn new(model: LoadedModel) -> Pieces {
+    pub fn new(model: LoadedModel, bos: Option<u32>) -> Pieces {
+        let anchor = bos.and_then(|bos| {
+            let text = model.detokenize(&[bos], false).ok()?;
+            Some((bos, text))
+        });
         Pieces {
             model,
             cache: HashMap::new(),
+            anchor,
         }
     }
 
-    fn text(&mut self, id: u32) -> String {
+    /// The text token `id` stands for, leading space included.
+    pub fn text(&mut self, id: u32) -> String {
         if let Some(text) = self.cache.get(&id) {
             return text.clone();
         }
-        let text = self.model.detokenize(&[id], false).unwrap_or_else(|err| {
+        let text = self.piece(id).unwrap_or_else(|err| {
             // The id came from the backend itself, so this is the backend's fault; the
             // number is still worth reporting.
             tracing::warn!("cannot detokenize token {id} for logprobs: {err}");
@@ -69,6 +79,16 @@ impl Pieces {
         });
         self.cache.insert(id, text.clone());
         text
+    }
+
+    fn piece(&self, id: u32) -> Result<String, plugins::BackendError> {
+        if let Some((bos, prefix)) = &self.anchor {
+            let text = self.model.detokenize(&[*bos, id], false)?;
+            if let Some(piece) = text.strip_prefix(prefix.as_str()) {
+                return Ok(piece.to_string());
+            }
+        }
+        self.model.detokenize(&[id], false)
     }
 
     fn entry(&mut self, id: u32, logprob: f32) -> TokenLogprob {

@@ -46,9 +46,10 @@ pub struct LogprobTrack {
 }
 
 impl LogprobTrack {
-    pub fn new(model: LoadedModel) -> LogprobTrack {
+    /// `bos`: the model's BOS token, if it has one (see [`Pieces`]).
+    pub fn new(model: LoadedModel, bos: Option<u32>) -> LogprobTrack {
         LogprobTrack {
-            pieces: Pieces::new(model),
+            pieces: Pieces::new(model, bos),
             aligner: Aligner::default(),
         }
     }

@@ -2,7 +2,9 @@
 //! (llama-server's `/tokenize`, `/detokenize`, `/apply-template`, `/props`). Holding a view
 //! keeps the model busy, so it is not unloaded while the request uses it.
 
-use super::{error::EngineError, pool::BusyGuard, template::ChatMessage, ChatTemplate};
+use super::{
+    error::EngineError, logprobs::Pieces, pool::BusyGuard, template::ChatMessage, ChatTemplate,
+};
 use crate::plugins::{LoadedModel, ModelMetadata};
 use std::{path::PathBuf, sync::Arc};
 
@@ -40,6 +42,13 @@ impl ModelView {
             )));
         }
         Ok(self.model.detokenize(tokens, false)?)
+    }
+
+    /// Each token's own text (its piece), leading space included.
+    pub fn pieces(&self, tokens: &[u32]) -> Vec<String> {
+        let bos = self.metadata.bos_token.into_option();
+        let mut pieces = Pieces::new(self.model.clone(), bos);
+        tokens.iter().map(|&id| pieces.text(id)).collect()
     }
 
     /// The prompt the chat template makes of `messages`, ready for the assistant's turn.

@@ -401,11 +401,12 @@ pub async fn tokenize(
         if !request.with_pieces {
             return Ok(json!(ids));
         }
-        let pieces = ids
+        let pieces = view.pieces(&ids);
+        Ok(ids
             .iter()
-            .map(|&id| Ok(json!({ "id": id, "piece": view.detokenize(&[id])? })))
-            .collect::<Result<Vec<_>, EngineError>>()?;
-        Ok(Value::Array(pieces))
+            .zip(pieces)
+            .map(|(id, piece)| json!({ "id": id, "piece": piece }))
+            .collect())
     })
     .await?;
     Ok(Json(json!({ "tokens": tokens })).into_response())
