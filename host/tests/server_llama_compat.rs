@@ -62,9 +62,17 @@ async fn completion_answers_as_llama_server_does() {
     assert_eq!(word["stop_type"], "word");
     assert_eq!(word["stopping_word"], "END");
     assert_eq!(word["tokens"], json!([]), "no ids unless return_tokens");
-    assert_eq!(word["tokens_evaluated"], 1, "token prompts are taken as given");
+    assert_eq!(
+        word["tokens_evaluated"], 1,
+        "token prompts are taken as given"
+    );
 
-    let eos = ok_json(&server, "/completion", json!({"prompt": "x", "temperature": 0})).await;
+    let eos = ok_json(
+        &server,
+        "/completion",
+        json!({"prompt": "x", "temperature": 0}),
+    )
+    .await;
     assert_eq!(eos["content"], SCRIPT);
     assert_eq!(eos["stop_type"], "eos");
 
@@ -93,7 +101,10 @@ async fn completion_answers_as_llama_server_does() {
         .flat_map(|e| e["tokens"].as_array().expect("tokens").clone())
         .map(|v| v.as_u64().expect("id"))
         .collect();
-    assert_eq!(ids, b"Hello, ".iter().map(|&b| u64::from(b)).collect::<Vec<_>>());
+    assert_eq!(
+        ids,
+        b"Hello, ".iter().map(|&b| u64::from(b)).collect::<Vec<_>>()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -101,13 +112,21 @@ async fn unknown_and_unsupported_fields_are_400s_naming_them() {
     let dir = tempfile::tempdir().expect("temp dir");
     let server = server(dir.path(), &[("s", SCRIPT)]).await;
     let cases = [
-        ("/completion", json!({"prompt": "x", "mirostat": 2}), "mirostat"),
+        (
+            "/completion",
+            json!({"prompt": "x", "mirostat": 2}),
+            "mirostat",
+        ),
         (
             "/completion",
             json!({"prompt": "x", "repeat_last_n": 128}),
             "repeat_last_n",
         ),
-        ("/completion", json!({"prompt": "x", "n_predict": 0}), "n_predict"),
+        (
+            "/completion",
+            json!({"prompt": "x", "n_predict": 0}),
+            "n_predict",
+        ),
         ("/tokenize", json!({"content": "x", "bogus": true}), "bogus"),
         ("/detokenize", json!({"tokens": [999]}), "999"),
         (
@@ -174,7 +193,10 @@ async fn tokenizer_template_props_slots_and_model_routes() {
     assert_eq!(slots[0]["is_processing"], false);
 
     let one = get_json(&server, "/v1/models/s").await;
-    assert_eq!((one["id"].as_str(), one["object"].as_str()), (Some("s"), Some("model")));
+    assert_eq!(
+        (one["id"].as_str(), one["object"].as_str()),
+        (Some("s"), Some("model"))
+    );
     let status = server_support::client()
         .get(server.url("/v1/models/nope"))
         .send()
@@ -217,7 +239,10 @@ async fn model_is_needed_with_several_models_and_context_errors_carry_counts() {
     assert!(text.contains("model") && text.contains("a, b"), "{text}");
 
     for (path, body) in [
-        ("/completion", json!({"model": "a", "prompt": "y".repeat(80)})),
+        (
+            "/completion",
+            json!({"model": "a", "prompt": "y".repeat(80)}),
+        ),
         (
             "/v1/completions",
             json!({"model": "a", "prompt": "y".repeat(80)}),

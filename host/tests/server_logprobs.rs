@@ -45,7 +45,9 @@ async fn ok_json(server: &TestServer, path: &str, body: Value) -> Value {
 }
 
 fn f(value: &Value) -> f64 {
-    value.as_f64().unwrap_or_else(|| panic!("not a number: {value}"))
+    value
+        .as_f64()
+        .unwrap_or_else(|| panic!("not a number: {value}"))
 }
 
 /// log-softmax in f64, the reference.
@@ -122,7 +124,10 @@ async fn stories260k_logprobs_match_the_plugins_own_logits_in_every_dialect() {
     let reference = log_softmax(&model.logits(&ids).expect("logits"));
     let first = &probs[0];
     let id = first["id"].as_u64().expect("id") as usize;
-    assert!((f(&first["logprob"]) - reference[id]).abs() < 1e-3, "{first}");
+    assert!(
+        (f(&first["logprob"]) - reference[id]).abs() < 1e-3,
+        "{first}"
+    );
     for alt in first["top_logprobs"].as_array().expect("tops") {
         let alt_id = alt["id"].as_u64().expect("id") as usize;
         assert!(
@@ -151,7 +156,10 @@ async fn stories260k_logprobs_match_the_plugins_own_logits_in_every_dialect() {
     .await;
     let lp = &completion["choices"][0]["logprobs"];
     assert_eq!(lp["tokens"].as_array().map(Vec::len), Some(4), "{lp}");
-    assert!((f(&lp["token_logprobs"][0]) - reference[id]).abs() < 1e-3, "{lp}");
+    assert!(
+        (f(&lp["token_logprobs"][0]) - reference[id]).abs() < 1e-3,
+        "{lp}"
+    );
     let text = completion["choices"][0]["text"].as_str().expect("text");
     let joined: String = lp["tokens"]
         .as_array()
@@ -215,9 +223,17 @@ fn same_entries(got: &[Value], want: &[Value]) {
     assert_eq!(got.len(), want.len(), "{got:?} vs {want:?}");
     for (g, w) in got.iter().zip(want) {
         assert_eq!(g["token"], w["token"]);
-        assert!((f(&g["logprob"]) - f(&w["logprob"])).abs() < 1e-4, "{g} vs {w}");
+        assert!(
+            (f(&g["logprob"]) - f(&w["logprob"])).abs() < 1e-4,
+            "{g} vs {w}"
+        );
         let tokens = |e: &Value| -> Vec<Value> {
-            e["top_logprobs"].as_array().expect("tops").iter().map(|t| t["token"].clone()).collect()
+            e["top_logprobs"]
+                .as_array()
+                .expect("tops")
+                .iter()
+                .map(|t| t["token"].clone())
+                .collect()
         };
         assert_eq!(tokens(g), tokens(w));
     }
@@ -270,7 +286,11 @@ async fn tokens_held_back_by_a_stop_sequence_are_never_reported() {
     for event in &events {
         let choice = &event["choices"][0];
         text.push_str(choice["text"].as_str().unwrap_or_default());
-        for token in choice["logprobs"]["tokens"].as_array().into_iter().flatten() {
+        for token in choice["logprobs"]["tokens"]
+            .as_array()
+            .into_iter()
+            .flatten()
+        {
             spelled.push_str(token.as_str().expect("token"));
         }
     }
@@ -362,8 +382,7 @@ async fn too_many_alternatives_and_missing_capability_are_400s_naming_them() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn ollama_chat_reports_logprobs_per_chunk_and_the_first_openai_delta_has_null_content()
-{
+async fn ollama_chat_reports_logprobs_per_chunk_and_the_first_openai_delta_has_null_content() {
     let dir = tempfile::tempdir().expect("temp dir");
     let server = scripted_server(dir.path(), "Hi!").await;
     let body = json!({"model": "lp", "messages": [{"role": "user", "content": "x"}],

@@ -570,11 +570,10 @@ impl Engine {
             name: name.to_string(),
             request,
             stop: StopMatcher::new(stops),
-            logprobs: (config.logprobs.is_some() || config.token_ids)
-                .then(|| {
-                    let bos = slot.metadata.bos_token.into_option();
-                    runner::LogprobTrack::new(slot.model.clone(), bos)
-                }),
+            logprobs: (config.logprobs.is_some() || config.token_ids).then(|| {
+                let bos = slot.metadata.bos_token.into_option();
+                runner::LogprobTrack::new(slot.model.clone(), bos)
+            }),
             metrics: Arc::clone(&self.inner.metrics),
             received,
             load_ms,

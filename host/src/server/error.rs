@@ -114,7 +114,8 @@ impl ApiError {
         {
             // As llama-server: clients read the two numbers to trim their prompt.
             api.kind = "exceed_context_size_error";
-            api.details.insert("n_prompt_tokens".into(), json!(n_prompt_tokens));
+            api.details
+                .insert("n_prompt_tokens".into(), json!(n_prompt_tokens));
             api.details.insert("n_ctx".into(), json!(n_ctx));
         }
         api

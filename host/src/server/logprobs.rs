@@ -26,7 +26,9 @@ pub fn top_count(field: &str, value: i64) -> Result<u32, ApiError> {
 /// An integer field's value, or a 400 naming the field.
 fn integer(field: &str, value: &Value) -> Result<i64, ApiError> {
     value.as_i64().ok_or_else(|| {
-        ApiError::bad_request(format!("{field} must be an integer from 0 to 20, got {value}"))
+        ApiError::bad_request(format!(
+            "{field} must be an integer from 0 to 20, got {value}"
+        ))
     })
 }
 
@@ -67,9 +69,7 @@ pub fn openai_request(
     };
     match (asked, top_logprobs.is_some()) {
         (true, _) => Ok(Some(top)),
-        (false, true) => Err(ApiError::bad_request(
-            "top_logprobs needs logprobs: true",
-        )),
+        (false, true) => Err(ApiError::bad_request("top_logprobs needs logprobs: true")),
         (false, false) => Ok(None),
     }
 }

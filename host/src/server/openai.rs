@@ -425,7 +425,7 @@ impl Framer for ChatFramer {
     fn start(&mut self) -> Vec<String> {
         vec![sse(
             // `content: null` with the role, as OpenAI's first delta has it.
-            &self.chunk(json!({ "role": "assistant", "content": null }), None)
+            &self.chunk(json!({ "role": "assistant", "content": null }), None),
         )]
     }
 
