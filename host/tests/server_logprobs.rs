@@ -10,11 +10,7 @@
 
 mod server_support;
 
-use llmlocal::{
-    engine::{Engine, ModelEntry},
-    plugins::LoadRequest,
-    server::ServerSettings,
-};
+use llmlocal::{engine::Engine, plugins::LoadRequest, server::ServerSettings};
 use serde_json::{json, Value};
 use server_support::{
     llama_cpp_settings, parse_ndjson, parse_sse, post, registry, scripted_settings, TestServer,
@@ -243,15 +239,11 @@ fn same_entries(got: &[Value], want: &[Value]) {
 /// and plain `scripted` (no `logprobs` capability) as `plain`.
 async fn scripted_server(dir: &Path, script: &str) -> TestServer {
     let mut settings = scripted_settings(dir, &[("lp", script), ("plain", script)]);
-    let backend = |name: &str, entry: &mut ModelEntry| entry.backend = Some(name.into());
-    settings
-        .models
-        .get_mut("lp")
-        .map(|e| backend("wrong-logprobs", e));
-    settings
-        .models
-        .get_mut("plain")
-        .map(|e| backend("scripted", e));
+    for (model, backend) in [("lp", "wrong-logprobs"), ("plain", "scripted")] {
+        if let Some(entry) = settings.models.get_mut(model) {
+            entry.backend = Some(backend.into());
+        }
+    }
     let engine = Engine::new(settings, registry(&["scripted", "wrong_logprobs"]), None);
     TestServer::start(engine, ServerSettings::default()).await
 }
