@@ -409,3 +409,69 @@ async fn ollama_chat_reports_logprobs_per_chunk_and_the_first_openai_delta_has_n
         json!({"role": "assistant", "content": null})
     );
 }
+
+/// The official `openai` Python client reads the logprobs (chat, streamed chat, completions)
+/// and the first streamed delta with `content: null`.
+const OPENAI_SCRIPT: &str = r#"
+import os, sys, math, openai
+oa = openai.OpenAI(base_url=os.environ["BASE_URL"] + "/v1", api_key="none", max_retries=0)
+msgs = [{"role": "user", "content": "Once upon a time"}]
+def check(cond, what):
+    if not cond:
+        raise SystemExit("FAIL: " + what)
+r = oa.chat.completions.create(model="story", messages=msgs, temperature=0, max_tokens=5, logprobs=True, top_logprobs=3)
+content = r.choices[0].logprobs.content
+check(len(content) >= 1, "chat logprobs: %r" % r)
+check("".join(t.token for t in content) == r.choices[0].message.content, "tokens spell the text")
+for t in content:
+    check(t.logprob <= 0 and len(t.top_logprobs) == 3, "entry %r" % t)
+    check(abs(t.top_logprobs[0].logprob - t.logprob) < 1e-6, "greedy is the top %r" % t)
+    check(bytes(t.bytes).decode("utf-8") == t.token, "bytes %r" % t)
+    check(sum(math.exp(x.logprob) for x in t.top_logprobs) <= 1.0001, "mass %r" % t)
+chunks = list(oa.chat.completions.create(model="story", messages=msgs, temperature=0, max_tokens=5, logprobs=True, top_logprobs=3, stream=True))
+first = chunks[0].choices[0].delta
+check(first.role == "assistant" and first.content is None, "first delta %r" % first)
+streamed = [t for c in chunks if c.choices and c.choices[0].logprobs for t in c.choices[0].logprobs.content]
+check([t.token for t in streamed] == [t.token for t in content], "streamed tokens %r" % streamed)
+c = oa.completions.create(model="story", prompt="Once upon a time", temperature=0, max_tokens=5, logprobs=2)
+lp = c.choices[0].logprobs
+check(len(lp.tokens) == len(lp.token_logprobs) == len(lp.top_logprobs) == len(lp.text_offset), "completion logprobs %r" % lp)
+check("".join(lp.tokens) == c.choices[0].text, "completion tokens spell the text")
+check(all(len(d) <= 2 for d in lp.top_logprobs), "top maps %r" % lp.top_logprobs)
+print("ok")
+"#;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_official_openai_client_reads_logprobs() {
+    let Some(path) = stories_gguf() else { return };
+    let importable = std::process::Command::new("python3")
+        .args(["-c", "import openai"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !importable {
+        eprintln!("SKIP: python3 with the openai package is needed (server_python installs it)");
+        return;
+    }
+    let engine = Engine::new(
+        llama_cpp_settings("story", &path),
+        registry(&["llama_cpp"]),
+        None,
+    );
+    let server = TestServer::start(engine, ServerSettings::default()).await;
+    let base = server.url("");
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("python3")
+            .args(["-c", OPENAI_SCRIPT])
+            .env("BASE_URL", base)
+            .output()
+            .expect("run python3")
+    })
+    .await
+    .expect("python thread");
+    assert!(
+        out.status.success(),
+        "client script failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
