@@ -47,22 +47,21 @@ impl TokenLogprobs {
 pub struct Pieces {
     model: LoadedModel,
     cache: HashMap<u32, String>,
-    /// BOS and its text: a token is detokenized after it, and its text cut off, because
-    /// SentencePiece detokenizers drop the leading space of the first token (" girl" would
-    /// come back as "girl").
-    anchor: Option<(u32, String)>,
+    bos: Option<u32>,
+    /// BOS's text, once asked: a token is detokenized after BOS and that text cut off,
+    /// because SentencePiece detokenizers drop the leading space of the first token
+    /// (" girl" would come back as "girl").
+    anchor: Option<Option<String>>,
 }
 
 impl Pieces {
+    /// Nothing is asked of the model until a token's text is.
     pub fn new(model: LoadedModel, bos: Option<u32>) -> Pieces {
-        let anchor = bos.and_then(|bos| {
-            let text = model.detokenize(&[bos], false).ok()?;
-            Some((bos, text))
-        });
         Pieces {
             model,
             cache: HashMap::new(),
-            anchor,
+            bos,
+            anchor: None,
         }
     }
 
@@ -81,9 +80,14 @@ impl Pieces {
         text
     }
 
-    fn piece(&self, id: u32) -> Result<String, plugins::BackendError> {
-        if let Some((bos, prefix)) = &self.anchor {
-            let text = self.model.detokenize(&[*bos, id], false)?;
+    fn piece(&mut self, id: u32) -> Result<String, plugins::BackendError> {
+        let model = &self.model;
+        let bos = self.bos;
+        let anchor = self
+            .anchor
+            .get_or_insert_with(|| bos.and_then(|bos| model.detokenize(&[bos], false).ok()));
+        if let (Some(bos), Some(prefix)) = (bos, anchor.as_ref()) {
+            let text = self.model.detokenize(&[bos, id], false)?;
             if let Some(piece) = text.strip_prefix(prefix.as_str()) {
                 return Ok(piece.to_string());
             }
