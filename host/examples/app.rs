@@ -93,6 +93,8 @@ pub async fn run(
                 text.push_str(&piece);
             }
             Event::Done(_) => break,
+            // Logprobs (when asked for) and events of later versions.
+            _ => {}
         }
     }
     writeln!(out)?;

@@ -67,7 +67,9 @@ async fn streams_text_pieces_then_a_final_event() {
                 assert!(!text.is_empty(), "empty pieces are not sent");
                 pieces.push(text);
             }
+            Event::Logprobs(_) => panic!("logprobs were not asked for"),
             Event::Done(completion) => done = Some(completion),
+            other => panic!("an event of a newer engine: {other:?}"),
         }
     }
     let done = done.expect("a final event");

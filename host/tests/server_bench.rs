@@ -79,6 +79,7 @@ async fn engine_run(engine: &Engine, tokens: u32) -> (Run, String) {
                 text.push_str(&piece);
             }
             Event::Done(done) => tokens = done.completion_tokens as usize,
+            _ => {}
         }
     }
     (measure(started, first, tokens), text)

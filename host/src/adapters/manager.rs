@@ -340,7 +340,7 @@ pub fn check(path: &Path, base: &BaseModel) -> Result<AdapterFormat> {
             Ok(AdapterFormat::Peft)
         }
         Some(AdapterFormat::Gguf) => {
-            let info = gguf::read_info(path)?;
+            let info = gguf::read_info(path).map_err(not_an_adapter)?;
             compat::check_gguf(&path.display().to_string(), &info, base)?;
             Ok(AdapterFormat::Gguf)
         }
@@ -348,6 +348,21 @@ pub fn check(path: &Path, base: &BaseModel) -> Result<AdapterFormat> {
             path,
             "not an adapter: expected a GGUF LoRA file or a PEFT folder with adapter_config.json",
         )),
+    }
+}
+
+/// A file offered as an adapter that does not even read as GGUF: say that it is the adapter
+/// that is bad (the bare GGUF reader's message could be taken for the base model's).
+fn not_an_adapter(err: AdapterError) -> AdapterError {
+    match err {
+        AdapterError::Format { path, reason } => super::error::format_err(
+            path,
+            format!(
+                "this file given as a LoRA adapter is not one ({reason}); an adapter is a GGUF \
+                 LoRA file or a PEFT folder with adapter_config.json"
+            ),
+        ),
+        other => other,
     }
 }
 
@@ -408,5 +423,32 @@ fn prune_empty(removed: &Path, stop: &Path) {
             break;
         }
         dir = d.parent();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_random_file_is_named_as_a_bad_adapter() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("notes.bin");
+        std::fs::write(&path, b"these bytes are not a GGUF file at all").expect("write");
+        let base = BaseModel {
+            name: "base".into(),
+            architecture: "llama".into(),
+            hidden_size: 64,
+            num_layers: 2,
+            num_heads: 4,
+            num_kv_heads: 4,
+            head_dim: 16,
+            intermediate_size: 128,
+        };
+        let message = check(&path, &base).expect_err("not an adapter").to_string();
+        assert!(
+            message.contains("notes.bin") && message.contains("LoRA adapter is not one"),
+            "{message}"
+        );
     }
 }

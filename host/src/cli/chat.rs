@@ -208,6 +208,8 @@ impl Chat {
                     out.flush().context("cannot write to stdout")?;
                     text.push_str(&piece);
                 }
+                // The chat never asks for logprobs.
+                Event::Logprobs(_) => {}
                 Event::Done(done) => {
                     writeln!(out)?;
                     out.flush()?;

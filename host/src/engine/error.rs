@@ -36,6 +36,16 @@ pub enum EngineError {
     Adapter(#[from] AdapterError),
     #[error("invalid request: {0}")]
     InvalidRequest(String),
+    /// The prompt leaves no room for a token (llama-server's `exceed_context_size_error`).
+    #[error(
+        "invalid request: the prompt has {n_prompt_tokens} tokens but the context of `{model}` \
+         holds {n_ctx}; shorten it or load the model with a larger context_length"
+    )]
+    ContextExceeded {
+        model: String,
+        n_prompt_tokens: u32,
+        n_ctx: u32,
+    },
     #[error("chat template of `{model}` failed: {message}")]
     Template { model: String, message: String },
     #[error(
@@ -68,7 +78,9 @@ impl EngineError {
             EngineError::Model(err) => model_error_class(err),
             EngineError::Backend(err) => backend_error_class(err.kind()),
             EngineError::Adapter(err) => adapter_error_class(err),
-            EngineError::InvalidRequest(_) | EngineError::Template { .. } => ErrorClass::BadRequest,
+            EngineError::InvalidRequest(_)
+            | EngineError::ContextExceeded { .. }
+            | EngineError::Template { .. } => ErrorClass::BadRequest,
             EngineError::OutOfMemory { .. } | EngineError::ShuttingDown => ErrorClass::Unavailable,
             EngineError::QueueFull { .. } => ErrorClass::Busy,
             EngineError::Internal(_) => ErrorClass::Internal,
@@ -88,6 +100,8 @@ impl EngineError {
             EngineError::Adapter(AdapterError::Incompatible { .. }) => "adapter_incompatible",
             EngineError::Adapter(_) => "invalid_adapter",
             EngineError::InvalidRequest(_) => "invalid_request",
+            // OpenAI's code for the same case.
+            EngineError::ContextExceeded { .. } => "context_length_exceeded",
             EngineError::Template { .. } => "chat_template_error",
             EngineError::OutOfMemory { .. } => "insufficient_memory",
             EngineError::QueueFull { .. } => "queue_full",

@@ -14,6 +14,7 @@ use super::{
     settings::{EngineSettings, ModelEntry},
     stop::StopMatcher,
     template::{read_tokenizer_config, ChatTemplate},
+    view::ModelView,
 };
 use crate::{
     adapters::{AdapterManager, AdapterSpec},
@@ -586,6 +587,10 @@ impl Engine {
             name: name.to_string(),
             request,
             stop: StopMatcher::new(stops),
+            logprobs: (config.logprobs.is_some() || config.token_ids).then(|| {
+                let bos = slot.metadata.bos_token.into_option();
+                runner::LogprobTrack::new(slot.model.clone(), bos)
+            }),
             metrics: Arc::clone(&self.inner.metrics),
             received,
             load_ms,
@@ -624,6 +629,28 @@ impl Engine {
             })??;
         drop(ready);
         Ok(tokens.len() as u32)
+    }
+
+    /// Model `name` (loaded first if needed, with its configured adapters) for requests that
+    /// need its tokenizer, template or metadata but no generation.
+    pub async fn view(&self, name: &str) -> Result<ModelView, EngineError> {
+        let Ready { slot, busy, .. } = self.ensure_loaded(name, None, None, &[]).await?;
+        Ok(ModelView {
+            name: name.to_string(),
+            backend: slot.backend.clone(),
+            model: slot.model.clone(),
+            metadata: slot.metadata.clone(),
+            parallel: slot.gate.parallel(),
+            template: Arc::clone(&slot.template),
+            path: slot.path.clone(),
+            _busy: busy,
+        })
+    }
+
+    /// Generations running or queued on model `name` (`None` when it is not loaded).
+    pub fn busy_count(&self, name: &str) -> Option<usize> {
+        let mut pool = lock(&self.inner.pool);
+        pool.find(name, None).map(|slot| slot.gate.busy_count())
     }
 
     /// Embeds `input` with model `name` (loading it first): one vector per input, in order.
@@ -853,12 +880,11 @@ fn prepare_prompt(slot: &Slot, prompt: &Prompt) -> Result<Vec<u32>, EngineError>
     }
     let context = slot.metadata.context_length;
     if tokens.len() as u64 >= u64::from(context) {
-        return Err(EngineError::InvalidRequest(format!(
-            "the prompt has {} tokens but the context of `{}` holds {context}; shorten it or \
-             load the model with a larger context_length",
-            tokens.len(),
-            slot.name
-        )));
+        return Err(EngineError::ContextExceeded {
+            model: slot.name.clone(),
+            n_prompt_tokens: u32::try_from(tokens.len()).unwrap_or(u32::MAX),
+            n_ctx: context,
+        });
     }
     Ok(tokens)
 }

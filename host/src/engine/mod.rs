@@ -14,6 +14,7 @@ mod error;
 mod facade;
 pub mod kv_cache;
 pub mod limits;
+pub mod logprobs;
 mod lora;
 pub mod memory;
 pub mod metrics;
@@ -23,12 +24,14 @@ mod runner;
 pub mod settings;
 pub mod stop;
 pub mod template;
+mod view;
 
 pub use app::SetupError;
 pub use embedding::{EmbedConfig, EmbedInput, Embeddings};
 pub use error::{EngineError, ErrorClass};
 pub use facade::{Engine, ResolvedFiles};
 pub use kv_cache::KvCacheOptions;
+pub use logprobs::{TokenLogprob, TokenLogprobs};
 pub use metrics::Metrics;
 pub use pool::LoadedInfo;
 pub use request::{
@@ -36,3 +39,4 @@ pub use request::{
 };
 pub use settings::{EngineSettings, ModelEntry};
 pub use template::{ChatMessage, ChatTemplate};
+pub use view::ModelView;

@@ -19,6 +19,8 @@ pub struct Gate {
     permits: Arc<Semaphore>,
     waiting: AtomicUsize,
     depth: usize,
+    /// Generations it runs at once.
+    parallel: usize,
     /// Generations running or queued: a model with any is not unloaded.
     pub(crate) busy: AtomicUsize,
 }
@@ -51,8 +53,19 @@ impl Gate {
             permits: Arc::new(Semaphore::new(parallel.max(1) as usize)),
             waiting: AtomicUsize::new(0),
             depth,
+            parallel: parallel.max(1) as usize,
             busy: AtomicUsize::new(0),
         })
+    }
+
+    /// Generations it runs at once.
+    pub fn parallel(&self) -> usize {
+        self.parallel
+    }
+
+    /// Generations running or waiting now.
+    pub fn busy_count(&self) -> usize {
+        self.busy.load(Ordering::SeqCst)
     }
 
     /// Marks the model busy until the guard drops.

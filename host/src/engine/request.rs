@@ -1,6 +1,6 @@
 //! What a generation asks for and what it streams back.
 
-use super::{error::EngineError, template::ChatMessage};
+use super::{error::EngineError, logprobs::TokenLogprobs, template::ChatMessage};
 use crate::plugins::GenerationStats;
 use futures_util::Stream;
 use std::{
@@ -41,6 +41,10 @@ pub struct GenerationConfig {
     pub constraint: Option<Constraint>,
     /// `Some(n)`: per-token logprobs with `n` alternatives (`logprobs`).
     pub logprobs: Option<u32>,
+    /// Report each token's id on the stream ([`Event::Logprobs`]) even without `logprobs`
+    /// (llama-server's `return_tokens`); such entries carry only `chosen.id`, with a NaN
+    /// logprob and no text, and need no backend capability.
+    pub token_ids: bool,
     /// `None` = a random seed.
     pub seed: Option<u64>,
     /// Text that ends the generation (not included in the output).
@@ -146,9 +150,14 @@ impl Completion {
 
 /// One event of a generation's stream.
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub enum Event {
     /// The next piece of text (whole characters, never empty).
     Text(String),
+    /// Only when the request asked for logprobs: the tokens that produced the `Text` event
+    /// that follows (or, before `Done`, the last tokens, whose text may be empty). Tokens
+    /// hidden by a stop sequence are never reported.
+    Logprobs(Vec<TokenLogprobs>),
     /// The end; the last event.
     Done(Completion),
 }
@@ -179,12 +188,22 @@ impl TokenStream {
     }
 
     /// Collects the whole answer.
-    pub async fn collect_text(mut self) -> Result<(String, Completion), EngineError> {
+    pub async fn collect_text(self) -> Result<(String, Completion), EngineError> {
+        let (text, _, done) = self.collect().await?;
+        Ok((text, done))
+    }
+
+    /// Collects the whole answer with its tokens' logprobs (empty unless asked for).
+    pub async fn collect(
+        mut self,
+    ) -> Result<(String, Vec<TokenLogprobs>, Completion), EngineError> {
         let mut text = String::new();
+        let mut logprobs = Vec::new();
         while let Some(event) = self.receiver.recv().await {
             match event? {
                 Event::Text(piece) => text.push_str(&piece),
-                Event::Done(done) => return Ok((text, done)),
+                Event::Logprobs(tokens) => logprobs.extend(tokens),
+                Event::Done(done) => return Ok((text, logprobs, done)),
             }
         }
         Err(EngineError::Internal(

@@ -5,6 +5,7 @@
 
 use super::{
     error::EngineError,
+    logprobs::{Aligner, Pieces, TokenLogprobs},
     metrics::{FinishLabel, Metrics},
     pool::BusyGuard,
     request::{Completion, Event, FinishReason},
@@ -23,6 +24,8 @@ pub struct Job {
     pub name: String,
     pub request: GenerateRequest,
     pub stop: StopMatcher,
+    /// Present when the request asked for logprobs.
+    pub logprobs: Option<LogprobTrack>,
     pub metrics: Arc<Metrics>,
     /// When the engine received the request (time to first token counts from here).
     pub received: Instant,
@@ -35,6 +38,25 @@ pub struct Job {
 }
 
 type Sender = mpsc::Sender<Result<Event, EngineError>>;
+
+/// What a generation with logprobs needs: token texts, and the tokens not yet let out.
+pub struct LogprobTrack {
+    pieces: Pieces,
+    aligner: Aligner,
+}
+
+impl LogprobTrack {
+    /// `bos`: the model's BOS token, if it has one (see [`Pieces`]).
+    pub fn new(model: LoadedModel, bos: Option<u32>) -> LogprobTrack {
+        LogprobTrack {
+            pieces: Pieces::new(model, bos),
+            aligner: Aligner::default(),
+        }
+    }
+}
+
+/// The consumer went away.
+struct Gone;
 
 /// Called once when a generation ends, with its completion if it finished.
 pub type OnEnd = Box<dyn FnOnce(Option<&Completion>) + Send>;
@@ -181,20 +203,11 @@ fn pump(
             Step::Token(token) => token,
             Step::Finished(end) => {
                 // The decoder's remainder comes with the end; it still passes the stop scan.
-                let (tail, stopped) = match job.stop.push(end.text.as_str()) {
-                    Scan::Emit(text) => (text, false),
-                    Scan::Stopped(text) => (text, true),
+                return match finish_text(job, sender, end.text.as_str()) {
+                    Ok(true) => Outcome::Finished(FinishReason::Stop),
+                    Ok(false) => Outcome::Finished(map_reason(end.reason)),
+                    Err(Gone) => Outcome::Cancelled,
                 };
-                if !send_text(sender, tail) {
-                    return Outcome::Cancelled;
-                }
-                if stopped {
-                    return Outcome::Finished(FinishReason::Stop);
-                }
-                if !send_text(sender, job.stop.finish()) {
-                    return Outcome::Cancelled;
-                }
-                return Outcome::Finished(map_reason(end.reason));
             }
         };
         let now = Instant::now();
@@ -209,13 +222,14 @@ fn pump(
         }
         last_token = Some(now);
         tokens_out.inc();
-        let (text, stopped) = match job.stop.push(token.text.as_str()) {
-            Scan::Emit(text) => (text, false),
-            Scan::Stopped(text) => (text, true),
+        let logprobs = match (&mut job.logprobs, token.logprobs.as_ref().into_option()) {
+            (Some(track), Some(lp)) => Some(track.pieces.resolve(token.id, lp)),
+            (Some(_), None) => Some(TokenLogprobs::id_only(token.id)),
+            (None, _) => None,
         };
-        if !send_text(sender, text) {
+        let Ok(stopped) = emit(job, sender, token.text.as_str(), logprobs) else {
             return Outcome::Cancelled;
-        }
+        };
         // After the send, so that the log line does not hold the first token back.
         if first {
             log_first_token(job, started, now);
@@ -240,6 +254,68 @@ fn log_first_token(job: &Job, started: Instant, now: Instant) {
         ms(started.saturating_duration_since(job.received)) - job.load_ms - job.queue_ms,
         ms(now - started),
     );
+}
+
+/// Feeds a piece through the stop matcher (and its token's logprobs through the aligner)
+/// and sends what comes out, logprobs first. `Ok(true)`: a stop sequence ended the text.
+fn emit(
+    job: &mut Job,
+    sender: &Sender,
+    piece: &str,
+    logprobs: Option<TokenLogprobs>,
+) -> Result<bool, Gone> {
+    if let Some(track) = &mut job.logprobs {
+        track.aligner.push(logprobs, piece.len());
+    }
+    let (text, stopped) = match job.stop.push(piece) {
+        Scan::Emit(text) => (text, false),
+        Scan::Stopped(text) => (text, true),
+    };
+    let released = match &mut job.logprobs {
+        Some(track) => {
+            let released = track.aligner.release(text.len());
+            if stopped {
+                track.aligner.stopped();
+            }
+            released
+        }
+        None => Vec::new(),
+    };
+    send_logprobs(sender, released)?;
+    if !send_text(sender, text) {
+        return Err(Gone);
+    }
+    Ok(stopped)
+}
+
+/// The end's remainder, then (without a stop sequence in it) whatever was held back.
+fn finish_text(job: &mut Job, sender: &Sender, remainder: &str) -> Result<bool, Gone> {
+    if emit(job, sender, remainder, None)? {
+        return Ok(true);
+    }
+    let held = job.stop.finish();
+    let released = match &mut job.logprobs {
+        Some(track) => {
+            let mut released = track.aligner.release(held.len());
+            released.extend(track.aligner.finish());
+            released
+        }
+        None => Vec::new(),
+    };
+    send_logprobs(sender, released)?;
+    if !send_text(sender, held) {
+        return Err(Gone);
+    }
+    Ok(false)
+}
+
+fn send_logprobs(sender: &Sender, tokens: Vec<TokenLogprobs>) -> Result<(), Gone> {
+    if tokens.is_empty() {
+        return Ok(());
+    }
+    sender
+        .blocking_send(Ok(Event::Logprobs(tokens)))
+        .map_err(|_| Gone)
 }
 
 /// Sends non-empty text; false when the consumer is gone.

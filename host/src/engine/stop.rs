@@ -55,9 +55,9 @@ pub enum Scan {
 pub struct StopMatcher {
     automata: Option<Automata>,
     pending: String,
-    /// The stops, sorted as the automata index them (a match's pattern id is its index).
+    /// The stops, in the automata's pattern order.
     stops: Vec<String>,
-    /// The stop sequence that ended the generation, once one did.
+    /// The stop that ended the text, once one did.
     matched: Option<String>,
 }
 
@@ -232,6 +232,15 @@ mod tests {
         assert_eq!(m.push("aé"), Scan::Emit("a".into()));
         assert_eq!(m.push("b"), Scan::Emit("éb".into()));
         assert_eq!(m.push("éé"), Scan::Stopped(String::new()));
+    }
+
+    #[test]
+    fn a_stop_split_over_pieces_is_named() {
+        let mut m = StopMatcher::new(["zz".to_string(), "END".to_string()]);
+        assert_eq!(m.push("aEN"), Scan::Emit("a".into()));
+        assert_eq!(m.matched(), None);
+        assert_eq!(m.push("D"), Scan::Stopped(String::new()));
+        assert_eq!(m.matched(), Some("END"));
     }
 
     #[test]

@@ -23,5 +23,5 @@ pub use registry::{PluginEntry, PluginRegistry, PluginStatus};
 pub use llmlocal_plugin_api::{
     capability, Constraint, ConstraintKind, EmbedRequest, ErrorKind, FinishReason, Finished,
     GenerateRequest, GenerationStats, LoadRequest, LogitBias, Manifest, ModelFormat, ModelMetadata,
-    Sampling, Step, Token,
+    Sampling, Step, Token, TokenLogprobs,
 };

@@ -58,6 +58,8 @@ pub struct ApiError {
     pub code: &'static str,
     pub retry_after: Option<u64>,
     pub flavor: Flavor,
+    /// More fields for OpenAI's error object (llama-server's `n_prompt_tokens`, `n_ctx`).
+    pub details: serde_json::Map<String, serde_json::Value>,
 }
 
 impl ApiError {
@@ -74,6 +76,7 @@ impl ApiError {
             code,
             retry_after: None,
             flavor: Flavor::OpenAi,
+            details: serde_json::Map::new(),
         }
     }
 
@@ -121,20 +124,36 @@ impl ApiError {
         if status == StatusCode::TOO_MANY_REQUESTS || status == StatusCode::SERVICE_UNAVAILABLE {
             api.retry_after = Some(1);
         }
+        if let EngineError::ContextExceeded {
+            n_prompt_tokens,
+            n_ctx,
+            ..
+        } = err
+        {
+            // As llama-server: clients read the two numbers to trim their prompt.
+            api.kind = "exceed_context_size_error";
+            api.details
+                .insert("n_prompt_tokens".into(), json!(n_prompt_tokens));
+            api.details.insert("n_ctx".into(), json!(n_ctx));
+        }
         api
     }
 
     /// The JSON body (also used for errors inside a stream).
     pub fn body(&self) -> serde_json::Value {
         match self.flavor {
-            Flavor::OpenAi => json!({
-                "error": {
+            Flavor::OpenAi => {
+                let mut error = json!({
                     "message": self.message,
                     "type": self.kind,
                     "param": null,
                     "code": self.code,
+                });
+                if let Some(object) = error.as_object_mut() {
+                    object.extend(self.details.clone());
                 }
-            }),
+                json!({ "error": error })
+            }
             Flavor::Ollama => json!({ "error": self.message }),
             Flavor::Anthropic => json!({
                 "type": "error",

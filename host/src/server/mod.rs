@@ -20,6 +20,8 @@ mod extract;
 mod guard;
 mod keep_alive;
 mod listen;
+mod llama_server;
+mod logprobs;
 mod ollama;
 mod openai;
 mod params;
@@ -67,6 +69,12 @@ const ENDPOINTS: &[&str] = &[
     "/v1/messages",
     "/v1/messages/count_tokens",
     "/v1/responses",
+    "/completion",
+    "/tokenize",
+    "/detokenize",
+    "/apply-template",
+    "/props",
+    "/slots",
     "/api/generate",
     "/api/chat",
     "/api/tags",
@@ -99,6 +107,19 @@ pub fn router(engine: Engine, settings: ServerSettings) -> Router {
         .route("/v1/messages/count_tokens", post(anthropic::count_tokens))
         .route("/v1/responses", post(responses::create))
         .route("/v1/embeddings", post(embeddings::openai))
+        .route("/v1/models/{id}", get(llama_server::model))
+        // llama-server's aliases: the OpenAI routes without `/v1`, and its native routes.
+        .route("/models", get(openai::list_models))
+        .route("/models/{id}", get(llama_server::model))
+        .route("/chat/completions", post(openai::chat_completions))
+        .route("/completions", post(openai::completions))
+        .route("/embeddings", post(embeddings::openai))
+        .route("/completion", post(llama_server::completion))
+        .route("/tokenize", post(llama_server::tokenize))
+        .route("/detokenize", post(llama_server::detokenize))
+        .route("/apply-template", post(llama_server::apply_template))
+        .route("/props", get(llama_server::props))
+        .route("/slots", get(llama_server::slots))
         .route("/api/embed", post(embeddings::ollama))
         .route("/api/embeddings", post(embeddings::legacy))
         .route("/api/generate", post(ollama::generate))

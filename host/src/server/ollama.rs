@@ -7,12 +7,16 @@ use super::{
     extract::JsonBody,
     guard::Mutation,
     keep_alive::{KeepAlive, KeepAliveGuard},
+    logprobs,
     params::{Params, StopField},
     streaming::{self, ndjson, Framer},
     AppState,
 };
 use crate::{
-    engine::{ChatMessage, Completion, Constraint, EngineError, LoadedInfo, ModelEntry, Prompt},
+    engine::{
+        ChatMessage, Completion, Constraint, EngineError, LoadedInfo, ModelEntry, Prompt,
+        TokenLogprobs,
+    },
     models::{ModelSource, ModelSpec},
 };
 use axum::{
@@ -68,6 +72,34 @@ pub struct GenerateRequest {
     /// Extension: LoRA adapters for this request, `"SPEC[:scale]"` strings.
     #[serde(default)]
     pub adapters: Option<Vec<String>>,
+    #[serde(flatten)]
+    pub logprobs: LogprobsFields,
+}
+
+/// Ollama's `logprobs: true` and `top_logprobs: 0..=20` (chat and generate).
+#[derive(Debug, Deserialize, Default)]
+pub struct LogprobsFields {
+    #[serde(default)]
+    pub logprobs: Option<bool>,
+    #[serde(default)]
+    pub top_logprobs: Option<i64>,
+}
+
+impl LogprobsFields {
+    fn count(&self) -> Result<Option<u32>, ApiError> {
+        let bad = |e: ApiError| e.flavor(Flavor::Ollama);
+        let top = match self.top_logprobs {
+            None => 0,
+            Some(n) => logprobs::top_count("top_logprobs", n).map_err(bad)?,
+        };
+        match (self.logprobs.unwrap_or(false), self.top_logprobs.is_some()) {
+            (true, _) => Ok(Some(top)),
+            (false, true) => Err(bad(ApiError::bad_request(
+                "top_logprobs needs logprobs: true",
+            ))),
+            (false, false) => Ok(None),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -98,6 +130,8 @@ pub struct ChatRequest {
     /// Extension: LoRA adapters for this request, `"SPEC[:scale]"` strings.
     #[serde(default)]
     pub adapters: Option<Vec<String>>,
+    #[serde(flatten)]
+    pub logprobs: LogprobsFields,
 }
 
 #[derive(Debug, Deserialize)]
@@ -145,6 +179,7 @@ fn params(
         ignore_eos: false,
         adapters,
         cache_prompt: None,
+        logprobs: None,
     }
 }
 
@@ -203,6 +238,8 @@ struct OllamaFramer {
     shape: Shape,
     /// Applies the request's keep_alive when the answer is done (the body is dropped).
     _keep: Option<KeepAliveGuard>,
+    /// Tokens of the next piece (when logprobs were asked for).
+    logprobs: Vec<TokenLogprobs>,
 }
 
 impl OllamaFramer {
@@ -216,13 +253,31 @@ impl OllamaFramer {
     }
 }
 
+impl OllamaFramer {
+    /// A piece with the tokens that produced it, when logprobs were asked for.
+    fn piece_with_logprobs(&mut self, text: &str, done: bool) -> Value {
+        let mut value = self.piece(text, done);
+        if !self.logprobs.is_empty() {
+            value["logprobs"] = logprobs::ollama(&self.logprobs);
+            self.logprobs.clear();
+        }
+        value
+    }
+}
+
 impl Framer for OllamaFramer {
+    fn logprobs(&mut self, tokens: Vec<TokenLogprobs>) -> Vec<String> {
+        self.logprobs.extend(tokens);
+        Vec::new()
+    }
+
     fn text(&mut self, text: &str) -> Vec<String> {
-        vec![ndjson(&self.piece(text, false))]
+        vec![ndjson(&self.piece_with_logprobs(text, false))]
     }
 
     fn done(&mut self, done: &Completion) -> Vec<String> {
-        vec![ndjson(&merge(self.piece("", true), final_fields(done)))]
+        let last = self.piece_with_logprobs("", true);
+        vec![ndjson(&merge(last, final_fields(done)))]
     }
 
     fn error(&mut self, err: &EngineError) -> Vec<String> {
@@ -242,21 +297,28 @@ async fn run(
     let config = params
         .into_config(state.settings.max_tokens_cap, "num_predict")
         .map_err(|e| e.flavor(Flavor::Ollama))?;
+    let wants_logprobs = config.logprobs.is_some();
     let tokens = state
         .engine
         .generate(&model, prompt, config)
         .await
         .map_err(engine_error)?;
-    let framer = OllamaFramer {
+    let mut framer = OllamaFramer {
         model,
         shape,
         _keep: keep,
+        logprobs: Vec::new(),
     };
     if stream {
         return Ok(ndjson_response(streaming::body(tokens, framer)));
     }
-    let (text, done) = tokens.collect_text().await.map_err(engine_error)?;
-    Ok(Json(merge(framer.piece(&text, true), final_fields(&done))).into_response())
+    let (text, tokens, done) = tokens.collect().await.map_err(engine_error)?;
+    let mut value = merge(framer.piece(&text, true), final_fields(&done));
+    if wants_logprobs {
+        framer.logprobs = tokens;
+        value["logprobs"] = logprobs::ollama(&framer.logprobs);
+    }
+    Ok(Json(value).into_response())
 }
 
 /// An empty prompt only loads the model (`done_reason: "load"`), as Ollama does.
@@ -277,6 +339,7 @@ async fn load_only(
         model: model.to_string(),
         shape,
         _keep: None,
+        logprobs: Vec::new(),
     };
     let value = merge(framer.piece("", true), json!({ "done_reason": "load" }));
     Ok(Json(value).into_response())
@@ -318,6 +381,7 @@ fn unload_now(state: &AppState, model: &str, shape: Shape) -> Response {
         model: model.to_string(),
         shape,
         _keep: None,
+        logprobs: Vec::new(),
     };
     let value = merge(framer.piece("", true), json!({ "done_reason": "unload" }));
     Json(value).into_response()
@@ -365,6 +429,7 @@ pub async fn generate(
     };
     let mut params = params(request.options, request.backend, request.adapters);
     params.constraint = constraint;
+    params.logprobs = request.logprobs.count()?;
     let stream = request.stream.unwrap_or(true);
     run(
         &state,
@@ -413,6 +478,7 @@ pub async fn chat(
         .collect();
     let mut params = params(request.options, request.backend, request.adapters);
     params.constraint = constraint;
+    params.logprobs = request.logprobs.count()?;
     let stream = request.stream.unwrap_or(true);
     run(
         &state,

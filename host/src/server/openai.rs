@@ -5,11 +5,14 @@ use super::{
     error::{ApiError, Flavor},
     extract::JsonBody,
     guard::Mutation,
+    llama_server, logprobs,
     params::{new_id, unix_now, Params, StopField},
     streaming::{self, sse, Framer, Slotted, SLOT, SSE_DONE},
     AppState,
 };
-use crate::engine::{ChatMessage, Completion, Constraint, EngineError, Prompt, TokenStream};
+use crate::engine::{
+    ChatMessage, Completion, Constraint, EngineError, Prompt, TokenLogprobs, TokenStream,
+};
 use axum::{
     extract::State,
     http::header,
@@ -51,6 +54,8 @@ pub struct StreamOptions {
 /// Fields both completion routes take.
 #[derive(Debug, Deserialize)]
 pub struct Common {
+    /// May be left out when the server serves one model (llama-server's rule).
+    #[serde(default)]
     pub model: String,
     #[serde(default)]
     pub stream: bool,
@@ -68,7 +73,7 @@ pub struct Common {
     pub logit_bias: Option<serde_json::Map<String, Value>>,
     /// `{"type": "text" | "json_object" | "json_schema", "json_schema": {"schema": ...}}`.
     pub response_format: Option<Value>,
-    /// Not carried to the response yet: refused with a 400 rather than ignored.
+    /// Chat: `true`/`false`; completions: the number of alternatives (0 to 20).
     pub logprobs: Option<Value>,
     pub top_logprobs: Option<Value>,
     /// Extensions (llama-server spellings): a GBNF grammar, a JSON schema, typical_p.
@@ -106,22 +111,15 @@ pub struct CompletionRequest {
 }
 
 impl Common {
-    fn params(&self) -> Result<Params, ApiError> {
+    /// `chat`: the chat route (the two read `logprobs` differently).
+    fn params(&self, chat: bool) -> Result<Params, ApiError> {
         if let Some(n) = self.n.filter(|&n| n != 1) {
             return Err(ApiError::bad_request(format!(
                 "only n = 1 is supported, got {n}"
             )));
         }
-        let asks_logprobs = !matches!(
-            self.logprobs,
-            None | Some(Value::Bool(false)) | Some(Value::Null)
-        ) || !matches!(self.top_logprobs, None | Some(Value::Null));
-        if asks_logprobs {
-            return Err(ApiError::bad_request(
-                "logprobs are not supported by this server yet; leave `logprobs` and \
-                 `top_logprobs` out",
-            ));
-        }
+        let logprobs =
+            logprobs::openai_request(chat, self.logprobs.as_ref(), self.top_logprobs.as_ref())?;
         Ok(Params {
             max_tokens: self.max_completion_tokens.or(self.max_tokens),
             typical_p: self.typical_p,
@@ -144,6 +142,7 @@ impl Common {
             ignore_eos: self.ignore_eos,
             adapters: self.adapters.clone(),
             cache_prompt: self.cache_prompt,
+            logprobs,
         })
     }
 
@@ -210,7 +209,7 @@ const MAX_ID: u64 = u32::MAX as u64;
 
 /// `prompt`, as OpenAI takes it: a string, a list with one string, a list of token ids, or
 /// a list with one list of token ids. Several prompts (a batch) are refused.
-fn prompt_of(value: Value) -> Result<Prompt, ApiError> {
+pub(super) fn prompt_of(value: Value) -> Result<Prompt, ApiError> {
     let list = match value {
         Value::String(text) => return Ok(Prompt::Text(text)),
         Value::Array(list) => list,
@@ -288,7 +287,7 @@ fn usage(done: &Completion) -> Value {
 /// `predicted_n` counts every generated token; `predicted_per_second` is the plugin's decode
 /// rate, the tokens after the first over `predicted_ms`. As in llama-server, `prompt_n`
 /// counts the prompt tokens evaluated and `cache_n` those reused from the prompt cache.
-fn timings(done: &Completion) -> Value {
+pub(super) fn timings(done: &Completion) -> Value {
     json!({
         "cache_n": done.cached_tokens,
         "prompt_n": done.prompt_tokens - done.cached_tokens,
@@ -300,7 +299,7 @@ fn timings(done: &Completion) -> Value {
     })
 }
 
-fn messages_of(input: Vec<InMessage>) -> Result<Vec<ChatMessage>, ApiError> {
+pub(super) fn messages_of(input: Vec<InMessage>) -> Result<Vec<ChatMessage>, ApiError> {
     if input.is_empty() {
         return Err(ApiError::bad_request("messages must not be empty"));
     }
@@ -322,7 +321,7 @@ fn messages_of(input: Vec<InMessage>) -> Result<Vec<ChatMessage>, ApiError> {
         .collect()
 }
 
-fn sse_response(body: axum::body::Body) -> Response {
+pub(super) fn sse_response(body: axum::body::Body) -> Response {
     (
         [
             (header::CONTENT_TYPE, "text/event-stream"),
@@ -343,7 +342,8 @@ pub async fn chat_completions(
     mutation: Mutation,
     JsonBody(request): JsonBody<ChatRequest>,
 ) -> Result<Response, ApiError> {
-    let common = request.common;
+    let mut common = request.common;
+    common.model = llama_server::model_name(&state, Some(&common.model))?;
     mutation.allow_downloads(
         &state,
         &common.model,
@@ -351,8 +351,9 @@ pub async fn chat_completions(
         Flavor::OpenAi,
     )?;
     let config = common
-        .params()?
+        .params(true)?
         .into_config(state.settings.max_tokens_cap, "max_tokens")?;
+    let wants_logprobs = config.logprobs.is_some();
     let messages = messages_of(request.messages)?;
     let tokens = state
         .engine
@@ -367,10 +368,15 @@ pub async fn chat_completions(
             model: common.model.clone(),
             include_usage: common.include_usage(),
             content: None,
+            logprobs: Vec::new(),
         };
         return Ok(sse_response(streaming::body(tokens, framer)));
     }
-    let (text, done) = tokens.collect_text().await.map_err(engine_error)?;
+    let (text, tokens, done) = tokens.collect().await.map_err(engine_error)?;
+    let logprobs = match wants_logprobs {
+        true => logprobs::openai_chat(&tokens),
+        false => Value::Null,
+    };
     Ok(Json(json!({
         "id": id,
         "object": "chat.completion",
@@ -380,7 +386,7 @@ pub async fn chat_completions(
         "choices": [{
             "index": 0,
             "message": { "role": "assistant", "content": text },
-            "logprobs": null,
+            "logprobs": logprobs,
             "finish_reason": done.finish_reason.as_openai(),
         }],
         "usage": usage(&done),
@@ -395,6 +401,8 @@ struct ChatFramer {
     model: String,
     include_usage: bool,
     content: Option<Slotted>,
+    /// Tokens of the next text delta (when logprobs were asked for).
+    logprobs: Vec<TokenLogprobs>,
 }
 
 impl ChatFramer {
@@ -416,11 +424,23 @@ impl ChatFramer {
 impl Framer for ChatFramer {
     fn start(&mut self) -> Vec<String> {
         vec![sse(
-            &self.chunk(json!({ "role": "assistant", "content": "" }), None)
+            // `content: null` with the role, as OpenAI's first delta has it.
+            &self.chunk(json!({ "role": "assistant", "content": null }), None),
         )]
     }
 
+    fn logprobs(&mut self, tokens: Vec<TokenLogprobs>) -> Vec<String> {
+        self.logprobs.extend(tokens);
+        Vec::new()
+    }
+
     fn text(&mut self, text: &str) -> Vec<String> {
+        if !self.logprobs.is_empty() {
+            let mut chunk = self.chunk(json!({ "content": text }), None);
+            chunk["choices"][0]["logprobs"] = logprobs::openai_chat(&self.logprobs);
+            self.logprobs.clear();
+            return vec![sse(&chunk)];
+        }
         let frame = match &self.content {
             Some(slotted) => slotted,
             None => {
@@ -432,9 +452,14 @@ impl Framer for ChatFramer {
     }
 
     fn done(&mut self, done: &Completion) -> Vec<String> {
+        // Tokens whose text was empty (a character cut short at the end) still count.
+        let mut frames = match self.logprobs.is_empty() {
+            true => Vec::new(),
+            false => self.text(""),
+        };
         let mut last = self.chunk(json!({}), Some(done.finish_reason.as_openai()));
         last["timings"] = timings(done);
-        let mut frames = vec![sse(&last)];
+        frames.push(sse(&last));
         if self.include_usage {
             frames.push(sse(&json!({
                 "id": self.id,
@@ -463,7 +488,8 @@ pub async fn completions(
     mutation: Mutation,
     JsonBody(request): JsonBody<CompletionRequest>,
 ) -> Result<Response, ApiError> {
-    let common = request.common;
+    let mut common = request.common;
+    common.model = llama_server::model_name(&state, Some(&common.model))?;
     mutation.allow_downloads(
         &state,
         &common.model,
@@ -471,8 +497,9 @@ pub async fn completions(
         Flavor::OpenAi,
     )?;
     let config = common
-        .params()?
+        .params(false)?
         .into_config(state.settings.max_tokens_cap, "max_tokens")?;
+    let wants_logprobs = config.logprobs.is_some();
     let prompt = prompt_of(request.prompt)?;
     let tokens: TokenStream = state
         .engine
@@ -487,10 +514,16 @@ pub async fn completions(
             model: common.model.clone(),
             include_usage: common.include_usage(),
             text: None,
+            logprobs: Vec::new(),
+            offset: 0,
         };
         return Ok(sse_response(streaming::body(tokens, framer)));
     }
-    let (text, done) = tokens.collect_text().await.map_err(engine_error)?;
+    let (text, tokens, done) = tokens.collect().await.map_err(engine_error)?;
+    let logprobs = match wants_logprobs {
+        true => logprobs::openai_completion(&tokens, &mut 0),
+        false => Value::Null,
+    };
     Ok(Json(json!({
         "id": id,
         "object": "text_completion",
@@ -500,7 +533,7 @@ pub async fn completions(
         "choices": [{
             "index": 0,
             "text": text,
-            "logprobs": null,
+            "logprobs": logprobs,
             "finish_reason": done.finish_reason.as_openai(),
         }],
         "usage": usage(&done),
@@ -515,6 +548,10 @@ struct TextFramer {
     model: String,
     include_usage: bool,
     text: Option<Slotted>,
+    /// Tokens of the next text chunk (when logprobs were asked for).
+    logprobs: Vec<TokenLogprobs>,
+    /// Characters of completion text already sent, for `text_offset`.
+    offset: usize,
 }
 
 impl TextFramer {
@@ -530,7 +567,19 @@ impl TextFramer {
 }
 
 impl Framer for TextFramer {
+    fn logprobs(&mut self, tokens: Vec<TokenLogprobs>) -> Vec<String> {
+        self.logprobs.extend(tokens);
+        Vec::new()
+    }
+
     fn text(&mut self, text: &str) -> Vec<String> {
+        if !self.logprobs.is_empty() {
+            let mut chunk = self.chunk(text, None);
+            chunk["choices"][0]["logprobs"] =
+                logprobs::openai_completion(&self.logprobs, &mut self.offset);
+            self.logprobs.clear();
+            return vec![sse(&chunk)];
+        }
         let frame = match &self.text {
             Some(slotted) => slotted,
             None => {
@@ -542,12 +591,17 @@ impl Framer for TextFramer {
     }
 
     fn done(&mut self, done: &Completion) -> Vec<String> {
+        let mut frames = match self.logprobs.is_empty() {
+            true => Vec::new(),
+            false => self.text(""),
+        };
         let mut last = self.chunk("", Some(done.finish_reason.as_openai()));
         if self.include_usage {
             last["usage"] = usage(done);
         }
         last["timings"] = timings(done);
-        vec![sse(&last), SSE_DONE.to_string()]
+        frames.extend([sse(&last), SSE_DONE.to_string()]);
+        frames
     }
 
     fn error(&mut self, err: &EngineError) -> Vec<String> {

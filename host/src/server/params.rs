@@ -46,6 +46,8 @@ pub struct Params {
     pub adapters: Option<Vec<String>>,
     /// llama-server's `cache_prompt`: may the backend reuse a kept prompt prefix.
     pub cache_prompt: Option<bool>,
+    /// Per-token logprobs with this many alternatives (checked by [`super::logprobs`]).
+    pub logprobs: Option<u32>,
 }
 
 impl Params {
@@ -133,6 +135,7 @@ impl Params {
             backend: self.backend,
             adapters: self.adapters,
             cache_prompt: self.cache_prompt,
+            logprobs: self.logprobs,
             ..GenerationConfig::default()
         })
     }

@@ -2,7 +2,7 @@
 //! Ollama. The body owns the [`TokenStream`]: when the client goes away, hyper drops the
 //! body, the stream is dropped and the generation is cancelled.
 
-use crate::engine::{Completion, EngineError, Event, TokenStream};
+use crate::engine::{Completion, EngineError, Event, TokenLogprobs, TokenStream};
 use axum::body::{Body, Bytes};
 use futures_util::{stream, StreamExt};
 use std::convert::Infallible;
@@ -14,6 +14,11 @@ pub trait Framer: Send + 'static {
         Vec::new()
     }
     fn text(&mut self, text: &str) -> Vec<String>;
+    /// The tokens of the text that comes next (only when the request asked for logprobs);
+    /// a framer that reports them keeps them for its next frame.
+    fn logprobs(&mut self, _tokens: Vec<TokenLogprobs>) -> Vec<String> {
+        Vec::new()
+    }
     fn done(&mut self, done: &Completion) -> Vec<String>;
     fn error(&mut self, err: &EngineError) -> Vec<String>;
 }
@@ -83,6 +88,7 @@ fn frame_event<F: Framer>(
 ) -> bool {
     let (frames, last) = match event {
         Ok(Event::Text(text)) => (framer.text(&text), false),
+        Ok(Event::Logprobs(tokens)) => (framer.logprobs(tokens), false),
         Ok(Event::Done(done)) => (framer.done(&done), true),
         Err(err) => (framer.error(&err), true),
     };
