@@ -21,6 +21,7 @@ mod runner;
 pub mod settings;
 pub mod stop;
 pub mod template;
+pub mod tools;
 
 pub use embedding::{EmbedConfig, EmbedInput, Embeddings};
 pub use error::{EngineError, ErrorClass};
@@ -32,3 +33,4 @@ pub use request::{
 };
 pub use settings::{EngineSettings, ModelEntry};
 pub use template::{ChatMessage, ChatTemplate};
+pub use tools::{ToolCall, ToolChoice, ToolSpec, Tools};
