@@ -109,3 +109,104 @@ pub fn generic_messages(messages: &[ChatMessage], tools: Option<&[ToolSpec]>) ->
     }
     out
 }
+
+/// The real templates of tool-calling model families, rendered with tools and a
+/// multi-turn conversation (a call, its result). Template texts: Qwen2.5-Instruct's
+/// tokenizer_config.json (Hermes style), and llama.cpp's models/templates copies of
+/// Llama-3.2-3B-Instruct and Mistral-Nemo-Instruct-2407.
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::{ChatTemplate, ToolCall};
+
+    const QWEN: &str = include_str!("templates/qwen2.5.jinja");
+    const LLAMA: &str = include_str!("templates/llama-3.2.jinja");
+    const MISTRAL: &str = include_str!("templates/mistral-nemo.jinja");
+
+    fn weather() -> ToolSpec {
+        ToolSpec {
+            name: "get_weather".into(),
+            description: Some("The weather in a city".into()),
+            parameters: json!({"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}),
+        }
+    }
+
+    /// user asks, assistant calls (id `abcdef123`: Mistral wants 9 characters), tool answers.
+    fn conversation() -> Vec<ChatMessage> {
+        let mut call = ChatMessage::new("assistant", "");
+        call.tool_calls = vec![ToolCall {
+            id: "abcdef123".into(),
+            name: "get_weather".into(),
+            arguments: json!({"city": "Paris"}),
+        }];
+        let mut result = ChatMessage::new("tool", "{\"sky\": \"clear\"}");
+        result.tool_call_id = Some("abcdef123".into());
+        result.name = Some("get_weather".into());
+        vec![ChatMessage::new("user", "Weather in Paris?"), call, result]
+    }
+
+    fn render(source: &str, messages: &[ChatMessage]) -> String {
+        let template = ChatTemplate::new(source, "<s>", "</s>").expect("compiles");
+        let tools = [weather()];
+        template
+            .render_with_tools(messages, Some(&tools), true)
+            .unwrap_or_else(|err| panic!("renders: {err}"))
+    }
+
+    #[test]
+    fn qwen_renders_tools_calls_and_results_in_its_own_form() {
+        let text = render(QWEN, &conversation());
+        assert!(text.contains("# Tools"), "{text}");
+        assert!(text.contains("\"name\":\"get_weather\"") && text.contains("The weather in a city"), "{text}");
+        assert!(text.contains("<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\":\"Paris\"}}\n</tool_call>"), "{text}");
+        assert!(text.contains("<|im_start|>user\n<tool_response>\n{\"sky\": \"clear\"}\n</tool_response><|im_end|>"), "{text}");
+        assert!(text.ends_with("<|im_start|>assistant\n"), "{text}");
+    }
+
+    #[test]
+    fn llama_renders_tools_calls_and_results_in_its_own_form() {
+        let text = render(LLAMA, &conversation());
+        assert!(text.starts_with("<s><|start_header_id|>system<|end_header_id|>\n\nEnvironment: ipython"), "{text}");
+        assert!(text.contains("\"get_weather\"") && text.contains("Weather in Paris?"), "{text}");
+        assert!(text.contains("{\"name\": \"get_weather\", \"parameters\": {\"city\":\"Paris\"}}<|eot_id|>"), "{text}");
+        // A string `is iterable` in Jinja too, so transformers also writes the result as a
+        // JSON string here.
+        assert!(text.contains("<|start_header_id|>ipython<|end_header_id|>\n\n\"{\\\"sky\\\": \\\"clear\\\"}\"<|eot_id|>"), "{text}");
+    }
+
+    #[test]
+    fn mistral_renders_tools_calls_and_results_in_its_own_form() {
+        let text = render(MISTRAL, &conversation());
+        assert!(text.contains("[AVAILABLE_TOOLS][{\"type\": \"function\", \"function\": {"), "{text}");
+        assert!(text.contains("\"name\": \"get_weather\""), "{text}");
+        assert!(text.contains("[TOOL_CALLS][{\"arguments\":{\"city\":\"Paris\"},\"name\":\"get_weather\", \"id\": \"abcdef123\"}]</s>")
+            || text.contains("[TOOL_CALLS][{\"name\":\"get_weather\",\"arguments\":{\"city\":\"Paris\"}, \"id\": \"abcdef123\"}]</s>"), "{text}");
+        assert!(text.contains("[TOOL_RESULTS]{\"content\": {\"sky\": \"clear\"}, \"call_id\": \"abcdef123\"}[/TOOL_RESULTS]"), "{text}");
+    }
+
+    #[test]
+    fn a_template_without_tools_gets_the_generic_hermes_form() {
+        let plain = "{% for m in messages %}[{{ m.role }}] {{ m.content }}\n{% endfor %}";
+        let text = render(plain, &conversation());
+        assert!(text.starts_with("[system] # Tools"), "{text}");
+        assert!(text.contains("<tools>\n{\"function\":{") || text.contains("<tools>\n{\"type\":\"function\""), "{text}");
+        assert!(text.contains("[assistant] <tool_call>\n{\"arguments\":{\"city\":\"Paris\"},\"name\":\"get_weather\"}\n</tool_call>")
+            || text.contains("[assistant] <tool_call>\n{\"name\":\"get_weather\",\"arguments\":{\"city\":\"Paris\"}}\n</tool_call>"), "{text}");
+        assert!(text.contains("[user] <tool_response>\n{\"sky\": \"clear\"}\n</tool_response>"), "{text}");
+        let fallback = ChatTemplate::fallback("", "");
+        let text = fallback
+            .render_with_tools(&conversation(), Some(&[weather()]), true)
+            .expect("renders");
+        assert!(text.starts_with("<|im_start|>system\n# Tools"), "{text}");
+        assert!(text.contains("<|im_start|>user\n<tool_response>"), "{text}");
+    }
+
+    #[test]
+    fn without_tools_a_tool_aware_template_renders_as_before() {
+        let messages = [ChatMessage::new("user", "Hi")];
+        let template = ChatTemplate::new(QWEN, "", "").expect("compiles");
+        let text = template.render(&messages, true).expect("renders");
+        assert!(!text.contains("# Tools"), "{text}");
+        assert!(text.contains("<|im_start|>user\nHi<|im_end|>"), "{text}");
+    }
+}
