@@ -23,6 +23,7 @@ mod pull;
 mod removal;
 mod settings;
 mod streaming;
+mod tools;
 
 pub use error::{ApiError, Flavor};
 pub use settings::ServerSettings;

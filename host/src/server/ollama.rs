@@ -9,10 +9,13 @@ use super::{
     keep_alive::{KeepAlive, KeepAliveGuard},
     params::{Params, StopField},
     streaming::{self, ndjson, Framer},
-    AppState,
+    tools, AppState,
 };
 use crate::{
-    engine::{ChatMessage, Completion, Constraint, EngineError, LoadedInfo, ModelEntry, Prompt},
+    engine::{
+        tools::{parse::Parsed, stream::CallBuffer},
+        ChatMessage, Completion, Constraint, EngineError, LoadedInfo, ModelEntry, Prompt, Tools,
+    },
     models::{ModelSource, ModelSpec},
 };
 use axum::{
@@ -75,6 +78,12 @@ pub struct InMessage {
     pub role: String,
     #[serde(default)]
     pub content: String,
+    /// An assistant message's calls (`arguments` as an object).
+    #[serde(default)]
+    pub tool_calls: Option<Vec<tools::OllamaCall>>,
+    /// A `tool` message: the function the result is from.
+    #[serde(default)]
+    pub tool_name: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -82,6 +91,9 @@ pub struct ChatRequest {
     pub model: String,
     #[serde(default)]
     pub messages: Vec<InMessage>,
+    /// Functions the model may call (OpenAI's shape); the model decides whether to.
+    #[serde(default)]
+    pub tools: Option<Value>,
     #[serde(default)]
     pub stream: Option<bool>,
     #[serde(default)]
@@ -203,6 +215,8 @@ struct OllamaFramer {
     shape: Shape,
     /// Applies the request's keep_alive when the answer is done (the body is dropped).
     _keep: Option<KeepAliveGuard>,
+    /// With tools: holds back text that may be a call (see [`CallBuffer`]).
+    calls: Option<CallBuffer>,
 }
 
 impl OllamaFramer {
@@ -214,15 +228,39 @@ impl OllamaFramer {
         }
         value
     }
+
+    /// A chat piece that carries the answer's calls, as Ollama sends them.
+    fn answer(&self, answer: &Parsed, done: bool) -> Value {
+        let mut value = self.piece(&answer.content, done);
+        if !answer.calls.is_empty() {
+            value["message"]["tool_calls"] = tools::ollama_calls(&answer.calls);
+        }
+        value
+    }
 }
 
 impl Framer for OllamaFramer {
     fn text(&mut self, text: &str) -> Vec<String> {
-        vec![ndjson(&self.piece(text, false))]
+        let text = match &mut self.calls {
+            Some(calls) => calls.push(text),
+            None => return vec![ndjson(&self.piece(text, false))],
+        };
+        if text.is_empty() {
+            return Vec::new();
+        }
+        vec![ndjson(&self.piece(&text, false))]
     }
 
     fn done(&mut self, done: &Completion) -> Vec<String> {
-        vec![ndjson(&merge(self.piece("", true), final_fields(done)))]
+        let mut frames = Vec::new();
+        if let Some(calls) = self.calls.take() {
+            let answer = calls.finish();
+            if !answer.content.is_empty() || !answer.calls.is_empty() {
+                frames.push(ndjson(&self.answer(&answer, false)));
+            }
+        }
+        frames.push(ndjson(&merge(self.piece("", true), final_fields(done))));
+        frames
     }
 
     fn error(&mut self, err: &EngineError) -> Vec<String> {
@@ -234,14 +272,15 @@ async fn run(
     state: &AppState,
     model: String,
     prompt: Prompt,
-    params: Params,
+    (params, call_tools): (Params, Option<Tools>),
     stream: bool,
     shape: Shape,
     keep: Option<KeepAliveGuard>,
 ) -> Result<Response, ApiError> {
-    let config = params
+    let mut config = params
         .into_config(state.settings.max_tokens_cap, "num_predict")
         .map_err(|e| e.flavor(Flavor::Ollama))?;
+    config.tools = call_tools.clone();
     let tokens = state
         .engine
         .generate(&model, prompt, config)
@@ -251,12 +290,14 @@ async fn run(
         model,
         shape,
         _keep: keep,
+        calls: tools::call_buffer(call_tools.as_ref()),
     };
     if stream {
         return Ok(ndjson_response(streaming::body(tokens, framer)));
     }
     let (text, done) = tokens.collect_text().await.map_err(engine_error)?;
-    Ok(Json(merge(framer.piece(&text, true), final_fields(&done))).into_response())
+    let answer = tools::parse_answer(text, call_tools.as_ref());
+    Ok(Json(merge(framer.answer(&answer, true), final_fields(&done))).into_response())
 }
 
 /// An empty prompt only loads the model (`done_reason: "load"`), as Ollama does.
@@ -277,6 +318,7 @@ async fn load_only(
         model: model.to_string(),
         shape,
         _keep: None,
+        calls: None,
     };
     let value = merge(framer.piece("", true), json!({ "done_reason": "load" }));
     Ok(Json(value).into_response())
@@ -318,6 +360,7 @@ fn unload_now(state: &AppState, model: &str, shape: Shape) -> Response {
         model: model.to_string(),
         shape,
         _keep: None,
+        calls: None,
     };
     let value = merge(framer.piece("", true), json!({ "done_reason": "unload" }));
     Json(value).into_response()
@@ -370,7 +413,7 @@ pub async fn generate(
         &state,
         request.model,
         prompt,
-        params,
+        (params, None),
         stream,
         Shape::Generate,
         keep,
@@ -406,11 +449,19 @@ pub async fn chat(
         )
         .await;
     }
+    let bad = |m: String| ApiError::bad_request(m).flavor(Flavor::Ollama);
+    let call_tools = tools::ollama_tools(request.tools.as_ref()).map_err(bad)?;
     let messages = request
         .messages
         .into_iter()
-        .map(|m| ChatMessage::new(m.role, m.content))
-        .collect();
+        .enumerate()
+        .map(|(index, m)| {
+            let mut message = ChatMessage::new(m.role, m.content);
+            tools::ollama_message_tools(&mut message, index, m.tool_calls, m.tool_name)
+                .map(|()| message)
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(bad)?;
     let mut params = params(request.options, request.backend, request.adapters);
     params.constraint = constraint;
     let stream = request.stream.unwrap_or(true);
@@ -418,7 +469,7 @@ pub async fn chat(
         &state,
         request.model,
         Prompt::Chat(messages),
-        params,
+        (params, call_tools),
         stream,
         Shape::Chat,
         keep,

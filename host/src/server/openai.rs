@@ -7,8 +7,10 @@ use super::{
     guard::Mutation,
     params::{new_id, unix_now, Params, StopField},
     streaming::{self, sse, Framer, Slotted, SLOT, SSE_DONE},
+    tools::{self, OpenAiTools},
     AppState,
 };
+use crate::engine::tools::stream::CallBuffer;
 use crate::engine::{ChatMessage, Completion, Constraint, EngineError, Prompt, TokenStream};
 use axum::{
     extract::State,
@@ -40,6 +42,13 @@ pub struct InMessage {
     pub role: String,
     #[serde(default)]
     pub content: Option<Content>,
+    /// An assistant message's calls; `tool_call_id` and `name`: a `tool` message's.
+    #[serde(default)]
+    pub tool_calls: Option<Vec<tools::OpenAiCall>>,
+    #[serde(default)]
+    pub tool_call_id: Option<String>,
+    #[serde(default)]
+    pub name: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -92,6 +101,9 @@ pub struct Common {
 #[derive(Debug, Deserialize)]
 pub struct ChatRequest {
     pub messages: Vec<InMessage>,
+    /// `tools`, `tool_choice`, `parallel_tool_calls`.
+    #[serde(flatten)]
+    pub tools: OpenAiTools,
     #[serde(flatten)]
     pub common: Common,
 }
@@ -306,7 +318,8 @@ fn messages_of(input: Vec<InMessage>) -> Result<Vec<ChatMessage>, ApiError> {
     }
     input
         .into_iter()
-        .map(|m| {
+        .enumerate()
+        .map(|(index, m)| {
             let content = match m.content {
                 None => String::new(),
                 Some(Content::Text(text)) => text,
@@ -317,7 +330,16 @@ fn messages_of(input: Vec<InMessage>) -> Result<Vec<ChatMessage>, ApiError> {
                     .collect::<Vec<_>>()
                     .join(""),
             };
-            Ok(ChatMessage::new(m.role, content))
+            let mut message = ChatMessage::new(m.role, content);
+            tools::openai_message_tools(
+                &mut message,
+                index,
+                m.tool_calls,
+                m.tool_call_id,
+                m.name,
+            )
+            .map_err(ApiError::bad_request)?;
+            Ok(message)
         })
         .collect()
 }
@@ -350,9 +372,11 @@ pub async fn chat_completions(
         common.adapters.as_deref(),
         Flavor::OpenAi,
     )?;
-    let config = common
+    let mut config = common
         .params()?
         .into_config(state.settings.max_tokens_cap, "max_tokens")?;
+    config.tools = request.tools.canonical().map_err(ApiError::bad_request)?;
+    let call_tools = config.tools.clone();
     let messages = messages_of(request.messages)?;
     let tokens = state
         .engine
@@ -367,10 +391,12 @@ pub async fn chat_completions(
             model: common.model.clone(),
             include_usage: common.include_usage(),
             content: None,
+            calls: tools::call_buffer(call_tools.as_ref()),
         };
         return Ok(sse_response(streaming::body(tokens, framer)));
     }
     let (text, done) = tokens.collect_text().await.map_err(engine_error)?;
+    let answer = tools::parse_answer(text, call_tools.as_ref());
     Ok(Json(json!({
         "id": id,
         "object": "chat.completion",
@@ -379,9 +405,9 @@ pub async fn chat_completions(
         "system_fingerprint": done.backend,
         "choices": [{
             "index": 0,
-            "message": { "role": "assistant", "content": text },
+            "message": tools::openai_message(&answer),
             "logprobs": null,
-            "finish_reason": done.finish_reason.as_openai(),
+            "finish_reason": tools::openai_finish(&answer, done.finish_reason.as_openai()),
         }],
         "usage": usage(&done),
         "timings": timings(&done),
@@ -395,6 +421,8 @@ struct ChatFramer {
     model: String,
     include_usage: bool,
     content: Option<Slotted>,
+    /// With tools: holds back text that may be a call (see [`CallBuffer`]).
+    calls: Option<CallBuffer>,
 }
 
 impl ChatFramer {
@@ -421,6 +449,17 @@ impl Framer for ChatFramer {
     }
 
     fn text(&mut self, text: &str) -> Vec<String> {
+        let released;
+        let text = match &mut self.calls {
+            Some(calls) => {
+                released = calls.push(text);
+                if released.is_empty() {
+                    return Vec::new();
+                }
+                released.as_str()
+            }
+            None => text,
+        };
         let frame = match &self.content {
             Some(slotted) => slotted,
             None => {
@@ -432,9 +471,23 @@ impl Framer for ChatFramer {
     }
 
     fn done(&mut self, done: &Completion) -> Vec<String> {
-        let mut last = self.chunk(json!({}), Some(done.finish_reason.as_openai()));
+        let mut frames = Vec::new();
+        let mut finish = done.finish_reason.as_openai();
+        if let Some(calls) = self.calls.take() {
+            let answer = calls.finish();
+            if !answer.content.is_empty() {
+                frames.extend(self.text(&answer.content));
+            }
+            finish = tools::openai_finish(&answer, finish);
+            // One delta per call with its whole arguments; clients concatenate by index.
+            for (index, call) in answer.calls.iter().enumerate() {
+                let delta = json!({ "tool_calls": [tools::openai_call(index, call)] });
+                frames.push(sse(&self.chunk(delta, None)));
+            }
+        }
+        let mut last = self.chunk(json!({}), Some(finish));
         last["timings"] = timings(done);
-        let mut frames = vec![sse(&last)];
+        frames.push(sse(&last));
         if self.include_usage {
             frames.push(sse(&json!({
                 "id": self.id,
