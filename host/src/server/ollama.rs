@@ -76,8 +76,9 @@ pub struct GenerateRequest {
 #[derive(Debug, Deserialize)]
 pub struct InMessage {
     pub role: String,
+    /// `null` in an assistant message that only calls tools.
     #[serde(default)]
-    pub content: String,
+    pub content: Option<String>,
     /// An assistant message's calls (`arguments` as an object).
     #[serde(default)]
     pub tool_calls: Option<Vec<tools::OllamaCall>>,
@@ -456,7 +457,7 @@ pub async fn chat(
         .into_iter()
         .enumerate()
         .map(|(index, m)| {
-            let mut message = ChatMessage::new(m.role, m.content);
+            let mut message = ChatMessage::new(m.role, m.content.unwrap_or_default());
             tools::ollama_message_tools(&mut message, index, m.tool_calls, m.tool_name)
                 .map(|()| message)
         })
