@@ -255,3 +255,156 @@ async fn malformed_tools_are_refused_naming_the_field() {
         assert!(body.contains(expected), "ollama: {body} lacks {expected}");
     }
 }
+
+/// The official clients against the server: on the llama.cpp fixture model (and
+/// stories260K through both backends when present) a forced call; on the scripted model
+/// parallel calls in `auto` mode. Every call's arguments are validated against the
+/// function's schema with Python's `jsonschema`; streamed calls are reassembled by the
+/// `openai` client's own stream helper.
+const CLIENT_SCRIPT: &str = r#"
+import json, os
+import openai, ollama, jsonschema
+
+base = os.environ["BASE_URL"]
+forced_models = json.loads(os.environ["FORCED_MODELS"])
+oa = openai.OpenAI(base_url=base + "/v1", api_key="unused", max_retries=0, timeout=120)
+ol = ollama.Client(host=base, timeout=120)
+weather = {"type": "object", "additionalProperties": False, "required": ["city"],
+           "properties": {"city": {"type": "string", "enum": ["Paris", "Rome", "Oslo"]},
+                          "days": {"type": "integer", "minimum": 1, "maximum": 7}}}
+clock = {"type": "object", "additionalProperties": False, "required": ["zone"],
+         "properties": {"zone": {"type": "string", "enum": ["UTC", "CET"]}}}
+schemas = {"get_weather": weather, "get_time": clock}
+tools = [{"type": "function", "function": {"name": n, "description": "The " + n[4:], "parameters": s}}
+         for n, s in schemas.items()]
+msgs = [{"role": "user", "content": "What is the weather in Paris?"}]
+
+def check(cond, what):
+    if not cond:
+        raise SystemExit("FAIL: " + what)
+
+def valid(name, arguments):
+    check(name in schemas, "known function %r" % name)
+    jsonschema.validate(arguments, schemas[name])
+    return arguments
+
+def ask(model, **kw):
+    return oa.chat.completions.create(model=model, messages=msgs, tools=tools, temperature=0, max_tokens=200, **kw)
+
+for model in forced_models:
+    r = ask(model, tool_choice="required")
+    c = r.choices[0]
+    check(c.finish_reason == "tool_calls", model + ": finish %r, message %r" % (c.finish_reason, c.message))
+    check(len(c.message.tool_calls) == 1, model + ": one forced call")
+    call = c.message.tool_calls[0]
+    check(call.id.startswith("call_") and call.type == "function", model + ": call shape")
+    valid(call.function.name, json.loads(call.function.arguments))
+    named = ask(model, tool_choice={"type": "function", "function": {"name": "get_time"}}).choices[0]
+    check(named.message.tool_calls[0].function.name == "get_time", model + ": the named function")
+    valid("get_time", json.loads(named.message.tool_calls[0].function.arguments))
+    with oa.beta.chat.completions.stream(model=model, messages=msgs, tools=tools, tool_choice="required",
+                                         temperature=0, max_tokens=200) as stream:
+        final = stream.get_final_completion()
+    streamed = final.choices[0].message.tool_calls
+    check(len(streamed) == 1 and streamed[0].function.name == call.function.name, model + ": streamed call")
+    check(json.loads(streamed[0].function.arguments) == json.loads(call.function.arguments), model + ": same streamed arguments")
+    # The call and its result go back; with tool_choice none the answer is text.
+    history = msgs + [c.message.model_dump(exclude_none=True),
+                      {"role": "tool", "tool_call_id": call.id, "content": "sunny"}]
+    after = oa.chat.completions.create(model=model, messages=history, tools=tools, tool_choice="none", temperature=0, max_tokens=5)
+    check(after.choices[0].finish_reason in ("stop", "length") and not after.choices[0].message.tool_calls, model + ": text after the result")
+
+# The scripted model writes two Hermes calls after some prose: parallel calls in auto mode.
+r = ask("caller")
+calls = r.choices[0].message.tool_calls
+check([c.function.name for c in calls] == ["get_weather", "get_time"], "parallel calls: %r" % calls)
+for c in calls:
+    valid(c.function.name, json.loads(c.function.arguments))
+with oa.beta.chat.completions.stream(model="caller", messages=msgs, tools=tools, temperature=0) as stream:
+    final = stream.get_final_completion()
+check([json.loads(c.function.arguments) for c in final.choices[0].message.tool_calls]
+      == [json.loads(c.function.arguments) for c in calls], "streamed parallel calls reassembled")
+check(final.choices[0].finish_reason == "tool_calls", "streamed finish reason")
+
+o = ol.chat(model="caller", messages=msgs, tools=tools, options={"temperature": 0})
+ocalls = o.message.tool_calls
+check([c.function.name for c in ocalls] == ["get_weather", "get_time"], "ollama calls %r" % ocalls)
+for c in ocalls:
+    valid(c.function.name, dict(c.function.arguments))
+parts = [p.message.tool_calls for p in ol.chat(model="caller", messages=msgs, tools=tools, options={"temperature": 0}, stream=True)]
+check(sum(len(p or []) for p in parts) == 2, "ollama streamed calls")
+history = msgs + [{"role": "assistant", "content": "", "tool_calls": [c.model_dump() for c in ocalls]},
+                  {"role": "tool", "content": "sunny", "tool_name": "get_weather"}]
+o2 = ol.chat(model="caller", messages=history, tools=tools, options={"temperature": 0, "num_predict": 5})
+check(o2.done, "ollama multi-turn with a tool result")
+print("ok")
+"#;
+
+fn python_clients_ready() {
+    let has = |code: &str| {
+        std::process::Command::new("python3")
+            .args(["-c", code])
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if has("import openai, ollama, jsonschema") {
+        return;
+    }
+    let out = std::process::Command::new("python3")
+        .args(["-m", "pip", "install", "--quiet", "openai", "ollama", "jsonschema"])
+        .output()
+        .expect("run pip");
+    assert!(
+        out.status.success() && has("import openai, ollama, jsonschema"),
+        "FAIL: cannot pip-install openai, ollama and jsonschema: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn official_clients_get_schema_valid_forced_and_parallel_calls() {
+    python_clients_ready();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let fixtures = llmlocal_fixtures::ensure_default().expect("fixture models");
+    let mut settings = scripted_settings(dir.path(), &[("caller", CALLER)]);
+    let mut forced = vec!["fx-llama"];
+    // The tool list in the prompt is longer than these small models' default context.
+    let entry = |path: &std::path::Path, backend: &str| llmlocal::engine::ModelEntry {
+        backend: Some(backend.into()),
+        context_length: Some(2048),
+        ..llmlocal::engine::ModelEntry::new(path.to_string_lossy())
+    };
+    settings
+        .models
+        .insert("fx-llama".into(), entry(&fixtures.gguf_f32, "llama-cpp"));
+    let shared = std::env::var_os("LLMLOCAL_SHARED_MODELS").map(std::path::PathBuf::from);
+    if let Some(stories) = shared.map(|d| d.join("stories260K")).filter(|d| d.is_dir()) {
+        let gguf = stories.join("stories260K.gguf");
+        settings.models.insert("stories-llama".into(), entry(&gguf, "llama-cpp"));
+        settings.models.insert("stories-candle".into(), entry(&stories.join("hf"), "candle"));
+        forced.extend(["stories-llama", "stories-candle"]);
+    } else {
+        eprintln!("stories260K not found (set LLMLOCAL_SHARED_MODELS): fixture model only");
+    }
+    let registry = server_support::registry(&["scripted", "llama_cpp", "candle"]);
+    let engine = llmlocal::engine::Engine::new(settings, registry, None);
+    let server = TestServer::start(engine, ServerSettings::default()).await;
+    let base = format!("http://{}", server.addr);
+    let forced = serde_json::to_string(&forced).expect("JSON");
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("python3")
+            .args(["-c", CLIENT_SCRIPT])
+            .env("BASE_URL", base)
+            .env("FORCED_MODELS", forced)
+            .output()
+            .expect("run python3")
+    })
+    .await
+    .expect("python thread");
+    assert!(
+        out.status.success(),
+        "client script failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
