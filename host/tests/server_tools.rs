@@ -106,17 +106,30 @@ async fn openai_stream_sends_prose_then_tool_call_deltas() {
     let (events, done) = parse_sse(&response.text().await.expect("body"));
     assert!(done);
     let deltas: Vec<&Value> = events.iter().map(|e| &e["choices"][0]["delta"]).collect();
-    let content: String = deltas.iter().filter_map(|d| d["content"].as_str()).collect();
-    assert_eq!(content.trim(), "Sure.", "the prose streams, the markup does not");
+    let content: String = deltas
+        .iter()
+        .filter_map(|d| d["content"].as_str())
+        .collect();
+    assert_eq!(
+        content.trim(),
+        "Sure.",
+        "the prose streams, the markup does not"
+    );
     let calls: Vec<Value> = deltas
         .iter()
         .filter_map(|d| d["tool_calls"].as_array())
         .flatten()
         .cloned()
         .collect();
-    let indexes: Vec<u64> = calls.iter().map(|c| c["index"].as_u64().expect("index")).collect();
+    let indexes: Vec<u64> = calls
+        .iter()
+        .map(|c| c["index"].as_u64().expect("index"))
+        .collect();
     assert_eq!(indexes, [0, 1]);
-    assert_eq!(call_names_and_arguments(&Value::Array(calls)), expected_calls());
+    assert_eq!(
+        call_names_and_arguments(&Value::Array(calls)),
+        expected_calls()
+    );
     let finish: Vec<&Value> = events
         .iter()
         .map(|e| &e["choices"][0]["finish_reason"])
@@ -137,7 +150,11 @@ async fn ollama_chat_answers_with_tool_calls_streamed_and_not() {
     let v: Value = serde_json::from_str(&body).expect("JSON");
     let calls = &v["message"]["tool_calls"];
     assert_eq!(calls[0]["function"]["name"], "get_weather");
-    assert_eq!(calls[0]["function"]["arguments"], json!({"city": "Paris"}), "an object");
+    assert_eq!(
+        calls[0]["function"]["arguments"],
+        json!({"city": "Paris"}),
+        "an object"
+    );
     assert_eq!(calls[1]["function"]["arguments"], json!({"zone": "CET"}));
     assert_eq!(v["message"]["content"], "Sure.");
 
@@ -187,10 +204,21 @@ async fn tools_calls_and_results_are_rendered_into_the_prompt() {
     assert_eq!(status, 200, "{body}");
     let mut call = ChatMessage::new("assistant", "");
     call.tool_calls = vec![
-        ToolCall { id: "call_a".into(), name: "get_weather".into(), arguments: json!({"city": "Paris"}) },
-        ToolCall { id: "call_b".into(), name: "get_time".into(), arguments: json!({}) },
+        ToolCall {
+            id: "call_a".into(),
+            name: "get_weather".into(),
+            arguments: json!({"city": "Paris"}),
+        },
+        ToolCall {
+            id: "call_b".into(),
+            name: "get_time".into(),
+            arguments: json!({}),
+        },
     ];
-    let mut results = [ChatMessage::new("tool", "sunny"), ChatMessage::new("tool", "noon")];
+    let mut results = [
+        ChatMessage::new("tool", "sunny"),
+        ChatMessage::new("tool", "noon"),
+    ];
     results[0].tool_call_id = Some("call_a".into());
     results[1].tool_call_id = Some("call_b".into());
     let mut history = vec![first[0].clone(), call];
@@ -209,7 +237,11 @@ async fn tools_calls_and_results_are_rendered_into_the_prompt() {
         .render_with_tools(&history, Some(&specs), true)
         .expect("renders");
     assert!(rendered.contains("<tool_response>\nsunny\n</tool_response>\n<tool_response>\nnoon"));
-    assert_eq!(prompt_tokens(&body), rendered.len() + overhead, "{rendered}");
+    assert_eq!(
+        prompt_tokens(&body),
+        rendered.len() + overhead,
+        "{rendered}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -221,18 +253,43 @@ async fn malformed_tools_are_refused_naming_the_field() {
         .map(|i| json!({"type": "function", "function": {"name": format!("f{i}")}}))
         .collect();
     let cases = [
-        (json!({"tools": one(json!({"description": "no name"}))}), "tools[0].function.name"),
-        (json!({"tools": one(json!({"name": "bad name!"}))}), "tools[0].function.name"),
-        (json!({"tools": one(json!({"name": "f", "parameters": {"type": "object", "properties": {"a": {"type": "float"}}}}))}), "tools[0].function.parameters"),
-        (json!({"tools": one(json!({"name": "f", "parameters": {"type": "array"}}))}), "tools[0].function.parameters"),
+        (
+            json!({"tools": one(json!({"description": "no name"}))}),
+            "tools[0].function.name",
+        ),
+        (
+            json!({"tools": one(json!({"name": "bad name!"}))}),
+            "tools[0].function.name",
+        ),
+        (
+            json!({"tools": one(json!({"name": "f", "parameters": {"type": "object", "properties": {"a": {"type": "float"}}}}))}),
+            "tools[0].function.parameters",
+        ),
+        (
+            json!({"tools": one(json!({"name": "f", "parameters": {"type": "array"}}))}),
+            "tools[0].function.parameters",
+        ),
         (json!({"tools": too_many}), "at most 128"),
-        (json!({"tools": tools(), "tool_choice": {"type": "function", "function": {"name": "nope"}}}), "tool_choice"),
-        (json!({"tools": tools(), "tool_choice": "always"}), "tool_choice"),
-        (json!({"tools": tools(), "response_format": {"type": "json_object"}}), "response_format"),
-        (json!({"messages": [{"role": "assistant", "content": null, "tool_calls": [{"id": "x", "type": "function", "function": {"name": "f", "arguments": "{not json"}}]}]}), "messages[0].tool_calls[0].function.arguments"),
+        (
+            json!({"tools": tools(), "tool_choice": {"type": "function", "function": {"name": "nope"}}}),
+            "tool_choice",
+        ),
+        (
+            json!({"tools": tools(), "tool_choice": "always"}),
+            "tool_choice",
+        ),
+        (
+            json!({"tools": tools(), "response_format": {"type": "json_object"}}),
+            "response_format",
+        ),
+        (
+            json!({"messages": [{"role": "assistant", "content": null, "tool_calls": [{"id": "x", "type": "function", "function": {"name": "f", "arguments": "{not json"}}]}]}),
+            "messages[0].tool_calls[0].function.arguments",
+        ),
     ];
     for (fields, expected) in cases {
-        let mut request = json!({"model": "caller", "messages": [{"role": "user", "content": "Hi"}]});
+        let mut request =
+            json!({"model": "caller", "messages": [{"role": "user", "content": "Hi"}]});
         for (key, value) in fields.as_object().expect("object") {
             request[key] = value.clone();
         }
@@ -351,7 +408,15 @@ fn python_clients_ready() {
         return;
     }
     let out = std::process::Command::new("python3")
-        .args(["-m", "pip", "install", "--quiet", "openai", "ollama", "jsonschema"])
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "openai",
+            "ollama",
+            "jsonschema",
+        ])
         .output()
         .expect("run pip");
     assert!(
@@ -380,8 +445,13 @@ async fn official_clients_get_schema_valid_forced_and_parallel_calls() {
     let shared = std::env::var_os("LLMLOCAL_SHARED_MODELS").map(std::path::PathBuf::from);
     if let Some(stories) = shared.map(|d| d.join("stories260K")).filter(|d| d.is_dir()) {
         let gguf = stories.join("stories260K.gguf");
-        settings.models.insert("stories-llama".into(), entry(&gguf, "llama-cpp"));
-        settings.models.insert("stories-candle".into(), entry(&stories.join("hf"), "candle"));
+        settings
+            .models
+            .insert("stories-llama".into(), entry(&gguf, "llama-cpp"));
+        settings.models.insert(
+            "stories-candle".into(),
+            entry(&stories.join("hf"), "candle"),
+        );
         forced.extend(["stories-llama", "stories-candle"]);
     } else {
         eprintln!("stories260K not found (set LLMLOCAL_SHARED_MODELS): fixture model only");
@@ -407,4 +477,20 @@ async fn official_clients_get_schema_valid_forced_and_parallel_calls() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tools_on_routes_without_a_chat_are_refused() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server = server(dir.path()).await;
+    let request = json!({"model": "plain", "prompt": "Hi", "tools": tools(), "stream": false});
+    for (path, field) in [("/v1/completions", "tools"), ("/api/generate", "tools")] {
+        let (status, body) = post(&server, path, request.clone()).await;
+        assert_eq!(status, 400, "{path}: {body}");
+        assert!(body.contains(field), "{path}: {body}");
+    }
+    let choice = json!({"model": "plain", "prompt": "Hi", "tool_choice": "required"});
+    let (status, body) = post(&server, "/v1/completions", choice).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("tool_choice"), "{body}");
 }

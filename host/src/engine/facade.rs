@@ -556,10 +556,10 @@ impl Engine {
                 tokio::task::spawn_blocking(move || {
                     prepare_prompt(&slot, &prompt, shown.as_deref())
                 })
-                    .await
-                    .map_err(|err| {
-                        EngineError::Internal(format!("the tokenizer thread failed: {err}"))
-                    })??
+                .await
+                .map_err(|err| {
+                    EngineError::Internal(format!("the tokenizer thread failed: {err}"))
+                })??
             }
         };
         let context = slot.metadata.context_length;
@@ -808,13 +808,13 @@ fn prepare_prompt(
                     "messages must not be empty".into(),
                 ));
             }
-            let text =
-                slot.template
-                    .render_with_tools(messages, tools, true)
-                    .map_err(|message| EngineError::Template {
-                        model: slot.name.clone(),
-                        message,
-                    })?;
+            let text = slot
+                .template
+                .render_with_tools(messages, tools, true)
+                .map_err(|message| EngineError::Template {
+                    model: slot.name.clone(),
+                    message,
+                })?;
             model.tokenize(&text, true, true)?
         }
     };

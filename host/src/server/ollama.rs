@@ -71,6 +71,9 @@ pub struct GenerateRequest {
     /// Extension: LoRA adapters for this request, `"SPEC[:scale]"` strings.
     #[serde(default)]
     pub adapters: Option<Vec<String>>,
+    /// Chat only: read to refuse it with a 400 rather than ignore it.
+    #[serde(default)]
+    pub tools: Option<Value>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -379,6 +382,13 @@ pub async fn generate(
         request.adapters.as_deref(),
         Flavor::Ollama,
     )?;
+    if request.tools.as_ref().is_some_and(|t| !t.is_null()) {
+        return Err(ApiError::bad_request(
+            "`tools` is only for /api/chat (a generate prompt has no conversation to call \
+             tools in)",
+        )
+        .flavor(Flavor::Ollama));
+    }
     let prompt_text = request.prompt.unwrap_or_default();
     let load_only_request = prompt_text.is_empty() && request.system.is_none();
     let constraint = format_constraint(request.format.as_ref())

@@ -113,6 +113,9 @@ pub struct CompletionRequest {
     /// Read by [`prompt_of`] rather than an untagged enum, whose only error is "did not
     /// match any variant".
     pub prompt: Value,
+    /// Chat only: read to refuse it with a 400 rather than ignore it.
+    #[serde(flatten)]
+    pub tools: OpenAiTools,
     #[serde(flatten)]
     pub common: Common,
 }
@@ -331,14 +334,8 @@ fn messages_of(input: Vec<InMessage>) -> Result<Vec<ChatMessage>, ApiError> {
                     .join(""),
             };
             let mut message = ChatMessage::new(m.role, content);
-            tools::openai_message_tools(
-                &mut message,
-                index,
-                m.tool_calls,
-                m.tool_call_id,
-                m.name,
-            )
-            .map_err(ApiError::bad_request)?;
+            tools::openai_message_tools(&mut message, index, m.tool_calls, m.tool_call_id, m.name)
+                .map_err(ApiError::bad_request)?;
             Ok(message)
         })
         .collect()
@@ -523,6 +520,12 @@ pub async fn completions(
         common.adapters.as_deref(),
         Flavor::OpenAi,
     )?;
+    if let Some(field) = request.tools.present() {
+        return Err(ApiError::bad_request(format!(
+            "`{field}` is only for /v1/chat/completions (a raw prompt has no chat template \
+             to show tools with)"
+        )));
+    }
     let config = common
         .params()?
         .into_config(state.settings.max_tokens_cap, "max_tokens")?;

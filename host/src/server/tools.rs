@@ -39,6 +39,20 @@ impl OpenAiTools {
     }
 }
 
+impl OpenAiTools {
+    /// The first tool field the request sets (for routes that take none).
+    pub fn present(&self) -> Option<&'static str> {
+        let set = |v: &Option<Value>| !matches!(v, None | Some(Value::Null));
+        if set(&self.tools) {
+            Some("tools")
+        } else if set(&self.tool_choice) {
+            Some("tool_choice")
+        } else {
+            self.parallel_tool_calls.map(|_| "parallel_tool_calls")
+        }
+    }
+}
+
 /// `tool_choice`: `"auto"`, `"none"`, `"required"` or
 /// `{"type": "function", "function": {"name": ...}}`.
 fn openai_choice(value: &Value) -> Result<ToolChoice, String> {
@@ -66,9 +80,14 @@ fn openai_choice(value: &Value) -> Result<ToolChoice, String> {
 /// "parameters"}}` (Ollama sends the same shape).
 pub fn specs_of(tools: &Value) -> Result<Vec<ToolSpec>, String> {
     let Value::Array(list) = tools else {
-        return Err("tools: must be a list of {\"type\": \"function\", \"function\": {...}}".into());
+        return Err(
+            "tools: must be a list of {\"type\": \"function\", \"function\": {...}}".into(),
+        );
     };
-    list.iter().enumerate().map(|(i, t)| spec_of(i, t)).collect()
+    list.iter()
+        .enumerate()
+        .map(|(i, t)| spec_of(i, t))
+        .collect()
 }
 
 fn spec_of(index: usize, tool: &Value) -> Result<ToolSpec, String> {
@@ -94,7 +113,12 @@ fn spec_of(index: usize, tool: &Value) -> Result<ToolSpec, String> {
     let description = match function.get("description") {
         None | Some(Value::Null) => None,
         Some(Value::String(text)) => Some(text.clone()),
-        Some(_) => return Err(format!("{}: must be a string", field("function.description"))),
+        Some(_) => {
+            return Err(format!(
+                "{}: must be a string",
+                field("function.description")
+            ))
+        }
     };
     let parameters = match function.get("parameters") {
         // A function without parameters takes none.
@@ -150,8 +174,9 @@ fn arguments_of(value: Option<Value>, field: &str) -> Result<Value, String> {
     let parsed = match value {
         None | Some(Value::Null) => return Ok(json!({})),
         Some(Value::String(text)) if text.trim().is_empty() => return Ok(json!({})),
-        Some(Value::String(text)) => serde_json::from_str(&text)
-            .map_err(|err| format!("{field}: not valid JSON ({err})"))?,
+        Some(Value::String(text)) => {
+            serde_json::from_str(&text).map_err(|err| format!("{field}: not valid JSON ({err})"))?
+        }
         Some(other) => other,
     };
     match parsed {
@@ -293,8 +318,14 @@ mod tests {
             (json!([{"function": {"name": "f"}}]), "tools[0].type"),
             (json!([{"type": "retrieval"}]), "tools[0].type"),
             (json!([{"type": "function"}]), "tools[0].function"),
-            (json!([{"type": "function", "function": {"description": "x"}}]), "tools[0].function.name"),
-            (json!([{"type": "function", "function": {"name": "f", "description": 3}}]), "tools[0].function.description"),
+            (
+                json!([{"type": "function", "function": {"description": "x"}}]),
+                "tools[0].function.name",
+            ),
+            (
+                json!([{"type": "function", "function": {"name": "f", "description": 3}}]),
+                "tools[0].function.description",
+            ),
         ] {
             let err = specs_of(&tools).expect_err(field);
             assert!(err.starts_with(field), "{err} does not start with {field}");
@@ -303,7 +334,10 @@ mod tests {
             tool_choice: Some(json!("sometimes")),
             ..OpenAiTools::default()
         };
-        assert!(bad_choice.canonical().expect_err("bad").starts_with("tool_choice"));
+        assert!(bad_choice
+            .canonical()
+            .expect_err("bad")
+            .starts_with("tool_choice"));
     }
 
     #[test]
@@ -323,7 +357,10 @@ mod tests {
         ]))
         .expect("parses");
         let err = openai_message_tools(&mut message, 3, Some(bad), None, None).expect_err("bad");
-        assert!(err.starts_with("messages[3].tool_calls[0].function.arguments"), "{err}");
+        assert!(
+            err.starts_with("messages[3].tool_calls[0].function.arguments"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -335,8 +372,14 @@ mod tests {
         let message = openai_message(&parsed);
         assert_eq!(message["content"], Value::Null);
         assert_eq!(message["tool_calls"][0]["type"], "function");
-        assert_eq!(message["tool_calls"][0]["function"]["arguments"], "{\"a\":1}");
+        assert_eq!(
+            message["tool_calls"][0]["function"]["arguments"],
+            "{\"a\":1}"
+        );
         assert_eq!(openai_finish(&parsed, "stop"), "tool_calls");
-        assert_eq!(ollama_calls(&parsed.calls)[0]["function"]["arguments"], json!({"a": 1}));
+        assert_eq!(
+            ollama_calls(&parsed.calls)[0]["function"]["arguments"],
+            json!({"a": 1})
+        );
     }
 }

@@ -183,9 +183,9 @@ fn check_choice(tools: &Tools) -> Result<(), String> {
         _ if tools.specs.is_empty() => {
             Err("tool_choice: a forced tool call needs `tools` to define the functions".into())
         }
-        ToolChoice::Function(name) if !tools.specs.iter().any(|s| &s.name == name) => Err(
-            format!("tool_choice: no function named `{name}` is defined in `tools`"),
-        ),
+        ToolChoice::Function(name) if !tools.specs.iter().any(|s| &s.name == name) => Err(format!(
+            "tool_choice: no function named `{name}` is defined in `tools`"
+        )),
         _ => Ok(()),
     }
 }
@@ -259,7 +259,10 @@ mod tests {
     fn good_tools_pass() {
         assert_eq!(check(&config(vec![weather()], ToolChoice::Auto)), Ok(()));
         assert_eq!(
-            check(&config(vec![weather(), spec("noop", json!({}))], ToolChoice::Required)),
+            check(&config(
+                vec![weather(), spec("noop", json!({}))],
+                ToolChoice::Required
+            )),
             Ok(())
         );
     }
@@ -267,15 +270,50 @@ mod tests {
     #[test]
     fn each_bad_tool_is_refused_naming_its_field() {
         let cases = [
-            (vec![spec("", json!({}))], ToolChoice::Auto, "tools[0].function.name"),
-            (vec![spec("a b", json!({}))], ToolChoice::Auto, "tools[0].function.name"),
-            (vec![weather(), weather()], ToolChoice::Auto, "tools[1].function.name"),
-            (vec![spec("f", json!("x"))], ToolChoice::Auto, "tools[0].function.parameters"),
-            (vec![spec("f", json!({"type": "string"}))], ToolChoice::Auto, "parameters"),
-            (vec![spec("f", json!({"type": "object", "properties": {"a": {"type": 5}}}))], ToolChoice::Auto, "not a valid JSON schema"),
-            (vec![weather()], ToolChoice::Function("nope".into()), "tool_choice"),
+            (
+                vec![spec("", json!({}))],
+                ToolChoice::Auto,
+                "tools[0].function.name",
+            ),
+            (
+                vec![spec("a b", json!({}))],
+                ToolChoice::Auto,
+                "tools[0].function.name",
+            ),
+            (
+                vec![weather(), weather()],
+                ToolChoice::Auto,
+                "tools[1].function.name",
+            ),
+            (
+                vec![spec("f", json!("x"))],
+                ToolChoice::Auto,
+                "tools[0].function.parameters",
+            ),
+            (
+                vec![spec("f", json!({"type": "string"}))],
+                ToolChoice::Auto,
+                "parameters",
+            ),
+            (
+                vec![spec(
+                    "f",
+                    json!({"type": "object", "properties": {"a": {"type": 5}}}),
+                )],
+                ToolChoice::Auto,
+                "not a valid JSON schema",
+            ),
+            (
+                vec![weather()],
+                ToolChoice::Function("nope".into()),
+                "tool_choice",
+            ),
             (vec![], ToolChoice::Required, "tool_choice"),
-            (vec![weather(); MAX_TOOLS + 1], ToolChoice::Auto, "at most 128"),
+            (
+                vec![weather(); MAX_TOOLS + 1],
+                ToolChoice::Auto,
+                "at most 128",
+            ),
         ];
         for (specs, choice, expected) in cases {
             let err = check(&config(specs, choice)).expect_err(expected);
@@ -291,7 +329,10 @@ mod tests {
         let mut with = config(vec![weather()], ToolChoice::Auto);
         with.constraint = Some(Constraint::JsonSchema("{}".into()));
         let err = check(&with).expect_err("both");
-        assert!(err.contains("tools") && err.contains("response_format"), "{err}");
+        assert!(
+            err.contains("tools") && err.contains("response_format"),
+            "{err}"
+        );
         // `tool_choice: none` shows no tools, so a constraint is fine.
         with.tools.as_mut().map(|t| t.choice = ToolChoice::None);
         assert_eq!(check(&with), Ok(()));
@@ -299,7 +340,10 @@ mod tests {
 
     #[test]
     fn a_forced_call_is_a_schema_over_the_allowed_functions() {
-        let mut named = config(vec![weather(), spec("noop", json!({}))], ToolChoice::Function("get_weather".into()));
+        let mut named = config(
+            vec![weather(), spec("noop", json!({}))],
+            ToolChoice::Function("get_weather".into()),
+        );
         force_call(&mut named);
         let Some(Constraint::JsonSchema(text)) = &named.constraint else {
             panic!("no constraint: {:?}", named.constraint);
@@ -312,7 +356,10 @@ mod tests {
         assert!(!validator.is_valid(&json!({"name": "noop", "arguments": {}})));
         assert!(!validator.is_valid(&json!({"name": "get_weather", "arguments": {}})));
 
-        let mut any = config(vec![weather(), spec("noop", json!({}))], ToolChoice::Required);
+        let mut any = config(
+            vec![weather(), spec("noop", json!({}))],
+            ToolChoice::Required,
+        );
         force_call(&mut any);
         let Some(Constraint::JsonSchema(text)) = &any.constraint else {
             panic!("no constraint");

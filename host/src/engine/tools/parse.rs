@@ -185,7 +185,10 @@ mod tests {
 
     #[test]
     fn an_unterminated_hermes_block_at_the_end_still_parses() {
-        let parsed = parse("<tool_call>{\"name\": \"get_time\", \"arguments\": {}}", &tools());
+        let parsed = parse(
+            "<tool_call>{\"name\": \"get_time\", \"arguments\": {}}",
+            &tools(),
+        );
         assert_eq!(calls(&parsed), vec![("get_time".to_string(), json!({}))]);
     }
 
@@ -197,7 +200,10 @@ mod tests {
         ] {
             let parsed = parse(text, &tools());
             assert_eq!(parsed.content, "");
-            assert_eq!(calls(&parsed), vec![("get_weather".to_string(), json!({"city": "Rome"}))]);
+            assert_eq!(
+                calls(&parsed),
+                vec![("get_weather".to_string(), json!({"city": "Rome"}))]
+            );
         }
         let two = "{\"name\": \"get_weather\", \"parameters\": {}}; {\"name\": \"get_time\", \"parameters\": {}}";
         assert_eq!(parse(two, &tools()).calls.len(), 2);
@@ -221,10 +227,14 @@ mod tests {
         let forced = "{\"name\":\"get_weather\",\"arguments\":{\"city\":\"Paris\"}}";
         assert_eq!(parse(forced, &tools()).calls.len(), 1);
         let stringly = "{\"name\": \"get_time\", \"arguments\": \"{\\\"zone\\\": \\\"UTC\\\"}\"}";
-        assert_eq!(calls(&parse(stringly, &tools())), vec![("get_time".to_string(), json!({"zone": "UTC"}))]);
+        assert_eq!(
+            calls(&parse(stringly, &tools())),
+            vec![("get_time".to_string(), json!({"zone": "UTC"}))]
+        );
         let fenced = "```json\n{\"name\": \"get_time\", \"arguments\": {}}\n```";
         assert_eq!(parse(fenced, &tools()).calls.len(), 1);
-        let nested = "[{\"type\": \"function\", \"function\": {\"name\": \"get_time\", \"arguments\": {}}}]";
+        let nested =
+            "[{\"type\": \"function\", \"function\": {\"name\": \"get_time\", \"arguments\": {}}}]";
         assert_eq!(parse(nested, &tools()).calls.len(), 1);
     }
 
@@ -246,7 +256,17 @@ mod tests {
 
     #[test]
     fn may_be_call_holds_back_only_what_could_start_a_call() {
-        for start in ["", "  ", "{\"na", "[", "<tool", "<|python", "[TOOL", "```", "ok <tool_call>"] {
+        for start in [
+            "",
+            "  ",
+            "{\"na",
+            "[",
+            "<tool",
+            "<|python",
+            "[TOOL",
+            "```",
+            "ok <tool_call>",
+        ] {
             assert!(may_be_call(start), "{start:?}");
         }
         for prose in ["Hello", "The weather", "<b>", "Sure: {"] {

@@ -94,7 +94,9 @@ pub fn generic_messages(messages: &[ChatMessage], tools: Option<&[ToolSpec]>) ->
             if !plain.content.is_empty() {
                 plain.content.push('\n');
             }
-            plain.content.push_str(&format!("<tool_call>\n{body}\n</tool_call>"));
+            plain
+                .content
+                .push_str(&format!("<tool_call>\n{body}\n</tool_call>"));
         }
         out.push(plain);
     }
@@ -157,7 +159,10 @@ mod tests {
     fn qwen_renders_tools_calls_and_results_in_its_own_form() {
         let text = render(QWEN, &conversation());
         assert!(text.contains("# Tools"), "{text}");
-        assert!(text.contains("\"name\":\"get_weather\"") && text.contains("The weather in a city"), "{text}");
+        assert!(
+            text.contains("\"name\":\"get_weather\"") && text.contains("The weather in a city"),
+            "{text}"
+        );
         assert!(text.contains("<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\":\"Paris\"}}\n</tool_call>"), "{text}");
         assert!(text.contains("<|im_start|>user\n<tool_response>\n{\"sky\": \"clear\"}\n</tool_response><|im_end|>"), "{text}");
         assert!(text.ends_with("<|im_start|>assistant\n"), "{text}");
@@ -166,9 +171,22 @@ mod tests {
     #[test]
     fn llama_renders_tools_calls_and_results_in_its_own_form() {
         let text = render(LLAMA, &conversation());
-        assert!(text.starts_with("<s><|start_header_id|>system<|end_header_id|>\n\nEnvironment: ipython"), "{text}");
-        assert!(text.contains("\"get_weather\"") && text.contains("Weather in Paris?"), "{text}");
-        assert!(text.contains("{\"name\": \"get_weather\", \"parameters\": {\"city\":\"Paris\"}}<|eot_id|>"), "{text}");
+        assert!(
+            text.starts_with(
+                "<s><|start_header_id|>system<|end_header_id|>\n\nEnvironment: ipython"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("\"get_weather\"") && text.contains("Weather in Paris?"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "{\"name\": \"get_weather\", \"parameters\": {\"city\":\"Paris\"}}<|eot_id|>"
+            ),
+            "{text}"
+        );
         // A string `is iterable` in Jinja too, so transformers also writes the result as a
         // JSON string here.
         assert!(text.contains("<|start_header_id|>ipython<|end_header_id|>\n\n\"{\\\"sky\\\": \\\"clear\\\"}\"<|eot_id|>"), "{text}");
@@ -177,7 +195,10 @@ mod tests {
     #[test]
     fn mistral_renders_tools_calls_and_results_in_its_own_form() {
         let text = render(MISTRAL, &conversation());
-        assert!(text.contains("[AVAILABLE_TOOLS][{\"type\": \"function\", \"function\": {"), "{text}");
+        assert!(
+            text.contains("[AVAILABLE_TOOLS][{\"type\": \"function\", \"function\": {"),
+            "{text}"
+        );
         assert!(text.contains("\"name\": \"get_weather\""), "{text}");
         assert!(text.contains("[TOOL_CALLS][{\"arguments\":{\"city\":\"Paris\"},\"name\":\"get_weather\", \"id\": \"abcdef123\"}]</s>")
             || text.contains("[TOOL_CALLS][{\"name\":\"get_weather\",\"arguments\":{\"city\":\"Paris\"}, \"id\": \"abcdef123\"}]</s>"), "{text}");
@@ -189,10 +210,17 @@ mod tests {
         let plain = "{% for m in messages %}[{{ m.role }}] {{ m.content }}\n{% endfor %}";
         let text = render(plain, &conversation());
         assert!(text.starts_with("[system] # Tools"), "{text}");
-        assert!(text.contains("<tools>\n{\"function\":{") || text.contains("<tools>\n{\"type\":\"function\""), "{text}");
+        assert!(
+            text.contains("<tools>\n{\"function\":{")
+                || text.contains("<tools>\n{\"type\":\"function\""),
+            "{text}"
+        );
         assert!(text.contains("[assistant] <tool_call>\n{\"arguments\":{\"city\":\"Paris\"},\"name\":\"get_weather\"}\n</tool_call>")
             || text.contains("[assistant] <tool_call>\n{\"name\":\"get_weather\",\"arguments\":{\"city\":\"Paris\"}}\n</tool_call>"), "{text}");
-        assert!(text.contains("[user] <tool_response>\n{\"sky\": \"clear\"}\n</tool_response>"), "{text}");
+        assert!(
+            text.contains("[user] <tool_response>\n{\"sky\": \"clear\"}\n</tool_response>"),
+            "{text}"
+        );
         let fallback = ChatTemplate::fallback("", "");
         let text = fallback
             .render_with_tools(&conversation(), Some(&[weather()]), true)

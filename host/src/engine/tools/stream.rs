@@ -123,7 +123,10 @@ mod tests {
     #[test]
     fn prose_then_a_hermes_call() {
         let mut b = buffer();
-        let sent = feed(&mut b, "Checking.\n<tool_call>{\"name\": \"get_time\", \"arguments\": {}}</tool_call>");
+        let sent = feed(
+            &mut b,
+            "Checking.\n<tool_call>{\"name\": \"get_time\", \"arguments\": {}}</tool_call>",
+        );
         assert_eq!(sent, "Checking.\n");
         let parsed = b.finish();
         assert_eq!(parsed.calls.len(), 1);
