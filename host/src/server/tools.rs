@@ -255,7 +255,10 @@ pub fn ollama_tools(tools: Option<&Value>) -> Result<Option<Tools>, String> {
         None | Some(Value::Null) => return Ok(None),
         Some(tools) => specs_of(tools)?,
     };
-    Ok((!specs.is_empty()).then(|| Tools {
+    if specs.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(Tools {
         specs,
         choice: ToolChoice::Auto,
         parallel: true,

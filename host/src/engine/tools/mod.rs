@@ -334,7 +334,9 @@ mod tests {
             "{err}"
         );
         // `tool_choice: none` shows no tools, so a constraint is fine.
-        with.tools.as_mut().map(|t| t.choice = ToolChoice::None);
+        if let Some(tools) = with.tools.as_mut() {
+            tools.choice = ToolChoice::None;
+        }
         assert_eq!(check(&with), Ok(()));
     }
 
