@@ -88,6 +88,7 @@ impl ChatTemplate {
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         env.add_function("raise_exception", raise_exception);
         env.add_function("strftime_now", strftime_now);
+        env.add_filter("tojson", super::tools::tojson::tojson);
         env.add_template_owned(NAME, source.to_string())
             .map_err(|err| err.to_string())?;
         Ok(ChatTemplate {

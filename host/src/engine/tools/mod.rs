@@ -15,6 +15,7 @@
 pub mod parse;
 pub mod prompt;
 pub mod stream;
+pub mod tojson;
 
 use super::request::{Constraint, GenerationConfig};
 use serde::{Deserialize, Serialize};
