@@ -80,6 +80,14 @@ async fn openai_answer_with_parallel_calls() {
         assert!(call["id"].as_str().expect("id").starts_with("call_"));
     }
 
+    // `parallel_tool_calls: false`: the first call only.
+    let mut single = ask("caller");
+    single["parallel_tool_calls"] = json!(false);
+    let (_, body) = post(&server, "/v1/chat/completions", single).await;
+    let v: Value = serde_json::from_str(&body).expect("JSON");
+    let calls = &v["choices"][0]["message"]["tool_calls"];
+    assert_eq!(call_names_and_arguments(calls), expected_calls()[..1]);
+
     // Without tools the same answer is plain text.
     let mut plain = ask("caller");
     plain["tool_choice"] = json!("none");

@@ -276,20 +276,25 @@ pub fn ollama_calls(calls: &[ToolCall]) -> Value {
 
 /// The buffer a streamed chat uses when the request has active tools.
 pub fn call_buffer(tools: Option<&Tools>) -> Option<CallBuffer> {
-    tools
-        .and_then(Tools::active)
-        .map(|specs| CallBuffer::new(specs.to_vec()))
+    let tools = tools?;
+    let specs = tools.active()?;
+    Some(CallBuffer::new(specs.to_vec(), tools.parallel))
 }
 
 /// Parses a collected answer for calls when the request has active tools.
 pub fn parse_answer(text: String, tools: Option<&Tools>) -> Parsed {
-    match tools.and_then(Tools::active) {
-        Some(specs) => crate::engine::tools::parse::parse(&text, specs),
-        None => Parsed {
+    let Some((tools, specs)) = tools.and_then(|t| Some((t, t.active()?))) else {
+        return Parsed {
             content: text,
             calls: Vec::new(),
-        },
+        };
+    };
+    let mut parsed = crate::engine::tools::parse::parse(&text, specs);
+    // `parallel_tool_calls: false`: at most one call, as OpenAI answers.
+    if !tools.parallel {
+        parsed.calls.truncate(1);
     }
+    parsed
 }
 
 #[cfg(test)]

@@ -24,14 +24,17 @@ enum Mode {
 #[derive(Debug)]
 pub struct CallBuffer {
     tools: Vec<ToolSpec>,
+    /// `parallel_tool_calls: false`: only the first call is kept.
+    parallel: bool,
     held: String,
     mode: Mode,
 }
 
 impl CallBuffer {
-    pub fn new(tools: Vec<ToolSpec>) -> Self {
+    pub fn new(tools: Vec<ToolSpec>, parallel: bool) -> Self {
         CallBuffer {
             tools,
+            parallel,
             held: String::new(),
             mode: Mode::Undecided,
         }
@@ -65,7 +68,11 @@ impl CallBuffer {
                 calls: Vec::new(),
             };
         }
-        parse::parse(&self.held, &self.tools)
+        let mut parsed = parse::parse(&self.held, &self.tools);
+        if !self.parallel {
+            parsed.calls.truncate(1);
+        }
+        parsed
     }
 }
 
@@ -83,11 +90,14 @@ mod tests {
     use serde_json::json;
 
     fn buffer() -> CallBuffer {
-        CallBuffer::new(vec![ToolSpec {
-            name: "get_time".into(),
-            description: None,
-            parameters: json!({"type": "object"}),
-        }])
+        CallBuffer::new(
+            vec![ToolSpec {
+                name: "get_time".into(),
+                description: None,
+                parameters: json!({"type": "object"}),
+            }],
+            true,
+        )
     }
 
     /// Feeds `text` a few bytes at a time (on char boundaries); returns what streamed.
@@ -131,6 +141,15 @@ mod tests {
         let parsed = b.finish();
         assert_eq!(parsed.calls.len(), 1);
         assert_eq!(parsed.content, "");
+    }
+
+    #[test]
+    fn without_parallel_calls_only_the_first_is_kept() {
+        let spec = buffer().tools;
+        let mut b = CallBuffer::new(spec, false);
+        let two = "<tool_call>{\"name\": \"get_time\"}</tool_call><tool_call>{\"name\": \"get_time\"}</tool_call>";
+        feed(&mut b, two);
+        assert_eq!(b.finish().calls.len(), 1);
     }
 
     #[test]
