@@ -15,6 +15,7 @@ use super::{
     stop::StopMatcher,
     template::{read_tokenizer_config, ChatTemplate},
     view::ModelView,
+    tools::{self, ToolSpec},
 };
 use crate::{
     adapters::{AdapterManager, AdapterSpec},
@@ -537,6 +538,16 @@ impl Engine {
         let received = Instant::now();
         validate(&config)?;
         limits::check(&prompt, &config).map_err(EngineError::InvalidRequest)?;
+        tools::check(&config).map_err(EngineError::InvalidRequest)?;
+        let mut config = config;
+        tools::force_call(&mut config);
+        // Only a chat prompt goes through the template that shows the tools.
+        let shown: Option<Vec<ToolSpec>> = config
+            .tools
+            .as_ref()
+            .and_then(|t| t.active())
+            .filter(|_| matches!(prompt, Prompt::Chat(_)))
+            .map(<[ToolSpec]>::to_vec);
         let needs = request_of(&config, Vec::new(), 0).required_capabilities();
         let Ready {
             slot,
@@ -557,14 +568,16 @@ impl Engine {
         let is_chat = matches!(prompt, Prompt::Chat(_));
         let prepared = match prompt {
             // Only a range check: no reason to hop to a blocking thread.
-            Prompt::Tokens(_) => prepare_prompt(&slot, &prompt)?,
+            Prompt::Tokens(_) => prepare_prompt(&slot, &prompt, None)?,
             _ => {
                 let slot = slot.clone();
-                tokio::task::spawn_blocking(move || prepare_prompt(&slot, &prompt))
-                    .await
-                    .map_err(|err| {
-                        EngineError::Internal(format!("the tokenizer thread failed: {err}"))
-                    })??
+                tokio::task::spawn_blocking(move || {
+                    prepare_prompt(&slot, &prompt, shown.as_deref())
+                })
+                .await
+                .map_err(|err| {
+                    EngineError::Internal(format!("the tokenizer thread failed: {err}"))
+                })??
             }
         };
         let context = slot.metadata.context_length;
@@ -622,7 +635,7 @@ impl Engine {
             .map_err(EngineError::InvalidRequest)?;
         let ready = self.ensure_loaded(name, backend, None, &[]).await?;
         let slot = ready.slot.clone();
-        let tokens = tokio::task::spawn_blocking(move || prepare_prompt(&slot, &prompt))
+        let tokens = tokio::task::spawn_blocking(move || prepare_prompt(&slot, &prompt, None))
             .await
             .map_err(|err| {
                 EngineError::Internal(format!("the tokenizer thread failed: {err}"))
@@ -846,7 +859,11 @@ fn constraint_of(constraint: &Constraint) -> plugins::Constraint {
 /// Tokenizes the prompt: raw text as given (plus the backend's BOS), chat messages through
 /// the model's chat template (special tokens in the rendered text are parsed); token ids
 /// are checked against the vocabulary and used as given.
-fn prepare_prompt(slot: &Slot, prompt: &Prompt) -> Result<Vec<u32>, EngineError> {
+fn prepare_prompt(
+    slot: &Slot,
+    prompt: &Prompt,
+    tools: Option<&[ToolSpec]>,
+) -> Result<Vec<u32>, EngineError> {
     let model = &slot.model;
     let mut tokens = match prompt {
         Prompt::Tokens(ids) => checked_ids(slot, ids)?,
@@ -857,13 +874,13 @@ fn prepare_prompt(slot: &Slot, prompt: &Prompt) -> Result<Vec<u32>, EngineError>
                     "messages must not be empty".into(),
                 ));
             }
-            let text =
-                slot.template
-                    .render(messages, true)
-                    .map_err(|message| EngineError::Template {
-                        model: slot.name.clone(),
-                        message,
-                    })?;
+            let text = slot
+                .template
+                .render_with_tools(messages, tools, true)
+                .map_err(|message| EngineError::Template {
+                    model: slot.name.clone(),
+                    message,
+                })?;
             model.tokenize(&text, true, true)?
         }
     };

@@ -25,6 +25,7 @@ pub mod settings;
 pub mod stop;
 pub mod template;
 mod view;
+pub mod tools;
 
 pub use app::SetupError;
 pub use embedding::{EmbedConfig, EmbedInput, Embeddings};
@@ -40,3 +41,4 @@ pub use request::{
 pub use settings::{EngineSettings, ModelEntry};
 pub use template::{ChatMessage, ChatTemplate};
 pub use view::ModelView;
+pub use tools::{ToolCall, ToolChoice, ToolSpec, Tools};

@@ -1,6 +1,6 @@
 //! What a generation asks for and what it streams back.
 
-use super::{error::EngineError, logprobs::TokenLogprobs, template::ChatMessage};
+use super::{error::EngineError, logprobs::TokenLogprobs, template::ChatMessage, tools::Tools};
 use crate::plugins::GenerationStats;
 use futures_util::Stream;
 use std::{
@@ -61,6 +61,8 @@ pub struct GenerationConfig {
     /// prefix (llama-server's `cache_prompt`)? `None` = yes. The output is the same either
     /// way; a backend without `prefix-cache` never reuses anything.
     pub cache_prompt: Option<bool>,
+    /// Functions the model may call in a chat (see [`super::tools`]); `None` = no tools.
+    pub tools: Option<Tools>,
 }
 
 impl GenerationConfig {

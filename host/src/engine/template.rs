@@ -11,6 +11,7 @@
 //! (`<|im_start|>role\ncontent<|im_end|>\n` ... `<|im_start|>assistant\n`), and `<|im_end|>`
 //! becomes a stop sequence, so the answer ends where ChatML would end it.
 
+use super::tools::{prompt as tool_prompt, ToolCall, ToolSpec};
 use minijinja::{Environment, ErrorKind};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -19,7 +20,17 @@ use std::path::Path;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChatMessage {
     pub role: String,
+    /// The text (empty for an assistant message that only calls tools).
     pub content: String,
+    /// An assistant message's calls (see [`crate::engine::tools`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tool_calls: Vec<ToolCall>,
+    /// A `tool` message: the id of the call it answers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_call_id: Option<String>,
+    /// A `tool` message: the function's name (some templates and APIs use it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
 }
 
 impl ChatMessage {
@@ -27,6 +38,9 @@ impl ChatMessage {
         ChatMessage {
             role: role.into(),
             content: content.into(),
+            tool_calls: Vec::new(),
+            tool_call_id: None,
+            name: None,
         }
     }
 }
@@ -74,6 +88,7 @@ impl ChatTemplate {
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         env.add_function("raise_exception", raise_exception);
         env.add_function("strftime_now", strftime_now);
+        env.add_filter("tojson", super::tools::tojson::tojson);
         env.add_template_owned(NAME, source.to_string())
             .map_err(|err| err.to_string())?;
         Ok(ChatTemplate {
@@ -109,15 +124,39 @@ impl ChatTemplate {
         messages: &[ChatMessage],
         add_generation_prompt: bool,
     ) -> Result<String, String> {
+        self.render_with_tools(messages, None, add_generation_prompt)
+    }
+
+    /// Renders the conversation with the tools the model may call: the model's own template
+    /// gets `tools` and the calls as transformers passes them when it renders tools itself;
+    /// otherwise the generic instruction and call form of [`tool_prompt`] are used.
+    pub fn render_with_tools(
+        &self,
+        messages: &[ChatMessage],
+        tools: Option<&[ToolSpec]>,
+        add_generation_prompt: bool,
+    ) -> Result<String, String> {
         let template = self.env.get_template(NAME).map_err(|err| err.to_string())?;
-        template
-            .render(minijinja::context! {
-                messages => messages,
-                add_generation_prompt => add_generation_prompt,
-                bos_token => &self.bos_token,
-                eos_token => &self.eos_token,
-            })
-            .map_err(|err| describe(&err))
+        let knows_tools = !self.is_fallback && tool_prompt::template_knows_tools(&self.source);
+        let (messages, tools) = if knows_tools {
+            let tools = tools.map(tool_prompt::template_tools);
+            (tool_prompt::template_messages(messages), tools)
+        } else {
+            let generic = tool_prompt::generic_messages(messages, tools);
+            (tool_prompt::template_messages(&generic), None)
+        };
+        let base = minijinja::context! {
+            messages => messages,
+            add_generation_prompt => add_generation_prompt,
+            bos_token => &self.bos_token,
+            eos_token => &self.eos_token,
+        };
+        // Templates test `tools is defined`: without tools the variable is left undefined.
+        let context = match tools {
+            Some(tools) => minijinja::context! { tools => tools, ..base },
+            None => base,
+        };
+        template.render(context).map_err(|err| describe(&err))
     }
 }
 

@@ -30,6 +30,7 @@ mod removal;
 mod responses;
 mod settings;
 mod streaming;
+mod tools;
 
 pub use error::{ApiError, Flavor};
 pub use settings::ServerSettings;

@@ -10,12 +10,13 @@ use super::{
     logprobs,
     params::{Params, StopField},
     streaming::{self, ndjson, Framer},
-    AppState,
+    tools, AppState,
 };
 use crate::{
     engine::{
+        tools::{parse::Parsed, stream::CallBuffer},
         ChatMessage, Completion, Constraint, EngineError, LoadedInfo, ModelEntry, Prompt,
-        TokenLogprobs,
+        TokenLogprobs, Tools,
     },
     models::{ModelSource, ModelSpec},
 };
@@ -72,6 +73,9 @@ pub struct GenerateRequest {
     /// Extension: LoRA adapters for this request, `"SPEC[:scale]"` strings.
     #[serde(default)]
     pub adapters: Option<Vec<String>>,
+    /// Chat only: read to refuse it with a 400 rather than ignore it.
+    #[serde(default)]
+    pub tools: Option<Value>,
     #[serde(flatten)]
     pub logprobs: LogprobsFields,
 }
@@ -105,8 +109,15 @@ impl LogprobsFields {
 #[derive(Debug, Deserialize)]
 pub struct InMessage {
     pub role: String,
+    /// `null` in an assistant message that only calls tools.
     #[serde(default)]
-    pub content: String,
+    pub content: Option<String>,
+    /// An assistant message's calls (`arguments` as an object).
+    #[serde(default)]
+    pub tool_calls: Option<Vec<tools::OllamaCall>>,
+    /// A `tool` message: the function the result is from.
+    #[serde(default)]
+    pub tool_name: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -114,6 +125,9 @@ pub struct ChatRequest {
     pub model: String,
     #[serde(default)]
     pub messages: Vec<InMessage>,
+    /// Functions the model may call (OpenAI's shape); the model decides whether to.
+    #[serde(default)]
+    pub tools: Option<Value>,
     #[serde(default)]
     pub stream: Option<bool>,
     #[serde(default)]
@@ -240,6 +254,8 @@ struct OllamaFramer {
     _keep: Option<KeepAliveGuard>,
     /// Tokens of the next piece (when logprobs were asked for).
     logprobs: Vec<TokenLogprobs>,
+    /// With tools: holds back text that may be a call (see [`CallBuffer`]).
+    calls: Option<CallBuffer>,
 }
 
 impl OllamaFramer {
@@ -248,6 +264,15 @@ impl OllamaFramer {
         match self.shape {
             Shape::Generate => value["response"] = json!(text),
             Shape::Chat => value["message"] = json!({ "role": "assistant", "content": text }),
+        }
+        value
+    }
+
+    /// A chat piece that carries the answer's calls, as Ollama sends them.
+    fn answer(&self, answer: &Parsed, done: bool) -> Value {
+        let mut value = self.piece(&answer.content, done);
+        if !answer.calls.is_empty() {
+            value["message"]["tool_calls"] = tools::ollama_calls(&answer.calls);
         }
         value
     }
@@ -272,12 +297,27 @@ impl Framer for OllamaFramer {
     }
 
     fn text(&mut self, text: &str) -> Vec<String> {
-        vec![ndjson(&self.piece_with_logprobs(text, false))]
+        let text = match &mut self.calls {
+            Some(calls) => calls.push(text),
+            None => return vec![ndjson(&self.piece_with_logprobs(text, false))],
+        };
+        if text.is_empty() {
+            return Vec::new();
+        }
+        vec![ndjson(&self.piece(&text, false))]
     }
 
     fn done(&mut self, done: &Completion) -> Vec<String> {
+        let mut frames = Vec::new();
+        if let Some(calls) = self.calls.take() {
+            let answer = calls.finish();
+            if !answer.content.is_empty() || !answer.calls.is_empty() {
+                frames.push(ndjson(&self.answer(&answer, false)));
+            }
+        }
         let last = self.piece_with_logprobs("", true);
-        vec![ndjson(&merge(last, final_fields(done)))]
+        frames.push(ndjson(&merge(last, final_fields(done))));
+        frames
     }
 
     fn error(&mut self, err: &EngineError) -> Vec<String> {
@@ -289,34 +329,36 @@ async fn run(
     state: &AppState,
     model: String,
     prompt: Prompt,
-    params: Params,
+    (params, call_tools): (Params, Option<Tools>),
     stream: bool,
     shape: Shape,
     keep: Option<KeepAliveGuard>,
 ) -> Result<Response, ApiError> {
-    let config = params
+    let mut config = params
         .into_config(state.settings.max_tokens_cap, "num_predict")
         .map_err(|e| e.flavor(Flavor::Ollama))?;
     let wants_logprobs = config.logprobs.is_some();
+    config.tools = call_tools.clone();
     let tokens = state
         .engine
         .generate(&model, prompt, config)
         .await
         .map_err(engine_error)?;
-    let mut framer = OllamaFramer {
+    let framer = OllamaFramer {
         model,
         shape,
         _keep: keep,
         logprobs: Vec::new(),
+        calls: tools::call_buffer(call_tools.as_ref()),
     };
     if stream {
         return Ok(ndjson_response(streaming::body(tokens, framer)));
     }
     let (text, tokens, done) = tokens.collect().await.map_err(engine_error)?;
-    let mut value = merge(framer.piece(&text, true), final_fields(&done));
+    let answer = tools::parse_answer(text, call_tools.as_ref());
+    let mut value = merge(framer.answer(&answer, true), final_fields(&done));
     if wants_logprobs {
-        framer.logprobs = tokens;
-        value["logprobs"] = logprobs::ollama(&framer.logprobs);
+        value["logprobs"] = logprobs::ollama(&tokens);
     }
     Ok(Json(value).into_response())
 }
@@ -340,6 +382,7 @@ async fn load_only(
         shape,
         _keep: None,
         logprobs: Vec::new(),
+        calls: None,
     };
     let value = merge(framer.piece("", true), json!({ "done_reason": "load" }));
     Ok(Json(value).into_response())
@@ -382,6 +425,7 @@ fn unload_now(state: &AppState, model: &str, shape: Shape) -> Response {
         shape,
         _keep: None,
         logprobs: Vec::new(),
+        calls: None,
     };
     let value = merge(framer.piece("", true), json!({ "done_reason": "unload" }));
     Json(value).into_response()
@@ -399,6 +443,13 @@ pub async fn generate(
         request.adapters.as_deref(),
         Flavor::Ollama,
     )?;
+    if request.tools.as_ref().is_some_and(|t| !t.is_null()) {
+        return Err(ApiError::bad_request(
+            "`tools` is only for /api/chat (a generate prompt has no conversation to call \
+             tools in)",
+        )
+        .flavor(Flavor::Ollama));
+    }
     let prompt_text = request.prompt.unwrap_or_default();
     let load_only_request = prompt_text.is_empty() && request.system.is_none();
     let constraint = format_constraint(request.format.as_ref())
@@ -435,7 +486,7 @@ pub async fn generate(
         &state,
         request.model,
         prompt,
-        params,
+        (params, None),
         stream,
         Shape::Generate,
         keep,
@@ -471,11 +522,19 @@ pub async fn chat(
         )
         .await;
     }
+    let bad = |m: String| ApiError::bad_request(m).flavor(Flavor::Ollama);
+    let call_tools = tools::ollama_tools(request.tools.as_ref()).map_err(bad)?;
     let messages = request
         .messages
         .into_iter()
-        .map(|m| ChatMessage::new(m.role, m.content))
-        .collect();
+        .enumerate()
+        .map(|(index, m)| {
+            let mut message = ChatMessage::new(m.role, m.content.unwrap_or_default());
+            tools::ollama_message_tools(&mut message, index, m.tool_calls, m.tool_name)
+                .map(|()| message)
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(bad)?;
     let mut params = params(request.options, request.backend, request.adapters);
     params.constraint = constraint;
     params.logprobs = request.logprobs.count()?;
@@ -484,7 +543,7 @@ pub async fn chat(
         &state,
         request.model,
         Prompt::Chat(messages),
-        params,
+        (params, call_tools),
         stream,
         Shape::Chat,
         keep,

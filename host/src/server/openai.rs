@@ -8,8 +8,10 @@ use super::{
     llama_server, logprobs,
     params::{new_id, unix_now, Params, StopField},
     streaming::{self, sse, Framer, Slotted, SLOT, SSE_DONE},
+    tools::{self, OpenAiTools},
     AppState,
 };
+use crate::engine::tools::stream::CallBuffer;
 use crate::engine::{
     ChatMessage, Completion, Constraint, EngineError, Prompt, TokenLogprobs, TokenStream,
 };
@@ -43,6 +45,13 @@ pub struct InMessage {
     pub role: String,
     #[serde(default)]
     pub content: Option<Content>,
+    /// An assistant message's calls; `tool_call_id` and `name`: a `tool` message's.
+    #[serde(default)]
+    pub tool_calls: Option<Vec<tools::OpenAiCall>>,
+    #[serde(default)]
+    pub tool_call_id: Option<String>,
+    #[serde(default)]
+    pub name: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -97,6 +106,9 @@ pub struct Common {
 #[derive(Debug, Deserialize)]
 pub struct ChatRequest {
     pub messages: Vec<InMessage>,
+    /// `tools`, `tool_choice`, `parallel_tool_calls`.
+    #[serde(flatten)]
+    pub tools: OpenAiTools,
     #[serde(flatten)]
     pub common: Common,
 }
@@ -106,6 +118,9 @@ pub struct CompletionRequest {
     /// Read by [`prompt_of`] rather than an untagged enum, whose only error is "did not
     /// match any variant".
     pub prompt: Value,
+    /// Chat only: read to refuse it with a 400 rather than ignore it.
+    #[serde(flatten)]
+    pub tools: OpenAiTools,
     #[serde(flatten)]
     pub common: Common,
 }
@@ -305,7 +320,8 @@ pub(super) fn messages_of(input: Vec<InMessage>) -> Result<Vec<ChatMessage>, Api
     }
     input
         .into_iter()
-        .map(|m| {
+        .enumerate()
+        .map(|(index, m)| {
             let content = match m.content {
                 None => String::new(),
                 Some(Content::Text(text)) => text,
@@ -316,7 +332,10 @@ pub(super) fn messages_of(input: Vec<InMessage>) -> Result<Vec<ChatMessage>, Api
                     .collect::<Vec<_>>()
                     .join(""),
             };
-            Ok(ChatMessage::new(m.role, content))
+            let mut message = ChatMessage::new(m.role, content);
+            tools::openai_message_tools(&mut message, index, m.tool_calls, m.tool_call_id, m.name)
+                .map_err(ApiError::bad_request)?;
+            Ok(message)
         })
         .collect()
 }
@@ -350,10 +369,12 @@ pub async fn chat_completions(
         common.adapters.as_deref(),
         Flavor::OpenAi,
     )?;
-    let config = common
+    let mut config = common
         .params(true)?
         .into_config(state.settings.max_tokens_cap, "max_tokens")?;
     let wants_logprobs = config.logprobs.is_some();
+    config.tools = request.tools.canonical().map_err(ApiError::bad_request)?;
+    let call_tools = config.tools.clone();
     let messages = messages_of(request.messages)?;
     let tokens = state
         .engine
@@ -369,6 +390,7 @@ pub async fn chat_completions(
             include_usage: common.include_usage(),
             content: None,
             logprobs: Vec::new(),
+            calls: tools::call_buffer(call_tools.as_ref()),
         };
         return Ok(sse_response(streaming::body(tokens, framer)));
     }
@@ -377,6 +399,7 @@ pub async fn chat_completions(
         true => logprobs::openai_chat(&tokens),
         false => Value::Null,
     };
+    let answer = tools::parse_answer(text, call_tools.as_ref());
     Ok(Json(json!({
         "id": id,
         "object": "chat.completion",
@@ -385,9 +408,9 @@ pub async fn chat_completions(
         "system_fingerprint": done.backend,
         "choices": [{
             "index": 0,
-            "message": { "role": "assistant", "content": text },
+            "message": tools::openai_message(&answer),
             "logprobs": logprobs,
-            "finish_reason": done.finish_reason.as_openai(),
+            "finish_reason": tools::openai_finish(&answer, done.finish_reason.as_openai()),
         }],
         "usage": usage(&done),
         "timings": timings(&done),
@@ -403,6 +426,8 @@ struct ChatFramer {
     content: Option<Slotted>,
     /// Tokens of the next text delta (when logprobs were asked for).
     logprobs: Vec<TokenLogprobs>,
+    /// With tools: holds back text that may be a call (see [`CallBuffer`]).
+    calls: Option<CallBuffer>,
 }
 
 impl ChatFramer {
@@ -441,6 +466,17 @@ impl Framer for ChatFramer {
             self.logprobs.clear();
             return vec![sse(&chunk)];
         }
+        let released;
+        let text = match &mut self.calls {
+            Some(calls) => {
+                released = calls.push(text);
+                if released.is_empty() {
+                    return Vec::new();
+                }
+                released.as_str()
+            }
+            None => text,
+        };
         let frame = match &self.content {
             Some(slotted) => slotted,
             None => {
@@ -457,7 +493,20 @@ impl Framer for ChatFramer {
             true => Vec::new(),
             false => self.text(""),
         };
-        let mut last = self.chunk(json!({}), Some(done.finish_reason.as_openai()));
+        let mut finish = done.finish_reason.as_openai();
+        if let Some(calls) = self.calls.take() {
+            let answer = calls.finish();
+            if !answer.content.is_empty() {
+                frames.extend(self.text(&answer.content));
+            }
+            finish = tools::openai_finish(&answer, finish);
+            // One delta per call with its whole arguments; clients concatenate by index.
+            for (index, call) in answer.calls.iter().enumerate() {
+                let delta = json!({ "tool_calls": [tools::openai_call(index, call)] });
+                frames.push(sse(&self.chunk(delta, None)));
+            }
+        }
+        let mut last = self.chunk(json!({}), Some(finish));
         last["timings"] = timings(done);
         frames.push(sse(&last));
         if self.include_usage {
@@ -496,6 +545,12 @@ pub async fn completions(
         common.adapters.as_deref(),
         Flavor::OpenAi,
     )?;
+    if let Some(field) = request.tools.present() {
+        return Err(ApiError::bad_request(format!(
+            "`{field}` is only for /v1/chat/completions (a raw prompt has no chat template \
+             to show tools with)"
+        )));
+    }
     let config = common
         .params(false)?
         .into_config(state.settings.max_tokens_cap, "max_tokens")?;
