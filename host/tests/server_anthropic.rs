@@ -368,7 +368,6 @@ async fn the_anthropic_client_on_stories260k() {
     run_client(llama_cpp_settings("stories", &gguf), "stories").await;
 }
 
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_browser_may_send_anthropics_headers_from_a_cors_origin() {
     let dir = tempfile::tempdir().expect("temp dir");

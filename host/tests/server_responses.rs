@@ -281,4 +281,3 @@ async fn the_openai_client_responses_on_stories260k() {
     let gguf = server_support::stories260k_gguf();
     run_client(llama_cpp_settings("stories", &gguf), "stories").await;
 }
-

@@ -14,8 +14,8 @@ use super::{
     settings::{EngineSettings, ModelEntry},
     stop::StopMatcher,
     template::{read_tokenizer_config, ChatTemplate},
+    tools::{self, ToolSpec, Tools},
     view::ModelView,
-    tools::{self, ToolSpec},
 };
 use crate::{
     adapters::{AdapterManager, AdapterSpec},
@@ -629,17 +629,23 @@ impl Engine {
         &self,
         name: &str,
         prompt: Prompt,
+        tools: Option<Tools>,
         backend: Option<&str>,
     ) -> Result<u32, EngineError> {
-        limits::check(&prompt, &GenerationConfig::default())
-            .map_err(EngineError::InvalidRequest)?;
+        let config = GenerationConfig {
+            tools,
+            ..GenerationConfig::default()
+        };
+        limits::check(&prompt, &config).map_err(EngineError::InvalidRequest)?;
+        tools::check(&config).map_err(EngineError::InvalidRequest)?;
         let ready = self.ensure_loaded(name, backend, None, &[]).await?;
         let slot = ready.slot.clone();
-        let tokens = tokio::task::spawn_blocking(move || prepare_prompt(&slot, &prompt, None))
-            .await
-            .map_err(|err| {
-                EngineError::Internal(format!("the tokenizer thread failed: {err}"))
-            })??;
+        let tokens = tokio::task::spawn_blocking(move || {
+            let specs = config.tools.as_ref().and_then(Tools::active);
+            prepare_prompt(&slot, &prompt, specs)
+        })
+        .await
+        .map_err(|err| EngineError::Internal(format!("the tokenizer thread failed: {err}")))??;
         drop(ready);
         Ok(tokens.len() as u32)
     }

@@ -24,8 +24,8 @@ mod runner;
 pub mod settings;
 pub mod stop;
 pub mod template;
-mod view;
 pub mod tools;
+mod view;
 
 pub use app::SetupError;
 pub use embedding::{EmbedConfig, EmbedInput, Embeddings};
@@ -40,5 +40,5 @@ pub use request::{
 };
 pub use settings::{EngineSettings, ModelEntry};
 pub use template::{ChatMessage, ChatTemplate};
-pub use view::ModelView;
 pub use tools::{ToolCall, ToolChoice, ToolSpec, Tools};
+pub use view::ModelView;

@@ -4,6 +4,7 @@
 //! path). Fields this server cannot honour are a 400 naming them; a few are documented
 //! no-ops (README, "Anthropic Messages").
 
+use super::{anthropic_tools, tools};
 use super::{
     error::{ApiError, Flavor},
     events,
@@ -13,7 +14,10 @@ use super::{
     streaming::{self, Framer, Slotted, SLOT},
     AppState,
 };
-use crate::engine::{ChatMessage, Completion, Constraint, EngineError, FinishReason, Prompt};
+use crate::engine::{
+    tools::stream::CallBuffer, ChatMessage, Completion, Constraint, EngineError, FinishReason,
+    Prompt, Tools,
+};
 use axum::{
     extract::State,
     response::{IntoResponse, Response},
@@ -92,23 +96,13 @@ struct OutputConfig {
     effort: Option<Value>,
 }
 
-/// Refuses what needs the tool model or reasoning, which this route does not have yet.
-fn refuse_unsupported(
+/// The request's tools (canonical), and a refusal of reasoning, which this server has not.
+fn tools_and_thinking(
     tools: Option<&[Value]>,
     tool_choice: Option<&Value>,
     thinking: Option<&Value>,
-) -> Result<(), ApiError> {
-    if tools.is_some_and(|t| !t.is_empty()) {
-        return Err(bad("tools: tool use on /v1/messages is not supported yet"));
-    }
-    let choice = tool_choice
-        .and_then(|c| c.get("type"))
-        .and_then(Value::as_str);
-    if tool_choice.is_some_and(|c| !c.is_null()) && !matches!(choice, Some("auto" | "none")) {
-        return Err(bad(
-            "tool_choice: tool use on /v1/messages is not supported yet",
-        ));
-    }
+) -> Result<Option<Tools>, ApiError> {
+    let tools = anthropic_tools::tools_of(tools, tool_choice).map_err(bad)?;
     let thinking_kind = thinking.and_then(|t| t.get("type")).and_then(Value::as_str);
     if thinking.is_some_and(|t| !t.is_null()) && thinking_kind != Some("disabled") {
         return Err(bad(
@@ -116,7 +110,7 @@ fn refuse_unsupported(
              send {\"type\": \"disabled\"}",
         ));
     }
-    Ok(())
+    Ok(tools)
 }
 
 /// `output_config.format` as a constraint; `effort` is refused (no reasoning here).
@@ -146,7 +140,9 @@ fn constraint_of(config: Option<&OutputConfig>) -> Result<Option<Constraint>, Ap
     }
 }
 
-/// The chat prompt: the system prompt first, then the turns, text blocks only.
+/// The chat prompt: the system prompt first, then the turns: text blocks, an assistant's
+/// `tool_use` blocks as its calls, a user's `tool_result` blocks as `tool` messages (before
+/// the user's own text).
 fn prompt_of(system: Option<System>, messages: Vec<InMessage>) -> Result<Prompt, ApiError> {
     if messages.is_empty() {
         return Err(bad("messages: at least one message is required"));
@@ -172,10 +168,48 @@ fn prompt_of(system: Option<System>, messages: Vec<InMessage>) -> Result<Prompt,
                  end with a user message",
             ));
         }
-        let text = text_of(message.content, &format!("messages[{i}].content"))?;
-        chat.push(ChatMessage::new(message.role, text));
+        chat.extend(turn_of(message, &format!("messages[{i}].content"))?);
     }
     Ok(Prompt::Chat(chat))
+}
+
+/// One turn as chat messages (several when a user turn carries tool results).
+fn turn_of(message: InMessage, where_: &str) -> Result<Vec<ChatMessage>, ApiError> {
+    let blocks = match message.content {
+        Content::Text(text) => return Ok(vec![ChatMessage::new(message.role, text)]),
+        Content::Blocks(blocks) => blocks,
+    };
+    let assistant = message.role == "assistant";
+    let (mut text, mut calls, mut results) = (String::new(), Vec::new(), Vec::new());
+    for (j, block) in blocks.iter().enumerate() {
+        let at = format!("{where_}[{j}]");
+        match block.get("type").and_then(Value::as_str) {
+            Some("tool_use") if assistant => {
+                calls.push(anthropic_tools::call_of(block, &at).map_err(bad)?)
+            }
+            Some("tool_result") if !assistant => {
+                results.push(anthropic_tools::result_of(block, &at).map_err(bad)?)
+            }
+            Some(kind @ ("tool_use" | "tool_result")) => {
+                return Err(bad(format!(
+                    "{at}: a {kind} block belongs in {} turn",
+                    if kind == "tool_use" {
+                        "an assistant"
+                    } else {
+                        "a user"
+                    }
+                )))
+            }
+            _ => text.push_str(block_text(block, &at)?),
+        }
+    }
+    let mut turn = results;
+    if !text.is_empty() || !calls.is_empty() || turn.is_empty() {
+        let mut own = ChatMessage::new(message.role, text);
+        own.tool_calls = calls;
+        turn.push(own);
+    }
+    Ok(turn)
 }
 
 /// The text of a content: a string, or text blocks joined (`where_` names it in errors).
@@ -203,9 +237,9 @@ fn block_text<'a>(block: &'a Value, where_: &str) -> Result<&'a str, ApiError> {
                 "{where_}: {kind} content blocks are not supported by this server (text only)"
             )))
         }
-        "tool_use" | "tool_result" | "server_tool_use" => {
+        "server_tool_use" => {
             return Err(bad(format!(
-                "{where_}: {kind} blocks: tool use on /v1/messages is not supported yet"
+                "{where_}: server_tool_use blocks: server tools run at Anthropic, not here"
             )))
         }
         "" => return Err(bad(format!("{where_}: a content block needs a `type`"))),
@@ -258,7 +292,14 @@ impl MessagesRequest {
 
 /// Anthropic's `stop_reason`: `stop_sequence` only for one of the request's own stops (a
 /// chat template's end marker is the model ending its turn).
-fn stop_reason(done: &Completion, stops: &[String]) -> (&'static str, Option<String>) {
+fn stop_reason(
+    done: &Completion,
+    stops: &[String],
+    called: bool,
+) -> (&'static str, Option<String>) {
+    if called {
+        return ("tool_use", None);
+    }
     match done.finish_reason {
         FinishReason::Length => ("max_tokens", None),
         FinishReason::ContextFull => ("model_context_window_exceeded", None),
@@ -285,16 +326,17 @@ pub async fn messages(
     mutation: Mutation,
     JsonBody(request): JsonBody<MessagesRequest>,
 ) -> Result<Response, ApiError> {
-    refuse_unsupported(
+    let tools = tools_and_thinking(
         request.tools.as_deref(),
         request.tool_choice.as_ref(),
         request.thinking.as_ref(),
     )?;
     mutation.allow_downloads(&state, &request.model, None, Flavor::Anthropic)?;
-    let config = request
+    let mut config = request
         .params()?
         .into_config(state.settings.max_tokens_cap, "max_tokens")
         .map_err(|e| e.flavor(Flavor::Anthropic))?;
+    config.tools = tools.clone();
     let stops = config.stop.clone();
     let prompt = prompt_of(request.system, request.messages)?;
     let tokens = state
@@ -310,16 +352,18 @@ pub async fn messages(
             stops,
             input_tokens: tokens.prompt_tokens,
             delta: None,
+            calls: tools::call_buffer(tools.as_ref()),
         };
         return Ok(events::response(streaming::body(tokens, framer)));
     }
     let (text, done) = tokens.collect_text().await.map_err(engine_error)?;
-    let (reason, sequence) = stop_reason(&done, &stops);
+    let answer = tools::parse_answer(text, tools.as_ref());
+    let (reason, sequence) = stop_reason(&done, &stops, !answer.calls.is_empty());
     Ok(Json(json!({
         "id": id,
         "type": "message",
         "role": "assistant",
-        "content": [{ "type": "text", "text": text }],
+        "content": anthropic_tools::content_of(&answer),
         "model": request.model,
         "stop_reason": reason,
         "stop_sequence": sequence,
@@ -329,13 +373,16 @@ pub async fn messages(
 }
 
 /// Anthropic's stream: `message_start`, one text block (`content_block_start`, `ping`,
-/// `content_block_delta`s, `content_block_stop`), `message_delta`, `message_stop`.
+/// `content_block_delta`s, `content_block_stop`), then with tools one `tool_use` block per
+/// call (its input as one `input_json_delta`), `message_delta`, `message_stop`.
 struct MessageFramer {
     id: String,
     model: String,
     stops: Vec<String>,
     input_tokens: u32,
     delta: Option<Slotted>,
+    /// With tools: holds back text that may be a call (see [`CallBuffer`]).
+    calls: Option<CallBuffer>,
 }
 
 impl Framer for MessageFramer {
@@ -369,6 +416,17 @@ impl Framer for MessageFramer {
     }
 
     fn text(&mut self, text: &str) -> Vec<String> {
+        let released;
+        let text = match &mut self.calls {
+            Some(calls) => {
+                released = calls.push(text);
+                if released.is_empty() {
+                    return Vec::new();
+                }
+                released.as_str()
+            }
+            None => text,
+        };
         let frame = self.delta.get_or_insert_with(|| {
             Slotted::new(&events::named(
                 "content_block_delta",
@@ -383,12 +441,24 @@ impl Framer for MessageFramer {
     }
 
     fn done(&mut self, done: &Completion) -> Vec<String> {
-        let (reason, sequence) = stop_reason(done, &self.stops);
-        vec![
-            events::named(
-                "content_block_stop",
-                &json!({ "type": "content_block_stop", "index": 0 }),
-            ),
+        let mut frames = Vec::new();
+        let mut calls = Vec::new();
+        if let Some(buffer) = self.calls.take() {
+            let answer = buffer.finish();
+            if !answer.content.is_empty() {
+                frames.extend(self.text(&answer.content));
+            }
+            calls = answer.calls;
+        }
+        frames.push(events::named(
+            "content_block_stop",
+            &json!({ "type": "content_block_stop", "index": 0 }),
+        ));
+        for (i, call) in calls.iter().enumerate() {
+            frames.extend(tool_use_events(i + 1, call));
+        }
+        let (reason, sequence) = stop_reason(done, &self.stops, !calls.is_empty());
+        frames.extend([
             events::named(
                 "message_delta",
                 &json!({
@@ -398,7 +468,8 @@ impl Framer for MessageFramer {
                 }),
             ),
             events::named("message_stop", &json!({ "type": "message_stop" })),
-        ]
+        ]);
+        frames
     }
 
     fn error(&mut self, err: &EngineError) -> Vec<String> {
@@ -409,6 +480,31 @@ impl Framer for MessageFramer {
     }
 }
 
+/// One call as a streamed `tool_use` block at `index`: its start with an empty input, the
+/// whole input as one `input_json_delta`, its stop (clients concatenate the partial JSON).
+fn tool_use_events(index: usize, call: &crate::engine::ToolCall) -> Vec<String> {
+    let mut start = anthropic_tools::tool_use(call);
+    start["input"] = json!({});
+    vec![
+        events::named(
+            "content_block_start",
+            &json!({ "type": "content_block_start", "index": index, "content_block": start }),
+        ),
+        events::named(
+            "content_block_delta",
+            &json!({
+                "type": "content_block_delta",
+                "index": index,
+                "delta": { "type": "input_json_delta", "partial_json": call.arguments.to_string() },
+            }),
+        ),
+        events::named(
+            "content_block_stop",
+            &json!({ "type": "content_block_stop", "index": index }),
+        ),
+    ]
+}
+
 /// `POST /v1/messages/count_tokens`: the prompt's tokens through the model's own tokenizer
 /// and chat template, as a generation would see them.
 pub async fn count_tokens(
@@ -416,7 +512,7 @@ pub async fn count_tokens(
     mutation: Mutation,
     JsonBody(request): JsonBody<CountRequest>,
 ) -> Result<Response, ApiError> {
-    refuse_unsupported(
+    let tools = tools_and_thinking(
         request.tools.as_deref(),
         request.tool_choice.as_ref(),
         request.thinking.as_ref(),
@@ -426,7 +522,7 @@ pub async fn count_tokens(
     let prompt = prompt_of(request.system, request.messages)?;
     let count = state
         .engine
-        .count_tokens(&request.model, prompt, None)
+        .count_tokens(&request.model, prompt, tools, None)
         .await
         .map_err(engine_error)?;
     Ok(Json(json!({ "input_tokens": count })).into_response())
@@ -455,7 +551,7 @@ mod tests {
     #[test]
     fn stop_reasons_follow_anthropic() {
         let stops = vec!["END".to_string()];
-        let reason = |r, s| stop_reason(&done(r, s), &stops);
+        let reason = |r, s| stop_reason(&done(r, s), &stops, false);
         assert_eq!(reason(FinishReason::Length, None), ("max_tokens", None));
         assert_eq!(reason(FinishReason::Stop, None), ("end_turn", None));
         // A template's end marker is the end of the turn, not the caller's stop sequence.

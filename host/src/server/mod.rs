@@ -11,6 +11,7 @@
 
 pub mod access;
 mod anthropic;
+mod anthropic_tools;
 mod chat_page;
 mod cors;
 mod embeddings;
