@@ -54,12 +54,17 @@ pub fn load_as(
     let content = Content::read(&mut file)
         .format_err(|| format!("{} is not a readable GGUF file", path.display()))?;
     let arch = meta::string(&content.metadata, "general.architecture").unwrap_or("");
+    if crate::gguf_arch::ARCHITECTURES.contains(&arch) {
+        return crate::gguf_arch::load(content, &mut file, path, device, context);
+    }
     if arch != "llama" {
         return Err(PluginError::unsupported_architecture(format!(
-            "GGUF architecture `{arch}` is not supported by the candle backend (it runs GGUF llama)"
+            "GGUF architecture `{arch}` is not supported by the candle backend (it runs GGUF \
+             llama, qwen3 and phi3)"
         )));
     }
     let dims = check_dims(&content.metadata)?;
+    crate::gguf_arch::check_llama_rope_freqs(&content, &mut file)?;
     let vocab_size = check_tensors(&content, &dims)?;
     let vocab = load_vocab(path, &content.metadata)?;
     let train_context =
@@ -175,7 +180,7 @@ fn exact_layout(content: &Content, dims: &Dims, layout: Layout, path: &Path) -> 
     }
 }
 
-fn file_stem(path: &Path) -> String {
+pub(crate) fn file_stem(path: &Path) -> String {
     path.file_stem()
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_default()
@@ -296,7 +301,7 @@ fn shape_error(name: &str, got: &[usize], want: &str) -> PluginError {
 }
 
 /// (parameters, bytes) over all tensors in the file.
-fn sizes(content: &Content) -> (u64, u64) {
+pub(crate) fn sizes(content: &Content) -> (u64, u64) {
     content.tensor_infos.values().fold((0, 0), |(p, b), info| {
         let n = info.shape.elem_count();
         let bytes = n / info.ggml_dtype.block_size() * info.ggml_dtype.type_size();
@@ -305,7 +310,7 @@ fn sizes(content: &Content) -> (u64, u64) {
 }
 
 /// tokenizer.json beside the GGUF if there is one, else the GGUF's own vocabulary.
-fn load_vocab(path: &Path, md: &Metadata) -> Result<Vocab> {
+pub(crate) fn load_vocab(path: &Path, md: &Metadata) -> Result<Vocab> {
     let gguf_vocab = GgufVocab::from_metadata(md);
     let beside = path
         .parent()

@@ -1,0 +1,94 @@
+//! The fixture architecture families (`llmlocal_fixtures::family`) in the candle backend:
+//! each family it runs gives the designed greedy output from its HF folder and GGUF files, and
+//! what it cannot compute exactly is refused with `UnsupportedArchitecture`.
+
+mod common;
+
+use common::*;
+use llmlocal_fixtures::{ensure_families, Family, FamilyPaths, GgufFormat};
+use llmlocal_plugin_api::ErrorKind;
+use std::collections::HashMap;
+use std::path::Path;
+
+fn families() -> HashMap<Family, FamilyPaths> {
+    ensure_families(&llmlocal_fixtures::default_dir()).expect("family fixtures are written")
+}
+
+/// Greedy decoding from a prompt ending in `!` gives the family's designed continuation.
+fn assert_designed_greedy(family: Family, path: &Path) {
+    let model = load(path);
+    let prompt: Vec<u32> = b"Hi!".iter().map(|b| u32::from(*b)).collect();
+    let mut expected = family.expected_greedy(&prompt, 40);
+    expected.retain(|&t| t != llmlocal_fixtures::spec::EOS_ID);
+    let (ids, _, _) = greedy(model.as_ref(), &prompt, 40);
+    assert_eq!(ids, expected, "{family:?} from {}", path.display());
+    assert_eq!(
+        model.metadata().chat_template.as_ref().map(|t| t.as_str()),
+        abi_stable::std_types::ROption::RSome(family.chat_template()),
+        "{family:?}: the family's chat template reaches the metadata"
+    );
+}
+
+#[test]
+fn qwen3_and_phi3_run_from_hf_folders_and_gguf() {
+    let paths = families();
+    for family in [Family::Qwen3, Family::Phi3] {
+        let p = &paths[&family];
+        assert_designed_greedy(family, &p.hf_f32);
+        assert_designed_greedy(family, &p.hf_f16);
+        for format in GgufFormat::ALL {
+            assert_designed_greedy(family, &p.gguf(format));
+        }
+        assert_eq!(
+            load(&p.hf_f32).metadata().architecture.as_str(),
+            family.name()
+        );
+    }
+}
+
+#[test]
+fn llama_family_variants_run_from_hf_folders() {
+    let paths = families();
+    for family in [Family::Llama3, Family::Mistral, Family::SmolLm] {
+        assert_designed_greedy(family, &paths[&family].hf_f32);
+    }
+    for family in [Family::Mistral, Family::SmolLm] {
+        assert_designed_greedy(family, &paths[&family].gguf(GgufFormat::Q8_0));
+    }
+}
+
+#[test]
+fn a_llama3_gguf_with_rope_factors_is_refused_not_misread() {
+    // quantized_llama ignores `rope_freqs.weight`: running it would give other logits than
+    // the model's (llama.cpp applies the factors).
+    let p = &families()[&Family::Llama3];
+    for format in GgufFormat::ALL {
+        let err = load_paths(&[&p.gguf(format)])
+            .err()
+            .unwrap_or_else(|| panic!("llama3 {format:?} GGUF must be refused"));
+        assert_eq!(err.kind, ErrorKind::UnsupportedArchitecture, "{err}");
+        assert!(err.message.contains("rope_freqs"), "{err}");
+    }
+}
+
+#[test]
+fn phi3_contexts_beyond_its_sliding_window_are_refused() {
+    let p = &families()[&Family::Phi3];
+    let dir = tempfile::tempdir().unwrap();
+    copy_dir(&p.hf_f32, dir.path());
+    edit_config(dir.path(), |c| {
+        c.insert("sliding_window".into(), serde_json::json!(64));
+    });
+    let mut request = llmlocal_plugin_api::LoadRequest::new(dir.path().to_string_lossy());
+    request.device = "cpu".into();
+    request.context_length = 128;
+    let err = llmlocal_plugin_api::Backend::load(
+        &llmlocal_backend_candle::backend::CandleBackend::new().unwrap(),
+        request,
+    )
+    .err()
+    .expect("a context past the window is refused");
+    assert_eq!(err.kind, ErrorKind::UnsupportedArchitecture, "{err}");
+    // Without an asked context the load stays within the window.
+    assert_eq!(load(dir.path()).metadata().context_length, 64);
+}
