@@ -105,6 +105,13 @@ pub fn dense_f32(
     let mut file = std::fs::File::open(path).map_err(|e| io_error(path, &e))?;
     let content = Content::read(&mut file)
         .format_err(|| format!("{} is not a readable GGUF file", path.display()))?;
+    let arch = meta::string(&content.metadata, "general.architecture").unwrap_or("");
+    if arch != "llama" {
+        return Err(PluginError::unsupported(format!(
+            "the candle backend computes embeddings for llama models only, not {arch}; use \
+             the llama-cpp backend"
+        )));
+    }
     let dims = check_dims(&content.metadata)?;
     if let Some(reason) = gguf_dense::structural_obstacle(&content, &dims) {
         return Err(PluginError::unsupported(format!(

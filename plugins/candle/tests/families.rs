@@ -92,3 +92,14 @@ fn phi3_contexts_beyond_its_sliding_window_are_refused() {
     // Without an asked context the load stays within the window.
     assert_eq!(load(dir.path()).metadata().context_length, 64);
 }
+
+#[test]
+fn embeddings_of_a_qwen3_gguf_are_refused_as_unsupported() {
+    // The dense llama that computes embeddings cannot hold qwen3; the refusal must say so
+    // (`Unsupported`), not call the file malformed.
+    let p = &families()[&Family::Qwen3];
+    let model = load(&p.gguf(GgufFormat::Q8_0));
+    let request = llmlocal_plugin_api::EmbedRequest::new(vec![vec![72, 105]]);
+    let err = model.embed(request).expect_err("qwen3 embeddings are refused");
+    assert_eq!(err.kind, ErrorKind::Unsupported, "{err}");
+}
