@@ -100,6 +100,8 @@ fn embeddings_of_a_qwen3_gguf_are_refused_as_unsupported() {
     let p = &families()[&Family::Qwen3];
     let model = load(&p.gguf(GgufFormat::Q8_0));
     let request = llmlocal_plugin_api::EmbedRequest::new(vec![vec![72, 105]]);
-    let err = model.embed(request).expect_err("qwen3 embeddings are refused");
+    let err = model
+        .embed(request)
+        .expect_err("qwen3 embeddings are refused");
     assert_eq!(err.kind, ErrorKind::Unsupported, "{err}");
 }
