@@ -64,7 +64,7 @@ pub fn load_as(
         )));
     }
     let dims = check_dims(&content.metadata)?;
-    crate::gguf_arch::check_llama_rope_freqs(&content, &mut file)?;
+    let scaled_rope = crate::gguf_arch::has_rope_factors(&content, &mut file)?;
     let vocab_size = check_tensors(&content, &dims)?;
     let vocab = load_vocab(path, &content.metadata)?;
     let train_context =
@@ -72,7 +72,10 @@ pub fn load_as(
     let layout = layout.unwrap_or_else(|| {
         gguf_dense::choose(gguf_dense::matrix_dtype(&content), &device.location())
     });
-    let layout = exact_layout(&content, &dims, layout, path);
+    let layout = match scaled_rope {
+        true => rope_factor_layout(&content, &dims, layout)?,
+        false => exact_layout(&content, &dims, layout, path),
+    };
     let context = context_length(layout, train_context, context);
     let (params, file_bytes) = sizes(&content);
     let name = meta::string(&content.metadata, "general.name")
@@ -155,6 +158,18 @@ fn build(
             })?;
             Ok((Net::Gguf(model), None))
         }
+        Layout::Dense(_) if gguf_dense::dequantize_needed(&content) => {
+            // Only files with rope factors come here (see `rope_factor_layout`): their
+            // block-quantized tensors are widened to F32, 4 bytes per weight.
+            tracing::info!(
+                "candle: {} has llama3 rope factors: running it dense in F32 (dequantized)",
+                path.display()
+            );
+            let dense = no_panic("reading the GGUF tensors", || {
+                gguf_dense::load_dequantized(&content, file, device, dims, context)
+            })?;
+            Ok((Net::Dense(dense), None))
+        }
         Layout::Dense(dtype) => {
             let dense = no_panic("reading the GGUF tensors", || {
                 gguf_dense::load(&content, file, device, dtype, dims, context)
@@ -167,6 +182,22 @@ fn build(
             Ok((dense.net, Some(dense.weight_bytes)))
         }
     }
+}
+
+/// The layout of a file with llama3 rope factors (`rope_freqs.weight`): only the dense llama
+/// applies them (quantized_llama ignores them), in F32 where the file's matrices are
+/// block-quantized or on the CPU. Refused when the dense llama cannot hold the file.
+fn rope_factor_layout(content: &Content, dims: &Dims, layout: Layout) -> Result<Layout> {
+    if let Some(reason) = gguf_dense::structural_obstacle(content, dims) {
+        return Err(PluginError::unsupported_architecture(format!(
+            "GGUF llama with llama3 rope scaling (`rope_freqs.weight`) and {reason} is not \
+             supported by the candle backend; use the llama-cpp backend"
+        )));
+    }
+    Ok(match layout {
+        Layout::Dense(dtype) if !gguf_dense::dequantize_needed(content) => Layout::Dense(dtype),
+        _ => Layout::Dense(candle_core::DType::F32),
+    })
 }
 
 /// `layout`, or the quantized one (with a debug line saying why) when the dense path cannot

@@ -274,22 +274,16 @@ pub fn load(
     Ok(Loaded { net, vocab, info })
 }
 
-/// Refuses a llama GGUF whose rope candle's llama paths cannot compute: llama3-style
-/// `rope_freqs.weight` factors other than 1 (quantized_llama and the dense llama ignore them).
-pub fn check_llama_rope_freqs(content: &Content, file: &mut std::fs::File) -> Result<()> {
+/// Whether a llama GGUF has llama3-style `rope_freqs.weight` factors other than 1 (which
+/// quantized_llama would ignore, so only the dense llama may run the file).
+pub fn has_rope_factors(content: &Content, file: &mut std::fs::File) -> Result<bool> {
     if !content.tensor_infos.contains_key("rope_freqs.weight") {
-        return Ok(());
+        return Ok(false);
     }
     let factors = content
         .tensor(file, "rope_freqs.weight", &Device::Cpu)
         .and_then(|t| t.dequantize(&Device::Cpu))
         .and_then(|t| t.flatten_all()?.to_vec1::<f32>())
         .format_err(|| "cannot read `rope_freqs.weight`".to_string())?;
-    if factors.iter().all(|&f| f == 1.0) {
-        return Ok(());
-    }
-    Err(unsupported(
-        "llama",
-        "llama3 rope scaling (`rope_freqs.weight`)".to_string(),
-    ))
+    Ok(factors.iter().any(|&f| f != 1.0))
 }

@@ -11,9 +11,10 @@
 //! stored, q/k moved back from llama.cpp's interleaved RoPE layout, run by our own
 //! [`dense_llama`] (half the bytes of the F32 path, half-precision GEMMs, few kernel
 //! launches per token; on CUDA a generated token uses the fused kernels of
-//! `kernels/decode.cu`). Files that path cannot hold exactly (extra tensors, mixed-dtype
-//! matrices) stay on `quantized_llama`; rope scaling (`rope_freqs` factors) neither path
-//! computes, so such files are refused (`UnsupportedArchitecture`).
+//! `kernels/decode.cu`). Files that path cannot hold exactly (rope scaling keys, extra
+//! tensors, mixed-dtype matrices) stay on `quantized_llama`, except files with llama3
+//! `rope_freqs` factors, which `quantized_llama` would ignore: they always run dense (F32 on
+//! the CPU or when block-quantized), or are refused (`UnsupportedArchitecture`).
 //!
 //! # Threads and concurrency
 //!

@@ -58,17 +58,23 @@ fn llama_family_variants_run_from_hf_folders() {
 }
 
 #[test]
-fn a_llama3_gguf_with_rope_factors_is_refused_not_misread() {
-    // quantized_llama ignores `rope_freqs.weight`: running it would give other logits than
-    // the model's (llama.cpp applies the factors).
+fn a_llama3_gguf_applies_its_rope_factors() {
+    // quantized_llama ignores `rope_freqs.weight`: such files must run on the dense llama,
+    // which applies the factors, and match the HF folder (candle's llama3 rope scaling).
     let p = &families()[&Family::Llama3];
     for format in GgufFormat::ALL {
-        let err = load_paths(&[&p.gguf(format)])
-            .err()
-            .unwrap_or_else(|| panic!("llama3 {format:?} GGUF must be refused"));
-        assert_eq!(err.kind, ErrorKind::UnsupportedArchitecture, "{err}");
-        assert!(err.message.contains("rope_freqs"), "{err}");
+        assert_designed_greedy(Family::Llama3, &p.gguf(format));
     }
+    let prompt: Vec<u32> = b"0123456789abcdefghijklmnopqrstuvwxyz ABCDEFGHIJ!"
+        .iter()
+        .map(|b| u32::from(*b))
+        .collect();
+    let hf = load(&p.hf_f32).logits(&prompt).expect("HF logits");
+    let gguf = load(&p.gguf(GgufFormat::F32))
+        .logits(&prompt)
+        .expect("GGUF logits");
+    let diff = max_diff(&hf, &gguf);
+    assert!(diff < 1e-3, "llama3 GGUF vs HF logits differ by {diff}");
 }
 
 #[test]
