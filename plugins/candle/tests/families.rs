@@ -111,3 +111,36 @@ fn embeddings_of_a_qwen3_gguf_are_refused_as_unsupported() {
         .expect_err("qwen3 embeddings are refused");
     assert_eq!(err.kind, ErrorKind::Unsupported, "{err}");
 }
+
+#[test]
+fn phi3_gguf_features_quantized_phi3_would_ignore_are_refused() {
+    // quantized_phi3 hard-codes rope base 10000 and reads no rope factors: files that need
+    // either must be refused, not run with other numbers.
+    use candle_core::quantized::{gguf_file::Value, GgmlDType, QTensor};
+    let p = &families()[&Family::Phi3];
+    let src = p.gguf(GgufFormat::F32);
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().join("base.gguf");
+    rewrite_gguf(&src, &base, |md| {
+        md.retain(|(k, _)| k != "phi3.rope.freq_base");
+        md.push(("phi3.rope.freq_base".into(), Value::F32(500_000.0)));
+    });
+    let ones =
+        candle_core::Tensor::ones(8, candle_core::DType::F32, &candle_core::Device::Cpu).unwrap();
+    let factors = dir.path().join("factors.gguf");
+    rewrite_gguf_as(
+        &src,
+        &factors,
+        None,
+        |_| {},
+        vec![(
+            "rope_factors_long.weight".into(),
+            QTensor::quantize(&ones, GgmlDType::F32).unwrap(),
+        )],
+    );
+    for (path, names) in [(&base, "rope base"), (&factors, "rope_factors_long")] {
+        let err = load_paths(&[path]).err().expect("refused");
+        assert_eq!(err.kind, ErrorKind::UnsupportedArchitecture, "{err}");
+        assert!(err.message.contains(names), "{err}");
+    }
+}
