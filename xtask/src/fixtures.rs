@@ -19,6 +19,8 @@ const SCRIPT: &str = "Once upon a time, a scripted model said: \"héllo wörld �
 pub struct Fixtures {
     pub paths: llmlocal_fixtures::FixturePaths,
     pub scripted_model: PathBuf,
+    /// The qwen3 family (a second architecture for the conformance suite).
+    pub qwen3: llmlocal_fixtures::FamilyPaths,
 }
 
 pub fn command(ws: &Workspace) -> Result<Fixtures> {
@@ -30,6 +32,11 @@ pub fn command(ws: &Workspace) -> Result<Fixtures> {
         fs::write(&scripted_model, content)
             .with_context(|| format!("writing {}", scripted_model.display()))?;
     }
+    let mut families =
+        llmlocal_fixtures::ensure_families(&paths.dir).context("writing the family fixtures")?;
+    let qwen3 = families
+        .remove(&llmlocal_fixtures::Family::Qwen3)
+        .context("the qwen3 family fixture")?;
     println!("fixtures in {}:", paths.dir.display());
     for path in [
         &paths.hf_dir,
@@ -38,12 +45,15 @@ pub fn command(ws: &Workspace) -> Result<Fixtures> {
         &paths.lora_dir,
         &paths.lora_gguf,
         &scripted_model,
+        &qwen3.hf_f32,
+        &qwen3.gguf(llmlocal_fixtures::GgufFormat::Q8_0),
     ] {
         println!("  {}", path.display());
     }
     Ok(Fixtures {
         paths,
         scripted_model,
+        qwen3,
     })
 }
 

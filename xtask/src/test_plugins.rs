@@ -128,13 +128,21 @@ pub fn in_tree(ws: &Workspace) -> Result<()> {
 fn real_plans(ws: &Workspace, lib: &Path, fx: &Fixtures) -> Vec<Plan> {
     let stories = ws.shared_models().join("stories260K");
     let f = &fx.paths;
+    // qwen3 (same designed greedy chain as the llama fixture): a second architecture.
+    let qwen3_gguf = fx.qwen3.gguf(llmlocal_fixtures::GgufFormat::Q8_0);
     let (fixture_models, shared) = match backend_of(lib).as_str() {
         "llama_cpp" => (
-            vec![f.gguf_f32.clone(), f.gguf_q8_0.clone()],
+            vec![f.gguf_f32.clone(), f.gguf_q8_0.clone(), qwen3_gguf],
             vec![stories.join("stories260K.gguf")],
         ),
         "candle" => (
-            vec![f.hf_dir.clone(), f.gguf_f32.clone(), f.gguf_q8_0.clone()],
+            vec![
+                f.hf_dir.clone(),
+                f.gguf_f32.clone(),
+                f.gguf_q8_0.clone(),
+                fx.qwen3.hf_f32.clone(),
+                qwen3_gguf,
+            ],
             vec![stories.join("hf"), stories.join("stories260K.gguf")],
         ),
         other => {

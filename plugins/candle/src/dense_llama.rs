@@ -66,6 +66,8 @@ pub struct Weights {
     pub layers: Vec<LayerWeights>,
     pub norm: Tensor,
     pub output: Option<Tensor>,
+    /// llama3-style rope frequency divisors (GGUF `rope_freqs.weight`), one per rotary pair.
+    pub rope_freqs: Option<Vec<f32>>,
 }
 
 struct Layer {
@@ -118,7 +120,7 @@ impl DenseLlama {
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        let k_rope = Rope::new(&shape, device)?;
+        let k_rope = Rope::new(&shape, weights.rope_freqs.as_deref(), device)?;
         let q_rope = k_rope.scaled(1.0 / (shape.head_dim as f64).sqrt())?;
         let fused_rope = match fused_kernels_fit(&shape, &layers, dtype, device) {
             true => Some(Tensor::cat(&[&k_rope.cos, &k_rope.sin], 1)?),
@@ -174,13 +176,22 @@ struct Rope {
 }
 
 impl Rope {
-    fn new(shape: &Shape, device: &Device) -> Result<Self> {
+    /// `factors` divide the frequencies (llama.cpp's `rope_freqs`, llama3 rope scaling).
+    fn new(shape: &Shape, factors: Option<&[f32]>, device: &Device) -> Result<Self> {
         let half = shape.head_dim / 2;
+        if factors.is_some_and(|f| f.len() != half) {
+            candle_core::bail!(
+                "rope_freqs has {:?} values, the heads need {half}",
+                factors.map(<[f32]>::len)
+            );
+        }
         let inv_freq: Vec<f32> = (0..half)
             .map(|i| {
-                1.0 / shape
-                    .rope_theta
-                    .powf(2.0 * i as f32 / shape.head_dim as f32)
+                let factor = factors.map_or(1.0, |f| f[i]);
+                1.0 / (factor
+                    * shape
+                        .rope_theta
+                        .powf(2.0 * i as f32 / shape.head_dim as f32))
             })
             .collect();
         let inv_freq = Tensor::from_vec(inv_freq, (1, half), device)?;

@@ -236,6 +236,7 @@ fn hf_net(
         // Embeddings never read the output layer; tie it to the embedding (no copy).
         output: None,
         layers,
+        rope_freqs: None,
     };
     let float = |key: &str, default: f64| {
         config

@@ -54,12 +54,17 @@ pub fn load_as(
     let content = Content::read(&mut file)
         .format_err(|| format!("{} is not a readable GGUF file", path.display()))?;
     let arch = meta::string(&content.metadata, "general.architecture").unwrap_or("");
+    if crate::gguf_arch::ARCHITECTURES.contains(&arch) {
+        return crate::gguf_arch::load(content, &mut file, path, device, context);
+    }
     if arch != "llama" {
         return Err(PluginError::unsupported_architecture(format!(
-            "GGUF architecture `{arch}` is not supported by the candle backend (it runs GGUF llama)"
+            "GGUF architecture `{arch}` is not supported by the candle backend (it runs GGUF \
+             llama, qwen3 and phi3)"
         )));
     }
     let dims = check_dims(&content.metadata)?;
+    let scaled_rope = crate::gguf_arch::has_rope_factors(&content, &mut file)?;
     let vocab_size = check_tensors(&content, &dims)?;
     let vocab = load_vocab(path, &content.metadata)?;
     let train_context =
@@ -67,7 +72,10 @@ pub fn load_as(
     let layout = layout.unwrap_or_else(|| {
         gguf_dense::choose(gguf_dense::matrix_dtype(&content), &device.location())
     });
-    let layout = exact_layout(&content, &dims, layout, path);
+    let layout = match scaled_rope {
+        true => rope_factor_layout(&content, &dims, layout)?,
+        false => exact_layout(&content, &dims, layout, path),
+    };
     let context = context_length(layout, train_context, context);
     let (params, file_bytes) = sizes(&content);
     let name = meta::string(&content.metadata, "general.name")
@@ -100,6 +108,13 @@ pub fn dense_f32(
     let mut file = std::fs::File::open(path).map_err(|e| io_error(path, &e))?;
     let content = Content::read(&mut file)
         .format_err(|| format!("{} is not a readable GGUF file", path.display()))?;
+    let arch = meta::string(&content.metadata, "general.architecture").unwrap_or("");
+    if arch != "llama" {
+        return Err(PluginError::unsupported(format!(
+            "the candle backend computes embeddings for llama models only, not {arch}; use \
+             the llama-cpp backend"
+        )));
+    }
     let dims = check_dims(&content.metadata)?;
     if let Some(reason) = gguf_dense::structural_obstacle(&content, &dims) {
         return Err(PluginError::unsupported(format!(
@@ -143,6 +158,18 @@ fn build(
             })?;
             Ok((Net::Gguf(model), None))
         }
+        Layout::Dense(_) if gguf_dense::dequantize_needed(&content) => {
+            // Only files with rope factors come here (see `rope_factor_layout`): their
+            // block-quantized tensors are widened to F32, 4 bytes per weight.
+            tracing::info!(
+                "candle: {} has llama3 rope factors: running it dense in F32 (dequantized)",
+                path.display()
+            );
+            let dense = no_panic("reading the GGUF tensors", || {
+                gguf_dense::load_dequantized(&content, file, device, dims, context)
+            })?;
+            Ok((Net::Dense(dense), None))
+        }
         Layout::Dense(dtype) => {
             let dense = no_panic("reading the GGUF tensors", || {
                 gguf_dense::load(&content, file, device, dtype, dims, context)
@@ -155,6 +182,22 @@ fn build(
             Ok((dense.net, Some(dense.weight_bytes)))
         }
     }
+}
+
+/// The layout of a file with llama3 rope factors (`rope_freqs.weight`): only the dense llama
+/// applies them (quantized_llama ignores them), in F32 where the file's matrices are
+/// block-quantized or on the CPU. Refused when the dense llama cannot hold the file.
+fn rope_factor_layout(content: &Content, dims: &Dims, layout: Layout) -> Result<Layout> {
+    if let Some(reason) = gguf_dense::structural_obstacle(content, dims) {
+        return Err(PluginError::unsupported_architecture(format!(
+            "GGUF llama with llama3 rope scaling (`rope_freqs.weight`) and {reason} is not \
+             supported by the candle backend; use the llama-cpp backend"
+        )));
+    }
+    Ok(match layout {
+        Layout::Dense(dtype) if !gguf_dense::dequantize_needed(content) => Layout::Dense(dtype),
+        _ => Layout::Dense(candle_core::DType::F32),
+    })
 }
 
 /// `layout`, or the quantized one (with a debug line saying why) when the dense path cannot
@@ -175,7 +218,7 @@ fn exact_layout(content: &Content, dims: &Dims, layout: Layout, path: &Path) -> 
     }
 }
 
-fn file_stem(path: &Path) -> String {
+pub(crate) fn file_stem(path: &Path) -> String {
     path.file_stem()
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_default()
@@ -296,7 +339,7 @@ fn shape_error(name: &str, got: &[usize], want: &str) -> PluginError {
 }
 
 /// (parameters, bytes) over all tensors in the file.
-fn sizes(content: &Content) -> (u64, u64) {
+pub(crate) fn sizes(content: &Content) -> (u64, u64) {
     content.tensor_infos.values().fold((0, 0), |(p, b), info| {
         let n = info.shape.elem_count();
         let bytes = n / info.ggml_dtype.block_size() * info.ggml_dtype.type_size();
@@ -305,7 +348,7 @@ fn sizes(content: &Content) -> (u64, u64) {
 }
 
 /// tokenizer.json beside the GGUF if there is one, else the GGUF's own vocabulary.
-fn load_vocab(path: &Path, md: &Metadata) -> Result<Vocab> {
+pub(crate) fn load_vocab(path: &Path, md: &Metadata) -> Result<Vocab> {
     let gguf_vocab = GgufVocab::from_metadata(md);
     let beside = path
         .parent()

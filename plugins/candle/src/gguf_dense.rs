@@ -7,8 +7,9 @@
 //! narrowed to the model dtype), and the q/k rows are moved back from llama.cpp's
 //! interleaved RoPE layout to the half-split one [`DenseLlama`] applies.
 //!
-//! Anything this path cannot represent exactly (rope scaling, extra tensors such as
-//! `rope_freqs.weight` or biases, mixed-dtype matrices, experts) stays on the quantized path.
+//! Anything this path cannot represent exactly (rope scaling keys, extra tensors such as
+//! biases, mixed-dtype matrices, experts) stays on the quantized path. llama3 `rope_freqs`
+//! factors it applies (quantized_llama does not).
 
 use crate::dense_llama::{self, DenseLlama, LayerWeights, Weights};
 use crate::error::{Result, ResultExt};
@@ -126,6 +127,8 @@ pub enum Part {
     Embed,
     Norm,
     Output,
+    /// llama3 rope frequency divisors, kept in F32.
+    RopeFreqs,
     Layer(usize, LayerPart),
 }
 
@@ -148,6 +151,7 @@ pub fn part(gguf: &str) -> Option<Part> {
         "token_embd.weight" => return Some(Part::Embed),
         "output_norm.weight" => return Some(Part::Norm),
         "output.weight" => return Some(Part::Output),
+        "rope_freqs.weight" => return Some(Part::RopeFreqs),
         _ => {}
     }
     let rest = gguf.strip_prefix("blk.")?;
@@ -253,8 +257,14 @@ fn build<R: Read + Seek>(
             PluginError::unsupported_format(format!("GGUF tensor `{name}` is not a llama tensor"))
         })?;
         let tensor = read(reader, name)?;
+        // Frequency divisors stay F32 (F16 would round them).
+        let target = if place == Part::RopeFreqs {
+            DType::F32
+        } else {
+            dtype
+        };
         let tensor = rope_layout(name, tensor, dims)
-            .and_then(|t| t.to_dtype(dtype))
+            .and_then(|t| t.to_dtype(target))
             .internal_err(|| format!("converting GGUF tensor `{name}` on the device"))?;
         weight_bytes += (tensor.elem_count() * dtype.size_in_bytes()) as u64;
         parts.put(name, place, tensor)?;
@@ -270,6 +280,7 @@ struct Parts {
     embed: Option<Tensor>,
     norm: Option<Tensor>,
     output: Option<Tensor>,
+    rope_freqs: Option<Tensor>,
     layers: Vec<HashMap<LayerPart, Tensor>>,
 }
 
@@ -279,6 +290,7 @@ impl Parts {
             embed: None,
             norm: None,
             output: None,
+            rope_freqs: None,
             layers: (0..layers).map(|_| HashMap::new()).collect(),
         }
     }
@@ -288,6 +300,7 @@ impl Parts {
             Part::Embed => self.embed = Some(tensor),
             Part::Norm => self.norm = Some(tensor),
             Part::Output => self.output = Some(tensor),
+            Part::RopeFreqs => self.rope_freqs = Some(tensor),
             Part::Layer(i, part) => {
                 let layers = self.layers.len();
                 let layer = self.layers.get_mut(i).ok_or_else(|| {
@@ -328,7 +341,13 @@ impl Parts {
                 })
             })
             .collect::<Result<Vec<_>>>()?;
+        let rope_freqs = self
+            .rope_freqs
+            .map(|t| t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>())
+            .transpose()
+            .internal_err(|| "reading `rope_freqs.weight`".to_string())?;
         Ok(Weights {
+            rope_freqs,
             embed: self.embed.ok_or_else(|| missing("token_embd.weight"))?,
             norm: self.norm.ok_or_else(|| missing("output_norm.weight"))?,
             output: self.output,
@@ -427,7 +446,7 @@ mod tests {
             Some(Part::Layer(12, LayerPart::K))
         );
         assert_eq!(part("output.weight"), Some(Part::Output));
-        assert_eq!(part("rope_freqs.weight"), None);
+        assert_eq!(part("rope_freqs.weight"), Some(Part::RopeFreqs));
         assert_eq!(part("blk.0.attn_q.bias"), None);
         assert_eq!(part("blk.x.attn_q.weight"), None);
     }

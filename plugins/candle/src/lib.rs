@@ -1,7 +1,7 @@
 //! llmlocal backend plugin on [candle](https://github.com/huggingface/candle).
 //!
-//! Reads Hugging Face safetensors folders (llama, mistral, qwen2; f32/f16/bf16) and GGUF
-//! llama files, with the tokenizer from tokenizer.json or, for a GGUF without one, built
+//! Reads Hugging Face safetensors folders (llama, mistral, qwen2, qwen3, phi3; f32/f16/bf16)
+//! and GGUF llama, qwen3 and phi3 files ([`gguf_arch`] for the latter two), with the tokenizer from tokenizer.json or, for a GGUF without one, built
 //! from the GGUF vocabulary. PEFT LoRA adapters are merged into safetensors weights at load.
 //!
 //! GGUF files take one of two paths ([`gguf_dense::choose`]): block-quantized (Q8_0,
@@ -11,8 +11,10 @@
 //! stored, q/k moved back from llama.cpp's interleaved RoPE layout, run by our own
 //! [`dense_llama`] (half the bytes of the F32 path, half-precision GEMMs, few kernel
 //! launches per token; on CUDA a generated token uses the fused kernels of
-//! `kernels/decode.cu`). Files that path cannot hold exactly (rope scaling, a `rope_freqs`
-//! tensor, extra tensors, mixed-dtype matrices) stay on `quantized_llama`.
+//! `kernels/decode.cu`). Files that path cannot hold exactly (rope scaling keys, extra
+//! tensors, mixed-dtype matrices) stay on `quantized_llama`, except files with llama3
+//! `rope_freqs` factors, which `quantized_llama` would ignore: they always run dense (F32 on
+//! the CPU or when block-quantized), or are refused (`UnsupportedArchitecture`).
 //!
 //! # Threads and concurrency
 //!
@@ -43,6 +45,7 @@ pub mod error;
 pub mod files;
 pub mod generation;
 pub mod gguf;
+pub mod gguf_arch;
 pub mod gguf_dense;
 pub mod gguf_meta;
 pub mod hf;

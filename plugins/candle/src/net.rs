@@ -9,7 +9,9 @@
 use crate::dense_llama::{self, DenseLlama};
 use crate::error::Result;
 use candle_core::{DType, Device, Tensor};
-use candle_transformers::models::{llama, mistral, quantized_llama, qwen2};
+use candle_transformers::models::{
+    llama, mistral, phi3, quantized_llama, quantized_phi3, quantized_qwen3, qwen2, qwen3,
+};
 use llmlocal_plugin_api::PluginError;
 use std::sync::Arc;
 
@@ -23,7 +25,13 @@ pub enum Net {
     },
     Mistral(mistral::Model),
     Qwen2(qwen2::ModelForCausalLM),
+    Qwen3(qwen3::ModelForCausalLM),
+    Phi3(phi3::Model),
     Gguf(quantized_llama::ModelWeights),
+    GgufQwen3(quantized_qwen3::ModelWeights),
+    /// Never run itself (quantized_phi3 cannot clear its cache): sessions are clones of a
+    /// model with an empty cache.
+    GgufPhi3(quantized_phi3::ModelWeights),
     /// A GGUF file's dense half-precision weights (see [`crate::dense_llama`]).
     Dense(Arc<DenseLlama>),
 }
@@ -36,7 +44,11 @@ pub enum Session {
     },
     Mistral(Box<mistral::Model>),
     Qwen2(Box<qwen2::ModelForCausalLM>),
+    Qwen3(Box<qwen3::ModelForCausalLM>),
+    Phi3(Box<phi3::Model>),
     Gguf(Box<quantized_llama::ModelWeights>),
+    GgufQwen3(Box<quantized_qwen3::ModelWeights>),
+    GgufPhi3(Box<quantized_phi3::ModelWeights>),
     Dense(Box<dense_llama::Session>),
 }
 
@@ -66,11 +78,27 @@ impl Net {
                 m.clear_kv_cache();
                 Session::Qwen2(Box::new(m))
             }
+            Net::Qwen3(m) => {
+                let mut m = m.clone();
+                m.clear_kv_cache();
+                Session::Qwen3(Box::new(m))
+            }
+            Net::Phi3(m) => {
+                let mut m = m.clone();
+                m.clear_kv_cache();
+                Session::Phi3(Box::new(m))
+            }
             Net::Gguf(m) => {
                 let mut m = m.clone();
                 m.clear_kv_cache();
                 Session::Gguf(Box::new(m))
             }
+            Net::GgufQwen3(m) => {
+                let mut m = m.clone();
+                m.clear_kv_cache();
+                Session::GgufQwen3(Box::new(m))
+            }
+            Net::GgufPhi3(m) => Session::GgufPhi3(Box::new(m.clone())),
             Net::Dense(m) => Session::Dense(Box::new(m.session())),
         })
     }
@@ -112,7 +140,11 @@ impl Session {
             Session::Llama { model, cache } => model.forward(&input()?, pos, cache)?,
             Session::Mistral(m) => m.forward(&input()?, pos)?,
             Session::Qwen2(m) => m.forward(&input()?, pos)?,
+            Session::Qwen3(m) => m.forward(&input()?, pos)?,
+            Session::Phi3(m) => m.forward(&input()?, pos)?,
             Session::Gguf(m) => m.forward(&input()?, pos)?,
+            Session::GgufQwen3(m) => m.forward(&input()?, pos)?,
+            Session::GgufPhi3(m) => m.forward(&input()?, pos)?,
             Session::Dense(session) => session.forward(tokens, pos)?,
         };
         logits.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()

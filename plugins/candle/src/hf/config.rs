@@ -11,6 +11,8 @@ pub enum Arch {
     Llama,
     Mistral,
     Qwen2,
+    Qwen3,
+    Phi3,
 }
 
 impl Arch {
@@ -19,6 +21,8 @@ impl Arch {
             Arch::Llama => "llama",
             Arch::Mistral => "mistral",
             Arch::Qwen2 => "qwen2",
+            Arch::Qwen3 => "qwen3",
+            Arch::Phi3 => "phi3",
         }
     }
 
@@ -27,6 +31,8 @@ impl Arch {
             "llama" => Some(Arch::Llama),
             "mistral" => Some(Arch::Mistral),
             "qwen2" => Some(Arch::Qwen2),
+            "qwen3" => Some(Arch::Qwen3),
+            "phi3" => Some(Arch::Phi3),
             _ => None,
         }
     }
@@ -36,6 +42,8 @@ impl Arch {
             "LlamaForCausalLM" => Some(Arch::Llama),
             "MistralForCausalLM" => Some(Arch::Mistral),
             "Qwen2ForCausalLM" => Some(Arch::Qwen2),
+            "Qwen3ForCausalLM" => Some(Arch::Qwen3),
+            "Phi3ForCausalLM" => Some(Arch::Phi3),
             _ => None,
         }
     }
@@ -90,8 +98,9 @@ impl HfConfig {
             )));
         }
         let head_dim = optional_usize(&json, "head_dim")?.unwrap_or(hidden / heads);
-        // candle's llama and qwen2 derive head_dim as hidden_size / heads.
-        if arch != Arch::Mistral && head_dim != hidden / heads {
+        // candle's llama, qwen2 and phi3 derive head_dim as hidden_size / heads; mistral and
+        // qwen3 read the `head_dim` key.
+        if !matches!(arch, Arch::Mistral | Arch::Qwen3) && head_dim != hidden / heads {
             return Err(PluginError::unsupported_architecture(format!(
                 "{} with head_dim {head_dim} != hidden_size / num_attention_heads ({})",
                 arch.name(),
@@ -145,7 +154,7 @@ fn detect_arch(json: &Map<String, Value>) -> Result<Arch> {
     }
     match model_type.or(class) {
         Some(name) => Err(PluginError::unsupported_architecture(format!(
-            "architecture `{name}` is not supported by the candle backend (it runs llama, mistral and qwen2)"
+            "architecture `{name}` is not supported by the candle backend (it runs llama, mistral, qwen2, qwen3 and phi3)"
         ))),
         None => Err(PluginError::unsupported_format(
             "config.json has neither `model_type` nor `architectures`",

@@ -1,4 +1,4 @@
-//! Hugging Face safetensors folders: llama, mistral and qwen2.
+//! Hugging Face safetensors folders: llama, mistral, qwen2, qwen3 and phi3.
 //!
 //! Weights are computed in f32 on the CPU whatever the checkpoint stores (f16/bf16 are
 //! widened at load: candle's CPU f16/bf16 matmuls are slow and less accurate), and in the
@@ -16,7 +16,7 @@ use crate::net::Net;
 use crate::tokenizer::Vocab;
 use candle_core::{DType, Device};
 use candle_nn::VarBuilder;
-use candle_transformers::models::{llama, mistral, qwen2};
+use candle_transformers::models::{llama, mistral, phi3, qwen2, qwen3};
 use config::{Arch, HfConfig};
 use llmlocal_plugin_api::{AdapterRequest, PluginError};
 use serde_json::{json, Map, Value};
@@ -53,10 +53,7 @@ pub fn load(
     }
     weights::alias_tied_head(&config, &mut weights);
     let dtype = if device.is_cpu() { DType::F32 } else { stored };
-    let context = match context {
-        0 => config.max_positions.min(DEFAULT_CONTEXT_CAP),
-        n => n as usize,
-    };
+    let context = context_length(&config, context)?;
     let vb = VarBuilder::from_tensors(weights, dtype, device);
     let net = no_panic("building the model", || build(&config, vb, context, dtype))?;
     let vocab = specials::load_vocab(files, &config)?;
@@ -75,6 +72,31 @@ pub fn load(
     Ok(Loaded { net, vocab, info })
 }
 
+/// The positions a load covers: the asked number, else the trained length (capped). candle's
+/// phi3 has no sliding-window mask, so a phi3 load stays within its window, where the window
+/// changes nothing.
+fn context_length(config: &HfConfig, asked: u32) -> Result<usize> {
+    let window = match config.arch {
+        Arch::Phi3 => config
+            .json
+            .get("sliding_window")
+            .and_then(Value::as_u64)
+            .map(|w| w as usize),
+        _ => None,
+    };
+    let default = config.max_positions.min(DEFAULT_CONTEXT_CAP);
+    match (asked, window) {
+        (0, Some(w)) => Ok(default.min(w)),
+        (0, None) => Ok(default),
+        (n, Some(w)) if n as usize > w => Err(PluginError::unsupported_architecture(format!(
+            "{} with sliding_window {w}: the candle backend has no sliding-window attention, \
+             so it runs contexts of at most {w} tokens (asked for {n})",
+            config.arch.name()
+        ))),
+        (n, _) => Ok(n as usize),
+    }
+}
+
 /// Options candle's implementations do not have.
 fn check_supported(config: &HfConfig) -> Result<()> {
     let arch = config.arch.name();
@@ -82,6 +104,22 @@ fn check_supported(config: &HfConfig) -> Result<()> {
         if config.arch == Arch::Llama && config.bool_flag(flag) {
             return Err(PluginError::unsupported_architecture(format!(
                 "{arch} with `{flag}: true` is not supported by candle's llama"
+            )));
+        }
+    }
+    if config.arch == Arch::Qwen3 && config.bool_flag("use_sliding_window") {
+        return Err(PluginError::unsupported_architecture(
+            "qwen3 with `use_sliding_window: true` is not supported by candle's qwen3",
+        ));
+    }
+    if let Some(f) = config
+        .json
+        .get("partial_rotary_factor")
+        .and_then(Value::as_f64)
+    {
+        if f != 1.0 {
+            return Err(PluginError::unsupported_architecture(format!(
+                "{arch} with partial_rotary_factor {f} is not supported by the candle backend"
             )));
         }
     }
@@ -114,11 +152,24 @@ fn candle_json(config: &HfConfig, context: usize) -> Value {
         ("max_window_layers", json!(config.layers)),
         ("use_sliding_window", json!(false)),
     ];
-    let defaults = defaults.into_iter().chain(
-        qwen2_defaults
-            .into_iter()
-            .filter(|_| config.arch == Arch::Qwen2),
-    );
+    let qwen3_defaults = [
+        ("head_dim", json!(config.head_dim)),
+        ("attention_bias", json!(false)),
+        ("max_window_layers", json!(config.layers)),
+        ("use_sliding_window", json!(false)),
+    ];
+    let defaults = defaults
+        .into_iter()
+        .chain(
+            qwen2_defaults
+                .into_iter()
+                .filter(|_| config.arch == Arch::Qwen2),
+        )
+        .chain(
+            qwen3_defaults
+                .into_iter()
+                .filter(|_| config.arch == Arch::Qwen3),
+        );
     for (key, value) in defaults {
         if map.get(key).is_none_or(Value::is_null) {
             map.insert(key.to_string(), value);
@@ -167,6 +218,14 @@ fn build(config: &HfConfig, vb: VarBuilder, context: usize, dtype: DType) -> Res
         Arch::Qwen2 => {
             let cfg: qwen2::Config = parse(config, value)?;
             Net::Qwen2(qwen2::ModelForCausalLM::new(&cfg, vb).map_err(err)?)
+        }
+        Arch::Qwen3 => {
+            let cfg: qwen3::Config = parse(config, value)?;
+            Net::Qwen3(qwen3::ModelForCausalLM::new(&cfg, vb).map_err(err)?)
+        }
+        Arch::Phi3 => {
+            let cfg: phi3::Config = parse(config, value)?;
+            Net::Phi3(phi3::Model::new(&cfg, vb).map_err(err)?)
         }
     })
 }

@@ -95,17 +95,38 @@ pub fn expected_shapes(config: &HfConfig) -> Vec<(String, Vec<usize>)> {
     ];
     for layer in 0..config.layers {
         let p = format!("model.layers.{layer}");
+        if config.arch == Arch::Phi3 {
+            // Phi-3 fuses q, k, v and gate, up into single matrices.
+            shapes.extend([
+                (
+                    format!("{p}.self_attn.qkv_proj.weight"),
+                    vec![q + 2 * kv, h],
+                ),
+                (format!("{p}.self_attn.o_proj.weight"), vec![h, q]),
+                (format!("{p}.mlp.gate_up_proj.weight"), vec![2 * i, h]),
+            ]);
+        } else {
+            shapes.extend([
+                (format!("{p}.self_attn.q_proj.weight"), vec![q, h]),
+                (format!("{p}.self_attn.k_proj.weight"), vec![kv, h]),
+                (format!("{p}.self_attn.v_proj.weight"), vec![kv, h]),
+                (format!("{p}.self_attn.o_proj.weight"), vec![h, q]),
+                (format!("{p}.mlp.gate_proj.weight"), vec![i, h]),
+                (format!("{p}.mlp.up_proj.weight"), vec![i, h]),
+            ]);
+        }
         shapes.extend([
-            (format!("{p}.self_attn.q_proj.weight"), vec![q, h]),
-            (format!("{p}.self_attn.k_proj.weight"), vec![kv, h]),
-            (format!("{p}.self_attn.v_proj.weight"), vec![kv, h]),
-            (format!("{p}.self_attn.o_proj.weight"), vec![h, q]),
-            (format!("{p}.mlp.gate_proj.weight"), vec![i, h]),
-            (format!("{p}.mlp.up_proj.weight"), vec![i, h]),
             (format!("{p}.mlp.down_proj.weight"), vec![h, i]),
             (format!("{p}.input_layernorm.weight"), vec![h]),
             (format!("{p}.post_attention_layernorm.weight"), vec![h]),
         ]);
+        if config.arch == Arch::Qwen3 {
+            let d = config.head_dim;
+            shapes.extend([
+                (format!("{p}.self_attn.q_norm.weight"), vec![d]),
+                (format!("{p}.self_attn.k_norm.weight"), vec![d]),
+            ]);
+        }
         if config.arch == Arch::Qwen2 {
             shapes.extend([
                 (format!("{p}.self_attn.q_proj.bias"), vec![q]),

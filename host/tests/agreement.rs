@@ -1,0 +1,306 @@
+//! Model breadth: llama.cpp (llama-cpp plugin) and candle on the same weights, per
+//! architecture family of the fixtures (`llmlocal_fixtures::family`): the same greedy tokens
+//! for [`NEW_TOKENS`] tokens and logits within a per-format tolerance. candle may refuse an
+//! input it cannot run, but only with `UnsupportedArchitecture`, never with a wrong answer.
+//!
+//! The test writes the agreement table (architecture x format x backend) to
+//! `target/tmp/agreement-table.md` and checks that docs/models.md holds the same rows, so the
+//! documented table is the one this test produced.
+
+mod server_support;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use llmlocal::api::{ErrorKind, GenerateRequest, LoadRequest, Step};
+use llmlocal::plugins::{LoadedModel, PluginRegistry};
+use llmlocal_fixtures::{ensure_families, Family, FamilyPaths, GgufFormat};
+use server_support::plugin_library;
+
+/// Greedy tokens compared per model (the issue asks for 32 or more).
+const NEW_TOKENS: usize = 40;
+/// Logits are compared after the prompt and after every this many generated tokens.
+const LOGIT_STRIDE: usize = 4;
+
+/// The prompt: ends in `!`, so untied families run the designed `!`..`~` chain (93 tokens
+/// before EOS) and tied ones repeat `!`.
+fn prompt() -> Vec<u32> {
+    b"Hi!".iter().map(|b| u32::from(*b)).collect()
+}
+
+/// What one engine produced on one file.
+struct Run {
+    tokens: Vec<u32>,
+    /// Next-token logits after the prompt plus `k` generated tokens, for the compared `k`s.
+    logits: Vec<Vec<f32>>,
+}
+
+/// What candle is given, and what llama.cpp runs beside it.
+#[derive(Clone, Copy)]
+enum Input {
+    Hf(&'static str),
+    Gguf(GgufFormat),
+}
+
+impl Input {
+    fn label(self) -> String {
+        match self {
+            Input::Hf(dtype) => format!("HF safetensors {dtype}"),
+            Input::Gguf(f) => format!("GGUF {}", f.name().to_uppercase()),
+        }
+    }
+
+    /// llama.cpp reads GGUF only: the HF folders are compared with the GGUF of the same dtype.
+    fn llama_format(self) -> GgufFormat {
+        match self {
+            Input::Hf("F16") => GgufFormat::F16,
+            Input::Hf(_) => GgufFormat::F32,
+            Input::Gguf(f) => f,
+        }
+    }
+
+    fn path(self, paths: &FamilyPaths) -> PathBuf {
+        match self {
+            Input::Hf("F16") => paths.hf_f16.clone(),
+            Input::Hf(_) => paths.hf_f32.clone(),
+            Input::Gguf(f) => paths.gguf(f),
+        }
+    }
+}
+
+const INPUTS: [Input; 5] = [
+    Input::Hf("F32"),
+    Input::Hf("F16"),
+    Input::Gguf(GgufFormat::F32),
+    Input::Gguf(GgufFormat::F16),
+    Input::Gguf(GgufFormat::Q8_0),
+];
+
+/// Largest |logit difference| allowed between the engines. F32: summation order only. F16:
+/// llama.cpp rounds activations to F16 for its F16 matmuls while candle widens the weights to
+/// F32 on the CPU. Q8_0: both quantize activations to 8 bits, with different block orders.
+fn tolerance(format: GgufFormat) -> f32 {
+    match format {
+        GgufFormat::F32 => 5e-3,
+        GgufFormat::F16 => 0.1,
+        GgufFormat::Q8_0 => 0.5,
+    }
+}
+
+/// The device both engines run on: `$LLMLOCAL_AGREEMENT_DEVICE` (e.g. `cuda` on the GPU
+/// machine), else the CPU.
+fn device() -> String {
+    std::env::var("LLMLOCAL_AGREEMENT_DEVICE")
+        .ok()
+        .filter(|d| !d.is_empty())
+        .unwrap_or_else(|| "cpu".to_string())
+}
+
+fn load(plugin: &Path, model: &Path) -> Result<LoadedModel, llmlocal::plugins::BackendError> {
+    let registry = PluginRegistry::load_files(&[plugin.to_path_buf()]);
+    let backend = registry
+        .backends()
+        .next()
+        .cloned()
+        .unwrap_or_else(|| panic!("{} loads as a plugin", plugin.display()));
+    let mut request = LoadRequest::new(model.display().to_string());
+    request.device = device().into();
+    request.context_length = 256;
+    backend.load_model(request)
+}
+
+fn run(model: &LoadedModel) -> Run {
+    let prompt = prompt();
+    let mut request = GenerateRequest::greedy(prompt.clone(), NEW_TOKENS as u32);
+    request.ignore_eos = true;
+    let mut generation = model.generate(request).expect("generate");
+    let mut tokens = Vec::new();
+    while let Step::Token(t) = generation.next().expect("step") {
+        tokens.push(t.id);
+    }
+    let mut seq = prompt.clone();
+    seq.extend(&tokens);
+    let logits = (0..tokens.len())
+        .step_by(LOGIT_STRIDE)
+        .map(|k| model.logits(&seq[..prompt.len() + k]).expect("logits"))
+        .collect();
+    Run { tokens, logits }
+}
+
+fn max_diff(a: &Run, b: &Run) -> f32 {
+    a.logits
+        .iter()
+        .zip(&b.logits)
+        .flat_map(|(x, y)| x.iter().zip(y).map(|(u, v)| (u - v).abs()))
+        .fold(0.0, f32::max)
+}
+
+/// One row of the table: the stable part (checked against docs/models.md) and the measured
+/// logit difference (printed only: its last digits depend on the CPU).
+struct Row {
+    stable: String,
+    measured: String,
+    failure: Option<String>,
+}
+
+fn compare(family: Family, input: Input, candle: &Run, llama: &Run) -> Row {
+    let format = input.llama_format();
+    let tol = tolerance(format);
+    let first_diff = candle
+        .tokens
+        .iter()
+        .zip(&llama.tokens)
+        .position(|(a, b)| a != b)
+        .or((candle.tokens.len() != llama.tokens.len()).then_some(0));
+    let diff = max_diff(candle, llama);
+    let mut failure = None;
+    if let Some(pos) = first_diff {
+        failure = Some(format!(
+            "{} {}: greedy tokens differ first at generated position {pos}: candle {:?}, \
+             llama.cpp {:?}",
+            family.name(),
+            input.label(),
+            candle.tokens.get(pos),
+            llama.tokens.get(pos)
+        ));
+    } else if diff.is_nan() || diff > tol {
+        failure = Some(format!(
+            "{} {}: logits differ by {diff} (tolerance {tol})",
+            family.name(),
+            input.label()
+        ));
+    }
+    let result = if failure.is_some() {
+        "DIFFERS"
+    } else {
+        "agree"
+    };
+    Row {
+        stable: format!(
+            "| {} | {} | candle | llama.cpp GGUF {} | {NEW_TOKENS} | {tol} | {result} |",
+            family.name(),
+            input.label(),
+            format.name().to_uppercase()
+        ),
+        measured: format!("{diff:.2e}"),
+        failure,
+    }
+}
+
+fn unsupported_row(family: Family, input: Input, message: &str) -> Row {
+    eprintln!(
+        "{} {}: candle refuses: {message}",
+        family.name(),
+        input.label()
+    );
+    Row {
+        stable: format!(
+            "| {} | {} | candle | llama.cpp GGUF {} | - | - | UnsupportedArchitecture |",
+            family.name(),
+            input.label(),
+            input.llama_format().name().to_uppercase()
+        ),
+        measured: "-".into(),
+        failure: None,
+    }
+}
+
+/// llama.cpp on the family's three GGUF files; checks the designed greedy output on each,
+/// which shows the weights make the argmax decisive.
+fn llama_runs(llama: &Path, paths: &FamilyPaths) -> HashMap<GgufFormat, Run> {
+    let family = paths.family;
+    GgufFormat::ALL
+        .into_iter()
+        .map(|format| {
+            let model = load(llama, &paths.gguf(format))
+                .unwrap_or_else(|e| panic!("llama.cpp loads {}: {e}", family.name()));
+            let run = run(&model);
+            assert_eq!(
+                run.tokens,
+                family.expected_greedy(&prompt(), NEW_TOKENS),
+                "llama.cpp on {} {}: not the designed greedy output",
+                family.name(),
+                format.name()
+            );
+            (format, run)
+        })
+        .collect()
+}
+
+fn header() -> String {
+    "| architecture | candle input | backend | compared with | greedy tokens | max abs logit diff allowed | result |\n\
+     |---|---|---|---|---|---|---|"
+        .to_string()
+}
+
+#[test]
+fn candle_and_llama_cpp_agree_on_every_family_and_format() {
+    // llama.cpp's own errors (why a load failed) reach the test output.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new("llmlocal::plugin=error"))
+        .with_test_writer()
+        .try_init();
+    let fixtures_dir = llmlocal_fixtures::default_dir();
+    let families = ensure_families(&fixtures_dir).expect("family fixtures are written");
+    let candle = plugin_library("candle");
+    let llama = plugin_library("llama_cpp");
+    let mut rows = Vec::new();
+    for family in Family::ALL {
+        let paths = &families[&family];
+        let llama_runs = llama_runs(&llama, paths);
+        for input in INPUTS {
+            let row = match load(&candle, &input.path(paths)) {
+                Ok(model) => compare(
+                    family,
+                    input,
+                    &run(&model),
+                    &llama_runs[&input.llama_format()],
+                ),
+                Err(e) if e.kind() == ErrorKind::UnsupportedArchitecture => {
+                    unsupported_row(family, input, &e.to_string())
+                }
+                Err(e) => Row {
+                    stable: String::new(),
+                    measured: String::new(),
+                    failure: Some(format!(
+                        "candle fails to load {} {} with {:?} (only UnsupportedArchitecture \
+                         may refuse a valid model): {e}",
+                        family.name(),
+                        input.label(),
+                        e.kind()
+                    )),
+                },
+            };
+            rows.push(row);
+        }
+    }
+    let table = format!(
+        "{}\n{}\n",
+        header(),
+        rows.iter()
+            .map(|r| r.stable.as_str())
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    let measured: Vec<String> = rows
+        .iter()
+        .map(|r| format!("{} measured {}", r.stable, r.measured))
+        .collect();
+    eprintln!("{}\n{}", header(), measured.join("\n"));
+    let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("agreement-table.md");
+    std::fs::write(&out, &table).expect("write the agreement table");
+    let failures: Vec<&String> = rows.iter().filter_map(|r| r.failure.as_ref()).collect();
+    assert!(failures.is_empty(), "engines disagree:\n{failures:#?}");
+
+    if device() != "cpu" {
+        // The documented table is the CPU one; another device only has to agree.
+        return;
+    }
+    let docs = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/models.md");
+    let documented = std::fs::read_to_string(&docs).unwrap_or_default();
+    assert!(
+        documented.contains(&table),
+        "docs/models.md does not hold the agreement table this test produced; copy {} into it",
+        out.display()
+    );
+}
