@@ -188,14 +188,17 @@ async fn unsupported_input_is_a_400_naming_it() {
     let image = json!({"messages": [{"role": "user", "content": [
         {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "AA=="}}
     ]}]});
-    let tools = json!({"tools": [{"name": "get_weather", "input_schema": {"type": "object"}}]});
-    let tool_result = json!({"messages": [{"role": "user", "content": [
-        {"type": "tool_result", "tool_use_id": "t1", "content": "sunny"}
+    let no_schema = json!({"tools": [{"name": "get_weather"}]});
+    let server_tool = json!({"tools": [{"type": "web_search_20250305", "name": "web_search"}]});
+    let use_in_user_turn = json!({"messages": [{"role": "user", "content": [
+        {"type": "tool_use", "id": "t1", "name": "get_weather", "input": {}}
     ]}]});
     let cases = [
         (hello(image), "image"),
-        (hello(tools), "tools"),
-        (hello(tool_result), "tool_result"),
+        (hello(no_schema), "tools[0].input_schema"),
+        (hello(server_tool), "tools[0].type"),
+        (hello(use_in_user_turn), "tool_use"),
+        (hello(json!({"tool_choice": {"type": "maybe"}})), "tool_choice"),
         (hello(json!({"top_logprobs": 3})), "top_logprobs"),
         (
             hello(json!({"thinking": {"type": "enabled", "budget_tokens": 100}})),
@@ -313,6 +316,30 @@ answer = json.loads(s.content[0].text)
 jsonschema.validate(answer, schema)
 check(s.stop_reason == "end_turn", "structured output ends by itself: %r" % s.stop_reason)
 
+weather = {"name": "get_weather", "description": "The weather in a city.",
+           "input_schema": {"type": "object", "properties": {"city": {"type": "string", "maxLength": 12}},
+                            "required": ["city"], "additionalProperties": False}}
+forced = {"type": "tool", "name": "get_weather"}
+t = client.messages.create(model=model, max_tokens=60, messages=msgs, tools=[weather],
+                           tool_choice=forced, extra_body=greedy)
+uses = [b for b in t.content if b.type == "tool_use"]
+check(t.stop_reason == "tool_use" and len(uses) == 1, "a forced tool call: %r" % t)
+check(uses[0].name == "get_weather" and uses[0].id.startswith("toolu_"), "the call: %r" % uses[0])
+jsonschema.validate(uses[0].input, weather["input_schema"])
+with client.messages.stream(model=model, max_tokens=60, messages=msgs, tools=[weather],
+                            tool_choice=forced, extra_body=greedy) as stream:
+    streamed_call = [b for b in stream.get_final_message().content if b.type == "tool_use"]
+check(len(streamed_call) == 1 and streamed_call[0].input == uses[0].input,
+      "the streamed call %r == %r" % (streamed_call, uses))
+history = msgs + [{"role": "assistant", "content": [u.model_dump() for u in uses]},
+                  {"role": "user", "content": [{"type": "tool_result", "tool_use_id": uses[0].id,
+                                                "content": "Sunny, 21 C"}]}]
+after = client.messages.create(model=model, max_tokens=20, messages=history, tools=[weather], extra_body=greedy)
+check(after.stop_reason in ("end_turn", "max_tokens", "tool_use"), "an answer after the result: %r" % after)
+with_tools = client.messages.count_tokens(model=model, messages=history, tools=[weather])
+without = client.messages.count_tokens(model=model, messages=msgs)
+check(with_tools.input_tokens > without.input_tokens + 10, "tools and results are in the prompt: %r vs %r" % (with_tools, without))
+
 try:
     anthropic.Anthropic(base_url=base, api_key="wrong", max_retries=0).messages.create(model=model, max_tokens=5, messages=msgs)
     check(False, "a wrong key is refused")
@@ -325,7 +352,7 @@ try:
 except anthropic.BadRequestError as e:
     check(e.body["type"] == "error" and e.body["error"]["type"] == "invalid_request_error", "error body %r" % e.body)
     check("image" in e.body["error"]["message"], "the error names the image: %r" % e.body)
-print(json.dumps({"text": text, "json": answer}))
+print(json.dumps({"text": text, "json": answer, "call": uses[0].input}))
 "#;
 
 async fn run_client(settings: EngineSettings, model: &str) -> Value {
