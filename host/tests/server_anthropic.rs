@@ -198,7 +198,10 @@ async fn unsupported_input_is_a_400_naming_it() {
         (hello(no_schema), "tools[0].input_schema"),
         (hello(server_tool), "tools[0].type"),
         (hello(use_in_user_turn), "tool_use"),
-        (hello(json!({"tool_choice": {"type": "maybe"}})), "tool_choice"),
+        (
+            hello(json!({"tool_choice": {"type": "maybe"}})),
+            "tool_choice",
+        ),
         (hello(json!({"top_logprobs": 3})), "top_logprobs"),
         (
             hello(json!({"thinking": {"type": "enabled", "budget_tokens": 100}})),

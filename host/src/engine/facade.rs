@@ -845,7 +845,7 @@ fn sampling_of(config: &GenerationConfig) -> Sampling {
         typical_p: config.typical_p.unwrap_or(d.typical_p),
         frequency_penalty: config.frequency_penalty.unwrap_or(d.frequency_penalty),
         presence_penalty: config.presence_penalty.unwrap_or(d.presence_penalty),
-        repeat_last_n: d.repeat_last_n,
+        repeat_last_n: config.repeat_last_n.unwrap_or(d.repeat_last_n),
         // `None`: the backend draws a random seed (the contract's rule).
         seed: config.seed.into(),
     }

@@ -30,6 +30,9 @@ pub struct GenerationConfig {
     pub top_k: Option<u32>,
     pub min_p: Option<f32>,
     pub repeat_penalty: Option<f32>,
+    /// How many of the last tokens the penalties look at; `None` = 64 (llama.cpp's default),
+    /// 0 = none.
+    pub repeat_last_n: Option<u32>,
     /// Locally typical sampling; `None` or 1 = off. Needs the backend's `full-sampling`.
     pub typical_p: Option<f32>,
     /// OpenAI-style penalties over the last 64 tokens; `None` or 0 = off (`full-sampling`).

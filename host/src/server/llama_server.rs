@@ -86,7 +86,7 @@ pub struct CompletionRequest {
     pub min_p: Option<f64>,
     pub typical_p: Option<f64>,
     pub repeat_penalty: Option<f64>,
-    /// Only the default window (64) is supported.
+    /// The penalties' window (0 to 65536; -1, the whole context, is a 400).
     pub repeat_last_n: Option<i64>,
     pub presence_penalty: Option<f64>,
     pub frequency_penalty: Option<f64>,
@@ -103,17 +103,8 @@ pub struct CompletionRequest {
     pub return_tokens: bool,
 }
 
-/// llama-server's default `repeat_last_n`, the only window the backends apply.
-const REPEAT_LAST_N: i64 = 64;
-
 impl CompletionRequest {
     fn params(&self) -> Result<(Params, u32), ApiError> {
-        if let Some(n) = self.repeat_last_n.filter(|&n| n != REPEAT_LAST_N) {
-            return Err(ApiError::bad_request(format!(
-                "repeat_last_n: only the default window of {REPEAT_LAST_N} tokens is \
-                 supported, got {n}"
-            )));
-        }
         let n_probs = match self.n_probs {
             None => 0,
             Some(n) => logprobs::top_count("n_probs", n)?,
@@ -136,6 +127,7 @@ impl CompletionRequest {
             top_k: self.top_k,
             min_p: self.min_p,
             repeat_penalty: self.repeat_penalty,
+            repeat_last_n: self.repeat_last_n,
             typical_p: self.typical_p,
             presence_penalty: self.presence_penalty,
             frequency_penalty: self.frequency_penalty,

@@ -45,6 +45,44 @@ pub struct Options {
     pub frequency_penalty: Option<f64>,
     pub seed: Option<i64>,
     pub stop: Option<StopField>,
+    pub repeat_last_n: Option<i64>,
+    /// Every other option: a load setting the server's config decides ([`LOAD_OPTIONS`], a
+    /// documented no-op) or a 400 naming it.
+    #[serde(flatten)]
+    pub other: serde_json::Map<String, Value>,
+}
+
+/// Ollama options that set how a model is loaded (context, threads, GPU layers, batch,
+/// memory mapping). A loaded model here is shared by every request, so these come from the
+/// server's config (`context_length`, `threads`, ...) and a request's are ignored (README).
+pub const LOAD_OPTIONS: &[&str] = &[
+    "num_ctx",
+    "num_thread",
+    "num_gpu",
+    "main_gpu",
+    "num_batch",
+    "use_mmap",
+    "use_mlock",
+    "numa",
+    "low_vram",
+    "num_keep",
+];
+
+impl Options {
+    /// Refuses sampling options no backend implements (mirostat, tfs_z, ...) by name.
+    fn check(&self) -> Result<(), ApiError> {
+        match self
+            .other
+            .keys()
+            .find(|k| !LOAD_OPTIONS.contains(&k.as_str()))
+        {
+            Some(key) => Err(ApiError::bad_request(format!(
+                "options.{key} is not supported by this server; leave it out"
+            ))
+            .flavor(Flavor::Ollama)),
+            None => Ok(()),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -172,9 +210,10 @@ fn params(
     options: Option<Options>,
     backend: Option<String>,
     adapters: Option<Vec<String>>,
-) -> Params {
+) -> Result<Params, ApiError> {
     let o = options.unwrap_or_default();
-    Params {
+    o.check()?;
+    Ok(Params {
         // Ollama: -1 = no limit, -2 = fill the context; both mean "up to the cap" here.
         max_tokens: o.num_predict.filter(|&n| n > 0),
         temperature: o.temperature,
@@ -182,6 +221,7 @@ fn params(
         top_k: o.top_k,
         min_p: o.min_p,
         repeat_penalty: o.repeat_penalty,
+        repeat_last_n: o.repeat_last_n,
         typical_p: o.typical_p,
         presence_penalty: o.presence_penalty,
         frequency_penalty: o.frequency_penalty,
@@ -194,7 +234,7 @@ fn params(
         adapters,
         cache_prompt: None,
         logprobs: None,
-    }
+    })
 }
 
 fn now_rfc3339() -> String {
@@ -468,8 +508,13 @@ pub async fn generate(
         )
         .await;
     }
-    let prompt = if request.raw {
-        Prompt::Text(prompt_text)
+    let prompt = if request.raw || !has_own_template(&state, &request.model).await? {
+        // Ollama's template for a model without one is `{{ .Prompt }}`: the text as given
+        // (a system prompt goes before it, on its own paragraph, rather than being dropped).
+        match request.system {
+            Some(system) if !request.raw => Prompt::Text(format!("{system}\n\n{prompt_text}")),
+            _ => Prompt::Text(prompt_text),
+        }
     } else {
         let mut messages = Vec::new();
         if let Some(system) = request.system {
@@ -478,7 +523,7 @@ pub async fn generate(
         messages.push(ChatMessage::new("user", prompt_text));
         Prompt::Chat(messages)
     };
-    let mut params = params(request.options, request.backend, request.adapters);
+    let mut params = params(request.options, request.backend, request.adapters)?;
     params.constraint = constraint;
     params.logprobs = request.logprobs.count()?;
     let stream = request.stream.unwrap_or(true);
@@ -492,6 +537,12 @@ pub async fn generate(
         keep,
     )
     .await
+}
+
+/// Whether model `name` brought a chat template (loading it first, as the generation will).
+async fn has_own_template(state: &AppState, name: &str) -> Result<bool, ApiError> {
+    let view = state.engine.view(name).await.map_err(engine_error)?;
+    Ok(!view.template.is_fallback())
 }
 
 /// `POST /api/chat`
@@ -535,7 +586,7 @@ pub async fn chat(
         })
         .collect::<Result<Vec<_>, _>>()
         .map_err(bad)?;
-    let mut params = params(request.options, request.backend, request.adapters);
+    let mut params = params(request.options, request.backend, request.adapters)?;
     params.constraint = constraint;
     params.logprobs = request.logprobs.count()?;
     let stream = request.stream.unwrap_or(true);

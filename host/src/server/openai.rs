@@ -101,7 +101,15 @@ pub struct Common {
     pub adapters: Option<Vec<String>>,
     /// Extension (llama-server): `false` = do not reuse a kept prompt prefix.
     pub cache_prompt: Option<bool>,
+    /// Every other field: a documented no-op ([`NO_OPS`]) or a 400 naming it.
+    #[serde(flatten)]
+    pub other: serde_json::Map<String, Value>,
 }
+
+/// OpenAI fields accepted and ignored, with the reason (README "OpenAI"): `user` and
+/// `metadata` label requests for OpenAI's dashboards, `store: false` asks for no storage
+/// (nothing is stored here), `service_tier` picks OpenAI's capacity.
+pub const NO_OPS: &[&str] = &["user", "metadata", "service_tier", "store"];
 
 #[derive(Debug, Deserialize)]
 pub struct ChatRequest {
@@ -128,6 +136,16 @@ pub struct CompletionRequest {
 impl Common {
     /// `chat`: the chat route (the two read `logprobs` differently).
     fn params(&self, chat: bool) -> Result<Params, ApiError> {
+        if let Some(key) = self.other.keys().find(|k| !NO_OPS.contains(&k.as_str())) {
+            return Err(ApiError::bad_request(format!(
+                "`{key}` is not supported by this server; leave it out (README: OpenAI fields)"
+            )));
+        }
+        if self.other.get("store").and_then(Value::as_bool) == Some(true) {
+            return Err(ApiError::bad_request(
+                "store: true: this server keeps no completions; leave it out or send false",
+            ));
+        }
         if let Some(n) = self.n.filter(|&n| n != 1) {
             return Err(ApiError::bad_request(format!(
                 "only n = 1 is supported, got {n}"
@@ -147,6 +165,7 @@ impl Common {
             top_k: self.top_k,
             min_p: self.min_p,
             repeat_penalty: self.repeat_penalty,
+            repeat_last_n: None,
             seed: self.seed,
             stop: self
                 .stop

@@ -32,6 +32,8 @@ pub struct Params {
     pub top_k: Option<i64>,
     pub min_p: Option<f64>,
     pub repeat_penalty: Option<f64>,
+    /// The penalties' window in tokens (Ollama's and llama-server's `repeat_last_n`).
+    pub repeat_last_n: Option<i64>,
     pub typical_p: Option<f64>,
     pub presence_penalty: Option<f64>,
     pub frequency_penalty: Option<f64>,
@@ -111,6 +113,18 @@ impl Params {
             )));
         }
         let logit_bias = logit_bias(self.logit_bias.as_ref())?;
+        let repeat_last_n = match self.repeat_last_n {
+            None => None,
+            Some(n @ 0..=MAX_REPEAT_LAST_N) => Some(n as u32),
+            // -1 is Ollama's and llama-server's "the whole context", which the backends
+            // would size a penalty buffer by.
+            Some(n) => {
+                return Err(ApiError::bad_request(format!(
+                    "repeat_last_n must be a window of 0 to {MAX_REPEAT_LAST_N} tokens, got {n} \
+                     (-1, the whole context, is not supported: give the window)"
+                )))
+            }
+        };
         if let Some(bad) = self.adapters.iter().flatten().find(|a| a.trim().is_empty()) {
             return Err(ApiError::bad_request(format!(
                 "adapters must be non-empty \"SPEC[:scale]\" strings, got {bad:?}"
@@ -123,6 +137,7 @@ impl Params {
             top_k,
             min_p: self.min_p.map(|p| p as f32),
             repeat_penalty: self.repeat_penalty.map(|r| r as f32),
+            repeat_last_n,
             typical_p: self.typical_p.map(|p| p as f32),
             presence_penalty: self.presence_penalty.map(|p| p as f32),
             frequency_penalty: self.frequency_penalty.map(|p| p as f32),
@@ -140,6 +155,9 @@ impl Params {
         })
     }
 }
+
+/// The widest `repeat_last_n` window.
+pub const MAX_REPEAT_LAST_N: i64 = 65_536;
 
 /// The most entries a `logit_bias` may have (OpenAI's limit is 300).
 pub const MAX_LOGIT_BIAS: usize = 1024;
