@@ -55,11 +55,30 @@ pub enum Command {
     Adapter(adapter_cmd::AdapterCommand),
     /// Put many `llmlocal serve --join` nodes behind one OpenAI/Ollama endpoint.
     Router(router_cmd::RouterArgs),
+    /// Internal: serve one plugin library to the host over fd 0 (process isolation).
+    #[command(hide = true)]
+    PluginWorker(WorkerArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct WorkerArgs {
+    /// The plugin library.
+    library: PathBuf,
+    /// Address-space limit (RLIMIT_AS) in bytes.
+    #[arg(long)]
+    max_memory: Option<u64>,
+    /// The host's log level (off, error, warn, info, debug, trace).
+    #[arg(long, default_value = "warn")]
+    log_level: String,
 }
 
 /// Parses the arguments and runs the command; errors are printed to stderr.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::PluginWorker(args) = &cli.command {
+        // Its own logging (to the host, over stderr) and no config: the host decided.
+        plugins::run_worker(&args.library, args.max_memory, &args.log_level);
+    }
     logging::init(cli.verbose);
     crate::plugins::install_fatal_signal_report();
     match run(cli) {
@@ -86,6 +105,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Rm(args) => models_cmd::rm(&args),
         Command::Adapter(command) => adapter_cmd::run(&command),
         Command::Router(args) => router_cmd::run(args, &config),
+        Command::PluginWorker(_) => unreachable!("handled in main"),
     }
 }
 
