@@ -30,6 +30,15 @@ pub struct Cli {
     /// $RUST_LOG take a full filter.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
+    /// Run every plugin in this process or each in a worker process of its own (a crash
+    /// then costs only that plugin's requests). Default: in-process for the plugins in
+    /// <exe dir>/plugins, process for plugins found anywhere else; config
+    /// `[plugins.isolation]` sets it per backend.
+    #[arg(long, global = true, value_enum, value_name = "MODE")]
+    pub isolation: Option<plugins::Isolation>,
+    /// Run this backend in a worker process (repeatable); wins over --isolation and config.
+    #[arg(long = "isolate", global = true, value_name = "NAME")]
+    pub isolate: Vec<String>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -93,6 +102,7 @@ pub fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<()> {
     let config = Config::load(cli.config.as_deref())?;
     let dirs = plugin_search_dirs(&cli, &config);
+    plugins::set_isolation_policy(isolation_policy(&cli, &config));
     match cli.command {
         Command::Plugins(args) => match &args.action {
             Some(plugins_cmd::PluginsAction::Check(check)) => plugins_cmd::check(check),
@@ -106,6 +116,35 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Adapter(command) => adapter_cmd::run(&command),
         Command::Router(args) => router_cmd::run(args, &config),
         Command::PluginWorker(_) => unreachable!("handled in main"),
+    }
+}
+
+/// `--isolate` first, then config per backend, then `--isolation` for all, then by location.
+fn isolation_policy(cli: &Cli, config: &Config) -> plugins::IsolationPolicy {
+    let from_cli = cli
+        .isolate
+        .iter()
+        .map(|name| (name.clone(), plugins::Isolation::Process));
+    let from_config = config
+        .plugins
+        .isolation
+        .iter()
+        .map(|(name, isolation)| (name.clone(), *isolation));
+    let worker = &config.plugins.worker;
+    let defaults = plugins::WorkerSettings::default();
+    plugins::IsolationPolicy {
+        per_plugin: from_cli.chain(from_config).collect(),
+        all: cli.isolation,
+        trusted_dir: std::env::current_exe()
+            .ok()
+            .and_then(|exe| exe.parent().map(|dir| dir.join("plugins"))),
+        worker: plugins::WorkerSettings {
+            max_memory_bytes: worker.max_memory_mb.map(|mb| mb.saturating_mul(1 << 20)),
+            step_timeout: worker
+                .step_timeout_secs
+                .map_or(defaults.step_timeout, std::time::Duration::from_secs),
+            ..defaults
+        },
     }
 }
 

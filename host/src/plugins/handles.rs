@@ -35,7 +35,9 @@ enum BackendImpl {
 }
 
 /// How a plugin is run: loaded into this process, or in a worker process of its own.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize, clap::ValueEnum,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum Isolation {
     InProcess,

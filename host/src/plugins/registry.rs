@@ -37,9 +37,14 @@ pub struct PluginRegistry {
 }
 
 impl PluginRegistry {
-    /// Discovers the plugin libraries in `dirs` and loads them.
+    /// Discovers the plugin libraries in `dirs` and loads them as the process-wide policy
+    /// says ([`set_isolation_policy`]; in-process when none was set).
     pub fn load(dirs: &[PathBuf]) -> PluginRegistry {
-        Self::load_files(&discover(dirs))
+        let policy = POLICY
+            .get()
+            .cloned()
+            .unwrap_or_else(IsolationPolicy::in_process);
+        Self::load_with(dirs, &policy)
     }
 
     /// Loads each library on its own; a refusal is recorded (and logged) and the others go on.
@@ -146,6 +151,17 @@ impl PluginRegistry {
         self.backends.iter()
     }
 
+    /// Backends refused since they loaded (a worker crash loop): `{"name", "reason"}` each.
+    pub fn refused_now(&self) -> Vec<serde_json::Value> {
+        self.backends
+            .iter()
+            .filter_map(|b| {
+                b.refused()
+                    .map(|reason| serde_json::json!({"name": b.name(), "reason": reason}))
+            })
+            .collect()
+    }
+
     /// The names of the loaded backends, in load order.
     pub fn backend_names(&self) -> Vec<String> {
         self.backends.iter().map(|b| b.name().to_string()).collect()
@@ -212,6 +228,16 @@ impl PluginRegistry {
 
 /// A backend, or why an opened library was refused at construction.
 type Constructed = Result<Arc<LoadedBackend>, Refusal>;
+
+/// The isolation policy of this process: decided once, from config and command line, before
+/// any plugin loads; global so that every command that loads plugins follows it without
+/// threading it through each one.
+static POLICY: std::sync::OnceLock<IsolationPolicy> = std::sync::OnceLock::new();
+
+/// Sets the policy [`PluginRegistry::load`] uses; the first call wins.
+pub fn set_isolation_policy(policy: IsolationPolicy) {
+    let _ = POLICY.set(policy);
+}
 
 /// Which plugins run in a worker process (see [`Isolation`]).
 #[derive(Debug, Clone, Default)]

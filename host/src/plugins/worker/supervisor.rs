@@ -63,7 +63,7 @@ impl Opened {
             .and_then(|f| f.to_str())
             .and_then(crate::plugins::backend_name_of_file)
             .unwrap_or("plugin")
-            .to_string();
+            .replace('_', "-");
         let (worker, greeting) = WorkerProcess::spawn(library, &stem, settings)
             .map_err(|Down(cause)| Refusal::Worker(format!("its worker process {cause}")))?;
         match greeting {
@@ -199,8 +199,8 @@ impl Supervisor {
     /// The error for a call the worker did not answer.
     pub fn down(&self, call: &str, Down(cause): Down) -> BackendError {
         self.unavailable(format!(
-            "the worker process of plugin `{}` {cause} during `{call}`; it restarts on the \
-             next request",
+            "the worker process of plugin `{}` died ({cause}) during `{call}`; it restarts on \
+             the next request",
             self.name
         ))
     }
