@@ -209,6 +209,8 @@ impl Link {
                     }
                 }
                 Ok(None) => break,
+                // The worker died with requests unread (a crash, a kill): an end, not a lie.
+                Err(err) if err.kind() == std::io::ErrorKind::ConnectionReset => break,
                 Err(err) => {
                     tracing::error!(
                         "plugin `{}`: unreadable message from its worker ({err}); killing it",

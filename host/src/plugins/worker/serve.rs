@@ -39,6 +39,7 @@ pub fn serve(library: &Path) -> ! {
         models: Mutex::new(HashMap::new()),
         generations: Mutex::new(HashMap::new()),
         next_id: AtomicU64::new(1),
+        threads: Threads::default(),
     });
     worker.greet(library);
     let mut input = socket;
@@ -69,6 +70,46 @@ struct Worker {
     models: Mutex<HashMap<u64, Arc<ModelBox>>>,
     generations: Mutex<HashMap<u64, mpsc::Sender<GenerationCall>>>,
     next_id: AtomicU64,
+    threads: Threads,
+}
+
+type Job = Box<dyn FnOnce() + Send>;
+
+/// Threads kept for the next call once theirs is done. Not a fixed pool: a call never
+/// waits for a thread (a generation holds its thread until dropped). Reuse matters for
+/// speed: OpenMP (llama.cpp) keeps one thread team per calling thread, so a fresh thread per
+/// generation would build a new team each time (milliseconds of time to first token).
+#[derive(Default)]
+struct Threads {
+    idle: Arc<Mutex<Vec<mpsc::Sender<Job>>>>,
+}
+
+impl Threads {
+    fn run(&self, job: Job) {
+        let mut job = job;
+        while let Some(thread) = lock(&self.idle).pop() {
+            match thread.send(job) {
+                Ok(()) => return,
+                // That thread is gone: take the job back and try the next.
+                Err(mpsc::SendError(back)) => job = back,
+            }
+        }
+        let (tx, rx) = mpsc::channel::<Job>();
+        let idle = Arc::clone(&self.idle);
+        let spawned = std::thread::Builder::new()
+            .name("plugin-call".into())
+            .spawn(move || {
+                let mut job = Some(job);
+                while let Some(current) = job.take() {
+                    current();
+                    lock(&idle).push(tx.clone());
+                    job = rx.recv().ok();
+                }
+            });
+        if let Err(err) = spawned {
+            tracing::error!("cannot start a thread for a call: {err}");
+        }
+    }
 }
 
 impl Worker {
@@ -112,17 +153,12 @@ impl Worker {
                 self.reply(id, reply);
             }
             call => {
-                let spawned = std::thread::Builder::new()
-                    .name("plugin-call".into())
-                    .spawn(move || {
-                        let reply = self.model_call(id, call);
-                        if let Some(reply) = reply {
-                            self.reply(id, reply);
-                        }
-                    });
-                if let Err(err) = spawned {
-                    tracing::error!("cannot start a thread for a call: {err}");
-                }
+                let worker = Arc::clone(&self);
+                self.threads.run(Box::new(move || {
+                    if let Some(reply) = worker.model_call(id, call) {
+                        worker.reply(id, reply);
+                    }
+                }));
             }
         }
     }
@@ -238,29 +274,49 @@ impl Worker {
         None
     }
 
-    /// Answers the generation's calls in order until the host drops it. Field order of the
-    /// locals is drop order: the generation goes before our hold on its model.
+    /// Answers the generation's calls in order until the host drops it. After answering a
+    /// token it computes the next step at once and holds it (one step, never more: the
+    /// back-pressure stays), so the plugin works while the token crosses the socket and the
+    /// host handles it: the IPC round trip overlaps the compute instead of adding to it.
+    /// Dropping the generation then wastes at most one step.
     fn run_generation(
         &self,
         mut generation: GenerationBox,
         model: Arc<ModelBox>,
         calls: mpsc::Receiver<GenerationCall>,
     ) {
+        let mut ahead: Option<Reply> = None;
         for call in calls {
             match call {
                 GenerationCall::Next(id) => {
-                    let step = answer(generation.next(), |s| Reply::Step((&s).into()));
+                    let step = ahead.take().unwrap_or_else(|| next_step(&mut generation));
+                    let more = matches!(step, Reply::Step(wire::Step::Token(_)));
                     self.reply(id, step);
+                    if more {
+                        ahead = Some(next_step(&mut generation));
+                    }
                 }
                 GenerationCall::Stats(id) => {
-                    let stats = answer(generation.stats(), |s| Reply::Stats(s.into()));
+                    let held = matches!(ahead, Some(Reply::Step(wire::Step::Token(_))));
+                    let stats = answer(generation.stats(), |mut s| {
+                        // The token computed ahead has not been returned by `next` yet.
+                        if held {
+                            s.generated_tokens = s.generated_tokens.saturating_sub(1);
+                        }
+                        Reply::Stats(s.into())
+                    });
                     self.reply(id, stats);
                 }
             }
         }
+        // Field order is drop order: the generation goes before our hold on its model.
         drop(generation);
         drop(model);
     }
+}
+
+fn next_step(generation: &mut GenerationBox) -> Reply {
+    answer(generation.next(), |s| Reply::Step((&s).into()))
 }
 
 fn answer<T>(result: PluginResult<T>, ok: impl FnOnce(T) -> Reply) -> Reply {
