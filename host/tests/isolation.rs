@@ -11,6 +11,7 @@ use serde_json::{json, Value};
 use std::{
     io::{BufRead, BufReader, Read, Write},
     net::TcpStream,
+    path::Path,
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
@@ -28,18 +29,30 @@ impl Server {
         let dir = common::plugin_dir(&["scripted", crashing]);
         let story = common::write_script(dir.path(), "story.txt", &"Once upon a time. ".repeat(40));
         let crash = common::write_script(dir.path(), "crash.txt", "Abcdefghij");
+        Server::start_in(dir, &[("story", story), ("crash", crash)], worker_config)
+    }
+
+    /// `serve --isolation process` over the plugins in `dir`, serving `models`.
+    fn start_in(
+        dir: tempfile::TempDir,
+        models: &[(&str, std::path::PathBuf)],
+        worker_config: &str,
+    ) -> Server {
         let config = dir.path().join("config.toml");
         std::fs::write(&config, format!("[plugins.worker]\n{worker_config}\n")).expect("config");
-        let mut child = Command::new(llmlocal_bin())
+        let mut command = Command::new(llmlocal_bin());
+        command
             .args(["serve", "--bind", "127.0.0.1:0", "--isolation", "process"])
             .arg("--config")
             .arg(&config)
             .arg("--plugin-dir")
-            .arg(dir.path())
-            .arg("--model")
-            .arg(format!("story={}", story.display()))
-            .arg("--model")
-            .arg(format!("crash={}", crash.display()))
+            .arg(dir.path());
+        for (name, path) in models {
+            command
+                .arg("--model")
+                .arg(format!("{name}={}", path.display()));
+        }
+        let mut child = command
             .env("LLMLOCAL_PLUGIN_PATH", "")
             .env("HOME", dir.path())
             .env("XDG_DATA_HOME", dir.path().join("data"))
@@ -50,7 +63,9 @@ impl Server {
             .expect("start serve");
         let mut line = String::new();
         let stdout = child.stdout.take().expect("stdout");
-        BufReader::new(stdout).read_line(&mut line).expect("first line");
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("first line");
         let addr = line
             .trim()
             .strip_prefix("llmlocal listening on http://")
@@ -92,7 +107,11 @@ impl Server {
     }
 
     fn generate(&self, model: &str, backend: &str, tokens: u32) -> (u16, String) {
-        self.exchange("POST", "/api/generate", &generate_body(model, backend, tokens, false))
+        self.exchange(
+            "POST",
+            "/api/generate",
+            &generate_body(model, backend, tokens, false),
+        )
     }
 }
 
@@ -137,15 +156,27 @@ fn split_response(response: &str) -> (u16, String) {
 /// The crash case: while a `story` stream is open, the crashing backend's request fails
 /// with 503 naming the plugin and `cause`; the stream then completes; the crashing backend
 /// serves a request that stays below its crash (`ok_tokens`) after its restart.
-fn crash_costs_only_its_own_requests(crashing: &str, worker_config: &str, cause: &str, ok_tokens: u32) {
+fn crash_costs_only_its_own_requests(
+    crashing: &str,
+    worker_config: &str,
+    cause: &str,
+    ok_tokens: u32,
+) {
     let mut server = Server::start(crashing, worker_config);
     // A stream in flight on another backend (chunked NDJSON; read its first line).
-    let stream = server.send("POST", "/api/generate", &generate_body("story", "scripted", 300, true));
+    let stream = server.send(
+        "POST",
+        "/api/generate",
+        &generate_body("story", "scripted", 300, true),
+    );
     let mut stream = BufReader::new(stream);
     let mut head = String::new();
     while !head.ends_with("\r\n\r\n") {
         let mut line = String::new();
-        assert!(stream.read_line(&mut line).expect("head") > 0, "no response head: {head}");
+        assert!(
+            stream.read_line(&mut line).expect("head") > 0,
+            "no response head: {head}"
+        );
         head.push_str(&line);
     }
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
@@ -159,19 +190,27 @@ fn crash_costs_only_its_own_requests(crashing: &str, worker_config: &str, cause:
     assert!(server.alive(), "the server died with its plugin");
 
     let mut rest = String::new();
-    stream.read_to_string(&mut rest).expect("rest of the stream");
+    stream
+        .read_to_string(&mut rest)
+        .expect("rest of the stream");
     let last = rest
         .lines()
-        .filter(|l| l.starts_with('{'))
-        .last()
+        .rfind(|l| l.starts_with('{'))
         .unwrap_or_else(|| panic!("no NDJSON line in {rest}"));
     let last: Value = serde_json::from_str(last).expect("json line");
-    assert_eq!(last["done"], true, "the other stream did not complete: {rest}");
+    assert_eq!(
+        last["done"], true,
+        "the other stream did not complete: {rest}"
+    );
 
     let (status, body) = server.generate("crash", crashing, ok_tokens);
     assert_eq!(status, 200, "after the restart: {body}");
     let body: Value = serde_json::from_str(&body).expect("json");
-    assert_eq!(body["response"], "Abcdefghij"[..ok_tokens as usize], "{body}");
+    assert_eq!(
+        body["response"],
+        "Abcdefghij"[..ok_tokens as usize],
+        "{body}"
+    );
     println!(
         "BENCH {crashing}: crash to next successful request on that backend {:.0} ms",
         started.elapsed().as_secs_f64() * 1000.0
@@ -217,7 +256,9 @@ fn a_crash_loop_refuses_the_backend_and_health_says_why() {
     let refused = &health["refused_backends"][0];
     assert_eq!(refused["name"], "segfaulting-generation", "{health}");
     assert!(
-        refused["reason"].as_str().is_some_and(|r| r.contains("crashed 5 times")),
+        refused["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("crashed 5 times")),
         "{health}"
     );
     // The other backend still serves.
@@ -240,7 +281,71 @@ fn workers_die_with_the_server() {
         std::thread::sleep(Duration::from_millis(50));
     }
     let orphans: Vec<_> = workers.iter().filter(|pid| alive(**pid)).collect();
-    assert!(orphans.is_empty(), "workers outlived the server: {orphans:?}");
+    assert!(
+        orphans.is_empty(),
+        "workers outlived the server: {orphans:?}"
+    );
+}
+
+/// The target of issue 25: a llama-cpp worker killed by the kernel (SIGKILL, as the OOM
+/// killer does) costs the request in flight; the next request restarts the worker, loads
+/// stories260K again and succeeds. Skipped when the shared stories260K is absent.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_killed_llama_cpp_worker_restarts_and_reloads_its_model() {
+    let shared = std::env::var_os("LLMLOCAL_SHARED_MODELS")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/models"));
+    let model = shared.join("stories260K/stories260K.gguf");
+    if !model.is_file() {
+        eprintln!(
+            "SKIP: {} not found (set LLMLOCAL_SHARED_MODELS)",
+            model.display()
+        );
+        return;
+    }
+    let built = std::env::var_os("LLMLOCAL_PLUGIN_DIR_BUILT")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| common::built_plugins_dir().join("../plugins"));
+    let library = built.join(common::library_of("llama-cpp"));
+    assert!(
+        library.is_file(),
+        "{} missing: set LLMLOCAL_PLUGIN_DIR_BUILT",
+        library.display()
+    );
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::copy(
+        &library,
+        dir.path().join(library.file_name().expect("name")),
+    )
+    .expect("copy");
+    let mut server = Server::start_in(dir, &[("stories", model)], "");
+    let (status, body) = server.generate("stories", "llama-cpp", 8);
+    assert_eq!(status, 200, "{body}");
+    let workers = children_of(server.child.id());
+    assert_eq!(workers.len(), 1, "one worker: {workers:?}");
+    let killed = Instant::now();
+    let kill = Command::new("kill")
+        .args(["-KILL", &workers[0].to_string()])
+        .status();
+    assert!(kill.is_ok_and(|s| s.success()), "kill the worker");
+    // The first request may meet the dead worker (503) or already a restarted one.
+    let mut attempts = Vec::new();
+    loop {
+        let (status, body) = server.generate("stories", "llama-cpp", 8);
+        attempts.push(status);
+        if status == 200 {
+            break;
+        }
+        assert_eq!(status, 503, "{body}");
+        assert!(body.contains("SIGKILL"), "{body}");
+        assert!(attempts.len() < 3, "no recovery: {attempts:?} {body}");
+    }
+    println!(
+        "BENCH llama-cpp worker SIGKILL to next successful request (stories260K): {:.0} ms",
+        killed.elapsed().as_secs_f64() * 1000.0
+    );
+    assert!(server.alive());
 }
 
 /// The pids whose parent is `parent` (from /proc/*/stat).
@@ -248,7 +353,11 @@ fn workers_die_with_the_server() {
 fn children_of(parent: u32) -> Vec<u32> {
     let mut children = Vec::new();
     for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
             continue;
         };
         if ppid(pid) == Some(parent) {

@@ -18,11 +18,11 @@ pub use discover::{
 };
 pub use error::{BackendError, PluginError, Refusal};
 pub use handles::{Isolation, LoadedBackend, LoadedModel, RunningGeneration};
-pub use worker::{run_worker, WorkerSettings, WORKER_EXE_ENV};
 pub use log_sink::PLUGIN_LOG_TARGET;
 pub use registry::{
     set_isolation_policy, IsolationPolicy, PluginEntry, PluginRegistry, PluginStatus,
 };
+pub use worker::{run_worker, WorkerSettings, WORKER_EXE_ENV};
 
 pub use llmlocal_plugin_api::{
     capability, Constraint, ConstraintKind, EmbedRequest, ErrorKind, FinishReason, Finished,

@@ -407,3 +407,34 @@ fn construct_group(
         constructed[index] = Some(result);
     }
 }
+
+#[cfg(test)]
+mod isolation_tests {
+    use super::*;
+
+    #[test]
+    fn plugins_outside_the_install_dir_default_to_a_worker_and_overrides_win() {
+        let install = tempfile::tempdir().expect("temp dir");
+        let elsewhere = tempfile::tempdir().expect("temp dir");
+        let own = install.path().join("libllmlocal_backend_llama_cpp.so");
+        let third = elsewhere.path().join("libllmlocal_backend_third_party.so");
+        let mut policy = IsolationPolicy {
+            trusted_dir: Some(install.path().to_path_buf()),
+            ..IsolationPolicy::default()
+        };
+        assert_eq!(policy.for_library(&own), Isolation::InProcess);
+        assert_eq!(policy.for_library(&third), Isolation::Process);
+        // Per backend name, `-` and `_` alike, wins over the location and over `all`.
+        policy.all = Some(Isolation::Process);
+        policy.per_plugin = vec![("llama-cpp".into(), Isolation::InProcess)];
+        assert_eq!(policy.for_library(&own), Isolation::InProcess);
+        policy.per_plugin = vec![("third_party".into(), Isolation::InProcess)];
+        assert_eq!(policy.for_library(&third), Isolation::InProcess);
+        assert_eq!(policy.for_library(&own), Isolation::Process);
+        // The library API's default: everything in this process.
+        assert_eq!(
+            IsolationPolicy::in_process().for_library(&third),
+            Isolation::InProcess
+        );
+    }
+}

@@ -37,12 +37,13 @@ pub struct IsolationReport {
 
 impl IsolationReport {
     pub fn table(&self) -> String {
-        let row = |name: &str, m: &Mode| {
-            format!("{name:<12} {:>10.1} {:>10.2}\n", m.gen_tps, m.ttft_ms)
-        };
+        let row =
+            |name: &str, m: &Mode| format!("{name:<12} {:>10.1} {:>10.2}\n", m.gen_tps, m.ttft_ms);
         let rss = self
             .worker_idle_rss_kib
-            .map_or("unknown".to_string(), |kib| format!("{:.1} MiB", kib as f64 / 1024.0));
+            .map_or("unknown".to_string(), |kib| {
+                format!("{:.1} MiB", kib as f64 / 1024.0)
+            });
         format!(
             "{} ({} threads, prompt {} tokens, {} generated, {} interleaved rounds, medians)\n\
              {:<12} {:>10} {:>10}\n{}{}gen ratio process/in-process: {:.3}\n\
@@ -67,7 +68,10 @@ impl IsolationReport {
 pub fn run(dir: &Path, backend: &str, setup: &Setup) -> anyhow::Result<IsolationReport> {
     let library = plugin::library_path(dir, backend);
     if !library.is_file() {
-        bail!("plugin library {} not found (pass --plugin-dir)", library.display());
+        bail!(
+            "plugin library {} not found (pass --plugin-dir)",
+            library.display()
+        );
     }
     let local = PluginRegistry::load_files(std::slice::from_ref(&library));
     let policy = IsolationPolicy::process(WorkerSettings::default());
@@ -82,7 +86,12 @@ pub fn run(dir: &Path, backend: &str, setup: &Setup) -> anyhow::Result<Isolation
     let mut runs: [(Vec<f64>, Vec<f64>); 2] = Default::default();
     for round in 0..setup.repeat {
         for (i, model) in models.iter().enumerate() {
-            eprintln!("round {}/{}: {} ...", round + 1, setup.repeat, ["in-process", "process"][i]);
+            eprintln!(
+                "round {}/{}: {} ...",
+                round + 1,
+                setup.repeat,
+                ["in-process", "process"][i]
+            );
             let (tps, ttft) = one_generation(model, &prompt, setup.gen_tokens)?;
             runs[i].0.push(tps);
             runs[i].1.push(ttft);
@@ -127,7 +136,11 @@ fn load(backend: &LoadedBackend, setup: &Setup) -> anyhow::Result<LoadedModel> {
 
 /// One greedy generation without prefix reuse: (generation tokens/s after the first token,
 /// ms from `generate` to the first token received).
-fn one_generation(model: &LoadedModel, prompt: &[u32], tokens: usize) -> anyhow::Result<(f64, f64)> {
+fn one_generation(
+    model: &LoadedModel,
+    prompt: &[u32],
+    tokens: usize,
+) -> anyhow::Result<(f64, f64)> {
     let mut request = plugin::request(prompt, tokens);
     // Every round pays the full prompt: the same work in both modes.
     request.cache_prompt = false;

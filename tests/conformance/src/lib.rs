@@ -60,7 +60,12 @@ pub fn run_suite_with(
     models: &[ModelUnderTest],
     check_limit: std::time::Duration,
 ) -> SuiteReport {
-    run_suite_isolated(plugin_path, models, check_limit, &IsolationPolicy::in_process())
+    run_suite_isolated(
+        plugin_path,
+        models,
+        check_limit,
+        &IsolationPolicy::in_process(),
+    )
 }
 
 /// [`run_suite_with`], the plugin loaded as `policy` says: in this process, or in a worker

@@ -50,15 +50,14 @@ fn default_executable() -> PathBuf {
         return PathBuf::from(exe);
     }
     let current = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("llmlocal"));
-    let is_llmlocal = current
-        .file_stem()
-        .is_some_and(|stem| stem == "llmlocal");
+    let is_llmlocal = current.file_stem().is_some_and(|stem| stem == "llmlocal");
     if is_llmlocal {
         return current;
     }
     // A test binary lives in target/<profile>/deps, next to nothing; the conformance binary
     // in target/<profile>, next to llmlocal.
-    let beside = |dir: &std::path::Path| dir.join(format!("llmlocal{}", std::env::consts::EXE_SUFFIX));
+    let beside =
+        |dir: &std::path::Path| dir.join(format!("llmlocal{}", std::env::consts::EXE_SUFFIX));
     current
         .parent()
         .into_iter()
@@ -73,11 +72,8 @@ pub fn run_worker(library: &std::path::Path, max_memory_bytes: Option<u64>, log_
     init_logging(log_level);
     crate::plugins::install_fatal_signal_report();
     if let Some(bytes) = max_memory_bytes {
-        let limit = nix::sys::resource::setrlimit(
-            nix::sys::resource::Resource::RLIMIT_AS,
-            bytes,
-            bytes,
-        );
+        let limit =
+            nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_AS, bytes, bytes);
         if let Err(err) = limit {
             tracing::error!("cannot limit the address space to {bytes} bytes: {err}");
             std::process::exit(2);
@@ -88,8 +84,9 @@ pub fn run_worker(library: &std::path::Path, max_memory_bytes: Option<u64>, log_
 
 /// One line per event, level first, no time and no colour: the host parses the level.
 fn init_logging(level: &str) {
-    let level: tracing::level_filters::LevelFilter =
-        level.parse().unwrap_or(tracing::level_filters::LevelFilter::WARN);
+    let level: tracing::level_filters::LevelFilter = level
+        .parse()
+        .unwrap_or(tracing::level_filters::LevelFilter::WARN);
     let _ = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .without_time()

@@ -294,11 +294,12 @@ fn spawn_from_keeper(command: Command) -> std::io::Result<Child> {
         *keeper = Some(tx);
     }
     let (reply_tx, reply_rx) = mpsc::sync_channel(1);
-    keeper
+    let sent = keeper
         .as_ref()
-        .map(|tx| tx.send((command, reply_tx)))
-        .transpose()
-        .map_err(|_| std::io::Error::other("the worker keeper thread is gone"))?;
+        .is_some_and(|tx| tx.send((command, reply_tx)).is_ok());
+    if !sent {
+        return Err(std::io::Error::other("the worker keeper thread is gone"));
+    }
     drop(keeper);
     reply_rx
         .recv()
@@ -360,5 +361,7 @@ fn emit_line(plugin: &str, line: &str) {
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }

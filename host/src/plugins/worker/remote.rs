@@ -48,7 +48,10 @@ impl RemoteModel {
         Ok((worker, slot.1))
     }
 
-    fn call(&self, call: impl FnOnce(u64) -> Call) -> Result<(Arc<WorkerProcess>, Reply), BackendError> {
+    fn call(
+        &self,
+        call: impl FnOnce(u64) -> Call,
+    ) -> Result<(Arc<WorkerProcess>, Reply), BackendError> {
         let (worker, id) = self.ensure()?;
         let call = call(id);
         let name = call.name();
@@ -65,7 +68,12 @@ impl RemoteModel {
         }
     }
 
-    pub fn tokenize(&self, text: &str, add_special: bool, parse_special: bool) -> Result<Vec<u32>, BackendError> {
+    pub fn tokenize(
+        &self,
+        text: &str,
+        add_special: bool,
+        parse_special: bool,
+    ) -> Result<Vec<u32>, BackendError> {
         let call = |model| Call::Tokenize {
             model,
             text: text.to_string(),
@@ -183,7 +191,12 @@ impl RemoteGeneration {
         let deadline = Some(self.supervisor.settings().step_timeout);
         let reply = self
             .worker
-            .call(Call::Next { generation: self.id }, deadline)
+            .call(
+                Call::Next {
+                    generation: self.id,
+                },
+                deadline,
+            )
             .map_err(|down| self.supervisor.down("next", down))?;
         match reply {
             Reply::Step(step) => Ok(step.into()),
@@ -194,7 +207,12 @@ impl RemoteGeneration {
     pub fn stats(&self) -> Result<GenerationStats, BackendError> {
         let reply = self
             .worker
-            .call(Call::Stats { generation: self.id }, None)
+            .call(
+                Call::Stats {
+                    generation: self.id,
+                },
+                None,
+            )
             .map_err(|down| self.supervisor.down("stats", down))?;
         match reply {
             Reply::Stats(stats) => Ok(stats.into()),

@@ -137,7 +137,9 @@ impl Worker {
     fn dispatch(self: Arc<Self>, request: Request) {
         let id = request.id;
         match request.call {
-            Call::Next { generation } => self.to_generation(id, generation, GenerationCall::Next(id)),
+            Call::Next { generation } => {
+                self.to_generation(id, generation, GenerationCall::Next(id))
+            }
             Call::Stats { generation } => {
                 self.to_generation(id, generation, GenerationCall::Stats(id))
             }
@@ -180,15 +182,15 @@ impl Worker {
         let sender = lock(&self.generations).get(&generation).cloned();
         let sent = sender.is_some_and(|s| s.send(call).is_ok());
         if !sent {
-            self.reply(id, error(&format!("no generation {generation} in this worker")));
+            self.reply(
+                id,
+                error(&format!("no generation {generation} in this worker")),
+            );
         }
     }
 
-    fn model(&self, model: u64) -> Result<Arc<ModelBox>, Reply> {
-        lock(&self.models)
-            .get(&model)
-            .cloned()
-            .ok_or_else(|| error(&format!("no model {model} in this worker")))
+    fn model(&self, model: u64) -> Option<Arc<ModelBox>> {
+        lock(&self.models).get(&model).cloned()
     }
 
     /// Runs a call on a model (or the load); `None` when the reply was already sent.
@@ -235,8 +237,8 @@ impl Worker {
 
     fn on_model(&self, model: u64, f: impl FnOnce(&ModelBox) -> Reply) -> Reply {
         match self.model(model) {
-            Ok(m) => f(&m),
-            Err(reply) => reply,
+            Some(m) => f(&m),
+            None => no_model(model),
         }
     }
 
@@ -257,9 +259,8 @@ impl Worker {
         model: u64,
         request: llmlocal_plugin_api::GenerateRequest,
     ) -> Option<Reply> {
-        let model = match self.model(model) {
-            Ok(m) => m,
-            Err(reply) => return Some(reply),
+        let Some(model) = self.model(model) else {
+            return Some(no_model(model));
         };
         let generation = match model.generate(request).into_result() {
             Ok(g) => g,
@@ -326,10 +327,16 @@ fn answer<T>(result: PluginResult<T>, ok: impl FnOnce(T) -> Reply) -> Reply {
     }
 }
 
+fn no_model(model: u64) -> Reply {
+    error(&format!("no model {model} in this worker"))
+}
+
 fn error(message: &str) -> Reply {
     Reply::Error(llmlocal_plugin_api::PluginError::internal(message).into())
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }

@@ -19,18 +19,46 @@ pub enum Call {
     /// Run the plugin's constructor (after the greeting).
     Construct,
     Load(LoadRequest),
-    Metadata { model: u64 },
-    Tokenize { model: u64, text: String, add_special: bool, parse_special: bool },
-    Detokenize { model: u64, tokens: Vec<u32>, skip_special: bool },
-    Generate { model: u64, request: GenerateRequest },
-    Logits { model: u64, tokens: Vec<u32> },
-    Embed { model: u64, request: EmbedRequest },
-    Next { generation: u64 },
-    Stats { generation: u64 },
+    Metadata {
+        model: u64,
+    },
+    Tokenize {
+        model: u64,
+        text: String,
+        add_special: bool,
+        parse_special: bool,
+    },
+    Detokenize {
+        model: u64,
+        tokens: Vec<u32>,
+        skip_special: bool,
+    },
+    Generate {
+        model: u64,
+        request: GenerateRequest,
+    },
+    Logits {
+        model: u64,
+        tokens: Vec<u32>,
+    },
+    Embed {
+        model: u64,
+        request: EmbedRequest,
+    },
+    Next {
+        generation: u64,
+    },
+    Stats {
+        generation: u64,
+    },
     /// Fire-and-forget: no response.
-    DropModel { model: u64 },
+    DropModel {
+        model: u64,
+    },
     /// Fire-and-forget (cancel on drop): no response.
-    DropGeneration { generation: u64 },
+    DropGeneration {
+        generation: u64,
+    },
 }
 
 impl Call {
@@ -443,7 +471,11 @@ impl From<&api::ModelMetadata> for ModelMetadata {
             bos_token: m.bos_token.into_option(),
             eos_token: m.eos_token.into_option(),
             end_of_generation_tokens: m.end_of_generation_tokens.to_vec(),
-            chat_template: m.chat_template.as_ref().map(|t| t.to_string()).into_option(),
+            chat_template: m
+                .chat_template
+                .as_ref()
+                .map(|t| t.to_string())
+                .into_option(),
             device: m.device.to_string(),
             load_ms: m.load_ms,
             pooling: m.pooling.to_string(),
@@ -488,7 +520,11 @@ pub struct Token {
 #[derive(Debug, Serialize, Deserialize)]
 pub enum Step {
     Token(Token),
-    Finished { reason: u8, text: String, extensions: Vec<Extension> },
+    Finished {
+        reason: u8,
+        text: String,
+        extensions: Vec<Extension>,
+    },
 }
 
 impl From<&api::Step> for Step {
