@@ -75,8 +75,9 @@ impl WorkerProcess {
             .stderr(Stdio::piped());
         let mut child = spawn_from_keeper(command).map_err(|e| {
             Down(format!(
-                "cannot start the worker {}: {e}",
-                settings.executable.display()
+                "could not be started ({}: {e}; set ${} to the llmlocal binary)",
+                settings.executable.display(),
+                super::WORKER_EXE_ENV
             ))
         })?;
         let out = host_end
