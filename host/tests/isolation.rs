@@ -306,7 +306,15 @@ fn a_killed_llama_cpp_worker_restarts_and_reloads_its_model() {
     }
     let built = std::env::var_os("LLMLOCAL_PLUGIN_DIR_BUILT")
         .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| common::built_plugins_dir().join("../plugins"));
+        .unwrap_or_else(|| {
+            // The test binary is target/<profile>/deps/<name>-<hash>; xtask puts the real
+            // plugins in target/plugins.
+            let exe = std::env::current_exe().expect("test binary path");
+            exe.ancestors()
+                .nth(3)
+                .unwrap_or(Path::new("."))
+                .join("plugins")
+        });
     let library = built.join(common::library_of("llama-cpp"));
     assert!(
         library.is_file(),
