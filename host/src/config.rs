@@ -5,13 +5,25 @@
 //!
 //! [plugins]
 //! dirs = ["/opt/llmlocal/plugins", "plugins"]   # relative paths: from the config file's dir
+//!
+//! [plugins.isolation]            # per backend: "in-process" or "process" (worker process)
+//! llama-cpp = "in-process"       # default: in-process for <exe dir>/plugins, else process
+//! my-plugin = "process"
+//!
+//! [plugins.worker]               # process isolation: limits and hang detection
+//! max_memory_mb = 8192           # address space of each worker (RLIMIT_AS)
+//! step_timeout_secs = 120        # a worker owing a token this long is killed as hung
 //! ```
 //!
 //! Found at `--config FILE`, else `$LLMLOCAL_CONFIG`, else `<config dir>/llmlocal/config.toml`
 //! if it exists. `$LLMLOCAL_DEFAULT_BACKEND` overrides `default_backend`.
 
+use crate::plugins::Isolation;
 use serde::Deserialize;
-use std::path::{Path, PathBuf};
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+};
 
 pub const CONFIG_ENV: &str = "LLMLOCAL_CONFIG";
 pub const DEFAULT_BACKEND_ENV: &str = "LLMLOCAL_DEFAULT_BACKEND";
@@ -34,6 +46,21 @@ pub struct PluginsConfig {
     /// Extra plugin directories, searched after `$LLMLOCAL_PLUGIN_PATH`.
     #[serde(default)]
     pub dirs: Vec<PathBuf>,
+    /// Per backend name: in this process or in a worker process of its own.
+    #[serde(default)]
+    pub isolation: BTreeMap<String, Isolation>,
+    #[serde(default)]
+    pub worker: WorkerConfig,
+}
+
+/// Process isolation: how workers are limited and watched.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerConfig {
+    /// Address-space limit of each worker in MiB; unset = none.
+    pub max_memory_mb: Option<u64>,
+    /// A worker that owes a token and stays silent this long is killed as hung (default 120).
+    pub step_timeout_secs: Option<u64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -106,6 +133,26 @@ pub fn default_path() -> Option<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn isolation_per_plugin_and_worker_limits_parse_and_a_bad_mode_is_refused() {
+        let config = Config::parse(
+            "[plugins.isolation]\nllama-cpp = \"in-process\"\nmine = \"process\"\n\
+             [plugins.worker]\nmax_memory_mb = 512\nstep_timeout_secs = 5\n",
+        )
+        .expect("parses");
+        assert_eq!(
+            config.plugins.isolation.get("mine"),
+            Some(&Isolation::Process)
+        );
+        assert_eq!(
+            config.plugins.isolation.get("llama-cpp"),
+            Some(&Isolation::InProcess)
+        );
+        assert_eq!(config.plugins.worker.max_memory_mb, Some(512));
+        let err = Config::parse("[plugins.isolation]\nx = \"sandbox\"\n").expect_err("bad");
+        assert!(err.contains("sandbox"), "{err}");
+    }
 
     #[test]
     fn parses_plugins_and_default_backend() {

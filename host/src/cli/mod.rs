@@ -31,6 +31,15 @@ pub struct Cli {
     /// $RUST_LOG take a full filter.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
+    /// Run every plugin in this process or each in a worker process of its own (a crash
+    /// then costs only that plugin's requests). Default: in-process for the plugins in
+    /// <exe dir>/plugins, process for plugins found anywhere else; config
+    /// `[plugins.isolation]` sets it per backend.
+    #[arg(long, global = true, value_enum, value_name = "MODE")]
+    pub isolation: Option<plugins::Isolation>,
+    /// Run this backend in a worker process (repeatable); wins over --isolation and config.
+    #[arg(long = "isolate", global = true, value_name = "NAME")]
+    pub isolate: Vec<String>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -59,11 +68,30 @@ pub enum Command {
     Adapter(adapter_cmd::AdapterCommand),
     /// Put many `llmlocal serve --join` nodes behind one OpenAI/Ollama endpoint.
     Router(router_cmd::RouterArgs),
+    /// Internal: serve one plugin library to the host over fd 0 (process isolation).
+    #[command(hide = true)]
+    PluginWorker(WorkerArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct WorkerArgs {
+    /// The plugin library.
+    library: PathBuf,
+    /// Address-space limit (RLIMIT_AS) in bytes.
+    #[arg(long)]
+    max_memory: Option<u64>,
+    /// The host's log level (off, error, warn, info, debug, trace).
+    #[arg(long, default_value = "warn")]
+    log_level: String,
 }
 
 /// Parses the arguments and runs the command; errors are printed to stderr.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::PluginWorker(args) = &cli.command {
+        // Its own logging (to the host, over stderr) and no config: the host decided.
+        plugins::run_worker(&args.library, args.max_memory, &args.log_level);
+    }
     logging::init(cli.verbose);
     crate::plugins::install_fatal_signal_report();
     match run(cli) {
@@ -78,6 +106,7 @@ pub fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<()> {
     let config = Config::load(cli.config.as_deref())?;
     let dirs = plugin_search_dirs(&cli, &config);
+    plugins::set_isolation_policy(isolation_policy(&cli, &config));
     match cli.command {
         Command::Plugins(args) => match &args.action {
             Some(plugins_cmd::PluginsAction::Check(check)) => plugins_cmd::check(check),
@@ -91,6 +120,36 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Rm(args) => models_cmd::rm(&args),
         Command::Adapter(command) => adapter_cmd::run(&command),
         Command::Router(args) => router_cmd::run(args, &config),
+        Command::PluginWorker(_) => unreachable!("handled in main"),
+    }
+}
+
+/// `--isolate` first, then config per backend, then `--isolation` for all, then by location.
+fn isolation_policy(cli: &Cli, config: &Config) -> plugins::IsolationPolicy {
+    let from_cli = cli
+        .isolate
+        .iter()
+        .map(|name| (name.clone(), plugins::Isolation::Process));
+    let from_config = config
+        .plugins
+        .isolation
+        .iter()
+        .map(|(name, isolation)| (name.clone(), *isolation));
+    let worker = &config.plugins.worker;
+    let defaults = plugins::WorkerSettings::default();
+    plugins::IsolationPolicy {
+        per_plugin: from_cli.chain(from_config).collect(),
+        all: cli.isolation,
+        trusted_dir: std::env::current_exe()
+            .ok()
+            .and_then(|exe| exe.parent().map(|dir| dir.join("plugins"))),
+        worker: plugins::WorkerSettings {
+            max_memory_bytes: worker.max_memory_mb.map(|mb| mb.saturating_mul(1 << 20)),
+            step_timeout: worker
+                .step_timeout_secs
+                .map_or(defaults.step_timeout, std::time::Duration::from_secs),
+            ..defaults
+        },
     }
 }
 

@@ -130,7 +130,7 @@ pub fn run(args: &PluginsArgs, dirs: &[PathBuf]) -> anyhow::Result<()> {
     let registry = PluginRegistry::load(dirs);
     let listing = Listing {
         search_dirs: dirs.to_vec(),
-        plugins: registry.entries().iter().map(row).collect(),
+        plugins: registry.entries_now().iter().map(row).collect(),
     };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&listing)?);

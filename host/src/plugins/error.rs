@@ -95,6 +95,10 @@ pub enum Refusal {
     InvalidManifest(String),
     #[error("its constructor failed: {0}")]
     Constructor(llmlocal_plugin_api::PluginError),
+    /// Refused by (or while starting) its worker process (process isolation); the text is
+    /// the worker's reason.
+    #[error("{0}")]
+    Worker(String),
     #[error("backend name `{name}` is already provided by {}", .by.display())]
     DuplicateName { name: String, by: PathBuf },
 }

@@ -1,7 +1,15 @@
-//! Safe host-side handles over the FFI objects of a loaded plugin. Every call converts the
-//! plugin's `RResult` into `Result<_, BackendError>` naming the backend.
+//! Safe host-side handles over a loaded plugin: the FFI objects of a library loaded in this
+//! process, or the same calls to a worker process (process isolation). Callers cannot tell
+//! the two apart. Every call converts the plugin's `RResult` into `Result<_, BackendError>`
+//! naming the backend.
 
-use super::error::BackendError;
+use super::{
+    error::BackendError,
+    worker::{
+        remote::{RemoteGeneration, RemoteModel},
+        supervisor::Supervisor,
+    },
+};
 use abi_stable::std_types::{RResult, RSlice, RStr};
 use llmlocal_plugin_api::{
     capability,
@@ -16,8 +24,33 @@ pub struct LoadedBackend {
     /// The library it came from.
     pub path: PathBuf,
     pub manifest: Manifest,
+    backend: BackendImpl,
+}
+
+/// Where the backend runs.
+enum BackendImpl {
     /// Shared with every model it loads, so no model outlives its backend.
-    backend: Arc<BackendBox>,
+    InProcess(Arc<BackendBox>),
+    Worker(Arc<Supervisor>),
+}
+
+/// How a plugin is run: loaded into this process, or in a worker process of its own.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize, clap::ValueEnum,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum Isolation {
+    InProcess,
+    Process,
+}
+
+impl Isolation {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Isolation::InProcess => "in-process",
+            Isolation::Process => "process",
+        }
+    }
 }
 
 impl std::fmt::Debug for LoadedBackend {
@@ -34,12 +67,43 @@ impl LoadedBackend {
         LoadedBackend {
             path,
             manifest,
-            backend: Arc::new(backend),
+            backend: BackendImpl::InProcess(Arc::new(backend)),
+        }
+    }
+
+    pub(crate) fn in_worker(path: PathBuf, manifest: Manifest, supervisor: Supervisor) -> Self {
+        LoadedBackend {
+            path,
+            manifest,
+            backend: BackendImpl::Worker(Arc::new(supervisor)),
         }
     }
 
     pub fn name(&self) -> &str {
         self.manifest.name.as_str()
+    }
+
+    pub fn isolation(&self) -> Isolation {
+        match self.backend {
+            BackendImpl::InProcess(_) => Isolation::InProcess,
+            BackendImpl::Worker(_) => Isolation::Process,
+        }
+    }
+
+    /// Process isolation: why the backend was refused after its worker crashed in a loop.
+    pub fn refused(&self) -> Option<String> {
+        match &self.backend {
+            BackendImpl::InProcess(_) => None,
+            BackendImpl::Worker(supervisor) => supervisor.refused(),
+        }
+    }
+
+    /// Process isolation: the pid of the current worker process.
+    pub fn worker_pid(&self) -> Option<u32> {
+        match &self.backend {
+            BackendImpl::InProcess(_) => None,
+            BackendImpl::Worker(supervisor) => Some(supervisor.pid()),
+        }
     }
 
     /// Fails with a `missing_capability` error for the first of `needs` (see
@@ -51,13 +115,20 @@ impl LoadedBackend {
 
     pub fn load_model(&self, request: LoadRequest) -> Result<LoadedModel, BackendError> {
         let name: Arc<str> = Arc::from(self.name());
-        let model = check(&name, self.backend.load(request))?;
+        let model = match &self.backend {
+            BackendImpl::InProcess(backend) => ModelImpl::InProcess {
+                model: check(&name, backend.load(request))?,
+                _backend: Arc::clone(backend),
+            },
+            BackendImpl::Worker(supervisor) => {
+                ModelImpl::Worker(RemoteModel::load(Arc::clone(supervisor), request)?)
+            }
+        };
         Ok(LoadedModel {
             inner: Arc::new(ModelInner {
                 model,
                 backend_name: name,
                 capabilities: self.manifest.capabilities.clone(),
-                _backend: Arc::clone(&self.backend),
             }),
         })
     }
@@ -75,12 +146,19 @@ fn first_missing(
 }
 
 struct ModelInner {
-    // Field order is drop order: the model goes before the backend that made it.
-    model: ModelBox,
+    model: ModelImpl,
     backend_name: Arc<str>,
     /// What the manifest declared: the host never sends a request needing anything else.
     capabilities: Capabilities,
-    _backend: Arc<BackendBox>,
+}
+
+enum ModelImpl {
+    InProcess {
+        // Field order is drop order: the model goes before the backend that made it.
+        model: ModelBox,
+        _backend: Arc<BackendBox>,
+    },
+    Worker(RemoteModel),
 }
 
 /// A loaded model, cheap to clone and usable from several threads at once.
@@ -110,7 +188,10 @@ impl LoadedModel {
     }
 
     pub fn metadata(&self) -> Result<ModelMetadata, BackendError> {
-        self.check(self.inner.model.metadata())
+        match &self.inner.model {
+            ModelImpl::InProcess { model, .. } => self.check(model.metadata()),
+            ModelImpl::Worker(remote) => remote.metadata(),
+        }
     }
 
     pub fn tokenize(
@@ -119,19 +200,23 @@ impl LoadedModel {
         add_special: bool,
         parse_special: bool,
     ) -> Result<Vec<u32>, BackendError> {
-        let tokens = self
-            .inner
-            .model
-            .tokenize(RStr::from_str(text), add_special, parse_special);
-        self.check(tokens).map(Into::into)
+        match &self.inner.model {
+            ModelImpl::InProcess { model, .. } => {
+                let tokens = model.tokenize(RStr::from_str(text), add_special, parse_special);
+                self.check(tokens).map(Into::into)
+            }
+            ModelImpl::Worker(remote) => remote.tokenize(text, add_special, parse_special),
+        }
     }
 
     pub fn detokenize(&self, tokens: &[u32], skip_special: bool) -> Result<String, BackendError> {
-        let text = self
-            .inner
-            .model
-            .detokenize(RSlice::from_slice(tokens), skip_special);
-        self.check(text).map(Into::into)
+        match &self.inner.model {
+            ModelImpl::InProcess { model, .. } => {
+                let text = model.detokenize(RSlice::from_slice(tokens), skip_special);
+                self.check(text).map(Into::into)
+            }
+            ModelImpl::Worker(remote) => remote.detokenize(tokens, skip_special),
+        }
     }
 
     /// Whether the backend declared `capability` (see [`llmlocal_plugin_api::capability`]).
@@ -148,7 +233,12 @@ impl LoadedModel {
 
     pub fn generate(&self, request: GenerateRequest) -> Result<RunningGeneration, BackendError> {
         self.check_capabilities(&request)?;
-        let generation = self.check(self.inner.model.generate(request))?;
+        let generation = match &self.inner.model {
+            ModelImpl::InProcess { model, .. } => {
+                GenerationImpl::InProcess(self.check(model.generate(request))?)
+            }
+            ModelImpl::Worker(remote) => GenerationImpl::Worker(remote.generate(&request)?),
+        };
         Ok(RunningGeneration {
             generation,
             model: self.clone(),
@@ -156,8 +246,13 @@ impl LoadedModel {
     }
 
     pub fn logits(&self, tokens: &[u32]) -> Result<Vec<f32>, BackendError> {
-        let logits = self.inner.model.logits(RSlice::from_slice(tokens));
-        self.check(logits).map(Into::into)
+        match &self.inner.model {
+            ModelImpl::InProcess { model, .. } => {
+                let logits = model.logits(RSlice::from_slice(tokens));
+                self.check(logits).map(Into::into)
+            }
+            ModelImpl::Worker(remote) => remote.logits(tokens),
+        }
     }
 
     /// One vector per input; a backend without the `embeddings` capability is not called.
@@ -168,16 +263,26 @@ impl LoadedModel {
                 capability::EMBEDDINGS,
             ));
         }
-        let vectors = self.check(self.inner.model.embed(request))?;
-        Ok(vectors.into_iter().map(Into::into).collect())
+        match &self.inner.model {
+            ModelImpl::InProcess { model, .. } => {
+                let vectors = self.check(model.embed(request))?;
+                Ok(vectors.into_iter().map(Into::into).collect())
+            }
+            ModelImpl::Worker(remote) => remote.embed(&request),
+        }
     }
 }
 
 /// A generation in progress. Dropping it cancels the generation.
 pub struct RunningGeneration {
     // Dropped first: the generation, then our hold on its model.
-    generation: GenerationBox,
+    generation: GenerationImpl,
     model: LoadedModel,
+}
+
+enum GenerationImpl {
+    InProcess(GenerationBox),
+    Worker(RemoteGeneration),
 }
 
 impl std::fmt::Debug for RunningGeneration {
@@ -194,12 +299,21 @@ impl RunningGeneration {
     /// a value (`Step::Finished`, repeated) and every call can fail.
     #[allow(clippy::should_implement_trait)]
     pub fn next(&mut self) -> Result<Step, BackendError> {
-        let step = self.generation.next();
-        check(&self.model.inner.backend_name, step)
+        match &mut self.generation {
+            GenerationImpl::InProcess(generation) => {
+                check(&self.model.inner.backend_name, generation.next())
+            }
+            GenerationImpl::Worker(remote) => remote.next(),
+        }
     }
 
     pub fn stats(&self) -> Result<GenerationStats, BackendError> {
-        check(&self.model.inner.backend_name, self.generation.stats())
+        match &self.generation {
+            GenerationImpl::InProcess(generation) => {
+                check(&self.model.inner.backend_name, generation.stats())
+            }
+            GenerationImpl::Worker(remote) => remote.stats(),
+        }
     }
 
     pub fn backend_name(&self) -> &str {

@@ -10,15 +10,19 @@ mod load;
 mod log_sink;
 mod registry;
 pub mod version;
+mod worker;
 
 pub use crash::install_fatal_signal_report;
 pub use discover::{
     backend_name_of_file, discover, library_file_name, search_dirs, PLUGIN_PATH_ENV,
 };
 pub use error::{BackendError, PluginError, Refusal};
-pub use handles::{LoadedBackend, LoadedModel, RunningGeneration};
+pub use handles::{Isolation, LoadedBackend, LoadedModel, RunningGeneration};
 pub use log_sink::PLUGIN_LOG_TARGET;
-pub use registry::{PluginEntry, PluginRegistry, PluginStatus};
+pub use registry::{
+    set_isolation_policy, IsolationPolicy, PluginEntry, PluginRegistry, PluginStatus,
+};
+pub use worker::{run_worker, WorkerSettings, WORKER_EXE_ENV};
 
 pub use llmlocal_plugin_api::{
     capability, Constraint, ConstraintKind, EmbedRequest, ErrorKind, FinishReason, Finished,

@@ -184,6 +184,8 @@ async fn health(State(state): State<AppState>) -> Response {
     let body = json!({
         "status": if backends.is_empty() { "no backends" } else { "ok" },
         "backends": backends,
+        // Process isolation: backends refused after their worker crashed in a loop.
+        "refused_backends": state.engine.registry().refused_now(),
         "loaded_models": state.engine.loaded().len(),
         "uptime_seconds": state.started.elapsed().as_secs(),
     });

@@ -12,6 +12,7 @@ pub mod compare;
 pub mod constrained;
 pub mod direct;
 pub mod gpu;
+pub mod isolation;
 pub mod plugin;
 pub mod random_gguf;
 pub mod report;

@@ -18,7 +18,7 @@ pub use probe::{probe_dir, probe_files};
 pub use report::{CheckResult, Counts, ProbeEntry, ProbeReport, Status, SuiteReport};
 
 use checks::{concurrency, errors, generation, model, plugin, prefix, sampling, ModelCtx};
-use llmlocal::plugins::{LoadedBackend, PluginRegistry};
+use llmlocal::plugins::{IsolationPolicy, LoadedBackend, PluginRegistry};
 use recorder::Recorder;
 use std::{
     path::{Path, PathBuf},
@@ -60,9 +60,25 @@ pub fn run_suite_with(
     models: &[ModelUnderTest],
     check_limit: std::time::Duration,
 ) -> SuiteReport {
+    run_suite_isolated(
+        plugin_path,
+        models,
+        check_limit,
+        &IsolationPolicy::in_process(),
+    )
+}
+
+/// [`run_suite_with`], the plugin loaded as `policy` says: in this process, or in a worker
+/// process (`IsolationPolicy::process`) so the suite checks the contract through the IPC.
+pub fn run_suite_isolated(
+    plugin_path: &Path,
+    models: &[ModelUnderTest],
+    check_limit: std::time::Duration,
+    policy: &IsolationPolicy,
+) -> SuiteReport {
     let mut rec = Recorder::with_limit(check_limit);
     // Kept alive for the whole run (libraries are never unloaded anyway).
-    let registry = PluginRegistry::load_files(&[plugin_path.to_path_buf()]);
+    let registry = PluginRegistry::load_files_with(&[plugin_path.to_path_buf()], policy);
     let mut backend = None;
     let loaded = plugin::loads(&registry, &mut backend);
     rec.check(None, "loads", move || loaded);

@@ -4,7 +4,10 @@
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use llmlocal_conformance::{probe_dir, probe_files, run_suite_with, ModelUnderTest, ProbeReport};
+use llmlocal::plugins::{IsolationPolicy, WorkerSettings};
+use llmlocal_conformance::{
+    probe_dir, probe_files, run_suite_isolated, ModelUnderTest, ProbeReport,
+};
 use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 #[derive(Parser, Debug)]
@@ -46,6 +49,10 @@ struct Args {
     /// Fail when a check is skipped too (a capability not declared, a prerequisite failed).
     #[arg(long)]
     strict: bool,
+    /// Load the plugin in a worker process (`llmlocal plugin-worker`, found beside this
+    /// binary or at $LLMLOCAL_WORKER_EXE) and run every check through it.
+    #[arg(long)]
+    process_isolation: bool,
 }
 
 fn main() -> ExitCode {
@@ -82,7 +89,13 @@ fn run(args: Args) -> Result<bool> {
             device: args.device.clone(),
         })
         .collect();
-    let report = run_suite_with(&plugin, &models, Duration::from_secs(args.check_timeout));
+    let policy = if args.process_isolation {
+        IsolationPolicy::process(WorkerSettings::default())
+    } else {
+        IsolationPolicy::in_process()
+    };
+    let limit = Duration::from_secs(args.check_timeout);
+    let report = run_suite_isolated(&plugin, &models, limit, &policy);
     print!("{}", report.to_text());
     write_json(args.json.as_ref(), &report)?;
     let skipped = report.counts().skipped;

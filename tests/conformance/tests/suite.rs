@@ -6,7 +6,8 @@
 //! missing library is then a failure) or else in target/debug (a missing library skips with
 //! a note: build it with `cargo xtask build-plugins`).
 
-use llmlocal_conformance::{run_suite, ModelUnderTest, Status, SuiteReport};
+use llmlocal::plugins::{IsolationPolicy, WorkerSettings};
+use llmlocal_conformance::{run_suite, run_suite_isolated, ModelUnderTest, Status, SuiteReport};
 use std::{
     env::consts::{DLL_PREFIX, DLL_SUFFIX},
     path::{Path, PathBuf},
@@ -52,6 +53,47 @@ fn check<'a>(report: &'a SuiteReport, name: &str) -> &'a llmlocal_conformance::C
         .iter()
         .find(|c| c.name == name)
         .unwrap_or_else(|| panic!("no check named {name:?} in\n{}", report.to_text()))
+}
+
+/// The `llmlocal` binary that runs plugin workers: `$LLMLOCAL_WORKER_EXE`, else the one
+/// cargo built next to this test (target/<profile>/llmlocal; `cargo test --workspace` builds
+/// it). Missing: a failure under `$LLMLOCAL_TEST_PLUGIN_DIR` (the full suite), else a skip.
+fn worker_settings() -> Option<WorkerSettings> {
+    let settings = WorkerSettings::default();
+    if settings.executable.is_file() {
+        return Some(settings);
+    }
+    assert!(
+        std::env::var_os("LLMLOCAL_TEST_PLUGIN_DIR").is_none(),
+        "the llmlocal binary for plugin workers is missing ({}): build it or set \
+         $LLMLOCAL_WORKER_EXE",
+        settings.executable.display()
+    );
+    eprintln!("SKIP: no llmlocal binary to run plugin workers (cargo build -p llmlocal)");
+    None
+}
+
+#[test]
+fn scripted_plugin_passes_every_check_through_a_worker_process() {
+    let Some(plugin) = library("scripted") else {
+        return;
+    };
+    let Some(settings) = worker_settings() else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("temp dir");
+    let model = ModelUnderTest {
+        path: scripted_model(dir.path()),
+        eos_prompt: Some("Once upon a time".into()),
+        device: "cpu".into(),
+    };
+    let limit = std::time::Duration::from_secs(120);
+    let policy = IsolationPolicy::process(settings);
+    let report = run_suite_isolated(&plugin, &[model], limit, &policy);
+    println!("{}", report.to_text());
+    let counts = report.counts();
+    assert_eq!(counts.failed, 0, "{}", report.to_text());
+    assert!(counts.passed >= 20, "{}", report.to_text());
 }
 
 #[test]

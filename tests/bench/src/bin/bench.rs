@@ -16,7 +16,7 @@
 use anyhow::Context as _;
 use clap::Parser;
 use llmlocal_bench::{
-    compare, constrained, direct, plugin,
+    compare, constrained, direct, isolation, plugin,
     random_gguf::{self, Shape, Storage},
     report::Report,
     Setup,
@@ -60,6 +60,12 @@ struct Args {
     /// (e.g. `llama-cpp`), same model, interleaved rounds (--repeat of them), medians.
     #[arg(long, value_name = "BACKEND", conflicts_with = "compare")]
     constrained: Option<String>,
+    /// Instead: this backend plugin in-process vs in a worker process (process isolation),
+    /// same model, interleaved rounds (--repeat of them), medians of generation tokens/s and
+    /// time to first token, and the worker's idle RSS. Workers run `llmlocal plugin-worker`:
+    /// the llmlocal binary next to this one, or $LLMLOCAL_WORKER_EXE.
+    #[arg(long, value_name = "BACKEND", conflicts_with_all = ["compare", "constrained"])]
+    isolation: Option<String>,
     /// Also write the results as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -161,6 +167,11 @@ fn main() -> anyhow::Result<()> {
         Some(m) => m,
         None => default_model("85m", &Shape::RANDOM_85M, Storage::F16)?,
     };
+    if let Some(backend) = &args.isolation {
+        let report = isolation::run(&plugin_dir, backend, &setup)?;
+        println!("{}", report.table());
+        return write_json(args.json.as_ref(), &report);
+    }
     if let Some(backend) = &args.constrained {
         let report = constrained::run(&plugin_dir, backend, &setup)?;
         println!("{}", report.table());

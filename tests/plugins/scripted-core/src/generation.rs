@@ -132,6 +132,12 @@ impl Generation for ScriptedGeneration {
         if self.behaviour.segfault_at_token == Some(self.generated + 1) {
             segfault();
         }
+        if self.behaviour.abort_at_token == Some(self.generated + 1) {
+            std::process::abort();
+        }
+        if self.behaviour.allocate_at_token == Some(self.generated + 1) {
+            allocate_without_end();
+        }
         let Some(id) = self.next_id() else {
             return Ok(self.finish(FinishReason::EndOfGeneration));
         };
@@ -158,6 +164,16 @@ impl Generation for ScriptedGeneration {
 /// A real invalid memory access in this library's code (not `raise`, whose instruction is in
 /// libc): what a buggy native backend does.
 #[inline(never)]
+/// Holds on to 64 MiB blocks, each touched so it is really committed, until the allocator
+/// fails (Rust then aborts the process) or the kernel's OOM killer ends it.
+fn allocate_without_end() {
+    let mut held: Vec<Vec<u8>> = Vec::new();
+    loop {
+        held.push(vec![1u8; 64 << 20]);
+        std::hint::black_box(&held);
+    }
+}
+
 fn segfault() {
     // An address in the never-mapped first page, hidden from the optimiser.
     let address = std::hint::black_box(16usize) as *mut u32;

@@ -40,6 +40,11 @@ pub struct Behaviour {
     pub segfault_at_token: Option<u32>,
     /// Never return from `Generation::next` when producing this token (1-based).
     pub hang_at_token: Option<u32>,
+    /// Call `abort()` (SIGABRT) in `Generation::next` at this token (1-based).
+    pub abort_at_token: Option<u32>,
+    /// Allocate (and touch) memory without end in `Generation::next` at this token
+    /// (1-based): under an address-space limit the allocator fails and the process aborts.
+    pub allocate_at_token: Option<u32>,
     /// Report probabilities where the contract asks for log-probabilities (when a request
     /// asks for logprobs; only a manifest declaring `logprobs` gets such requests).
     pub wrong_logprobs: bool,
