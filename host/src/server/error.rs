@@ -58,8 +58,9 @@ pub struct ApiError {
     pub code: &'static str,
     pub retry_after: Option<u64>,
     pub flavor: Flavor,
-    /// More fields for OpenAI's error object (llama-server's `n_prompt_tokens`, `n_ctx`).
-    pub details: serde_json::Map<String, serde_json::Value>,
+    /// More fields for OpenAI's error object (llama-server's `n_prompt_tokens`, `n_ctx`);
+    /// boxed, so the error every handler returns stays small.
+    pub details: Option<Box<serde_json::Map<String, serde_json::Value>>>,
 }
 
 impl ApiError {
@@ -76,7 +77,7 @@ impl ApiError {
             code,
             retry_after: None,
             flavor: Flavor::OpenAi,
-            details: serde_json::Map::new(),
+            details: None,
         }
     }
 
@@ -132,9 +133,9 @@ impl ApiError {
         {
             // As llama-server: clients read the two numbers to trim their prompt.
             api.kind = "exceed_context_size_error";
-            api.details
-                .insert("n_prompt_tokens".into(), json!(n_prompt_tokens));
-            api.details.insert("n_ctx".into(), json!(n_ctx));
+            let details = api.details.get_or_insert_with(Default::default);
+            details.insert("n_prompt_tokens".into(), json!(n_prompt_tokens));
+            details.insert("n_ctx".into(), json!(n_ctx));
         }
         api
     }
@@ -149,8 +150,8 @@ impl ApiError {
                     "param": null,
                     "code": self.code,
                 });
-                if let Some(object) = error.as_object_mut() {
-                    object.extend(self.details.clone());
+                if let (Some(object), Some(details)) = (error.as_object_mut(), &self.details) {
+                    object.extend(details.as_ref().clone());
                 }
                 json!({ "error": error })
             }
