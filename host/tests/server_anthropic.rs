@@ -311,7 +311,7 @@ counted = client.messages.count_tokens(model=model, messages=msgs, system="Be br
 prompt = m.usage.input_tokens + (m.usage.cache_read_input_tokens or 0)
 check(counted.input_tokens == prompt, "count_tokens %r == usage %r" % (counted, m.usage))
 
-schema = {"type": "object", "properties": {"ok": {"type": "boolean"}, "n": {"type": "integer"}},
+schema = {"type": "object", "properties": {"ok": {"type": "boolean"}, "n": {"type": "integer", "minimum": 0, "maximum": 99}},
           "required": ["ok", "n"], "additionalProperties": False}
 s = client.messages.create(model=model, max_tokens=60, messages=msgs, extra_body=greedy,
                            output_config={"format": {"type": "json_schema", "schema": schema}})

@@ -119,7 +119,7 @@ async fn unknown_and_unsupported_fields_are_400s_naming_them() {
         ),
         (
             "/completion",
-            json!({"prompt": "x", "repeat_last_n": 128}),
+            json!({"prompt": "x", "repeat_last_n": -1}),
             "repeat_last_n",
         ),
         (

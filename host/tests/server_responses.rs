@@ -228,7 +228,7 @@ streamed = "".join(e.delta for e in events if e.type == "response.output_text.de
 check(streamed == text, "stream %r == create %r" % (streamed, text))
 check(events[-1].response.output_text == text, "the final response carries the text")
 
-schema = {"type": "object", "properties": {"ok": {"type": "boolean"}, "n": {"type": "integer"}},
+schema = {"type": "object", "properties": {"ok": {"type": "boolean"}, "n": {"type": "integer", "minimum": 0, "maximum": 99}},
           "required": ["ok", "n"], "additionalProperties": False}
 s = client.responses.create(model=model, input="Say something.", temperature=0, max_output_tokens=60,
                             text={"format": {"type": "json_schema", "name": "answer", "schema": schema, "strict": True}})

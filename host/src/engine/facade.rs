@@ -565,7 +565,11 @@ impl Engine {
         let queued = Instant::now();
         let permit = slot.gate.enter(name, &self.inner.metrics).await?;
         let queue_ms = queued.elapsed().as_secs_f64() * 1000.0;
-        let is_chat = matches!(prompt, Prompt::Chat(_));
+        let is_chat = match &prompt {
+            Prompt::Chat(_) => true,
+            Prompt::Completion { .. } => !slot.template.is_fallback(),
+            _ => false,
+        };
         let prepared = match prompt {
             // Only a range check: no reason to hop to a blocking thread.
             Prompt::Tokens(_) => prepare_prompt(&slot, &prompt, None)?,
@@ -874,6 +878,21 @@ fn prepare_prompt(
     let mut tokens = match prompt {
         Prompt::Tokens(ids) => checked_ids(slot, ids)?,
         Prompt::Text(text) => model.tokenize(text, true, false)?,
+        Prompt::Completion { system, prompt } if slot.template.is_fallback() => {
+            let text = match system {
+                Some(system) => format!("{system}\n\n{prompt}"),
+                None => prompt.clone(),
+            };
+            model.tokenize(&text, true, false)?
+        }
+        Prompt::Completion { system, prompt } => {
+            let mut messages: Vec<super::ChatMessage> = system
+                .iter()
+                .map(|s| super::ChatMessage::new("system", s.as_str()))
+                .collect();
+            messages.push(super::ChatMessage::new("user", prompt.as_str()));
+            return prepare_prompt(slot, &Prompt::Chat(messages), tools);
+        }
         Prompt::Chat(messages) => {
             if messages.is_empty() {
                 return Err(EngineError::InvalidRequest(

@@ -18,6 +18,13 @@ pub enum Prompt {
     /// Already tokenized: fed to the model as given (no BOS is added). Every id must be
     /// below the model's vocabulary size.
     Tokens(Vec<u32>),
+    /// A one-turn prompt as Ollama's `/api/generate` takes it: in the model's chat template
+    /// (system + user turn) when the model has one, else the text as given (Ollama's
+    /// `{{ .Prompt }}`), with the system prompt, if any, as its own paragraph before it.
+    Completion {
+        system: Option<String>,
+        prompt: String,
+    },
 }
 
 /// How to generate. `None` fields take the defaults llama.cpp and Ollama use.

@@ -583,7 +583,7 @@ mod tests {
                 .unwrap_or_default()
         };
         assert!(err(json!([{"type": "image", "source": {}}])).contains("image"));
-        assert!(err(json!([{"type": "tool_result", "content": "x"}])).contains("tool use"));
+        assert!(err(json!([{"type": "tool_result", "content": "x"}])).contains("tool_result"));
         assert!(err(json!([{"type": "text", "text": "a", "extra": 1}])).contains("`extra`"));
     }
 }

@@ -508,20 +508,15 @@ pub async fn generate(
         )
         .await;
     }
-    let prompt = if request.raw || !has_own_template(&state, &request.model).await? {
-        // Ollama's template for a model without one is `{{ .Prompt }}`: the text as given
-        // (a system prompt goes before it, on its own paragraph, rather than being dropped).
-        match request.system {
-            Some(system) if !request.raw => Prompt::Text(format!("{system}\n\n{prompt_text}")),
-            _ => Prompt::Text(prompt_text),
-        }
+    let prompt = if request.raw {
+        Prompt::Text(prompt_text)
     } else {
-        let mut messages = Vec::new();
-        if let Some(system) = request.system {
-            messages.push(ChatMessage::new("system", system));
+        // The engine picks the model's chat template, or Ollama's `{{ .Prompt }}` for a
+        // model without one.
+        Prompt::Completion {
+            system: request.system,
+            prompt: prompt_text,
         }
-        messages.push(ChatMessage::new("user", prompt_text));
-        Prompt::Chat(messages)
     };
     let mut params = params(request.options, request.backend, request.adapters)?;
     params.constraint = constraint;
@@ -537,12 +532,6 @@ pub async fn generate(
         keep,
     )
     .await
-}
-
-/// Whether model `name` brought a chat template (loading it first, as the generation will).
-async fn has_own_template(state: &AppState, name: &str) -> Result<bool, ApiError> {
-    let view = state.engine.view(name).await.map_err(engine_error)?;
-    Ok(!view.template.is_fallback())
 }
 
 /// `POST /api/chat`
