@@ -85,8 +85,10 @@ fn log_file(dir: &Path, name: &str) -> anyhow::Result<Stdio> {
 
 fn start_llmlocal(args: &Args, threads: u32, logs: &Path) -> anyhow::Result<Server> {
     let port = free_port()?;
+    // In process, as plugins installed next to the binary run (a --plugin-dir elsewhere
+    // would default to a worker process).
     let child = Command::new(&args.llmlocal)
-        .arg("--plugin-dir")
+        .args(["--isolation", "in-process", "--plugin-dir"])
         .arg(&args.plugin_dir)
         .args(["serve", "--bind", &format!("127.0.0.1:{port}")])
         .arg("--model")
@@ -167,8 +169,11 @@ async fn stream_chat(
         .post(format!("{}/v1/chat/completions", server.base))
         .json(&body)
         .send()
-        .await?
-        .error_for_status()?;
+        .await?;
+    if !response.status().is_success() {
+        let status = response.status();
+        bail!("{}: {status}: {}", server.name, response.text().await?);
+    }
     let mut bytes = response.bytes_stream();
     let (mut buffer, mut text, mut first, mut usage) = (String::new(), String::new(), None, None);
     while let Some(chunk) = bytes.next().await {
@@ -304,12 +309,18 @@ fn report(label: &str, ours: &[f64], theirs: &[f64], higher_is_better: bool) -> 
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
+    let mut args = Args::parse();
+    // A relative path with several `/` reads as a hub spec to `llmlocal --model`.
+    args.model = std::fs::canonicalize(&args.model)
+        .with_context(|| format!("model {}", args.model.display()))?;
     let threads = args
         .threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get() as u32));
     let logs = tempfile::tempdir()?;
+    // No pooled connections: llama-server closes idle ones, and a reused closed connection
+    // fails the next request.
     let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
         .timeout(Duration::from_secs(600))
         .build()?;
     let mut servers = [
