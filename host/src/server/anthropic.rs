@@ -416,17 +416,10 @@ impl Framer for MessageFramer {
     }
 
     fn text(&mut self, text: &str) -> Vec<String> {
-        let released;
-        let text = match &mut self.calls {
-            Some(calls) => {
-                released = calls.push(text);
-                if released.is_empty() {
-                    return Vec::new();
-                }
-                released.as_str()
-            }
-            None => text,
+        let Some(released) = tools::release(&mut self.calls, text) else {
+            return Vec::new();
         };
+        let text = released.as_ref();
         let frame = self.delta.get_or_insert_with(|| {
             Slotted::new(&events::named(
                 "content_block_delta",

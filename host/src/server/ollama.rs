@@ -337,14 +337,13 @@ impl Framer for OllamaFramer {
     }
 
     fn text(&mut self, text: &str) -> Vec<String> {
-        let text = match &mut self.calls {
-            Some(calls) => calls.push(text),
-            None => return vec![ndjson(&self.piece_with_logprobs(text, false))],
-        };
-        if text.is_empty() {
-            return Vec::new();
+        if self.calls.is_none() {
+            return vec![ndjson(&self.piece_with_logprobs(text, false))];
         }
-        vec![ndjson(&self.piece(&text, false))]
+        match tools::release(&mut self.calls, text) {
+            Some(released) => vec![ndjson(&self.piece(&released, false))],
+            None => Vec::new(),
+        }
     }
 
     fn done(&mut self, done: &Completion) -> Vec<String> {

@@ -485,17 +485,10 @@ impl Framer for ChatFramer {
             self.logprobs.clear();
             return vec![sse(&chunk)];
         }
-        let released;
-        let text = match &mut self.calls {
-            Some(calls) => {
-                released = calls.push(text);
-                if released.is_empty() {
-                    return Vec::new();
-                }
-                released.as_str()
-            }
-            None => text,
+        let Some(released) = tools::release(&mut self.calls, text) else {
+            return Vec::new();
         };
+        let text = released.as_ref();
         let frame = match &self.content {
             Some(slotted) => slotted,
             None => {

@@ -281,6 +281,21 @@ pub fn call_buffer(tools: Option<&Tools>) -> Option<CallBuffer> {
     Some(CallBuffer::new(specs.to_vec(), tools.parallel))
 }
 
+/// The text a streamed answer may show now: all of it without tools, else what the buffer
+/// releases (`None` while it holds everything back).
+pub fn release<'a>(
+    calls: &mut Option<CallBuffer>,
+    text: &'a str,
+) -> Option<std::borrow::Cow<'a, str>> {
+    match calls {
+        None => Some(std::borrow::Cow::Borrowed(text)),
+        Some(buffer) => {
+            let released = buffer.push(text);
+            (!released.is_empty()).then_some(std::borrow::Cow::Owned(released))
+        }
+    }
+}
+
 /// Parses a collected answer for calls when the request has active tools.
 pub fn parse_answer(text: String, tools: Option<&Tools>) -> Parsed {
     let Some((tools, specs)) = tools.and_then(|t| Some((t, t.active()?))) else {
