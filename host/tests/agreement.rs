@@ -79,8 +79,11 @@ const INPUTS: [Input; 5] = [
 /// Largest |logit difference| allowed between the engines. F32: summation order only. F16:
 /// llama.cpp rounds activations to F16 for its F16 matmuls while candle widens the weights to
 /// F32 on the CPU. Q8_0: both quantize activations to 8 bits, with different block orders.
+/// On a GPU, F32 gets 1e-2: there llama.cpp's CUDA kernels and cuBLAS (candle) each split
+/// the sums their own way (an H200 measured 5.1e-3 on llama3, over the CPU's 5e-3).
 fn tolerance(format: GgufFormat) -> f32 {
     match format {
+        GgufFormat::F32 if device() != "cpu" => 1e-2,
         GgufFormat::F32 => 5e-3,
         GgufFormat::F16 => 0.1,
         GgufFormat::Q8_0 => 0.5,
@@ -286,16 +289,22 @@ fn candle_and_llama_cpp_agree_on_every_family_and_format() {
         .iter()
         .map(|r| format!("{} measured {}", r.stable, r.measured))
         .collect();
-    eprintln!("{}\n{}", header(), measured.join("\n"));
-    let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("agreement-table.md");
-    std::fs::write(&out, &table).expect("write the agreement table");
+    eprintln!(
+        "device {}\n{}\n{}",
+        device(),
+        header(),
+        measured.join("\n")
+    );
     let failures: Vec<&String> = rows.iter().filter_map(|r| r.failure.as_ref()).collect();
     assert!(failures.is_empty(), "engines disagree:\n{failures:#?}");
 
     if device() != "cpu" {
-        // The documented table is the CPU one; another device only has to agree.
+        // The documented table is the CPU one; another device (the GPU machine runs this
+        // binary outside the build tree) only has to agree, and its table is printed above.
         return;
     }
+    let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("agreement-table.md");
+    std::fs::write(&out, &table).expect("write the agreement table");
     let docs = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/models.md");
     let documented = std::fs::read_to_string(&docs).unwrap_or_default();
     assert!(

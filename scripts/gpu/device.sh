@@ -4,6 +4,8 @@
 #
 #   bash scripts/gpu/device.sh build   # llama.cpp with CUDA from the packed source (~4 min),
 #                                      # benchmark models, conformance + CPU/GPU agreement
+#   bash scripts/gpu/device.sh families # llama.cpp vs candle on CUDA, every fixture family/format
+#   bash scripts/gpu/device.sh isolation # serve with the llama.cpp plugin in-process vs in a worker
 #   bash scripts/gpu/device.sh prepare # only the llama.cpp build and the benchmark models
 #   bash scripts/gpu/device.sh bench   # the benchmark (needs `build` first on the same machine)
 #   bash scripts/gpu/device.sh http    # HTTP through `llmlocal serve`, llama.cpp plugin alone,
@@ -103,6 +105,16 @@ conformance() {
     return $rc
 }
 
+# The family agreement (host/tests/agreement.rs, built by gpu-build as bin/agreement): llama.cpp
+# and candle on CUDA, same weights, every architecture family and format of the fixtures
+# (written here by the test itself), greedy tokens and logits within the CPU tolerances.
+families() {
+    [ -f "$P/libllmlocal_backend_candle.so" ] || { echo "families: no candle plugin"; return 1; }
+    [ -x "$B/agreement" ] || { echo "families: no agreement binary (rebuild .gpu)"; return 1; }
+    LLMLOCAL_FIXTURES_DIR=$W/fixtures LLMLOCAL_TEST_PLUGIN_DIR=$P LLMLOCAL_PLUGIN_DIR_BUILT=$P \
+        LLMLOCAL_AGREEMENT_DEVICE=cuda "$B/agreement" --nocapture 2>&1 | tee "$OUT/families.log"
+}
+
 agreement() {
     local rc=0
     for model in tiny-llama-f32.gguf stories260K.gguf; do
@@ -184,6 +196,28 @@ http_only() {
         --json "$OUT/gpu-bench-http.json" --log-dir "$OUT" ${HTTP_ARGS:-}
 }
 
+# Process isolation on the GPU (issue #25): the llama.cpp plugin through `llmlocal serve`
+# in-process and in a worker, alternating, F16, one stream (plugins from --plugin-dir default
+# to a worker, so both modes are named in a config). ISO_ROUNDS pairs (default 2).
+isolation() {
+    mkdir -p "$W/plugins-llama"
+    cp "$P/libllmlocal_backend_llama_cpp.so" "$W/plugins-llama/"
+    local mode round
+    for mode in in-process process; do
+        printf '[plugins.isolation]\nllama-cpp = "%s"\n' "$mode" >"$W/isolation-$mode.toml"
+    done
+    for round in $(seq "${ISO_ROUNDS:-2}"); do
+        for mode in in-process process; do
+            echo "== round $round: $mode"
+            LLMLOCAL_CONFIG=$W/isolation-$mode.toml "$B/gpu-bench" run \
+                --plugin-dir "$W/plugins-llama" --device cuda \
+                --model "F16=$W/models/1b-f16.gguf" --parallel 1 \
+                --direct-bench "$W/direct-bench" --llmlocal "$B/llmlocal" \
+                --json "$OUT/isolation-$mode-$round.json" --log-dir "$OUT" ${HTTP_ARGS:-} || return 1
+        done
+    done
+}
+
 # candle vs llama.cpp on the F16 and Q8_0 models, one stream (no batching runs); twice, with
 # candle's fused decode kernels (the default) and without, so both compare in one session.
 candle_only() {
@@ -249,6 +283,7 @@ build)
     rc=0
     conformance || rc=1
     agreement || rc=1
+    families || rc=1
     exit $rc
     ;;
 prepare) build_llama && write_models ;;
@@ -257,6 +292,8 @@ prepare) build_llama && write_models ;;
 unpack) ;;
 env) printf 'export W=%q B=%q P=%q M=%q LD_LIBRARY_PATH=%q\n' "$W" "$B" "$P" "$M" "$LD_LIBRARY_PATH" ;;
 bench) bench ;;
+families) families ;;
+isolation) build_llama && write_models && isolation ;;
 http)
     build_llama || exit 1
     [ -f "$W/models/1b-f16.gguf" ] || "$B/gpu-bench" write-model --storage f16 \

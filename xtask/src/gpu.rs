@@ -101,6 +101,7 @@ pub fn command(ws: &Workspace, options: &Options) -> Result<()> {
     ] {
         copy_stripped(&ws.release_dir().join(bin), &bundle.join("bin"))?;
     }
+    copy_stripped(&build_agreement_test(ws)?, &bundle.join("bin"))?;
     pack_llama_source(&llama_source(ws)?, &bundle.join("llama.cpp.tar.gz"))?;
     copy_models(ws, &bundle.join("models"))?;
     let size = dir_size(&bundle)?;
@@ -200,6 +201,32 @@ fn build_host_binaries(ws: &Workspace) -> Result<()> {
         ]),
         "building gpu-bench, conformance, llmlocal and download_bench",
     )
+}
+
+/// The family agreement test (host/tests/agreement.rs) as a binary of its own, renamed
+/// `agreement`: on the GPU machine it runs llama.cpp and candle on CUDA
+/// (`LLMLOCAL_AGREEMENT_DEVICE=cuda`), writing the family fixtures there itself. Built in the
+/// dev profile, as CI runs it (its dependencies are optimised there too).
+fn build_agreement_test(ws: &Workspace) -> Result<PathBuf> {
+    let output = cargo(&ws.root)
+        .args(["test", "-p", "llmlocal", "--test", "agreement", "--no-run"])
+        .args(["--message-format", "json"])
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .context("building the agreement test")?;
+    if !output.status.success() {
+        bail!("building the agreement test failed");
+    }
+    let executable = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .filter(|m| m["target"]["name"] == "agreement")
+        .find_map(|m| m["executable"].as_str().map(PathBuf::from))
+        .context("cargo named no agreement test executable")?;
+    let renamed = ws.target.join("gpu").join("agreement");
+    fs::copy(&executable, &renamed)
+        .with_context(|| format!("copying {}", executable.display()))?;
+    Ok(renamed)
 }
 
 /// Downloads the CUDA 13.0 wheels with pip and unpacks them into `dir`; returns the toolkit
