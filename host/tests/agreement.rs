@@ -289,12 +289,7 @@ fn candle_and_llama_cpp_agree_on_every_family_and_format() {
         .iter()
         .map(|r| format!("{} measured {}", r.stable, r.measured))
         .collect();
-    eprintln!(
-        "device {}\n{}\n{}",
-        device(),
-        header(),
-        measured.join("\n")
-    );
+    eprintln!("device {}\n{}\n{}", device(), header(), measured.join("\n"));
     let failures: Vec<&String> = rows.iter().filter_map(|r| r.failure.as_ref()).collect();
     assert!(failures.is_empty(), "engines disagree:\n{failures:#?}");
 

@@ -224,8 +224,7 @@ fn build_agreement_test(ws: &Workspace) -> Result<PathBuf> {
         .find_map(|m| m["executable"].as_str().map(PathBuf::from))
         .context("cargo named no agreement test executable")?;
     let renamed = ws.target.join("gpu").join("agreement");
-    fs::copy(&executable, &renamed)
-        .with_context(|| format!("copying {}", executable.display()))?;
+    fs::copy(&executable, &renamed).with_context(|| format!("copying {}", executable.display()))?;
     Ok(renamed)
 }
 

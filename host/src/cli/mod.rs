@@ -9,6 +9,7 @@ mod presets_cmd;
 mod router_cmd;
 mod run_cmd;
 mod serve_cmd;
+pub(crate) mod table;
 
 use crate::{config::Config, plugins};
 use clap::{Parser, Subcommand};

@@ -198,16 +198,7 @@ fn table(listing: &Listing) -> String {
         return out;
     }
     let cells: Vec<[String; 8]> = listing.plugins.iter().map(cells).collect();
-    let mut widths = HEADERS.map(str::len);
-    for row in &cells {
-        for (width, cell) in widths.iter_mut().zip(row) {
-            *width = (*width).max(cell.chars().count());
-        }
-    }
-    out.push_str(&line(&HEADERS.map(str::to_string), &widths));
-    for row in &cells {
-        out.push_str(&line(row, &widths));
-    }
+    out.push_str(&super::table::aligned(HEADERS, &cells));
     let refused: Vec<&Row> = listing
         .plugins
         .iter()
@@ -257,17 +248,4 @@ fn file_name(path: &Path) -> String {
         || path.display().to_string(),
         |n| n.to_string_lossy().into_owned(),
     )
-}
-
-fn line(cells: &[String; 8], widths: &[usize; 8]) -> String {
-    let mut out = String::new();
-    for (i, (cell, width)) in cells.iter().zip(widths).enumerate() {
-        if i + 1 == cells.len() {
-            out.push_str(cell);
-        } else {
-            out.push_str(&format!("{cell:<width$}  "));
-        }
-    }
-    out.push('\n');
-    out
 }

@@ -24,23 +24,9 @@ pub fn run(args: &PresetsArgs) -> anyhow::Result<()> {
 
 /// The text table: one row per preset, then how to use one.
 pub fn table(presets: &[Preset]) -> String {
-    let header = ["NAME", "BACKEND", "TEMPLATE", "CONTEXT", "KIND", "FILES"].map(String::from);
+    let header = ["NAME", "BACKEND", "TEMPLATE", "CONTEXT", "KIND", "FILES"];
     let rows: Vec<[String; 6]> = presets.iter().map(row).collect();
-    let mut widths = header.each_ref().map(|h| h.len());
-    for row in &rows {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.chars().count());
-        }
-    }
-    let mut out = String::new();
-    for row in std::iter::once(&header).chain(&rows) {
-        let line: Vec<String> = row
-            .iter()
-            .zip(widths)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect();
-        let _ = writeln!(out, "{}", line.join("  ").trim_end());
-    }
+    let mut out = super::table::aligned(header, &rows);
     let _ = writeln!(
         out,
         "\npreset table v{PRESETS_VERSION}. Use a name with `llmlocal pull NAME`, `llmlocal run NAME \"prompt\"` \

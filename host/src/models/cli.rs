@@ -1,7 +1,6 @@
 //! The `llmlocal pull / list / rm` commands (the CLI module owns argument parsing and calls
 //! these with plain arguments).
 
-use std::fmt::Write as _;
 use std::time::SystemTime;
 
 use indicatif::{ProgressBar, ProgressStyle};
@@ -137,22 +136,8 @@ pub fn format_table(repos: &[CachedRepo], now: SystemTime) -> String {
             ]
         })
         .collect();
-    let header = ["REPO", "REVISIONS", "FILES", "SIZE", "LAST USED"].map(String::from);
-    let mut widths = header.each_ref().map(|h| h.len());
-    for row in &rows {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.chars().count());
-        }
-    }
-    let mut out = String::new();
-    for row in std::iter::once(&header).chain(&rows) {
-        let line: Vec<String> = row
-            .iter()
-            .zip(widths)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect();
-        let _ = writeln!(out, "{}", line.join("  ").trim_end());
-    }
+    let header = ["REPO", "REVISIONS", "FILES", "SIZE", "LAST USED"];
+    let mut out = crate::cli::table::aligned(header, &rows);
     if rows.is_empty() {
         out.push_str("(no models cached)\n");
     }
