@@ -367,7 +367,10 @@ async fn idle_rss_of_serve_with_one_model_loaded() {
             after as f64 / 1e6,
             before as f64 / 1e6
         );
-        assert!(after > before, "loading a model did not grow the process: {after} <= {before}");
+        assert!(
+            after > before,
+            "loading a model did not grow the process: {after} <= {before}"
+        );
     }
 }
 

@@ -194,10 +194,7 @@ impl Measured {
             pp: Spread::of(&per_round(|o| &o.pp_runs)),
             tg: Spread::of(&per_round(|o| &o.tg_runs)),
             ttft_ms: Spread::of(&per_round(|o| &o.ttft_runs)),
-            tg_tokens: (
-                counts.clone().min().unwrap_or(0),
-                counts.max().unwrap_or(0),
-            ),
+            tg_tokens: (counts.clone().min().unwrap_or(0), counts.max().unwrap_or(0)),
             rounds,
         }
     }
@@ -278,7 +275,10 @@ mod tests {
             ttft_runs: vec![ttft],
             ..Outcome::default()
         };
-        let a = Measured::of(vec![round(vec![100.0, 90.0, 80.0], 10.0), round(vec![50.0], 20.0)]);
+        let a = Measured::of(vec![
+            round(vec![100.0, 90.0, 80.0], 10.0),
+            round(vec![50.0], 20.0),
+        ]);
         let b = Measured::of(vec![round(vec![45.0], 11.0), round(vec![50.0], 23.0)]);
         assert_eq!((a.tg.median, a.tg.min, a.tg.max), (70.0, 50.0, 90.0));
         assert_eq!(a.tg_tokens, (127, 128));

@@ -11,7 +11,9 @@ use crate::{
     plugin, Setup,
 };
 use anyhow::{anyhow, bail, Context as _};
-use llmlocal::plugins::{IsolationPolicy, LoadedBackend, LoadedModel, PluginRegistry, WorkerSettings};
+use llmlocal::plugins::{
+    IsolationPolicy, LoadedBackend, LoadedModel, PluginRegistry, WorkerSettings,
+};
 use serde::Serialize;
 use std::{path::Path, sync::Arc};
 

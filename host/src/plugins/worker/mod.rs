@@ -60,9 +60,10 @@ impl WorkerSettings {
         use wire::Call;
         match call {
             Call::Construct | Call::Load(_) => self.load_timeout,
-            Call::Generate { .. } | Call::Next { .. } | Call::Logits { .. } | Call::Embed { .. } => {
-                self.step_timeout
-            }
+            Call::Generate { .. }
+            | Call::Next { .. }
+            | Call::Logits { .. }
+            | Call::Embed { .. } => self.step_timeout,
             Call::Metadata { .. }
             | Call::Tokenize { .. }
             | Call::Detokenize { .. }
