@@ -13,6 +13,8 @@
 //! [plugins.worker]               # process isolation: limits and hang detection
 //! max_memory_mb = 8192           # address space of each worker (RLIMIT_AS)
 //! step_timeout_secs = 120        # a worker owing a token this long is killed as hung
+//! load_timeout_secs = 600        # ... owing a loaded model (or its constructor)
+//! call_timeout_secs = 30         # ... owing tokenize/detokenize/metadata/stats
 //! ```
 //!
 //! Found at `--config FILE`, else `$LLMLOCAL_CONFIG`, else `<config dir>/llmlocal/config.toml`
@@ -61,6 +63,10 @@ pub struct WorkerConfig {
     pub max_memory_mb: Option<u64>,
     /// A worker that owes a token and stays silent this long is killed as hung (default 120).
     pub step_timeout_secs: Option<u64>,
+    /// The same for the constructor and `load` (default 600: big models on slow disks).
+    pub load_timeout_secs: Option<u64>,
+    /// The same for tokenize, detokenize, metadata and stats (default 30).
+    pub call_timeout_secs: Option<u64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -138,7 +144,8 @@ mod tests {
     fn isolation_per_plugin_and_worker_limits_parse_and_a_bad_mode_is_refused() {
         let config = Config::parse(
             "[plugins.isolation]\nllama-cpp = \"in-process\"\nmine = \"process\"\n\
-             [plugins.worker]\nmax_memory_mb = 512\nstep_timeout_secs = 5\n",
+             [plugins.worker]\nmax_memory_mb = 512\nstep_timeout_secs = 5\n\
+             load_timeout_secs = 7\ncall_timeout_secs = 2\n",
         )
         .expect("parses");
         assert_eq!(
@@ -150,6 +157,8 @@ mod tests {
             Some(&Isolation::InProcess)
         );
         assert_eq!(config.plugins.worker.max_memory_mb, Some(512));
+        assert_eq!(config.plugins.worker.load_timeout_secs, Some(7));
+        assert_eq!(config.plugins.worker.call_timeout_secs, Some(2));
         let err = Config::parse("[plugins.isolation]\nx = \"sandbox\"\n").expect_err("bad");
         assert!(err.contains("sandbox"), "{err}");
     }

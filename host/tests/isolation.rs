@@ -1,8 +1,8 @@
 //! Process-isolated plugins (issue 25), through `llmlocal serve --isolation process`: a
 //! backend whose generation segfaults, aborts, allocates without end under a memory limit or
-//! hangs in `next()` fails its own request with a 503 naming the plugin and the cause; the
-//! server stays up, another model's stream completes, and the next request to the crashed
-//! backend works after the worker restarts. A crash loop refuses the backend (visible in
+//! hangs in `next()`, `load` or `tokenize` fails its own request with a 503 naming the plugin
+//! and the cause; the server stays up, another model's stream completes, and the next request
+//! to the crashed backend works after the worker restarts. A crash loop refuses the backend (visible in
 //! `/health`), and workers die with the server.
 
 mod common;
@@ -153,17 +153,9 @@ fn split_response(response: &str) -> (u16, String) {
     (status, body)
 }
 
-/// The crash case: while a `story` stream is open, the crashing backend's request fails
-/// with 503 naming the plugin and `cause`; the stream then completes; the crashing backend
-/// serves a request that stays below its crash (`ok_tokens`) after its restart.
-fn crash_costs_only_its_own_requests(
-    crashing: &str,
-    worker_config: &str,
-    cause: &str,
-    ok_tokens: u32,
-) {
-    let mut server = Server::start(crashing, worker_config);
-    // A stream in flight on another backend (chunked NDJSON; read its first line).
+/// Opens a long `story` stream (chunked NDJSON) and reads its head: a request in flight on
+/// another backend while one crashes.
+fn open_story_stream(server: &Server) -> BufReader<TcpStream> {
     let stream = server.send(
         "POST",
         "/api/generate",
@@ -180,15 +172,11 @@ fn crash_costs_only_its_own_requests(
         head.push_str(&line);
     }
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    stream
+}
 
-    let started = Instant::now();
-    let (status, body) = server.generate("crash", crashing, 10);
-    assert_eq!(status, 503, "{body}");
-    for part in [crashing, cause, "worker process"] {
-        assert!(body.contains(part), "expected {part:?} in {body}");
-    }
-    assert!(server.alive(), "the server died with its plugin");
-
+/// The stream ends with its `done` line.
+fn assert_stream_completes(mut stream: BufReader<TcpStream>) {
     let mut rest = String::new();
     stream
         .read_to_string(&mut rest)
@@ -202,6 +190,33 @@ fn crash_costs_only_its_own_requests(
         last["done"], true,
         "the other stream did not complete: {rest}"
     );
+}
+
+/// A 503 naming the plugin, `cause` and its worker process.
+fn assert_unavailable(status: u16, body: &str, plugin: &str, cause: &str) {
+    assert_eq!(status, 503, "{body}");
+    for part in [plugin, cause, "worker process"] {
+        assert!(body.contains(part), "expected {part:?} in {body}");
+    }
+}
+
+/// The crash case: while a `story` stream is open, the crashing backend's request fails
+/// with 503 naming the plugin and `cause`; the stream then completes; the crashing backend
+/// serves a request that stays below its crash (`ok_tokens`) after its restart.
+fn crash_costs_only_its_own_requests(
+    crashing: &str,
+    worker_config: &str,
+    cause: &str,
+    ok_tokens: u32,
+) {
+    let mut server = Server::start(crashing, worker_config);
+    let stream = open_story_stream(&server);
+
+    let started = Instant::now();
+    let (status, body) = server.generate("crash", crashing, 10);
+    assert_unavailable(status, &body, crashing, cause);
+    assert!(server.alive(), "the server died with its plugin");
+    assert_stream_completes(stream);
 
     let (status, body) = server.generate("crash", crashing, ok_tokens);
     assert_eq!(status, 200, "after the restart: {body}");
@@ -237,6 +252,50 @@ fn allocating_past_the_memory_limit_costs_only_its_own_requests() {
 #[test]
 fn a_hung_next_is_killed_after_the_step_timeout() {
     crash_costs_only_its_own_requests("hanging-next", "step_timeout_secs = 1", "hung", 1);
+}
+
+/// Issue 25: a worker whose `load` never returns is killed after `load_timeout_secs` and
+/// treated like a crash: that request fails with 503 naming the hang, another backend's
+/// stream completes, and the backend loads its other model in a restarted worker.
+#[test]
+fn a_hung_load_is_killed_after_the_load_timeout() {
+    let dir = common::plugin_dir(&["scripted", "hanging-load"]);
+    let story = common::write_script(dir.path(), "story.txt", &"Once upon a time. ".repeat(40));
+    let hung = common::write_script(dir.path(), "hung.txt", "HANG in load");
+    let fine = common::write_script(dir.path(), "fine.txt", "Abcdefghij");
+    let models = [("story", story), ("hung", hung), ("fine", fine)];
+    let mut server = Server::start_in(dir, &models, "load_timeout_secs = 2");
+    let stream = open_story_stream(&server);
+
+    let (status, body) = server.generate("hung", "hanging-load", 3);
+    assert_unavailable(status, &body, "hanging-load", "no reply to `load`");
+    assert!(server.alive(), "the server died with its plugin");
+    assert_stream_completes(stream);
+
+    let (status, body) = server.generate("fine", "hanging-load", 3);
+    assert_eq!(status, 200, "after the restart: {body}");
+    let body: Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(body["response"], "Abc", "{body}");
+}
+
+/// Issue 25: a worker whose `tokenize` never returns is killed after `call_timeout_secs`;
+/// the next request to the same model (loaded again in the restarted worker) succeeds.
+#[test]
+fn a_hung_tokenize_is_killed_after_the_call_timeout() {
+    let mut server = Server::start("hanging-tokenize", "call_timeout_secs = 2");
+    let stream = open_story_stream(&server);
+
+    let mut hanging = generate_body("crash", "hanging-tokenize", 3, false);
+    hanging["prompt"] = json!("HANG on");
+    let (status, body) = server.exchange("POST", "/api/generate", &hanging);
+    assert_unavailable(status, &body, "hanging-tokenize", "no reply to `tokenize`");
+    assert!(server.alive(), "the server died with its plugin");
+    assert_stream_completes(stream);
+
+    let (status, body) = server.generate("crash", "hanging-tokenize", 3);
+    assert_eq!(status, 200, "after the restart: {body}");
+    let body: Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(body["response"], "Abc", "{body}");
 }
 
 #[test]

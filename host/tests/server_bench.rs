@@ -1,8 +1,9 @@
 //! Measurements (printed; run with `--nocapture`): time to first token and tokens/s of the
 //! same greedy generation through the engine API and over HTTP (SSE), aggregate tokens/s at
 //! 1, 4 and 16 concurrent streams, the per-token and the first-token cost HTTP adds on a
-//! backend whose tokens cost nothing (scripted), cached model load time in a cold `llmlocal serve` process, and the idle
-//! RSS of `llmlocal serve` with the real plugins discovered and no model loaded. The
+//! backend whose tokens cost nothing (scripted), cached model load time in a cold `llmlocal
+//! serve` process, and the idle RSS of `llmlocal serve` with the real plugins discovered, with
+//! no model loaded and with one. The
 //! assertions check that both paths produce the same text and that the numbers are sane; the
 //! targets (HTTP >= 0.97x the engine, idle RSS < 50 MB) are reported, not enforced, since a
 //! shared 2-core machine cannot hold them steady.
@@ -316,6 +317,61 @@ fn idle_rss_of_serve_with_plugins_discovered() {
         bytes as f64 / 1e6
     );
     assert!(bytes < 500_000_000, "idle RSS {bytes}");
+}
+
+/// Idle RSS of `llmlocal serve` with one model loaded (issue #23 tracks the idle RSS of
+/// `serve`; this is the same process after an Ollama load-only request, nothing generating):
+/// the fixture Q8_0 GGUF, stories260K when present and `$LLMLOCAL_BENCH_GGUF` when set, on
+/// llama-cpp in-process. The number includes the weights (mapped pages touched) and the KV
+/// cache of the default context.
+#[tokio::test(flavor = "multi_thread")]
+async fn idle_rss_of_serve_with_one_model_loaded() {
+    let fixtures = llmlocal_fixtures::ensure_default().expect("fixtures");
+    let plugins = real_plugins_folder();
+    let mut cases = vec![("fixture q8_0 GGUF", fixtures.gguf_q8_0.clone())];
+    match stories260k() {
+        Some(dir) => cases.push(("stories260K GGUF", dir.join("stories260K.gguf"))),
+        None => eprintln!("SKIP (stories260K case): shared models not found"),
+    }
+    if let Some(path) = std::env::var_os("LLMLOCAL_BENCH_GGUF") {
+        cases.push(("$LLMLOCAL_BENCH_GGUF", path.into()));
+    }
+    for (label, path) in cases {
+        let (mut child, url) = serve_child(plugins.path(), "llama-cpp", &path);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let before = rss(child.id());
+        let response = client()
+            .post(format!("{url}/api/generate"))
+            .json(&json!({"model": "m"}))
+            .send()
+            .await
+            .expect("load request");
+        let status = response.status();
+        let body: serde_json::Value = response.json().await.expect("json");
+        // Let the load's transient allocations settle, as the no-model case does.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let after = rss(child.id());
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(status.is_success(), "{label}: {body}");
+        assert_eq!(body["done_reason"], "load", "{label}: {body}");
+        let (Some(before), Some(after)) = (before, after) else {
+            eprintln!("SKIP: no /proc/PID/status here");
+            return;
+        };
+        let size = std::fs::metadata(&path).map_or(0, |m| m.len());
+        println!(
+            "BENCH idle RSS of llmlocal serve with one model loaded ({label}, {:.1} MB file, \
+             llama-cpp in-process): {:.1} MB (before the load: {:.1} MB)",
+            size as f64 / 1e6,
+            after as f64 / 1e6,
+            before as f64 / 1e6
+        );
+        assert!(
+            after > before,
+            "loading a model did not grow the process: {after} <= {before}"
+        );
+    }
 }
 
 /// The shared real tiny model's folder, if present.

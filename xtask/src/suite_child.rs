@@ -41,9 +41,12 @@ pub struct Plan {
     pub expect: Expect,
     /// `--check-timeout` for the suite (seconds); `None` = its default.
     pub check_timeout: Option<u64>,
+    /// `--process-isolation`: the plugin in a worker process, every check through it.
+    pub in_worker: bool,
 }
 
-/// Builds the `conformance` binary once and returns its path.
+/// Builds the `conformance` binary once and returns its path; builds `llmlocal` with it,
+/// since `--process-isolation` runs its workers (`llmlocal plugin-worker`) from that binary.
 pub fn build_conformance(ws: &Workspace) -> Result<PathBuf> {
     let mut build = cargo(&ws.root);
     build.args([
@@ -52,6 +55,10 @@ pub fn build_conformance(ws: &Workspace) -> Result<PathBuf> {
         "llmlocal-conformance",
         "--bin",
         "conformance",
+        "-p",
+        "llmlocal",
+        "--bin",
+        "llmlocal",
     ]);
     run(&mut build, "building the conformance suite")?;
     let exe = ws
@@ -104,6 +111,15 @@ pub fn run_plan(ws: &Workspace, exe: &Path, plan: &Plan, index: usize) -> Result
     if let Some(seconds) = plan.check_timeout {
         command.args(["--check-timeout", &seconds.to_string()]);
     }
+    if plan.in_worker {
+        // The worker binary of this build, not whatever $LLMLOCAL_WORKER_EXE names.
+        let worker = ws
+            .debug_dir()
+            .join(format!("llmlocal{}", std::env::consts::EXE_SUFFIX));
+        command
+            .arg("--process-isolation")
+            .env("LLMLOCAL_WORKER_EXE", worker);
+    }
     println!("$ {}", crate::process::shown(&command));
     let finished = run_logged(&mut command, &log, SUITE_LIMIT)?;
     let mut row = Row {
@@ -113,7 +129,8 @@ pub fn run_plan(ws: &Workspace, exe: &Path, plan: &Plan, index: usize) -> Result
             .model
             .as_deref()
             .map(|m| model_label(ws, m))
-            .unwrap_or_else(|| "-".into()),
+            .unwrap_or_else(|| "-".into())
+            + if plan.in_worker { " (in a worker)" } else { "" },
         counts: None,
         seconds: None,
         result: String::new(),

@@ -1,5 +1,6 @@
 //! `cargo xtask test-plugins`: the conformance suite against every in-tree plugin with its
-//! default models, the loader against the broken test plugins, and a table of results.
+//! default models (and once through a worker process), the loader against the broken test
+//! plugins, and a table of results.
 
 use crate::{
     build_plugins::{self, Built},
@@ -98,6 +99,7 @@ pub fn in_tree(ws: &Workspace) -> Result<()> {
         .iter()
         .flat_map(|lib| real_plans(ws, lib, &fx))
         .collect();
+    plans.extend(built.real.iter().filter_map(|lib| worker_plan(lib, &fx)));
     match find(&built.test, "scripted") {
         Some(lib) => plans.push(Plan {
             plugin: lib.clone(),
@@ -105,6 +107,7 @@ pub fn in_tree(ws: &Workspace) -> Result<()> {
             eos_prompt: Some(SCRIPTED_EOS_PROMPT.into()),
             expect: Expect::Pass,
             check_timeout: None,
+            in_worker: false,
         }),
         None => rows.push(missing("scripted")),
     }
@@ -167,6 +170,21 @@ fn real_plans(ws: &Workspace, lib: &Path, fx: &Fixtures) -> Vec<Plan> {
     plans
 }
 
+/// The suite once more through a worker process (`--process-isolation`), on one small
+/// fixture model per in-tree plugin: proves the worker path (issue #25) for a few seconds of
+/// CI, while the other models stay in-process.
+fn worker_plan(lib: &Path, fx: &Fixtures) -> Option<Plan> {
+    let model = match backend_of(lib).as_str() {
+        "llama_cpp" => fx.paths.gguf_q8_0.clone(),
+        "candle" => fx.paths.hf_dir.clone(),
+        _ => return None,
+    };
+    Some(Plan {
+        in_worker: true,
+        ..plan(lib, Some(model), Some(FIXTURE_EOS_PROMPT))
+    })
+}
+
 fn plan(lib: &Path, model: Option<PathBuf>, eos_prompt: Option<&str>) -> Plan {
     Plan {
         plugin: lib.to_path_buf(),
@@ -174,6 +192,7 @@ fn plan(lib: &Path, model: Option<PathBuf>, eos_prompt: Option<&str>) -> Plan {
         eos_prompt: eos_prompt.map(str::to_string),
         expect: Expect::Pass,
         check_timeout: None,
+        in_worker: false,
     }
 }
 
@@ -208,6 +227,7 @@ fn broken(
                     eos_prompt: None,
                     expect: Expect::PanickingGenerations,
                     check_timeout: None,
+                    in_worker: false,
                 });
                 continue;
             }
@@ -219,6 +239,7 @@ fn broken(
                         eos_prompt: None,
                         expect: Expect::Catches { check, message },
                         check_timeout: (v == "hanging_next").then_some(HANG_CHECK_TIMEOUT),
+                        in_worker: false,
                     });
                 }
                 continue;

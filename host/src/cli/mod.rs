@@ -149,6 +149,12 @@ fn isolation_policy(cli: &Cli, config: &Config) -> plugins::IsolationPolicy {
             step_timeout: worker
                 .step_timeout_secs
                 .map_or(defaults.step_timeout, std::time::Duration::from_secs),
+            load_timeout: worker
+                .load_timeout_secs
+                .map_or(defaults.load_timeout, std::time::Duration::from_secs),
+            call_timeout: worker
+                .call_timeout_secs
+                .map_or(defaults.call_timeout, std::time::Duration::from_secs),
             ..defaults
         },
     }

@@ -3,11 +3,15 @@
 //! run time), and aggregate generation throughput with one versus several parallel
 //! generations (continuous batching).
 //!
+//! Each path runs in a process of its own ([`child`]): measured in one process, the paths
+//! disturbed each other.
+//!
 //! [`compare`] measures another backend plugin (candle) against the llama-cpp plugin.
 //!
 //! Tiny models exaggerate per-token overheads (channels, thread hand-offs, FFI): the default
 //! model is therefore a random-weight llama of ~110M parameters written by [`random_gguf`].
 
+pub mod child;
 pub mod compare;
 pub mod constrained;
 pub mod direct;
@@ -18,7 +22,7 @@ pub mod random_gguf;
 pub mod report;
 
 /// What one benchmark run is measured on.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Setup {
     pub model: std::path::PathBuf,
     pub threads: u32,

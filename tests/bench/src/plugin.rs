@@ -1,7 +1,11 @@
 //! The same work through the llmlocal host: a backend plugin library (llama-cpp, candle, ...)
 //! loaded at run time, every call crossing the stable ABI.
 
-use crate::{best, Setup, Speed};
+use crate::{
+    best,
+    child::{Outcome, Spec},
+    Setup, Speed,
+};
 use anyhow::{anyhow, bail, Context as _};
 use llmlocal::plugins::{LoadedModel, PluginRegistry, RunningGeneration};
 use llmlocal_plugin_api::{GenerateRequest, LoadRequest, Step};
@@ -70,6 +74,9 @@ pub fn request(prompt: &[u32], max_tokens: usize) -> GenerateRequest {
         u32::try_from(max_tokens).unwrap_or(u32::MAX),
     );
     request.ignore_eos = true;
+    // Every run pays its whole prompt, as llama.cpp direct does: with the prompt cache on,
+    // the same prompt again would reuse the last run's KV cells and pp would measure nothing.
+    request.cache_prompt = false;
     request
 }
 
@@ -227,13 +234,88 @@ fn prompt_speed(model: &LoadedModel, setup: &Setup, prompt: &[u32]) -> anyhow::R
 
 /// Generated tokens/s of one run of `setup.gen_tokens` tokens after the first.
 fn generation_speed(model: &LoadedModel, setup: &Setup, prompt: &[u32]) -> anyhow::Result<f64> {
+    Ok(generation_run(model, setup, prompt)?.tps)
+}
+
+/// One generation run as the caller sees it.
+pub struct GenerationRun {
+    /// Tokens/s after the first token.
+    pub tps: f64,
+    /// Tokens received after the first one (counted).
+    pub tokens: usize,
+    /// Ms from asking for the generation to its first token.
+    pub ttft_ms: f64,
+}
+
+/// A run of prompt + `setup.gen_tokens` tokens after the first.
+pub fn generation_run(
+    model: &LoadedModel,
+    setup: &Setup,
+    prompt: &[u32],
+) -> anyhow::Result<GenerationRun> {
     let max_tokens = Kind::Generation.max_tokens(setup.gen_tokens);
+    let started = Instant::now();
     let mut generation = model.generate(request(prompt, max_tokens))?;
     let times = token_times(&mut generation)?;
     let (Some(first), Some(last)) = (times.first(), times.last()) else {
         bail!("the plugin generated no tokens");
     };
-    Ok((times.len() - 1) as f64 / (*last - *first).as_secs_f64())
+    Ok(GenerationRun {
+        tps: (times.len() - 1) as f64 / (*last - *first).as_secs_f64(),
+        tokens: times.len() - 1,
+        ttft_ms: (*first - started).as_secs_f64() * 1000.0,
+    })
+}
+
+/// Prompt and generation runs of `model` in the [`schedule`], `runs` of each kind recorded:
+/// a child's measurement of the plugin ([`crate::child`]).
+pub fn measure(
+    model: &LoadedModel,
+    setup: &Setup,
+    prompt: &[u32],
+    runs: usize,
+) -> anyhow::Result<Outcome> {
+    let mut outcome = Outcome {
+        prompt: prompt.to_vec(),
+        ..Outcome::default()
+    };
+    schedule(runs, |kind, record| {
+        match kind {
+            Kind::Prompt => {
+                let tps = prompt_speed(model, setup, prompt)?;
+                if record {
+                    outcome.pp_runs.push(tps);
+                }
+            }
+            Kind::Generation => {
+                let run = generation_run(model, setup, prompt)?;
+                if record {
+                    outcome.tg_runs.push(run.tps);
+                    outcome.tg_tokens.push(run.tokens);
+                    outcome.ttft_runs.push(run.ttft_ms);
+                }
+            }
+        }
+        Ok(())
+    })?;
+    Ok(outcome)
+}
+
+/// The aggregate child: 1 vs `setup.parallel` generations at once, best of `spec.runs`.
+pub fn measure_aggregate(spec: &Spec) -> anyhow::Result<Outcome> {
+    let setup = Setup {
+        repeat: spec.runs,
+        ..spec.setup.clone()
+    };
+    let model = load(&spec.plugin_dir, &spec.backend, &setup, setup.parallel)?;
+    let prompt = prompt_tokens(&model, setup.prompt_tokens)?;
+    let one = aggregate(&model, &setup, &prompt, 1)?;
+    let many = aggregate(&model, &setup, &prompt, setup.parallel as usize)?;
+    Ok(Outcome {
+        prompt,
+        aggregate: Some((one, many)),
+        ..Outcome::default()
+    })
 }
 
 /// Aggregate generation speed of `n` generations started together, each consumed on its own

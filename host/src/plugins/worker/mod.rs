@@ -26,8 +26,15 @@ pub struct WorkerSettings {
     pub executable: PathBuf,
     /// RLIMIT_AS of each worker, in bytes: an allocation past it fails inside the worker.
     pub max_memory_bytes: Option<u64>,
-    /// A worker owing a step (`next`) that stays silent this long is killed as hung.
+    /// A worker owing a step (`next`, `generate`, `logits`, `embed`: calls that run the
+    /// model) that stays silent this long is killed as hung.
     pub step_timeout: Duration,
+    /// The same for the constructor and `load` (and the greeting): generous, since a large
+    /// model read from a slow disk takes minutes.
+    pub load_timeout: Duration,
+    /// The same for the quick calls (`tokenize`, `detokenize`, `metadata`, `stats`): short,
+    /// since they do no model compute and a request waits on them.
+    pub call_timeout: Duration,
 }
 
 /// The environment variable naming the `llmlocal` binary to run workers with, for programs
@@ -40,6 +47,29 @@ impl Default for WorkerSettings {
             executable: default_executable(),
             max_memory_bytes: None,
             step_timeout: Duration::from_secs(120),
+            load_timeout: Duration::from_secs(600),
+            call_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+impl WorkerSettings {
+    /// How long the worker may stay silent while it owes the reply to `call` before it is
+    /// killed as hung (and treated like a crash). One place, so no call goes unwatched.
+    pub(crate) fn deadline(&self, call: &wire::Call) -> Duration {
+        use wire::Call;
+        match call {
+            Call::Construct | Call::Load(_) => self.load_timeout,
+            Call::Generate { .. }
+            | Call::Next { .. }
+            | Call::Logits { .. }
+            | Call::Embed { .. } => self.step_timeout,
+            Call::Metadata { .. }
+            | Call::Tokenize { .. }
+            | Call::Detokenize { .. }
+            | Call::Stats { .. }
+            | Call::DropModel { .. }
+            | Call::DropGeneration { .. } => self.call_timeout,
         }
     }
 }

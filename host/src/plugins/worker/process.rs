@@ -106,9 +106,17 @@ impl WorkerProcess {
             .spawn(move || reader.read_replies(host_end, child))
             .map_err(|e| Down(format!("cannot start the worker reader thread: {e}")))?;
         let worker = Arc::new(WorkerProcess { link });
-        match rx.recv() {
+        // Opening the library runs its static initialisers: a hang there is watched too.
+        match rx.recv_timeout(settings.load_timeout) {
             Ok(greeting) => Ok((worker, greeting)),
-            Err(_) => Err(Down(worker.link.wait_death())),
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                worker.link.kill(format!(
+                    "hung: no greeting within {:.1} s, killed",
+                    settings.load_timeout.as_secs_f64()
+                ));
+                Err(Down(worker.link.wait_death()))
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => Err(Down(worker.link.wait_death())),
         }
     }
 
@@ -120,9 +128,10 @@ impl WorkerProcess {
         self.link.is_dead()
     }
 
-    /// Sends `call` and waits for its reply; with `deadline`, a worker silent that long is
-    /// killed as hung.
-    pub fn call(&self, call: Call, deadline: Option<Duration>) -> Result<Reply, Down> {
+    /// Sends `call` and waits for its reply; a worker silent past the deadline of that call
+    /// ([`WorkerSettings::deadline`]) is killed as hung.
+    pub fn call(&self, call: Call, settings: &WorkerSettings) -> Result<Reply, Down> {
+        let deadline = settings.deadline(&call);
         self.link.call(call, deadline)
     }
 
@@ -137,7 +146,7 @@ impl Link {
         lock(&self.calls).death.is_some()
     }
 
-    fn call(&self, call: Call, deadline: Option<Duration>) -> Result<Reply, Down> {
+    fn call(&self, call: Call, deadline: Duration) -> Result<Reply, Down> {
         let what = call.name();
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::sync_channel(1);
@@ -152,19 +161,16 @@ impl Link {
             lock(&self.calls).waiting.remove(&id);
             return Err(Down(self.wait_death()));
         }
-        let reply = match deadline {
-            None => rx.recv().ok(),
-            Some(deadline) => match rx.recv_timeout(deadline) {
-                Ok(reply) => Some(reply),
-                Err(mpsc::RecvTimeoutError::Disconnected) => None,
-                Err(mpsc::RecvTimeoutError::Timeout) => {
-                    self.kill(format!(
-                        "hung: no reply to `{what}` within {:.1} s, killed",
-                        deadline.as_secs_f64()
-                    ));
-                    None
-                }
-            },
+        let reply = match rx.recv_timeout(deadline) {
+            Ok(reply) => Some(reply),
+            Err(mpsc::RecvTimeoutError::Disconnected) => None,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                self.kill(format!(
+                    "hung: no reply to `{what}` within {:.1} s, killed",
+                    deadline.as_secs_f64()
+                ));
+                None
+            }
         };
         reply.ok_or_else(|| Down(self.wait_death()))
     }

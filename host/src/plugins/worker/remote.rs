@@ -56,7 +56,7 @@ impl RemoteModel {
         let call = call(id);
         let name = call.name();
         let reply = worker
-            .call(call, None)
+            .call(call, self.supervisor.settings())
             .map_err(|down| self.supervisor.down(name, down))?;
         Ok((worker, reply))
     }
@@ -153,7 +153,10 @@ fn load_in(
     request: &LoadRequest,
 ) -> Result<u64, BackendError> {
     let reply = worker
-        .call(Call::Load(wire::LoadRequest::from(request)), None)
+        .call(
+            Call::Load(wire::LoadRequest::from(request)),
+            supervisor.settings(),
+        )
         .map_err(|down| supervisor.down("load", down))?;
     match reply {
         Reply::Model(id) => Ok(id),
@@ -188,14 +191,13 @@ pub struct RemoteGeneration {
 impl RemoteGeneration {
     /// The next step; a worker silent past the step timeout is killed as hung.
     pub fn next(&mut self) -> Result<Step, BackendError> {
-        let deadline = Some(self.supervisor.settings().step_timeout);
         let reply = self
             .worker
             .call(
                 Call::Next {
                     generation: self.id,
                 },
-                deadline,
+                self.supervisor.settings(),
             )
             .map_err(|down| self.supervisor.down("next", down))?;
         match reply {
@@ -211,7 +213,7 @@ impl RemoteGeneration {
                 Call::Stats {
                     generation: self.id,
                 },
-                None,
+                self.supervisor.settings(),
             )
             .map_err(|down| self.supervisor.down("stats", down))?;
         match reply {

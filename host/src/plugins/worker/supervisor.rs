@@ -82,7 +82,7 @@ impl Opened {
 
     /// Runs the plugin's constructor in the worker.
     pub fn construct(&self) -> Result<Supervisor, Refusal> {
-        construct(&self.worker)?;
+        construct(&self.worker, &self.settings)?;
         Ok(Supervisor {
             library: self.library.clone(),
             name: self.manifest.name.to_string(),
@@ -97,8 +97,8 @@ impl Opened {
     }
 }
 
-fn construct(worker: &WorkerProcess) -> Result<(), Refusal> {
-    match worker.call(Call::Construct, None) {
+fn construct(worker: &WorkerProcess, settings: &WorkerSettings) -> Result<(), Refusal> {
+    match worker.call(Call::Construct, settings) {
         Ok(Reply::Done) => Ok(()),
         Ok(Reply::Refused(reason)) => Err(Refusal::Worker(reason)),
         Ok(other) => Err(Refusal::Worker(format!(
@@ -181,7 +181,7 @@ impl Supervisor {
         std::thread::sleep(backoff);
         tracing::warn!("restarting the worker process of backend `{}`", self.name);
         let opened = Opened::open(&self.library, &self.settings)
-            .and_then(|opened| construct(&opened.worker).map(|()| opened))
+            .and_then(|opened| construct(&opened.worker, &self.settings).map(|()| opened))
             .map_err(|refusal| self.unavailable(format!("its restart failed: {refusal}")))?;
         state.worker = opened.worker;
         state.epoch += 1;

@@ -16,7 +16,8 @@
 use anyhow::Context as _;
 use clap::Parser;
 use llmlocal_bench::{
-    compare, constrained, direct, isolation, plugin,
+    child::{self, Job, Measured, Spec},
+    compare, constrained, isolation,
     random_gguf::{self, Shape, Storage},
     report::Report,
     Setup,
@@ -48,9 +49,18 @@ struct Args {
     /// Parallel generations for the aggregate measurement.
     #[arg(long, default_value_t = 4)]
     parallel: u32,
-    /// Runs per measurement; the best is reported.
-    #[arg(long, default_value_t = 3)]
+    /// Rounds: for the direct/plugin and --isolation comparisons, interleaved rounds with
+    /// each path in a fresh process (median and min–max over rounds are reported); for
+    /// --compare the runs per measurement (best reported), for --constrained the rounds.
+    #[arg(long, default_value_t = 5)]
     repeat: usize,
+    /// Direct/plugin and --isolation: recorded runs of each kind inside each process (after
+    /// its warm-up); the median of them is that round's value.
+    #[arg(long, default_value_t = 3)]
+    runs_per_child: usize,
+    /// Internal: measure one path as the JSON spec in this file says, print the outcome.
+    #[arg(long, hide = true, value_name = "SPEC")]
+    child: Option<PathBuf>,
     /// Instead of the llama.cpp direct/plugin benchmark, compare this backend plugin (e.g.
     /// `candle`) with the llama-cpp plugin, both through the host, same threads. Sets
     /// RAYON_NUM_THREADS and CANDLE_NUM_THREADS to --threads: candle sizes its pools from them.
@@ -142,6 +152,9 @@ fn main() -> anyhow::Result<()> {
     }
     llmlocal_bench::init_logging();
     llama_cpp_2::send_logs_to_tracing(llama_cpp_2::LogOptions::default());
+    if let Some(spec) = &args.child {
+        return child::serve(spec);
+    }
     let context_length = u32::try_from(args.prompt_tokens + args.gen_tokens + 16)?;
     let plugin_dir = match &args.plugin_dir {
         Some(d) => d.clone(),
@@ -167,8 +180,10 @@ fn main() -> anyhow::Result<()> {
         Some(m) => m,
         None => default_model("85m", &Shape::RANDOM_85M, Storage::F16)?,
     };
+    let exe = std::env::current_exe().context("locate the bench binary")?;
+    let runs = args.runs_per_child.max(1);
     if let Some(backend) = &args.isolation {
-        let report = isolation::run(&plugin_dir, backend, &setup)?;
+        let report = isolation::run(&exe, &plugin_dir, backend, &setup, runs)?;
         println!("{}", report.table());
         return write_json(args.json.as_ref(), &report);
     }
@@ -178,22 +193,32 @@ fn main() -> anyhow::Result<()> {
         return write_json(args.json.as_ref(), &report);
     }
 
-    eprintln!("direct llama.cpp ...");
-    let (direct, prompt) = direct::run(&setup)?;
-    eprintln!("through the plugin host ...");
-    let single_model = plugin::load(&plugin_dir, "llama-cpp", &setup, 1)?;
-    let through = plugin::run(&single_model, &setup, &prompt)?;
-    drop(single_model);
+    // Each path in a fresh process per round (see llmlocal_bench::child).
+    let spec = |job| Spec {
+        job,
+        setup: setup.clone(),
+        plugin_dir: plugin_dir.clone(),
+        backend: "llama-cpp".into(),
+        runs,
+    };
+    let [direct, through]: [Vec<_>; 2] =
+        child::interleaved(&exe, &[Job::Direct, Job::Plugin], setup.repeat, spec)?
+            .try_into()
+            .map_err(|_| anyhow::anyhow!("expected the outcomes of two paths"))?;
     eprintln!(
         "aggregate: 1 vs {} parallel generations ...",
         setup.parallel
     );
-    let parallel_model = plugin::load(&plugin_dir, "llama-cpp", &setup, setup.parallel)?;
-    let one = plugin::aggregate(&parallel_model, &setup, &prompt, 1)?;
-    let many = plugin::aggregate(&parallel_model, &setup, &prompt, setup.parallel as usize)?;
-    drop(parallel_model);
-
-    let report = Report::new(setup, direct, through, one, many);
+    let aggregate = child::once(&exe, &spec(Job::Aggregate))?
+        .aggregate
+        .unwrap_or_default();
+    let report = Report::new(
+        setup.clone(),
+        runs,
+        Measured::of(direct),
+        Measured::of(through),
+        aggregate,
+    );
     println!("{}", report.table());
     write_json(args.json.as_ref(), &report)
 }

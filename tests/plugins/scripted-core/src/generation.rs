@@ -119,9 +119,7 @@ impl Generation for ScriptedGeneration {
         }
         if self.behaviour.hang_at_token == Some(self.generated + 1) {
             // A plugin that never answers: the suite's time limit must catch it.
-            loop {
-                std::thread::sleep(std::time::Duration::from_secs(3600));
-            }
+            crate::hang_forever();
         }
         if self.behaviour.panic_at_token == Some(self.generated + 1) {
             panic!(

@@ -45,9 +45,24 @@ pub struct Behaviour {
     /// Allocate (and touch) memory without end in `Generation::next` at this token
     /// (1-based): under an address-space limit the allocator fails and the process aborts.
     pub allocate_at_token: Option<u32>,
+    /// Never return from `Backend::load` when the script contains [`HANG_MARKER`] (other
+    /// models load, so a test sees the backend recover after its worker is killed).
+    pub hang_in_load: bool,
+    /// Never return from `Model::tokenize` when the text contains [`HANG_MARKER`].
+    pub hang_in_tokenize: bool,
     /// Report probabilities where the contract asks for log-probabilities (when a request
     /// asks for logprobs; only a manifest declaring `logprobs` gets such requests).
     pub wrong_logprobs: bool,
+}
+
+/// The text that makes the `hang_in_*` behaviours hang.
+pub const HANG_MARKER: &str = "HANG";
+
+/// A plugin call that never returns: the host's deadline must catch it.
+pub(crate) fn hang_forever() -> ! {
+    loop {
+        std::thread::sleep(std::time::Duration::from_secs(3600));
+    }
 }
 
 /// The scripted backend: loads script files as models.

@@ -38,6 +38,9 @@ impl ScriptedModel {
             }
         };
         let script = Script::read(path)?;
+        if behaviour.hang_in_load && contains(script.bytes(), crate::HANG_MARKER) {
+            crate::hang_forever();
+        }
         tracing::info!(
             "loaded scripted model {}: {} script bytes",
             path.display(),
@@ -79,6 +82,12 @@ impl ScriptedModel {
     }
 }
 
+fn contains(haystack: &[u8], needle: &str) -> bool {
+    haystack
+        .windows(needle.len())
+        .any(|window| window == needle.as_bytes())
+}
+
 fn check_request(request: &LoadRequest) -> Result<(), PluginError> {
     if !request.adapters.is_empty() {
         return Err(PluginError::unsupported(
@@ -104,6 +113,9 @@ impl Model for ScriptedModel {
         add_special: bool,
         parse_special: bool,
     ) -> Result<Vec<u32>, PluginError> {
+        if self.behaviour.hang_in_tokenize && text.contains(crate::HANG_MARKER) {
+            crate::hang_forever();
+        }
         Ok(script::tokenize(text, add_special, parse_special))
     }
 
