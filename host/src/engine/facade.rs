@@ -527,6 +527,24 @@ impl Engine {
         }
     }
 
+    /// `config` with what it leaves out taken from model `name`'s sampling defaults, then the
+    /// server-wide ones, then its `max_tokens_cap` (see [`super::defaults`]). [`Self::generate`]
+    /// applies this itself; a dialect calls it only to report the settings used.
+    pub fn with_defaults(&self, name: &str, mut config: GenerationConfig) -> GenerationConfig {
+        let model = self
+            .inner
+            .aliases
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+            .map(ModelEntry::sampling)
+            .unwrap_or_default();
+        model
+            .or(&self.inner.settings.sampling)
+            .apply(&mut config);
+        config
+    }
+
     /// Starts a generation. Errors before the first token (unknown model, bad parameters,
     /// full queue) come back here; later ones arrive in the stream.
     pub async fn generate(
@@ -536,6 +554,7 @@ impl Engine {
         config: GenerationConfig,
     ) -> Result<TokenStream, EngineError> {
         let received = Instant::now();
+        let config = self.with_defaults(name, config);
         validate(&config)?;
         limits::check(&prompt, &config).map_err(EngineError::InvalidRequest)?;
         tools::check(&config).map_err(EngineError::InvalidRequest)?;

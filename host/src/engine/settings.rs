@@ -17,9 +17,13 @@
 //! cache_type_k = "q8_0"        # KV cache types (f16 default; q8_0, q4_0, ...), also in [engine]
 //! cache_type_v = "q8_0"        # a quantized V cache needs flash attention (llama.cpp)
 //! flash_attn = "auto"          # on | off | auto
+//! temperature = 0.2            # sampling defaults for requests that leave them out (also in
+//! seed = 42                    # [engine]; these win over those): temperature (or temp),
+//! n_predict = 256              # seed (-1 = random), n_predict (-1 = up to the cap), top_k,
+//! top_p = 0.9                  # top_p, min_p, repeat_penalty
 //! ```
 
-use super::kv_cache::KvCacheOptions;
+use super::{defaults::SamplingDefaults, kv_cache::KvCacheOptions};
 use serde::Deserialize;
 use std::{collections::BTreeMap, path::Path, time::Duration};
 
@@ -50,6 +54,21 @@ pub struct ModelEntry {
     pub cache_type_v: Option<String>,
     #[serde(default)]
     pub flash_attn: Option<String>,
+    /// Sampling defaults over the engine's (see [`SamplingDefaults`]).
+    #[serde(default, alias = "temp")]
+    pub temperature: Option<f32>,
+    #[serde(default)]
+    pub seed: Option<i64>,
+    #[serde(default)]
+    pub n_predict: Option<i64>,
+    #[serde(default)]
+    pub top_k: Option<u32>,
+    #[serde(default)]
+    pub top_p: Option<f32>,
+    #[serde(default)]
+    pub min_p: Option<f32>,
+    #[serde(default)]
+    pub repeat_penalty: Option<f32>,
 }
 
 impl ModelEntry {
@@ -68,6 +87,19 @@ impl ModelEntry {
             flash_attn: self.flash_attn.clone(),
         }
         .or(engine)
+    }
+
+    /// This entry's own sampling defaults (without the engine's).
+    pub fn sampling(&self) -> SamplingDefaults {
+        SamplingDefaults {
+            temperature: self.temperature,
+            seed: self.seed,
+            n_predict: self.n_predict,
+            top_k: self.top_k,
+            top_p: self.top_p,
+            min_p: self.min_p,
+            repeat_penalty: self.repeat_penalty,
+        }
     }
 }
 
@@ -98,6 +130,8 @@ pub struct EngineSettings {
     pub threads: u32,
     /// KV cache options for models whose entry sets none.
     pub kv_cache: KvCacheOptions,
+    /// Sampling defaults for every model (a model entry's own win over these).
+    pub sampling: SamplingDefaults,
 }
 
 impl Default for EngineSettings {
@@ -115,6 +149,7 @@ impl Default for EngineSettings {
             device: "auto".to_string(),
             threads: 0,
             kv_cache: KvCacheOptions::default(),
+            sampling: SamplingDefaults::default(),
         }
     }
 }
@@ -143,6 +178,14 @@ struct EngineSection {
     cache_type_k: Option<String>,
     cache_type_v: Option<String>,
     flash_attn: Option<String>,
+    #[serde(alias = "temp")]
+    temperature: Option<f32>,
+    seed: Option<i64>,
+    n_predict: Option<i64>,
+    top_k: Option<u32>,
+    top_p: Option<f32>,
+    min_p: Option<f32>,
+    repeat_penalty: Option<f32>,
 }
 
 impl EngineSettings {
@@ -173,9 +216,26 @@ impl EngineSettings {
         self.kv_cache
             .check()
             .map_err(|err| format!("[engine] {err}"))?;
+        self.sampling = SamplingDefaults {
+            temperature: e.temperature,
+            seed: e.seed,
+            n_predict: e.n_predict,
+            top_k: e.top_k,
+            top_p: e.top_p,
+            min_p: e.min_p,
+            repeat_penalty: e.repeat_penalty,
+        }
+        .or(&self.sampling);
+        self.sampling
+            .check()
+            .map_err(|err| format!("[engine] {err}"))?;
         for (name, entry) in &sections.models {
             entry
                 .kv_cache(&KvCacheOptions::default())
+                .check()
+                .map_err(|err| format!("[models.{name}] {err}"))?;
+            entry
+                .sampling()
                 .check()
                 .map_err(|err| format!("[models.{name}] {err}"))?;
         }
@@ -235,6 +295,29 @@ mod tests {
         assert_eq!(tiny.backend.as_deref(), Some("llama-cpp"));
         assert!(tiny.pinned);
         assert_eq!(tiny.adapters, ["gh:o/r@v1/a.gguf:0.5"]);
+    }
+
+    #[test]
+    fn sampling_defaults_per_engine_and_model_and_bad_ones_name_the_key() {
+        let mut settings = EngineSettings::default();
+        settings
+            .apply_config_text(
+                "[engine]\ntemp = 0.5\nn_predict = 9\n\
+                 [models.tiny]\npath = \"t.gguf\"\nn_predict = 3\nseed = 4\n",
+            )
+            .expect("valid");
+        assert_eq!(settings.sampling.temperature, Some(0.5));
+        assert_eq!(settings.sampling.n_predict, Some(9));
+        let tiny = settings.models["tiny"].sampling();
+        assert_eq!((tiny.n_predict, tiny.seed), (Some(3), Some(4)));
+        let err = EngineSettings::default()
+            .apply_config_text("[engine]\ntop_p = 2.0\n")
+            .expect_err("top_p 2");
+        assert!(err.contains("[engine] top_p = 2"), "{err}");
+        let err = EngineSettings::default()
+            .apply_config_text("[models.x]\npath = \"x\"\nmin_p = -1.0\n")
+            .expect_err("min_p -1");
+        assert!(err.contains("[models.x] min_p = -1"), "{err}");
     }
 
     #[test]
