@@ -2,7 +2,10 @@
 
 use crate::{
     config::Config,
-    engine::{defaults::flag_of, Engine, EngineSettings, KvCacheOptions, SamplingDefaults},
+    engine::{
+        defaults::flag_of, template_override, Engine, EngineSettings, KvCacheOptions,
+        SamplingDefaults,
+    },
     models::ModelManager,
     plugins::PluginRegistry,
     server::{self, ServerSettings},
@@ -116,6 +119,14 @@ pub struct ServeArgs {
     /// Default repeat penalty (1 = off).
     #[arg(long, value_name = "F", allow_negative_numbers = true)]
     pub repeat_penalty: Option<f32>,
+    /// A chat template over every model's own, as llama-server's: a built-in name (chatml,
+    /// llama2, llama3, gemma, phi3, mistral-v7) or a Jinja template. A model's config
+    /// `chat_template` wins over it.
+    #[arg(long, value_name = "NAME_OR_JINJA", conflicts_with = "chat_template_file")]
+    pub chat_template: Option<String>,
+    /// As --chat-template, from a file.
+    #[arg(long, value_name = "PATH")]
+    pub chat_template_file: Option<PathBuf>,
     /// The most tokens one request may generate (and the default).
     #[arg(long, value_name = "TOKENS")]
     pub max_tokens_cap: Option<u32>,
@@ -168,6 +179,8 @@ fn settings(args: &ServeArgs, config: &Config) -> anyhow::Result<(EngineSettings
         let invalid =
             |err: String| anyhow::anyhow!("invalid config file {}: {err}", path.display());
         engine.apply_config_text(&text).map_err(invalid)?;
+        let base = path.parent().unwrap_or_else(|| std::path::Path::new("."));
+        engine.read_chat_template_files(base).map_err(invalid)?;
         server.apply_config_text(&text).map_err(invalid)?;
     }
     for flag in &args.models {
@@ -213,7 +226,23 @@ fn settings(args: &ServeArgs, config: &Config) -> anyhow::Result<(EngineSettings
     server.max_tokens_cap = args.max_tokens_cap.unwrap_or(server.max_tokens_cap);
     server.max_body_bytes = args.max_body_bytes.unwrap_or(server.max_body_bytes);
     sampling_defaults(args, &mut engine, server.max_tokens_cap)?;
+    chat_template(args, &mut engine)?;
     Ok((engine, server))
+}
+
+/// `--chat-template` / `--chat-template-file` over the config's `[engine]` one, checked.
+fn chat_template(args: &ServeArgs, engine: &mut EngineSettings) -> anyhow::Result<()> {
+    if let Some(value) = &args.chat_template {
+        template_override::check(value)
+            .map_err(|err| anyhow::anyhow!("--chat-template: {err}"))?;
+        engine.chat_template = Some(value.clone());
+    }
+    if let Some(path) = &args.chat_template_file {
+        let text = template_override::read_file(path)
+            .map_err(|err| anyhow::anyhow!("--chat-template-file: {err}"))?;
+        engine.chat_template = Some(text);
+    }
+    Ok(())
 }
 
 /// The sampling flags over the config's `[engine]` defaults, checked; every default
@@ -448,6 +477,33 @@ mod tests {
             let cli = Cli::try_parse_from(std::iter::once("serve").chain(flags.iter().copied()))
                 .expect("flags parse");
             let err = settings(&cli.serve, &Config::default()).expect_err("bad value");
+            assert!(err.to_string().contains(named), "{flags:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn chat_template_flags_are_checked_and_reach_the_engine() {
+        assert_eq!(
+            settings_of(&["--chat-template", "gemma"]).chat_template.as_deref(),
+            Some("gemma")
+        );
+        let dir = tempfile::tempdir().expect("temp dir");
+        let file = dir.path().join("t.jinja");
+        std::fs::write(&file, "{{ 'X' }}").expect("write");
+        let flag = file.to_string_lossy().to_string();
+        assert_eq!(
+            settings_of(&["--chat-template-file", &flag]).chat_template.as_deref(),
+            Some("{{ 'X' }}")
+        );
+        std::fs::write(&file, "{% for %}").expect("write");
+        for (flags, named) in [
+            (vec!["--chat-template", "nope"], "--chat-template: `nope`"),
+            (vec!["--chat-template", "{{ x"], "--chat-template: the Jinja"),
+            (vec!["--chat-template-file", &flag], "--chat-template-file: "),
+        ] {
+            let cli = Cli::try_parse_from(std::iter::once("serve").chain(flags.iter().copied()))
+                .expect("flags parse");
+            let err = settings(&cli.serve, &Config::default()).expect_err("bad template");
             assert!(err.to_string().contains(named), "{flags:?}: {err}");
         }
     }

@@ -14,6 +14,7 @@ use super::{
     settings::{EngineSettings, ModelEntry},
     stop::StopMatcher,
     template::{read_tokenizer_config, ChatTemplate},
+    template_override,
     tools::{self, ToolSpec, Tools},
     view::ModelView,
 };
@@ -461,10 +462,20 @@ impl Engine {
             backend.name()
         );
         let path = files.path.clone();
+        // The model's own template unless the model's entry or the server overrides it.
+        let chosen = entry
+            .chat_template
+            .clone()
+            .or_else(|| settings.chat_template.clone());
+        let shown_name = model.to_string();
         let (model, metadata, template) = tokio::task::spawn_blocking(move || {
             let model = backend.load_model(request)?;
             let metadata = model.metadata()?;
-            let template = build_template(&model, &metadata, &path);
+            let template = build_template(&model, &metadata, &path, chosen.as_deref())
+                .map_err(|message| EngineError::Template {
+                    model: shown_name,
+                    message,
+                })?;
             Ok::<_, EngineError>((model, metadata, template))
         })
         .await
@@ -973,8 +984,14 @@ fn checked_ids(slot: &Slot, ids: &[u32]) -> Result<Vec<u32>, EngineError> {
     Ok(ids.to_vec())
 }
 
-/// The model's chat template (GGUF metadata, else tokenizer_config.json), else ChatML.
-fn build_template(model: &LoadedModel, metadata: &ModelMetadata, path: &Path) -> ChatTemplate {
+/// The override (`--chat-template`, `chat_template`) if there is one, else the model's chat
+/// template (GGUF metadata, else tokenizer_config.json), else ChatML.
+fn build_template(
+    model: &LoadedModel,
+    metadata: &ModelMetadata,
+    path: &Path,
+    chosen: Option<&str>,
+) -> Result<ChatTemplate, String> {
     let config = if path.is_dir() {
         read_tokenizer_config(path)
     } else {
@@ -990,17 +1007,21 @@ fn build_template(model: &LoadedModel, metadata: &ModelMetadata, path: &Path) ->
     let eos = config
         .eos_token
         .unwrap_or_else(|| text_of(metadata.eos_token.into_option()));
+    if let Some(value) = chosen {
+        return template_override::compile(value, &bos, &eos)
+            .map_err(|err| format!("the chat template override: {err}"));
+    }
     let source = metadata
         .chat_template
         .clone()
         .into_option()
         .map(|s| s.to_string())
         .or(config.chat_template);
-    match source {
+    Ok(match source {
         Some(source) => ChatTemplate::new(&source, &bos, &eos).unwrap_or_else(|err| {
             tracing::warn!("the model's chat template does not compile ({err}); using ChatML");
             ChatTemplate::fallback(&bos, &eos)
         }),
         None => ChatTemplate::fallback(&bos, &eos),
-    }
+    })
 }

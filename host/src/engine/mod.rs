@@ -25,6 +25,7 @@ mod runner;
 pub mod settings;
 pub mod stop;
 pub mod template;
+pub mod template_override;
 pub mod tools;
 mod view;
 
