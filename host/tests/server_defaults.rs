@@ -44,7 +44,8 @@ async fn completion_text(server: &TestServer, extra: Value) -> String {
 /// Generated-token counts of one request without a token limit, in every dialect that
 /// lets a request leave it out (Anthropic requires `max_tokens`).
 async fn counts_without_a_limit(server: &TestServer) -> Vec<(&'static str, u64)> {
-    let chat = json!({"model": "s", "messages": [{"role": "user", "content": "x"}], "temperature": 0});
+    let chat =
+        json!({"model": "s", "messages": [{"role": "user", "content": "x"}], "temperature": 0});
     let v = ok(server, "/v1/chat/completions", chat).await;
     let openai = v["usage"]["completion_tokens"].as_u64().expect("usage");
     let v = ok(
@@ -89,8 +90,11 @@ async fn a_default_temperature_of_0_gives_the_greedy_answer_and_a_request_overri
     // A seed that starts a sampled replay elsewhere: without the default, this is not greedy.
     let defaulted = completion_text(&server, json!({"seed": 5, "max_tokens": 8})).await;
     assert_eq!(defaulted, explicit);
-    let sampled =
-        completion_text(&server, json!({"seed": 5, "max_tokens": 8, "temperature": 1})).await;
+    let sampled = completion_text(
+        &server,
+        json!({"seed": 5, "max_tokens": 8, "temperature": 1}),
+    )
+    .await;
     assert_ne!(sampled, explicit, "the request's temperature wins");
 }
 
@@ -103,13 +107,19 @@ async fn a_default_seed_makes_sampled_requests_repeat_unless_they_ask_for_random
     };
     let server = server(dir.path(), seeded, SamplingDefaults::default()).await;
     let sampled = json!({"temperature": 1, "max_tokens": 6});
-    let with_seed_9 =
-        completion_text(&server, json!({"temperature": 1, "max_tokens": 6, "seed": 9})).await;
+    let with_seed_9 = completion_text(
+        &server,
+        json!({"temperature": 1, "max_tokens": 6, "seed": 9}),
+    )
+    .await;
     for _ in 0..3 {
         assert_eq!(completion_text(&server, sampled.clone()).await, with_seed_9);
     }
-    let other = completion_text(&server, json!({"temperature": 1, "max_tokens": 6, "seed": 10}))
-        .await;
+    let other = completion_text(
+        &server,
+        json!({"temperature": 1, "max_tokens": 6, "seed": 10}),
+    )
+    .await;
     assert_ne!(other, with_seed_9, "the request's seed wins");
 }
 
@@ -167,5 +177,8 @@ async fn a_models_defaults_win_over_the_servers() {
     for (dialect, count) in counts_without_a_limit(&server).await {
         assert_eq!(count, 3, "{dialect}");
     }
-    assert_eq!(completion_text(&server, json!({"seed": 5})).await, &SCRIPT[..3]);
+    assert_eq!(
+        completion_text(&server, json!({"seed": 5})).await,
+        &SCRIPT[..3]
+    );
 }

@@ -53,7 +53,10 @@ fn calls(output: &Value) -> Vec<(String, Value)> {
         .filter(|item| item["type"] == "function_call")
         .map(|item| {
             assert!(
-                item["call_id"].as_str().expect("call_id").starts_with("call_"),
+                item["call_id"]
+                    .as_str()
+                    .expect("call_id")
+                    .starts_with("call_"),
                 "{item}"
             );
             assert_eq!(item["status"], "completed", "{item}");

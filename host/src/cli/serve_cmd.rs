@@ -99,13 +99,23 @@ pub struct ServeArgs {
     /// Default temperature for requests that give none (0 = greedy). This and the sampling
     /// flags below are llama-server's; a model's config wins over them, a request's own field
     /// over both.
-    #[arg(long = "temp", visible_alias = "temperature", value_name = "F", allow_negative_numbers = true)]
+    #[arg(
+        long = "temp",
+        visible_alias = "temperature",
+        value_name = "F",
+        allow_negative_numbers = true
+    )]
     pub temp: Option<f32>,
     /// Default seed for requests that give none (-1 = random, the default).
     #[arg(long, value_name = "N", allow_negative_numbers = true)]
     pub seed: Option<i64>,
     /// Tokens to generate when a request gives no limit (-1 = up to --max-tokens-cap).
-    #[arg(long = "n-predict", visible_alias = "predict", value_name = "N", allow_negative_numbers = true)]
+    #[arg(
+        long = "n-predict",
+        visible_alias = "predict",
+        value_name = "N",
+        allow_negative_numbers = true
+    )]
     pub n_predict: Option<i64>,
     /// Default top-k (0 = off).
     #[arg(long, value_name = "N")]
@@ -122,7 +132,11 @@ pub struct ServeArgs {
     /// A chat template over every model's own, as llama-server's: a built-in name (chatml,
     /// llama2, llama3, gemma, phi3, mistral-v7) or a Jinja template. A model's config
     /// `chat_template` wins over it.
-    #[arg(long, value_name = "NAME_OR_JINJA", conflicts_with = "chat_template_file")]
+    #[arg(
+        long,
+        value_name = "NAME_OR_JINJA",
+        conflicts_with = "chat_template_file"
+    )]
     pub chat_template: Option<String>,
     /// As --chat-template, from a file.
     #[arg(long, value_name = "PATH")]
@@ -233,8 +247,7 @@ fn settings(args: &ServeArgs, config: &Config) -> anyhow::Result<(EngineSettings
 /// `--chat-template` / `--chat-template-file` over the config's `[engine]` one, checked.
 fn chat_template(args: &ServeArgs, engine: &mut EngineSettings) -> anyhow::Result<()> {
     if let Some(value) = &args.chat_template {
-        template_override::check(value)
-            .map_err(|err| anyhow::anyhow!("--chat-template: {err}"))?;
+        template_override::check(value).map_err(|err| anyhow::anyhow!("--chat-template: {err}"))?;
         engine.chat_template = Some(value.clone());
     }
     if let Some(path) = &args.chat_template_file {
@@ -247,7 +260,11 @@ fn chat_template(args: &ServeArgs, engine: &mut EngineSettings) -> anyhow::Resul
 
 /// The sampling flags over the config's `[engine]` defaults, checked; every default
 /// (server-wide and per model) is checked against the per-request cap.
-fn sampling_defaults(args: &ServeArgs, engine: &mut EngineSettings, cap: u32) -> anyhow::Result<()> {
+fn sampling_defaults(
+    args: &ServeArgs,
+    engine: &mut EngineSettings,
+    cap: u32,
+) -> anyhow::Result<()> {
     engine.sampling = SamplingDefaults {
         temperature: args.temp,
         seed: args.seed,
@@ -259,9 +276,10 @@ fn sampling_defaults(args: &ServeArgs, engine: &mut EngineSettings, cap: u32) ->
     }
     .or(&engine.sampling);
     // The config's values were checked when it was read: a bad value here is a flag's.
-    engine.sampling.check().map_err(|err| {
-        anyhow::anyhow!("{} {}: {}", flag_of(err.key), err.value, err.reason)
-    })?;
+    engine
+        .sampling
+        .check()
+        .map_err(|err| anyhow::anyhow!("{} {}: {}", flag_of(err.key), err.value, err.reason))?;
     engine
         .sampling
         .check_cap(cap)
@@ -472,7 +490,10 @@ mod tests {
             (&["--top-p", "1.5"][..], "--top-p 1.5"),
             (&["--n-predict", "0"][..], "--n-predict 0"),
             (&["--repeat-penalty", "0"][..], "--repeat-penalty 0"),
-            (&["--n-predict", "100", "--max-tokens-cap", "10"][..], "--n-predict"),
+            (
+                &["--n-predict", "100", "--max-tokens-cap", "10"][..],
+                "--n-predict",
+            ),
         ] {
             let cli = Cli::try_parse_from(std::iter::once("serve").chain(flags.iter().copied()))
                 .expect("flags parse");
@@ -484,7 +505,9 @@ mod tests {
     #[test]
     fn chat_template_flags_are_checked_and_reach_the_engine() {
         assert_eq!(
-            settings_of(&["--chat-template", "gemma"]).chat_template.as_deref(),
+            settings_of(&["--chat-template", "gemma"])
+                .chat_template
+                .as_deref(),
             Some("gemma")
         );
         let dir = tempfile::tempdir().expect("temp dir");
@@ -492,14 +515,22 @@ mod tests {
         std::fs::write(&file, "{{ 'X' }}").expect("write");
         let flag = file.to_string_lossy().to_string();
         assert_eq!(
-            settings_of(&["--chat-template-file", &flag]).chat_template.as_deref(),
+            settings_of(&["--chat-template-file", &flag])
+                .chat_template
+                .as_deref(),
             Some("{{ 'X' }}")
         );
         std::fs::write(&file, "{% for %}").expect("write");
         for (flags, named) in [
             (vec!["--chat-template", "nope"], "--chat-template: `nope`"),
-            (vec!["--chat-template", "{{ x"], "--chat-template: the Jinja"),
-            (vec!["--chat-template-file", &flag], "--chat-template-file: "),
+            (
+                vec!["--chat-template", "{{ x"],
+                "--chat-template: the Jinja",
+            ),
+            (
+                vec!["--chat-template-file", &flag],
+                "--chat-template-file: ",
+            ),
         ] {
             let cli = Cli::try_parse_from(std::iter::once("serve").chain(flags.iter().copied()))
                 .expect("flags parse");

@@ -59,10 +59,7 @@ impl SamplingDefaults {
         if let Some(p) = self.min_p.filter(|p| !(0.0..=1.0).contains(p)) {
             return bad("min_p", p.to_string(), "must be in [0, 1]");
         }
-        if let Some(r) = self
-            .repeat_penalty
-            .filter(|r| !(*r > 0.0 && r.is_finite()))
-        {
+        if let Some(r) = self.repeat_penalty.filter(|r| !(*r > 0.0 && r.is_finite())) {
             return bad("repeat_penalty", r.to_string(), "must be positive");
         }
         if let Some(n) = self

@@ -468,18 +468,19 @@ impl Engine {
             .clone()
             .or_else(|| settings.chat_template.clone());
         let shown_name = model.to_string();
-        let (model, metadata, template) = tokio::task::spawn_blocking(move || {
-            let model = backend.load_model(request)?;
-            let metadata = model.metadata()?;
-            let template = build_template(&model, &metadata, &path, chosen.as_deref())
-                .map_err(|message| EngineError::Template {
-                    model: shown_name,
-                    message,
-                })?;
-            Ok::<_, EngineError>((model, metadata, template))
-        })
-        .await
-        .map_err(|err| EngineError::Internal(format!("the load thread failed: {err}")))??;
+        let (model, metadata, template) =
+            tokio::task::spawn_blocking(move || {
+                let model = backend.load_model(request)?;
+                let metadata = model.metadata()?;
+                let template = build_template(&model, &metadata, &path, chosen.as_deref())
+                    .map_err(|message| EngineError::Template {
+                        model: shown_name,
+                        message,
+                    })?;
+                Ok::<_, EngineError>((model, metadata, template))
+            })
+            .await
+            .map_err(|err| EngineError::Internal(format!("the load thread failed: {err}")))??;
         let keep_alive = match entry.keep_alive_secs {
             Some(0) => None,
             Some(secs) => Some(Duration::from_secs(secs)),
@@ -550,9 +551,7 @@ impl Engine {
             .get(name)
             .map(ModelEntry::sampling)
             .unwrap_or_default();
-        model
-            .or(&self.inner.settings.sampling)
-            .apply(&mut config);
+        model.or(&self.inner.settings.sampling).apply(&mut config);
         config
     }
 

@@ -252,7 +252,11 @@ impl EngineSettings {
         self.sampling
             .check()
             .map_err(|err| format!("[engine] {err}"))?;
-        check_template_keys("[engine]", e.chat_template.as_deref(), &e.chat_template_file)?;
+        check_template_keys(
+            "[engine]",
+            e.chat_template.as_deref(),
+            &e.chat_template_file,
+        )?;
         if e.chat_template.is_some() || e.chat_template_file.is_some() {
             self.chat_template = e.chat_template;
             // Read later, relative to the config file (see `read_chat_template_files`).
@@ -260,7 +264,11 @@ impl EngineSettings {
         }
         for (name, entry) in &sections.models {
             let section = format!("[models.{name}]");
-            check_template_keys(&section, entry.chat_template.as_deref(), &entry.chat_template_file)?;
+            check_template_keys(
+                &section,
+                entry.chat_template.as_deref(),
+                &entry.chat_template_file,
+            )?;
             entry
                 .kv_cache(&KvCacheOptions::default())
                 .check()
@@ -322,8 +330,9 @@ fn check_template_keys(
         (Some(_), Some(_)) => Err(format!(
             "{section} sets both chat_template and chat_template_file; give one"
         )),
-        (Some(value), None) => template_override::check(value)
-            .map_err(|err| format!("{section} chat_template: {err}")),
+        (Some(value), None) => {
+            template_override::check(value).map_err(|err| format!("{section} chat_template: {err}"))
+        }
         _ => Ok(()),
     }
 }
@@ -391,8 +400,7 @@ mod tests {
     #[test]
     fn chat_templates_per_engine_and_model_files_relative_to_the_config() {
         let dir = tempfile::tempdir().expect("temp dir");
-        std::fs::write(dir.path().join("t.jinja"), "{{ messages[0]['content'] }}!")
-            .expect("write");
+        std::fs::write(dir.path().join("t.jinja"), "{{ messages[0]['content'] }}!").expect("write");
         let config = dir.path().join("config.toml");
         std::fs::write(
             &config,
@@ -404,10 +412,16 @@ mod tests {
         settings.apply_config_file(&config).expect("valid");
         assert_eq!(settings.chat_template.as_deref(), Some("llama3"));
         let x = &settings.models["x"];
-        assert_eq!(x.chat_template.as_deref(), Some("{{ messages[0]['content'] }}!"));
+        assert_eq!(
+            x.chat_template.as_deref(),
+            Some("{{ messages[0]['content'] }}!")
+        );
         assert_eq!(x.chat_template_file, None);
         for (text, needle) in [
-            ("[engine]\nchat_template = \"nope\"\n", "[engine] chat_template: `nope`"),
+            (
+                "[engine]\nchat_template = \"nope\"\n",
+                "[engine] chat_template: `nope`",
+            ),
             (
                 "[models.y]\npath = \"y\"\nchat_template = \"{% if %}\"\n",
                 "[models.y] chat_template: the Jinja template does not compile",
@@ -422,12 +436,18 @@ mod tests {
                 .expect_err(text);
             assert!(err.contains(needle), "{err}");
         }
-        std::fs::write(&config, "[engine]\nchat_template_file = \"missing.jinja\"\n")
-            .expect("write");
+        std::fs::write(
+            &config,
+            "[engine]\nchat_template_file = \"missing.jinja\"\n",
+        )
+        .expect("write");
         let err = EngineSettings::default()
             .apply_config_file(&config)
             .expect_err("missing file");
-        assert!(err.contains("chat_template_file") && err.contains("missing.jinja"), "{err}");
+        assert!(
+            err.contains("chat_template_file") && err.contains("missing.jinja"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -142,9 +142,12 @@ mod tests {
 
     #[test]
     fn jinja_is_taken_as_is_and_anything_else_is_named() {
-        let t = compile("{% for m in messages %}<{{ m.role }}>{% endfor %}", "", "")
-            .expect("compiles");
-        assert_eq!(t.render(&chat(), true).expect("renders"), "<system><user><assistant><user>");
+        let t =
+            compile("{% for m in messages %}<{{ m.role }}>{% endfor %}", "", "").expect("compiles");
+        assert_eq!(
+            t.render(&chat(), true).expect("renders"),
+            "<system><user><assistant><user>"
+        );
         let err = check("chatml2").expect_err("unknown name");
         assert!(err.contains("chatml2") && err.contains("llama3"), "{err}");
         let err = check("{% for %}").expect_err("bad Jinja");

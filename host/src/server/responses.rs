@@ -194,8 +194,8 @@ fn prompt_of(instructions: Option<String>, input: Input) -> Result<Prompt, ApiEr
                         responses_tools::push_call(&mut chat, item, &where_).map_err(bad)?
                     }
                     Some("function_call_output") => {
-                        let message = responses_tools::result_message(&chat, item, &where_)
-                            .map_err(bad)?;
+                        let message =
+                            responses_tools::result_message(&chat, item, &where_).map_err(bad)?;
                         chat.push(message);
                     }
                     _ => chat.push(message_of(item, &where_)?),
@@ -383,7 +383,12 @@ impl Shape {
         for call in &answer.calls {
             let arguments = call.arguments.to_string();
             let id = new_id("fc");
-            items.push(responses_tools::call_item(&id, call, &arguments, "completed"));
+            items.push(responses_tools::call_item(
+                &id,
+                call,
+                &arguments,
+                "completed",
+            ));
         }
         Value::Array(items)
     }
@@ -515,7 +520,11 @@ impl ResponseFramer {
     }
 
     /// One call's item: added, its arguments (whole, in one delta), done.
-    fn call_events(&mut self, index: usize, call: &crate::engine::ToolCall) -> (Vec<String>, Value) {
+    fn call_events(
+        &mut self,
+        index: usize,
+        call: &crate::engine::ToolCall,
+    ) -> (Vec<String>, Value) {
         let id = new_id("fc");
         let arguments = call.arguments.to_string();
         let added = responses_tools::call_item(&id, call, "", "in_progress");
@@ -597,7 +606,9 @@ impl Framer for ResponseFramer {
             frames.extend(events);
             output.push(item);
         }
-        let response = self.shape.response(status, Value::Array(output), Some(done));
+        let response = self
+            .shape
+            .response(status, Value::Array(output), Some(done));
         let last = match status {
             "completed" => "response.completed",
             _ => "response.incomplete",

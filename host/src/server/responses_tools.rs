@@ -32,7 +32,10 @@ pub fn canonical(
         )),
         Some(_) => return Err("tools: must be a list of function tools".into()),
     };
-    let tool_choice = choice.filter(|c| !c.is_null()).map(chat_choice).transpose()?;
+    let tool_choice = choice
+        .filter(|c| !c.is_null())
+        .map(chat_choice)
+        .transpose()?;
     OpenAiTools {
         tools,
         tool_choice,
@@ -233,7 +236,10 @@ mod tests {
     #[test]
     fn other_tool_types_and_bad_items_are_named() {
         let err = canonical(Some(&json!([{"type": "web_search"}])), None, None).expect_err("web");
-        assert!(err.contains("tools[0].type") && err.contains("web_search"), "{err}");
+        assert!(
+            err.contains("tools[0].type") && err.contains("web_search"),
+            "{err}"
+        );
         let err = canonical(
             Some(&json!([{"type": "function", "name": "f", "x": 1}])),
             None,
