@@ -168,15 +168,13 @@ async fn state_tools_and_unknown_fields_are_a_400_naming_them() {
             "previous_response_id",
         ),
         (
-            request(json!({"tools": [{"type": "function", "name": "f"}]})),
-            "tools",
+            request(json!({"tools": [{"type": "web_search_preview"}]})),
+            "web_search_preview",
         ),
         (request(image), "input_image"),
         (
-            request(
-                json!({"input": [{"type": "function_call_output", "call_id": "c", "output": "x"}]}),
-            ),
-            "function_call_output",
+            request(json!({"input": [{"type": "computer_call", "call_id": "c"}]})),
+            "computer_call",
         ),
         (
             request(json!({"frequency_penalty": 1})),

@@ -2,7 +2,10 @@
 
 use crate::{
     config::Config,
-    engine::{Engine, EngineSettings, KvCacheOptions},
+    engine::{
+        defaults::flag_of, template_override, Engine, EngineSettings, KvCacheOptions,
+        SamplingDefaults,
+    },
     models::ModelManager,
     plugins::PluginRegistry,
     server::{self, ServerSettings},
@@ -93,6 +96,51 @@ pub struct ServeArgs {
     /// Flash attention for models that set none: on, off or auto (default: the backend's).
     #[arg(long, value_name = "on|off|auto")]
     pub flash_attn: Option<String>,
+    /// Default temperature for requests that give none (0 = greedy). This and the sampling
+    /// flags below are llama-server's; a model's config wins over them, a request's own field
+    /// over both.
+    #[arg(
+        long = "temp",
+        visible_alias = "temperature",
+        value_name = "F",
+        allow_negative_numbers = true
+    )]
+    pub temp: Option<f32>,
+    /// Default seed for requests that give none (-1 = random, the default).
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
+    pub seed: Option<i64>,
+    /// Tokens to generate when a request gives no limit (-1 = up to --max-tokens-cap).
+    #[arg(
+        long = "n-predict",
+        visible_alias = "predict",
+        value_name = "N",
+        allow_negative_numbers = true
+    )]
+    pub n_predict: Option<i64>,
+    /// Default top-k (0 = off).
+    #[arg(long, value_name = "N")]
+    pub top_k: Option<u32>,
+    /// Default top-p (1 = off).
+    #[arg(long, value_name = "F", allow_negative_numbers = true)]
+    pub top_p: Option<f32>,
+    /// Default min-p (0 = off).
+    #[arg(long, value_name = "F", allow_negative_numbers = true)]
+    pub min_p: Option<f32>,
+    /// Default repeat penalty (1 = off).
+    #[arg(long, value_name = "F", allow_negative_numbers = true)]
+    pub repeat_penalty: Option<f32>,
+    /// A chat template over every model's own, as llama-server's: a built-in name (chatml,
+    /// llama2, llama3, gemma, phi3, mistral-v7) or a Jinja template. A model's config
+    /// `chat_template` wins over it.
+    #[arg(
+        long,
+        value_name = "NAME_OR_JINJA",
+        conflicts_with = "chat_template_file"
+    )]
+    pub chat_template: Option<String>,
+    /// As --chat-template, from a file.
+    #[arg(long, value_name = "PATH")]
+    pub chat_template_file: Option<PathBuf>,
     /// The most tokens one request may generate (and the default).
     #[arg(long, value_name = "TOKENS")]
     pub max_tokens_cap: Option<u32>,
@@ -145,6 +193,8 @@ fn settings(args: &ServeArgs, config: &Config) -> anyhow::Result<(EngineSettings
         let invalid =
             |err: String| anyhow::anyhow!("invalid config file {}: {err}", path.display());
         engine.apply_config_text(&text).map_err(invalid)?;
+        let base = path.parent().unwrap_or_else(|| std::path::Path::new("."));
+        engine.read_chat_template_files(base).map_err(invalid)?;
         server.apply_config_text(&text).map_err(invalid)?;
     }
     for flag in &args.models {
@@ -189,7 +239,58 @@ fn settings(args: &ServeArgs, config: &Config) -> anyhow::Result<(EngineSettings
     server.check().map_err(anyhow::Error::msg)?;
     server.max_tokens_cap = args.max_tokens_cap.unwrap_or(server.max_tokens_cap);
     server.max_body_bytes = args.max_body_bytes.unwrap_or(server.max_body_bytes);
+    sampling_defaults(args, &mut engine, server.max_tokens_cap)?;
+    chat_template(args, &mut engine)?;
     Ok((engine, server))
+}
+
+/// `--chat-template` / `--chat-template-file` over the config's `[engine]` one, checked.
+fn chat_template(args: &ServeArgs, engine: &mut EngineSettings) -> anyhow::Result<()> {
+    if let Some(value) = &args.chat_template {
+        template_override::check(value).map_err(|err| anyhow::anyhow!("--chat-template: {err}"))?;
+        engine.chat_template = Some(value.clone());
+    }
+    if let Some(path) = &args.chat_template_file {
+        let text = template_override::read_file(path)
+            .map_err(|err| anyhow::anyhow!("--chat-template-file: {err}"))?;
+        engine.chat_template = Some(text);
+    }
+    Ok(())
+}
+
+/// The sampling flags over the config's `[engine]` defaults, checked; every default
+/// (server-wide and per model) is checked against the per-request cap.
+fn sampling_defaults(
+    args: &ServeArgs,
+    engine: &mut EngineSettings,
+    cap: u32,
+) -> anyhow::Result<()> {
+    engine.sampling = SamplingDefaults {
+        temperature: args.temp,
+        seed: args.seed,
+        n_predict: args.n_predict,
+        top_k: args.top_k,
+        top_p: args.top_p,
+        min_p: args.min_p,
+        repeat_penalty: args.repeat_penalty,
+    }
+    .or(&engine.sampling);
+    // The config's values were checked when it was read: a bad value here is a flag's.
+    engine
+        .sampling
+        .check()
+        .map_err(|err| anyhow::anyhow!("{} {}: {}", flag_of(err.key), err.value, err.reason))?;
+    engine
+        .sampling
+        .check_cap(cap)
+        .map_err(|err| anyhow::anyhow!("{} / [engine] {err}", flag_of(err.key)))?;
+    for (name, entry) in &engine.models {
+        entry
+            .sampling()
+            .check_cap(cap)
+            .map_err(|err| anyhow::anyhow!("[models.{name}] {err}"))?;
+    }
+    Ok(())
 }
 
 async fn serve(args: ServeArgs, config: &Config, dirs: &[PathBuf]) -> anyhow::Result<()> {
@@ -376,6 +477,66 @@ mod tests {
         assert_eq!(engine.context_length, Some(640));
         // Unset: the backend's own thread count (0).
         assert_eq!(settings_of(&[]).threads, 0);
+    }
+
+    #[test]
+    fn sampling_flags_reach_the_engine_and_bad_ones_name_the_flag() {
+        let engine = settings_of(&["--temp", "0", "--seed", "-1", "--n-predict", "5"]);
+        assert_eq!(engine.sampling.temperature, Some(0.0));
+        assert_eq!(engine.sampling.seed, Some(-1));
+        assert_eq!(engine.sampling.n_predict, Some(5));
+        for (flags, named) in [
+            (&["--temp", "-1"][..], "--temp -1"),
+            (&["--top-p", "1.5"][..], "--top-p 1.5"),
+            (&["--n-predict", "0"][..], "--n-predict 0"),
+            (&["--repeat-penalty", "0"][..], "--repeat-penalty 0"),
+            (
+                &["--n-predict", "100", "--max-tokens-cap", "10"][..],
+                "--n-predict",
+            ),
+        ] {
+            let cli = Cli::try_parse_from(std::iter::once("serve").chain(flags.iter().copied()))
+                .expect("flags parse");
+            let err = settings(&cli.serve, &Config::default()).expect_err("bad value");
+            assert!(err.to_string().contains(named), "{flags:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn chat_template_flags_are_checked_and_reach_the_engine() {
+        assert_eq!(
+            settings_of(&["--chat-template", "gemma"])
+                .chat_template
+                .as_deref(),
+            Some("gemma")
+        );
+        let dir = tempfile::tempdir().expect("temp dir");
+        let file = dir.path().join("t.jinja");
+        std::fs::write(&file, "{{ 'X' }}").expect("write");
+        let flag = file.to_string_lossy().to_string();
+        assert_eq!(
+            settings_of(&["--chat-template-file", &flag])
+                .chat_template
+                .as_deref(),
+            Some("{{ 'X' }}")
+        );
+        std::fs::write(&file, "{% for %}").expect("write");
+        for (flags, named) in [
+            (vec!["--chat-template", "nope"], "--chat-template: `nope`"),
+            (
+                vec!["--chat-template", "{{ x"],
+                "--chat-template: the Jinja",
+            ),
+            (
+                vec!["--chat-template-file", &flag],
+                "--chat-template-file: ",
+            ),
+        ] {
+            let cli = Cli::try_parse_from(std::iter::once("serve").chain(flags.iter().copied()))
+                .expect("flags parse");
+            let err = settings(&cli.serve, &Config::default()).expect_err("bad template");
+            assert!(err.to_string().contains(named), "{flags:?}: {err}");
+        }
     }
 
     #[test]

@@ -14,6 +14,7 @@ use super::{
     settings::{EngineSettings, ModelEntry},
     stop::StopMatcher,
     template::{read_tokenizer_config, ChatTemplate},
+    template_override,
     tools::{self, ToolSpec, Tools},
     view::ModelView,
 };
@@ -461,14 +462,25 @@ impl Engine {
             backend.name()
         );
         let path = files.path.clone();
-        let (model, metadata, template) = tokio::task::spawn_blocking(move || {
-            let model = backend.load_model(request)?;
-            let metadata = model.metadata()?;
-            let template = build_template(&model, &metadata, &path);
-            Ok::<_, EngineError>((model, metadata, template))
-        })
-        .await
-        .map_err(|err| EngineError::Internal(format!("the load thread failed: {err}")))??;
+        // The model's own template unless the model's entry or the server overrides it.
+        let chosen = entry
+            .chat_template
+            .clone()
+            .or_else(|| settings.chat_template.clone());
+        let shown_name = model.to_string();
+        let (model, metadata, template) =
+            tokio::task::spawn_blocking(move || {
+                let model = backend.load_model(request)?;
+                let metadata = model.metadata()?;
+                let template = build_template(&model, &metadata, &path, chosen.as_deref())
+                    .map_err(|message| EngineError::Template {
+                        model: shown_name,
+                        message,
+                    })?;
+                Ok::<_, EngineError>((model, metadata, template))
+            })
+            .await
+            .map_err(|err| EngineError::Internal(format!("the load thread failed: {err}")))??;
         let keep_alive = match entry.keep_alive_secs {
             Some(0) => None,
             Some(secs) => Some(Duration::from_secs(secs)),
@@ -527,6 +539,22 @@ impl Engine {
         }
     }
 
+    /// `config` with what it leaves out taken from model `name`'s sampling defaults, then the
+    /// server-wide ones, then its `max_tokens_cap` (see [`super::defaults`]). [`Self::generate`]
+    /// applies this itself; a dialect calls it only to report the settings used.
+    pub fn with_defaults(&self, name: &str, mut config: GenerationConfig) -> GenerationConfig {
+        let model = self
+            .inner
+            .aliases
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+            .map(ModelEntry::sampling)
+            .unwrap_or_default();
+        model.or(&self.inner.settings.sampling).apply(&mut config);
+        config
+    }
+
     /// Starts a generation. Errors before the first token (unknown model, bad parameters,
     /// full queue) come back here; later ones arrive in the stream.
     pub async fn generate(
@@ -536,6 +564,7 @@ impl Engine {
         config: GenerationConfig,
     ) -> Result<TokenStream, EngineError> {
         let received = Instant::now();
+        let config = self.with_defaults(name, config);
         validate(&config)?;
         limits::check(&prompt, &config).map_err(EngineError::InvalidRequest)?;
         tools::check(&config).map_err(EngineError::InvalidRequest)?;
@@ -954,8 +983,14 @@ fn checked_ids(slot: &Slot, ids: &[u32]) -> Result<Vec<u32>, EngineError> {
     Ok(ids.to_vec())
 }
 
-/// The model's chat template (GGUF metadata, else tokenizer_config.json), else ChatML.
-fn build_template(model: &LoadedModel, metadata: &ModelMetadata, path: &Path) -> ChatTemplate {
+/// The override (`--chat-template`, `chat_template`) if there is one, else the model's chat
+/// template (GGUF metadata, else tokenizer_config.json), else ChatML.
+fn build_template(
+    model: &LoadedModel,
+    metadata: &ModelMetadata,
+    path: &Path,
+    chosen: Option<&str>,
+) -> Result<ChatTemplate, String> {
     let config = if path.is_dir() {
         read_tokenizer_config(path)
     } else {
@@ -971,17 +1006,21 @@ fn build_template(model: &LoadedModel, metadata: &ModelMetadata, path: &Path) ->
     let eos = config
         .eos_token
         .unwrap_or_else(|| text_of(metadata.eos_token.into_option()));
+    if let Some(value) = chosen {
+        return template_override::compile(value, &bos, &eos)
+            .map_err(|err| format!("the chat template override: {err}"));
+    }
     let source = metadata
         .chat_template
         .clone()
         .into_option()
         .map(|s| s.to_string())
         .or(config.chat_template);
-    match source {
+    Ok(match source {
         Some(source) => ChatTemplate::new(&source, &bos, &eos).unwrap_or_else(|err| {
             tracing::warn!("the model's chat template does not compile ({err}); using ChatML");
             ChatTemplate::fallback(&bos, &eos)
         }),
         None => ChatTemplate::fallback(&bos, &eos),
-    }
+    })
 }

@@ -9,6 +9,7 @@
 //! same for every backend.
 
 mod app;
+pub mod defaults;
 pub mod embedding;
 mod error;
 mod facade;
@@ -24,10 +25,12 @@ mod runner;
 pub mod settings;
 pub mod stop;
 pub mod template;
+pub mod template_override;
 pub mod tools;
 mod view;
 
 pub use app::SetupError;
+pub use defaults::SamplingDefaults;
 pub use embedding::{EmbedConfig, EmbedInput, Embeddings};
 pub use error::{EngineError, ErrorClass};
 pub use facade::{Engine, ResolvedFiles};

@@ -30,8 +30,12 @@ pub enum Prompt {
 /// How to generate. `None` fields take the defaults llama.cpp and Ollama use.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct GenerationConfig {
-    /// The most tokens to generate; `None` = until the end or the context is full.
+    /// The most tokens to generate; `None` = the model's or the server's default
+    /// ([`super::defaults`]), else `max_tokens_cap`, else until the end or the context is full.
     pub max_tokens: Option<u32>,
+    /// The server's per-request limit: caps a default `max_tokens` and is the default when
+    /// nothing else gives one.
+    pub max_tokens_cap: Option<u32>,
     pub temperature: Option<f32>,
     pub top_p: Option<f32>,
     pub top_k: Option<u32>,
@@ -55,8 +59,11 @@ pub struct GenerationConfig {
     /// (llama-server's `return_tokens`); such entries carry only `chosen.id`, with a NaN
     /// logprob and no text, and need no backend capability.
     pub token_ids: bool,
-    /// `None` = a random seed.
+    /// `None` = the default seed if one is configured, else a random one.
     pub seed: Option<u64>,
+    /// The request asked for a random seed (a negative seed at the API edge): no configured
+    /// default seed replaces it.
+    pub random_seed: bool,
     /// Text that ends the generation (not included in the output).
     pub stop: Vec<String>,
     /// Keep going after end-of-generation tokens (benchmarks, tests).

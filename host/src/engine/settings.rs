@@ -17,11 +17,21 @@
 //! cache_type_k = "q8_0"        # KV cache types (f16 default; q8_0, q4_0, ...), also in [engine]
 //! cache_type_v = "q8_0"        # a quantized V cache needs flash attention (llama.cpp)
 //! flash_attn = "auto"          # on | off | auto
+//! temperature = 0.2            # sampling defaults for requests that leave them out (also in
+//! seed = 42                    # [engine]; these win over those): temperature (or temp),
+//! n_predict = 256              # seed (-1 = random), n_predict (-1 = up to the cap), top_k,
+//! top_p = 0.9                  # top_p, min_p, repeat_penalty
+//! chat_template = "chatml"     # over the model's own: a built-in name or Jinja (also in
+//! # chat_template_file = "t.jinja"  # [engine]); a file relative to the config file's dir
 //! ```
 
-use super::kv_cache::KvCacheOptions;
+use super::{defaults::SamplingDefaults, kv_cache::KvCacheOptions, template_override};
 use serde::Deserialize;
-use std::{collections::BTreeMap, path::Path, time::Duration};
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 /// One named model.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
@@ -50,6 +60,29 @@ pub struct ModelEntry {
     pub cache_type_v: Option<String>,
     #[serde(default)]
     pub flash_attn: Option<String>,
+    /// Sampling defaults over the engine's (see [`SamplingDefaults`]).
+    #[serde(default, alias = "temp")]
+    pub temperature: Option<f32>,
+    #[serde(default)]
+    pub seed: Option<i64>,
+    #[serde(default)]
+    pub n_predict: Option<i64>,
+    #[serde(default)]
+    pub top_k: Option<u32>,
+    #[serde(default)]
+    pub top_p: Option<f32>,
+    #[serde(default)]
+    pub min_p: Option<f32>,
+    #[serde(default)]
+    pub repeat_penalty: Option<f32>,
+    /// A chat template over the model's own: a built-in name or Jinja (see
+    /// [`template_override`]); wins over the engine's.
+    #[serde(default)]
+    pub chat_template: Option<String>,
+    /// A file holding the chat template; read into `chat_template` at startup
+    /// ([`EngineSettings::read_chat_template_files`]).
+    #[serde(default)]
+    pub chat_template_file: Option<PathBuf>,
 }
 
 impl ModelEntry {
@@ -68,6 +101,19 @@ impl ModelEntry {
             flash_attn: self.flash_attn.clone(),
         }
         .or(engine)
+    }
+
+    /// This entry's own sampling defaults (without the engine's).
+    pub fn sampling(&self) -> SamplingDefaults {
+        SamplingDefaults {
+            temperature: self.temperature,
+            seed: self.seed,
+            n_predict: self.n_predict,
+            top_k: self.top_k,
+            top_p: self.top_p,
+            min_p: self.min_p,
+            repeat_penalty: self.repeat_penalty,
+        }
     }
 }
 
@@ -98,6 +144,13 @@ pub struct EngineSettings {
     pub threads: u32,
     /// KV cache options for models whose entry sets none.
     pub kv_cache: KvCacheOptions,
+    /// Sampling defaults for every model (a model entry's own win over these).
+    pub sampling: SamplingDefaults,
+    /// A chat template over every model's own (a built-in name or Jinja); a model entry's
+    /// own wins over this.
+    pub chat_template: Option<String>,
+    /// `[engine] chat_template_file`, until [`Self::read_chat_template_files`] reads it.
+    pub chat_template_file: Option<PathBuf>,
 }
 
 impl Default for EngineSettings {
@@ -115,6 +168,9 @@ impl Default for EngineSettings {
             device: "auto".to_string(),
             threads: 0,
             kv_cache: KvCacheOptions::default(),
+            sampling: SamplingDefaults::default(),
+            chat_template: None,
+            chat_template_file: None,
         }
     }
 }
@@ -143,6 +199,16 @@ struct EngineSection {
     cache_type_k: Option<String>,
     cache_type_v: Option<String>,
     flash_attn: Option<String>,
+    #[serde(alias = "temp")]
+    temperature: Option<f32>,
+    seed: Option<i64>,
+    n_predict: Option<i64>,
+    top_k: Option<u32>,
+    top_p: Option<f32>,
+    min_p: Option<f32>,
+    repeat_penalty: Option<f32>,
+    chat_template: Option<String>,
+    chat_template_file: Option<PathBuf>,
 }
 
 impl EngineSettings {
@@ -173,9 +239,42 @@ impl EngineSettings {
         self.kv_cache
             .check()
             .map_err(|err| format!("[engine] {err}"))?;
+        self.sampling = SamplingDefaults {
+            temperature: e.temperature,
+            seed: e.seed,
+            n_predict: e.n_predict,
+            top_k: e.top_k,
+            top_p: e.top_p,
+            min_p: e.min_p,
+            repeat_penalty: e.repeat_penalty,
+        }
+        .or(&self.sampling);
+        self.sampling
+            .check()
+            .map_err(|err| format!("[engine] {err}"))?;
+        check_template_keys(
+            "[engine]",
+            e.chat_template.as_deref(),
+            &e.chat_template_file,
+        )?;
+        if e.chat_template.is_some() || e.chat_template_file.is_some() {
+            self.chat_template = e.chat_template;
+            // Read later, relative to the config file (see `read_chat_template_files`).
+            self.chat_template_file = e.chat_template_file;
+        }
         for (name, entry) in &sections.models {
+            let section = format!("[models.{name}]");
+            check_template_keys(
+                &section,
+                entry.chat_template.as_deref(),
+                &entry.chat_template_file,
+            )?;
             entry
                 .kv_cache(&KvCacheOptions::default())
+                .check()
+                .map_err(|err| format!("[models.{name}] {err}"))?;
+            entry
+                .sampling()
                 .check()
                 .map_err(|err| format!("[models.{name}] {err}"))?;
         }
@@ -187,8 +286,28 @@ impl EngineSettings {
     pub fn apply_config_file(&mut self, path: &Path) -> Result<(), String> {
         let text = std::fs::read_to_string(path)
             .map_err(|err| format!("cannot read config file {}: {err}", path.display()))?;
+        let base = path.parent().unwrap_or_else(|| Path::new("."));
         self.apply_config_text(&text)
+            .and_then(|()| self.read_chat_template_files(base))
             .map_err(|err| format!("invalid config file {}: {err}", path.display()))
+    }
+
+    /// Reads every `chat_template_file` (relative ones from `base`, the config file's
+    /// directory) into its `chat_template`, checking that it compiles.
+    pub fn read_chat_template_files(&mut self, base: &Path) -> Result<(), String> {
+        if let Some(file) = self.chat_template_file.take() {
+            let text = template_override::read_file(&base.join(file))
+                .map_err(|err| format!("[engine] chat_template_file: {err}"))?;
+            self.chat_template = Some(text);
+        }
+        for (name, entry) in &mut self.models {
+            if let Some(file) = entry.chat_template_file.take() {
+                let text = template_override::read_file(&base.join(file))
+                    .map_err(|err| format!("[models.{name}] chat_template_file: {err}"))?;
+                entry.chat_template = Some(text);
+            }
+        }
+        Ok(())
     }
 
     /// Adds a `NAME=SPEC` (or bare `SPEC`, named after itself) model flag.
@@ -197,6 +316,24 @@ impl EngineSettings {
         let entry = self.models.entry(name).or_default();
         entry.spec = spec;
         Ok(())
+    }
+}
+
+/// One of `chat_template` and `chat_template_file` per section, and a template that
+/// compiles (files are checked when read).
+fn check_template_keys(
+    section: &str,
+    template: Option<&str>,
+    file: &Option<PathBuf>,
+) -> Result<(), String> {
+    match (template, file) {
+        (Some(_), Some(_)) => Err(format!(
+            "{section} sets both chat_template and chat_template_file; give one"
+        )),
+        (Some(value), None) => {
+            template_override::check(value).map_err(|err| format!("{section} chat_template: {err}"))
+        }
+        _ => Ok(()),
     }
 }
 
@@ -235,6 +372,82 @@ mod tests {
         assert_eq!(tiny.backend.as_deref(), Some("llama-cpp"));
         assert!(tiny.pinned);
         assert_eq!(tiny.adapters, ["gh:o/r@v1/a.gguf:0.5"]);
+    }
+
+    #[test]
+    fn sampling_defaults_per_engine_and_model_and_bad_ones_name_the_key() {
+        let mut settings = EngineSettings::default();
+        settings
+            .apply_config_text(
+                "[engine]\ntemp = 0.5\nn_predict = 9\n\
+                 [models.tiny]\npath = \"t.gguf\"\nn_predict = 3\nseed = 4\n",
+            )
+            .expect("valid");
+        assert_eq!(settings.sampling.temperature, Some(0.5));
+        assert_eq!(settings.sampling.n_predict, Some(9));
+        let tiny = settings.models["tiny"].sampling();
+        assert_eq!((tiny.n_predict, tiny.seed), (Some(3), Some(4)));
+        let err = EngineSettings::default()
+            .apply_config_text("[engine]\ntop_p = 2.0\n")
+            .expect_err("top_p 2");
+        assert!(err.contains("[engine] top_p = 2"), "{err}");
+        let err = EngineSettings::default()
+            .apply_config_text("[models.x]\npath = \"x\"\nmin_p = -1.0\n")
+            .expect_err("min_p -1");
+        assert!(err.contains("[models.x] min_p = -1"), "{err}");
+    }
+
+    #[test]
+    fn chat_templates_per_engine_and_model_files_relative_to_the_config() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::write(dir.path().join("t.jinja"), "{{ messages[0]['content'] }}!").expect("write");
+        let config = dir.path().join("config.toml");
+        std::fs::write(
+            &config,
+            "[engine]\nchat_template = \"llama3\"\n\
+             [models.x]\npath = \"x\"\nchat_template_file = \"t.jinja\"\n",
+        )
+        .expect("write");
+        let mut settings = EngineSettings::default();
+        settings.apply_config_file(&config).expect("valid");
+        assert_eq!(settings.chat_template.as_deref(), Some("llama3"));
+        let x = &settings.models["x"];
+        assert_eq!(
+            x.chat_template.as_deref(),
+            Some("{{ messages[0]['content'] }}!")
+        );
+        assert_eq!(x.chat_template_file, None);
+        for (text, needle) in [
+            (
+                "[engine]\nchat_template = \"nope\"\n",
+                "[engine] chat_template: `nope`",
+            ),
+            (
+                "[models.y]\npath = \"y\"\nchat_template = \"{% if %}\"\n",
+                "[models.y] chat_template: the Jinja template does not compile",
+            ),
+            (
+                "[engine]\nchat_template = \"chatml\"\nchat_template_file = \"a\"\n",
+                "give one",
+            ),
+        ] {
+            let err = EngineSettings::default()
+                .apply_config_text(text)
+                .expect_err(text);
+            assert!(err.contains(needle), "{err}");
+        }
+        std::fs::write(
+            &config,
+            "[engine]\nchat_template_file = \"missing.jinja\"\n",
+        )
+        .expect("write");
+        let err = EngineSettings::default()
+            .apply_config_file(&config)
+            .expect_err("missing file");
+        assert!(
+            err.contains("chat_template_file") && err.contains("missing.jinja"),
+            "{err}"
+        );
     }
 
     #[test]

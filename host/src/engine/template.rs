@@ -59,6 +59,8 @@ pub struct ChatTemplate {
     bos_token: String,
     eos_token: String,
     is_fallback: bool,
+    /// Stop sequences the template implies (its end-of-turn marker, for built-ins).
+    stops: Vec<String>,
 }
 
 impl std::fmt::Debug for ChatTemplate {
@@ -74,16 +76,34 @@ impl std::fmt::Debug for ChatTemplate {
 impl ChatTemplate {
     /// Compiles `source`; the error says where the syntax is wrong.
     pub fn new(source: &str, bos_token: &str, eos_token: &str) -> Result<Self, String> {
-        Self::build(source, bos_token, eos_token, false)
+        Self::build(source, bos_token, eos_token, false, Vec::new())
+    }
+
+    /// Compiles `source`, whose answers end at any of `stops` (a built-in template's
+    /// end-of-turn marker, see [`super::template_override`]).
+    pub fn with_stops(
+        source: &str,
+        bos_token: &str,
+        eos_token: &str,
+        stops: Vec<String>,
+    ) -> Result<Self, String> {
+        Self::build(source, bos_token, eos_token, false, stops)
     }
 
     /// The ChatML fallback.
     pub fn fallback(bos_token: &str, eos_token: &str) -> Self {
-        Self::build(CHATML_TEMPLATE, bos_token, eos_token, true)
+        let stops = vec![CHATML_STOP.to_string()];
+        Self::build(CHATML_TEMPLATE, bos_token, eos_token, true, stops)
             .unwrap_or_else(|err| unreachable!("the built-in template compiles: {err}"))
     }
 
-    fn build(source: &str, bos: &str, eos: &str, is_fallback: bool) -> Result<Self, String> {
+    fn build(
+        source: &str,
+        bos: &str,
+        eos: &str,
+        is_fallback: bool,
+        stops: Vec<String>,
+    ) -> Result<Self, String> {
         let mut env = Environment::new();
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         env.add_function("raise_exception", raise_exception);
@@ -97,6 +117,7 @@ impl ChatTemplate {
             bos_token: bos.to_string(),
             eos_token: eos.to_string(),
             is_fallback,
+            stops,
         })
     }
 
@@ -110,11 +131,7 @@ impl ChatTemplate {
 
     /// Stop sequences this template implies (ChatML's end marker for the fallback).
     pub fn stop_sequences(&self) -> Vec<String> {
-        if self.is_fallback {
-            vec![CHATML_STOP.to_string()]
-        } else {
-            Vec::new()
-        }
+        self.stops.clone()
     }
 
     /// Renders the conversation, ending with the assistant's turn opened when

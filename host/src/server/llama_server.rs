@@ -322,7 +322,7 @@ pub async fn completion(
     // Streamed events always carry their token ids, as llama-server's do.
     config.token_ids = request.return_tokens || request.stream;
     let prompt = openai::prompt_of(request.prompt)?;
-    let settings_config = config.clone();
+    let settings_config = state.engine.with_defaults(&model, config.clone());
     let tokens = state
         .engine
         .generate(&model, prompt, config)
@@ -454,9 +454,10 @@ pub struct ModelQuery {
 /// The defaults a `/completion` without sampling fields runs with.
 fn default_params(state: &AppState, model: &str, n_ctx: u32) -> Value {
     let config = GenerationConfig {
-        max_tokens: Some(state.settings.max_tokens_cap),
+        max_tokens_cap: Some(state.settings.max_tokens_cap),
         ..GenerationConfig::default()
     };
+    let config = state.engine.with_defaults(model, config);
     generation_settings(&config, model, Some(n_ctx), 0, false)
 }
 

@@ -29,6 +29,7 @@ mod params;
 mod pull;
 mod removal;
 mod responses;
+mod responses_tools;
 mod settings;
 mod streaming;
 mod tools;

@@ -53,14 +53,16 @@ pub struct Params {
 }
 
 impl Params {
-    /// Checks ranges and the server's `max_tokens` cap (also the default when none is given).
+    /// Checks ranges and the server's `max_tokens` cap (the engine applies it, and the
+    /// configured sampling defaults, to what the request leaves out).
     pub fn into_config(
         self,
         max_tokens_cap: u32,
         max_tokens_name: &str,
     ) -> Result<GenerationConfig, ApiError> {
+        // Absent: the engine fills in the model's or the server's default, else the cap.
         let max_tokens = match self.max_tokens {
-            None => max_tokens_cap,
+            None => None,
             Some(n) if n < 1 => {
                 return Err(ApiError::bad_request(format!(
                     "{max_tokens_name} must be at least 1, got {n}"
@@ -71,7 +73,7 @@ impl Params {
                     "{max_tokens_name} {n} is over this server's limit of {max_tokens_cap}"
                 )))
             }
-            Some(n) => n as u32,
+            Some(n) => Some(n as u32),
         };
         if let Some(t) = self.temperature {
             if !(0.0..=2.0).contains(&t) {
@@ -131,7 +133,8 @@ impl Params {
             )));
         }
         Ok(GenerationConfig {
-            max_tokens: Some(max_tokens),
+            max_tokens,
+            max_tokens_cap: Some(max_tokens_cap),
             temperature: self.temperature.map(|t| t as f32),
             top_p: self.top_p.map(|p| p as f32),
             top_k,
@@ -145,6 +148,7 @@ impl Params {
             constraint: self.constraint,
             // A negative seed means a random one (llama.cpp's and Ollama's -1).
             seed: self.seed.and_then(|s| u64::try_from(s).ok()),
+            random_seed: self.seed.is_some_and(|s| s < 0),
             stop: self.stop,
             ignore_eos: self.ignore_eos,
             backend: self.backend,

@@ -2,7 +2,8 @@
 //! the Responses event names and a `sequence_number` on each), translated to the engine's
 //! chat prompt and [`Params`]. Nothing is stored: `store: true`, `previous_response_id` and
 //! `conversation` are refused. Fields this server cannot honour are a 400 naming them; a few
-//! are documented no-ops (README, "OpenAI Responses").
+//! are documented no-ops (README, "OpenAI Responses"). Function tools go through the chat
+//! dialect's translation ([`responses_tools`]): calls come back as `function_call` items.
 
 use super::{
     error::{ApiError, Flavor},
@@ -10,10 +11,14 @@ use super::{
     extract::JsonBody,
     guard::Mutation,
     params::{new_id, unix_now, Params},
+    responses_tools,
     streaming::{self, Framer},
-    AppState,
+    tools, AppState,
 };
-use crate::engine::{ChatMessage, Completion, Constraint, EngineError, FinishReason, Prompt};
+use crate::engine::{
+    tools::{parse::Parsed, stream::CallBuffer},
+    ChatMessage, Completion, Constraint, EngineError, FinishReason, Prompt, Tools,
+};
 use axum::{
     extract::State,
     response::{IntoResponse, Response},
@@ -39,7 +44,7 @@ pub struct ResponsesRequest {
     previous_response_id: Option<Value>,
     conversation: Option<Value>,
     background: Option<bool>,
-    tools: Option<Vec<Value>>,
+    tools: Option<Value>,
     tool_choice: Option<Value>,
     reasoning: Option<Value>,
     include: Option<Vec<String>>,
@@ -56,7 +61,6 @@ pub struct ResponsesRequest {
     prompt_cache_key: Option<Value>,
     #[allow(dead_code)]
     service_tier: Option<Value>,
-    #[allow(dead_code)]
     parallel_tool_calls: Option<bool>,
     #[allow(dead_code)]
     stream_options: Option<Value>,
@@ -88,7 +92,7 @@ fn given(value: Option<&Value>) -> bool {
 }
 
 impl ResponsesRequest {
-    /// Refuses what needs state, tools or reasoning, which this route does not have.
+    /// Refuses what needs state or reasoning, which this route does not have.
     fn refuse_unsupported(&self) -> Result<(), ApiError> {
         if self.store == Some(true) {
             return Err(bad(
@@ -104,15 +108,6 @@ impl ResponsesRequest {
         }
         if self.background == Some(true) {
             return Err(bad("background: background responses are not supported"));
-        }
-        if self.tools.as_ref().is_some_and(|t| !t.is_empty()) {
-            return Err(bad("tools: tool use on /v1/responses is not supported yet"));
-        }
-        let choice = self.tool_choice.as_ref().filter(|c| !c.is_null());
-        if choice.is_some_and(|c| !matches!(c.as_str(), Some("auto" | "none"))) {
-            return Err(bad(
-                "tool_choice: tool use on /v1/responses is not supported yet",
-            ));
         }
         if given(self.reasoning.as_ref()) {
             return Err(bad("reasoning: reasoning options are not supported"));
@@ -132,6 +127,16 @@ impl ResponsesRequest {
             )));
         }
         Ok(())
+    }
+
+    /// The canonical tools (`None` without any).
+    fn tools(&self) -> Result<Option<Tools>, ApiError> {
+        responses_tools::canonical(
+            self.tools.as_ref(),
+            self.tool_choice.as_ref(),
+            self.parallel_tool_calls,
+        )
+        .map_err(bad)
     }
 
     fn params(&self) -> Result<Params, ApiError> {
@@ -183,7 +188,18 @@ fn prompt_of(instructions: Option<String>, input: Input) -> Result<Prompt, ApiEr
                 return Err(bad("input: the list of items is empty"));
             }
             for (i, item) in items.iter().enumerate() {
-                chat.push(message_of(item, &format!("input[{i}]"))?);
+                let where_ = format!("input[{i}]");
+                match item.get("type").and_then(Value::as_str) {
+                    Some("function_call") => {
+                        responses_tools::push_call(&mut chat, item, &where_).map_err(bad)?
+                    }
+                    Some("function_call_output") => {
+                        let message =
+                            responses_tools::result_message(&chat, item, &where_).map_err(bad)?;
+                        chat.push(message);
+                    }
+                    _ => chat.push(message_of(item, &where_)?),
+                }
             }
         }
     }
@@ -196,14 +212,10 @@ const MESSAGE_KEYS: &[&str] = &["type", "role", "content", "id", "status"];
 fn message_of(item: &Value, where_: &str) -> Result<ChatMessage, ApiError> {
     match item.get("type").and_then(Value::as_str) {
         None | Some("message") => {}
-        Some(kind @ ("function_call" | "function_call_output")) => {
-            return Err(bad(format!(
-                "{where_}: {kind} items: tool use on /v1/responses is not supported yet"
-            )))
-        }
         Some(other) => {
             return Err(bad(format!(
-                "{where_}: items of type {other:?} are not supported (message items only)"
+                "{where_}: items of type {other:?} are not supported (message, function_call \
+                 and function_call_output items only)"
             )))
         }
     }
@@ -277,6 +289,9 @@ struct Shape {
     top_p: Option<f64>,
     metadata: Value,
     text_format: Value,
+    tools: Value,
+    tool_choice: Value,
+    parallel_tool_calls: bool,
 }
 
 impl Shape {
@@ -298,6 +313,13 @@ impl Shape {
             top_p: request.top_p,
             metadata: request.metadata.clone().unwrap_or_else(|| json!({})),
             text_format,
+            tools: responses_tools::echo(request.tools.as_ref()),
+            tool_choice: request
+                .tool_choice
+                .clone()
+                .filter(|c| !c.is_null())
+                .unwrap_or_else(|| json!("auto")),
+            parallel_tool_calls: request.parallel_tool_calls.unwrap_or(true),
         }
     }
 
@@ -319,14 +341,14 @@ impl Shape {
             "max_output_tokens": self.max_output_tokens,
             "model": self.model,
             "output": output,
-            "parallel_tool_calls": false,
+            "parallel_tool_calls": self.parallel_tool_calls,
             "previous_response_id": null,
             "reasoning": null,
             "store": false,
             "temperature": self.temperature,
             "text": { "format": self.text_format },
-            "tool_choice": "none",
-            "tools": [],
+            "tool_choice": self.tool_choice,
+            "tools": self.tools,
             "top_p": self.top_p,
             "truncation": "disabled",
             "usage": done.map(usage),
@@ -347,6 +369,28 @@ impl Shape {
             "role": "assistant",
             "content": content,
         })
+    }
+}
+
+impl Shape {
+    /// The output items of a whole answer: the message (when it has text, or nothing was
+    /// called), then one `function_call` item per call.
+    fn output(&self, status: &str, answer: &Parsed) -> Value {
+        let mut items = Vec::new();
+        if !answer.content.is_empty() || answer.calls.is_empty() {
+            items.push(self.message(status, Some(&answer.content)));
+        }
+        for call in &answer.calls {
+            let arguments = call.arguments.to_string();
+            let id = new_id("fc");
+            items.push(responses_tools::call_item(
+                &id,
+                call,
+                &arguments,
+                "completed",
+            ));
+        }
+        Value::Array(items)
     }
 }
 
@@ -381,9 +425,11 @@ pub async fn create(
 ) -> Result<Response, ApiError> {
     request.refuse_unsupported()?;
     mutation.allow_downloads(&state, &request.model, None, Flavor::OpenAi)?;
-    let config = request
+    let mut config = request
         .params()?
         .into_config(state.settings.max_tokens_cap, "max_output_tokens")?;
+    config.tools = request.tools()?;
+    let call_tools = config.tools.clone();
     let shape = Shape::new(&request);
     let prompt = prompt_of(request.instructions, request.input)?;
     let tokens = state
@@ -396,6 +442,8 @@ pub async fn create(
             shape,
             sequence: 0,
             text: String::new(),
+            calls: tools::call_buffer(call_tools.as_ref()),
+            opened: false,
         };
         return Ok(events::response(streaming::body(tokens, framer)));
     }
@@ -404,18 +452,24 @@ pub async fn create(
         .await
         .map_err(|err| ApiError::engine(&err, Flavor::OpenAi))?;
     let status = status_of(&done);
-    let output = json!([shape.message(status, Some(&text))]);
+    let answer = tools::parse_answer(text, call_tools.as_ref());
+    let output = shape.output(status, &answer);
     Ok(Json(shape.response(status, output, Some(&done))).into_response())
 }
 
 /// The Responses stream: the response created and in progress, the message item and its
-/// text part opened, text deltas, both closed, and the response completed (or incomplete,
-/// or failed), each event numbered.
+/// text part opened, text deltas, both closed, then each call's `function_call` item (added,
+/// its arguments, done), and the response completed (or incomplete, or failed), each event
+/// numbered. With tools the message opens only once there is text that is not a call.
 struct ResponseFramer {
     shape: Shape,
     sequence: u64,
     /// The text so far, for the closing events that repeat it whole.
     text: String,
+    /// With tools: holds back text that may be a call (see [`CallBuffer`]).
+    calls: Option<CallBuffer>,
+    /// Whether the message item was opened.
+    opened: bool,
 }
 
 impl ResponseFramer {
@@ -429,17 +483,14 @@ impl ResponseFramer {
     fn part_fields(&self) -> Value {
         json!({ "item_id": self.shape.item_id, "output_index": 0, "content_index": 0 })
     }
-}
 
-impl Framer for ResponseFramer {
-    fn start(&mut self) -> Vec<String> {
-        let response = self.shape.response("in_progress", json!([]), None);
+    /// The message item and its text part, added.
+    fn open_message(&mut self) -> Vec<String> {
+        self.opened = true;
         let item = self.shape.message("in_progress", None);
         let mut part = self.part_fields();
         part["part"] = output_text("");
         vec![
-            self.event("response.created", json!({ "response": response })),
-            self.event("response.in_progress", json!({ "response": response })),
             self.event(
                 "response.output_item.added",
                 json!({ "output_index": 0, "item": item }),
@@ -448,37 +499,122 @@ impl Framer for ResponseFramer {
         ]
     }
 
-    fn text(&mut self, text: &str) -> Vec<String> {
-        self.text.push_str(text);
-        let mut fields = self.part_fields();
-        fields["delta"] = json!(text);
-        fields["logprobs"] = json!([]);
-        vec![self.event("response.output_text.delta", fields)]
-    }
-
-    fn done(&mut self, done: &Completion) -> Vec<String> {
-        let status = status_of(done);
+    /// The text part and the message item, done; returns the finished item too.
+    fn close_message(&mut self, status: &str) -> (Vec<String>, Value) {
         let text = std::mem::take(&mut self.text);
         let item = self.shape.message(status, Some(&text));
-        let response = self.shape.response(status, json!([item]), Some(done));
         let mut text_done = self.part_fields();
         text_done["text"] = json!(text);
         text_done["logprobs"] = json!([]);
         let mut part_done = self.part_fields();
         part_done["part"] = output_text(&text);
-        let last = match status {
-            "completed" => "response.completed",
-            _ => "response.incomplete",
-        };
-        vec![
+        let frames = vec![
             self.event("response.output_text.done", text_done),
             self.event("response.content_part.done", part_done),
             self.event(
                 "response.output_item.done",
                 json!({ "output_index": 0, "item": item }),
             ),
-            self.event(last, json!({ "response": response })),
-        ]
+        ];
+        (frames, item)
+    }
+
+    /// One call's item: added, its arguments (whole, in one delta), done.
+    fn call_events(
+        &mut self,
+        index: usize,
+        call: &crate::engine::ToolCall,
+    ) -> (Vec<String>, Value) {
+        let id = new_id("fc");
+        let arguments = call.arguments.to_string();
+        let added = responses_tools::call_item(&id, call, "", "in_progress");
+        let item = responses_tools::call_item(&id, call, &arguments, "completed");
+        let at = json!({ "item_id": id, "output_index": index });
+        let mut delta = at.clone();
+        delta["delta"] = json!(arguments);
+        let mut done = at;
+        done["arguments"] = json!(arguments);
+        done["name"] = json!(call.name);
+        let frames = vec![
+            self.event(
+                "response.output_item.added",
+                json!({ "output_index": index, "item": added }),
+            ),
+            self.event("response.function_call_arguments.delta", delta),
+            self.event("response.function_call_arguments.done", done),
+            self.event(
+                "response.output_item.done",
+                json!({ "output_index": index, "item": item }),
+            ),
+        ];
+        (frames, item)
+    }
+}
+
+impl Framer for ResponseFramer {
+    fn start(&mut self) -> Vec<String> {
+        let response = self.shape.response("in_progress", json!([]), None);
+        let mut frames = vec![
+            self.event("response.created", json!({ "response": response })),
+            self.event("response.in_progress", json!({ "response": response })),
+        ];
+        if self.calls.is_none() {
+            frames.extend(self.open_message());
+        }
+        frames
+    }
+
+    fn text(&mut self, text: &str) -> Vec<String> {
+        let Some(released) = tools::release(&mut self.calls, text) else {
+            return Vec::new();
+        };
+        let mut frames = match self.opened {
+            true => Vec::new(),
+            false => self.open_message(),
+        };
+        self.text.push_str(&released);
+        let mut fields = self.part_fields();
+        fields["delta"] = json!(released);
+        fields["logprobs"] = json!([]);
+        frames.push(self.event("response.output_text.delta", fields));
+        frames
+    }
+
+    fn done(&mut self, done: &Completion) -> Vec<String> {
+        let status = status_of(done);
+        let mut frames = Vec::new();
+        let mut calls = Vec::new();
+        if let Some(buffer) = self.calls.take() {
+            let answer = buffer.finish();
+            if !answer.content.is_empty() {
+                frames.extend(self.text(&answer.content));
+            }
+            calls = answer.calls;
+        }
+        // An empty answer without calls is still one (empty) message.
+        if !self.opened && calls.is_empty() {
+            frames.extend(self.open_message());
+        }
+        let mut output = Vec::new();
+        if self.opened {
+            let (closing, item) = self.close_message(status);
+            frames.extend(closing);
+            output.push(item);
+        }
+        for call in &calls {
+            let (events, item) = self.call_events(output.len(), call);
+            frames.extend(events);
+            output.push(item);
+        }
+        let response = self
+            .shape
+            .response(status, Value::Array(output), Some(done));
+        let last = match status {
+            "completed" => "response.completed",
+            _ => "response.incomplete",
+        };
+        frames.push(self.event(last, json!({ "response": response })));
+        frames
     }
 
     fn error(&mut self, err: &EngineError) -> Vec<String> {
@@ -545,10 +681,7 @@ mod tests {
             json!([{"role": "user", "content": [{"type": "input_image", "image_url": "x"}]}])
         )
         .contains("input_image"));
-        assert!(
-            err(json!([{"type": "function_call_output", "call_id": "c", "output": "x"}]))
-                .contains("tool use")
-        );
+        assert!(err(json!([{"type": "computer_call", "call_id": "c"}])).contains("computer_call"));
         assert!(err(json!([{"role": "user", "content": "x", "name": "n"}])).contains("`name`"));
         assert!(err(json!([])).contains("empty"));
     }
