@@ -3,7 +3,7 @@
 use crate::error::Result;
 use crate::files::{self, ModelFiles};
 use crate::model::{CandleModel, Shared, DEFAULT_BATCH};
-use crate::prefix::{self, Limits, PrefixCache};
+use crate::prefix::PrefixCache;
 use crate::{device, gguf, hf};
 use std::sync::Mutex;
 use llmlocal_plugin_api::{Backend, LoadRequest, Model, PluginError};
@@ -72,11 +72,7 @@ impl Backend for CandleBackend {
             info.architecture,
             info.layer_count
         );
-        let prefix = PrefixCache::new(Limits {
-            entries: prefix::DEFAULT_ENTRIES,
-            bytes: prefix::DEFAULT_BYTES,
-            bytes_per_token: prefix::kv_bytes_per_token(info.layer_count, info.embedding_length),
-        });
+        let prefix = Mutex::new(PrefixCache::for_model(&info));
         Ok(Box::new(CandleModel::new(Shared {
             net,
             vocab,
@@ -88,7 +84,7 @@ impl Backend for CandleBackend {
             adapters,
             guidance: Default::default(),
             embedder,
-            prefix: Mutex::new(prefix),
+            prefix,
         })))
     }
 }

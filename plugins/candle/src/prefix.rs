@@ -23,6 +23,7 @@
 //!   would;
 //! - GGUF qwen3 and phi3 write in place and cannot be cut: their cache serves whole only.
 
+use crate::model::ModelInfo;
 use crate::net::Session;
 
 /// The first checkpoint position; the next ones double it.
@@ -113,6 +114,15 @@ pub struct PrefixCache<S> {
 }
 
 impl<S: Kv> PrefixCache<S> {
+    /// A model's LRU with the default limits.
+    pub fn for_model(info: &ModelInfo) -> Self {
+        PrefixCache::new(Limits {
+            entries: DEFAULT_ENTRIES,
+            bytes: DEFAULT_BYTES,
+            bytes_per_token: kv_bytes_per_token(info.layer_count, info.embedding_length),
+        })
+    }
+
     pub fn new(limits: Limits) -> Self {
         PrefixCache {
             entries: Vec::new(),
@@ -220,7 +230,11 @@ fn reusable<S: Kv>(entry: &Entry<S>, prompt: &[u32], limit: usize) -> Option<(us
             .find(|(_, (pos, _))| *pos <= common)?;
         (*pos, Source::Checkpoint(i))
     };
-    (len > 0).then_some((len, source))
+    // Taking a cache written in place out of the LRU destroys it for everyone else: only
+    // when the prompt keeps at least half of it (as the llama-cpp plugin picks slots), so
+    // a new conversation that shares a chat template's first tokens leaves it alone.
+    let worth_it = entry.session.can_share() || len * 2 >= entry.tokens.len();
+    (len > 0 && worth_it).then_some((len, source))
 }
 
 /// Copies of the checkpoints at or before `len`: the new generation's cache holds the same
@@ -381,13 +395,25 @@ mod tests {
     }
 
     #[test]
+    fn an_in_place_cache_is_taken_only_for_at_least_half_of_it() {
+        let mut cache = PrefixCache::new(limits(4));
+        cache.put(seq(30), fake(&seq(30), true), Vec::new());
+        let mut other = seq(30);
+        other[14] = 999;
+        assert!(cache.take(&other).is_none(), "14 of 30 kept");
+        other[14] = 14;
+        other[15] = 999;
+        assert_eq!(cache.take(&other).expect("hit").len, 15);
+    }
+
+    #[test]
     fn an_in_place_cache_is_cut_and_taken_out() {
         let mut cache = PrefixCache::new(limits(4));
         cache.put(seq(30), fake(&seq(30), true), Vec::new());
         let mut edited = seq(30);
-        edited[12] = 999;
+        edited[20] = 999;
         let hit = cache.take(&edited).expect("hit");
-        assert_eq!((hit.len, hit.session.tokens), (12, seq(12)));
+        assert_eq!((hit.len, hit.session.tokens), (20, seq(20)));
         assert!(cache.is_empty(), "two generations never share an in-place cache");
         assert!(cache.take(&seq(30)).is_none());
     }
