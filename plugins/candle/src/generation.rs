@@ -106,8 +106,8 @@ impl CandleGeneration {
         let session = live(&mut self.session)?;
         // Split for every generation of such a network, kept or not, so a run from a
         // checkpoint computes exactly what a run from empty does.
-        let stops: Vec<usize> = match session.can_share() {
-            true => prefix::checkpoints_between(start, end).collect(),
+        let stops = match session.can_share() {
+            true => prefix::stops(start, end, self.prompt_len),
             false => Vec::new(),
         };
         let mut logits = Vec::new();
@@ -115,7 +115,7 @@ impl CandleGeneration {
         for stop in stops.into_iter().chain([end]) {
             logits = shared.prefill(session, &self.history[pos..stop], pos)?;
             pos = stop;
-            if keep && prefix::is_checkpoint(pos) {
+            if keep && prefix::snapshot_at(pos, self.prompt_len) {
                 if let Some(snapshot) = session.share() {
                     self.checkpoints.push((pos, snapshot));
                 }

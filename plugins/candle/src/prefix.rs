@@ -16,18 +16,21 @@
 //!   their caches by concatenation, so a clone is an immutable snapshot that costs only
 //!   pointers, but their cache fields are private and cannot be cut. Such a cache serves
 //!   whole (its tokens are all a prefix of the prompt: a chat's next turn), and otherwise
-//!   through *checkpoints*: snapshots kept at positions 16, 32, 64, ... while the cache
-//!   grew. A hit then starts from the longest checkpoint inside the common prefix (at least
-//!   half of it). Prompts are always split at those positions for these models, with the
-//!   cache or without, so a run from a checkpoint computes exactly what a run from empty
-//!   would;
-//! - GGUF qwen3 and phi3 write in place and cannot be cut: their cache serves whole only.
+//!   through *checkpoints*: snapshots kept while the cache grew, at positions 8, 16, 32,
+//!   ... and just before the prompt's last token (the same prompt again: a regenerated
+//!   answer). A hit then starts from the longest checkpoint inside the common prefix (at
+//!   least half of it). Prompts are always split at those positions for these models, with
+//!   the cache or without, so a run from a checkpoint computes what a run from empty would;
+//! - GGUF qwen3 and phi3 keep nothing ([`Kv::can_keep`]): quantized_qwen3 on the CPU
+//!   keeps prompt chunks and decoded tokens in two different caches, so a prompt run after
+//!   decoded tokens would not see them; quantized_phi3's cache is written in place and
+//!   cannot be cut. Their generations report 0 cached tokens.
 
 use crate::model::ModelInfo;
 use crate::net::Session;
 
 /// The first checkpoint position; the next ones double it.
-pub const FIRST_CHECKPOINT: usize = 16;
+pub const FIRST_CHECKPOINT: usize = 8;
 /// Kept caches per model when nothing else is said (the README documents it).
 pub const DEFAULT_ENTRIES: usize = 4;
 /// Bytes of kept caches per model when nothing else is said (the README documents it).
@@ -35,6 +38,8 @@ pub const DEFAULT_BYTES: usize = 1 << 30;
 
 /// What the LRU needs from a sequence's state.
 pub trait Kv: Sized {
+    /// Whether a later generation may continue from this state at all.
+    fn can_keep(&self) -> bool;
     /// Whether [`Kv::share`] gives copies.
     fn can_share(&self) -> bool;
     /// A copy that later forward passes of either side cannot change, where the state is
@@ -51,12 +56,29 @@ pub fn is_checkpoint(pos: usize) -> bool {
     pos >= FIRST_CHECKPOINT && pos.is_power_of_two()
 }
 
-/// Where a prompt run over positions `start..end` must stop for its snapshots: the
-/// checkpoint positions strictly inside, in order.
+/// The doubling checkpoint positions strictly between `start` and `end`, in order.
 pub fn checkpoints_between(start: usize, end: usize) -> impl Iterator<Item = usize> {
     std::iter::successors(Some(FIRST_CHECKPOINT), |c| c.checked_mul(2))
         .take_while(move |&c| c < end)
         .filter(move |&c| c > start)
+}
+
+/// Where a run over positions `start..end` of a sequence whose prompt has `prompt_len`
+/// tokens must stop for a snapshot, in order: the doubling checkpoints and the position
+/// before the prompt's last token, strictly inside the run.
+pub fn stops(start: usize, end: usize, prompt_len: usize) -> Vec<usize> {
+    let mut stops: Vec<usize> = checkpoints_between(start, end).collect();
+    let before_last = prompt_len.saturating_sub(1);
+    if before_last > start && before_last < end && !stops.contains(&before_last) {
+        let at = stops.partition_point(|&s| s < before_last);
+        stops.insert(at, before_last);
+    }
+    stops
+}
+
+/// Whether a run that reached `pos` keeps a snapshot there (see [`stops`]).
+pub fn snapshot_at(pos: usize, prompt_len: usize) -> bool {
+    is_checkpoint(pos) || (pos > 0 && pos + 1 == prompt_len)
 }
 
 /// Snapshots of one sequence at checkpoint positions, ascending.
@@ -181,7 +203,8 @@ impl<S: Kv> PrefixCache<S> {
     pub fn put(&mut self, tokens: Vec<u32>, session: S, checkpoints: Checkpoints<S>) {
         let positions = tokens.len() + checkpoints.iter().map(|(c, _)| c).sum::<usize>();
         let bytes = positions.saturating_mul(self.limits.bytes_per_token);
-        if tokens.is_empty() || self.limits.entries == 0 || bytes > self.limits.bytes {
+        let fits = self.limits.entries > 0 && bytes <= self.limits.bytes;
+        if tokens.is_empty() || !fits || !session.can_keep() {
             return;
         }
         self.entries.retain(|e| e.tokens != tokens);
@@ -257,6 +280,10 @@ pub fn common_prefix(a: &[u32], b: &[u32]) -> usize {
 /// arm, or kept caches would change under the generations that reuse them (the plugin's
 /// `prefix_cache` tests catch it: two continuations of one kept cache).
 impl Kv for Session {
+    fn can_keep(&self) -> bool {
+        !matches!(self, Session::GgufQwen3(_) | Session::GgufPhi3(_))
+    }
+
     fn can_share(&self) -> bool {
         matches!(
             self,
@@ -309,6 +336,9 @@ mod tests {
     }
 
     impl Kv for Fake {
+        fn can_keep(&self) -> bool {
+            !self.tokens.contains(&666)
+        }
         fn can_share(&self) -> bool {
             !self.in_place
         }
@@ -351,13 +381,22 @@ mod tests {
     }
 
     #[test]
-    fn checkpoints_double_from_sixteen() {
+    fn a_run_stops_at_checkpoints_and_before_the_last_prompt_token() {
+        assert_eq!(stops(0, 40, 40), [8, 16, 32, 39]);
+        assert_eq!(stops(0, 33, 33), [8, 16, 32]);
+        assert_eq!(stops(20, 40, 30), [29, 32]);
+        assert_eq!(stops(39, 40, 40), Vec::<usize>::new());
+        assert!(snapshot_at(39, 40) && snapshot_at(64, 40) && !snapshot_at(40, 40));
+    }
+
+    #[test]
+    fn checkpoints_double_from_eight() {
         assert_eq!(
             checkpoints_between(0, 100).collect::<Vec<_>>(),
-            [16, 32, 64]
+            [8, 16, 32, 64]
         );
         assert_eq!(checkpoints_between(16, 64).collect::<Vec<_>>(), [32]);
-        assert!(is_checkpoint(64) && !is_checkpoint(8) && !is_checkpoint(48));
+        assert!(is_checkpoint(64) && !is_checkpoint(4) && !is_checkpoint(48));
     }
 
     #[test]
@@ -366,7 +405,7 @@ mod tests {
         put_shared(&mut cache, &seq(40));
         let hit = cache.take(&seq(50)).expect("hit");
         assert_eq!((hit.len, hit.session.tokens), (40, seq(40)));
-        assert_eq!(hit.checkpoints.len(), 2, "16 and 32 go with it");
+        assert_eq!(hit.checkpoints.len(), 3, "8, 16 and 32 go with it");
         assert_eq!(cache.len(), 1, "a shared cache stays kept");
     }
 
@@ -389,9 +428,9 @@ mod tests {
         edited[20] = 999;
         let hit = cache.take(&edited).expect("hit");
         assert_eq!(hit.len, 16);
-        assert_eq!(hit.checkpoints.len(), 1);
-        edited[10] = 999;
-        assert!(cache.take(&edited).is_none(), "no checkpoint before 10");
+        assert_eq!(hit.checkpoints.len(), 2);
+        edited[5] = 999;
+        assert!(cache.take(&edited).is_none(), "no checkpoint before 5");
     }
 
     #[test]
@@ -456,6 +495,13 @@ mod tests {
         cache.put(seq(101), fake(&seq(101), true), Vec::new());
         assert_eq!(cache.len(), 1, "a cache over the whole budget is not kept");
         assert!(cache.take(&seq(101)).is_none());
+    }
+
+    #[test]
+    fn a_state_that_cannot_be_continued_is_not_kept() {
+        let mut cache = PrefixCache::new(limits(4));
+        cache.put(vec![666; 20], fake(&[666; 20], true), Vec::new());
+        assert!(cache.is_empty());
     }
 
     #[test]
