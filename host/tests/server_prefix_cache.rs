@@ -6,9 +6,9 @@
 
 mod server_support;
 
+use llmlocal::engine::{EngineSettings, ModelEntry};
 use llmlocal::{engine::Engine, server::ServerSettings};
 use serde_json::{json, Value};
-use llmlocal::engine::{EngineSettings, ModelEntry};
 use server_support::{client, metric, parse_sse, post, registry, TestServer};
 
 /// The backends under test: (name in the config, library name).

@@ -5,8 +5,8 @@ use crate::files::{self, ModelFiles};
 use crate::model::{CandleModel, Shared, DEFAULT_BATCH};
 use crate::prefix::PrefixCache;
 use crate::{device, gguf, hf};
-use std::sync::Mutex;
 use llmlocal_plugin_api::{Backend, LoadRequest, Model, PluginError};
+use std::sync::Mutex;
 use std::time::Instant;
 
 #[derive(Debug, Default)]

@@ -3,14 +3,14 @@
 use crate::error::Result;
 use crate::generation::CandleGeneration;
 use crate::net::Net;
+use crate::net::Session;
+use crate::prefix::{Checkpoints, Hit, PrefixCache};
 use crate::tokenizer::Vocab;
 use candle_core::Device;
 use llmlocal_plugin_api::{
     abi_stable::std_types::{ROption, RString, RVec},
     AdapterRequest, EmbedRequest, GenerateRequest, Generation, Model, ModelMetadata, PluginError,
 };
-use crate::net::Session;
-use crate::prefix::{Checkpoints, Hit, PrefixCache};
 use std::sync::{Arc, Mutex};
 
 /// Default prompt chunk: long prompts are fed in pieces of this many tokens.
@@ -57,7 +57,12 @@ impl Shared {
     }
 
     /// Keeps the cache of a generation that ended normally.
-    pub fn keep_prefix(&self, tokens: Vec<u32>, session: Session, checkpoints: Checkpoints<Session>) {
+    pub fn keep_prefix(
+        &self,
+        tokens: Vec<u32>,
+        session: Session,
+        checkpoints: Checkpoints<Session>,
+    ) {
         self.prefix_cache().put(tokens, session, checkpoints);
     }
 

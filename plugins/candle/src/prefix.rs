@@ -208,11 +208,9 @@ impl<S: Kv> PrefixCache<S> {
             return;
         }
         self.entries.retain(|e| e.tokens != tokens);
-        while self.entries.len() >= self.limits.entries
-            || self.bytes() + bytes > self.limits.bytes
+        while self.entries.len() >= self.limits.entries || self.bytes() + bytes > self.limits.bytes
         {
-            let Some(oldest) = (0..self.entries.len()).min_by_key(|&i| self.entries[i].used)
-            else {
+            let Some(oldest) = (0..self.entries.len()).min_by_key(|&i| self.entries[i].used) else {
                 break;
             };
             self.entries.swap_remove(oldest);
@@ -453,7 +451,10 @@ mod tests {
         edited[20] = 999;
         let hit = cache.take(&edited).expect("hit");
         assert_eq!((hit.len, hit.session.tokens), (20, seq(20)));
-        assert!(cache.is_empty(), "two generations never share an in-place cache");
+        assert!(
+            cache.is_empty(),
+            "two generations never share an in-place cache"
+        );
         assert!(cache.take(&seq(30)).is_none());
     }
 
@@ -478,7 +479,10 @@ mod tests {
         assert!(cache.take(&[&a[..], &[1]].concat()).is_some());
         put_shared(&mut cache, &seq(20));
         assert_eq!(cache.len(), 2);
-        assert!(cache.take(&[&b[..], &[1]].concat()).is_none(), "b was evicted");
+        assert!(
+            cache.take(&[&b[..], &[1]].concat()).is_none(),
+            "b was evicted"
+        );
         assert!(cache.take(&[&a[..], &[1]].concat()).is_some());
     }
 

@@ -11,8 +11,8 @@ use llmlocal_backend_candle::gguf::{self, Loaded};
 use llmlocal_backend_candle::gguf_dense::{self, Layout};
 use llmlocal_backend_candle::model::{CandleModel, Shared, DEFAULT_BATCH};
 use llmlocal_backend_candle::net::Net;
-use llmlocal_plugin_api::{ErrorKind, Model};
 use llmlocal_backend_candle::prefix::PrefixCache;
+use llmlocal_plugin_api::{ErrorKind, Model};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 

@@ -13,7 +13,7 @@ use llmlocal_backend_candle::gguf_dense::Layout;
 use llmlocal_backend_candle::model::{CandleModel, Shared, DEFAULT_BATCH};
 use llmlocal_backend_candle::net::Net;
 use llmlocal_backend_candle::prefix::PrefixCache;
-use llmlocal_backend_candle::{CandleBackend, embed::Embedder, files::ModelFiles};
+use llmlocal_backend_candle::{embed::Embedder, files::ModelFiles, CandleBackend};
 use llmlocal_plugin_api::{
     abi_stable::std_types::{ROption, RString},
     AdapterRequest, Backend, GenerateRequest, LoadRequest, Model, Sampling, Step,
@@ -91,11 +91,8 @@ struct Run {
 fn run(model: &dyn Model, request: GenerateRequest) -> Run {
     let mut generation = model.generate(request).expect("generation starts");
     let mut ids = Vec::new();
-    loop {
-        match generation.next().expect("generation step") {
-            Step::Token(t) => ids.push(t.id),
-            Step::Finished(_) => break,
-        }
+    while let Step::Token(t) = generation.next().expect("generation step") {
+        ids.push(t.id);
     }
     let stats = generation.stats();
     assert!(stats.cached_prompt_tokens <= stats.prompt_tokens);
@@ -139,7 +136,10 @@ fn same_as_uncached(
     let reference = run(model, request(prompt, false));
     assert_eq!(reference.cached, 0, "{what}: cache_prompt false reused");
     let got = run(model, request(prompt, true));
-    assert_eq!(got.ids, reference.ids, "{what}: other tokens with the cache");
+    assert_eq!(
+        got.ids, reference.ids,
+        "{what}: other tokens with the cache"
+    );
     got
 }
 
@@ -153,7 +153,11 @@ fn the_same_prompt_again_reuses_it_greedy_and_seeded() {
             let first = run(model.as_ref(), request(&p, true));
             let again = same_as_uncached(model.as_ref(), request, &p, "P again");
             assert_eq!(again.ids, first.ids, "{kind:?}");
-            assert_eq!(again.cached as usize, p.len() - 1, "{kind:?}: all but the last");
+            assert_eq!(
+                again.cached as usize,
+                p.len() - 1,
+                "{kind:?}: all but the last"
+            );
         }
     }
 }
@@ -193,7 +197,11 @@ fn a_shorter_prompt_and_an_edit_in_the_middle_reuse_what_they_share() {
         let mut edited = p.clone();
         edited[at] = if p[at] == 300 { 301 } else { 300 };
         let got = same_as_uncached(model.as_ref(), greedy, &edited, "P edited");
-        let want = if kind == Kind::GgufDense { at as u32 } else { 64 };
+        let want = if kind == Kind::GgufDense {
+            at as u32
+        } else {
+            64
+        };
         assert_eq!(got.cached, want, "{kind:?}: edit at {at}");
     }
 }
@@ -205,7 +213,11 @@ fn interleaved_conversations_and_two_continuations_of_one_cache() {
         let model = load_kind(&dir, kind);
         let a = text_prompt(model.as_ref());
         let b = model
-            .tokenize("Tom had a little cat. The cat liked milk and naps.", true, false)
+            .tokenize(
+                "Tom had a little cat. The cat liked milk and naps.",
+                true,
+                false,
+            )
             .expect("tokenize");
         let a1 = run(model.as_ref(), greedy(&a, true));
         let b1 = run(model.as_ref(), greedy(&b, true));
@@ -234,7 +246,10 @@ fn interleaved_conversations_and_two_continuations_of_one_cache() {
         let cached = gens.map(|g| g.stats().cached_prompt_tokens);
         assert_eq!(cached[0] as usize, kept.len(), "{kind:?}");
         // The dense llama's cache went to x: y starts from a checkpoint-free empty cache.
-        assert!(kind == Kind::GgufDense || cached[1] as usize == kept.len(), "{kind:?}");
+        assert!(
+            kind == Kind::GgufDense || cached[1] as usize == kept.len(),
+            "{kind:?}"
+        );
     }
 }
 
