@@ -1,26 +1,33 @@
-//! The prompt cache end to end (stories260K on llama.cpp, which declares `prefix-cache`): a
-//! chat's second turn reuses the first turn's KV cells and answers exactly as without them,
-//! and every dialect reports the reused tokens: OpenAI `usage.prompt_tokens_details.
-//! cached_tokens` (streamed too), llama-server `timings.cache_n`, Ollama
-//! `prompt_eval_cached_count`, `/metrics`. `cache_prompt: false` reuses nothing. Skipped
-//! with a SKIP line when the shared models are not there.
+//! The prompt cache end to end (stories260K on llama.cpp and on candle, which both declare
+//! `prefix-cache`): a chat's second turn reuses the first turn's KV state and answers exactly
+//! as without it, and every dialect reports the reused tokens: OpenAI `usage.
+//! prompt_tokens_details.cached_tokens` (streamed too), llama-server `timings.cache_n`,
+//! Ollama `prompt_eval_cached_count`, `/metrics`. `cache_prompt: false` reuses nothing.
 
 mod server_support;
 
+use llmlocal::engine::{EngineSettings, ModelEntry};
 use llmlocal::{engine::Engine, server::ServerSettings};
 use serde_json::{json, Value};
-use server_support::{client, llama_cpp_settings, metric, parse_sse, post, registry, TestServer};
-use std::path::PathBuf;
+use server_support::{client, metric, parse_sse, post, registry, TestServer};
 
-fn stories_gguf() -> Option<PathBuf> {
-    Some(server_support::stories260k_gguf())
-}
+/// The backends under test: (name in the config, library name).
+const LLAMA_CPP: (&str, &str) = ("llama-cpp", "llama_cpp");
+const CANDLE: (&str, &str) = ("candle", "candle");
 
-/// A server with stories260K as model `story` on llama.cpp.
-async fn stories_server() -> Option<TestServer> {
-    let path = stories_gguf()?;
-    let settings = llama_cpp_settings("story", &path);
-    let engine = Engine::new(settings, registry(&["llama_cpp"]), None);
+/// A server with stories260K as model `story` on `backend`.
+async fn stories_server((backend, library): (&str, &str)) -> Option<TestServer> {
+    let path = server_support::stories260k_gguf();
+    let mut settings = EngineSettings {
+        open_specs: false,
+        ..EngineSettings::default()
+    };
+    let entry = ModelEntry {
+        backend: Some(backend.into()),
+        ..ModelEntry::new(path.to_string_lossy())
+    };
+    settings.models.insert("story".into(), entry);
+    let engine = Engine::new(settings, registry(&[library]), None);
     Some(TestServer::start(engine, ServerSettings::default()).await)
 }
 
@@ -82,7 +89,16 @@ fn cached(usage: &Value) -> u64 {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_chat_second_turn_reuses_the_first_and_answers_the_same() {
-    let Some(server) = stories_server().await else {
+    chat_second_turn(LLAMA_CPP).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_chat_second_turn_reuses_the_first_and_answers_the_same_on_candle() {
+    chat_second_turn(CANDLE).await;
+}
+
+async fn chat_second_turn(backend: (&str, &str)) {
+    let Some(server) = stories_server(backend).await else {
         return;
     };
     let (answer1, usage1) = chat(&server, &turn1(), json!({})).await;
@@ -136,7 +152,16 @@ async fn a_chat_second_turn_reuses_the_first_and_answers_the_same() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn completions_reuse_a_repeated_prompt_unless_told_not_to() {
-    let Some(server) = stories_server().await else {
+    repeated_completion(LLAMA_CPP).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn completions_reuse_a_repeated_prompt_unless_told_not_to_on_candle() {
+    repeated_completion(CANDLE).await;
+}
+
+async fn repeated_completion(backend: (&str, &str)) {
+    let Some(server) = stories_server(backend).await else {
         return;
     };
     let complete = |extra: Value| {

@@ -3,8 +3,10 @@
 use crate::error::Result;
 use crate::files::{self, ModelFiles};
 use crate::model::{CandleModel, Shared, DEFAULT_BATCH};
+use crate::prefix::PrefixCache;
 use crate::{device, gguf, hf};
 use llmlocal_plugin_api::{Backend, LoadRequest, Model, PluginError};
+use std::sync::Mutex;
 use std::time::Instant;
 
 #[derive(Debug, Default)]
@@ -70,6 +72,7 @@ impl Backend for CandleBackend {
             info.architecture,
             info.layer_count
         );
+        let prefix = Mutex::new(PrefixCache::for_model(&info));
         Ok(Box::new(CandleModel::new(Shared {
             net,
             vocab,
@@ -81,6 +84,7 @@ impl Backend for CandleBackend {
             adapters,
             guidance: Default::default(),
             embedder,
+            prefix,
         })))
     }
 }

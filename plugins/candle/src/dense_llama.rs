@@ -310,6 +310,13 @@ impl Session {
         Ok(x)
     }
 
+    /// Forgets every position from `len` on (prompt-prefix reuse, [`crate::prefix`]): the
+    /// cache is written in place at each position, so what lies beyond `len` is simply
+    /// overwritten by the next forward pass.
+    pub fn truncate(&mut self, len: usize) {
+        self.len = self.len.min(len);
+    }
+
     /// Whether [`Session::forward_argmax`] runs: one-token steps take the fused CUDA
     /// kernels.
     pub fn argmax_on_device(&self) -> bool {

@@ -6,6 +6,7 @@ use crate::constraint::Constrainer;
 use crate::error::Result;
 use crate::model::Shared;
 use crate::net::Session;
+use crate::prefix::{self, Checkpoints, Kv};
 use crate::sampling::Sampler;
 use llmlocal_plugin_api::{
     abi_stable::std_types::ROption, ConstraintKind, FinishReason, GenerateRequest, Generation,
@@ -15,7 +16,12 @@ use std::sync::Arc;
 
 pub struct CandleGeneration {
     shared: Arc<Shared>,
-    session: Session,
+    /// Given back to the model's prefix cache when the generation ends normally.
+    session: Option<Session>,
+    /// `cache_prompt`: start from a kept cache and keep this one at the end.
+    keep: bool,
+    /// Snapshots of `session` at checkpoint positions (only where `keep`).
+    checkpoints: Checkpoints<Session>,
     /// Prompt and generated tokens so far.
     history: Vec<u32>,
     prompt_len: usize,
@@ -63,14 +69,25 @@ impl CandleGeneration {
                 shared.info.vocab_size,
             )?);
         }
-        let session = shared.net.session(&shared.device)?;
+        let mut clock = StatsClock::start(u32::try_from(prompt.len()).unwrap_or(u32::MAX));
+        let hit = match request.cache_prompt {
+            true => shared.prefix_hit(&prompt),
+            false => None,
+        };
+        let (session, cached, checkpoints) = match hit {
+            Some(hit) => (hit.session, hit.len, hit.checkpoints),
+            None => (shared.net.session(&shared.device)?, 0, Vec::new()),
+        };
+        clock.cached(u32::try_from(cached).unwrap_or(u32::MAX));
         Ok(CandleGeneration {
-            clock: StatsClock::start(u32::try_from(prompt.len()).unwrap_or(u32::MAX)),
+            clock,
             prompt_len: prompt.len(),
             history: prompt,
-            session,
+            session: Some(session),
+            keep: request.cache_prompt,
+            checkpoints,
             shared,
-            cached: 0,
+            cached,
             generated: 0,
             max_tokens: request.max_tokens,
             ignore_eos: request.ignore_eos,
@@ -80,25 +97,40 @@ impl CandleGeneration {
         })
     }
 
-    /// The logits for the next token: the whole prompt first, then one token a step.
+    /// The logits for the next token: the rest of the prompt first (in chunks that stop at
+    /// the prefix cache's checkpoints, see [`prefix`]), then one token a step.
     fn next_logits(&mut self) -> Result<Vec<f32>> {
-        let pending = &self.history[self.cached..];
-        let logits = if self.cached == 0 {
-            self.shared.prefill(&mut self.session, pending, 0)?
-        } else {
-            self.session
-                .forward(pending, self.cached, &self.shared.device)?
+        let (start, end) = (self.cached, self.history.len());
+        let shared = self.shared.clone();
+        let keep = self.keep;
+        let session = live(&mut self.session)?;
+        // Split for every generation of such a network, kept or not, so a run from a
+        // checkpoint computes exactly what a run from empty does.
+        let stops = match session.can_share() {
+            true => prefix::stops(start, end, self.prompt_len),
+            false => Vec::new(),
         };
-        self.cached = self.history.len();
+        let mut logits = Vec::new();
+        let mut pos = start;
+        for stop in stops.into_iter().chain([end]) {
+            logits = shared.prefill(session, &self.history[pos..stop], pos)?;
+            pos = stop;
+            if keep && prefix::snapshot_at(pos, self.prompt_len) {
+                if let Some(snapshot) = session.share() {
+                    self.checkpoints.push((pos, snapshot));
+                }
+            }
+        }
+        self.cached = end;
         Ok(logits)
     }
 
     /// The next token: greedy without penalties is picked on the device where the network
     /// can, else the sampler runs over the logits.
     fn next_token(&mut self) -> Result<(u32, Option<TokenLogprobs>)> {
-        if self.cached > 0 && self.sampler.is_plain_greedy() {
-            let pending = &self.history[self.cached..];
-            if let Some(id) = self.session.forward_argmax(pending, self.cached)? {
+        if self.cached >= self.prompt_len && self.sampler.is_plain_greedy() {
+            let session = live(&mut self.session)?;
+            if let Some(id) = session.forward_argmax(&self.history[self.cached..], self.cached)? {
                 self.cached = self.history.len();
                 return Ok((id, None));
             }
@@ -128,9 +160,15 @@ impl CandleGeneration {
         Ok(Step::Token(token))
     }
 
-    /// The end, with what the UTF-8 decoder still holds.
+    /// The end, with what the UTF-8 decoder still holds. A normal end gives the cache
+    /// (positions `0..cached` of the history) back for later prompts that share a prefix.
     fn finish(&mut self, reason: FinishReason) -> Step {
         self.done = Some(Ok(reason));
+        if let (true, Some(session)) = (self.keep, self.session.take()) {
+            let tokens = self.history[..self.cached].to_vec();
+            let checkpoints = std::mem::take(&mut self.checkpoints);
+            self.shared.keep_prefix(tokens, session, checkpoints);
+        }
         Step::finished_with(reason, self.text.finish())
     }
 }
@@ -154,4 +192,12 @@ impl Generation for CandleGeneration {
         stats.prompt_tokens = u32::try_from(self.prompt_len).unwrap_or(u32::MAX);
         stats
     }
+}
+
+/// The session of a generation that has not ended (it goes back to the cache at the end,
+/// after which no step runs).
+fn live(session: &mut Option<Session>) -> Result<&mut Session> {
+    session
+        .as_mut()
+        .ok_or_else(|| PluginError::internal("the generation already ended"))
 }

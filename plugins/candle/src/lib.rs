@@ -52,6 +52,7 @@ pub mod hf;
 pub mod lora;
 pub mod model;
 pub mod net;
+pub mod prefix;
 pub mod sampling;
 pub mod tokenizer;
 
@@ -80,6 +81,7 @@ pub fn manifest() -> Manifest {
         capability::LOGPROBS,
         capability::JSON_SCHEMA,
         capability::EMBEDDINGS,
+        capability::PREFIX_CACHE,
     ] {
         manifest.capabilities.insert(name);
     }

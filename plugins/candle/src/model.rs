@@ -3,13 +3,15 @@
 use crate::error::Result;
 use crate::generation::CandleGeneration;
 use crate::net::Net;
+use crate::net::Session;
+use crate::prefix::{Checkpoints, Hit, PrefixCache};
 use crate::tokenizer::Vocab;
 use candle_core::Device;
 use llmlocal_plugin_api::{
     abi_stable::std_types::{ROption, RString, RVec},
     AdapterRequest, EmbedRequest, GenerateRequest, Generation, Model, ModelMetadata, PluginError,
 };
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 /// Default prompt chunk: long prompts are fed in pieces of this many tokens.
 pub const DEFAULT_BATCH: usize = 512;
@@ -44,9 +46,36 @@ pub struct Shared {
     pub guidance: crate::constraint::GuidanceCache,
     /// The network embeddings run on (see [`crate::embed`]).
     pub embedder: crate::embed::Embedder,
+    /// KV caches kept from finished generations (see [`crate::prefix`]).
+    pub prefix: Mutex<PrefixCache<Session>>,
 }
 
 impl Shared {
+    /// The kept cache sharing the longest prefix with `prompt`, if any.
+    pub fn prefix_hit(&self, prompt: &[u32]) -> Option<Hit<Session>> {
+        self.prefix_cache().take(prompt)
+    }
+
+    /// Keeps the cache of a generation that ended normally.
+    pub fn keep_prefix(
+        &self,
+        tokens: Vec<u32>,
+        session: Session,
+        checkpoints: Checkpoints<Session>,
+    ) {
+        self.prefix_cache().put(tokens, session, checkpoints);
+    }
+
+    fn prefix_cache(&self) -> std::sync::MutexGuard<'_, PrefixCache<Session>> {
+        // A panic while the lock was held (caught by the export glue) may have left an entry
+        // half-written: start over empty rather than reuse it.
+        self.prefix.lock().unwrap_or_else(|poisoned| {
+            let mut cache = poisoned.into_inner();
+            cache.clear();
+            cache
+        })
+    }
+
     /// Refuses a generation asking for adapters other than those merged at load: the weights
     /// hold one merge, so the host loads another instance for another set.
     pub fn check_adapters(&self, asked: &[AdapterRequest]) -> Result<()> {

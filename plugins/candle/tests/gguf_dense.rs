@@ -11,8 +11,10 @@ use llmlocal_backend_candle::gguf::{self, Loaded};
 use llmlocal_backend_candle::gguf_dense::{self, Layout};
 use llmlocal_backend_candle::model::{CandleModel, Shared, DEFAULT_BATCH};
 use llmlocal_backend_candle::net::Net;
+use llmlocal_backend_candle::prefix::PrefixCache;
 use llmlocal_plugin_api::{ErrorKind, Model};
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 fn fixture_f32() -> PathBuf {
     llmlocal_fixtures::ensure_default()
@@ -46,6 +48,7 @@ fn model(loaded: Loaded) -> Box<dyn Model> {
         Device::Cpu,
         dense,
     );
+    let prefix = Mutex::new(PrefixCache::for_model(&loaded.info));
     Box::new(CandleModel::new(Shared {
         net: loaded.net,
         vocab: loaded.vocab,
@@ -57,6 +60,7 @@ fn model(loaded: Loaded) -> Box<dyn Model> {
         adapters: Vec::new(),
         guidance: Default::default(),
         embedder,
+        prefix,
     }))
 }
 
