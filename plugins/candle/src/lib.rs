@@ -49,6 +49,7 @@ pub mod gguf_arch;
 pub mod gguf_dense;
 pub mod gguf_meta;
 pub mod hf;
+pub mod linear;
 pub mod lora;
 pub mod model;
 pub mod net;
