@@ -70,6 +70,9 @@ pub fn request(prompt: &[u32], max_tokens: usize) -> GenerateRequest {
         u32::try_from(max_tokens).unwrap_or(u32::MAX),
     );
     request.ignore_eos = true;
+    // Every run pays its whole prompt: with prefix reuse (on by default) a repeated prompt
+    // would skip the prompt pass and pp would time one token.
+    request.cache_prompt = false;
     request
 }
 
