@@ -29,6 +29,7 @@
 //! kernel; the residual add and the next RMS norm are one; so are silu and * up. That is 8
 //! launches per layer instead of 20. Prompts (several tokens) always take candle's ops.
 
+use crate::linear;
 use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::ops::{rms_norm, softmax_last_dim};
 use candle_nn::rotary_emb::rope_thd;
@@ -266,7 +267,7 @@ impl Session {
         let x = self.layers(&model, x, pos)?;
         let last = x.narrow(0, t - 1, 1)?;
         let last = rms_norm(&last, &model.norm, model.shape.rms_eps)?;
-        last.matmul(&model.output.t()?)?.squeeze(0)
+        linear::forward(&last, &model.output)?.squeeze(0)
     }
 
     /// The hidden states of `tokens` at positions `pos..` after the final norm, `[t, hidden]`
@@ -302,7 +303,7 @@ impl Session {
         for (i, layer) in model.layers.iter().enumerate() {
             let h = rms_norm(&x, &layer.attn_norm, model.shape.rms_eps)?;
             let attn = self.attention(model, i, layer, &h, pos, mask.as_ref())?;
-            x = (x + attn.matmul(&layer.o.t()?)?)?;
+            x = (x + linear::forward(&attn, &layer.o)?)?;
             let h = rms_norm(&x, &layer.ffn_norm, model.shape.rms_eps)?;
             x = (&x + mlp(layer, &h, model.fused_on())?)?;
         }
@@ -343,7 +344,7 @@ impl Session {
     ) -> Result<Tensor> {
         let s = &model.shape;
         let t = h.dim(0)?;
-        let qkv = h.matmul(&layer.qkv.t()?)?.to_dtype(DType::F32)?;
+        let qkv = linear::forward(h, &layer.qkv)?.to_dtype(DType::F32)?;
         let (q_dim, kv_dim) = (model.q_dim(), model.kv_dim());
         let heads = |start: usize, n: usize| -> Result<Tensor> {
             qkv.narrow(1, start, n * s.head_dim)?
@@ -567,13 +568,13 @@ mod fused {
 /// SwiGLU feed-forward of `h` (`[t, hidden]`); `fused`: by the CUDA kernel (one pass, where
 /// candle's narrow views make silu and the product two slow strided passes).
 fn mlp(layer: &Layer, h: &Tensor, fused: bool) -> Result<Tensor> {
-    let gate_up = h.matmul(&layer.gate_up.t()?)?;
+    let gate_up = linear::forward(h, &layer.gate_up)?;
     if fused {
         return fused::swiglu(&gate_up)?.matmul(&layer.down.t()?);
     }
     let gate = gate_up.narrow(1, 0, layer.ffn)?;
     let up = gate_up.narrow(1, layer.ffn, layer.ffn)?;
-    (gate.silu()? * up)?.matmul(&layer.down.t()?)
+    linear::forward(&(gate.silu()? * up)?, &layer.down)
 }
 
 /// `[t, pos + t]` F32: 0 where new position i may see key j (j <= pos + i), -inf

@@ -2,8 +2,10 @@
 //! our own [`DenseLlama`], pooled (mean, cls = first token, last, or none = every token)
 //! and optionally L2-normalised.
 //!
-//! candle's `llama` and `quantized_llama`, which run generation for safetensors folders and
-//! GGUF files on the CPU, give logits only. So a model not already held as a
+//! A model whose generation already runs on a [`DenseLlama`] (llama safetensors folders and
+//! F32/F16/BF16 GGUF files on the CPU, half-precision GGUF on a GPU) embeds with that same
+//! network. candle's `llama` and `quantized_llama`, which run generation otherwise, give
+//! logits only. So a model not already held as a
 //! [`DenseLlama`] gets one for embeddings, built from its files on the first `embed` call
 //! and kept: F32 on the model's device, with the load's LoRA adapters merged the same way.
 //! That is a second copy of the weights while the model stays loaded (documented in the
@@ -14,15 +16,12 @@
 //! Every input runs alone in its own session (no padding, no batch effects): the same input
 //! gives the same vector whatever else is in the request.
 
-use crate::dense_llama::{self, DenseLlama, LayerWeights, Weights};
+use crate::dense_llama::DenseLlama;
 use crate::error::{Result, ResultExt};
 use crate::files::{HfFiles, ModelFiles};
-use crate::hf::{
-    config::{Arch, HfConfig},
-    weights,
-};
+use crate::hf::{config::HfConfig, dense, weights};
 use crate::lora::Adapter;
-use candle_core::{DType, Device, Tensor};
+use candle_core::Device;
 use llmlocal_plugin_api::{pooling, AdapterRequest, EmbedRequest, PluginError};
 use std::sync::{Arc, Mutex};
 
@@ -174,29 +173,10 @@ fn hf_net(
     device: &Device,
 ) -> Result<DenseLlama> {
     let config = HfConfig::read(&files.config)?;
-    if config.arch != Arch::Llama {
+    if let Some(reason) = dense::obstacle(&config) {
         return Err(PluginError::unsupported(format!(
-            "the candle backend computes embeddings for llama models only, not {}; use the \
-             llama-cpp backend",
-            config.arch.name()
+            "the candle backend computes embeddings of llama models without biases or rope              scaling only, not one with {reason}; use the llama-cpp backend"
         )));
-    }
-    for flag in ["attention_bias", "mlp_bias"] {
-        if config.bool_flag(flag) {
-            return Err(PluginError::unsupported(format!(
-                "the candle backend cannot compute embeddings of a llama with `{flag}`"
-            )));
-        }
-    }
-    if config
-        .json
-        .get("rope_scaling")
-        .is_some_and(|v| !v.is_null())
-    {
-        return Err(PluginError::unsupported(
-            "the candle backend cannot compute embeddings of a llama with rope scaling; use \
-             the llama-cpp backend",
-        ));
     }
     let mut tensors = weights::load(&files.weights)?;
     for adapter in adapters {
@@ -206,56 +186,7 @@ fn hf_net(
             adapter.scale,
         )?;
     }
-    let mut take = |name: String| -> Result<Tensor> {
-        let t = tensors.remove(&name).ok_or_else(|| {
-            PluginError::unsupported_format(format!("the checkpoint has no tensor `{name}`"))
-        })?;
-        t.to_dtype(DType::F32)
-            .and_then(|t| t.to_device(device))
-            .internal_err(|| format!("putting `{name}` on the device"))
-    };
-    let layers = (0..config.layers)
-        .map(|i| {
-            let p = |s: &str| format!("model.layers.{i}.{s}.weight");
-            Ok(LayerWeights {
-                attn_norm: take(p("input_layernorm"))?,
-                q: take(p("self_attn.q_proj"))?,
-                k: take(p("self_attn.k_proj"))?,
-                v: take(p("self_attn.v_proj"))?,
-                o: take(p("self_attn.o_proj"))?,
-                ffn_norm: take(p("post_attention_layernorm"))?,
-                gate: take(p("mlp.gate_proj"))?,
-                up: take(p("mlp.up_proj"))?,
-                down: take(p("mlp.down_proj"))?,
-            })
-        })
-        .collect::<Result<Vec<_>>>()?;
-    let w = Weights {
-        embed: take("model.embed_tokens.weight".into())?,
-        norm: take("model.norm.weight".into())?,
-        // Embeddings never read the output layer; tie it to the embedding (no copy).
-        output: None,
-        layers,
-        rope_freqs: None,
-    };
-    let float = |key: &str, default: f64| {
-        config
-            .json
-            .get(key)
-            .and_then(serde_json::Value::as_f64)
-            .unwrap_or(default)
-    };
-    let shape = dense_llama::Shape {
-        hidden: config.hidden,
-        heads: config.heads,
-        kv_heads: config.kv_heads,
-        head_dim: config.head_dim,
-        rms_eps: float("rms_norm_eps", 1e-6) as f32,
-        rope_theta: float("rope_theta", 10_000.0) as f32,
-        context,
-    };
-    DenseLlama::new(w, shape, DType::F32, device)
-        .internal_err(|| "building the embedding network".to_string())
+    dense::build(&config, &mut tensors, context, device, false)
 }
 
 #[cfg(test)]

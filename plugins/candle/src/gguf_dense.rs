@@ -34,17 +34,20 @@ pub enum Layout {
 }
 
 /// The layout a load uses when nothing forces one: half-precision files run dense in their
-/// own dtype on a GPU. The CPU keeps the quantized path (candle's CPU half matmuls are slow),
-/// and so do quantized and F32 files everywhere.
+/// own dtype on a GPU. On the CPU, F32/F16/BF16 files run dense in F32 (candle's CPU half
+/// matmuls are slow): the same F32 arithmetic `quantized_llama` does after widening, but
+/// with a preallocated KV cache and decode matmuls spread over the threads (see
+/// [`crate::dense_llama`]). Block-quantized files, and F32 files on a GPU, keep the
+/// quantized path.
 pub fn choose(matrices: Option<GgmlDType>, device: &DeviceLocation) -> Layout {
-    let half = match matrices {
-        Some(GgmlDType::F16) => DType::F16,
-        Some(GgmlDType::BF16) => DType::BF16,
-        _ => return Layout::Quantized,
-    };
-    match device {
-        DeviceLocation::Cpu => Layout::Quantized,
-        DeviceLocation::Cuda { .. } | DeviceLocation::Metal { .. } => Layout::Dense(half),
+    let on_cpu = matches!(device, DeviceLocation::Cpu);
+    match matrices {
+        Some(GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16) if on_cpu => {
+            Layout::Dense(DType::F32)
+        }
+        Some(GgmlDType::F16) => Layout::Dense(DType::F16),
+        Some(GgmlDType::BF16) => Layout::Dense(DType::BF16),
+        _ => Layout::Quantized,
     }
 }
 

@@ -5,13 +5,14 @@
 //! from the GGUF vocabulary. PEFT LoRA adapters are merged into safetensors weights at load.
 //!
 //! GGUF files take one of two paths ([`gguf_dense::choose`]): block-quantized (Q8_0,
-//! k-quants, ...) and F32 files, and every file on the CPU, run through candle's
-//! `quantized_llama` (which widens F16/BF16 tensors to F32). An F16 or BF16 file on
-//! CUDA/Metal is held dense in its own dtype instead ([`gguf_dense`]): tensors read as
-//! stored, q/k moved back from llama.cpp's interleaved RoPE layout, run by our own
-//! [`dense_llama`] (half the bytes of the F32 path, half-precision GEMMs, few kernel
-//! launches per token; on CUDA a generated token uses the fused kernels of
-//! `kernels/decode.cu`). Files that path cannot hold exactly (rope scaling keys, extra
+//! k-quants, ...) files, and F32 files on a GPU, run through candle's `quantized_llama`.
+//! F32/F16/BF16 files on the CPU, and F16/BF16 files on CUDA/Metal, are held dense instead
+//! ([`gguf_dense`]): tensors read as stored (widened to F32 on the CPU, their own dtype on a
+//! GPU), q/k moved back from llama.cpp's interleaved RoPE layout, run by our own
+//! [`dense_llama`] (preallocated KV cache, fused q/k/v and gate/up matmuls; on a GPU half the
+//! bytes of the F32 path and few kernel launches per token, with the fused kernels of
+//! `kernels/decode.cu` for a generated token). Safetensors llamas on the CPU run on it too
+//! ([`hf::dense`]). Files that path cannot hold exactly (rope scaling keys, extra
 //! tensors, mixed-dtype matrices) stay on `quantized_llama`, except files with llama3
 //! `rope_freqs` factors, which `quantized_llama` would ignore: they always run dense (F32 on
 //! the CPU or when block-quantized), or are refused (`UnsupportedArchitecture`).
@@ -23,8 +24,10 @@
 //! computes only inside `next()`, on the thread the host pulls it from; several
 //! generations of one model therefore run at once on the host's threads, sharing the
 //! read-only weights. Dropping a generation frees its cache; nothing keeps running.
-//! candle's CPU kernels parallelise each matmul over its own rayon pool
-//! (`RAYON_NUM_THREADS`); `LoadRequest::threads` is not used.
+//! candle's CPU kernels parallelise each op over rayon's global pool (`RAYON_NUM_THREADS`)
+//! and quantized matmuls over its barrier pool (`CANDLE_NUM_THREADS`, else
+//! `RAYON_NUM_THREADS`); the dense llama's one-token matmuls use the barrier pool too
+//! ([`linear`]). Both pools are process-wide, so `LoadRequest::threads` is not used.
 //!
 //! # Devices and features
 //!
@@ -49,6 +52,7 @@ pub mod gguf_arch;
 pub mod gguf_dense;
 pub mod gguf_meta;
 pub mod hf;
+pub mod linear;
 pub mod lora;
 pub mod model;
 pub mod net;

@@ -136,3 +136,24 @@ fn fixture_metadata() {
         );
     }
 }
+
+/// On the CPU a llama folder runs on the plugin's dense llama (preallocated KV cache, decode
+/// matmuls over the threads), not candle's `llama`, in every stored dtype.
+#[test]
+fn hf_llama_folders_run_dense_on_the_cpu() {
+    use llmlocal_backend_candle::{files, hf, net::Net};
+    let p = fixtures();
+    for dir in [&p.hf_dir, &p.hf_f16_dir, &p.hf_bf16_dir] {
+        let files::ModelFiles::Hf(hf_files) =
+            files::resolve(&[dir.to_string_lossy().into_owned()]).unwrap()
+        else {
+            panic!("{} is not an HF folder", dir.display());
+        };
+        let loaded = hf::load(&hf_files, &candle_core::Device::Cpu, 0, &[]).unwrap();
+        assert!(
+            matches!(loaded.net, Net::Dense(_)),
+            "{} did not load dense",
+            dir.display()
+        );
+    }
+}

@@ -194,7 +194,7 @@ fn converter_written_f16_file_reads_dense() {
 }
 
 #[test]
-fn half_files_run_dense_on_a_gpu_only() {
+fn half_files_run_dense_in_their_dtype_on_a_gpu_and_in_f32_on_the_cpu() {
     let cuda = DeviceLocation::Cuda { gpu_id: 0 };
     let metal = DeviceLocation::Metal { gpu_id: 0 };
     let cpu = DeviceLocation::Cpu;
@@ -206,8 +206,11 @@ fn half_files_run_dense_on_a_gpu_only() {
         (Some(GgmlDType::Q4K), &cuda, Layout::Quantized),
         (Some(GgmlDType::F32), &cuda, Layout::Quantized),
         (None, &cuda, Layout::Quantized),
-        (Some(GgmlDType::F16), &cpu, Layout::Quantized),
-        (Some(GgmlDType::BF16), &cpu, Layout::Quantized),
+        (Some(GgmlDType::F16), &cpu, Layout::Dense(DType::F32)),
+        (Some(GgmlDType::BF16), &cpu, Layout::Dense(DType::F32)),
+        (Some(GgmlDType::F32), &cpu, Layout::Dense(DType::F32)),
+        (Some(GgmlDType::Q8_0), &cpu, Layout::Quantized),
+        (None, &cpu, Layout::Quantized),
     ];
     for (dtype, device, want) in cases {
         assert_eq!(
@@ -236,9 +239,15 @@ fn matrix_dtype_reads_the_file() {
             path.display()
         );
     }
-    // On the CPU the automatic choice keeps the quantized path, F16 or not.
-    let loaded = gguf::load_as(&f16, &Device::Cpu, 0, None).unwrap();
-    assert!(!is_dense(&loaded));
+    // On the CPU the automatic choice runs F32 and F16 files dense (in F32), Q8_0 quantized.
+    for (path, dense) in [
+        (&f16, true),
+        (&fixtures.gguf_f32, true),
+        (&fixtures.gguf_q8_0, false),
+    ] {
+        let loaded = gguf::load_as(path, &Device::Cpu, 0, None).unwrap();
+        assert_eq!(is_dense(&loaded), dense, "{}", path.display());
+    }
 }
 
 /// Why the dense path cannot hold a fixture-shaped file.

@@ -2,9 +2,12 @@
 //!
 //! Weights are computed in f32 on the CPU whatever the checkpoint stores (f16/bf16 are
 //! widened at load: candle's CPU f16/bf16 matmuls are slow and less accurate), and in the
-//! checkpoint's own dtype on CUDA/Metal.
+//! checkpoint's own dtype on CUDA/Metal. On the CPU a llama (no biases, no rope scaling)
+//! runs as our own [`crate::dense_llama::DenseLlama`] ([`dense`]), other models and
+//! devices on candle-transformers' models.
 
 pub mod config;
+pub mod dense;
 pub mod specials;
 pub mod weights;
 
@@ -51,11 +54,21 @@ pub fn load(
             adapter.scale,
         )?;
     }
-    weights::alias_tied_head(&config, &mut weights);
     let dtype = if device.is_cpu() { DType::F32 } else { stored };
     let context = context_length(&config, context)?;
-    let vb = VarBuilder::from_tensors(weights, dtype, device);
-    let net = no_panic("building the model", || build(&config, vb, context, dtype))?;
+    let net = match device.is_cpu() && dense::obstacle(&config).is_none() {
+        true => {
+            let net = no_panic("building the model", || {
+                dense::build(&config, &mut weights, context, device, true)
+            })?;
+            Net::Dense(Arc::new(net))
+        }
+        false => {
+            weights::alias_tied_head(&config, &mut weights);
+            let vb = VarBuilder::from_tensors(weights, dtype, device);
+            no_panic("building the model", || build(&config, vb, context, dtype))?
+        }
+    };
     let vocab = specials::load_vocab(files, &config)?;
     let params = weights::parameter_count(&config);
     let info = ModelInfo {

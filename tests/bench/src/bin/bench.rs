@@ -6,7 +6,7 @@
 //! cargo run -p llmlocal-bench --bin bench -- --threads 2 --json target/bench/llama-cpp.json
 //! ```
 //!
-//! Backend comparison (candle plugin vs llama-cpp plugin, F32 and Q8_0 random models):
+//! Backend comparison (candle plugin vs llama-cpp plugin, F32, F16 and Q8_0 random models):
 //!
 //! ```text
 //! cargo build -p llmlocal-backend-llama-cpp -p llmlocal-backend-candle
@@ -32,8 +32,8 @@ struct Args {
     #[arg(long)]
     plugin_dir: Option<PathBuf>,
     /// GGUF model (default: a random-weight 85M-parameter F16 llama, written once under
-    /// target/bench/, with the stories260K tokenizer; with --compare, random 50M-parameter F32
-    /// and Q8_0 llamas of the same weights).
+    /// target/bench/, with the stories260K tokenizer; with --compare, random 50M-parameter F32,
+    /// F16 and Q8_0 llamas of the same weights).
     #[arg(long)]
     model: Option<PathBuf>,
     /// CPU threads for both paths (default: all cores).
@@ -110,20 +110,24 @@ fn default_model(name: &str, shape: &Shape, storage: Storage) -> anyhow::Result<
     Ok(path)
 }
 
-/// The models of a comparison: --model alone, or the random F32 and Q8_0 pair.
+/// The models of a comparison: --model alone, or the random F32, F16 and Q8_0 ones.
 fn compare_models(model: Option<PathBuf>) -> anyhow::Result<Vec<(String, PathBuf)>> {
     if let Some(m) = model {
         return Ok(vec![("model".into(), m)]);
     }
-    [(Storage::F32, "F32"), (Storage::Q8_0, "Q8_0")]
-        .into_iter()
-        .map(|(storage, label)| {
-            Ok((
-                label.to_string(),
-                default_model("50m", &Shape::RANDOM_50M, storage)?,
-            ))
-        })
-        .collect()
+    [
+        (Storage::F32, "F32"),
+        (Storage::F16, "F16"),
+        (Storage::Q8_0, "Q8_0"),
+    ]
+    .into_iter()
+    .map(|(storage, label)| {
+        Ok((
+            label.to_string(),
+            default_model("50m", &Shape::RANDOM_50M, storage)?,
+        ))
+    })
+    .collect()
 }
 
 fn write_json(path: Option<&PathBuf>, value: &impl serde::Serialize) -> anyhow::Result<()> {

@@ -1,0 +1,108 @@
+//! `x · wᵀ` for the dense networks, with decode steps spread over the CPU's threads.
+//!
+//! Why: candle hands every CPU matmul to `gemm`, which runs a matrix-vector product (one
+//! token: `x` has one row) on the calling thread only, whatever parallelism it is given. At
+//! decode that is nearly all the work, so one of two cores idled while llama.cpp used both.
+//! Here a one-row product is cut by output rows into blocks of `w`; each block is still
+//! `gemm`'s matrix-vector product, so every output element is the same dot product over the
+//! same inputs as before, only computed on another thread. Several rows (prompts) keep
+//! `gemm`'s own parallel kernel.
+//!
+//! The blocks run on candle's barrier pool (`CANDLE_NUM_THREADS`), the pool its quantized
+//! matmuls use: the calling thread works too and workers spin briefly between ops (a
+//! sleeping pool would add a wake-up to each of the ~40 products of a token), and blocks
+//! are taken from a shared cursor, so a thread the OS pauses does not hold the others up.
+
+use candle_core::{Result, Tensor};
+use std::sync::OnceLock;
+
+/// Output rows of one block are a multiple of this (whole SIMD registers, whole cache lines).
+const ROW_ALIGN: usize = 16;
+/// Below this many output rows per block the hand-off costs more than it saves.
+const MIN_BLOCK_ROWS: usize = 32;
+/// Blocks per thread: enough for the cursor to even out a paused thread's share.
+const BLOCKS_PER_THREAD: usize = 4;
+
+/// `x` (`[m, in]`) times `w` (`[out, in]`) transposed: `[m, out]`.
+pub fn forward(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    let threads = candle_core::utils::barrier_pool().n_workers() + 1;
+    match block_rows(x, w, threads)? {
+        Some(rows) => split(x, w, rows),
+        None => x.matmul(&w.t()?),
+    }
+}
+
+/// The rows of `w` per block when the product is split over `threads`, `None` when it runs
+/// whole.
+fn block_rows(x: &Tensor, w: &Tensor, threads: usize) -> Result<Option<usize>> {
+    let (m, out) = (x.dim(0)?, w.dim(0)?);
+    if !x.device().is_cpu() || x.rank() != 2 || m != 1 || threads < 2 {
+        return Ok(None);
+    }
+    let rows = out
+        .div_ceil(threads * BLOCKS_PER_THREAD)
+        .next_multiple_of(ROW_ALIGN)
+        .max(MIN_BLOCK_ROWS);
+    Ok((rows < out).then_some(rows))
+}
+
+/// One matrix-vector product per block of `rows` rows of `w`, on the barrier pool, joined.
+fn split(x: &Tensor, w: &Tensor, rows: usize) -> Result<Tensor> {
+    let out = w.dim(0)?;
+    let blocks: Vec<OnceLock<Result<Tensor>>> =
+        (0..out.div_ceil(rows)).map(|_| OnceLock::new()).collect();
+    let block = |i: usize| -> Result<Tensor> {
+        let start = i * rows;
+        // Only `gemm` runs in here: a candle op that used the pool itself would wait on
+        // the pool's lock that this call holds.
+        x.matmul(&w.narrow(0, start, rows.min(out - start))?.t()?)
+    };
+    candle_core::utils::barrier_pool().execute_chunked(blocks.len(), |range| {
+        for i in range {
+            // Each index is handed out once, so the cell is always empty here.
+            let _ = blocks[i].set(block(i));
+        }
+    });
+    let parts = blocks
+        .into_iter()
+        .map(|cell| {
+            cell.into_inner().unwrap_or_else(|| {
+                Err(candle_core::Error::Msg("a matmul block did not run".into()))
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Tensor::cat(&parts, 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, IndexOp};
+
+    #[test]
+    fn a_split_product_equals_the_whole_one() {
+        let dev = Device::Cpu;
+        // 300 output rows: slices of unequal length (the last one shorter).
+        let w = Tensor::randn(0f32, 1., (300, 96), &dev).unwrap();
+        let x = Tensor::randn(0f32, 1., (1, 96), &dev).unwrap();
+        // 3 threads, 4 blocks each: 25 rows, rounded up to 32.
+        assert_eq!(block_rows(&x, &w, 3).unwrap(), Some(32));
+        let got = split(&x, &w, 32).unwrap();
+        let want = x.matmul(&w.t().unwrap()).unwrap();
+        assert_eq!(got.dims(), [1, 300]);
+        let diff = (got - &want)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(diff <= 1e-4, "largest difference {diff}");
+        // Prompts (several rows) are not split.
+        let x2 = Tensor::cat(&[&x, &x], 0).unwrap();
+        assert_eq!(block_rows(&x2, &w, 3).unwrap(), None);
+        let got2 = forward(&x2, &w).unwrap();
+        assert_eq!(got2.i(1).unwrap().dims(), [300]);
+    }
+}
