@@ -308,3 +308,139 @@ fn candle_and_llama_cpp_agree_on_every_family_and_format() {
         out.display()
     );
 }
+
+// ------------------------------------------------------------------ BERT embeddings
+
+/// Embedding inputs (ids of the BERT fixture's WordPiece vocabulary, `[CLS] ... [SEP]` as its
+/// tokenizer adds them): different words, the same words in another order, one word.
+fn bert_inputs() -> Vec<Vec<u32>> {
+    use llmlocal_fixtures::family_bert::{id, CLS_ID, SEP_ID};
+    let sentence = |words: &[&str]| {
+        std::iter::once(CLS_ID)
+            .chain(words.iter().map(|w| id(w)))
+            .chain(std::iter::once(SEP_ID))
+            .collect::<Vec<u32>>()
+    };
+    vec![
+        sentence(&["the", "cat", "sat", "on", "the", "mat"]),
+        sentence(&["the", "mat", "sat", "on", "the", "cat"]),
+        sentence(&["hello", "world"]),
+        sentence(&[
+            "rust", "model", "##s", "embed", "local", "##ing", "sky", "is", "blue",
+        ]),
+    ]
+}
+
+/// Smallest cosine allowed with the f32 reference: F32 and F16 differ by summation order,
+/// llama.cpp's F16 activations and its tanh-approximated (F16-table) GELU against BERT's erf
+/// GELU; Q8_0 also quantizes weights and activations to 8 bits.
+fn bert_min_cosine(format: GgufFormat) -> f32 {
+    match format {
+        GgufFormat::Q8_0 => 0.99,
+        _ => 0.999,
+    }
+}
+
+/// One embedding row: the engine's vectors against the reference's.
+fn bert_row(label: &str, backend: &str, format: GgufFormat, model: &LoadedModel) -> Row {
+    let weights = llmlocal_fixtures::family_bert::weights();
+    let mut request = llmlocal::api::EmbedRequest::new(bert_inputs());
+    request.normalize = true;
+    let vectors = model.embed(request).expect("embed");
+    let min = bert_inputs()
+        .iter()
+        .zip(&vectors)
+        .map(|(ids, v)| {
+            let reference = llmlocal_fixtures::family_bert::embed(&weights, ids);
+            llmlocal_fixtures::family_bert::cosine(&reference, v)
+        })
+        .fold(f32::INFINITY, f32::min);
+    let allowed = bert_min_cosine(format);
+    let failure = (min.is_nan() || min < allowed).then(|| {
+        format!("bert {label} on {backend}: cosine {min} with the reference (allowed {allowed})")
+    });
+    let result = if failure.is_some() {
+        "DIFFERS"
+    } else {
+        "agree"
+    };
+    Row {
+        stable: format!(
+            "| bert | {label} | {backend} | f32 reference forward | {} | {allowed} | {result} |",
+            bert_inputs().len()
+        ),
+        measured: format!("{min:.6}"),
+        failure,
+    }
+}
+
+#[test]
+fn bert_embeddings_agree_with_the_reference_forward() {
+    let fixtures_dir = llmlocal_fixtures::default_dir();
+    let paths = llmlocal_fixtures::family_bert::ensure_bert(&fixtures_dir).expect("bert fixtures");
+    let candle = plugin_library("candle");
+    let llama = plugin_library("llama_cpp");
+    let mut rows = Vec::new();
+    for format in GgufFormat::ALL {
+        let label = format!("GGUF {}", format.name().to_uppercase());
+        let model = load(&llama, &paths.gguf(format))
+            .unwrap_or_else(|e| panic!("llama.cpp loads the bert GGUF: {e}"));
+        rows.push(bert_row(&label, "llama.cpp", format, &model));
+    }
+    let candle_inputs = [
+        (
+            "HF safetensors F32".to_string(),
+            paths.hf.clone(),
+            GgufFormat::F32,
+        ),
+        (
+            "GGUF F32".to_string(),
+            paths.gguf(GgufFormat::F32),
+            GgufFormat::F32,
+        ),
+    ];
+    for (label, path, format) in candle_inputs {
+        rows.push(match load(&candle, &path) {
+            Ok(model) => bert_row(&label, "candle", format, &model),
+            Err(e) if e.kind() == ErrorKind::UnsupportedArchitecture => {
+                eprintln!("bert {label}: candle refuses: {e}");
+                Row {
+                    stable: format!(
+                        "| bert | {label} | candle | f32 reference forward | - | - | UnsupportedArchitecture |"
+                    ),
+                    measured: "-".into(),
+                    failure: None,
+                }
+            }
+            Err(e) => panic!("candle fails to load bert {label} with {:?}: {e}", e.kind()),
+        });
+    }
+    let header = "| architecture | input | backend | compared with | inputs | min cosine allowed | result |\n\
+                  |---|---|---|---|---|---|---|";
+    let table = format!(
+        "{header}\n{}\n",
+        rows.iter()
+            .map(|r| r.stable.as_str())
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    let measured: Vec<String> = rows
+        .iter()
+        .map(|r| format!("{} min cosine {}", r.stable, r.measured))
+        .collect();
+    eprintln!("{header}\n{}", measured.join("\n"));
+    let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("agreement-embed-table.md");
+    std::fs::write(&out, &table).expect("write the embedding table");
+    let failures: Vec<&String> = rows.iter().filter_map(|r| r.failure.as_ref()).collect();
+    assert!(failures.is_empty(), "embeddings disagree:\n{failures:#?}");
+    if device() != "cpu" {
+        return;
+    }
+    let docs = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/models.md");
+    let documented = std::fs::read_to_string(&docs).unwrap_or_default();
+    assert!(
+        documented.contains(&table),
+        "docs/models.md does not hold the embedding table this test produced; copy {} into it",
+        out.display()
+    );
+}

@@ -57,10 +57,13 @@ pub fn load_as(
     if crate::gguf_arch::ARCHITECTURES.contains(&arch) {
         return crate::gguf_arch::load(content, &mut file, path, device, context);
     }
+    if arch == "gemma3" {
+        return crate::gemma3_load::load_gguf(content, &mut file, path, device, context);
+    }
     if arch != "llama" {
         return Err(PluginError::unsupported_architecture(format!(
             "GGUF architecture `{arch}` is not supported by the candle backend (it runs GGUF \
-             llama, qwen3 and phi3)"
+             llama, qwen3, phi3 and gemma3)"
         )));
     }
     let dims = check_dims(&content.metadata)?;

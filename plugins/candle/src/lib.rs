@@ -46,6 +46,8 @@ pub mod device;
 pub mod embed;
 pub mod error;
 pub mod files;
+pub mod gemma3;
+pub mod gemma3_load;
 pub mod generation;
 pub mod gguf;
 pub mod gguf_arch;

@@ -34,6 +34,8 @@ pub enum Net {
     GgufPhi3(quantized_phi3::ModelWeights),
     /// A GGUF file's dense half-precision weights (see [`crate::dense_llama`]).
     Dense(Arc<DenseLlama>),
+    /// Gemma 3 from safetensors or GGUF (see [`crate::gemma3`]).
+    Gemma3(Arc<crate::gemma3::Gemma3>),
 }
 
 /// The state of one sequence: its own KV cache.
@@ -50,6 +52,7 @@ pub enum Session {
     GgufQwen3(Box<quantized_qwen3::ModelWeights>),
     GgufPhi3(Box<quantized_phi3::ModelWeights>),
     Dense(Box<dense_llama::Session>),
+    Gemma3(Box<crate::gemma3::Session>),
 }
 
 impl Net {
@@ -100,6 +103,7 @@ impl Net {
             }
             Net::GgufPhi3(m) => Session::GgufPhi3(Box::new(m.clone())),
             Net::Dense(m) => Session::Dense(Box::new(m.session())),
+            Net::Gemma3(m) => Session::Gemma3(Box::new(m.session())),
         })
     }
 }
@@ -146,6 +150,7 @@ impl Session {
             Session::GgufQwen3(m) => m.forward(&input()?, pos)?,
             Session::GgufPhi3(m) => m.forward(&input()?, pos)?,
             Session::Dense(session) => session.forward(tokens, pos)?,
+            Session::Gemma3(session) => session.forward(tokens, pos)?,
         };
         logits.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()
     }

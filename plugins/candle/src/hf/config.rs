@@ -13,6 +13,7 @@ pub enum Arch {
     Qwen2,
     Qwen3,
     Phi3,
+    Gemma3,
 }
 
 impl Arch {
@@ -23,6 +24,7 @@ impl Arch {
             Arch::Qwen2 => "qwen2",
             Arch::Qwen3 => "qwen3",
             Arch::Phi3 => "phi3",
+            Arch::Gemma3 => "gemma3",
         }
     }
 
@@ -33,6 +35,9 @@ impl Arch {
             "qwen2" => Some(Arch::Qwen2),
             "qwen3" => Some(Arch::Qwen3),
             "phi3" => Some(Arch::Phi3),
+            // Text-only Gemma 3 (1B, or a text model extracted from 4B+); `gemma3` is the
+            // multimodal wrapper, whose config nests the text one.
+            "gemma3_text" => Some(Arch::Gemma3),
             _ => None,
         }
     }
@@ -44,6 +49,7 @@ impl Arch {
             "Qwen2ForCausalLM" => Some(Arch::Qwen2),
             "Qwen3ForCausalLM" => Some(Arch::Qwen3),
             "Phi3ForCausalLM" => Some(Arch::Phi3),
+            "Gemma3ForCausalLM" => Some(Arch::Gemma3),
             _ => None,
         }
     }
@@ -98,16 +104,17 @@ impl HfConfig {
             )));
         }
         let head_dim = optional_usize(&json, "head_dim")?.unwrap_or(hidden / heads);
-        // candle's llama, qwen2 and phi3 derive head_dim as hidden_size / heads; mistral and
-        // qwen3 read the `head_dim` key.
-        if !matches!(arch, Arch::Mistral | Arch::Qwen3) && head_dim != hidden / heads {
+        // candle's llama, qwen2 and phi3 derive head_dim as hidden_size / heads; mistral,
+        // qwen3 and gemma3 read the `head_dim` key.
+        if !matches!(arch, Arch::Mistral | Arch::Qwen3 | Arch::Gemma3) && head_dim != hidden / heads
+        {
             return Err(PluginError::unsupported_architecture(format!(
                 "{} with head_dim {head_dim} != hidden_size / num_attention_heads ({})",
                 arch.name(),
                 hidden / heads
             )));
         }
-        let tie_default = arch == Arch::Qwen2;
+        let tie_default = matches!(arch, Arch::Qwen2 | Arch::Gemma3);
         Ok(HfConfig {
             arch,
             hidden,
@@ -154,7 +161,7 @@ fn detect_arch(json: &Map<String, Value>) -> Result<Arch> {
     }
     match model_type.or(class) {
         Some(name) => Err(PluginError::unsupported_architecture(format!(
-            "architecture `{name}` is not supported by the candle backend (it runs llama, mistral, qwen2, qwen3 and phi3)"
+            "architecture `{name}` is not supported by the candle backend (it runs llama, mistral, qwen2, qwen3, phi3 and gemma3_text)"
         ))),
         None => Err(PluginError::unsupported_format(
             "config.json has neither `model_type` nor `architectures`",

@@ -142,7 +142,10 @@ fn check_supported(config: &HfConfig) -> Result<()> {
             .or_else(|| scaling.get("type"))
             .and_then(Value::as_str)
             .unwrap_or("default");
-        let ok = kind == "default" || (config.arch == Arch::Llama && kind == "llama3");
+        // Gemma 3 4B+ scales its global layers linearly ([`crate::gemma3_load`]).
+        let ok = kind == "default"
+            || (config.arch == Arch::Llama && kind == "llama3")
+            || (config.arch == Arch::Gemma3 && kind == "linear");
         if !ok {
             return Err(PluginError::unsupported_architecture(format!(
                 "{arch} with rope_scaling `{kind}` is not supported by the candle backend"
@@ -240,5 +243,6 @@ fn build(config: &HfConfig, vb: VarBuilder, context: usize, dtype: DType) -> Res
             let cfg: phi3::Config = parse(config, value)?;
             Net::Phi3(phi3::Model::new(&cfg, vb).map_err(err)?)
         }
+        Arch::Gemma3 => Net::Gemma3(Arc::new(crate::gemma3_load::from_hf(config, &vb, context)?)),
     })
 }

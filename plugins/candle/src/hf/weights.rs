@@ -120,7 +120,13 @@ pub fn expected_shapes(config: &HfConfig) -> Vec<(String, Vec<usize>)> {
             (format!("{p}.input_layernorm.weight"), vec![h]),
             (format!("{p}.post_attention_layernorm.weight"), vec![h]),
         ]);
-        if config.arch == Arch::Qwen3 {
+        if config.arch == Arch::Gemma3 {
+            shapes.extend([
+                (format!("{p}.pre_feedforward_layernorm.weight"), vec![h]),
+                (format!("{p}.post_feedforward_layernorm.weight"), vec![h]),
+            ]);
+        }
+        if matches!(config.arch, Arch::Qwen3 | Arch::Gemma3) {
             let d = config.head_dim;
             shapes.extend([
                 (format!("{p}.self_attn.q_norm.weight"), vec![d]),
