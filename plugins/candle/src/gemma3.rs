@@ -139,7 +139,10 @@ impl Gemma3 {
     }
 }
 
-/// One sequence: its keys and values per layer (`[1, kv_heads, len, head_dim]`).
+/// One sequence: its keys and values per layer (`[1, kv_heads, len, head_dim]`). Cloned
+/// for the prompt cache: the caches grow by concatenation, so a clone's tensors are never
+/// written again.
+#[derive(Clone)]
 pub struct Session {
     net: Arc<Gemma3>,
     cache: Vec<Option<(Tensor, Tensor)>>,

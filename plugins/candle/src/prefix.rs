@@ -291,6 +291,7 @@ impl Kv for Session {
                 | Session::Qwen3(_)
                 | Session::Phi3(_)
                 | Session::Gguf(_)
+                | Session::Gemma3(_)
         )
     }
 
@@ -306,6 +307,7 @@ impl Kv for Session {
             Session::Qwen3(m) => Session::Qwen3(m.clone()),
             Session::Phi3(m) => Session::Phi3(m.clone()),
             Session::Gguf(m) => Session::Gguf(m.clone()),
+            Session::Gemma3(m) => Session::Gemma3(m.clone()),
             // Written in place.
             Session::GgufQwen3(_) | Session::GgufPhi3(_) | Session::Dense(_) => return None,
         })
