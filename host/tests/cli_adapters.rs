@@ -26,7 +26,6 @@ fn local_fixture_adapter_is_checked_against_its_base() {
 
     // The same adapter against a model of other shapes is refused with the reason.
     let Some(stories) = stories_hf() else {
-        println!("SKIP: stories260K not found (set LLMLOCAL_SHARED_MODELS)");
         return;
     };
     let stories = stories.to_string_lossy().into_owned();
@@ -53,11 +52,5 @@ fn list_on_an_empty_cache_and_rm_of_nothing() {
 }
 
 fn stories_hf() -> Option<std::path::PathBuf> {
-    let root = std::env::var_os("LLMLOCAL_SHARED_MODELS")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| {
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/models")
-        });
-    let hf = root.join("stories260K/hf");
-    hf.is_dir().then_some(hf)
+    llmlocal_fixtures::shared::model("stories260K/hf")
 }

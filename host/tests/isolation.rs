@@ -348,21 +348,13 @@ fn workers_die_with_the_server() {
 
 /// The target of issue 25: a llama-cpp worker killed by the kernel (SIGKILL, as the OOM
 /// killer does) costs the request in flight; the next request restarts the worker, loads
-/// stories260K again and succeeds. Skipped when the shared stories260K is absent.
+/// stories260K again and succeeds.
 #[cfg(target_os = "linux")]
 #[test]
 fn a_killed_llama_cpp_worker_restarts_and_reloads_its_model() {
-    let shared = std::env::var_os("LLMLOCAL_SHARED_MODELS")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/models"));
-    let model = shared.join("stories260K/stories260K.gguf");
-    if !model.is_file() {
-        eprintln!(
-            "SKIP: {} not found (set LLMLOCAL_SHARED_MODELS)",
-            model.display()
-        );
-        return;
-    }
+    // stories260K ships in the repository (models/stories260K).
+    let model =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/stories260K/stories260K.gguf");
     let built = std::env::var_os("LLMLOCAL_PLUGIN_DIR_BUILT")
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|| {

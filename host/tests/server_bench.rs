@@ -331,7 +331,7 @@ async fn idle_rss_of_serve_with_one_model_loaded() {
     let mut cases = vec![("fixture q8_0 GGUF", fixtures.gguf_q8_0.clone())];
     match stories260k() {
         Some(dir) => cases.push(("stories260K GGUF", dir.join("stories260K.gguf"))),
-        None => eprintln!("SKIP (stories260K case): shared models not found"),
+        None => {}
     }
     if let Some(path) = std::env::var_os("LLMLOCAL_BENCH_GGUF") {
         cases.push(("$LLMLOCAL_BENCH_GGUF", path.into()));
@@ -376,13 +376,7 @@ async fn idle_rss_of_serve_with_one_model_loaded() {
 
 /// The shared real tiny model's folder, if present.
 fn stories260k() -> Option<std::path::PathBuf> {
-    let shared = std::env::var_os("LLMLOCAL_SHARED_MODELS")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| {
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/models")
-        });
-    let dir = shared.join("stories260K");
-    dir.join("stories260K.gguf").is_file().then_some(dir)
+    llmlocal_fixtures::shared::stories260k()
 }
 
 /// A folder holding copies of the llama.cpp and candle plugins only (no test plugins).
@@ -447,7 +441,7 @@ async fn cached_model_load_time_in_a_cold_process() {
             ));
             cases.push(("stories260K HF folder", "candle", dir.join("hf")));
         }
-        None => eprintln!("SKIP (stories260K cases): shared models not found"),
+        None => {}
     }
     for (label, backend, path) in cases {
         let mut times = Vec::new();

@@ -20,16 +20,7 @@ const TEXT: &str = "Once upon a time, there was a little girl";
 const SHORT_CONTEXT: u32 = 8;
 
 fn stories() -> Option<PathBuf> {
-    let dir = std::env::var_os("LLMLOCAL_SHARED_MODELS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/models"));
-    let path = dir.join("stories260K");
-    if path.join("stories260K.gguf").is_file() && path.join("hf").is_dir() {
-        Some(path)
-    } else {
-        eprintln!("SKIP: stories260K not found (set LLMLOCAL_SHARED_MODELS)");
-        None
-    }
+    llmlocal_fixtures::shared::stories260k()
 }
 
 fn entry(path: &Path, backend: &str, context: Option<u32>) -> ModelEntry {

@@ -18,16 +18,7 @@ use server_support::{
 use std::path::{Path, PathBuf};
 
 fn stories_gguf() -> Option<PathBuf> {
-    let dir = std::env::var_os("LLMLOCAL_SHARED_MODELS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/models"));
-    let path = dir.join("stories260K").join("stories260K.gguf");
-    if path.is_file() {
-        Some(path)
-    } else {
-        eprintln!("SKIP: stories260K.gguf not found (set LLMLOCAL_SHARED_MODELS)");
-        None
-    }
+    llmlocal_fixtures::shared::model("stories260K/stories260K.gguf")
 }
 
 async fn ok(server: &TestServer, path: &str, body: Value) -> String {

@@ -151,10 +151,8 @@ fn ensure_python_clients() {
 }
 
 fn shared_models() -> Option<PathBuf> {
-    let dir = std::env::var_os("LLMLOCAL_SHARED_MODELS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/models"));
-    dir.join("stories260K").is_dir().then_some(dir)
+    llmlocal_fixtures::shared::stories260k()?;
+    llmlocal_fixtures::shared::model("")
 }
 
 /// A `llmlocal serve` child, killed on drop.
@@ -303,7 +301,6 @@ fn official_clients_on_the_fixture_model_through_both_backends() {
 fn official_clients_on_stories260k_through_both_backends() {
     ensure_python_clients();
     let Some(shared) = shared_models() else {
-        eprintln!("SKIP: ../shared/models/stories260K not found (set LLMLOCAL_SHARED_MODELS)");
         return;
     };
     let stories = shared.join("stories260K");

@@ -450,8 +450,7 @@ async fn official_clients_get_schema_valid_forced_and_parallel_calls() {
     settings
         .models
         .insert("fx-llama".into(), entry(&fixtures.gguf_f32, "llama-cpp"));
-    let shared = std::env::var_os("LLMLOCAL_SHARED_MODELS").map(std::path::PathBuf::from);
-    if let Some(stories) = shared.map(|d| d.join("stories260K")).filter(|d| d.is_dir()) {
+    if let Some(stories) = llmlocal_fixtures::shared::stories260k() {
         let gguf = stories.join("stories260K.gguf");
         settings
             .models
@@ -462,7 +461,7 @@ async fn official_clients_get_schema_valid_forced_and_parallel_calls() {
         );
         forced.extend(["stories-llama", "stories-candle"]);
     } else {
-        eprintln!("stories260K not found (set LLMLOCAL_SHARED_MODELS): fixture model only");
+        eprintln!("fixture model only");
     }
     let registry = server_support::registry(&["scripted", "llama_cpp", "candle"]);
     let engine = llmlocal::engine::Engine::new(settings, registry, None);

@@ -232,12 +232,11 @@ fn gguf_with_wrong_head_count_names_the_tensor() {
 
 #[test]
 fn legacy_gguf_v1_never_crashes() {
-    let Some(dir) = stories() else { return };
-    let path = dir.join("legacy/tinyllamas-stories-260k-f32.gguf");
-    if !path.is_file() {
-        eprintln!("SKIP: {} not found", path.display());
+    let Some(path) =
+        llmlocal_fixtures::shared::model("stories260K/legacy/tinyllamas-stories-260k-f32.gguf")
+    else {
         return;
-    }
+    };
     match load_paths(&[&path]) {
         Ok(model) => {
             // If candle reads it, it must run.

@@ -168,15 +168,11 @@ fn dense_half_is_close_to_f32() {
 /// and norms; the trained models above are what prove the q/k permutation.
 #[test]
 fn converter_written_f16_file_reads_dense() {
-    let Some(models) = common::shared_models() else {
-        eprintln!("SKIP: shared models not found (set LLMLOCAL_SHARED_MODELS)");
+    let Some(path) = llmlocal_fixtures::shared::model(
+        "random-fallback/llama-2-tiny-random/llama-2-tiny-random.gguf",
+    ) else {
         return;
     };
-    let path = models.join("random-fallback/llama-2-tiny-random/llama-2-tiny-random.gguf");
-    if !path.is_file() {
-        eprintln!("SKIP: {} not found", path.display());
-        return;
-    }
     let content = Content::read(&mut std::fs::File::open(&path).unwrap()).unwrap();
     assert_eq!(gguf_dense::matrix_dtype(&content), Some(GgmlDType::F16));
     let (reference, _) = load_as(&path, Some(Layout::Quantized));

@@ -56,11 +56,11 @@ fn truncated_gguf_is_unsupported_format() {
 
 #[test]
 fn gguf_version_1_is_unsupported_format() {
-    let path = shared_models().join("stories260K/legacy/tinyllamas-stories-260k-f32.gguf");
-    if !path.is_file() {
-        eprintln!("SKIP: {} not found", path.display());
+    let Some(path) =
+        llmlocal_fixtures::shared::model("stories260K/legacy/tinyllamas-stories-260k-f32.gguf")
+    else {
         return;
-    }
+    };
     let err = load_err(request(&path));
     assert_kind(&err, ErrorKind::UnsupportedFormat);
     assert!(err.message.contains("version 1"), "{err}");

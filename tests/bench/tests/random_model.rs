@@ -16,18 +16,15 @@ fn backend() -> &'static LlamaBackend {
     })
 }
 
-/// stories260K's GGUF (the tokenizer source), or `None` with a SKIP line when it is missing.
+/// stories260K's GGUF (the tokenizer source): the copy that ships in the repository.
 fn stories_tokenizer() -> Option<PathBuf> {
-    let shared = std::env::var_os("LLMLOCAL_SHARED_MODELS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/models")
-        });
-    let tokenizer = shared.join("stories260K/stories260K.gguf");
-    if !tokenizer.is_file() {
-        eprintln!("SKIP: {} not found", tokenizer.display());
-        return None;
-    }
+    let tokenizer =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models/stories260K/stories260K.gguf");
+    assert!(
+        tokenizer.is_file(),
+        "{} is part of the repository",
+        tokenizer.display()
+    );
     Some(tokenizer)
 }
 

@@ -12,23 +12,15 @@ use llmlocal_plugin_api::{
 };
 use std::path::{Path, PathBuf};
 
-/// `$LLMLOCAL_SHARED_MODELS`, else `<workspace>/../shared/models`.
+/// The shared models folder when it exists (see `llmlocal_fixtures::shared`: a missing one
+/// fails where `$LLMLOCAL_SHARED_MODELS` is set, as in CI).
 pub fn shared_models() -> Option<PathBuf> {
-    let dir = std::env::var_os("LLMLOCAL_SHARED_MODELS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/models"));
-    dir.is_dir().then_some(dir)
+    llmlocal_fixtures::shared::model("")
 }
 
-/// The stories260K folder, or `None` after printing why the test skips.
+/// The stories260K folder, or `None` after printing why the test skips (outside CI).
 pub fn stories() -> Option<PathBuf> {
-    match shared_models().map(|d| d.join("stories260K")) {
-        Some(dir) if dir.join("stories260K.gguf").is_file() && dir.join("hf").is_dir() => Some(dir),
-        _ => {
-            eprintln!("SKIP: stories260K not found (set LLMLOCAL_SHARED_MODELS to the shared models folder)");
-            None
-        }
-    }
+    llmlocal_fixtures::shared::stories260k()
 }
 
 pub fn load_paths(paths: &[&Path]) -> Result<Box<dyn Model>, PluginError> {
