@@ -304,3 +304,49 @@ fn plugin_path_env_and_user_data_dir_are_searched_in_order() {
         "{stdout}"
     );
 }
+
+/// `serve` that must exit by itself: its status and stderr (killed after 30 s, which fails).
+fn serve_exits(home: &Path, global: &[&str], args: &[&str]) -> (bool, String) {
+    let mut child = llmlocal(home)
+        .args(global)
+        .args(["serve", "--bind", "127.0.0.1:0", "--no-chat-page"])
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn llmlocal serve");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while child.try_wait().expect("wait").is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("serve {args:?} started instead of refusing its settings");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let output = child.wait_with_output().expect("output");
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    (output.status.success(), stderr)
+}
+
+#[test]
+fn serve_refuses_bad_sampling_defaults_and_chat_templates_naming_them() {
+    let home = tempfile::tempdir().expect("temp dir");
+    let config = home.path().join("c.toml");
+    std::fs::write(&config, "[models.x]\npath = \"x.gguf\"\ntop_p = 3.0\n").expect("write");
+    let config = config.to_string_lossy().to_string();
+    for (global, args, named) in [
+        (&[][..], &["--temp", "5"][..], "--temp 5"),
+        (&[], &["--seed", "1", "--min-p", "2"], "--min-p 2"),
+        (&[], &["--chat-template", "nope"], "--chat-template: `nope`"),
+        (
+            &[],
+            &["--chat-template-file", "/nonexistent/t.jinja"],
+            "--chat-template-file",
+        ),
+        (&["--config", config.as_str()], &[], "[models.x] top_p = 3"),
+    ] {
+        let (ok, stderr) = serve_exits(home.path(), global, args);
+        assert!(!ok, "{args:?}");
+        assert!(stderr.contains(named), "{args:?}: {stderr}");
+    }
+}
