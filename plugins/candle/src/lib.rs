@@ -22,7 +22,8 @@
 //! its KV cache (candle's model structs are cheap `Arc`-backed clones, see [`net`]) and
 //! computes only inside `next()`, on the thread the host pulls it from; several
 //! generations of one model therefore run at once on the host's threads, sharing the
-//! read-only weights. Dropping a generation frees its cache; nothing keeps running.
+//! read-only weights. Dropping a generation frees its cache; nothing keeps running. A
+//! generation that ends normally hands its cache to the model's prompt cache ([`prefix`]).
 //! candle's CPU kernels parallelise each matmul over its own rayon pool
 //! (`RAYON_NUM_THREADS`); `LoadRequest::threads` is not used.
 //!
