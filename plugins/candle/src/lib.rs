@@ -23,7 +23,8 @@
 //! its KV cache (candle's model structs are cheap `Arc`-backed clones, see [`net`]) and
 //! computes only inside `next()`, on the thread the host pulls it from; several
 //! generations of one model therefore run at once on the host's threads, sharing the
-//! read-only weights. Dropping a generation frees its cache; nothing keeps running.
+//! read-only weights. Dropping a generation frees its cache; nothing keeps running. A
+//! generation that ends normally hands its cache to the model's prompt cache ([`prefix`]).
 //! candle's CPU kernels parallelise each op over rayon's global pool (`RAYON_NUM_THREADS`)
 //! and quantized matmuls over its barrier pool (`CANDLE_NUM_THREADS`, else
 //! `RAYON_NUM_THREADS`); the dense llama's one-token matmuls use the barrier pool too
