@@ -103,6 +103,12 @@ running = [x["model"] for x in ol.ps()["models"]]
 check(len(running) >= 1, "ollama ps shows loaded models")
 show = ol.show(models[0]["name"])
 check("{%" in (show.template or "") or "<|im_start|>" in (show.template or ""), "ollama show gives the chat template")
+check(show.details.format in ("gguf", "safetensors") and show.details.family == show.modelinfo["general.architecture"], "ollama show details %r" % show.details)
+check(show.modelinfo["general.parameter_count"] > 0 and show.details.parameter_size, "ollama show model_info %r" % show.modelinfo)
+check(show.capabilities[0] == "completion" and "embedding" in show.capabilities, "ollama show capabilities %r" % show.capabilities)
+sizes = {x["model"]: x["size"] for x in ol.list()["models"]}
+check(all(sizes[m["name"]] > 0 for m in models), "ollama list: bytes on disk %r" % sizes)
+check(all(x.size > 0 and x.size_vram == 0 and x.context_length > 0 for x in ol.ps()["models"]), "ollama ps: memory on the CPU")
 pull_path = os.environ.get("PULL_PATH")
 if pull_path:
     statuses = [p.status for p in ol.pull(pull_path, stream=True)]
