@@ -64,6 +64,39 @@ pub const LOAD_OPTIONS: &[&str] = &[
 ];
 
 impl Options {
+    /// A created model's stored options (`/api/create` `parameters`), parsed as a request's.
+    pub fn stored(parameters: &serde_json::Map<String, Value>) -> Result<Options, String> {
+        let options: Options = serde_json::from_value(Value::Object(parameters.clone()))
+            .map_err(|e| format!("parameters: {e}"))?;
+        options.check().map_err(|e| e.message)?;
+        Ok(options)
+    }
+
+    /// These options over `defaults` (a created model's): each option this request sets wins.
+    fn over(mut self, defaults: Options) -> Options {
+        macro_rules! fill {
+            ($($field:ident),*) => { $( self.$field = self.$field.or(defaults.$field); )* };
+        }
+        fill!(
+            num_predict,
+            temperature,
+            top_p,
+            top_k,
+            min_p,
+            repeat_penalty,
+            typical_p,
+            presence_penalty,
+            frequency_penalty,
+            seed,
+            stop,
+            repeat_last_n
+        );
+        for (key, value) in defaults.other {
+            self.other.entry(key).or_insert(value);
+        }
+        self
+    }
+
     /// Refuses sampling options no backend implements (mirostat, tfs_z, ...) by name.
     fn check(&self) -> Result<(), ApiError> {
         match self
@@ -433,6 +466,40 @@ fn unload_now(state: &AppState, model: &str, shape: Shape) -> Response {
     Json(value).into_response()
 }
 
+/// What a created model (`/api/create`) gives requests that do not say otherwise.
+#[derive(Default)]
+struct Defaults {
+    system: Option<String>,
+    options: Options,
+}
+
+impl Defaults {
+    fn of(state: &AppState, model: &str) -> Result<Defaults, ApiError> {
+        let Some(stored) = state.created.get(model) else {
+            return Ok(Defaults::default());
+        };
+        let options = Options::stored(&stored.parameters).map_err(|e| {
+            ApiError::bad_request(format!("created model `{model}` has invalid {e}"))
+                .flavor(Flavor::Ollama)
+        })?;
+        Ok(Defaults {
+            system: stored.system,
+            options,
+        })
+    }
+
+    /// The stored system prompt first, unless the conversation has its own.
+    fn with_system(&mut self, mut messages: Vec<ChatMessage>) -> Vec<ChatMessage> {
+        match self.system.take() {
+            Some(system) if !messages.iter().any(|m| m.role == "system") => {
+                messages.insert(0, ChatMessage::new("system", system));
+                messages
+            }
+            _ => messages,
+        }
+    }
+}
+
 /// `POST /api/generate`
 pub async fn generate(
     State(state): State<AppState>,
@@ -452,8 +519,10 @@ pub async fn generate(
         )
         .flavor(Flavor::Ollama));
     }
+    let defaults = Defaults::of(&state, &request.model)?;
     let prompt_text = request.prompt.unwrap_or_default();
     let load_only_request = prompt_text.is_empty() && request.system.is_none();
+    let system = request.system.or(defaults.system);
     let constraint = format_constraint(request.format.as_ref())
         .map_err(|m| ApiError::bad_request(m).flavor(Flavor::Ollama))?;
     let keep = keep_alive_of(&state, &request.model, request.keep_alive.as_ref())?;
@@ -476,11 +545,12 @@ pub async fn generate(
         // The engine picks the model's chat template, or Ollama's `{{ .Prompt }}` for a
         // model without one.
         Prompt::Completion {
-            system: request.system,
+            system,
             prompt: prompt_text,
         }
     };
-    let mut params = params(request.options, request.backend, request.adapters)?;
+    let options = request.options.unwrap_or_default().over(defaults.options);
+    let mut params = params(Some(options), request.backend, request.adapters)?;
     params.constraint = constraint;
     params.logprobs = request.logprobs.count()?;
     let stream = request.stream.unwrap_or(true);
@@ -524,6 +594,7 @@ pub async fn chat(
         )
         .await;
     }
+    let mut defaults = Defaults::of(&state, &request.model)?;
     let bad = |m: String| ApiError::bad_request(m).flavor(Flavor::Ollama);
     let call_tools = tools::ollama_tools(request.tools.as_ref()).map_err(bad)?;
     let messages = request
@@ -537,7 +608,9 @@ pub async fn chat(
         })
         .collect::<Result<Vec<_>, _>>()
         .map_err(bad)?;
-    let mut params = params(request.options, request.backend, request.adapters)?;
+    let messages = defaults.with_system(messages);
+    let options = request.options.unwrap_or_default().over(defaults.options);
+    let mut params = params(Some(options), request.backend, request.adapters)?;
     params.constraint = constraint;
     params.logprobs = request.logprobs.count()?;
     let stream = request.stream.unwrap_or(true);

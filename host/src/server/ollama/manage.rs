@@ -1,5 +1,5 @@
 //! Changing what the server holds, Ollama's way: `/api/pull` (download through the model
-//! manager) and `/api/delete`. The guard ([`crate::server::guard`]) lets only callers who may
+//! manager) and `/api/delete` (of a created or copied name: the name only). The guard ([`crate::server::guard`]) lets only callers who may
 //! change models reach these handlers.
 
 use super::{bad_request, ndjson_response, not_found};
@@ -56,6 +56,21 @@ pub async fn delete(
         .get(&name)
         .cloned()
         .ok_or_else(missing)?;
+    if state.created.get(&name).is_some() {
+        return forget_created(&state, &name);
+    }
+    let cached = matches!(
+        ModelSpec::parse(&entry.spec),
+        Ok(ModelSpec {
+            source: ModelSource::HuggingFace(_),
+            ..
+        })
+    );
+    if let Some(copy) = copy_of(&state, &entry.spec).filter(|_| cached) {
+        return Err(conflict(format!(
+            "model `{copy}` is a copy of `{name}`; delete `{copy}` first"
+        )));
+    }
     if let Some(message) = crate::server::removal::conflict(&state.engine, &name, &entry) {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
@@ -82,6 +97,48 @@ pub async fn delete(
         }
     }
     state.engine.remove_model(&name);
+    Ok(StatusCode::OK.into_response())
+}
+
+fn conflict(message: String) -> ApiError {
+    ApiError::new(
+        StatusCode::CONFLICT,
+        "invalid_request_error",
+        "model_in_use",
+        message,
+    )
+    .flavor(Flavor::Ollama)
+}
+
+/// A created or copied name that uses the same model (deleting its cached files would
+/// break it).
+fn copy_of(state: &AppState, spec: &str) -> Option<String> {
+    state
+        .created
+        .all()
+        .into_iter()
+        .find(|(_, m)| m.spec == spec)
+        .map(|(name, _)| name)
+}
+
+/// Deletes a created or copied name: only the name (and its defaults); the files stay.
+fn forget_created(state: &AppState, name: &str) -> Result<Response, ApiError> {
+    if state.engine.loaded().iter().any(|l| l.name == name) {
+        return Err(conflict(format!(
+            "model `{name}` is loaded; unload it first (POST /api/generate with \
+             {{\"model\": \"{name}\", \"keep_alive\": 0}}) and retry"
+        )));
+    }
+    state.created.remove(name).map_err(|err| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "server_error",
+            "store_failed",
+            err.to_string(),
+        )
+        .flavor(Flavor::Ollama)
+    })?;
+    state.engine.remove_model(name);
     Ok(StatusCode::OK.into_response())
 }
 

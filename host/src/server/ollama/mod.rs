@@ -1,16 +1,21 @@
 //! Ollama-compatible routes, one module per concern: completions (`/api/generate`,
 //! `/api/chat`), what the server holds (`/api/tags`, `/api/ps`, `/api/show`, from the
-//! model files' [`facts`]), and changing it (`/api/pull`, `/api/delete`), plus
-//! `/api/version`.
+//! model files' [`facts`]), and changing it (`/api/pull`, `/api/delete`, and `/api/copy`,
+//! `/api/create`, whose names live in the [`store`]), plus `/api/version`.
 
 mod chat;
+mod create;
 mod facts;
 mod manage;
+mod modelfile;
 mod models;
+mod store;
 
 pub use chat::{chat, generate};
+pub use create::{copy, create};
 pub use manage::{delete, pull};
 pub use models::{ps, show, tags};
+pub use store::Store;
 
 use super::error::{ApiError, Flavor};
 use crate::engine::EngineError;

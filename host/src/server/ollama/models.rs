@@ -6,6 +6,7 @@ use super::{
     bad_request, facts,
     facts::{Facts, Located},
     not_found, rfc3339,
+    store::StoredModel,
 };
 use crate::{
     engine::{tools::prompt::template_knows_tools, LoadedInfo, ModelEntry},
@@ -201,6 +202,34 @@ fn fill_from_loaded(facts: &mut Facts, loaded: &LoadedInfo) {
     }
 }
 
+/// Ollama's `parameters` text: one `name value` line per option (`stop` once per item).
+fn parameters_text(created: &StoredModel) -> String {
+    let mut lines = Vec::new();
+    for (key, value) in &created.parameters {
+        let items = match value {
+            Value::Array(items) => items.clone(),
+            other => vec![other.clone()],
+        };
+        lines.extend(items.iter().map(|v| format!("{key:<30} {v}")));
+    }
+    lines.join("\n")
+}
+
+/// A Modelfile that would make this model again (`/api/create`'s subset).
+fn modelfile_text(spec: &str, created: &StoredModel, parameters: &str) -> String {
+    let mut text = format!("FROM {spec}\n");
+    for adapter in &created.adapters {
+        text.push_str(&format!("ADAPTER {adapter}\n"));
+    }
+    for line in parameters.lines() {
+        text.push_str(&format!("PARAMETER {line}\n"));
+    }
+    if let Some(system) = &created.system {
+        text.push_str(&format!("SYSTEM \"\"\"{system}\"\"\"\n"));
+    }
+    text
+}
+
 /// `POST /api/show`
 pub async fn show(
     State(state): State<AppState>,
@@ -233,10 +262,13 @@ pub async fn show(
         .or_else(|| loaded.as_ref().map(|l| l.chat_template.clone()))
         .unwrap_or_default();
     let spec = entry.as_ref().map(|e| e.spec.as_str()).unwrap_or_default();
+    let created = state.created.get(&name).unwrap_or_default();
+    let parameters = parameters_text(&created);
     Ok(Json(json!({
-        "license": "",
-        "modelfile": format!("FROM {spec}\n"),
-        "parameters": "",
+        "license": created.license.clone().unwrap_or_default(),
+        "modelfile": modelfile_text(spec, &created, &parameters),
+        "parameters": parameters,
+        "system": created.system,
         "template": template,
         "details": facts::details(&facts),
         "model_info": facts.model_info,
