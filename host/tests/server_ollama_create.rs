@@ -295,3 +295,22 @@ async fn copy_and_create_follow_the_rules_of_routes_that_change_models() {
 async fn server_with_keys(dir: &Path) -> TestServer {
     server(dir, false, &["admin-secret"]).await
 }
+
+/// A stored name that the configuration also defines stays the configured model: it is not
+/// deleted through the stored name, and the stored defaults do not apply to it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_configured_model_shadows_a_stored_name() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let stored = json!({"s": {"spec": "/nowhere.gguf", "parameters": {"num_predict": 2}}});
+    std::fs::write(models_file(dir.path()), stored.to_string()).expect("write");
+    let server = server(dir.path(), false, &[]).await;
+    assert_eq!(
+        generate(&server, "s", json!({"temperature": 0})).await["response"],
+        SCRIPT
+    );
+    assert_eq!(
+        delete(&server, "/api/delete", json!({"model": "s"})).await,
+        409
+    );
+    assert_eq!(names(&server).await, ["s"]);
+}

@@ -475,7 +475,9 @@ struct Defaults {
 
 impl Defaults {
     fn of(state: &AppState, model: &str) -> Result<Defaults, ApiError> {
-        let Some(stored) = state.created.get(model) else {
+        // A configured model of the same name shadows a created one (see `Store::register`).
+        let configured = state.engine.settings().models.contains_key(model);
+        let Some(stored) = state.created.get(model).filter(|_| !configured) else {
             return Ok(Defaults::default());
         };
         let options = Options::stored(&stored.parameters).map_err(|e| {

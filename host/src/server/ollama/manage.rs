@@ -56,7 +56,9 @@ pub async fn delete(
         .get(&name)
         .cloned()
         .ok_or_else(missing)?;
-    if state.created.get(&name).is_some() {
+    // A configured model of the same name shadows a created one: that is what the name is.
+    let configured = state.engine.settings().models.contains_key(&name);
+    if state.created.get(&name).is_some() && !configured {
         return forget_created(&state, &name);
     }
     let cached = matches!(

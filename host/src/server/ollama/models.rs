@@ -262,7 +262,10 @@ pub async fn show(
         .or_else(|| loaded.as_ref().map(|l| l.chat_template.clone()))
         .unwrap_or_default();
     let spec = entry.as_ref().map(|e| e.spec.as_str()).unwrap_or_default();
-    let created = state.created.get(&name).unwrap_or_default();
+    let configured = state.engine.settings().models.contains_key(&name);
+    let created = (state.created.get(&name))
+        .filter(|_| !configured)
+        .unwrap_or_default();
     let parameters = parameters_text(&created);
     Ok(Json(json!({
         "license": created.license.clone().unwrap_or_default(),
