@@ -3,10 +3,11 @@
 mod server_support;
 
 use llmlocal::{
-    engine::Engine,
+    engine::{Engine, ModelEntry},
     models::{ManagerConfig, ModelManager},
     server::ServerSettings,
 };
+use llmlocal_formats::gguf::{self, GgmlType, MetaArray, MetaValue, TensorSpec};
 use serde_json::{json, Value};
 use server_support::{
     delete, get_json, parse_ndjson, post, registry, scripted_settings, write_script, TestServer,
@@ -206,4 +207,171 @@ async fn pull_reports_progress_and_makes_the_model_usable_and_delete_forgets_it(
         1,
         "the name is gone: {tags}"
     );
+}
+
+/// A GGUF with only a header worth reading: `metadata` and F32 tensors of `dims`.
+fn write_gguf(
+    path: &std::path::Path,
+    metadata: &[(&str, MetaValue)],
+    tensors: &[(&str, Vec<u64>)],
+) {
+    let specs: Vec<(TensorSpec, Vec<f32>)> = tensors
+        .iter()
+        .map(|(name, dims)| {
+            let count = dims.iter().product::<u64>() as usize;
+            (
+                TensorSpec::new(*name, dims.clone(), GgmlType::F32),
+                vec![0.0; count],
+            )
+        })
+        .collect();
+    let refs: Vec<(TensorSpec, &[f32])> = specs
+        .iter()
+        .map(|(s, v)| (s.clone(), v.as_slice()))
+        .collect();
+    let bytes = gguf::write_to_vec(metadata, &refs).expect("write GGUF");
+    std::fs::write(path, bytes).expect("write file");
+}
+
+fn sha256_hex(path: &std::path::Path) -> String {
+    use sha2::{Digest, Sha256};
+    let bytes = std::fs::read(path).expect("read");
+    Sha256::digest(&bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// `/api/show` and `/api/tags` read the GGUF header of a model that is not loaded:
+/// capabilities from the template and the backend, Ollama's `details` and `model_info`,
+/// the file's size, mtime and sha256.
+#[tokio::test(flavor = "multi_thread")]
+async fn show_and_tags_read_the_model_files() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let tooled = dir.path().join("tooled.gguf");
+    let template = "{% for m in messages %}{{ m.content }}{% endfor %}{% if tools %}{{ tools | tojson }}{% endif %}";
+    let vocab: Vec<String> = (0..100).map(|i| format!("t{i}")).collect();
+    write_gguf(
+        &tooled,
+        &[
+            ("general.architecture", MetaValue::Str("llama".into())),
+            ("general.file_type", MetaValue::U32(15)),
+            ("llama.context_length", MetaValue::U32(4096)),
+            ("llama.block_count", MetaValue::U32(2)),
+            ("tokenizer.chat_template", MetaValue::Str(template.into())),
+            (
+                "tokenizer.ggml.tokens",
+                MetaValue::Array(MetaArray::Str(vocab)),
+            ),
+        ],
+        &[("a", vec![64, 32]), ("b", vec![64])],
+    );
+    let plain = dir.path().join("plain.gguf");
+    write_gguf(
+        &plain,
+        &[("general.architecture", MetaValue::Str("qwen2".into()))],
+        &[("w", vec![1000, 1500])],
+    );
+    let mut settings = scripted_settings(dir.path(), &[]);
+    let entry = |path: &std::path::Path, backend: &str| ModelEntry {
+        backend: Some(backend.into()),
+        ..ModelEntry::new(path.to_string_lossy())
+    };
+    settings
+        .models
+        .insert("tooled".into(), entry(&tooled, "llama-cpp"));
+    settings
+        .models
+        .insert("plain".into(), entry(&plain, "scripted"));
+    let engine = Engine::new(settings, registry(&["scripted", "llama_cpp"]), None);
+    let server = TestServer::start(engine, ServerSettings::default()).await;
+
+    let show = post_whole(&server, "/api/show", json!({"model": "tooled"})).await;
+    // llama.cpp declares embeddings; the template renders tools.
+    assert_eq!(
+        show["capabilities"],
+        json!(["completion", "tools", "embedding"]),
+        "{show}"
+    );
+    assert_eq!(show["template"], template);
+    assert_eq!(
+        show["details"],
+        json!({"parent_model": "", "format": "gguf", "family": "llama", "families": ["llama"],
+               "parameter_size": "2K", "quantization_level": "Q4_K_M"})
+    );
+    let info = &show["model_info"];
+    assert_eq!(info["general.architecture"], "llama");
+    assert_eq!(info["general.parameter_count"], 64 * 32 + 64);
+    assert_eq!(info["llama.context_length"], 4096);
+    assert_eq!(info["llama.block_count"], 2);
+    assert_eq!(
+        info["tokenizer.ggml.tokens"],
+        Value::Null,
+        "long arrays are null"
+    );
+
+    let show = post_whole(&server, "/api/show", json!({"model": "plain"})).await;
+    assert_eq!(show["capabilities"], json!(["completion"]), "{show}");
+    assert_eq!(show["details"]["parameter_size"], "1.50M");
+    assert_eq!(
+        show["details"]["quantization_level"], "F32",
+        "from the tensors"
+    );
+    let (status, body) = post(&server, "/api/show", json!({"model": "nope"})).await;
+    assert_eq!(status, 404, "{body}");
+
+    let tags: Value = get_json(&server, "/api/tags").await;
+    let tag = |name: &str| {
+        tags["models"]
+            .as_array()
+            .expect("models")
+            .iter()
+            .find(|m| m["name"] == name)
+            .cloned()
+            .expect("listed")
+    };
+    for (name, path) in [("tooled", &tooled), ("plain", &plain)] {
+        let meta = std::fs::metadata(path).expect("metadata");
+        let listed = tag(name);
+        assert_eq!(listed["size"], meta.len());
+        assert_eq!(listed["digest"], sha256_hex(path));
+        let mtime = chrono::DateTime::<chrono::Utc>::from(meta.modified().expect("mtime"));
+        assert_eq!(
+            listed["modified_at"],
+            mtime.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        );
+    }
+    assert_eq!(tag("tooled")["details"]["quantization_level"], "Q4_K_M");
+}
+
+/// `/api/ps`: the engine's memory figure (more than the file: KV cache and buffers), no VRAM
+/// on the CPU, the load's context, `expires_at` from the request's keep-alive, and the
+/// file's digest as `/api/tags` gives it.
+#[tokio::test(flavor = "multi_thread")]
+async fn ps_reports_memory_context_and_expiry() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server = server(dir.path()).await;
+    post_whole(
+        &server,
+        "/api/generate",
+        json!({"model": "s", "keep_alive": "10m"}),
+    )
+    .await;
+    let ps: Value = get_json(&server, "/api/ps").await;
+    let running = &ps["models"][0];
+    let tags: Value = get_json(&server, "/api/tags").await;
+    assert_eq!(running["digest"], tags["models"][0]["digest"]);
+    assert!(
+        running["size"].as_u64().expect("size") > tags["models"][0]["size"].as_u64().expect("size"),
+        "{running}"
+    );
+    assert_eq!(running["size_vram"], 0);
+    assert!(running["context_length"].as_u64().expect("context") > 0);
+    let expires =
+        chrono::DateTime::parse_from_rfc3339(running["expires_at"].as_str().expect("expires_at"))
+            .expect("RFC 3339");
+    let left = expires
+        .signed_duration_since(chrono::Utc::now())
+        .num_seconds();
+    assert!((8 * 60..=11 * 60).contains(&left), "expires in {left} s");
 }

@@ -74,6 +74,15 @@ async fn pull_downloads_with_progress_then_serves_and_delete_removes_it() {
     .await;
     let answer: Value = serde_json::from_str(&answer).expect("json");
     assert_eq!(answer["response"], "pulled over http.", "{answer}");
+    // `/api/tags` of a cached file: its bytes, and the sha256 its blob is named by.
+    let tags = get_json(&server, "/api/tags").await;
+    assert_eq!(tags["models"][0]["size"], file.len() as u64);
+    let sha256: String = {
+        use sha2::{Digest, Sha256};
+        let hash = Sha256::digest(file.as_bytes());
+        hash.iter().map(|b| format!("{b:02x}")).collect()
+    };
+    assert_eq!(tags["models"][0]["digest"], sha256, "{tags}");
 
     // Loaded: refused until unloaded, the files left in place.
     assert_eq!(

@@ -103,8 +103,40 @@ running = [x["model"] for x in ol.ps()["models"]]
 check(len(running) >= 1, "ollama ps shows loaded models")
 show = ol.show(models[0]["name"])
 check("{%" in (show.template or "") or "<|im_start|>" in (show.template or ""), "ollama show gives the chat template")
+check(show.details.format in ("gguf", "safetensors") and show.details.family == show.modelinfo["general.architecture"], "ollama show details %r" % show.details)
+check(show.modelinfo["general.parameter_count"] > 0 and show.details.parameter_size, "ollama show model_info %r" % show.modelinfo)
+check(show.capabilities[0] == "completion" and "embedding" in show.capabilities, "ollama show capabilities %r" % show.capabilities)
+sizes = {x["model"]: x["size"] for x in ol.list()["models"]}
+check(all(sizes[m["name"]] > 0 for m in models), "ollama list: bytes on disk %r" % sizes)
+check(all(x.size > 0 and x.size_vram == 0 and x.context_length > 0 for x in ol.ps()["models"]), "ollama ps: memory on the CPU")
+# Copy and create: new names with defaults, through the client's own calls.
+src = models[0]["name"]
+ol.copy(src, "copied-model")
+check("copied-model" in [x["model"] for x in ol.list()["models"]], "ollama copy lists the copy")
+statuses = [p.status for p in ol.create(model="brief-model", from_=src, system="Be brief.", parameters={"num_predict": 3, "temperature": 0}, stream=True)]
+check(statuses[-1] == "success", "ollama create: %r" % statuses)
+g = ol.generate(model="brief-model", prompt=models[0]["prompt"], raw=True)
+check(g["eval_count"] == 3 and g["done_reason"] == "length", "a created model's num_predict applies: %r" % g)
+shown = ol.show("brief-model")
+check("num_predict" in shown.parameters and shown.modelfile.startswith("FROM "), "ollama show of a created model: %r" % shown.parameters)
+try:
+    ol.create(model="quantized", from_=src, quantize="q4_K_M")
+    check(False, "quantize is refused")
+except ollama.ResponseError as e:
+    check(e.status_code == 400 and "quantize" in str(e.error), "quantize refusal: %r" % e.error)
+for name in ("copied-model", "brief-model"):
+    ol.generate(model=name, keep_alive=0)
+    ol.delete(name)
+listed = [x["model"] for x in ol.list()["models"]]
+check(src in listed and "copied-model" not in listed and "brief-model" not in listed, "ollama delete of a copy removes only the copy: %r" % listed)
 pull_path = os.environ.get("PULL_PATH")
 if pull_path:
+    made = ol.create(model="from-path", from_=pull_path)
+    check(made.status == "success", "ollama create FROM a GGUF path: %r" % made)
+    g = ol.generate(model="from-path", prompt="uvw", raw=True, options={"temperature": 0, "num_predict": 10})
+    check(g["response"] == models[0].get("expect_completion", g["response"]), "the created model answers: %r" % g["response"])
+    ol.generate(model="from-path", keep_alive=0)
+    ol.delete("from-path")
     statuses = [p.status for p in ol.pull(pull_path, stream=True)]
     check(statuses[-1] == "success", "ollama pull: %r" % statuses)
     g = ol.generate(model=pull_path, prompt="uvw", raw=True, options={"temperature": 0, "num_predict": 10})
@@ -198,6 +230,8 @@ fn serve(models: &[(&str, &Path, &str)]) -> Served {
         .arg(&plugins)
         .env("LLMLOCAL_PLUGIN_PATH", "")
         .env("HF_HOME", dir.path().join("hf"))
+        // Created and copied names go to the data dir: the test's own.
+        .env("XDG_DATA_HOME", dir.path().join("data"))
         .env("HF_HUB_OFFLINE", "1")
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())

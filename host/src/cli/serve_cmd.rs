@@ -186,7 +186,12 @@ fn settings(args: &ServeArgs, config: &Config) -> anyhow::Result<(EngineSettings
         open_specs: false,
         ..EngineSettings::default()
     };
-    let mut server = ServerSettings::default();
+    let mut server = ServerSettings {
+        // Names made by /api/copy and /api/create outlive a restart (without a data dir,
+        // they live in memory only).
+        models_file: dirs::data_dir().map(|d| d.join("llmlocal").join("ollama-models.json")),
+        ..ServerSettings::default()
+    };
     if let Some(path) = &config.path {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read config file {}", path.display()))?;

@@ -322,6 +322,18 @@ impl ModelManager {
         }
     }
 
+    /// The files of a Hugging Face `spec` if the cache holds all of them (no network, no
+    /// last-used update): what a listing describes without downloading.
+    pub fn cached(&self, spec: &ModelSpec) -> Option<ResolvedModel> {
+        match &spec.source {
+            ModelSource::Local(_) => None,
+            ModelSource::HuggingFace(hf) => match self.cache_state(spec, hf) {
+                CacheState::Complete(found) => Some(*found),
+                CacheState::Missing(_) => None,
+            },
+        }
+    }
+
     fn context_length(&self, spec: &ModelSpec) -> u32 {
         spec.context_length
             .unwrap_or(self.config.default_context_length)

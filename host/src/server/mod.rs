@@ -62,6 +62,8 @@ pub struct AppState {
     /// Where GitHub adapters are cached (the engine's default manager reads the same
     /// environment), to tell whether a request's adapter would be downloaded.
     pub adapters: Option<Arc<AdapterManager>>,
+    /// Names made by `/api/copy` and `/api/create`, with their defaults.
+    pub created: Arc<ollama::Store>,
 }
 
 /// Routes whose names label the request counter (anything else counts as `other`).
@@ -85,6 +87,8 @@ const ENDPOINTS: &[&str] = &[
     "/api/show",
     "/api/pull",
     "/api/delete",
+    "/api/copy",
+    "/api/create",
     "/api/version",
     "/health",
     "/metrics",
@@ -92,8 +96,11 @@ const ENDPOINTS: &[&str] = &[
 
 /// The application: every route with its limits.
 pub fn router(engine: Engine, settings: ServerSettings) -> Router {
+    let created = ollama::Store::open(settings.models_file.clone());
+    created.register(&engine);
     let state = AppState {
         engine,
+        created: Arc::new(created),
         settings: Arc::new(settings),
         started: Instant::now(),
         adapters: AdapterManager::new(AdapterConfig::from_env())
@@ -132,6 +139,8 @@ pub fn router(engine: Engine, settings: ServerSettings) -> Router {
         .route("/api/show", post(ollama::show))
         .route("/api/pull", post(ollama::pull))
         .route("/api/delete", delete(ollama::delete))
+        .route("/api/copy", post(ollama::copy))
+        .route("/api/create", post(ollama::create))
         .route("/api/version", get(ollama::version))
         .route("/health", get(health))
         .route("/metrics", get(metrics));

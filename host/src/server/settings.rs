@@ -48,6 +48,9 @@ pub struct ServerSettings {
     pub header_timeout: Duration,
     /// Serve the chat page at `/` (`--no-chat-page` turns it off).
     pub chat_page: bool,
+    /// Where the names `/api/copy` and `/api/create` make are kept (`serve`:
+    /// `<data dir>/llmlocal/ollama-models.json`); `None` = in memory only.
+    pub models_file: Option<std::path::PathBuf>,
 }
 
 impl Default for ServerSettings {
@@ -66,6 +69,7 @@ impl Default for ServerSettings {
             max_connections: DEFAULT_MAX_CONNECTIONS,
             header_timeout: DEFAULT_HEADER_TIMEOUT,
             chat_page: true,
+            models_file: None,
         }
     }
 }

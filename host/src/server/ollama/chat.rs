@@ -1,36 +1,31 @@
-//! Ollama-compatible routes: `/api/generate`, `/api/chat` (NDJSON streaming by default,
-//! `"stream": false` for one answer), `/api/tags`, `/api/ps`, `/api/show`, `/api/pull`,
-//! `/api/delete`, `/api/version`.
+//! Ollama's completion routes: `/api/generate` and `/api/chat` (NDJSON streaming by
+//! default, `"stream": false` for one answer).
 
-use super::{
-    error::{ApiError, Flavor},
-    extract::JsonBody,
-    guard::Mutation,
-    keep_alive::{KeepAlive, KeepAliveGuard},
-    logprobs,
-    params::{Params, StopField},
-    streaming::{self, ndjson, Framer},
-    tools, AppState,
-};
+use super::{engine_error, ndjson_response};
 use crate::{
     engine::{
         tools::{parse::Parsed, stream::CallBuffer},
-        ChatMessage, Completion, Constraint, EngineError, LoadedInfo, ModelEntry, Prompt,
-        TokenLogprobs, Tools,
+        ChatMessage, Completion, Constraint, EngineError, Prompt, TokenLogprobs, Tools,
     },
-    models::{ModelSource, ModelSpec},
+    server::{
+        error::{ApiError, Flavor},
+        extract::JsonBody,
+        guard::Mutation,
+        keep_alive::{KeepAlive, KeepAliveGuard},
+        logprobs,
+        params::{Params, StopField},
+        streaming::{self, ndjson, Framer},
+        tools, AppState,
+    },
 };
 use axum::{
-    body::Body,
     extract::State,
-    http::{header, StatusCode},
     response::{IntoResponse, Response},
     Json,
 };
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{SecondsFormat, Utc};
 use serde::Deserialize;
 use serde_json::{json, Value};
-use std::time::SystemTime;
 
 #[derive(Debug, Deserialize, Default)]
 pub struct Options {
@@ -69,6 +64,39 @@ pub const LOAD_OPTIONS: &[&str] = &[
 ];
 
 impl Options {
+    /// A created model's stored options (`/api/create` `parameters`), parsed as a request's.
+    pub fn stored(parameters: &serde_json::Map<String, Value>) -> Result<Options, String> {
+        let options: Options = serde_json::from_value(Value::Object(parameters.clone()))
+            .map_err(|e| format!("parameters: {e}"))?;
+        options.check().map_err(|e| e.message)?;
+        Ok(options)
+    }
+
+    /// These options over `defaults` (a created model's): each option this request sets wins.
+    fn over(mut self, defaults: Options) -> Options {
+        macro_rules! fill {
+            ($($field:ident),*) => { $( self.$field = self.$field.or(defaults.$field); )* };
+        }
+        fill!(
+            num_predict,
+            temperature,
+            top_p,
+            top_k,
+            min_p,
+            repeat_penalty,
+            typical_p,
+            presence_penalty,
+            frequency_penalty,
+            seed,
+            stop,
+            repeat_last_n
+        );
+        for (key, value) in defaults.other {
+            self.other.entry(key).or_insert(value);
+        }
+        self
+    }
+
     /// Refuses sampling options no backend implements (mirostat, tfs_z, ...) by name.
     fn check(&self) -> Result<(), ApiError> {
         match self
@@ -186,26 +214,6 @@ pub struct ChatRequest {
     pub logprobs: LogprobsFields,
 }
 
-#[derive(Debug, Deserialize)]
-pub struct NameRequest {
-    #[serde(default)]
-    pub model: Option<String>,
-    #[serde(default)]
-    pub name: Option<String>,
-    #[serde(default)]
-    pub stream: Option<bool>,
-}
-
-impl NameRequest {
-    fn name(&self) -> Result<String, ApiError> {
-        self.model
-            .clone()
-            .or_else(|| self.name.clone())
-            .filter(|n| !n.is_empty())
-            .ok_or_else(|| ApiError::bad_request("missing `model`").flavor(Flavor::Ollama))
-    }
-}
-
 fn params(
     options: Option<Options>,
     backend: Option<String>,
@@ -241,16 +249,8 @@ fn now_rfc3339() -> String {
     Utc::now().to_rfc3339_opts(SecondsFormat::Nanos, true)
 }
 
-fn rfc3339(time: SystemTime) -> String {
-    DateTime::<Utc>::from(time).to_rfc3339_opts(SecondsFormat::Secs, true)
-}
-
 fn ns(ms: f64) -> u64 {
     (ms * 1_000_000.0).max(0.0) as u64
-}
-
-fn engine_error(err: EngineError) -> ApiError {
-    ApiError::engine(&err, Flavor::Ollama)
 }
 
 /// The final fields Ollama reports (durations in nanoseconds).
@@ -274,10 +274,6 @@ fn merge(mut base: Value, extra: Value) -> Value {
         b.extend(e);
     }
     base
-}
-
-fn ndjson_response(body: Body) -> Response {
-    ([(header::CONTENT_TYPE, "application/x-ndjson")], body).into_response()
 }
 
 /// How a chat or generate answer carries text.
@@ -470,6 +466,42 @@ fn unload_now(state: &AppState, model: &str, shape: Shape) -> Response {
     Json(value).into_response()
 }
 
+/// What a created model (`/api/create`) gives requests that do not say otherwise.
+#[derive(Default)]
+struct Defaults {
+    system: Option<String>,
+    options: Options,
+}
+
+impl Defaults {
+    fn of(state: &AppState, model: &str) -> Result<Defaults, ApiError> {
+        // A configured model of the same name shadows a created one (see `Store::register`).
+        let configured = state.engine.settings().models.contains_key(model);
+        let Some(stored) = state.created.get(model).filter(|_| !configured) else {
+            return Ok(Defaults::default());
+        };
+        let options = Options::stored(&stored.parameters).map_err(|e| {
+            ApiError::bad_request(format!("created model `{model}` has invalid {e}"))
+                .flavor(Flavor::Ollama)
+        })?;
+        Ok(Defaults {
+            system: stored.system,
+            options,
+        })
+    }
+
+    /// The stored system prompt first, unless the conversation has its own.
+    fn with_system(&mut self, mut messages: Vec<ChatMessage>) -> Vec<ChatMessage> {
+        match self.system.take() {
+            Some(system) if !messages.iter().any(|m| m.role == "system") => {
+                messages.insert(0, ChatMessage::new("system", system));
+                messages
+            }
+            _ => messages,
+        }
+    }
+}
+
 /// `POST /api/generate`
 pub async fn generate(
     State(state): State<AppState>,
@@ -489,8 +521,10 @@ pub async fn generate(
         )
         .flavor(Flavor::Ollama));
     }
+    let defaults = Defaults::of(&state, &request.model)?;
     let prompt_text = request.prompt.unwrap_or_default();
     let load_only_request = prompt_text.is_empty() && request.system.is_none();
+    let system = request.system.or(defaults.system);
     let constraint = format_constraint(request.format.as_ref())
         .map_err(|m| ApiError::bad_request(m).flavor(Flavor::Ollama))?;
     let keep = keep_alive_of(&state, &request.model, request.keep_alive.as_ref())?;
@@ -513,11 +547,12 @@ pub async fn generate(
         // The engine picks the model's chat template, or Ollama's `{{ .Prompt }}` for a
         // model without one.
         Prompt::Completion {
-            system: request.system,
+            system,
             prompt: prompt_text,
         }
     };
-    let mut params = params(request.options, request.backend, request.adapters)?;
+    let options = request.options.unwrap_or_default().over(defaults.options);
+    let mut params = params(Some(options), request.backend, request.adapters)?;
     params.constraint = constraint;
     params.logprobs = request.logprobs.count()?;
     let stream = request.stream.unwrap_or(true);
@@ -561,6 +596,7 @@ pub async fn chat(
         )
         .await;
     }
+    let mut defaults = Defaults::of(&state, &request.model)?;
     let bad = |m: String| ApiError::bad_request(m).flavor(Flavor::Ollama);
     let call_tools = tools::ollama_tools(request.tools.as_ref()).map_err(bad)?;
     let messages = request
@@ -574,7 +610,9 @@ pub async fn chat(
         })
         .collect::<Result<Vec<_>, _>>()
         .map_err(bad)?;
-    let mut params = params(request.options, request.backend, request.adapters)?;
+    let messages = defaults.with_system(messages);
+    let options = request.options.unwrap_or_default().over(defaults.options);
+    let mut params = params(Some(options), request.backend, request.adapters)?;
     params.constraint = constraint;
     params.logprobs = request.logprobs.count()?;
     let stream = request.stream.unwrap_or(true);
@@ -588,232 +626,6 @@ pub async fn chat(
         keep,
     )
     .await
-}
-
-fn details(format: &str, loaded: Option<&LoadedInfo>) -> Value {
-    let family = loaded
-        .map(|l| l.metadata.architecture.to_string())
-        .unwrap_or_default();
-    let parameters = loaded.map(|l| l.metadata.parameter_count).unwrap_or(0);
-    json!({
-        "parent_model": "",
-        "format": format,
-        "family": family,
-        "families": if family.is_empty() { Value::Null } else { json!([family]) },
-        "parameter_size": if parameters > 0 { format!("{parameters}") } else { String::new() },
-        "quantization_level": "",
-    })
-}
-
-/// A stable pseudo-digest of a model (name + spec), as Ollama lists a digest per model.
-fn digest(name: &str, spec: &str) -> String {
-    use sha2::{Digest, Sha256};
-    let hash = Sha256::digest(format!("{name}\n{spec}").as_bytes());
-    hash.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// Local file facts of an entry: (size, modified, format).
-fn file_facts(entry: &ModelEntry) -> (u64, Option<SystemTime>, &'static str) {
-    let Ok(spec) = ModelSpec::parse(&entry.spec) else {
-        return (0, None, "");
-    };
-    let format = spec.format.map(|f| f.as_str()).unwrap_or("");
-    match &spec.source {
-        ModelSource::Local(path) => {
-            let meta = std::fs::metadata(path).ok();
-            let size = crate::engine::memory::model_bytes(path);
-            (size, meta.and_then(|m| m.modified().ok()), format)
-        }
-        ModelSource::HuggingFace(_) => (0, None, format),
-    }
-}
-
-/// `GET /api/tags`
-pub async fn tags(State(state): State<AppState>) -> Json<Value> {
-    let loaded = state.engine.loaded();
-    let models: Vec<Value> = state
-        .engine
-        .models()
-        .into_iter()
-        .map(|(name, entry)| {
-            let (size, modified, format) = file_facts(&entry);
-            let info = loaded.iter().find(|l| l.name == name);
-            json!({
-                "name": name,
-                "model": name,
-                "modified_at": rfc3339(modified.unwrap_or_else(SystemTime::now)),
-                "size": size,
-                "digest": digest(&name, &entry.spec),
-                "details": details(format, info),
-            })
-        })
-        .collect();
-    Json(json!({ "models": models }))
-}
-
-/// `GET /api/ps`
-pub async fn ps(State(state): State<AppState>) -> Json<Value> {
-    let models: Vec<Value> = state
-        .engine
-        .loaded()
-        .iter()
-        .map(|l| {
-            let format = crate::models::format_of_path(&l.path).map(|f| f.as_str()).unwrap_or("");
-            json!({
-                "name": l.name,
-                "model": l.name,
-                "size": l.bytes,
-                "digest": digest(&l.name, &l.path.to_string_lossy()),
-                "details": details(format, Some(l)),
-                // A pinned model never expires: far in the future, as Ollama shows keep_alive -1.
-                "expires_at": rfc3339(l.expires_at.unwrap_or_else(|| SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(253_402_300_799))),
-                "size_vram": 0,
-                "backend": l.backend,
-                "context_length": l.metadata.context_length,
-            })
-        })
-        .collect();
-    Json(json!({ "models": models }))
-}
-
-/// `POST /api/show`
-pub async fn show(
-    State(state): State<AppState>,
-    JsonBody(request): JsonBody<NameRequest>,
-) -> Result<Json<Value>, ApiError> {
-    let name = request.name()?;
-    let entry = state.engine.models().get(&name).cloned();
-    let loaded = state.engine.loaded().into_iter().find(|l| l.name == name);
-    if entry.is_none() && loaded.is_none() {
-        return Err(ApiError::not_found(format!("model `{name}` not found")).flavor(Flavor::Ollama));
-    }
-    let (_, modified, format) = entry.as_ref().map(file_facts).unwrap_or((0, None, ""));
-    let mut info = json!({});
-    if let Some(l) = &loaded {
-        let arch = l.metadata.architecture.to_string();
-        info = json!({
-            "general.architecture": arch,
-            "general.parameter_count": l.metadata.parameter_count,
-            format!("{arch}.context_length"): l.metadata.train_context_length,
-            format!("{arch}.embedding_length"): l.metadata.embedding_length,
-            format!("{arch}.block_count"): l.metadata.layer_count,
-        });
-    }
-    Ok(Json(json!({
-        "license": "",
-        "modelfile": format!("FROM {}\n", entry.as_ref().map(|e| e.spec.as_str()).unwrap_or("")),
-        "parameters": "",
-        "template": loaded.as_ref().map(|l| l.chat_template.clone()).unwrap_or_default(),
-        "details": details(format, loaded.as_ref()),
-        "model_info": info,
-        "modified_at": rfc3339(modified.unwrap_or_else(SystemTime::now)),
-        "capabilities": ["completion"],
-    })))
-}
-
-/// `DELETE /api/delete`: removes a downloaded model from the cache and forgets its name; a
-/// model that is a local file is forgotten but its file is left alone. A configured or
-/// loaded model is refused (409, see [`super::removal`]).
-pub async fn delete(
-    State(state): State<AppState>,
-    JsonBody(request): JsonBody<NameRequest>,
-) -> Result<Response, ApiError> {
-    let name = request.name()?;
-    let not_found =
-        || ApiError::not_found(format!("model `{name}` not found")).flavor(Flavor::Ollama);
-    let entry = state
-        .engine
-        .models()
-        .get(&name)
-        .cloned()
-        .ok_or_else(not_found)?;
-    if let Some(message) = super::removal::conflict(&state.engine, &name, &entry) {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "invalid_request_error",
-            "model_in_use",
-            message,
-        )
-        .flavor(Flavor::Ollama));
-    }
-    if let Ok(ModelSpec {
-        source: ModelSource::HuggingFace(hf),
-        ..
-    }) = ModelSpec::parse(&entry.spec)
-    {
-        let manager = state.engine.model_manager().cloned().ok_or_else(|| {
-            ApiError::unavailable("this server has no model cache").flavor(Flavor::Ollama)
-        })?;
-        let repo = hf.repo.clone();
-        let removed = tokio::task::spawn_blocking(move || manager.remove(&repo)).await;
-        match removed {
-            Ok(Ok(bytes)) => tracing::info!("deleted `{}` from the cache ({bytes} bytes)", hf.repo),
-            Ok(Err(err)) => tracing::warn!("cannot delete `{}` from the cache: {err}", hf.repo),
-            Err(err) => tracing::warn!("the delete task failed: {err}"),
-        }
-    }
-    state.engine.remove_model(&name);
-    Ok(StatusCode::OK.into_response())
-}
-
-/// `POST /api/pull`: downloads through the model manager, progress as NDJSON; the name
-/// becomes usable by later requests.
-pub async fn pull(
-    State(state): State<AppState>,
-    JsonBody(request): JsonBody<NameRequest>,
-) -> Result<Response, ApiError> {
-    let name = request.name()?;
-    let spec_text = state
-        .engine
-        .models()
-        .get(&name)
-        .map(|e| e.spec.clone())
-        .unwrap_or_else(|| name.clone());
-    let spec = ModelSpec::parse(&spec_text)
-        .map_err(|err| ApiError::bad_request(err.to_string()).flavor(Flavor::Ollama))?;
-    let configured = state.engine.models().contains_key(&name);
-    if matches!(spec.source, ModelSource::Local(_))
-        && !configured
-        && !state.engine.settings().open_specs
-    {
-        // Otherwise any client could make the server load any model file on this machine.
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "permission_error",
-            "local_path_forbidden",
-            format!("`{name}` is a local path; serving paths a client names needs `llmlocal serve --allow-any-model`"),
-        )
-        .flavor(Flavor::Ollama));
-    }
-    let manager = state.engine.model_manager().cloned().ok_or_else(|| {
-        ApiError::unavailable("this server has no model manager").flavor(Flavor::Ollama)
-    })?;
-    let (lines, receiver) = tokio::sync::mpsc::channel::<Value>(64);
-    let engine = state.engine.clone();
-    tokio::spawn(super::pull::run(
-        manager, engine, name, spec, spec_text, lines,
-    ));
-    let stream = request.stream.unwrap_or(true);
-    if stream {
-        let body = Body::from_stream(super::pull::ndjson_stream(receiver));
-        return Ok(ndjson_response(body));
-    }
-    let last = super::pull::last_line(receiver).await;
-    match last.get("error").and_then(|e| e.as_str()) {
-        Some(message) => Err(ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "server_error",
-            "pull_failed",
-            message,
-        )
-        .flavor(Flavor::Ollama)),
-        None => Ok(Json(last).into_response()),
-    }
-}
-
-/// `GET /api/version`
-pub async fn version() -> Json<Value> {
-    Json(json!({ "version": env!("CARGO_PKG_VERSION") }))
 }
 
 #[cfg(test)]
