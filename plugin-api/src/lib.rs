@@ -27,7 +27,7 @@ pub use author::{Backend, Generation, Model};
 pub use error::{ErrorKind, PluginError};
 pub use extension::{reject_unknown, ExtValue, Extension};
 pub use manifest::{capability, format, Capabilities, Manifest, ModelFormat};
-pub use metadata::ModelMetadata;
+pub use metadata::{model_info, ModelMetadata};
 pub use module::{BackendModule, BackendModuleRef, BackendModule_Prefix};
 pub use request::{
     pooling, AdapterRequest, Constraint, ConstraintKind, EmbedRequest, GenerateRequest,

@@ -37,3 +37,13 @@ pub struct ModelMetadata {
     pub pooling: RString,
     pub extensions: RVec<Extension>,
 }
+
+/// Extension keys of [`ModelMetadata::extensions`] (since 2.2): what a plugin says about one
+/// loaded model beyond the frozen fields. A host older than the key ignores it.
+pub mod model_info {
+    /// `Bool(false)`: this model keeps no prompt prefix between generations
+    /// (`cached_prompt_tokens` is always 0), although the backend declares
+    /// [`crate::capability::PREFIX_CACHE`] for the models it can do it for. Absent = the
+    /// capability holds for this model.
+    pub const PREFIX_CACHE: &str = "prefix-cache";
+}

@@ -9,7 +9,8 @@ use crate::tokenizer::Vocab;
 use candle_core::Device;
 use llmlocal_plugin_api::{
     abi_stable::std_types::{ROption, RString, RVec},
-    AdapterRequest, EmbedRequest, GenerateRequest, Generation, Model, ModelMetadata, PluginError,
+    model_info, AdapterRequest, EmbedRequest, ExtValue, Extension, GenerateRequest, Generation,
+    Model, ModelMetadata, PluginError,
 };
 use std::sync::{Arc, Mutex};
 
@@ -157,7 +158,14 @@ impl Model for CandleModel {
             device: RString::from(s.device_name.as_str()),
             load_ms: s.load_ms,
             pooling: RString::new(),
-            extensions: RVec::new(),
+            extensions: if s.net.keeps_prefixes() {
+                RVec::new()
+            } else {
+                RVec::from(vec![Extension {
+                    key: model_info::PREFIX_CACHE.into(),
+                    value: ExtValue::Bool(false),
+                }])
+            },
         }
     }
 

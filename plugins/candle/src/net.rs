@@ -56,6 +56,13 @@ pub enum Session {
 }
 
 impl Net {
+    /// Whether this network's sessions can go to the prompt cache (`prefix::Kv::can_keep`):
+    /// quantized_qwen3 keeps prompt chunks and decoded tokens apart, quantized_phi3 writes
+    /// its cache in place and cannot cut it.
+    pub fn keeps_prefixes(&self) -> bool {
+        !matches!(self, Net::GgufQwen3(_) | Net::GgufPhi3(_))
+    }
+
     /// A fresh, empty sequence.
     pub fn session(&self, device: &Device) -> Result<Session> {
         Ok(match self {

@@ -12,7 +12,7 @@ use crate::{
     outcome::{ensure, fail, skip, Failure, Outcome},
     recorder::Recorder,
 };
-use llmlocal::api::capability;
+use llmlocal::api::{capability, model_info, ExtValue};
 use std::{sync::Arc, thread};
 
 /// The checks this module runs, in order (for the skip rows when the model did not load).
@@ -161,6 +161,14 @@ fn slots_busy(ctx: &ModelCtx) -> Outcome {
     ))
 }
 
+/// Whether the model opts out of the backend's `prefix-cache` (contract 2.2 metadata key).
+fn keeps_no_prefix(ctx: &ModelCtx) -> bool {
+    ctx.meta
+        .extensions
+        .iter()
+        .any(|e| e.key.as_str() == model_info::PREFIX_CACHE && e.value == ExtValue::Bool(false))
+}
+
 /// [`TEXT`] tokenized, cut to fit the context with room to generate; a skip when the
 /// capability is not declared.
 fn shared_prompt(ctx: &ModelCtx) -> Result<Vec<u32>, Failure> {
@@ -168,6 +176,12 @@ fn shared_prompt(ctx: &ModelCtx) -> Result<Vec<u32>, Failure> {
         return Err(skip(format!(
             "the manifest does not declare `{}`",
             capability::PREFIX_CACHE
+        )));
+    }
+    if keeps_no_prefix(ctx) {
+        return Err(skip(format!(
+            "the model's metadata says `{}` = false (this model keeps no prefix)",
+            model_info::PREFIX_CACHE
         )));
     }
     let mut tokens = ctx.model.tokenize(TEXT, true, false)?;
