@@ -329,9 +329,8 @@ async fn idle_rss_of_serve_with_one_model_loaded() {
     let fixtures = llmlocal_fixtures::ensure_default().expect("fixtures");
     let plugins = real_plugins_folder();
     let mut cases = vec![("fixture q8_0 GGUF", fixtures.gguf_q8_0.clone())];
-    match stories260k() {
-        Some(dir) => cases.push(("stories260K GGUF", dir.join("stories260K.gguf"))),
-        None => {}
+    if let Some(dir) = stories260k() {
+        cases.push(("stories260K GGUF", dir.join("stories260K.gguf")));
     }
     if let Some(path) = std::env::var_os("LLMLOCAL_BENCH_GGUF") {
         cases.push(("$LLMLOCAL_BENCH_GGUF", path.into()));
@@ -432,16 +431,13 @@ async fn cached_model_load_time_in_a_cold_process() {
     let fixtures = llmlocal_fixtures::ensure_default().expect("fixtures");
     let plugins = real_plugins_folder();
     let mut cases = vec![("fixture q8_0 GGUF", "llama-cpp", fixtures.gguf_q8_0.clone())];
-    match stories260k() {
-        Some(dir) => {
-            cases.push((
-                "stories260K GGUF",
-                "llama-cpp",
-                dir.join("stories260K.gguf"),
-            ));
-            cases.push(("stories260K HF folder", "candle", dir.join("hf")));
-        }
-        None => {}
+    if let Some(dir) = stories260k() {
+        cases.push((
+            "stories260K GGUF",
+            "llama-cpp",
+            dir.join("stories260K.gguf"),
+        ));
+        cases.push(("stories260K HF folder", "candle", dir.join("hf")));
     }
     for (label, backend, path) in cases {
         let mut times = Vec::new();
