@@ -183,18 +183,18 @@ fn unsupported_architecture_is_named() {
 fn gguf_of_another_architecture_is_unsupported_architecture() {
     let Some(dir) = stories() else { return };
     let tmp = tempfile::tempdir().unwrap();
-    // (phi3 and qwen3 are GGUF architectures candle runs now; gemma3 it does not.)
-    let path = tmp.path().join("gemma.gguf");
+    // (phi3, qwen3 and gemma3 are GGUF architectures candle runs now; falcon it does not.)
+    let path = tmp.path().join("falcon.gguf");
     rewrite_gguf(&dir.join("stories260K.gguf"), &path, |md| {
         for (k, v) in md.iter_mut() {
             if k == "general.architecture" {
-                *v = Value::String("gemma3".into());
+                *v = Value::String("falcon".into());
             }
         }
     });
     let (kind, msg) = kind_and_message(load_paths(&[&path]));
     assert_eq!(kind, ErrorKind::UnsupportedArchitecture);
-    assert!(msg.contains("gemma3"), "{msg}");
+    assert!(msg.contains("falcon"), "{msg}");
 }
 
 #[test]

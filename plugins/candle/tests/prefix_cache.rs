@@ -39,6 +39,15 @@ enum Kind {
 
 const KINDS: [Kind; 3] = [Kind::HfLlama, Kind::GgufQuantized, Kind::GgufDense];
 
+impl Kind {
+    /// A cache written in place and cut anywhere: the plugin's dense llama, which runs GGUF
+    /// half/full-precision files and plain llama safetensors folders on the CPU. The other
+    /// kind (candle-transformers' quantized llama) keeps snapshots at checkpoints.
+    fn in_place(self) -> bool {
+        matches!(self, Kind::GgufDense | Kind::HfLlama)
+    }
+}
+
 fn load_kind(dir: &Path, kind: Kind) -> Box<dyn Model> {
     match kind {
         Kind::HfLlama => common::load(&dir.join("hf")),
@@ -186,9 +195,10 @@ fn a_shorter_prompt_and_an_edit_in_the_middle_reuse_what_they_share() {
         run(model.as_ref(), greedy(&p, true));
         let short = &p[..p.len() * 2 / 3];
         let got = same_as_uncached(model.as_ref(), greedy, short, "a prefix of P");
-        let want = match kind {
-            Kind::GgufDense => short.len() - 1,
-            _ => checkpoint_within(short.len() - 1),
+        let want = if kind.in_place() {
+            short.len() - 1
+        } else {
+            checkpoint_within(short.len() - 1)
         };
         assert_eq!(got.cached as usize, want, "{kind:?}: shorter prompt");
 
@@ -197,11 +207,7 @@ fn a_shorter_prompt_and_an_edit_in_the_middle_reuse_what_they_share() {
         let mut edited = p.clone();
         edited[at] = if p[at] == 300 { 301 } else { 300 };
         let got = same_as_uncached(model.as_ref(), greedy, &edited, "P edited");
-        let want = if kind == Kind::GgufDense {
-            at as u32
-        } else {
-            64
-        };
+        let want = if kind.in_place() { at as u32 } else { 64 };
         assert_eq!(got.cached, want, "{kind:?}: edit at {at}");
     }
 }
@@ -247,7 +253,7 @@ fn interleaved_conversations_and_two_continuations_of_one_cache() {
         assert_eq!(cached[0] as usize, kept.len(), "{kind:?}");
         // The dense llama's cache went to x: y starts from a checkpoint-free empty cache.
         assert!(
-            kind == Kind::GgufDense || cached[1] as usize == kept.len(),
+            kind.in_place() || cached[1] as usize == kept.len(),
             "{kind:?}"
         );
     }
