@@ -12,6 +12,7 @@
 //!
 //! [plugins.worker]               # process isolation: limits and hang detection
 //! max_memory_mb = 8192           # address space of each worker (RLIMIT_AS)
+//! max_threads = 4                # compute threads of each worker (OpenMP, rayon, candle)
 //! step_timeout_secs = 120        # a worker owing a token this long is killed as hung
 //! load_timeout_secs = 600        # ... owing a loaded model (or its constructor)
 //! call_timeout_secs = 30         # ... owing tokenize/detokenize/metadata/stats
@@ -61,6 +62,9 @@ pub struct PluginsConfig {
 pub struct WorkerConfig {
     /// Address-space limit of each worker in MiB; unset = none.
     pub max_memory_mb: Option<u64>,
+    /// Compute threads of each worker (OpenMP's thread limit, rayon's and candle's pools);
+    /// unset = what the backend picks. 0 is refused.
+    pub max_threads: Option<std::num::NonZeroU32>,
     /// A worker that owes a token and stays silent this long is killed as hung (default 120).
     pub step_timeout_secs: Option<u64>,
     /// The same for the constructor and `load` (default 600: big models on slow disks).
@@ -144,7 +148,7 @@ mod tests {
     fn isolation_per_plugin_and_worker_limits_parse_and_a_bad_mode_is_refused() {
         let config = Config::parse(
             "[plugins.isolation]\nllama-cpp = \"in-process\"\nmine = \"process\"\n\
-             [plugins.worker]\nmax_memory_mb = 512\nstep_timeout_secs = 5\n\
+             [plugins.worker]\nmax_memory_mb = 512\nmax_threads = 3\nstep_timeout_secs = 5\n\
              load_timeout_secs = 7\ncall_timeout_secs = 2\n",
         )
         .expect("parses");
@@ -157,6 +161,9 @@ mod tests {
             Some(&Isolation::InProcess)
         );
         assert_eq!(config.plugins.worker.max_memory_mb, Some(512));
+        assert_eq!(config.plugins.worker.max_threads.map(|n| n.get()), Some(3));
+        let err = Config::parse("[plugins.worker]\nmax_threads = 0\n").expect_err("zero");
+        assert!(err.contains("max_threads"), "{err}");
         assert_eq!(config.plugins.worker.load_timeout_secs, Some(7));
         assert_eq!(config.plugins.worker.call_timeout_secs, Some(2));
         let err = Config::parse("[plugins.isolation]\nx = \"sandbox\"\n").expect_err("bad");

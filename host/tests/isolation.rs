@@ -352,33 +352,7 @@ fn workers_die_with_the_server() {
 #[cfg(target_os = "linux")]
 #[test]
 fn a_killed_llama_cpp_worker_restarts_and_reloads_its_model() {
-    // stories260K ships in the repository (models/stories260K).
-    let model =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/stories260K/stories260K.gguf");
-    let built = std::env::var_os("LLMLOCAL_PLUGIN_DIR_BUILT")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| {
-            // The test binary is target/<profile>/deps/<name>-<hash>; xtask puts the real
-            // plugins in target/plugins.
-            let exe = std::env::current_exe().expect("test binary path");
-            exe.ancestors()
-                .nth(3)
-                .unwrap_or(Path::new("."))
-                .join("plugins")
-        });
-    let library = built.join(common::library_of("llama-cpp"));
-    assert!(
-        library.is_file(),
-        "{} missing: set LLMLOCAL_PLUGIN_DIR_BUILT",
-        library.display()
-    );
-    let dir = tempfile::tempdir().expect("temp dir");
-    std::fs::copy(
-        &library,
-        dir.path().join(library.file_name().expect("name")),
-    )
-    .expect("copy");
-    let mut server = Server::start_in(dir, &[("stories", model)], "");
+    let mut server = stories_on_llama_cpp("");
     let (status, body) = server.generate("stories", "llama-cpp", 8);
     assert_eq!(status, 200, "{body}");
     let workers = children_of(server.child.id());
@@ -405,6 +379,66 @@ fn a_killed_llama_cpp_worker_restarts_and_reloads_its_model() {
         killed.elapsed().as_secs_f64() * 1000.0
     );
     assert!(server.alive());
+}
+
+/// `serve` with stories260K as model `stories` on the real llama-cpp plugin, in a worker;
+/// `config` goes into the config file after `[plugins.worker]`.
+fn stories_on_llama_cpp(config: &str) -> Server {
+    // stories260K ships in the repository (models/stories260K).
+    let model =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/stories260K/stories260K.gguf");
+    let built = std::env::var_os("LLMLOCAL_PLUGIN_DIR_BUILT")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            // The test binary is target/<profile>/deps/<name>-<hash>; xtask puts the real
+            // plugins in target/plugins.
+            let exe = std::env::current_exe().expect("test binary path");
+            exe.ancestors()
+                .nth(3)
+                .unwrap_or(Path::new("."))
+                .join("plugins")
+        });
+    let library = built.join(common::library_of("llama-cpp"));
+    assert!(
+        library.is_file(),
+        "{} missing: set LLMLOCAL_PLUGIN_DIR_BUILT",
+        library.display()
+    );
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::copy(
+        &library,
+        dir.path().join(library.file_name().expect("name")),
+    )
+    .expect("copy");
+    Server::start_in(dir, &[("stories", model)], config)
+}
+
+/// The threads of a process (entries of /proc/PID/task).
+fn thread_count(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+/// `max_threads` caps the compute threads of a worker: llama.cpp asked for 4 threads runs
+/// its OpenMP team within the limit, so the worker holds fewer threads after a generation.
+#[cfg(target_os = "linux")]
+#[test]
+fn max_threads_caps_a_workers_compute_threads() {
+    let threads_after_a_generation = |config: &str| {
+        let server = stories_on_llama_cpp(config);
+        let (status, body) = server.generate("stories", "llama-cpp", 8);
+        assert_eq!(status, 200, "{body}");
+        let workers = children_of(server.child.id());
+        assert_eq!(workers.len(), 1, "one worker: {workers:?}");
+        thread_count(workers[0])
+    };
+    let free = threads_after_a_generation("[engine]\nthreads = 4");
+    let capped = threads_after_a_generation("max_threads = 1\n[engine]\nthreads = 4");
+    assert!(
+        capped + 3 <= free,
+        "a worker limited to 1 compute thread has {capped} threads, an unlimited one {free}"
+    );
 }
 
 /// The pids whose parent is `parent` (from /proc/*/stat).

@@ -146,6 +146,7 @@ fn isolation_policy(cli: &Cli, config: &Config) -> plugins::IsolationPolicy {
             .and_then(|exe| exe.parent().map(|dir| dir.join("plugins"))),
         worker: plugins::WorkerSettings {
             max_memory_bytes: worker.max_memory_mb.map(|mb| mb.saturating_mul(1 << 20)),
+            max_threads: worker.max_threads,
             step_timeout: worker
                 .step_timeout_secs
                 .map_or(defaults.step_timeout, std::time::Duration::from_secs),

@@ -26,6 +26,10 @@ pub struct WorkerSettings {
     pub executable: PathBuf,
     /// RLIMIT_AS of each worker, in bytes: an allocation past it fails inside the worker.
     pub max_memory_bytes: Option<u64>,
+    /// Compute threads of each worker: set as the worker's OpenMP thread limit (llama.cpp's
+    /// CPU threads) and rayon/candle pool sizes. Linux has no per-process thread rlimit, so
+    /// this caps the pools that do the work, not the worker's few I/O threads.
+    pub max_threads: Option<std::num::NonZeroU32>,
     /// A worker owing a step (`next`, `generate`, `logits`, `embed`: calls that run the
     /// model) that stays silent this long is killed as hung.
     pub step_timeout: Duration,
@@ -46,6 +50,7 @@ impl Default for WorkerSettings {
         WorkerSettings {
             executable: default_executable(),
             max_memory_bytes: None,
+            max_threads: None,
             step_timeout: Duration::from_secs(120),
             load_timeout: Duration::from_secs(600),
             call_timeout: Duration::from_secs(30),

@@ -258,11 +258,25 @@ impl Drop for WorkerProcess {
     }
 }
 
+/// What sizes a worker's compute threads: OpenMP's hard limit and default (llama.cpp's CPU
+/// backend runs on OpenMP and follows the limit), rayon's global pool and candle's pool.
+const COMPUTE_THREAD_VARS: [&str; 4] = [
+    "OMP_THREAD_LIMIT",
+    "OMP_NUM_THREADS",
+    "RAYON_NUM_THREADS",
+    "CANDLE_NUM_THREADS",
+];
+
 fn worker_command(library: &Path, settings: &WorkerSettings) -> Command {
     let mut command = Command::new(&settings.executable);
     command.arg("plugin-worker").arg(library);
     if let Some(bytes) = settings.max_memory_bytes {
         command.arg("--max-memory").arg(bytes.to_string());
+    }
+    if let Some(threads) = settings.max_threads {
+        for var in COMPUTE_THREAD_VARS {
+            command.env(var, threads.to_string());
+        }
     }
     command.arg("--log-level").arg(
         tracing::level_filters::LevelFilter::current()
@@ -371,4 +385,32 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env_of(command: &Command, var: &str) -> Option<String> {
+        command
+            .get_envs()
+            .find(|(k, _)| *k == var)
+            .and_then(|(_, v)| v.map(|v| v.to_string_lossy().into_owned()))
+    }
+
+    #[test]
+    fn max_threads_caps_every_compute_pool_of_the_worker() {
+        let settings = WorkerSettings {
+            max_threads: std::num::NonZeroU32::new(2),
+            ..WorkerSettings::default()
+        };
+        let command = worker_command(Path::new("libx.so"), &settings);
+        for var in COMPUTE_THREAD_VARS {
+            assert_eq!(env_of(&command, var).as_deref(), Some("2"), "{var}");
+        }
+        let unlimited = worker_command(Path::new("libx.so"), &WorkerSettings::default());
+        assert!(COMPUTE_THREAD_VARS
+            .iter()
+            .all(|var| env_of(&unlimited, var).is_none()));
+    }
 }
