@@ -9,12 +9,9 @@ use candle_core::{DType, Device, DeviceLocation};
 use common::{greedy, max_diff, rewrite_gguf_as, stories};
 use llmlocal_backend_candle::gguf::{self, Loaded};
 use llmlocal_backend_candle::gguf_dense::{self, Layout};
-use llmlocal_backend_candle::model::{CandleModel, Shared, DEFAULT_BATCH};
 use llmlocal_backend_candle::net::Net;
-use llmlocal_backend_candle::prefix::PrefixCache;
 use llmlocal_plugin_api::{ErrorKind, Model};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 
 fn fixture_f32() -> PathBuf {
     llmlocal_fixtures::ensure_default()
@@ -28,40 +25,11 @@ fn load_as(path: &Path, layout: Option<Layout>) -> (Box<dyn Model>, bool) {
     let loaded = gguf::load_as(path, &Device::Cpu, 0, layout)
         .unwrap_or_else(|e| panic!("loading {}: {e}", path.display()));
     let dense = is_dense(&loaded);
-    (model(loaded), dense)
+    (common::cpu_model(loaded), dense)
 }
 
 fn is_dense(loaded: &Loaded) -> bool {
     matches!(loaded.net, Net::Dense(_))
-}
-
-fn model(loaded: Loaded) -> Box<dyn Model> {
-    let dense = match &loaded.net {
-        Net::Dense(m) => Some(m.clone()),
-        _ => None,
-    };
-    // No files: these tests do not embed with a network that is not dense already.
-    let embedder = llmlocal_backend_candle::embed::Embedder::new(
-        llmlocal_backend_candle::files::ModelFiles::Gguf(PathBuf::new()),
-        Vec::new(),
-        loaded.info.context_length,
-        Device::Cpu,
-        dense,
-    );
-    let prefix = Mutex::new(PrefixCache::for_model(&loaded.info));
-    Box::new(CandleModel::new(Shared {
-        net: loaded.net,
-        vocab: loaded.vocab,
-        info: loaded.info,
-        device: Device::Cpu,
-        device_name: "cpu".to_string(),
-        batch: DEFAULT_BATCH,
-        load_ms: 0.0,
-        adapters: Vec::new(),
-        guidance: Default::default(),
-        embedder,
-        prefix,
-    }))
 }
 
 fn half_copy(src: &Path, dir: &Path, dtype: GgmlDType) -> PathBuf {
@@ -310,7 +278,7 @@ fn unrepresentable_files_fall_back_to_the_quantized_path() {
             .unwrap_or_else(|e| panic!("{reason}: {e}"));
         assert!(!is_dense(&loaded), "{reason}: stays quantized");
         // And it still runs.
-        let model = model(loaded);
+        let model = common::cpu_model(loaded);
         let tokens = model.tokenize("Hello world", true, true).unwrap();
         assert_eq!(
             model.logits(&tokens).unwrap().len(),

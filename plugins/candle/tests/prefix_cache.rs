@@ -1,8 +1,7 @@
 //! Prompt-prefix reuse (capability `prefix-cache`) on stories260K, through each kind of
-//! cache the plugin keeps (src/prefix.rs): the HF folder (candle-transformers' llama, a
-//! concatenating cache reused whole or from checkpoints), the GGUF on the CPU
-//! (`quantized_llama`, likewise) and the GGUF held dense (our llama, a cache cut at any
-//! length). Every cached run gives the tokens of the same request with `cache_prompt: false`.
+//! cache the plugin keeps (src/prefix.rs): the GGUF on the CPU (`quantized_llama`, a
+//! concatenating cache reused whole or from checkpoints) and our dense llama (a cache cut
+//! at any length), which runs the HF folder and the GGUF held dense. Every cached run gives the tokens of the same request with `cache_prompt: false`.
 
 mod common;
 
@@ -10,17 +9,14 @@ use candle_core::{DType, Device, Tensor};
 use common::stories;
 use llmlocal_backend_candle::gguf::{self, Loaded};
 use llmlocal_backend_candle::gguf_dense::Layout;
-use llmlocal_backend_candle::model::{CandleModel, Shared, DEFAULT_BATCH};
 use llmlocal_backend_candle::net::Net;
-use llmlocal_backend_candle::prefix::PrefixCache;
-use llmlocal_backend_candle::{embed::Embedder, files::ModelFiles, CandleBackend};
+use llmlocal_backend_candle::CandleBackend;
 use llmlocal_plugin_api::{
     abi_stable::std_types::{ROption, RString},
     AdapterRequest, Backend, GenerateRequest, LoadRequest, Model, Sampling, Step,
 };
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::path::Path;
 
 /// Long enough for checkpoints at 8, 16, 32 and 64 on stories260K's 512-token vocabulary.
 const TEXT: &str = "Once upon a time, there was a little girl named Lily. She loved to play \
@@ -62,26 +58,7 @@ fn gguf_model(dir: &Path, layout: Layout, dense: bool) -> Box<dyn Model> {
     let loaded: Loaded = gguf::load_as(&path, &Device::Cpu, 0, Some(layout))
         .unwrap_or_else(|e| panic!("loading {}: {e}", path.display()));
     assert_eq!(matches!(loaded.net, Net::Dense(_)), dense, "{layout:?}");
-    let prefix = Mutex::new(PrefixCache::for_model(&loaded.info));
-    Box::new(CandleModel::new(Shared {
-        embedder: Embedder::new(
-            ModelFiles::Gguf(PathBuf::new()),
-            Vec::new(),
-            loaded.info.context_length,
-            Device::Cpu,
-            None,
-        ),
-        net: loaded.net,
-        vocab: loaded.vocab,
-        info: loaded.info,
-        device: Device::Cpu,
-        device_name: "cpu".to_string(),
-        batch: DEFAULT_BATCH,
-        load_ms: 0.0,
-        adapters: Vec::new(),
-        guidance: Default::default(),
-        prefix,
-    }))
+    common::cpu_model(loaded)
 }
 
 /// The longest checkpoint position (8, 16, 32, ...) within `n` positions.

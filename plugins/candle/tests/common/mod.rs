@@ -142,3 +142,38 @@ pub fn max_diff(a: &[f32], b: &[f32]) -> f32 {
         .map(|(x, y)| (x - y).abs())
         .fold(0.0, f32::max)
 }
+
+/// A loaded network as a model on the CPU, as the backend would wrap it (no adapters; a
+/// dense network also serves embeddings).
+pub fn cpu_model(loaded: llmlocal_backend_candle::gguf::Loaded) -> Box<dyn Model> {
+    let dense = match &loaded.net {
+        llmlocal_backend_candle::net::Net::Dense(m) => Some(m.clone()),
+        _ => None,
+    };
+    // No files: these tests do not embed with a network that is not dense already.
+    let embedder = llmlocal_backend_candle::embed::Embedder::new(
+        llmlocal_backend_candle::files::ModelFiles::Gguf(PathBuf::new()),
+        Vec::new(),
+        loaded.info.context_length,
+        Device::Cpu,
+        dense,
+    );
+    let prefix = std::sync::Mutex::new(llmlocal_backend_candle::prefix::PrefixCache::for_model(
+        &loaded.info,
+    ));
+    Box::new(llmlocal_backend_candle::model::CandleModel::new(
+        llmlocal_backend_candle::model::Shared {
+            net: loaded.net,
+            vocab: loaded.vocab,
+            info: loaded.info,
+            device: Device::Cpu,
+            device_name: "cpu".to_string(),
+            batch: llmlocal_backend_candle::model::DEFAULT_BATCH,
+            load_ms: 0.0,
+            adapters: Vec::new(),
+            guidance: Default::default(),
+            embedder,
+            prefix,
+        },
+    ))
+}
