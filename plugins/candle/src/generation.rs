@@ -104,23 +104,20 @@ impl CandleGeneration {
         let shared = self.shared.clone();
         let keep = self.keep;
         let session = live(&mut self.session)?;
-        // Split for every generation of such a network, kept or not, so a run from a
-        // checkpoint computes exactly what a run from empty does.
-        let stops = match session.can_share() {
-            true => prefix::stops(start, end, self.prompt_len),
-            false => Vec::new(),
-        };
-        let mut logits = Vec::new();
-        let mut pos = start;
-        for stop in stops.into_iter().chain([end]) {
-            logits = shared.prefill(session, &self.history[pos..stop], pos)?;
-            pos = stop;
-            if keep && prefix::snapshot_at(pos, self.prompt_len) {
-                if let Some(snapshot) = session.share() {
-                    self.checkpoints.push((pos, snapshot));
+        let (prompt_len, checkpoints) = (self.prompt_len, &mut self.checkpoints);
+        let logits = shared.prefill_as_generation(
+            session,
+            &self.history,
+            start,
+            prompt_len,
+            |pos, session| {
+                if keep && prefix::snapshot_at(pos, prompt_len) {
+                    if let Some(snapshot) = session.share() {
+                        checkpoints.push((pos, snapshot));
+                    }
                 }
-            }
-        }
+            },
+        )?;
         self.cached = end;
         Ok(logits)
     }

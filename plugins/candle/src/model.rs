@@ -4,7 +4,7 @@ use crate::error::Result;
 use crate::generation::CandleGeneration;
 use crate::net::Net;
 use crate::net::Session;
-use crate::prefix::{Checkpoints, Hit, PrefixCache};
+use crate::prefix::{Checkpoints, Hit, Kv, PrefixCache};
 use crate::tokenizer::Vocab;
 use candle_core::Device;
 use llmlocal_plugin_api::{
@@ -105,13 +105,36 @@ impl Shared {
         }
     }
 
-    /// Runs `tokens` through a fresh session in chunks; the logits after the last one.
-    pub fn prefill(
+    /// Runs `history[start..]` through `session` as a generation of a `prompt_len`-token
+    /// prompt does: stopping at the prefix cache's snapshot positions (see [`crate::prefix::stops`])
+    /// for networks that keep snapshots, whether or not this run keeps them, so a run from a
+    /// checkpoint computes exactly what a run from empty does. `at_stop` sees each position
+    /// reached; the logits after the last token.
+    pub fn prefill_as_generation(
         &self,
-        session: &mut crate::net::Session,
-        tokens: &[u32],
+        session: &mut Session,
+        history: &[u32],
         start: usize,
+        prompt_len: usize,
+        mut at_stop: impl FnMut(usize, &mut Session),
     ) -> Result<Vec<f32>> {
+        let end = history.len();
+        let stops = match session.can_share() {
+            true => crate::prefix::stops(start, end, prompt_len),
+            false => Vec::new(),
+        };
+        let mut logits = Vec::new();
+        let mut pos = start;
+        for stop in stops.into_iter().chain([end]) {
+            logits = self.prefill(session, &history[pos..stop], pos)?;
+            pos = stop;
+            at_stop(pos, session);
+        }
+        Ok(logits)
+    }
+
+    /// Runs `tokens` through a fresh session in chunks; the logits after the last one.
+    pub fn prefill(&self, session: &mut Session, tokens: &[u32], start: usize) -> Result<Vec<f32>> {
         let mut logits = Vec::new();
         let mut pos = start;
         for chunk in tokens.chunks(self.batch.max(1)) {
@@ -209,7 +232,10 @@ impl Model for CandleModel {
             )));
         }
         let mut session = s.net.session(&s.device)?;
-        s.prefill(&mut session, tokens, 0)
+        // In the chunks a generation from empty runs, so these are the logits its first token
+        // is chosen from (snapshot networks stop before the last token: with quantized
+        // weights a one-token step rounds differently from a batch).
+        s.prefill_as_generation(&mut session, tokens, 0, tokens.len(), |_, _| {})
     }
 
     fn embed(&self, request: EmbedRequest) -> Result<Vec<Vec<f32>>> {
