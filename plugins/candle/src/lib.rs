@@ -39,6 +39,8 @@
 //! above; quantized files keep their blocks).
 
 pub mod backend;
+pub mod bert;
+pub mod bert_gguf;
 pub mod constraint;
 #[cfg(feature = "cuda")]
 pub mod decode_kernels;
