@@ -421,10 +421,21 @@ fn bert_embeddings_agree_with_the_reference_forward() {
         let vectors = bert_vectors(&load_bert(&llama, &paths.gguf(format), "llama.cpp"));
         let allowed = bert_min_cosine(format);
         let compared = "f32 reference forward";
-        rows.push(bert_row(&label, "llama.cpp", compared, allowed, &vectors, &reference));
+        rows.push(bert_row(
+            &label,
+            "llama.cpp",
+            compared,
+            allowed,
+            &vectors,
+            &reference,
+        ));
         llama_vectors.insert(format.name(), vectors);
     }
-    let mut candle_inputs = vec![("HF safetensors F32".to_string(), paths.hf.clone(), GgufFormat::F32)];
+    let mut candle_inputs = vec![(
+        "HF safetensors F32".to_string(),
+        paths.hf.clone(),
+        GgufFormat::F32,
+    )];
     candle_inputs.extend(GgufFormat::ALL.into_iter().map(|format| {
         let label = format!("GGUF {}", format.name().to_uppercase());
         (label, paths.gguf(format), format)
@@ -432,12 +443,16 @@ fn bert_embeddings_agree_with_the_reference_forward() {
     for (label, path, format) in candle_inputs {
         let vectors = bert_vectors(&load_bert(&candle, &path, "candle"));
         let (allowed, compared) = (bert_min_cosine(format), "f32 reference forward");
-        rows.push(bert_row(&label, "candle", compared, allowed, &vectors, &reference));
+        rows.push(bert_row(
+            &label, "candle", compared, allowed, &vectors, &reference,
+        ));
         // llama.cpp on the GGUF of the same dtype (the HF folder is F32).
         let compared = format!("llama.cpp GGUF {}", format.name().to_uppercase());
         let llama = &llama_vectors[format.name()];
         let allowed = BERT_MIN_COSINE_ENGINES;
-        rows.push(bert_row(&label, "candle", &compared, allowed, &vectors, llama));
+        rows.push(bert_row(
+            &label, "candle", &compared, allowed, &vectors, llama,
+        ));
     }
     let header = "| architecture | input | backend | compared with | inputs | min cosine allowed | result |\n\
                   |---|---|---|---|---|---|---|";

@@ -119,7 +119,10 @@ pub fn hidden_act(name: &str) -> Result<HiddenAct> {
 
 /// Whether config.json describes a `bert` model (these load here, not as a decoder).
 pub fn is_bert_folder(config: &Path) -> Result<bool> {
-    Ok(read_config(config)?.get("model_type").and_then(Value::as_str) == Some("bert"))
+    Ok(read_config(config)?
+        .get("model_type")
+        .and_then(Value::as_str)
+        == Some("bert"))
 }
 
 fn read_config(path: &Path) -> Result<Map<String, Value>> {
@@ -269,16 +272,19 @@ fn read_json(path: &Path) -> Result<Option<Value>> {
 /// The Pooling module's folder named in modules.json; refuses modules that would change
 /// the vector after pooling (only `Normalize` is left to the request's `normalize`).
 fn pooling_module(modules: &Value) -> Result<Option<String>> {
-    let list = modules.as_array().ok_or_else(|| {
-        PluginError::unsupported_format("modules.json is not a list of modules")
-    })?;
+    let list = modules
+        .as_array()
+        .ok_or_else(|| PluginError::unsupported_format("modules.json is not a list of modules"))?;
     let mut pooling = None;
     for module in list {
         let kind = module.get("type").and_then(Value::as_str).unwrap_or("");
         match kind.rsplit('.').next().unwrap_or("") {
             "Transformer" | "Normalize" => {}
             "Pooling" => {
-                pooling = module.get("path").and_then(Value::as_str).map(str::to_string);
+                pooling = module
+                    .get("path")
+                    .and_then(Value::as_str)
+                    .map(str::to_string);
             }
             _ => {
                 return Err(PluginError::unsupported_architecture(format!(
@@ -342,7 +348,10 @@ mod tests {
         assert_eq!(pooling_mode(&cls).unwrap(), Pooling::Cls);
         assert_eq!(pooling_mode(&json!({})).unwrap(), Pooling::Mean);
         let max = json!({"pooling_mode_max_tokens": true});
-        assert!(pooling_mode(&max).unwrap_err().message.contains("max_tokens"));
+        assert!(pooling_mode(&max)
+            .unwrap_err()
+            .message
+            .contains("max_tokens"));
         let both = json!({"pooling_mode_cls_token": true, "pooling_mode_mean_tokens": true});
         assert!(pooling_mode(&both).is_err());
     }

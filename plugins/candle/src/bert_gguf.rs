@@ -181,9 +181,11 @@ fn read_tensors(
 /// The BERT config: dimensions from the metadata, table sizes from the tensors.
 fn config(md: &Metadata, tensors: &HashMap<String, Tensor>, layers: usize) -> Result<Config> {
     let rows = |name: &str| -> Result<usize> {
-        let t = tensors.get(&format!("embeddings.{name}.weight")).ok_or_else(|| {
-            PluginError::unsupported_format(format!("the GGUF bert has no `{name}` table"))
-        })?;
+        let t = tensors
+            .get(&format!("embeddings.{name}.weight"))
+            .ok_or_else(|| {
+                PluginError::unsupported_format(format!("the GGUF bert has no `{name}` table"))
+            })?;
         Ok(t.dims().first().copied().unwrap_or(0))
     };
     let hidden = required(md, "bert.embedding_length")?;

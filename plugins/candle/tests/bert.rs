@@ -6,8 +6,8 @@
 
 mod common;
 
-use common::{copy_dir, edit_config, load, load_paths, rewrite_gguf};
 use candle_core::quantized::gguf_file::Value as GgufValue;
+use common::{copy_dir, edit_config, load, load_paths, rewrite_gguf};
 use llmlocal_fixtures::family_bert::{self, cosine, id, BertPaths, CLS_ID, SEP_ID};
 use llmlocal_fixtures::GgufFormat;
 use llmlocal_plugin_api::{EmbedRequest, ErrorKind, GenerateRequest, Model};
@@ -64,7 +64,10 @@ fn every_form_embeds_like_the_reference_forward() {
         assert_eq!(meta.embedding_length, 64, "{label}");
         let min = min_cosine_with_reference(model.as_ref());
         eprintln!("{label}: min cosine with the reference {min}");
-        assert!(min > allowed, "{label}: min cosine {min} (allowed {allowed})");
+        assert!(
+            min > allowed,
+            "{label}: min cosine {min} (allowed {allowed})"
+        );
     }
 }
 
@@ -99,7 +102,10 @@ fn pooling_comes_from_the_request_or_the_files() {
     assert!(cosine(&mean, &cls) < 0.999, "cls differs from mean");
     let every = embed(model.as_ref(), vec![input.clone()], "none").remove(0);
     assert_eq!(every.len(), input.len() * 64);
-    assert!((cosine(&every[..64], &cls) - 1.0).abs() < 1e-5, "none holds cls first");
+    assert!(
+        (cosine(&every[..64], &cls) - 1.0).abs() < 1e-5,
+        "none holds cls first"
+    );
 
     // A sentence-transformers Pooling module asking for the CLS token makes it the default.
     let dir = tempfile::tempdir().expect("temp dir");
@@ -147,7 +153,9 @@ fn inputs_past_the_position_table_are_refused() {
     // The fixture has 64 position embeddings: that is the context, whatever the load asks.
     assert_eq!(model.metadata().context_length, 64);
     let long = vec![id("the"); 65];
-    let e = model.embed(EmbedRequest::new(vec![long])).expect_err("65 tokens");
+    let e = model
+        .embed(EmbedRequest::new(vec![long]))
+        .expect_err("65 tokens");
     assert_eq!(e.kind, ErrorKind::InvalidRequest);
     assert!(e.message.contains("64"), "{}", e.message);
 }
@@ -211,7 +219,11 @@ fn bert_variants_candle_does_not_compute_are_unsupported_architectures() {
     // GGUF: another architecture name, a reranker's pooling.
     let nomic = dir.path().join("nomic.gguf");
     rewrite_gguf(&paths.gguf(GgufFormat::F32), &nomic, |md| {
-        set(md, "general.architecture", GgufValue::String("nomic-bert".into()))
+        set(
+            md,
+            "general.architecture",
+            GgufValue::String("nomic-bert".into()),
+        )
     });
     let (kind, message) = refusal(&nomic);
     assert_eq!(kind, ErrorKind::UnsupportedArchitecture, "{message}");

@@ -15,8 +15,8 @@ use llmlocal_plugin_api::PluginError;
 use tokenizers::{
     decoders::wordpiece::WordPiece as WordPieceDecoder, models::bpe::Vocab as TokenIds,
     models::wordpiece::WordPiece, normalizers::bert::BertNormalizer,
-    pre_tokenizers::bert::BertPreTokenizer, processors::template::TemplateProcessing,
-    AddedToken, Tokenizer,
+    pre_tokenizers::bert::BertPreTokenizer, processors::template::TemplateProcessing, AddedToken,
+    Tokenizer,
 };
 
 /// The WordPiece continuation prefix of vocab.txt.
@@ -54,9 +54,7 @@ impl Vocab {
             .filter(|(id, _)| vocab.is_special(*id))
             .map(|(_, t)| AddedToken::from(t.clone(), true).normalized(false))
             .collect();
-        tokenizer
-            .add_special_tokens(special)
-            .map_err(build_error)?;
+        tokenizer.add_special_tokens(special).map_err(build_error)?;
         if let Some(post) = post_processor(&tokens, framing)? {
             tokenizer.with_post_processor(Some(post));
         }
