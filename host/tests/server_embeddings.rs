@@ -305,3 +305,55 @@ async fn llama_cpp_and_candle_agree() {
     let series = "llmlocal_embeddings_total{model=\"story-candle\"}";
     assert_eq!(metric(&text, series), Some(texts.len() as f64), "{text}");
 }
+
+/// The BERT fixture (`llmlocal_fixtures::family_bert`) through `/v1/embeddings`: candle on the
+/// sentence-transformers folder and on the F32 GGUF (its WordPiece vocabulary) returns
+/// llama.cpp's vectors for the same texts, tokenized by each backend itself; generating on
+/// the encoder is a 400 saying it embeds only.
+#[tokio::test(flavor = "multi_thread")]
+async fn bert_embeddings_agree_between_llama_cpp_and_candle() {
+    let fixtures = llmlocal_fixtures::default_dir();
+    let bert = llmlocal_fixtures::family_bert::ensure_bert(&fixtures).expect("bert fixtures");
+    let gguf = bert.gguf(llmlocal_fixtures::GgufFormat::F32);
+    let mut settings = EngineSettings {
+        open_specs: false,
+        ..EngineSettings::default()
+    };
+    for (name, entry) in [
+        ("bert", entry(&gguf, "llama-cpp", None)),
+        ("bert-candle", entry(&bert.hf, "candle", None)),
+        ("bert-candle-gguf", entry(&gguf, "candle", None)),
+    ] {
+        settings.models.insert(name.into(), entry);
+    }
+    let engine = Engine::new(settings, registry(&["llama_cpp", "candle"]), None);
+    let server = TestServer::start(engine, ServerSettings::default()).await;
+    let texts = [
+        "The cat sat on the mat.",
+        "Hello world, the sky is blue!",
+        "rust models embedding locally",
+    ];
+    let body = |model: &str| json!({"model": model, "input": texts});
+    let reference = ok(&server, "/v1/embeddings", body("bert")).await;
+    for model in ["bert-candle", "bert-candle-gguf"] {
+        let v = ok(&server, "/v1/embeddings", body(model)).await;
+        assert_eq!(v["usage"], reference["usage"], "{model}: the same tokens");
+        for i in 0..texts.len() {
+            let x = floats(&reference["data"][i]["embedding"]);
+            let y = floats(&v["data"][i]["embedding"]);
+            assert_eq!(y.len(), llmlocal_fixtures::family_bert::HIDDEN);
+            let c = cosine(&x, &y);
+            assert!(c > 0.999, "{model} input {i}: cosine {c} with llama.cpp");
+        }
+    }
+    let x = floats(&reference["data"][0]["embedding"]);
+    let y = floats(&reference["data"][1]["embedding"]);
+    assert!(cosine(&x, &y) < 0.99, "different texts, different vectors");
+    let message = bad(
+        &server,
+        "/v1/completions",
+        json!({"model": "bert-candle", "prompt": "the cat", "max_tokens": 4}),
+    )
+    .await;
+    assert!(message.contains("embeddings only"), "{message}");
+}

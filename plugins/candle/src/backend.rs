@@ -59,13 +59,18 @@ impl Backend for CandleBackend {
             crate::net::Net::Dense(m) => Some(m.clone()),
             _ => None,
         };
+        let encoder = match &net {
+            crate::net::Net::Encoder(m) => Some(m.clone()),
+            _ => None,
+        };
         let embedder = crate::embed::Embedder::new(
             files.clone(),
             request.adapters.to_vec(),
             info.context_length,
             device.clone(),
             dense,
-        );
+        )
+        .with_encoder(encoder);
         tracing::info!(
             "candle: loaded {} ({}, {} layers) on {device_name} in {load_ms:.0} ms",
             info.name,

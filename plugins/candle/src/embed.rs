@@ -1,4 +1,4 @@
-//! Embeddings (`Model::embed`) for llama models: hidden states after the final norm, from
+//! Embeddings (`Model::embed`) for llama and BERT models: hidden states after the final norm, from
 //! our own [`DenseLlama`], pooled (mean, cls = first token, last, or none = every token)
 //! and optionally L2-normalised.
 //!
@@ -13,15 +13,19 @@
 //! takes 4 bytes per weight. Mistral and qwen2 folders and llama variants the dense network
 //! cannot hold exactly (rope scaling, biases, extra tensors) are refused (`Unsupported`).
 //!
+//! Encoder-only models (BERT, [`crate::bert`]) embed with their own network and their own
+//! pooling (the file's), the llama path is not used for them.
+//!
 //! Every input runs alone in its own session (no padding, no batch effects): the same input
 //! gives the same vector whatever else is in the request.
 
+use crate::bert::Bert;
 use crate::dense_llama::DenseLlama;
 use crate::error::{Result, ResultExt};
 use crate::files::{HfFiles, ModelFiles};
 use crate::hf::{config::HfConfig, dense, weights};
 use crate::lora::Adapter;
-use candle_core::Device;
+use candle_core::{Device, Tensor};
 use llmlocal_plugin_api::{pooling, AdapterRequest, EmbedRequest, PluginError};
 use std::sync::{Arc, Mutex};
 
@@ -35,10 +39,11 @@ pub enum Pooling {
 }
 
 impl Pooling {
-    /// The request's pooling; empty = the model's own, which for a llama is mean.
-    pub fn parse(name: &str) -> Result<Self> {
+    /// The request's pooling; empty = the model's own (`own`: mean for a llama).
+    pub fn parse(name: &str, own: Pooling) -> Result<Self> {
         match name {
-            "" | pooling::MEAN => Ok(Pooling::Mean),
+            "" => Ok(own),
+            pooling::MEAN => Ok(Pooling::Mean),
             pooling::CLS => Ok(Pooling::Cls),
             pooling::LAST => Ok(Pooling::Last),
             pooling::NONE => Ok(Pooling::None),
@@ -48,16 +53,28 @@ impl Pooling {
             ))),
         }
     }
+
+    /// The contract's name of this pooling (`ModelMetadata::pooling`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Pooling::Mean => pooling::MEAN,
+            Pooling::Cls => pooling::CLS,
+            Pooling::Last => pooling::LAST,
+            Pooling::None => pooling::NONE,
+        }
+    }
 }
 
-/// The network embeddings run on: the model's own when it is dense, else one built from the
-/// files on first use.
+/// The network embeddings run on: an encoder's own, the model's own dense llama, else one
+/// built from the files on first use.
 pub struct Embedder {
     files: ModelFiles,
     adapters: Vec<AdapterRequest>,
     context: usize,
     device: Device,
     net: Mutex<Option<Arc<DenseLlama>>>,
+    /// An encoder-only model: every embedding runs on it, with its pooling.
+    encoder: Option<Arc<Bert>>,
 }
 
 impl Embedder {
@@ -74,11 +91,24 @@ impl Embedder {
             context,
             device,
             net: Mutex::new(dense),
+            encoder: None,
         }
     }
 
+    /// Embeds with `encoder` (an encoder-only model) instead of a llama.
+    pub fn with_encoder(mut self, encoder: Option<Arc<Bert>>) -> Self {
+        self.encoder = encoder;
+        self
+    }
+
+    /// The pooling the model's files ask for: an encoder's own, else none named.
+    pub fn own_pooling(&self) -> Option<Pooling> {
+        self.encoder.as_ref().map(|e| e.pooling())
+    }
+
     pub fn embed(&self, request: &EmbedRequest) -> Result<Vec<Vec<f32>>> {
-        let pooling = Pooling::parse(request.pooling.as_str())?;
+        let own = self.own_pooling().unwrap_or(Pooling::Mean);
+        let pooling = Pooling::parse(request.pooling.as_str(), own)?;
         for (index, input) in request.inputs.iter().enumerate() {
             if input.is_empty() || input.len() > self.context {
                 return Err(PluginError::invalid_request(format!(
@@ -89,19 +119,31 @@ impl Embedder {
                 )));
             }
         }
-        let net = self.net()?;
-        request
-            .inputs
-            .iter()
-            .map(|input| {
-                let v = embed_one(&net, input.as_slice(), pooling)
-                    .internal_err(|| "computing an embedding".to_string())?;
-                Ok(match request.normalize {
-                    true => normalized(v, pooling, net.hidden_size()),
-                    false => v,
-                })
+        let inputs = request.inputs.iter().map(|input| input.as_slice());
+        let (vectors, width) = match &self.encoder {
+            Some(encoder) => (
+                inputs
+                    .map(|tokens| pool(&encoder.hidden(tokens)?, pooling))
+                    .collect::<candle_core::Result<Vec<_>>>(),
+                encoder.hidden_size(),
+            ),
+            None => {
+                let net = self.net()?;
+                // Each input in a fresh session of its own.
+                let vectors = inputs
+                    .map(|tokens| pool(&net.session().hidden(tokens, 0)?, pooling))
+                    .collect();
+                (vectors, net.hidden_size())
+            }
+        };
+        let vectors = vectors.internal_err(|| "computing an embedding".to_string())?;
+        Ok(vectors
+            .into_iter()
+            .map(|v| match request.normalize {
+                true => normalized(v, pooling, width),
+                false => v,
             })
-            .collect()
+            .collect())
     }
 
     fn net(&self) -> Result<Arc<DenseLlama>> {
@@ -126,14 +168,8 @@ impl Embedder {
     }
 }
 
-/// One input through a fresh session, pooled.
-fn embed_one(
-    net: &Arc<DenseLlama>,
-    tokens: &[u32],
-    pooling: Pooling,
-) -> candle_core::Result<Vec<f32>> {
-    let mut session = net.session();
-    let hidden = session.hidden(tokens, 0)?;
+/// One input's token vectors (`[tokens, hidden]`), pooled.
+fn pool(hidden: &Tensor, pooling: Pooling) -> candle_core::Result<Vec<f32>> {
     let t = hidden.dim(0)?;
     let pooled = match pooling {
         Pooling::Mean => hidden.mean(0)?,
@@ -195,9 +231,10 @@ mod tests {
 
     #[test]
     fn poolings_parse_or_are_refused() {
-        assert_eq!(Pooling::parse("").unwrap(), Pooling::Mean);
-        assert_eq!(Pooling::parse("none").unwrap(), Pooling::None);
-        assert!(Pooling::parse("max").is_err());
+        assert_eq!(Pooling::parse("", Pooling::Mean).unwrap(), Pooling::Mean);
+        assert_eq!(Pooling::parse("", Pooling::Cls).unwrap(), Pooling::Cls);
+        assert_eq!(Pooling::parse("none", Pooling::Cls).unwrap(), Pooling::None);
+        assert!(Pooling::parse("max", Pooling::Mean).is_err());
     }
 
     #[test]

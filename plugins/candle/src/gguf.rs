@@ -60,10 +60,13 @@ pub fn load_as(
     if arch == "gemma3" {
         return crate::gemma3_load::load_gguf(content, &mut file, path, device, context);
     }
+    if arch == "bert" {
+        return crate::bert_gguf::load(content, &mut file, path, device, context);
+    }
     if arch != "llama" {
         return Err(PluginError::unsupported_architecture(format!(
             "GGUF architecture `{arch}` is not supported by the candle backend (it runs GGUF \
-             llama, qwen3, phi3 and gemma3)"
+             llama, qwen3, phi3, gemma3 and, for embeddings, bert)"
         )));
     }
     let dims = check_dims(&content.metadata)?;

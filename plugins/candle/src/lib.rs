@@ -3,6 +3,8 @@
 //! Reads Hugging Face safetensors folders (llama, mistral, qwen2, qwen3, phi3; f32/f16/bf16)
 //! and GGUF llama, qwen3 and phi3 files ([`gguf_arch`] for the latter two), with the tokenizer from tokenizer.json or, for a GGUF without one, built
 //! from the GGUF vocabulary. PEFT LoRA adapters are merged into safetensors weights at load.
+//! BERT embedding models (`bert` folders and GGUF files) load as encoders that embed only
+//! ([`bert`], [`bert_gguf`]).
 //!
 //! GGUF files take one of two paths ([`gguf_dense::choose`]): block-quantized (Q8_0,
 //! k-quants, ...) files, and F32 files on a GPU, run through candle's `quantized_llama`.
@@ -39,6 +41,8 @@
 //! above; quantized files keep their blocks).
 
 pub mod backend;
+pub mod bert;
+pub mod bert_gguf;
 pub mod constraint;
 #[cfg(feature = "cuda")]
 pub mod decode_kernels;

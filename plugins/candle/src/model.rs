@@ -180,7 +180,10 @@ impl Model for CandleModel {
             },
             device: RString::from(s.device_name.as_str()),
             load_ms: s.load_ms,
-            pooling: RString::new(),
+            pooling: s
+                .embedder
+                .own_pooling()
+                .map_or_else(RString::new, |p| RString::from(p.name())),
             extensions: if s.net.keeps_prefixes() {
                 RVec::new()
             } else {

@@ -36,6 +36,8 @@ pub enum Net {
     Dense(Arc<DenseLlama>),
     /// Gemma 3 from safetensors or GGUF (see [`crate::gemma3`]).
     Gemma3(Arc<crate::gemma3::Gemma3>),
+    /// An encoder-only model (BERT, [`crate::bert`]): embeddings only, no sessions.
+    Encoder(Arc<crate::bert::Bert>),
 }
 
 /// The state of one sequence: its own KV cache.
@@ -111,6 +113,7 @@ impl Net {
             Net::GgufPhi3(m) => Session::GgufPhi3(Box::new(m.clone())),
             Net::Dense(m) => Session::Dense(Box::new(m.session())),
             Net::Gemma3(m) => Session::Gemma3(Box::new(m.session())),
+            Net::Encoder(_) => return Err(crate::bert::cannot_generate()),
         })
     }
 }

@@ -161,7 +161,7 @@ fn detect_arch(json: &Map<String, Value>) -> Result<Arch> {
     }
     match model_type.or(class) {
         Some(name) => Err(PluginError::unsupported_architecture(format!(
-            "architecture `{name}` is not supported by the candle backend (it runs llama, mistral, qwen2, qwen3, phi3 and gemma3_text)"
+            "architecture `{name}` is not supported by the candle backend (it runs llama, mistral, qwen2, qwen3, phi3, gemma3_text and, for embeddings, bert)"
         ))),
         None => Err(PluginError::unsupported_format(
             "config.json has neither `model_type` nor `architectures`",
@@ -169,7 +169,7 @@ fn detect_arch(json: &Map<String, Value>) -> Result<Arch> {
     }
 }
 
-fn optional_usize(json: &Map<String, Value>, key: &str) -> Result<Option<usize>> {
+pub(crate) fn optional_usize(json: &Map<String, Value>, key: &str) -> Result<Option<usize>> {
     match json.get(key) {
         None | Some(Value::Null) => Ok(None),
         Some(v) => v
@@ -184,7 +184,7 @@ fn optional_usize(json: &Map<String, Value>, key: &str) -> Result<Option<usize>>
     }
 }
 
-fn required_usize(json: &Map<String, Value>, key: &str) -> Result<usize> {
+pub(crate) fn required_usize(json: &Map<String, Value>, key: &str) -> Result<usize> {
     optional_usize(json, key)?.ok_or_else(|| {
         PluginError::unsupported_format(format!("config.json is missing the key `{key}`"))
     })

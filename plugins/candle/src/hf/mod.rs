@@ -41,6 +41,9 @@ pub fn load(
     context: u32,
     adapters: &[AdapterRequest],
 ) -> Result<Loaded> {
+    if crate::bert::is_bert_folder(&files.config)? {
+        return crate::bert::load_hf(files, device, context, adapters);
+    }
     let config = HfConfig::read(&files.config)?;
     check_supported(&config)?;
     let mut weights = weights::load(&files.weights)?;

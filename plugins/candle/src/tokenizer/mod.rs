@@ -1,9 +1,11 @@
 //! Tokenization: a `tokenizers::Tokenizer` (from tokenizer.json, or built from GGUF
-//! metadata), the raw bytes of every token for streaming, and the special ids.
+//! metadata; BERT's WordPiece in [`wordpiece`]), the raw bytes of every token for
+//! streaming, and the special ids.
 
 mod build;
 pub mod gguf;
 pub mod pieces;
+pub mod wordpiece;
 
 use crate::error::{read_file, Result, ResultExt};
 use llmlocal_plugin_api::PluginError;
