@@ -142,7 +142,8 @@ pub fn thread_env(threads: u32) -> [(&'static str, String); 3] {
 /// errors).
 pub fn run(exe: &Path, scratch: &Path, spec: &Spec) -> anyhow::Result<Outcome> {
     let label = spec.label();
-    let file = scratch.join(format!("child-{label}.json"));
+    // Named by the job, not by the backend name a user typed: children run one at a time.
+    let file = scratch.join(format!("child-{}.json", spec.job.label()));
     std::fs::write(&file, serde_json::to_string(spec)?)
         .with_context(|| format!("write {}", file.display()))?;
     let output = Command::new(exe)
