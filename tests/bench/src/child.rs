@@ -24,6 +24,9 @@ pub enum Job {
     Worker,
     /// Aggregate generation through the plugin: 1 vs `setup.parallel` generations.
     Aggregate,
+    /// The backend plugin named by [`Spec::backend`] through the host, in the child's process,
+    /// tokens counted from the backend's stats ([`crate::compare`]).
+    Backend,
 }
 
 impl Job {
@@ -33,6 +36,7 @@ impl Job {
             Job::Plugin => "plugin",
             Job::Worker => "worker",
             Job::Aggregate => "aggregate",
+            Job::Backend => "backend",
         }
     }
 }
@@ -47,6 +51,21 @@ pub struct Spec {
     pub backend: String,
     /// Recorded runs of each kind in this child (after its warm-up); the child reports each.
     pub runs: usize,
+    /// The prompt tokens to run ([`Job::Backend`]); `None`: the child makes its prompt with
+    /// the model's tokenizer. Passed so that two backends process the very same tokens.
+    #[serde(default)]
+    pub prompt: Option<Vec<u32>>,
+}
+
+impl Spec {
+    /// What progress and errors call this child: the backend's name for [`Job::Backend`]
+    /// (two of them are compared), else the job's label.
+    pub fn label(&self) -> &str {
+        match self.job {
+            Job::Backend => &self.backend,
+            job => job.label(),
+        }
+    }
 }
 
 /// What one child measured. Empty series for what its job does not measure.
@@ -60,12 +79,19 @@ pub struct Outcome {
     pub tg_runs: Vec<f64>,
     /// Tokens each generation run produced after its first one (counted, not assumed).
     pub tg_tokens: Vec<usize>,
+    /// Prompt tokens each prompt-only run processed, as the backend reported them
+    /// ([`Job::Backend`]; empty for the jobs that do not count them).
+    #[serde(default)]
+    pub pp_tokens: Vec<usize>,
     /// Ms from asking for a generation to its first token, per generation run.
     pub ttft_runs: Vec<f64>,
     /// Aggregate tokens/s with 1 and `setup.parallel` generations ([`Job::Aggregate`]).
     pub aggregate: Option<(f64, f64)>,
     /// VmRSS of the worker before any model is loaded, KiB ([`Job::Worker`]).
     pub worker_idle_rss_kib: Option<u64>,
+    /// The child's process id: the report shows every path ran in a process of its own.
+    #[serde(default)]
+    pub pid: Option<u32>,
 }
 
 impl Outcome {
@@ -88,20 +114,42 @@ pub fn serve(spec_path: &Path) -> anyhow::Result<()> {
         Job::Direct => crate::direct::measure(&spec.setup, spec.runs)?,
         Job::Plugin | Job::Worker => crate::isolation::measure(&spec)?,
         Job::Aggregate => crate::plugin::measure_aggregate(&spec)?,
+        Job::Backend => crate::compare::measure(&spec)?,
+    };
+    let outcome = Outcome {
+        pid: Some(std::process::id()),
+        ..outcome
     };
     println!("{MARK}{}", serde_json::to_string(&outcome)?);
     Ok(())
 }
 
-/// The parent's side: runs `spec` in a child (`exe --child FILE`) and reads its outcome.
-/// The child's stderr passes through (progress and errors).
+/// The variables that size a child's compute thread pools, all set to `threads`: rayon's
+/// global pool (candle's CPU ops), candle's quantized-matmul pool, and the OpenMP default
+/// (llama.cpp passes its thread count explicitly, but a pool sized to all cores must not
+/// be left to chance). Set per child, so every measured process sees the same.
+pub fn thread_env(threads: u32) -> [(&'static str, String); 3] {
+    let n = threads.to_string();
+    [
+        ("RAYON_NUM_THREADS", n.clone()),
+        ("CANDLE_NUM_THREADS", n.clone()),
+        ("OMP_NUM_THREADS", n),
+    ]
+}
+
+/// The parent's side: runs `spec` in a child (`exe --child FILE`, its thread pools sized by
+/// [`thread_env`]) and reads its outcome. The child's stderr passes through (progress and
+/// errors).
 pub fn run(exe: &Path, scratch: &Path, spec: &Spec) -> anyhow::Result<Outcome> {
+    let label = spec.label();
+    // Named by the job, not by the backend name a user typed: children run one at a time.
     let file = scratch.join(format!("child-{}.json", spec.job.label()));
     std::fs::write(&file, serde_json::to_string(spec)?)
         .with_context(|| format!("write {}", file.display()))?;
     let output = Command::new(exe)
         .arg("--child")
         .arg(&file)
+        .envs(thread_env(spec.setup.threads))
         .stdin(Stdio::null())
         .stderr(Stdio::inherit())
         .output()
@@ -109,16 +157,12 @@ pub fn run(exe: &Path, scratch: &Path, spec: &Spec) -> anyhow::Result<Outcome> {
     let stdout = String::from_utf8_lossy(&output.stdout);
     if !output.status.success() {
         bail!(
-            "the {} child failed ({}); its stdout:\n{stdout}",
-            spec.job.label(),
+            "the {label} child failed ({}); its stdout:\n{stdout}",
             output.status
         );
     }
     let Some(json) = stdout.lines().rev().find_map(|l| l.strip_prefix(MARK)) else {
-        bail!(
-            "the {} child printed no outcome; its stdout:\n{stdout}",
-            spec.job.label()
-        );
+        bail!("the {label} child printed no outcome; its stdout:\n{stdout}");
     };
     serde_json::from_str(json).context("parse a child's outcome")
 }
@@ -126,47 +170,60 @@ pub fn run(exe: &Path, scratch: &Path, spec: &Spec) -> anyhow::Result<Outcome> {
 /// `spec` in one child, on its own.
 pub fn once(exe: &Path, spec: &Spec) -> anyhow::Result<Outcome> {
     let scratch = tempfile::tempdir().context("create a scratch folder")?;
-    eprintln!("{} ...", spec.job.label());
+    eprintln!("{} ...", spec.label());
     run(exe, scratch.path(), spec)
 }
 
-/// Rounds of `jobs`, each job in a fresh child, interleaved (the order rotates every round so
-/// neither path always runs right after the other). Returns the outcomes per job, in round
-/// order, and fails when two children ran different prompts.
+/// Rounds of `jobs`, each job in a fresh child, interleaved (see [`rotate`]).
 pub fn interleaved(
     exe: &Path,
     jobs: &[Job],
     rounds: usize,
     spec: impl Fn(Job) -> Spec,
 ) -> anyhow::Result<Vec<Vec<Outcome>>> {
+    rotate(exe, jobs.len(), rounds, |index, _| spec(jobs[index]))
+}
+
+/// Rounds of `paths` paths, each path in a fresh child, interleaved (the order rotates every
+/// round so no path always runs right after another). `spec(index, done)` makes path
+/// `index`'s spec, seeing the outcomes so far (per path, in round order), so that a later
+/// child can be given what an earlier one found (e.g. its prompt tokens). Returns the outcomes
+/// per path, in round order, and fails when two children ran different prompts.
+pub fn rotate(
+    exe: &Path,
+    paths: usize,
+    rounds: usize,
+    mut spec: impl FnMut(usize, &[Vec<Outcome>]) -> Spec,
+) -> anyhow::Result<Vec<Vec<Outcome>>> {
     let scratch = tempfile::tempdir().context("create a scratch folder")?;
-    let mut outcomes: Vec<Vec<Outcome>> = vec![Vec::new(); jobs.len()];
+    let mut outcomes: Vec<Vec<Outcome>> = vec![Vec::new(); paths];
+    let mut labels = vec![String::new(); paths];
     for round in 0..rounds {
-        for offset in 0..jobs.len() {
-            let index = (round + offset) % jobs.len();
-            let job = jobs[index];
-            eprintln!("round {}/{rounds}: {} ...", round + 1, job.label());
-            let outcome = run(exe, scratch.path(), &spec(job))?;
+        for offset in 0..paths {
+            let index = (round + offset) % paths;
+            let spec = spec(index, &outcomes);
+            eprintln!("round {}/{rounds}: {} ...", round + 1, spec.label());
+            let outcome = run(exe, scratch.path(), &spec)?;
             outcomes[index].push(outcome);
+            labels[index] = spec.label().to_string();
         }
     }
-    check_same_prompt(jobs, &outcomes)?;
+    check_same_prompt(&labels, &outcomes)?;
     Ok(outcomes)
 }
 
-fn check_same_prompt(jobs: &[Job], outcomes: &[Vec<Outcome>]) -> anyhow::Result<()> {
-    let mut all = jobs
+fn check_same_prompt(labels: &[String], outcomes: &[Vec<Outcome>]) -> anyhow::Result<()> {
+    let mut all = labels
         .iter()
         .zip(outcomes)
-        .flat_map(|(job, runs)| runs.iter().map(move |o| (job, &o.prompt)));
-    let Some((first_job, first)) = all.next() else {
+        .flat_map(|(label, runs)| runs.iter().map(move |o| (label, &o.prompt)));
+    let Some((first_label, first)) = all.next() else {
         return Ok(());
     };
-    if let Some((job, _)) = all.find(|(_, prompt)| prompt != &first) {
+    if let Some((label, _)) = all.find(|(_, prompt)| prompt != &first) {
         bail!(
-            "the {} and {} children ran different prompts: their tokenizers disagree",
-            first_job.label(),
-            job.label()
+            "the {first_label} and {label} children ran different prompts: their tokenizers \
+             disagree"
         );
     }
     Ok(())
@@ -181,6 +238,9 @@ pub struct Measured {
     pub ttft_ms: Spread,
     /// The fewest and most tokens any generation run produced after its first (counted).
     pub tg_tokens: (usize, usize),
+    /// The fewest and most prompt tokens any prompt-only run processed, as reported by the
+    /// backend; (0, 0) for the jobs that do not count them.
+    pub pp_tokens: (usize, usize),
     pub rounds: Vec<Outcome>,
 }
 
@@ -189,12 +249,16 @@ impl Measured {
         let per_round = |f: fn(&Outcome) -> &Vec<f64>| -> Vec<f64> {
             rounds.iter().map(|o| Outcome::value(f(o))).collect()
         };
-        let counts = rounds.iter().flat_map(|o| o.tg_tokens.iter().copied());
+        let range = |f: fn(&Outcome) -> &Vec<usize>| {
+            let counts = rounds.iter().flat_map(|o| f(o).iter().copied());
+            (counts.clone().min().unwrap_or(0), counts.max().unwrap_or(0))
+        };
         Measured {
             pp: Spread::of(&per_round(|o| &o.pp_runs)),
             tg: Spread::of(&per_round(|o| &o.tg_runs)),
             ttft_ms: Spread::of(&per_round(|o| &o.ttft_runs)),
-            tg_tokens: (counts.clone().min().unwrap_or(0), counts.max().unwrap_or(0)),
+            tg_tokens: range(|o| &o.tg_tokens),
+            pp_tokens: range(|o| &o.pp_tokens),
             rounds,
         }
     }
@@ -294,11 +358,11 @@ mod tests {
             prompt,
             ..Outcome::default()
         };
-        let jobs = [Job::Direct, Job::Plugin];
+        let labels = ["direct".to_string(), "plugin".to_string()];
         let same = [vec![with(vec![1, 2])], vec![with(vec![1, 2])]];
-        assert!(check_same_prompt(&jobs, &same).is_ok());
+        assert!(check_same_prompt(&labels, &same).is_ok());
         let differ = [vec![with(vec![1, 2])], vec![with(vec![1, 3])]];
-        let err = check_same_prompt(&jobs, &differ).expect_err("different prompts");
+        let err = check_same_prompt(&labels, &differ).expect_err("different prompts");
         assert!(err.to_string().contains("different prompts"), "{err}");
     }
 
@@ -331,6 +395,7 @@ mod tests {
             plugin_dir: dir.path().into(),
             backend: "llama-cpp".into(),
             runs: 1,
+            prompt: None,
         };
         let read = run(&exe, dir.path(), &spec).expect("outcome");
         assert_eq!(read.tg_runs, [42.0]);

@@ -97,6 +97,7 @@ pub fn run(
         plugin_dir: dir.to_path_buf(),
         backend: backend.to_string(),
         runs: runs_per_child,
+        prompt: None,
     };
     let jobs = [Job::Plugin, Job::Worker];
     let [local, worker]: [Vec<Outcome>; 2] = child::interleaved(exe, &jobs, setup.repeat, spec)?

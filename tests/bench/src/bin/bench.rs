@@ -49,21 +49,23 @@ struct Args {
     /// Parallel generations for the aggregate measurement.
     #[arg(long, default_value_t = 4)]
     parallel: u32,
-    /// Rounds: for the direct/plugin and --isolation comparisons, interleaved rounds with
-    /// each path in a fresh process (median and min–max over rounds are reported); for
-    /// --compare the runs per measurement (best reported), for --constrained the rounds.
+    /// Rounds: for the direct/plugin, --compare and --isolation comparisons, interleaved
+    /// rounds with each path (backend) in a fresh process (median and min–max over rounds are
+    /// reported); for --constrained the rounds.
     #[arg(long, default_value_t = 5)]
     repeat: usize,
-    /// Direct/plugin and --isolation: recorded runs of each kind inside each process (after
-    /// its warm-up); the median of them is that round's value.
+    /// Direct/plugin, --compare and --isolation: recorded runs of each kind inside each
+    /// process (after its warm-up); the median of them is that round's value.
     #[arg(long, default_value_t = 3)]
     runs_per_child: usize,
     /// Internal: measure one path as the JSON spec in this file says, print the outcome.
     #[arg(long, hide = true, value_name = "SPEC")]
     child: Option<PathBuf>,
     /// Instead of the llama.cpp direct/plugin benchmark, compare this backend plugin (e.g.
-    /// `candle`) with the llama-cpp plugin, both through the host, same threads. Sets
-    /// RAYON_NUM_THREADS and CANDLE_NUM_THREADS to --threads: candle sizes its pools from them.
+    /// `candle`) with the llama-cpp plugin, both through the host, same threads and prompt
+    /// tokens, each backend in a fresh process per round (interleaved rounds, medians).
+    /// Every child gets RAYON_NUM_THREADS, CANDLE_NUM_THREADS and OMP_NUM_THREADS set to
+    /// --threads: candle sizes its pools from them.
     #[arg(long, value_name = "BACKEND")]
     compare: Option<String>,
     /// Instead: JSON-schema-constrained vs free greedy decoding through this backend plugin
@@ -146,14 +148,6 @@ fn main() -> anyhow::Result<()> {
             .map(|n| u32::try_from(n.get()).unwrap_or(1))
             .unwrap_or(1)
     });
-    if args.compare.is_some() {
-        // candle ignores LoadRequest::threads: its CPU ops run on rayon's global pool (sized by
-        // RAYON_NUM_THREADS) and its quantized matmuls on its own spinning pool (sized by
-        // CANDLE_NUM_THREADS, else RAYON_NUM_THREADS); both are built on first use. Set here,
-        // before any thread or plugin exists.
-        std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
-        std::env::set_var("CANDLE_NUM_THREADS", threads.to_string());
-    }
     llmlocal_bench::init_logging();
     llama_cpp_2::send_logs_to_tracing(llama_cpp_2::LogOptions::default());
     if let Some(spec) = &args.child {
@@ -174,9 +168,11 @@ fn main() -> anyhow::Result<()> {
         repeat: args.repeat.max(1),
         context_length,
     };
+    let exe = std::env::current_exe().context("locate the bench binary")?;
+    let runs = args.runs_per_child.max(1);
     if let Some(backend) = &args.compare {
         let models = compare_models(args.model)?;
-        let comparison = compare::run(&plugin_dir, backend, &setup, &models)?;
+        let comparison = compare::run(&exe, &plugin_dir, backend, &setup, runs, &models)?;
         println!("{}", comparison.table());
         return write_json(args.json.as_ref(), &comparison);
     }
@@ -184,8 +180,6 @@ fn main() -> anyhow::Result<()> {
         Some(m) => m,
         None => default_model("85m", &Shape::RANDOM_85M, Storage::F16)?,
     };
-    let exe = std::env::current_exe().context("locate the bench binary")?;
-    let runs = args.runs_per_child.max(1);
     if let Some(backend) = &args.isolation {
         let report = isolation::run(&exe, &plugin_dir, backend, &setup, runs)?;
         println!("{}", report.table());
@@ -204,6 +198,7 @@ fn main() -> anyhow::Result<()> {
         plugin_dir: plugin_dir.clone(),
         backend: "llama-cpp".into(),
         runs,
+        prompt: None,
     };
     let [direct, through]: [Vec<_>; 2] =
         child::interleaved(&exe, &[Job::Direct, Job::Plugin], setup.repeat, spec)?
