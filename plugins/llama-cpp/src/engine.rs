@@ -54,7 +54,8 @@
 //! takes an empty (else the least recently used) free slot instead, gets the state copied in
 //! and trimmed to the common prefix, and counts those tokens as cached. A state llama.cpp
 //! does not take back is dropped from the cache and the job reads its whole prompt. The cache
-//! belongs to the context: a re-created context starts with none.
+//! outlives the context: before the decode thread re-creates it (to read adapter files), the
+//! kept prefixes are saved too.
 //!
 //! Greedy output is the same with and without reuse (the conformance suite checks it); the
 //! prompt tokens are the same computation, only batched differently.
@@ -230,6 +231,10 @@ struct Pending {
     adapters: AdapterStore,
     /// The adapter set active on the current context.
     active: AdapterSet,
+    /// States of prompts pushed out of their slots, by the adapter set they were computed
+    /// under (host-RAM prompt cache; off at 0 bytes). They stay valid in a re-created context:
+    /// same weights (a reload reads the same file), same context settings.
+    ram: RamCache<AdapterSet, SeqState>,
     shutting_down: bool,
 }
 
@@ -258,6 +263,7 @@ fn thread_main(
         queue: VecDeque::new(),
         adapters,
         active,
+        ram: RamCache::new(shared.config.ram_cache_bytes),
         shutting_down: false,
     };
     let mut ready = Some(ready);
@@ -562,9 +568,6 @@ struct State<'m> {
     pending: Pending,
     /// What free slots' KV cells still hold (prefix reuse); empty in a new context.
     memory: SlotMemory,
-    /// States of prompts pushed out of their slots, by the adapter set they were computed
-    /// under (host-RAM prompt cache; off at 0 bytes); empty in a new context.
-    ram: RamCache<AdapterSet, SeqState>,
 }
 
 impl<'m> State<'m> {
@@ -585,7 +588,6 @@ impl<'m> State<'m> {
             context_per_sequence: i32::try_from(config.context_per_sequence).unwrap_or(i32::MAX),
             pending,
             memory: SlotMemory::new(config.parallel.max(1) as usize),
-            ram: RamCache::new(config.ram_cache_bytes),
         }
     }
 
@@ -599,6 +601,8 @@ impl<'m> State<'m> {
             }
             self.reap();
             if let Some(paths) = self.admit() {
+                // The context goes: its kept prefixes go to the RAM cache, which stays.
+                self.drop_kept();
                 break Exit::Read(paths);
             }
             wait = !self.step();
@@ -682,7 +686,7 @@ impl<'m> State<'m> {
     /// enough, not held already, not larger than the whole cache).
     fn save_slot(&mut self, id: usize) {
         let held = self.memory.held(id);
-        if !self.ram.wants(&self.pending.active, held) {
+        if !self.pending.ram.wants(&self.pending.active, held) {
             return;
         }
         let Ok(seq_id) = i32::try_from(id) else {
@@ -690,7 +694,7 @@ impl<'m> State<'m> {
         };
         let flags = LlamaStateSeqFlags::empty();
         let size = self.context.state_seq_get_size_ext(seq_id, flags);
-        if !self.ram.fits(size) {
+        if !self.pending.ram.fits(size) {
             tracing::debug!(
                 "the state of {} tokens ({size} bytes) is larger than the whole host-RAM prompt                  cache: not saved",
                 held.len()
@@ -702,8 +706,8 @@ impl<'m> State<'m> {
             Ok(state) => {
                 let bytes = state.byte_len();
                 let (tokens, key) = (held.to_vec(), self.pending.active.clone());
-                self.ram.insert(key, tokens, state, bytes);
-                let (used, entries) = self.ram.usage();
+                self.pending.ram.insert(key, tokens, state, bytes);
+                let (used, entries) = self.pending.ram.usage();
                 tracing::debug!(
                     "saved {} tokens ({bytes} bytes) to the host-RAM prompt cache in {:.3} ms;                      it holds {entries} prompts in {used} bytes",
                     held.len(),
@@ -720,7 +724,10 @@ impl<'m> State<'m> {
         let better = |hit: crate::ram_cache::Hit| {
             reusable(hit.common, prompt.len()) > reusable(common, prompt.len())
         };
-        self.ram.best(&self.pending.active, prompt).is_some_and(better)
+        self.pending
+            .ram
+            .best(&self.pending.active, prompt)
+            .is_some_and(better)
     }
 
     /// Fills slot `id` from the saved state that best matches `prompt` (saving what the slot
@@ -731,16 +738,17 @@ impl<'m> State<'m> {
         self.clear_slot(id);
         self.memory.touch(id);
         // Looked up after the save, which may have replaced or evicted entries.
-        let Some(hit) = self.ram.best(&self.pending.active, prompt) else {
+        let Some(hit) = self.pending.ram.best(&self.pending.active, prompt) else {
             return 0;
         };
-        let (Ok(seq_id), Some((state, _))) = (i32::try_from(id), self.ram.open(hit.index)) else {
+        let (Ok(seq_id), Some((state, _))) = (i32::try_from(id), self.pending.ram.open(hit.index))
+        else {
             return 0;
         };
         let started = Instant::now();
         if let Err(err) = self.context.state_seq_set(state, seq_id) {
             tracing::warn!("llama.cpp did not take a state from the host-RAM prompt cache: {err}");
-            self.ram.remove(hit.index);
+            self.pending.ram.remove(hit.index);
             self.clear_slot(id);
             return 0;
         }
