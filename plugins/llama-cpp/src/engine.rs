@@ -696,7 +696,8 @@ impl<'m> State<'m> {
         let size = self.context.state_seq_get_size_ext(seq_id, flags);
         if !self.pending.ram.fits(size) {
             tracing::debug!(
-                "the state of {} tokens ({size} bytes) is larger than the whole host-RAM prompt                  cache: not saved",
+                "the state of {} tokens ({size} bytes) is larger than the whole host-RAM prompt \
+                 cache: not saved",
                 held.len()
             );
             return;
@@ -709,7 +710,8 @@ impl<'m> State<'m> {
                 self.pending.ram.insert(key, tokens, state, bytes);
                 let (used, entries) = self.pending.ram.usage();
                 tracing::debug!(
-                    "saved {} tokens ({bytes} bytes) to the host-RAM prompt cache in {:.3} ms;                      it holds {entries} prompts in {used} bytes",
+                    "saved {} tokens ({bytes} bytes) to the host-RAM prompt cache in {:.3} ms; \
+                     it holds {entries} prompts in {used} bytes",
                     held.len(),
                     started.elapsed().as_secs_f64() * 1000.0
                 );
