@@ -26,7 +26,9 @@ async fn chat(server: &TestServer, messages: &[Value]) -> (String, u64, u64) {
     let (status, text) = post(server, "/v1/chat/completions", body).await;
     assert_eq!(status, 200, "{text}");
     let v: Value = serde_json::from_str(&text).expect("JSON");
-    let answer = v["choices"][0]["message"]["content"].as_str().expect("content");
+    let answer = v["choices"][0]["message"]["content"]
+        .as_str()
+        .expect("content");
     let usage = &v["usage"];
     let cached = usage["prompt_tokens_details"]["cached_tokens"].as_u64();
     let prompt = usage["prompt_tokens"].as_u64();

@@ -458,7 +458,11 @@ impl Engine {
             ..LoadRequest::new("")
         };
         // The RAM prompt cache is outside the memory estimate: say what it may take.
-        let cache_ram = match backend.manifest.capabilities.has(capability::HOST_RAM_PROMPT_CACHE) {
+        let cache_ram = match backend
+            .manifest
+            .capabilities
+            .has(capability::HOST_RAM_PROMPT_CACHE)
+        {
             true => format!(
                 ", host-RAM prompt cache up to {} MiB",
                 kv_cache.cache_ram_or(cache_ram_default)

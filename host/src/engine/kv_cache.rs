@@ -35,7 +35,7 @@ pub struct KvCacheOptions {
 /// everything else, and 2 GiB already holds several long chats of a 7B model (about 0.5 MiB
 /// a token in f16: 4000 tokens).
 pub fn default_cache_ram_mib(total_memory: u64) -> u64 {
-    (total_memory / 8 >> 20).min(2048)
+    ((total_memory / 8) >> 20).min(2048)
 }
 
 impl KvCacheOptions {
