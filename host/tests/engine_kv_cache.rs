@@ -1,7 +1,7 @@
 //! KV cache options per model (`cache_type_k`, `cache_type_v`, `flash_attn`): other cache
 //! types answer as f16 does on the designed fixture, impossible combinations are refused with
 //! the reason (not llama.cpp's bare "could not create a context"), and a backend without the
-//! capability is never sent the options.
+//! capability is never sent the options (a RAM prompt cache size either, unless it is 0).
 
 mod server_support;
 
@@ -14,6 +14,7 @@ fn kv(k: &str, v: &str, flash_attn: &str) -> KvCacheOptions {
         cache_type_k: Some(k.into()),
         cache_type_v: Some(v.into()),
         flash_attn: Some(flash_attn.into()),
+        cache_ram_mib: None,
     }
 }
 
@@ -100,4 +101,34 @@ async fn a_backend_without_the_capability_is_never_sent_the_options() {
             && message.contains("candle"),
         "{message}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_backend_without_a_ram_cache_is_refused_a_size_but_not_off() {
+    let fixtures = llmlocal_fixtures::ensure_default().expect("fixtures");
+    let with = |mib| KvCacheOptions {
+        cache_ram_mib: Some(mib),
+        ..KvCacheOptions::default()
+    };
+    let served = engine(&fixtures.gguf_q8_0, "candle", Some(with(64)));
+    let err = greedy(&served, Prompt::Text("w".into()), 4)
+        .await
+        .expect_err("refused");
+    let message = err.to_string();
+    assert!(
+        matches!(err, EngineError::InvalidRequest(_))
+            && message.contains("cache_ram_mib")
+            && message.contains("host-ram-prompt-cache")
+            && message.contains("candle"),
+        "{message}"
+    );
+    let served = engine(&fixtures.gguf_q8_0, "candle", Some(with(0)));
+    greedy(&served, Prompt::Text("w".into()), 4)
+        .await
+        .expect("0 = off needs no capability");
+    // The llama-cpp backend takes a size.
+    let served = engine(&fixtures.gguf_q8_0, "llama_cpp", Some(with(64)));
+    greedy(&served, Prompt::Text("w".into()), 4)
+        .await
+        .expect("llama-cpp has the RAM cache");
 }

@@ -36,6 +36,10 @@ pub mod capability {
     pub const KV_CACHE_TYPES: &str = "kv-cache-types";
     /// Since 2.1: takes a flash-attention policy at load ([`crate::load_option::FLASH_ATTN`]).
     pub const FLASH_ATTENTION: &str = "flash-attention";
+    /// Since 2.3: keeps the KV state of prompts pushed out of its sequence slots in host RAM
+    /// and restores it for a later prompt with the same prefix; takes the cache's size at
+    /// load ([`crate::load_option::CACHE_RAM_MIB`]).
+    pub const HOST_RAM_PROMPT_CACHE: &str = "host-ram-prompt-cache";
 
     /// Every name this version of the contract defines.
     pub const ALL: &[&str] = &[
@@ -50,6 +54,7 @@ pub mod capability {
         EMBEDDINGS,
         KV_CACHE_TYPES,
         FLASH_ATTENTION,
+        HOST_RAM_PROMPT_CACHE,
     ];
 }
 

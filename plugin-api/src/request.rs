@@ -69,6 +69,11 @@ pub mod load_option {
     /// Flash attention: `Text` `on`, `off` or `auto` (the backend decides per device);
     /// capability [`capability::FLASH_ATTENTION`].
     pub const FLASH_ATTN: &str = "flash-attn";
+    /// Since 2.3: the most MiB of host RAM the backend may fill with the KV state of prompts
+    /// pushed out of its sequence slots (llama-server's `--cache-ram`), an `Int` >= 0 (a
+    /// `Text` holding one is read the same); 0 = off, and off when absent. Capability
+    /// [`capability::HOST_RAM_PROMPT_CACHE`].
+    pub const CACHE_RAM_MIB: &str = "cache-ram-mib";
 
     /// The cache types of [`CACHE_TYPE_K`] / [`CACHE_TYPE_V`] (llama-server's list) with their
     /// bytes per value: a block's bytes over its values (q8_0 keeps 32 values in 34 bytes).
@@ -102,6 +107,9 @@ pub mod load_option {
         }
         if has(capability::FLASH_ATTENTION) {
             keys.push(FLASH_ATTN);
+        }
+        if has(capability::HOST_RAM_PROMPT_CACHE) {
+            keys.push(CACHE_RAM_MIB);
         }
         keys
     }
@@ -458,6 +466,21 @@ mod tests {
         let mut r = ok;
         r.sampling.temperature = -1.0;
         assert!(r.validate(10).is_err());
+    }
+
+    #[test]
+    fn load_options_follow_the_declared_capabilities() {
+        use crate::capability;
+        let none: [&str; 0] = [];
+        assert!(load_option::accepted(&none).is_empty());
+        assert_eq!(
+            load_option::accepted(&[capability::HOST_RAM_PROMPT_CACHE]),
+            [load_option::CACHE_RAM_MIB]
+        );
+        assert_eq!(
+            load_option::accepted(&[capability::KV_CACHE_TYPES]),
+            [load_option::CACHE_TYPE_K, load_option::CACHE_TYPE_V]
+        );
     }
 
     #[test]

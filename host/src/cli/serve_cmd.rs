@@ -96,6 +96,11 @@ pub struct ServeArgs {
     /// Flash attention for models that set none: on, off or auto (default: the backend's).
     #[arg(long, value_name = "on|off|auto")]
     pub flash_attn: Option<String>,
+    /// MiB of host RAM for the KV state of prompts pushed out of the sequence slots, restored
+    /// when a conversation comes back (llama-server's --cache-ram; llama-cpp). 0 = off;
+    /// default: 1/8 of the machine's memory, at most 2048.
+    #[arg(long = "cache-ram", value_name = "MIB")]
+    pub cache_ram: Option<u64>,
     /// Default temperature for requests that give none (0 = greedy). This and the sampling
     /// flags below are llama-server's; a model's config wins over them, a request's own field
     /// over both.
@@ -218,6 +223,7 @@ fn settings(args: &ServeArgs, config: &Config) -> anyhow::Result<(EngineSettings
         cache_type_k: args.cache_type_k.clone(),
         cache_type_v: args.cache_type_v.clone(),
         flash_attn: args.flash_attn.clone(),
+        cache_ram_mib: args.cache_ram,
     }
     .or(&engine.kv_cache);
     engine.kv_cache.check().map_err(anyhow::Error::msg)?;
@@ -546,7 +552,15 @@ mod tests {
 
     #[test]
     fn kv_cache_flags_reach_the_engine_and_are_checked() {
-        let engine = settings_of(&["--cache-type-k", "q8_0", "--flash-attn", "on"]);
+        let engine = settings_of(&[
+            "--cache-type-k",
+            "q8_0",
+            "--flash-attn",
+            "on",
+            "--cache-ram",
+            "512",
+        ]);
+        assert_eq!(engine.kv_cache.cache_ram_mib, Some(512));
         assert_eq!(engine.kv_cache.cache_type_k.as_deref(), Some("q8_0"));
         assert_eq!(engine.kv_cache.cache_type_v, None);
         assert_eq!(engine.kv_cache.flash_attn.as_deref(), Some("on"));

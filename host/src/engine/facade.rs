@@ -4,7 +4,7 @@
 use super::{
     embedding::{self, EmbedConfig, EmbedInput, Embeddings},
     error::EngineError,
-    limits,
+    kv_cache, limits,
     lora::{self, Adapters, Variant},
     memory,
     metrics::Metrics,
@@ -426,8 +426,9 @@ impl Engine {
             .unwrap_or(backend.manifest.capabilities.parallel_generations)
             .max(1);
         let kv_cache = entry.kv_cache(&settings.kv_cache);
+        let cache_ram_default = kv_cache::default_cache_ram_mib(self.inner.total_memory);
         let extensions = kv_cache
-            .extensions(|c| backend.manifest.capabilities.has(c))
+            .extensions(|c| backend.manifest.capabilities.has(c), cache_ram_default)
             .map_err(|(option, needs)| {
                 EngineError::InvalidRequest(format!(
                     "model `{model}` sets {option}, but its backend `{}` does not declare the \
@@ -456,8 +457,20 @@ impl Engine {
             extensions,
             ..LoadRequest::new("")
         };
+        // The RAM prompt cache is outside the memory estimate: say what it may take.
+        let cache_ram = match backend
+            .manifest
+            .capabilities
+            .has(capability::HOST_RAM_PROMPT_CACHE)
+        {
+            true => format!(
+                ", host-RAM prompt cache up to {} MiB",
+                kv_cache.cache_ram_or(cache_ram_default)
+            ),
+            false => String::new(),
+        };
         tracing::info!(
-            "loading `{name}` from {} with backend `{}` (context {context_length})",
+            "loading `{name}` from {} with backend `{}` (context {context_length}{cache_ram})",
             files.path.display(),
             backend.name()
         );

@@ -3,6 +3,12 @@
 //! backend as load options only when it declares the capability they belong to, and counted
 //! in the memory estimate with the bytes the backend will really allocate: every one of its
 //! `parallel` sequences has its own cells.
+//!
+//! `cache_ram_mib` (llama-server's `--cache-ram`) sizes the backend's host-RAM prompt cache:
+//! KV states of prompts pushed out of the sequence slots. It is not model memory (it fills
+//! only as conversations outgrow the slots, and the backend keeps it under the cap), so the
+//! memory estimate leaves it out. Unset, a backend declaring the capability gets
+//! [`default_cache_ram_mib`]; 0 turns it off.
 
 use llmlocal_plugin_api::{
     abi_stable::std_types::{RString, RVec},
@@ -20,6 +26,16 @@ pub struct KvCacheOptions {
     pub cache_type_v: Option<String>,
     /// `on`, `off` or `auto` (default: the backend decides).
     pub flash_attn: Option<String>,
+    /// MiB of host RAM for the backend's prompt cache; 0 = off; `None` = the default.
+    pub cache_ram_mib: Option<u64>,
+}
+
+/// The prompt cache's size when nothing sets one: 1/8 of the machine's memory, at most 2 GiB.
+/// llama-server takes 8 GiB whatever the machine; a local tool shares a laptop with
+/// everything else, and 2 GiB already holds several long chats of a 7B model (about 0.5 MiB
+/// a token in f16: 4000 tokens).
+pub fn default_cache_ram_mib(total_memory: u64) -> u64 {
+    ((total_memory / 8) >> 20).min(2048)
 }
 
 impl KvCacheOptions {
@@ -29,6 +45,7 @@ impl KvCacheOptions {
             cache_type_k: self.cache_type_k.clone().or(fallback.cache_type_k.clone()),
             cache_type_v: self.cache_type_v.clone().or(fallback.cache_type_v.clone()),
             flash_attn: self.flash_attn.clone().or(fallback.flash_attn.clone()),
+            cache_ram_mib: self.cache_ram_mib.or(fallback.cache_ram_mib),
         }
     }
 
@@ -57,10 +74,13 @@ impl KvCacheOptions {
     }
 
     /// The load options for a backend with `capabilities`; `Err` names the first option set
-    /// here that the backend cannot take (as `(option, capability)`).
+    /// here that the backend cannot take (as `(option, capability)`). A backend with the
+    /// RAM prompt cache gets `cache_ram_mib`, or `default_cache_ram_mib` when it is unset; one
+    /// without it may be asked for 0 (off) only.
     pub fn extensions(
         &self,
         has: impl Fn(&str) -> bool,
+        default_cache_ram_mib: u64,
     ) -> Result<RVec<Extension>, (&'static str, &'static str)> {
         let options = [
             (
@@ -93,7 +113,23 @@ impl KvCacheOptions {
                 value: ExtValue::Text(RString::from(value.to_ascii_lowercase())),
             });
         }
+        let cache_ram = capability::HOST_RAM_PROMPT_CACHE;
+        match (self.cache_ram_mib, has(cache_ram)) {
+            (Some(mib), false) if mib > 0 => return Err(("cache_ram_mib", cache_ram)),
+            (_, false) => {}
+            (mib, true) => extensions.push(Extension {
+                key: RString::from(load_option::CACHE_RAM_MIB),
+                value: ExtValue::Int(
+                    i64::try_from(mib.unwrap_or(default_cache_ram_mib)).unwrap_or(i64::MAX),
+                ),
+            }),
+        }
         Ok(extensions)
+    }
+
+    /// The MiB a backend declaring the RAM prompt cache is given (for the load log).
+    pub fn cache_ram_or(&self, default_cache_ram_mib: u64) -> u64 {
+        self.cache_ram_mib.unwrap_or(default_cache_ram_mib)
     }
 
     /// Bytes per value of K plus V (f16 for whatever is not set).
@@ -157,6 +193,7 @@ mod tests {
             cache_type_k: k.map(String::from),
             cache_type_v: v.map(String::from),
             flash_attn: fa.map(String::from),
+            cache_ram_mib: None,
         }
     }
 
@@ -181,26 +218,70 @@ mod tests {
     #[test]
     fn extensions_need_the_capability() {
         let set = options(Some("q8_0"), None, Some("on"));
-        let all = set.extensions(|_| true).expect("declared");
+        let all = set
+            .extensions(|c| c != capability::HOST_RAM_PROMPT_CACHE, 9)
+            .expect("declared");
         let keys: Vec<&str> = all.iter().map(|e| e.key.as_str()).collect();
         assert_eq!(keys, [load_option::CACHE_TYPE_K, load_option::FLASH_ATTN]);
         assert_eq!(
-            set.extensions(|c| c == capability::FLASH_ATTENTION),
+            set.extensions(|c| c == capability::FLASH_ATTENTION, 9),
             Err(("cache_type_k", capability::KV_CACHE_TYPES))
         );
         assert!(KvCacheOptions::default()
-            .extensions(|_| false)
+            .extensions(|_| false, 9)
             .expect("nothing asked")
             .is_empty());
     }
 
     #[test]
+    fn the_ram_cache_size_goes_to_backends_that_have_one() {
+        let cache_ram = |ext: &RVec<Extension>| {
+            ext.iter()
+                .find(|e| e.key.as_str() == load_option::CACHE_RAM_MIB)
+                .map(|e| e.value.clone())
+        };
+        let has_it = |c: &str| c == capability::HOST_RAM_PROMPT_CACHE;
+        let unset = KvCacheOptions::default();
+        let set = |mib| KvCacheOptions {
+            cache_ram_mib: Some(mib),
+            ..KvCacheOptions::default()
+        };
+        // Unset: the default, and only to a backend that has the cache.
+        let ext = unset.extensions(has_it, 9).expect("default");
+        assert_eq!(cache_ram(&ext), Some(ExtValue::Int(9)));
+        assert!(unset.extensions(|_| false, 9).expect("nothing").is_empty());
+        let ext = set(100).extensions(has_it, 9).expect("set");
+        assert_eq!(cache_ram(&ext), Some(ExtValue::Int(100)));
+        // Asked of a backend without it: an error naming the option, unless it asks for off.
+        assert_eq!(
+            set(100).extensions(|_| false, 9),
+            Err(("cache_ram_mib", capability::HOST_RAM_PROMPT_CACHE))
+        );
+        assert!(set(0).extensions(|_| false, 9).expect("off").is_empty());
+        let ext = set(0).extensions(has_it, 9).expect("off");
+        assert_eq!(cache_ram(&ext), Some(ExtValue::Int(0)));
+    }
+
+    #[test]
+    fn the_default_ram_cache_is_an_eighth_of_memory_up_to_2_gib() {
+        assert_eq!(default_cache_ram_mib(8 << 30), 1024);
+        assert_eq!(default_cache_ram_mib(64 << 30), 2048);
+        assert_eq!(default_cache_ram_mib(0), 0);
+    }
+
+    #[test]
     fn model_entry_wins_over_engine_default() {
         let entry = options(Some("q4_0"), None, None);
-        let engine = options(Some("q8_0"), Some("q8_0"), Some("on"));
+        let engine = KvCacheOptions {
+            cache_ram_mib: Some(7),
+            ..options(Some("q8_0"), Some("q8_0"), Some("on"))
+        };
         assert_eq!(
             entry.or(&engine),
-            options(Some("q4_0"), Some("q8_0"), Some("on"))
+            KvCacheOptions {
+                cache_ram_mib: Some(7),
+                ..options(Some("q4_0"), Some("q8_0"), Some("on"))
+            }
         );
     }
 

@@ -17,6 +17,7 @@
 //! cache_type_k = "q8_0"        # KV cache types (f16 default; q8_0, q4_0, ...), also in [engine]
 //! cache_type_v = "q8_0"        # a quantized V cache needs flash attention (llama.cpp)
 //! flash_attn = "auto"          # on | off | auto
+//! cache_ram_mib = 4096         # host-RAM prompt cache (llama-cpp; 0 = off), also in [engine]
 //! temperature = 0.2            # sampling defaults for requests that leave them out (also in
 //! seed = 42                    # [engine]; these win over those): temperature (or temp),
 //! n_predict = 256              # seed (-1 = random), n_predict (-1 = up to the cap), top_k,
@@ -60,6 +61,8 @@ pub struct ModelEntry {
     pub cache_type_v: Option<String>,
     #[serde(default)]
     pub flash_attn: Option<String>,
+    #[serde(default)]
+    pub cache_ram_mib: Option<u64>,
     /// Sampling defaults over the engine's (see [`SamplingDefaults`]).
     #[serde(default, alias = "temp")]
     pub temperature: Option<f32>,
@@ -99,6 +102,7 @@ impl ModelEntry {
             cache_type_k: self.cache_type_k.clone(),
             cache_type_v: self.cache_type_v.clone(),
             flash_attn: self.flash_attn.clone(),
+            cache_ram_mib: self.cache_ram_mib,
         }
         .or(engine)
     }
@@ -199,6 +203,7 @@ struct EngineSection {
     cache_type_k: Option<String>,
     cache_type_v: Option<String>,
     flash_attn: Option<String>,
+    cache_ram_mib: Option<u64>,
     #[serde(alias = "temp")]
     temperature: Option<f32>,
     seed: Option<i64>,
@@ -234,6 +239,7 @@ impl EngineSettings {
             cache_type_k: e.cache_type_k,
             cache_type_v: e.cache_type_v,
             flash_attn: e.flash_attn,
+            cache_ram_mib: e.cache_ram_mib,
         }
         .or(&self.kv_cache);
         self.kv_cache
@@ -372,6 +378,25 @@ mod tests {
         assert_eq!(tiny.backend.as_deref(), Some("llama-cpp"));
         assert!(tiny.pinned);
         assert_eq!(tiny.adapters, ["gh:o/r@v1/a.gguf:0.5"]);
+    }
+
+    #[test]
+    fn cache_ram_per_engine_and_model() {
+        let mut settings = EngineSettings::default();
+        settings
+            .apply_config_text(
+                "[engine]\ncache_ram_mib = 512\n\
+                 [models.a]\npath = \"a\"\ncache_ram_mib = 0\n[models.b]\npath = \"b\"\n",
+            )
+            .expect("valid");
+        assert_eq!(settings.kv_cache.cache_ram_mib, Some(512));
+        let a = settings.models["a"].kv_cache(&settings.kv_cache);
+        let b = settings.models["b"].kv_cache(&settings.kv_cache);
+        assert_eq!((a.cache_ram_mib, b.cache_ram_mib), (Some(0), Some(512)));
+        let err = EngineSettings::default()
+            .apply_config_text("[engine]\ncache_ram_mib = -1\n")
+            .expect_err("negative");
+        assert!(err.contains("cache_ram_mib"), "{err}");
     }
 
     #[test]

@@ -44,6 +44,19 @@
 //! - a model whose cells cannot be cut at the common length (recurrent state, or a
 //!   sliding-window cache that already dropped early cells) starts from empty cells.
 //!
+//! # The host-RAM prompt cache (capability `host-ram-prompt-cache`)
+//!
+//! With `cache-ram-mib` > 0, a slot's kept cells are copied into host RAM
+//! ([`crate::ram_cache`], under the active adapter set) before they are lost: when a job
+//! takes the slot and keeps less than half of them (llama-server's rule), and when kept
+//! prefixes are dropped for an adapter switch or a full KV cache. A job whose prompt shares a
+//! longer reusable prefix with a saved state than with the slot [`SlotMemory::pick`] chose
+//! takes an empty (else the least recently used) free slot instead, gets the state copied in
+//! and trimmed to the common prefix, and counts those tokens as cached. A state llama.cpp
+//! does not take back is dropped from the cache and the job reads its whole prompt. The cache
+//! outlives the context: before the decode thread re-creates it (to read adapter files), the
+//! kept prefixes are saved too.
+//!
 //! Greedy output is the same with and without reuse (the conformance suite checks it); the
 //! prompt tokens are the same computation, only batched differently.
 
@@ -51,11 +64,18 @@ use crate::{
     adapters::{AdapterSet, AdapterStore},
     load::{ModelShape, Reload},
     model::SharedModel,
-    prefix::SlotMemory,
+    prefix::{reusable, SlotMemory},
+    ram_cache::RamCache,
     sampler::{GuidanceCache, SamplerChain, SamplingPlan},
 };
 use llama_cpp_2::{
-    context::LlamaContext, llama_batch::LlamaBatch, model::LlamaModel, token::LlamaToken,
+    context::{
+        session::{LlamaStateSeqFlags, SeqState},
+        LlamaContext,
+    },
+    llama_batch::LlamaBatch,
+    model::LlamaModel,
+    token::LlamaToken,
     DecodeError,
 };
 use llmlocal_plugin_api::{FinishReason, PluginError, Step, Token, Utf8Decoder};
@@ -123,6 +143,9 @@ pub struct EngineConfig {
     pub threads: i32,
     /// KV cache element types and the flash-attention policy.
     pub kv: crate::kv::KvOptions,
+    /// Host RAM for the states of prompts pushed out of their slots (see
+    /// [`crate::ram_cache`]); 0 = off.
+    pub ram_cache_bytes: usize,
 }
 
 /// The handle shared by the model and its running generations: the thread stops when the
@@ -208,6 +231,10 @@ struct Pending {
     adapters: AdapterStore,
     /// The adapter set active on the current context.
     active: AdapterSet,
+    /// States of prompts pushed out of their slots, by the adapter set they were computed
+    /// under (host-RAM prompt cache; off at 0 bytes). They stay valid in a re-created context:
+    /// same weights (a reload reads the same file), same context settings.
+    ram: RamCache<AdapterSet, SeqState>,
     shutting_down: bool,
 }
 
@@ -236,6 +263,7 @@ fn thread_main(
         queue: VecDeque::new(),
         adapters,
         active,
+        ram: RamCache::new(shared.config.ram_cache_bytes),
         shutting_down: false,
     };
     let mut ready = Some(ready);
@@ -573,6 +601,8 @@ impl<'m> State<'m> {
             }
             self.reap();
             if let Some(paths) = self.admit() {
+                // The context goes: its kept prefixes go to the RAM cache, which stays.
+                self.drop_kept();
                 break Exit::Read(paths);
             }
             wait = !self.step();
@@ -642,19 +672,109 @@ impl<'m> State<'m> {
     }
 
     /// Drops every kept prefix (a different adapter set makes them invalid; a full KV cache
-    /// needs their cells). Returns whether there was any.
+    /// needs their cells), saving each in the RAM cache first. Returns whether there was any.
     fn drop_kept(&mut self) -> bool {
         let holding = self.memory.holding();
         for &id in &holding {
+            self.save_slot(id);
             self.clear_slot(id);
         }
         !holding.is_empty()
     }
 
+    /// Copies slot `id`'s kept cells into the RAM cache, if it is on and wants them (long
+    /// enough, not held already, not larger than the whole cache).
+    fn save_slot(&mut self, id: usize) {
+        let held = self.memory.held(id);
+        if !self.pending.ram.wants(&self.pending.active, held) {
+            return;
+        }
+        let Ok(seq_id) = i32::try_from(id) else {
+            return;
+        };
+        let flags = LlamaStateSeqFlags::empty();
+        let size = self.context.state_seq_get_size_ext(seq_id, flags);
+        if !self.pending.ram.fits(size) {
+            tracing::debug!(
+                "the state of {} tokens ({size} bytes) is larger than the whole host-RAM prompt \
+                 cache: not saved",
+                held.len()
+            );
+            return;
+        }
+        let started = Instant::now();
+        match self.context.state_seq_get(seq_id, flags) {
+            Ok(state) => {
+                let bytes = state.byte_len();
+                let (tokens, key) = (held.to_vec(), self.pending.active.clone());
+                self.pending.ram.insert(key, tokens, state, bytes);
+                let (used, entries) = self.pending.ram.usage();
+                tracing::debug!(
+                    "saved {} tokens ({bytes} bytes) to the host-RAM prompt cache in {:.3} ms; \
+                     it holds {entries} prompts in {used} bytes",
+                    held.len(),
+                    started.elapsed().as_secs_f64() * 1000.0
+                );
+            }
+            Err(err) => tracing::warn!("could not save sequence {id}'s state to host RAM: {err}"),
+        }
+    }
+
+    /// Whether a saved state would give `prompt` more reusable tokens than the `common`
+    /// prefix of the slot it was given.
+    fn ram_beats(&self, prompt: &[LlamaToken], common: usize) -> bool {
+        let better = |hit: crate::ram_cache::Hit| {
+            reusable(hit.common, prompt.len()) > reusable(common, prompt.len())
+        };
+        self.pending
+            .ram
+            .best(&self.pending.active, prompt)
+            .is_some_and(better)
+    }
+
+    /// Fills slot `id` from the saved state that best matches `prompt` (saving what the slot
+    /// held first) and trims it to the common prefix. Returns the prompt tokens kept; 0 when
+    /// llama.cpp does not take the state (then it leaves the cache) or cannot trim it.
+    fn restore_slot(&mut self, id: usize, prompt: &[LlamaToken]) -> usize {
+        self.save_slot(id);
+        self.clear_slot(id);
+        self.memory.touch(id);
+        // Looked up after the save, which may have replaced or evicted entries.
+        let Some(hit) = self.pending.ram.best(&self.pending.active, prompt) else {
+            return 0;
+        };
+        let (Ok(seq_id), Some((state, _))) = (i32::try_from(id), self.pending.ram.open(hit.index))
+        else {
+            return 0;
+        };
+        let started = Instant::now();
+        if let Err(err) = self.context.state_seq_set(state, seq_id) {
+            tracing::warn!("llama.cpp did not take a state from the host-RAM prompt cache: {err}");
+            self.pending.ram.remove(hit.index);
+            self.clear_slot(id);
+            return 0;
+        }
+        let keep = reusable(hit.common, prompt.len());
+        if keep == 0 || !self.trim_slot(id, keep) {
+            self.clear_slot(id);
+            return 0;
+        }
+        tracing::debug!(
+            "restored {keep} of {} prompt tokens from the host-RAM prompt cache in {:.3} ms",
+            prompt.len(),
+            started.elapsed().as_secs_f64() * 1000.0
+        );
+        keep
+    }
+
     /// Gets slot `id`'s cells ready for `job`: keeps the longest usable part of the common
-    /// prefix (`common` tokens match) and removes the rest. Returns the prompt tokens kept.
+    /// prefix (`common` tokens match) and removes the rest, saving the slot's cells in the
+    /// RAM cache first when that loses more than half of them. Returns the prompt tokens kept.
     fn prepare_slot(&mut self, id: usize, common: usize, prompt_len: usize) -> usize {
-        let keep = crate::prefix::reusable(common, prompt_len);
+        let keep = reusable(common, prompt_len);
+        if keep * 2 < self.memory.held(id).len() {
+            self.save_slot(id);
+        }
         self.memory.forget(id);
         self.memory.touch(id);
         if keep == 0 || !self.trim_slot(id, keep) {
@@ -739,12 +859,23 @@ impl<'m> State<'m> {
                 PluginError::internal("no free sequence slot for the job"),
             );
         };
-        let kept = self.prepare_slot(pick.slot, pick.common, job.prompt.len());
+        let (slot, kept) = match prompt {
+            Some(prompt) if self.ram_beats(prompt, pick.common) => {
+                // The saved state replaces what the slot holds: take the slot that holds
+                // the least, as for a job without a prefix.
+                let slot = self.memory.pick(free, None).map_or(pick.slot, |p| p.slot);
+                (slot, self.restore_slot(slot, prompt))
+            }
+            _ => (
+                pick.slot,
+                self.prepare_slot(pick.slot, pick.common, job.prompt.len()),
+            ),
+        };
         if let JobKind::Generate(generate) = &job.kind {
             let kept = u32::try_from(kept).unwrap_or(0);
             generate.cached.store(kept, Ordering::Relaxed);
         }
-        self.slots[pick.slot] = Some(start_sequence(job, self.model, kept));
+        self.slots[slot] = Some(start_sequence(job, self.model, kept));
     }
 
     /// Builds and decodes one batch. Returns false if there was nothing to do.

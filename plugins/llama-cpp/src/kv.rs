@@ -102,6 +102,9 @@ impl KvOptions {
         let mut options = KvOptions::default();
         for extension in extensions {
             let key = extension.key.as_str();
+            if key == load_option::CACHE_RAM_MIB {
+                continue; // the RAM cache's, see `crate::ram_cache::cap_from_extensions`
+            }
             let ExtValue::Text(text) = &extension.value else {
                 return Err(PluginError::invalid_request(format!(
                     "{key} must be text, got {:?}",

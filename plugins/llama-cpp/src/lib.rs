@@ -58,6 +58,7 @@ pub mod load;
 mod logs;
 pub mod model;
 pub mod prefix;
+pub mod ram_cache;
 pub mod runtime;
 pub mod sampler;
 
@@ -96,6 +97,7 @@ pub fn manifest() -> Manifest {
         capability::PREFIX_CACHE,
         capability::KV_CACHE_TYPES,
         capability::FLASH_ATTENTION,
+        capability::HOST_RAM_PROMPT_CACHE,
     ] {
         manifest.capabilities.insert(name);
     }

@@ -246,6 +246,7 @@ fn engine_config(model: &LlamaModel, request: &LoadRequest) -> Result<EngineConf
         batch_size,
         threads: i32::try_from(threads).unwrap_or(i32::MAX),
         kv: KvOptions::from_extensions(&request.extensions)?,
+        ram_cache_bytes: crate::ram_cache::cap_from_extensions(&request.extensions)?,
     })
 }
 

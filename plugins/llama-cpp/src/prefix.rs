@@ -79,6 +79,11 @@ impl SlotMemory {
         self.held[slot].clear();
     }
 
+    /// The tokens `slot`'s cells hold (empty while it runs a sequence or holds nothing).
+    pub fn held(&self, slot: usize) -> &[LlamaToken] {
+        self.held.get(slot).map_or(&[], Vec::as_slice)
+    }
+
     /// The slots whose cells hold kept tokens.
     pub fn holding(&self) -> Vec<usize> {
         (0..self.held.len())
@@ -197,6 +202,8 @@ mod tests {
         memory.remember(0, toks(&[1]));
         memory.remember(2, toks(&[2]));
         assert_eq!(memory.holding(), vec![0, 2]);
+        assert_eq!(memory.held(2), toks(&[2]).as_slice());
+        assert!(memory.held(1).is_empty() && memory.held(9).is_empty());
         memory.forget(0);
         assert_eq!(memory.holding(), vec![2]);
     }

@@ -1,6 +1,8 @@
 //! `llmlocal serve` against llama-server on the same GGUF, the same threads and slots, over
-//! HTTP as apps use them: single-stream decoding, 4-stream aggregate, and the time to first
-//! token of a chat's second turn after a long first turn. Rounds are interleaved (the order
+//! HTTP as apps use them: single-stream decoding, 4-stream aggregate, the time to first
+//! token of a chat's second turn after a long first turn, and the same after more chats than
+//! slots took turns in between (the first chat's history then comes from the host-RAM prompt
+//! cache, `--cache-ram`, or is read again). Rounds are interleaved (the order
 //! alternates), the first is a warm-up, medians with min–max spread are reported; tokens
 //! are counted from each server's own `usage`, never from stream events.
 //!
@@ -55,9 +57,32 @@ struct Args {
     /// About how many tokens the chat's first user message has.
     #[arg(long, default_value_t = 1000)]
     first_turn_tokens: usize,
+    /// Chats whose first turns run before the first one's second turn in the interleaved
+    /// case (default: slots + 1, so the first chat loses its slot).
+    #[arg(long)]
+    interleaved_chats: Option<usize>,
+    /// Host-RAM prompt cache MiB for both servers (`--cache-ram`; 0 = off; default: each
+    /// server's own default).
+    #[arg(long, value_name = "MIB")]
+    cache_ram: Option<u64>,
+    /// Which cases to run.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "single,aggregate,turn2,interleaved"
+    )]
+    cases: Vec<Case>,
     /// Also write the results as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Case {
+    Single,
+    Aggregate,
+    Turn2,
+    Interleaved,
 }
 
 /// One server under test; killed when dropped.
@@ -87,7 +112,8 @@ fn start_llmlocal(args: &Args, threads: u32, logs: &Path) -> anyhow::Result<Serv
     let port = free_port()?;
     // In process, as plugins installed next to the binary run (a --plugin-dir elsewhere
     // would default to a worker process).
-    let child = Command::new(&args.llmlocal)
+    let mut command = Command::new(&args.llmlocal);
+    command
         .args(["--isolation", "in-process", "--plugin-dir"])
         .arg(&args.plugin_dir)
         .args(["serve", "--bind", &format!("127.0.0.1:{port}")])
@@ -96,7 +122,11 @@ fn start_llmlocal(args: &Args, threads: u32, logs: &Path) -> anyhow::Result<Serv
         .args(["--backend", "llama-cpp"])
         .args(["--threads", &threads.to_string()])
         .args(["--parallel", &args.parallel.to_string()])
-        .args(["--context-length", &args.context.to_string()])
+        .args(["--context-length", &args.context.to_string()]);
+    if let Some(mib) = args.cache_ram {
+        command.args(["--cache-ram", &mib.to_string()]);
+    }
+    let child = command
         .stdout(log_file(logs, "llmlocal")?)
         .stderr(log_file(logs, "llmlocal.err")?)
         .spawn()
@@ -111,14 +141,19 @@ fn start_llmlocal(args: &Args, threads: u32, logs: &Path) -> anyhow::Result<Serv
 fn start_llama_server(args: &Args, threads: u32, logs: &Path) -> anyhow::Result<Server> {
     let port = free_port()?;
     let total_context = args.context * args.parallel;
-    let child = Command::new(&args.llama_server)
+    let mut command = Command::new(&args.llama_server);
+    command
         .arg("-m")
         .arg(&args.model)
         .args(["--host", "127.0.0.1", "--port", &port.to_string()])
         .args(["-t", &threads.to_string(), "-tb", &threads.to_string()])
         .args(["-np", &args.parallel.to_string()])
         .args(["-c", &total_context.to_string()])
-        .args(["--alias", "m"])
+        .args(["--alias", "m"]);
+    if let Some(mib) = args.cache_ram {
+        command.args(["--cache-ram", &mib.to_string()]);
+    }
+    let child = command
         .stdout(log_file(logs, "llama-server")?)
         .stderr(log_file(logs, "llama-server.err")?)
         .spawn()
@@ -270,11 +305,38 @@ async fn turn2_ttft(
         .ttft_ms)
 }
 
+/// Time to first token of chat 0's second turn after `chats` chats' long first turns, one
+/// after the other: with more chats than slots, chat 0's slot went to another chat.
+async fn interleaved_ttft(
+    http: &reqwest::Client,
+    server: &Server,
+    chats: usize,
+    first_turn_tokens: usize,
+    round: usize,
+) -> anyhow::Result<f64> {
+    let mut first = None;
+    for chat in 0..chats.max(1) {
+        // The chats differ from their first words on: only the chat template's start is
+        // common, as between unrelated conversations.
+        let content = format!("Chat {chat}. {}", long_message(first_turn_tokens, round));
+        let messages = vec![json!({"role": "user", "content": content})];
+        let answer = stream_chat(http, server, &json!(messages), 32, false).await?;
+        first.get_or_insert((messages, answer.text));
+    }
+    let (mut messages, answer) = first.context("no chat ran")?;
+    messages.push(json!({"role": "assistant", "content": answer}));
+    messages.push(json!({"role": "user", "content": "And then what happened?"}));
+    Ok(stream_chat(http, server, &json!(messages), 8, false)
+        .await?
+        .ttft_ms)
+}
+
 #[derive(Debug, Default, serde::Serialize)]
 struct Samples {
     single_tok_s: Vec<f64>,
     aggregate_tok_s: Vec<f64>,
     turn2_ttft_ms: Vec<f64>,
+    interleaved_ttft_ms: Vec<f64>,
 }
 
 fn median(values: &[f64]) -> f64 {
@@ -345,34 +407,82 @@ async fn main() -> anyhow::Result<()> {
         let order: [usize; 2] = if round % 2 == 0 { [0, 1] } else { [1, 0] };
         for &i in &order {
             let server = &servers[i];
-            let single = single_stream(&http, server, args.gen_tokens).await?;
-            let agg = aggregate(&http, server, args.parallel as usize, args.gen_tokens).await?;
-            let ttft = turn2_ttft(&http, server, args.first_turn_tokens, round).await?;
-            println!(
-                "round {round} {:<12} single {single:.1} tok/s, {} streams {agg:.1} tok/s, \
-                 turn-2 TTFT {ttft:.1} ms{}",
-                server.name,
-                args.parallel,
-                if round == 0 { " (warm-up)" } else { "" }
-            );
+            let mut line = format!("round {round} {:<12}", server.name);
+            let mut sample = Samples::default();
+            if args.cases.contains(&Case::Single) {
+                let single = single_stream(&http, server, args.gen_tokens).await?;
+                line.push_str(&format!(" single {single:.1} tok/s,"));
+                sample.single_tok_s.push(single);
+            }
+            if args.cases.contains(&Case::Aggregate) {
+                let agg = aggregate(&http, server, args.parallel as usize, args.gen_tokens).await?;
+                line.push_str(&format!(" {} streams {agg:.1} tok/s,", args.parallel));
+                sample.aggregate_tok_s.push(agg);
+            }
+            if args.cases.contains(&Case::Turn2) {
+                let ttft = turn2_ttft(&http, server, args.first_turn_tokens, round).await?;
+                line.push_str(&format!(" turn-2 TTFT {ttft:.1} ms,"));
+                sample.turn2_ttft_ms.push(ttft);
+            }
+            if args.cases.contains(&Case::Interleaved) {
+                let chats = args.interleaved_chats.unwrap_or(args.parallel as usize + 1);
+                let ttft =
+                    interleaved_ttft(&http, server, chats, args.first_turn_tokens, round).await?;
+                line.push_str(&format!(" turn-2 TTFT after {chats} chats {ttft:.1} ms"));
+                sample.interleaved_ttft_ms.push(ttft);
+            }
+            println!("{line}{}", if round == 0 { " (warm-up)" } else { "" });
             if round > 0 {
-                samples[i].single_tok_s.push(single);
-                samples[i].aggregate_tok_s.push(agg);
-                samples[i].turn2_ttft_ms.push(ttft);
+                let into = &mut samples[i];
+                into.single_tok_s.append(&mut sample.single_tok_s);
+                into.aggregate_tok_s.append(&mut sample.aggregate_tok_s);
+                into.turn2_ttft_ms.append(&mut sample.turn2_ttft_ms);
+                into.interleaved_ttft_ms
+                    .append(&mut sample.interleaved_ttft_ms);
             }
         }
     }
     let [ours, theirs] = &samples;
     println!("medians (min–max) of {} rounds:", args.rounds);
-    let results = json!({
+    let mut results = json!({
         "model": args.model, "threads": threads, "parallel": args.parallel,
-        "single_stream_tok_s": report("single-stream tok/s", &ours.single_tok_s,
-                                      &theirs.single_tok_s, true),
-        "aggregate_tok_s": report(&format!("{}-stream tok/s", args.parallel),
-                                  &ours.aggregate_tok_s, &theirs.aggregate_tok_s, true),
-        "turn2_ttft_ms": report("chat turn-2 TTFT ms", &ours.turn2_ttft_ms,
-                                &theirs.turn2_ttft_ms, false),
+        "cache_ram_mib": args.cache_ram,
     });
+    let cases = [
+        (
+            "single_stream_tok_s",
+            "single-stream tok/s".to_string(),
+            &ours.single_tok_s,
+            &theirs.single_tok_s,
+            true,
+        ),
+        (
+            "aggregate_tok_s",
+            format!("{}-stream tok/s", args.parallel),
+            &ours.aggregate_tok_s,
+            &theirs.aggregate_tok_s,
+            true,
+        ),
+        (
+            "turn2_ttft_ms",
+            "chat turn-2 TTFT ms".to_string(),
+            &ours.turn2_ttft_ms,
+            &theirs.turn2_ttft_ms,
+            false,
+        ),
+        (
+            "interleaved_ttft_ms",
+            "turn-2 TTFT, interleaved ms".to_string(),
+            &ours.interleaved_ttft_ms,
+            &theirs.interleaved_ttft_ms,
+            false,
+        ),
+    ];
+    for (key, label, ours, theirs, higher_is_better) in cases {
+        if !ours.is_empty() {
+            results[key] = report(&label, ours, theirs, higher_is_better);
+        }
+    }
     if let Some(path) = &args.json {
         std::fs::write(path, serde_json::to_string_pretty(&results)?)
             .with_context(|| format!("write {}", path.display()))?;
