@@ -63,7 +63,10 @@ impl Kernel {
     pub fn detect() -> Kernel {
         static KERNEL: OnceLock<Kernel> = OnceLock::new();
         *KERNEL.get_or_init(|| {
-            let kernel = Kernel::available().into_iter().next().unwrap_or(Kernel::Scalar);
+            let kernel = Kernel::available()
+                .into_iter()
+                .next()
+                .unwrap_or(Kernel::Scalar);
             tracing::debug!("candle: Q8_0 matmuls use the {kernel:?} kernel");
             kernel
         })
@@ -139,10 +142,9 @@ impl CustomOp2 for Q8Matmul {
                 k.div_ceil(BLOCK) * BLOCK_BYTES
             )
         }
-        let (Some((x0, x1)), Some((w0, w1))) = (
-            x_layout.contiguous_offsets(),
-            w_layout.contiguous_offsets(),
-        ) else {
+        let (Some((x0, x1)), Some((w0, w1))) =
+            (x_layout.contiguous_offsets(), w_layout.contiguous_offsets())
+        else {
             bail!("a Q8_0 matmul needs contiguous operands")
         };
         let out = matmul(&x[x0..x1], m, k, &w[w0..w1], n, Kernel::detect())?;
@@ -275,7 +277,10 @@ pub fn dequantize(blocks: &[u8], out: &mut [f32]) {
 pub fn dequantize_rows(w: &Tensor, ids: &Tensor) -> Result<Tensor> {
     let (_, row_bytes) = w.dims2()?;
     if w.dtype() != DType::U8 || row_bytes % BLOCK_BYTES != 0 {
-        bail!("{:?} [_, {row_bytes}] is not a matrix of Q8_0 blocks", w.dtype())
+        bail!(
+            "{:?} [_, {row_bytes}] is not a matrix of Q8_0 blocks",
+            w.dtype()
+        )
     }
     let k = row_bytes / BLOCK_BYTES * BLOCK;
     let rows = w.index_select(ids, 0)?;
@@ -370,7 +375,10 @@ fn dot_scalar(xq: &[u8], xd: &[f32], w: &[u8]) -> f32 {
     sum
 }
 
+// The AVX512-VNNI intrinsics are stable from Rust 1.89 (the workspace says 1.85; candle and
+// tokenizers already need 1.87 to build this plugin).
 #[cfg(target_arch = "x86_64")]
+#[clippy::msrv = "1.89"]
 mod x86 {
     //! The SIMD micro-kernels: `R` x rows × `C` w rows, 8 float lanes per pair accumulated
     //! over the blocks, summed across lanes at the end.
@@ -423,7 +431,11 @@ mod x86 {
         };
     }
 
-    region!(region_vnni, tile_vnni, "avx2,fma,f16c,avx512f,avx512vl,avx512vnni");
+    region!(
+        region_vnni,
+        tile_vnni,
+        "avx2,fma,f16c,avx512f,avx512vl,avx512vnni"
+    );
     region!(region_avx2, tile_avx2, "avx2,fma,f16c");
 
     /// The scale of block `b` of w row `c`, in every lane.

@@ -206,9 +206,7 @@ fn rope_factor_layout(content: &Content, dims: &Dims, layout: Layout) -> Result<
     }
     Ok(match layout {
         Layout::Dense(dtype) if !gguf_dense::dequantize_needed(content) => Layout::Dense(dtype),
-        Layout::DenseQ8 if gguf_dense::layout_obstacle(layout, content, dims).is_none() => {
-            layout
-        }
+        Layout::DenseQ8 if gguf_dense::layout_obstacle(layout, content, dims).is_none() => layout,
         _ => Layout::Dense(candle_core::DType::F32),
     })
 }

@@ -451,7 +451,10 @@ fn stored_as(name: &str, info: &TensorInfo) -> Result<(DType, Vec<usize>)> {
     match (info.ggml_dtype, dims) {
         (GgmlDType::Q8_0, &[rows, cols]) if cols % crate::cpu_q8::BLOCK == 0 => Ok((
             DType::U8,
-            vec![rows, cols / crate::cpu_q8::BLOCK * crate::cpu_q8::BLOCK_BYTES],
+            vec![
+                rows,
+                cols / crate::cpu_q8::BLOCK * crate::cpu_q8::BLOCK_BYTES,
+            ],
         )),
         (dtype, _) => match dense_dtype(dtype) {
             Some(dtype) => Ok((dtype, dims.to_vec())),

@@ -7,8 +7,8 @@ use candle_core::quantized::gguf_file::{self, Content};
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{DType, Device, DeviceLocation};
 use common::{greedy, max_diff, rewrite_gguf_as, stories};
-use llmlocal_backend_candle::gguf::{self, Loaded};
 use llmlocal_backend_candle::cpu_q8;
+use llmlocal_backend_candle::gguf::{self, Loaded};
 use llmlocal_backend_candle::gguf_dense::{self, Layout};
 use llmlocal_backend_candle::net::Net;
 use llmlocal_plugin_api::{ErrorKind, Model};
@@ -98,22 +98,20 @@ fn dense_f32_equals_the_quantized_path() {
 #[test]
 fn dense_q8_0_equals_the_quantized_path() {
     // (stories260K has no Q8_0 form: its 172-wide FFN is not whole blocks of 32.)
-    let fixtures = llmlocal_fixtures::ensure_default().unwrap();
-    for path in [fixtures.gguf_q8_0] {
-        let (want, got, diff) = compare(&path, Layout::DenseQ8, 64);
-        eprintln!("{}: dense Q8_0 max |logit diff| {diff}", path.display());
-        assert!(want.len() >= 32, "{}: only {} tokens", path.display(), want.len());
-        assert_eq!(got, want, "{}: greedy tokens", path.display());
-        assert!(diff < 1e-3, "{}: logits differ by {diff}", path.display());
-        let content = Content::read(&mut std::fs::File::open(&path).unwrap()).unwrap();
-        let file_bytes: usize = content
-            .tensor_infos
-            .values()
-            .map(|i| i.shape.elem_count() / i.ggml_dtype.block_size() * i.ggml_dtype.type_size())
-            .sum();
-        let (model, _) = load_as(&path, Some(Layout::DenseQ8));
-        assert_eq!(model.metadata().size_bytes, file_bytes as u64, "{}", path.display());
-    }
+    let path = llmlocal_fixtures::ensure_default().unwrap().gguf_q8_0;
+    let (want, got, diff) = compare(&path, Layout::DenseQ8, 64);
+    eprintln!("dense Q8_0 max |logit diff| {diff}");
+    assert!(want.len() >= 32, "only {} tokens", want.len());
+    assert_eq!(got, want, "greedy tokens");
+    assert!(diff < 1e-3, "logits differ by {diff}");
+    let content = Content::read(&mut std::fs::File::open(&path).unwrap()).unwrap();
+    let file_bytes: usize = content
+        .tensor_infos
+        .values()
+        .map(|i| i.shape.elem_count() / i.ggml_dtype.block_size() * i.ggml_dtype.type_size())
+        .sum();
+    let (model, _) = load_as(&path, Some(Layout::DenseQ8));
+    assert_eq!(model.metadata().size_bytes, file_bytes as u64);
 }
 
 #[test]
