@@ -258,7 +258,7 @@ impl Session {
         self.reserve(pos + t)?;
         let device = model.embed.device();
         let ids = Tensor::new(tokens, device)?;
-        let x = model.embed.index_select(&ids, 0)?;
+        let x = embed_rows(&model.embed, &ids)?;
         if let (1, Some(rope)) = (t, &model.fused_rope) {
             let logits = fused::forward(&model, rope, &self.caches, &x, pos)?;
             self.len = pos + 1;
@@ -286,7 +286,7 @@ impl Session {
         }
         self.reserve(pos + t)?;
         let ids = Tensor::new(tokens, model.embed.device())?;
-        let x = model.embed.index_select(&ids, 0)?;
+        let x = embed_rows(&model.embed, &ids)?;
         let x = self.layers(&model, x, pos)?;
         rms_norm(&x, &model.norm, model.shape.rms_eps)?.to_dtype(DType::F32)
     }
@@ -575,6 +575,15 @@ fn mlp(layer: &Layer, h: &Tensor, fused: bool) -> Result<Tensor> {
     let gate = gate_up.narrow(1, 0, layer.ffn)?;
     let up = gate_up.narrow(1, layer.ffn, layer.ffn)?;
     linear::forward(&(gate.silu()? * up)?, &layer.down)
+}
+
+/// The embedding rows of `ids`; a Q8_0 table (U8 blocks, see [`crate::cpu_q8`]) is widened
+/// to F32 only for the rows looked up.
+fn embed_rows(embed: &Tensor, ids: &Tensor) -> Result<Tensor> {
+    match embed.dtype() {
+        DType::U8 => crate::cpu_q8::dequantize_rows(embed, ids),
+        _ => embed.index_select(ids, 0),
+    }
 }
 
 /// `[t, pos + t]` F32: 0 where new position i may see key j (j <= pos + i), -inf

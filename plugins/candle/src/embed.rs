@@ -2,8 +2,9 @@
 //! our own [`DenseLlama`], pooled (mean, cls = first token, last, or none = every token)
 //! and optionally L2-normalised.
 //!
-//! A model whose generation already runs on a [`DenseLlama`] (llama safetensors folders and
-//! F32/F16/BF16 GGUF files on the CPU, half-precision GGUF on a GPU) embeds with that same
+//! A model whose generation already runs on a [`DenseLlama`] (llama safetensors folders,
+//! F32/F16/BF16 GGUF files on the CPU and Q8_0 ones on x86 CPUs, half-precision GGUF on a
+//! GPU) embeds with that same
 //! network. candle's `llama` and `quantized_llama`, which run generation otherwise, give
 //! logits only. So a model not already held as a
 //! [`DenseLlama`] gets one for embeddings, built from its files on the first `embed` call

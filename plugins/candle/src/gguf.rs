@@ -1,7 +1,8 @@
-//! GGUF llama models. Block-quantized (Q8_0, Q4_K, ...) and F32 files, and every file on
-//! the CPU, go through `candle_transformers::models::quantized_llama`, which stores q/k in
-//! the interleaved RoPE layout and applies it as such (`rope_i`). F16/BF16 files on a GPU
-//! load as a dense half-precision llama instead ([`crate::gguf_dense`]).
+//! GGUF llama models. Block-quantized (Q4_K, ...; Q8_0 off the CPU) files and F32 files on
+//! a GPU go through `candle_transformers::models::quantized_llama`, which stores q/k in the
+//! interleaved RoPE layout and applies it as such (`rope_i`). F32/F16/BF16 files on the CPU,
+//! F16/BF16 files on a GPU and Q8_0 files on the CPU load as the plugin's dense llama
+//! instead ([`crate::gguf_dense`], [`gguf_dense::choose`]).
 
 use crate::error::{io_error, no_panic, Result, ResultExt};
 use crate::gguf_dense::{self, Layout};
@@ -137,8 +138,8 @@ pub fn dense_f32(
 /// layout needs.
 fn context_length(layout: Layout, train_context: usize, asked: u32) -> usize {
     match (layout, asked) {
-        (Layout::Dense(_), 0) => train_context.min(DENSE_DEFAULT_CONTEXT_CAP),
-        (Layout::Dense(_), n) => n as usize,
+        (Layout::Dense(_) | Layout::DenseQ8, 0) => train_context.min(DENSE_DEFAULT_CONTEXT_CAP),
+        (Layout::Dense(_) | Layout::DenseQ8, n) => n as usize,
         // quantized_llama's rotary tables are fixed at MAX_SEQ_LEN positions.
         (Layout::Quantized, 0) => train_context.min(quantized_llama::MAX_SEQ_LEN),
         (Layout::Quantized, n) => (n as usize).min(quantized_llama::MAX_SEQ_LEN),
@@ -176,7 +177,12 @@ fn build(
             })?;
             Ok((Net::Dense(dense), None))
         }
-        Layout::Dense(dtype) => {
+        Layout::Dense(_) | Layout::DenseQ8 => {
+            // DenseQ8: Q8_0 matrices stay blocks, the rest is F32.
+            let dtype = match layout {
+                Layout::Dense(dtype) => dtype,
+                _ => candle_core::DType::F32,
+            };
             let dense = no_panic("reading the GGUF tensors", || {
                 gguf_dense::load(&content, file, device, dtype, dims, context)
             })?;
@@ -192,7 +198,8 @@ fn build(
 
 /// The layout of a file with llama3 rope factors (`rope_freqs.weight`): only the dense llama
 /// applies them (quantized_llama ignores them), in F32 where the file's matrices are
-/// block-quantized or on the CPU. Refused when the dense llama cannot hold the file.
+/// block-quantized (other than Q8_0 held as blocks) or on the CPU. Refused when the dense
+/// llama cannot hold the file.
 fn rope_factor_layout(content: &Content, dims: &Dims, layout: Layout) -> Result<Layout> {
     if let Some(reason) = gguf_dense::structural_obstacle(content, dims) {
         return Err(PluginError::unsupported_architecture(format!(
@@ -202,6 +209,7 @@ fn rope_factor_layout(content: &Content, dims: &Dims, layout: Layout) -> Result<
     }
     Ok(match layout {
         Layout::Dense(dtype) if !gguf_dense::dequantize_needed(content) => Layout::Dense(dtype),
+        Layout::DenseQ8 if gguf_dense::layout_obstacle(layout, content, dims).is_none() => layout,
         _ => Layout::Dense(candle_core::DType::F32),
     })
 }
@@ -212,7 +220,7 @@ fn exact_layout(content: &Content, dims: &Dims, layout: Layout, path: &Path) -> 
     if layout == Layout::Quantized {
         return layout;
     }
-    match gguf_dense::obstacle(content, dims) {
+    match gguf_dense::layout_obstacle(layout, content, dims) {
         None => layout,
         Some(reason) => {
             tracing::debug!(

@@ -7,6 +7,10 @@
 //! narrowed to the model dtype), and the q/k rows are moved back from llama.cpp's
 //! interleaved RoPE layout to the half-split one [`DenseLlama`] applies.
 //!
+//! Q8_0 files on the CPU run on the same network with each Q8_0 matrix held as its raw
+//! blocks (U8 `[rows, cols / 32 * 34]`; row permutations and concatenations stay exact on
+//! whole rows of blocks), multiplied by [`crate::cpu_q8`]; activations and norms are F32.
+//!
 //! Anything this path cannot represent exactly (rope scaling keys, extra tensors such as
 //! biases, mixed-dtype matrices, experts) stays on the quantized path. llama3 `rope_freqs`
 //! factors it applies (quantized_llama does not).
@@ -31,17 +35,22 @@ pub enum Layout {
     Quantized,
     /// [`DenseLlama`] with every weight in this dtype.
     Dense(DType),
+    /// [`DenseLlama`] on the CPU with Q8_0 matrices as raw blocks ([`crate::cpu_q8`]),
+    /// everything else in F32.
+    DenseQ8,
 }
 
 /// The layout a load uses when nothing forces one: half-precision files run dense in their
 /// own dtype on a GPU. On the CPU, F32/F16/BF16 files run dense in F32 (candle's CPU half
 /// matmuls are slow): the same F32 arithmetic `quantized_llama` does after widening, but
 /// with a preallocated KV cache and decode matmuls spread over the threads (see
-/// [`crate::dense_llama`]). Block-quantized files, and F32 files on a GPU, keep the
-/// quantized path.
+/// [`crate::dense_llama`]). Q8_0 files on the CPU run dense with their blocks as stored
+/// when [`crate::cpu_q8`] has a SIMD kernel for this CPU. Other block-quantized files, and
+/// F32 files on a GPU, keep the quantized path.
 pub fn choose(matrices: Option<GgmlDType>, device: &DeviceLocation) -> Layout {
     let on_cpu = matches!(device, DeviceLocation::Cpu);
     match matrices {
+        Some(GgmlDType::Q8_0) if on_cpu && crate::cpu_q8::accelerated() => Layout::DenseQ8,
         Some(GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16) if on_cpu => {
             Layout::Dense(DType::F32)
         }
@@ -99,6 +108,37 @@ pub fn structural_obstacle(content: &Content, dims: &Dims) -> Option<String> {
 pub fn obstacle(content: &Content, dims: &Dims) -> Option<String> {
     structural_obstacle(content, dims).or_else(|| {
         dequantize_needed(content).then(|| "some tensors are block-quantized".to_string())
+    })
+}
+
+/// Why `layout` cannot hold this file exactly, if it cannot (the quantized layout holds
+/// every file).
+pub fn layout_obstacle(layout: Layout, content: &Content, dims: &Dims) -> Option<String> {
+    match layout {
+        Layout::Quantized => None,
+        Layout::Dense(_) => obstacle(content, dims),
+        Layout::DenseQ8 => structural_obstacle(content, dims).or_else(|| q8_obstacle(content)),
+    }
+}
+
+/// A tensor [`Layout::DenseQ8`] cannot read: block-quantized other than Q8_0, or Q8_0 that
+/// is not a matrix.
+fn q8_obstacle(content: &Content) -> Option<String> {
+    let mut names: Vec<&String> = content.tensor_infos.keys().collect();
+    names.sort();
+    names.into_iter().find_map(|name| {
+        let info = &content.tensor_infos[name];
+        let readable = match info.ggml_dtype {
+            GgmlDType::Q8_0 => info.shape.rank() == 2,
+            dtype => dense_dtype(dtype).is_some(),
+        };
+        (!readable).then(|| {
+            format!(
+                "tensor `{name}` is {:?} {:?}",
+                info.ggml_dtype,
+                info.shape.dims()
+            )
+        })
     })
 }
 
@@ -260,16 +300,19 @@ fn build<R: Read + Seek>(
             PluginError::unsupported_format(format!("GGUF tensor `{name}` is not a llama tensor"))
         })?;
         let tensor = read(reader, name)?;
-        // Frequency divisors stay F32 (F16 would round them).
-        let target = if place == Part::RopeFreqs {
-            DType::F32
-        } else {
-            dtype
+        // Frequency divisors stay F32 (F16 would round them); Q8_0 blocks stay blocks.
+        let target = match (place, tensor.dtype()) {
+            (_, DType::U8) => DType::U8,
+            (Part::RopeFreqs, _) => DType::F32,
+            _ => dtype,
         };
         let tensor = rope_layout(name, tensor, dims)
             .and_then(|t| t.to_dtype(target))
             .internal_err(|| format!("converting GGUF tensor `{name}` on the device"))?;
-        weight_bytes += (tensor.elem_count() * dtype.size_in_bytes()) as u64;
+        weight_bytes += match target {
+            DType::U8 => tensor.elem_count(),
+            _ => tensor.elem_count() * dtype.size_in_bytes(),
+        } as u64;
         parts.put(name, place, tensor)?;
     }
     let shape = shape(&content.metadata, dims, context)?;
@@ -371,7 +414,8 @@ fn rope_layout(name: &str, tensor: Tensor, dims: &Dims) -> candle_core::Result<T
 }
 
 /// One tensor's bytes straight from the file onto the device, in its stored dtype (no
-/// whole-model copy on the host: one tensor's bytes at a time).
+/// whole-model copy on the host: one tensor's bytes at a time). A Q8_0 matrix comes as its
+/// raw blocks, U8 `[rows, cols / 32 * 34]`.
 fn read_tensor<R: Read + Seek>(
     content: &Content,
     reader: &mut R,
@@ -379,13 +423,8 @@ fn read_tensor<R: Read + Seek>(
     device: &Device,
 ) -> Result<Tensor> {
     let info: &TensorInfo = &content.tensor_infos[name];
-    let dtype = dense_dtype(info.ggml_dtype).ok_or_else(|| {
-        PluginError::unsupported_format(format!(
-            "GGUF tensor `{name}` is {:?}; the dense path reads F32, F16 and BF16",
-            info.ggml_dtype
-        ))
-    })?;
-    let len = info.shape.elem_count() * dtype.size_in_bytes();
+    let (dtype, dims) = stored_as(name, info)?;
+    let len = dims.iter().product::<usize>() * dtype.size_in_bytes();
     let start = content.tensor_data_offset + info.offset;
     // A corrupt header must not make us allocate more than the file holds.
     let file_len = reader
@@ -401,8 +440,30 @@ fn read_tensor<R: Read + Seek>(
         .seek(SeekFrom::Start(start))
         .and_then(|_| reader.read_exact(&mut bytes))
         .format_err(|| format!("reading GGUF tensor `{name}` ({len} bytes)"))?;
-    Tensor::from_raw_buffer(&bytes, dtype, info.shape.dims(), device)
+    Tensor::from_raw_buffer(&bytes, dtype, &dims, device)
         .internal_err(|| format!("putting GGUF tensor `{name}` on the device"))
+}
+
+/// The dtype and dims a tensor is read as: F32/F16/BF16 as they are, Q8_0 matrices as rows
+/// of blocks.
+fn stored_as(name: &str, info: &TensorInfo) -> Result<(DType, Vec<usize>)> {
+    let dims = info.shape.dims();
+    match (info.ggml_dtype, dims) {
+        (GgmlDType::Q8_0, &[rows, cols]) if cols % crate::cpu_q8::BLOCK == 0 => Ok((
+            DType::U8,
+            vec![
+                rows,
+                cols / crate::cpu_q8::BLOCK * crate::cpu_q8::BLOCK_BYTES,
+            ],
+        )),
+        (dtype, _) => match dense_dtype(dtype) {
+            Some(dtype) => Ok((dtype, dims.to_vec())),
+            None => Err(PluginError::unsupported_format(format!(
+                "GGUF tensor `{name}` is {dtype:?} {dims:?}; the dense path reads F32, F16, \
+                 BF16 and Q8_0 matrices"
+            ))),
+        },
+    }
 }
 
 /// The network's sizes from the GGUF metadata (the same keys and defaults `quantized_llama`

@@ -6,9 +6,10 @@
 //! BERT embedding models (`bert` folders and GGUF files) load as encoders that embed only
 //! ([`bert`], [`bert_gguf`]).
 //!
-//! GGUF files take one of two paths ([`gguf_dense::choose`]): block-quantized (Q8_0,
-//! k-quants, ...) files, and F32 files on a GPU, run through candle's `quantized_llama`.
-//! F32/F16/BF16 files on the CPU, and F16/BF16 files on CUDA/Metal, are held dense instead
+//! GGUF files take one of two paths ([`gguf_dense::choose`]): block-quantized (k-quants,
+//! Q8_0 off x86 CPUs with AVX2, ...) files, and F32 files on a GPU, run through candle's
+//! `quantized_llama`. F32/F16/BF16 files on the CPU, Q8_0 files on x86 CPUs (matrices kept
+//! as blocks, [`cpu_q8`]), and F16/BF16 files on CUDA/Metal, are held dense instead
 //! ([`gguf_dense`]): tensors read as stored (widened to F32 on the CPU, their own dtype on a
 //! GPU), q/k moved back from llama.cpp's interleaved RoPE layout, run by our own
 //! [`dense_llama`] (preallocated KV cache, fused q/k/v and gate/up matmuls; on a GPU half the
@@ -44,6 +45,7 @@ pub mod backend;
 pub mod bert;
 pub mod bert_gguf;
 pub mod constraint;
+pub mod cpu_q8;
 #[cfg(feature = "cuda")]
 pub mod decode_kernels;
 pub mod dense_llama;

@@ -25,6 +25,10 @@ const BLOCKS_PER_THREAD: usize = 4;
 
 /// `x` (`[m, in]`) times `w` (`[out, in]`) transposed: `[m, out]`.
 pub fn forward(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    // U8 weights are Q8_0 blocks as stored in GGUF (`gguf_dense::Layout::DenseQ8`).
+    if w.dtype() == candle_core::DType::U8 {
+        return crate::cpu_q8::forward(x, w);
+    }
     let threads = candle_core::utils::barrier_pool().n_workers() + 1;
     match block_rows(x, w, threads)? {
         Some(rows) => split(x, w, rows),

@@ -7,6 +7,7 @@ use candle_core::quantized::gguf_file::{self, Content};
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{DType, Device, DeviceLocation};
 use common::{greedy, max_diff, rewrite_gguf_as, stories};
+use llmlocal_backend_candle::cpu_q8;
 use llmlocal_backend_candle::gguf::{self, Loaded};
 use llmlocal_backend_candle::gguf_dense::{self, Layout};
 use llmlocal_backend_candle::net::Net;
@@ -90,6 +91,29 @@ fn dense_f32_equals_the_quantized_path() {
     }
 }
 
+/// Q8_0 files held as blocks (cpu_q8) against quantized_llama on the same file: both
+/// quantize the activations to Q8_0 blocks and take int8 dot products, so only the order of
+/// float additions differs (and, through it, a rare activation rounded to the other
+/// neighbour). The weights take the file's bytes.
+#[test]
+fn dense_q8_0_equals_the_quantized_path() {
+    // (stories260K has no Q8_0 form: its 172-wide FFN is not whole blocks of 32.)
+    let path = llmlocal_fixtures::ensure_default().unwrap().gguf_q8_0;
+    let (want, got, diff) = compare(&path, Layout::DenseQ8, 64);
+    eprintln!("dense Q8_0 max |logit diff| {diff}");
+    assert!(want.len() >= 32, "only {} tokens", want.len());
+    assert_eq!(got, want, "greedy tokens");
+    assert!(diff < 1e-3, "logits differ by {diff}");
+    let content = Content::read(&mut std::fs::File::open(&path).unwrap()).unwrap();
+    let file_bytes: usize = content
+        .tensor_infos
+        .values()
+        .map(|i| i.shape.elem_count() / i.ggml_dtype.block_size() * i.ggml_dtype.type_size())
+        .sum();
+    let (model, _) = load_as(&path, Some(Layout::DenseQ8));
+    assert_eq!(model.metadata().size_bytes, file_bytes as u64);
+}
+
 #[test]
 fn dense_half_is_close_to_f32() {
     let tmp = tempfile::tempdir().unwrap();
@@ -162,6 +186,11 @@ fn half_files_run_dense_in_their_dtype_on_a_gpu_and_in_f32_on_the_cpu() {
     let cuda = DeviceLocation::Cuda { gpu_id: 0 };
     let metal = DeviceLocation::Metal { gpu_id: 0 };
     let cpu = DeviceLocation::Cpu;
+    // Q8_0 runs dense (as blocks) where cpu_q8 has a SIMD kernel.
+    let q8_cpu = match cpu_q8::accelerated() {
+        true => Layout::DenseQ8,
+        false => Layout::Quantized,
+    };
     let cases = [
         (Some(GgmlDType::F16), &cuda, Layout::Dense(DType::F16)),
         (Some(GgmlDType::BF16), &cuda, Layout::Dense(DType::BF16)),
@@ -173,7 +202,8 @@ fn half_files_run_dense_in_their_dtype_on_a_gpu_and_in_f32_on_the_cpu() {
         (Some(GgmlDType::F16), &cpu, Layout::Dense(DType::F32)),
         (Some(GgmlDType::BF16), &cpu, Layout::Dense(DType::F32)),
         (Some(GgmlDType::F32), &cpu, Layout::Dense(DType::F32)),
-        (Some(GgmlDType::Q8_0), &cpu, Layout::Quantized),
+        (Some(GgmlDType::Q8_0), &cpu, q8_cpu),
+        (Some(GgmlDType::Q4K), &cpu, Layout::Quantized),
         (None, &cpu, Layout::Quantized),
     ];
     for (dtype, device, want) in cases {
@@ -203,11 +233,12 @@ fn matrix_dtype_reads_the_file() {
             path.display()
         );
     }
-    // On the CPU the automatic choice runs F32 and F16 files dense (in F32), Q8_0 quantized.
+    // On the CPU the automatic choice runs F32 and F16 files dense (in F32), Q8_0 dense as
+    // blocks where cpu_q8 has a SIMD kernel.
     for (path, dense) in [
         (&f16, true),
         (&fixtures.gguf_f32, true),
-        (&fixtures.gguf_q8_0, false),
+        (&fixtures.gguf_q8_0, cpu_q8::accelerated()),
     ] {
         let loaded = gguf::load_as(path, &Device::Cpu, 0, None).unwrap();
         assert_eq!(is_dense(&loaded), dense, "{}", path.display());
