@@ -431,7 +431,15 @@ fn max_threads_caps_a_workers_compute_threads() {
         assert_eq!(status, 200, "{body}");
         let workers = children_of(server.child.id());
         assert_eq!(workers.len(), 1, "one worker: {workers:?}");
-        thread_count(workers[0])
+        // The fewest over a few samples: a short-lived helper thread (seen once in CI-like
+        // load: 4 instead of 3) must not count, the OpenMP team stays for the process's life.
+        (0..5)
+            .map(|_| {
+                std::thread::sleep(std::time::Duration::from_millis(40));
+                thread_count(workers[0])
+            })
+            .min()
+            .unwrap_or(0)
     };
     let free = threads_after_a_generation("[engine]\nthreads = 4");
     let capped = threads_after_a_generation("max_threads = 1\n[engine]\nthreads = 4");
