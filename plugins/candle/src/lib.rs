@@ -40,6 +40,7 @@
 
 pub mod backend;
 pub mod constraint;
+pub mod cpu_f16;
 #[cfg(feature = "cuda")]
 pub mod decode_kernels;
 pub mod dense_llama;

@@ -25,6 +25,10 @@ const BLOCKS_PER_THREAD: usize = 4;
 
 /// `x` (`[m, in]`) times `w` (`[out, in]`) transposed: `[m, out]`.
 pub fn forward(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    // F32 activations with half-precision weights kept as stored (the CPU dense llama).
+    if crate::cpu_f16::handles(x, w) {
+        return crate::cpu_f16::matmul(x, w);
+    }
     let threads = candle_core::utils::barrier_pool().n_workers() + 1;
     match block_rows(x, w, threads)? {
         Some(rows) => split(x, w, rows),
