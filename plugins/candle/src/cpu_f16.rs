@@ -36,13 +36,21 @@ pub fn fast() -> bool {
     simd::Kind::detect() != simd::Kind::Scalar
 }
 
-/// Whether [`matmul`] takes these operands: F32 `x`, F16/BF16 `w`, both 2-D on the CPU.
+/// Whether [`matmul`] takes these operands: F32 `x`, F16/BF16 `w`, both 2-D on the CPU; also
+/// F32 `w` for prompts (several rows of `x`) where the CPU has the vector kernel.
 pub fn handles(x: &Tensor, w: &Tensor) -> bool {
-    x.device().is_cpu()
-        && x.dtype() == DType::F32
-        && matches!(w.dtype(), DType::F16 | DType::BF16)
-        && x.rank() == 2
-        && w.rank() == 2
+    let cpu_2d = x.device().is_cpu() && x.dtype() == DType::F32 && x.rank() == 2 && w.rank() == 2;
+    cpu_2d
+        && match w.dtype() {
+            DType::F16 | DType::BF16 => true,
+            DType::F32 => f32_tiles() && fast() && x.dim(0).is_ok_and(|m| m > 1),
+            _ => false,
+        }
+}
+
+fn f32_tiles() -> bool {
+    static ON: OnceLock<bool> = OnceLock::new();
+    *ON.get_or_init(|| std::env::var("KF16_F32_TILES").is_ok_and(|v| v == "1"))
 }
 
 /// `x` (`[m, k]` F32) times `w` (`[n, k]` F16 or BF16) transposed: `[m, n]` F32.
@@ -212,5 +220,57 @@ mod tests {
         let w = Tensor::zeros((3, 9), DType::F16, &dev).unwrap();
         let err = matmul(&x, &w).unwrap_err().to_string();
         assert!(err.contains("[2, 8]") && err.contains("[3, 9]"), "{err}");
+    }
+}
+
+#[cfg(test)]
+mod scratch_bench {
+    use super::*;
+    use candle_core::Device;
+    use std::time::Instant;
+
+    fn once(mut f: impl FnMut()) -> f64 {
+        let t = Instant::now();
+        for _ in 0..5 {
+            f();
+        }
+        t.elapsed().as_secs_f64() / 5.0
+    }
+
+    #[test]
+    fn scratch_speed() {
+        let dev = Device::Cpu;
+        for (m, n, k) in [(1, 3456, 640), (1, 640, 1728), (128, 3456, 640), (128, 640, 1728)] {
+            let flops = 2.0 * (m * n * k) as f64;
+            let w32 = Tensor::randn(0f32, 1., (n, k), &dev).unwrap();
+            let w16 = w32.to_dtype(DType::F16).unwrap();
+            let x = Tensor::randn(0f32, 1., (m, k), &dev).unwrap();
+            let xs: Vec<f32> = x.flatten_all().unwrap().to_vec1().unwrap();
+            let ws: Vec<f16> = w16.flatten_all().unwrap().to_vec1().unwrap();
+            let w32s: Vec<f32> = w32.flatten_all().unwrap().to_vec1().unwrap();
+            let mut y = vec![0f32; m * n];
+            let names = ["linear f32 (gemm)", "tile f16 pool", "tile f32 pool", "1t f16 4x4", "1t f16 6x4", "1t f16 4x6", "1t f32 4x4", "1t f32 6x4", "1t f16 8x2"];
+            let mut best = vec![f64::MAX; names.len()];
+            for _round in 0..7 {
+                for (i, b) in best.iter_mut().enumerate() {
+                    let t = match i {
+                        0 => once(|| { crate::linear::forward(&x, &w32).unwrap(); }),
+                        1 => once(|| { matmul(&x, &w16).unwrap(); }),
+                        2 => once(|| { x.apply_op2_no_bwd(&w32, &HalfMatmul).unwrap(); }),
+                        3 => once(|| simd::matmul_avx512::<f16, 4, 4>(&xs, &ws, k, &mut y)),
+                        4 => once(|| simd::matmul_avx512::<f16, 6, 4>(&xs, &ws, k, &mut y)),
+                        5 => once(|| simd::matmul_avx512::<f16, 4, 6>(&xs, &ws, k, &mut y)),
+                        6 => once(|| simd::matmul_avx512::<f32, 4, 4>(&xs, &w32s, k, &mut y)),
+                        7 => once(|| simd::matmul_avx512::<f32, 6, 4>(&xs, &w32s, k, &mut y)),
+                        _ => once(|| simd::matmul_avx512::<f16, 8, 2>(&xs, &ws, k, &mut y)),
+                    };
+                    *b = b.min(t);
+                }
+            }
+            eprintln!("m {m} n {n} k {k}");
+            for (name, b) in names.iter().zip(&best) {
+                eprintln!("  {name:<22} {:8.3} ms {:7.1} GFLOP/s", b * 1e3, flops / b / 1e9);
+            }
+        }
     }
 }

@@ -318,9 +318,26 @@ unsafe fn product<I: Isa, W: Elem, const MR: usize, const NR: usize>(
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn product_avx512<W: Elem>(x: &[f32], w: &[W], k: usize, y: &mut [f32]) {
-    // 4 × 4 accumulators + 4 weight vectors + 1 x vector of the 32 zmm registers.
-    product::<Avx512, W, 4, 4>(x, w, k, y)
+unsafe fn product_avx512<W: Elem, const MR: usize, const NR: usize>(
+    x: &[f32],
+    w: &[W],
+    k: usize,
+    y: &mut [f32],
+) {
+    product::<Avx512, W, MR, NR>(x, w, k, y)
+}
+
+/// [`matmul`] on AVX-512 with `MR × NR` tiles (for measuring tile shapes).
+#[cfg(all(test, target_arch = "x86_64"))]
+pub fn matmul_avx512<W: Elem, const MR: usize, const NR: usize>(
+    x: &[f32],
+    w: &[W],
+    k: usize,
+    y: &mut [f32],
+) {
+    assert!(Kind::Avx512.available());
+    // SAFETY: AVX-512F is present; the caller passes whole operands.
+    unsafe { product_avx512::<W, MR, NR>(x, w, k, y) }
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -345,7 +362,8 @@ pub fn matmul<W: Elem>(kind: Kind, x: &[f32], w: &[W], k: usize, y: &mut [f32]) 
     unsafe {
         match kind {
             #[cfg(target_arch = "x86_64")]
-            Kind::Avx512 if kind.available() => product_avx512(x, w, k, y),
+            // 4 × 4 accumulators + 4 weight vectors + 1 x vector of the 32 zmm registers.
+            Kind::Avx512 if kind.available() => product_avx512::<W, 4, 4>(x, w, k, y),
             #[cfg(target_arch = "x86_64")]
             Kind::Avx2 if kind.available() => product_avx2(x, w, k, y),
             _ => product::<Scalar, W, 2, 2>(x, w, k, y),
