@@ -7,15 +7,17 @@
 //! ([`simd`]), with F32 sums: the results are those of the widened F32 weights up to the
 //! order of the additions.
 //!
-//! The product is cut by rows of `w` into blocks that run on candle's barrier pool (as
-//! [`crate::linear`] does for F32), for one token and for prompts alike; a block's weights
-//! are sized to stay in the L2 cache while every row of `x` passes over them.
+//! The product is cut by rows of `w` into blocks, a few per thread, each block's weights
+//! sized to stay in the L2 cache while every row of `x` passes over them. One token's blocks
+//! run on candle's spinning barrier pool (as [`crate::linear`] does for F32), a prompt's on
+//! rayon's pool.
 
 mod simd;
 
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
 use half::{bf16, f16};
+use rayon::prelude::*;
 use simd::Elem;
 use std::sync::OnceLock;
 
@@ -36,21 +38,14 @@ pub fn fast() -> bool {
     simd::Kind::detect() != simd::Kind::Scalar
 }
 
-/// Whether [`matmul`] takes these operands: F32 `x`, F16/BF16 `w`, both 2-D on the CPU; also
-/// F32 `w` for prompts (several rows of `x`) where the CPU has the vector kernel.
+/// Whether [`matmul`] takes these operands: F32 `x`, F16/BF16 `w`, both 2-D on the CPU. (F32
+/// weights stay on candle's GEMM: the same tile kernel measured no faster for prompts.)
 pub fn handles(x: &Tensor, w: &Tensor) -> bool {
-    let cpu_2d = x.device().is_cpu() && x.dtype() == DType::F32 && x.rank() == 2 && w.rank() == 2;
-    cpu_2d
-        && match w.dtype() {
-            DType::F16 | DType::BF16 => true,
-            DType::F32 => f32_tiles() && fast() && x.dim(0).is_ok_and(|m| m > 1),
-            _ => false,
-        }
-}
-
-fn f32_tiles() -> bool {
-    static ON: OnceLock<bool> = OnceLock::new();
-    *ON.get_or_init(|| std::env::var("KF16_F32_TILES").is_ok_and(|v| v == "1"))
+    x.device().is_cpu()
+        && x.dtype() == DType::F32
+        && matches!(w.dtype(), DType::F16 | DType::BF16)
+        && x.rank() == 2
+        && w.rank() == 2
 }
 
 /// `x` (`[m, k]` F32) times `w` (`[n, k]` F16 or BF16) transposed: `[m, n]` F32.
@@ -103,8 +98,8 @@ fn contiguous<'a, T>(data: &'a [T], layout: &Layout) -> Result<&'a [T]> {
 fn product<W: Elem>(x: &[f32], w: &[W], k: usize) -> Vec<f32> {
     let (m, n) = (x.len() / k, w.len() / k);
     let kind = simd::Kind::detect();
-    let pool = candle_core::utils::barrier_pool();
-    let rows = block_rows(n, k * std::mem::size_of::<W>(), pool.n_workers() + 1);
+    let threads = candle_core::utils::barrier_pool().n_workers() + 1;
+    let rows = block_rows(n, k * std::mem::size_of::<W>(), threads);
     let block = |start: usize| -> Vec<f32> {
         let len = rows.min(n - start);
         let mut y = vec![0f32; m * len];
@@ -114,24 +109,43 @@ fn product<W: Elem>(x: &[f32], w: &[W], k: usize) -> Vec<f32> {
     if rows >= n {
         return block(0);
     }
-    let blocks: Vec<OnceLock<Vec<f32>>> = (0..n.div_ceil(rows)).map(|_| OnceLock::new()).collect();
-    pool.execute_chunked(blocks.len(), |range| {
-        for i in range {
-            // Each index is handed out once, so the cell is always empty here.
-            let _ = blocks[i].set(block(i * rows));
-        }
-    });
+    let parts = match m {
+        1 => on_barrier_pool(n.div_ceil(rows), |i| block(i * rows)),
+        // Prompts: milliseconds a block, so rayon's wake-up costs nothing, and its work
+        // stealing copes with a thread the OS pauses (the spinning barrier pool waits for it).
+        _ => (0..n.div_ceil(rows))
+            .into_par_iter()
+            .map(|i| block(i * rows))
+            .collect(),
+    };
     // Blocks are `[m, len]`; the product is `[m, n]`.
     let mut y = vec![0f32; m * n];
-    for (i, cell) in blocks.into_iter().enumerate() {
-        // The pool runs every index before it returns (a worker's panic resumes here).
-        let part = cell.into_inner().unwrap_or_else(|| block(i * rows));
+    for (i, part) in parts.into_iter().enumerate() {
         let (start, len) = (i * rows, part.len() / m);
         for (row, values) in part.chunks_exact(len).enumerate() {
             y[row * n + start..row * n + start + len].copy_from_slice(values);
         }
     }
     y
+}
+
+/// `f(0)..f(blocks)` on candle's barrier pool: for one token, where an op takes
+/// microseconds, the pool's spinning workers start at once (a sleeping pool would add a
+/// wake-up to each of the ~40 products of a token).
+fn on_barrier_pool(blocks: usize, f: impl Fn(usize) -> Vec<f32> + Sync) -> Vec<Vec<f32>> {
+    let cells: Vec<OnceLock<Vec<f32>>> = (0..blocks).map(|_| OnceLock::new()).collect();
+    candle_core::utils::barrier_pool().execute_chunked(blocks, |range| {
+        for i in range {
+            // Each index is handed out once, so the cell is always empty here.
+            let _ = cells[i].set(f(i));
+        }
+    });
+    cells
+        .into_iter()
+        .enumerate()
+        // The pool runs every index before it returns (a worker's panic resumes there).
+        .map(|(i, cell)| cell.into_inner().unwrap_or_else(|| f(i)))
+        .collect()
 }
 
 /// Rows of `w` per block for `n` rows of `row_bytes` each over `threads`: a few blocks per
@@ -179,7 +193,10 @@ mod tests {
                 let want = x.matmul(&wide.t().unwrap()).unwrap();
                 assert_eq!(got.dims(), [m, n]);
                 let diff = max_diff(&got, &want);
-                assert!(diff <= 1e-3, "{dtype:?} {m}x{n}x{k}: largest difference {diff}");
+                assert!(
+                    diff <= 1e-3,
+                    "{dtype:?} {m}x{n}x{k}: largest difference {diff}"
+                );
             }
         }
     }
@@ -220,57 +237,5 @@ mod tests {
         let w = Tensor::zeros((3, 9), DType::F16, &dev).unwrap();
         let err = matmul(&x, &w).unwrap_err().to_string();
         assert!(err.contains("[2, 8]") && err.contains("[3, 9]"), "{err}");
-    }
-}
-
-#[cfg(test)]
-mod scratch_bench {
-    use super::*;
-    use candle_core::Device;
-    use std::time::Instant;
-
-    fn once(mut f: impl FnMut()) -> f64 {
-        let t = Instant::now();
-        for _ in 0..5 {
-            f();
-        }
-        t.elapsed().as_secs_f64() / 5.0
-    }
-
-    #[test]
-    fn scratch_speed() {
-        let dev = Device::Cpu;
-        for (m, n, k) in [(1, 3456, 640), (1, 640, 1728), (128, 3456, 640), (128, 640, 1728)] {
-            let flops = 2.0 * (m * n * k) as f64;
-            let w32 = Tensor::randn(0f32, 1., (n, k), &dev).unwrap();
-            let w16 = w32.to_dtype(DType::F16).unwrap();
-            let x = Tensor::randn(0f32, 1., (m, k), &dev).unwrap();
-            let xs: Vec<f32> = x.flatten_all().unwrap().to_vec1().unwrap();
-            let ws: Vec<f16> = w16.flatten_all().unwrap().to_vec1().unwrap();
-            let w32s: Vec<f32> = w32.flatten_all().unwrap().to_vec1().unwrap();
-            let mut y = vec![0f32; m * n];
-            let names = ["linear f32 (gemm)", "tile f16 pool", "tile f32 pool", "1t f16 4x4", "1t f16 6x4", "1t f16 4x6", "1t f32 4x4", "1t f32 6x4", "1t f16 8x2"];
-            let mut best = vec![f64::MAX; names.len()];
-            for _round in 0..7 {
-                for (i, b) in best.iter_mut().enumerate() {
-                    let t = match i {
-                        0 => once(|| { crate::linear::forward(&x, &w32).unwrap(); }),
-                        1 => once(|| { matmul(&x, &w16).unwrap(); }),
-                        2 => once(|| { x.apply_op2_no_bwd(&w32, &HalfMatmul).unwrap(); }),
-                        3 => once(|| simd::matmul_avx512::<f16, 4, 4>(&xs, &ws, k, &mut y)),
-                        4 => once(|| simd::matmul_avx512::<f16, 6, 4>(&xs, &ws, k, &mut y)),
-                        5 => once(|| simd::matmul_avx512::<f16, 4, 6>(&xs, &ws, k, &mut y)),
-                        6 => once(|| simd::matmul_avx512::<f32, 4, 4>(&xs, &w32s, k, &mut y)),
-                        7 => once(|| simd::matmul_avx512::<f32, 6, 4>(&xs, &w32s, k, &mut y)),
-                        _ => once(|| simd::matmul_avx512::<f16, 8, 2>(&xs, &ws, k, &mut y)),
-                    };
-                    *b = b.min(t);
-                }
-            }
-            eprintln!("m {m} n {n} k {k}");
-            for (name, b) in names.iter().zip(&best) {
-                eprintln!("  {name:<22} {:8.3} ms {:7.1} GFLOP/s", b * 1e3, flops / b / 1e9);
-            }
-        }
     }
 }

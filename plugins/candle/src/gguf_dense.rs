@@ -78,7 +78,7 @@ pub fn structural_obstacle(content: &Content, dims: &Dims) -> Option<String> {
         return Some(reason);
     }
     let head_dim = dims.hidden / dims.heads;
-    if head_dim % 2 != 0 {
+    if !head_dim.is_multiple_of(2) {
         return Some(format!("odd head size {head_dim}"));
     }
     for key in ["llama.attention.key_length", "llama.attention.value_length"] {

@@ -327,19 +327,6 @@ unsafe fn product_avx512<W: Elem, const MR: usize, const NR: usize>(
     product::<Avx512, W, MR, NR>(x, w, k, y)
 }
 
-/// [`matmul`] on AVX-512 with `MR × NR` tiles (for measuring tile shapes).
-#[cfg(all(test, target_arch = "x86_64"))]
-pub fn matmul_avx512<W: Elem, const MR: usize, const NR: usize>(
-    x: &[f32],
-    w: &[W],
-    k: usize,
-    y: &mut [f32],
-) {
-    assert!(Kind::Avx512.available());
-    // SAFETY: AVX-512F is present; the caller passes whole operands.
-    unsafe { product_avx512::<W, MR, NR>(x, w, k, y) }
-}
-
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn product_avx2<W: Elem>(x: &[f32], w: &[W], k: usize, y: &mut [f32]) {

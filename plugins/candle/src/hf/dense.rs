@@ -95,7 +95,10 @@ pub fn build(
 /// one dtype (a merged adapter may have widened some) and the CPU has the half-weight
 /// kernel; F32 otherwise.
 fn matrix_dtype(tensors: &Tensors, device: &Device) -> DType {
-    let mut dtypes = tensors.values().filter(|t| t.rank() >= 2).map(Tensor::dtype);
+    let mut dtypes = tensors
+        .values()
+        .filter(|t| t.rank() >= 2)
+        .map(Tensor::dtype);
     let first = dtypes.next();
     let shared = first.filter(|d| dtypes.all(|other| other == *d));
     match shared {
