@@ -94,9 +94,12 @@ fn contiguous<'a, T>(data: &'a [T], layout: &Layout) -> Result<&'a [T]> {
 }
 
 /// `x · wᵀ` (`[m, k]` by `[n, k]`, row-major) as a new `[m, n]` buffer, blocks of rows of `w`
-/// on the barrier pool.
+/// on the barrier pool (one token) or rayon (prompts).
 fn product<W: Elem>(x: &[f32], w: &[W], k: usize) -> Vec<f32> {
     let (m, n) = (x.len() / k, w.len() / k);
+    if m == 0 || n == 0 {
+        return Vec::new();
+    }
     let kind = simd::Kind::detect();
     let threads = candle_core::utils::barrier_pool().n_workers() + 1;
     let rows = block_rows(n, k * std::mem::size_of::<W>(), threads);
@@ -228,6 +231,17 @@ mod tests {
         assert_eq!(block_rows(4096, 16384, 2), 32);
         // Tiny products stay one block.
         assert_eq!(block_rows(10, 64, 2), 16);
+    }
+
+    #[test]
+    fn empty_operands_give_an_empty_product() {
+        let dev = Device::Cpu;
+        let x = Tensor::zeros((0, 8), DType::F32, &dev).unwrap();
+        let w = Tensor::zeros((300, 8), DType::F16, &dev).unwrap();
+        assert_eq!(matmul(&x, &w).unwrap().dims(), [0, 300]);
+        let x = Tensor::zeros((3, 8), DType::F32, &dev).unwrap();
+        let w = Tensor::zeros((0, 8), DType::BF16, &dev).unwrap();
+        assert_eq!(matmul(&x, &w).unwrap().dims(), [3, 0]);
     }
 
     #[test]
