@@ -21,6 +21,11 @@
 //!   changed stories260K's greedy tokens after 16 steps. At 1B shapes the F32 cache adds
 //!   ~2 % to the bytes read per token at 640 positions.
 //!
+//! On the CPU the weight matrices may stay F16/BF16 as stored while everything else computes
+//! in F32 ([`activation_dtype`]): [`crate::linear`] hands those products to
+//! [`crate::cpu_f16`], which widens the weights in registers, so a token reads half the bytes
+//! of widened F32 weights with the same F32 arithmetic.
+//!
 //! The layout of q/k rows is Hugging Face's half-split RoPE one (`rope_thd`).
 //!
 //! On CUDA in F16/BF16 a generated token goes further (`decode_kernels`, built with the
@@ -90,6 +95,7 @@ pub struct DenseLlama {
     norm: Tensor,
     /// The embedding itself when tied (same storage, no copy).
     output: Tensor,
+    tied: bool,
     /// `[context, head_dim / 2]` each, F32; `q_rope` also scaled by 1/sqrt(head_dim).
     k_rope: Rope,
     q_rope: Rope,
@@ -104,7 +110,9 @@ pub struct DenseLlama {
 const MIN_KV_CAPACITY: usize = 256;
 
 impl DenseLlama {
-    /// Builds the network from `weights`, all already in `dtype` on `device`.
+    /// Builds the network from `weights` on `device`. `dtype` is the activations' dtype: the
+    /// norms are in it; the weight matrices (and the embedding) are in it too, or, on the
+    /// CPU with F32 activations, in F16/BF16 as stored ([`activation_dtype`]).
     pub fn new(weights: Weights, shape: Shape, dtype: DType, device: &Device) -> Result<Self> {
         let layers = weights
             .layers
@@ -129,6 +137,7 @@ impl DenseLlama {
         };
         Ok(DenseLlama {
             fused_rope,
+            tied: weights.output.is_none(),
             output: weights.output.unwrap_or_else(|| weights.embed.clone()),
             embed: weights.embed,
             layers,
@@ -138,6 +147,26 @@ impl DenseLlama {
             shape,
             dtype,
         })
+    }
+
+    /// The bytes the weights take (an output tied to the embedding counted once).
+    pub fn weight_bytes(&self) -> u64 {
+        let bytes = |t: &Tensor| (t.elem_count() * t.dtype().size_in_bytes()) as u64;
+        let layers: u64 = self
+            .layers
+            .iter()
+            .map(|l| {
+                [&l.attn_norm, &l.qkv, &l.o, &l.ffn_norm, &l.gate_up, &l.down]
+                    .into_iter()
+                    .map(bytes)
+                    .sum::<u64>()
+            })
+            .sum();
+        let output = match self.tied {
+            true => 0,
+            false => bytes(&self.output),
+        };
+        bytes(&self.embed) + bytes(&self.norm) + output + layers
     }
 
     /// The width of a hidden state (and of a pooled embedding).
@@ -161,12 +190,29 @@ impl DenseLlama {
         self.fused_rope.is_some()
     }
 
+    /// The embeddings of `tokens`, `[t, hidden]` in the activations' dtype (the table may
+    /// be held in the weights' half precision on the CPU).
+    fn embed(&self, tokens: &[u32]) -> Result<Tensor> {
+        let ids = Tensor::new(tokens, self.embed.device())?;
+        embed_rows(&self.embed, &ids)?.to_dtype(self.dtype)
+    }
+
     fn kv_dim(&self) -> usize {
         self.shape.kv_heads * self.shape.head_dim
     }
 
     fn q_dim(&self) -> usize {
         self.shape.heads * self.shape.head_dim
+    }
+}
+
+/// The dtype the activations (and norms, and KV cache inputs) of a network whose weight
+/// matrices are `weights` compute in on `device`: F32 on the CPU, whose half-weight matmul
+/// ([`crate::cpu_f16`]) widens the weights in registers; the weights' own on a GPU.
+pub fn activation_dtype(weights: DType, device: &Device) -> DType {
+    match device.is_cpu() {
+        true => DType::F32,
+        false => weights,
     }
 }
 
@@ -235,7 +281,7 @@ pub struct Session {
 
 impl Session {
     /// Feeds `tokens` at positions `pos..` (`pos` must be the cache's length) and returns
-    /// the logits after the last one, shape `[vocab]`, in the model dtype.
+    /// the logits after the last one, shape `[vocab]`, in the activations' dtype.
     pub fn forward(&mut self, tokens: &[u32], pos: usize) -> Result<Tensor> {
         if pos != self.len {
             candle_core::bail!(
@@ -256,9 +302,7 @@ impl Session {
             )
         }
         self.reserve(pos + t)?;
-        let device = model.embed.device();
-        let ids = Tensor::new(tokens, device)?;
-        let x = embed_rows(&model.embed, &ids)?;
+        let x = model.embed(tokens)?;
         if let (1, Some(rope)) = (t, &model.fused_rope) {
             let logits = fused::forward(&model, rope, &self.caches, &x, pos)?;
             self.len = pos + 1;
@@ -285,8 +329,7 @@ impl Session {
             )
         }
         self.reserve(pos + t)?;
-        let ids = Tensor::new(tokens, model.embed.device())?;
-        let x = embed_rows(&model.embed, &ids)?;
+        let x = model.embed(tokens)?;
         let x = self.layers(&model, x, pos)?;
         rms_norm(&x, &model.norm, model.shape.rms_eps)?.to_dtype(DType::F32)
     }
@@ -395,7 +438,7 @@ impl Session {
 
 /// Attention of the `t` newest positions' query heads `q` (`[heads, t, d]` F32, already
 /// rotated and scaled) over the first `len` positions of `cache`: `[t, heads * d]` in the
-/// model dtype. Query heads are grouped on their KV head (`[kv_heads, group * t, d]`), so K
+/// activations' dtype. Query heads are grouped on their KV head (`[kv_heads, group * t, d]`), so K
 /// and V are read as strided views of the cache, never repeated or copied.
 fn attend(
     model: &DenseLlama,

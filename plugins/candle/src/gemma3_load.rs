@@ -45,7 +45,7 @@ fn build_err(e: candle_core::Error) -> PluginError {
 
 /// Layer `il` slides under a pattern of `n` (`n - 1` sliding layers, then a global one).
 fn pattern_slides(il: usize, n: usize) -> bool {
-    n == 0 || (il + 1) % n != 0
+    n == 0 || !(il + 1).is_multiple_of(n)
 }
 
 /// The context a load covers.

@@ -157,7 +157,7 @@ fn check_supported(md: &Metadata, arch: &str, d: &Dims) -> Result<()> {
         if base != PHI3_ROPE_BASE {
             return Err(unsupported(arch, format!("rope base {base}")));
         }
-    } else if d.head_dim % 2 != 0 {
+    } else if !d.head_dim.is_multiple_of(2) {
         return Err(unsupported(arch, format!("odd head size {}", d.head_dim)));
     }
     Ok(())

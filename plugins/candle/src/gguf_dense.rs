@@ -33,7 +33,8 @@ use std::sync::Arc;
 pub enum Layout {
     /// `quantized_llama`: block-quantized tensors as stored, F32/F16/BF16 widened to F32.
     Quantized,
-    /// [`DenseLlama`] with every weight in this dtype.
+    /// [`DenseLlama`] with its weight matrices in this dtype (the activations' dtype is
+    /// [`dense_llama::activation_dtype`]: F32 on the CPU).
     Dense(DType),
     /// [`DenseLlama`] on the CPU with Q8_0 matrices as raw blocks ([`crate::cpu_q8`]),
     /// everything else in F32.
@@ -41,16 +42,20 @@ pub enum Layout {
 }
 
 /// The layout a load uses when nothing forces one: half-precision files run dense in their
-/// own dtype on a GPU. On the CPU, F32/F16/BF16 files run dense in F32 (candle's CPU half
-/// matmuls are slow): the same F32 arithmetic `quantized_llama` does after widening, but
-/// with a preallocated KV cache and decode matmuls spread over the threads (see
-/// [`crate::dense_llama`]). Q8_0 files on the CPU run dense with their blocks as stored
-/// when [`crate::cpu_q8`] has a SIMD kernel for this CPU. Other block-quantized files, and
-/// F32 files on a GPU, keep the quantized path.
+/// own dtype on a GPU. On the CPU, F32/F16/BF16 files run dense with F32 activations: F16
+/// and BF16 matrices stay as stored where the CPU has the vector kernel that widens them in
+/// registers ([`crate::cpu_f16::fast`]; half the bytes per token), else they are widened
+/// to F32 at load (candle's CPU half matmuls are slow). That is the F32 arithmetic
+/// `quantized_llama` does after widening, with a preallocated KV cache and matmuls spread
+/// over the threads (see [`crate::dense_llama`]). Q8_0 files on the CPU run dense with their
+/// blocks as stored when [`crate::cpu_q8`] has a SIMD kernel for this CPU. Other
+/// block-quantized files, and F32 files on a GPU, keep the quantized path.
 pub fn choose(matrices: Option<GgmlDType>, device: &DeviceLocation) -> Layout {
     let on_cpu = matches!(device, DeviceLocation::Cpu);
     match matrices {
         Some(GgmlDType::Q8_0) if on_cpu && crate::cpu_q8::accelerated() => Layout::DenseQ8,
+        Some(GgmlDType::F16) if on_cpu && crate::cpu_f16::fast() => Layout::Dense(DType::F16),
+        Some(GgmlDType::BF16) if on_cpu && crate::cpu_f16::fast() => Layout::Dense(DType::BF16),
         Some(GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16) if on_cpu => {
             Layout::Dense(DType::F32)
         }
@@ -82,7 +87,7 @@ pub fn structural_obstacle(content: &Content, dims: &Dims) -> Option<String> {
         return Some(reason);
     }
     let head_dim = dims.hidden / dims.heads;
-    if head_dim % 2 != 0 {
+    if !head_dim.is_multiple_of(2) {
         return Some(format!("odd head size {head_dim}"));
     }
     for key in ["llama.attention.key_length", "llama.attention.value_length"] {
@@ -242,7 +247,8 @@ pub struct Dense {
     pub weight_bytes: u64,
 }
 
-/// Reads every tensor into `dtype` on `device` and builds the llama network. `context` is the
+/// Reads every weight matrix into `dtype` on `device` (norms into the activations' dtype)
+/// and builds the llama network. `context` is the
 /// number of positions the rotary tables cover.
 pub fn load<R: Read + Seek>(
     content: &Content,
@@ -291,6 +297,7 @@ fn build<R: Read + Seek>(
     context: usize,
     mut read: impl FnMut(&mut R, &str) -> Result<Tensor>,
 ) -> Result<(DenseLlama, u64)> {
+    let activations = dense_llama::activation_dtype(dtype, device);
     let mut parts = Parts::new(dims.layers);
     let mut weight_bytes = 0u64;
     let mut names: Vec<&String> = content.tensor_infos.keys().collect();
@@ -300,25 +307,32 @@ fn build<R: Read + Seek>(
             PluginError::unsupported_format(format!("GGUF tensor `{name}` is not a llama tensor"))
         })?;
         let tensor = read(reader, name)?;
-        // Frequency divisors stay F32 (F16 would round them); Q8_0 blocks stay blocks.
-        let target = match (place, tensor.dtype()) {
-            (_, DType::U8) => DType::U8,
-            (Part::RopeFreqs, _) => DType::F32,
-            _ => dtype,
+        // Q8_0 blocks stay blocks ([`crate::cpu_q8`]).
+        let target = match tensor.dtype() {
+            DType::U8 => DType::U8,
+            _ => held_dtype(place, tensor.rank(), dtype, activations),
         };
         let tensor = rope_layout(name, tensor, dims)
             .and_then(|t| t.to_dtype(target))
             .internal_err(|| format!("converting GGUF tensor `{name}` on the device"))?;
-        weight_bytes += match target {
-            DType::U8 => tensor.elem_count(),
-            _ => tensor.elem_count() * dtype.size_in_bytes(),
-        } as u64;
+        weight_bytes += (tensor.elem_count() * target.size_in_bytes()) as u64;
         parts.put(name, place, tensor)?;
     }
     let shape = shape(&content.metadata, dims, context)?;
-    let model = DenseLlama::new(parts.into_weights()?, shape, dtype, device)
+    let model = DenseLlama::new(parts.into_weights()?, shape, activations, device)
         .internal_err(|| "building the dense llama on the device".to_string())?;
     Ok((model, weight_bytes))
+}
+
+/// The dtype a tensor at `place` of `rank` is held in: matrices (and the embedding) in the
+/// weights' dtype, norms in the activations' (candle's RMS norm takes one dtype), rope
+/// frequency divisors in F32 (F16 would round them).
+fn held_dtype(place: Part, rank: usize, weights: DType, activations: DType) -> DType {
+    match place {
+        Part::RopeFreqs => DType::F32,
+        _ if rank >= 2 => weights,
+        _ => activations,
+    }
 }
 
 /// The tensors read so far, by place.

@@ -10,8 +10,9 @@
 //! Q8_0 off x86 CPUs with AVX2, ...) files, and F32 files on a GPU, run through candle's
 //! `quantized_llama`. F32/F16/BF16 files on the CPU, Q8_0 files on x86 CPUs (matrices kept
 //! as blocks, [`cpu_q8`]), and F16/BF16 files on CUDA/Metal, are held dense instead
-//! ([`gguf_dense`]): tensors read as stored (widened to F32 on the CPU, their own dtype on a
-//! GPU), q/k moved back from llama.cpp's interleaved RoPE layout, run by our own
+//! ([`gguf_dense`]): tensors read as stored (on the CPU F16/BF16 matrices stay half and are
+//! widened in registers by [`cpu_f16`], F32 activations; their own dtype on a GPU), q/k
+//! moved back from llama.cpp's interleaved RoPE layout, run by our own
 //! [`dense_llama`] (preallocated KV cache, fused q/k/v and gate/up matmuls; on a GPU half the
 //! bytes of the F32 path and few kernel launches per token, with the fused kernels of
 //! `kernels/decode.cu` for a generated token). Safetensors llamas on the CPU run on it too
@@ -38,13 +39,14 @@
 //! The default build is CPU only. The `cuda`, `metal`, `mkl` and `accelerate` features pass
 //! through to candle; `cuda:N` / `metal` are listed in the manifest only when compiled in
 //! and a device really opens. On the CPU every model computes in f32 (f16/bf16 checkpoints
-//! are widened at load); on a GPU in the checkpoint's dtype (for GGUF: F16/BF16 files, see
+//! are widened at load, or, on the dense llama, in registers: [`cpu_f16`]); on a GPU in the checkpoint's dtype (for GGUF: F16/BF16 files, see
 //! above; quantized files keep their blocks).
 
 pub mod backend;
 pub mod bert;
 pub mod bert_gguf;
 pub mod constraint;
+pub mod cpu_f16;
 pub mod cpu_q8;
 #[cfg(feature = "cuda")]
 pub mod decode_kernels;

@@ -29,6 +29,10 @@ pub fn forward(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     if w.dtype() == candle_core::DType::U8 {
         return crate::cpu_q8::forward(x, w);
     }
+    // F32 activations with half-precision weights kept as stored (the CPU dense llama).
+    if crate::cpu_f16::handles(x, w) {
+        return crate::cpu_f16::matmul(x, w);
+    }
     let threads = candle_core::utils::barrier_pool().n_workers() + 1;
     match block_rows(x, w, threads)? {
         Some(rows) => split(x, w, rows),

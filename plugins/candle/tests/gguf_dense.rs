@@ -136,10 +136,13 @@ fn dense_half_is_close_to_f32() {
             let (model, dense) = load_as(&path, Some(Layout::Dense(dtype)));
             assert!(dense, "{label}: loads dense");
             let m = model.metadata();
-            assert_eq!(
+            // Two bytes a matrix weight; the norms (a few per cent here) are F32.
+            assert!(
+                m.size_bytes >= m.parameter_count * 2
+                    && m.size_bytes < m.parameter_count * 2 + m.parameter_count / 10,
+                "{label}: {} bytes for {} weights",
                 m.size_bytes,
-                m.parameter_count * 2,
-                "{label}: two bytes a weight"
+                m.parameter_count
             );
             let (got, _, _) = greedy(model.as_ref(), &prompt, 32);
             let diff = max_diff(&f32_logits, &model.logits(&prompt).unwrap());
@@ -182,7 +185,7 @@ fn converter_written_f16_file_reads_dense() {
 }
 
 #[test]
-fn half_files_run_dense_in_their_dtype_on_a_gpu_and_in_f32_on_the_cpu() {
+fn half_files_run_dense_in_their_dtype_on_a_gpu_and_with_half_weights_on_the_cpu() {
     let cuda = DeviceLocation::Cuda { gpu_id: 0 };
     let metal = DeviceLocation::Metal { gpu_id: 0 };
     let cpu = DeviceLocation::Cpu;
@@ -190,6 +193,11 @@ fn half_files_run_dense_in_their_dtype_on_a_gpu_and_in_f32_on_the_cpu() {
     let q8_cpu = match cpu_q8::accelerated() {
         true => Layout::DenseQ8,
         false => Layout::Quantized,
+    };
+    // Half matrices stay half on a CPU with the half-weight kernel, else widen to F32.
+    let (cpu_f16, cpu_bf16) = match llmlocal_backend_candle::cpu_f16::fast() {
+        true => (DType::F16, DType::BF16),
+        false => (DType::F32, DType::F32),
     };
     let cases = [
         (Some(GgmlDType::F16), &cuda, Layout::Dense(DType::F16)),
@@ -199,8 +207,8 @@ fn half_files_run_dense_in_their_dtype_on_a_gpu_and_in_f32_on_the_cpu() {
         (Some(GgmlDType::Q4K), &cuda, Layout::Quantized),
         (Some(GgmlDType::F32), &cuda, Layout::Quantized),
         (None, &cuda, Layout::Quantized),
-        (Some(GgmlDType::F16), &cpu, Layout::Dense(DType::F32)),
-        (Some(GgmlDType::BF16), &cpu, Layout::Dense(DType::F32)),
+        (Some(GgmlDType::F16), &cpu, Layout::Dense(cpu_f16)),
+        (Some(GgmlDType::BF16), &cpu, Layout::Dense(cpu_bf16)),
         (Some(GgmlDType::F32), &cpu, Layout::Dense(DType::F32)),
         (Some(GgmlDType::Q8_0), &cpu, q8_cpu),
         (Some(GgmlDType::Q4K), &cpu, Layout::Quantized),

@@ -1,5 +1,7 @@
-//! A Hugging Face llama folder as our own [`DenseLlama`] in F32: the network CPU generation
-//! runs (see [`super::load`]) and embeddings use.
+//! A Hugging Face llama folder as our own [`DenseLlama`] with F32 activations: the network
+//! CPU generation runs (see [`super::load`]) and embeddings use. F16/BF16 checkpoints keep
+//! their matrices as stored on a CPU with the half-weight kernel ([`crate::cpu_f16`]);
+//! otherwise every weight is widened to F32.
 //!
 //! Why not candle's `llama` on the CPU: it grows the KV cache by concatenation (a copy of the
 //! whole cache per token), runs separate q/k/v and gate/up matmuls and its one-token
@@ -45,11 +47,15 @@ pub fn build(
     device: &Device,
     head: bool,
 ) -> Result<DenseLlama> {
+    let matrices = matrix_dtype(tensors, device);
+    let activations = dense_llama::activation_dtype(matrices, device);
     let mut take = |name: String| -> Result<Tensor> {
         let t = tensors.remove(&name).ok_or_else(|| {
             PluginError::unsupported_format(format!("the checkpoint has no tensor `{name}`"))
         })?;
-        t.to_dtype(DType::F32)
+        // Norms in the activations' dtype (candle's RMS norm takes one dtype).
+        let dtype = if t.rank() >= 2 { matrices } else { activations };
+        t.to_dtype(dtype)
             .and_then(|t| t.to_device(device))
             .internal_err(|| format!("putting `{name}` on the device"))
     };
@@ -81,8 +87,26 @@ pub fn build(
         layers,
         rope_freqs: None,
     };
-    DenseLlama::new(w, shape(config, context), DType::F32, device)
+    DenseLlama::new(w, shape(config, context), activations, device)
         .internal_err(|| "building the dense llama".to_string())
+}
+
+/// The dtype the weight matrices are held in: F16/BF16 as stored when every matrix has that
+/// one dtype (a merged adapter may have widened some) and the CPU has the half-weight
+/// kernel; F32 otherwise.
+fn matrix_dtype(tensors: &Tensors, device: &Device) -> DType {
+    let mut dtypes = tensors
+        .values()
+        .filter(|t| t.rank() >= 2)
+        .map(Tensor::dtype);
+    let first = dtypes.next();
+    let shared = first.filter(|d| dtypes.all(|other| other == *d));
+    match shared {
+        Some(half @ (DType::F16 | DType::BF16)) if device.is_cpu() && crate::cpu_f16::fast() => {
+            half
+        }
+        _ => DType::F32,
+    }
 }
 
 /// The network's sizes from config.json (the keys and defaults candle's llama reads).

@@ -1,7 +1,8 @@
 //! Hugging Face safetensors folders: llama, mistral, qwen2, qwen3 and phi3.
 //!
 //! Weights are computed in f32 on the CPU whatever the checkpoint stores (f16/bf16 are
-//! widened at load: candle's CPU f16/bf16 matmuls are slow and less accurate), and in the
+//! widened at load: candle's CPU f16/bf16 matmuls are slow and less accurate; the dense
+//! llama keeps them half and widens them in registers, see [`dense`]), and in the
 //! checkpoint's own dtype on CUDA/Metal. On the CPU a llama (no biases, no rope scaling)
 //! runs as our own [`crate::dense_llama::DenseLlama`] ([`dense`]), other models and
 //! devices on candle-transformers' models.
@@ -83,7 +84,11 @@ pub fn load(
         embedding_length: config.hidden,
         layer_count: config.layers,
         parameter_count: params,
-        size_bytes: params * dtype.size_in_bytes() as u64,
+        size_bytes: match &net {
+            // Half-precision matrices may stay half on the CPU (`dense`).
+            Net::Dense(model) => model.weight_bytes(),
+            _ => params * dtype.size_in_bytes() as u64,
+        },
     };
     Ok(Loaded { net, vocab, info })
 }
