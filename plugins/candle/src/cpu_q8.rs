@@ -162,7 +162,7 @@ pub fn matmul(
     kernel: Kernel,
 ) -> Result<Vec<f32>> {
     let nb = k / BLOCK;
-    if k % BLOCK != 0 || x.len() != m * k || w.len() != n * nb * BLOCK_BYTES {
+    if !k.is_multiple_of(BLOCK) || x.len() != m * k || w.len() != n * nb * BLOCK_BYTES {
         bail!(
             "Q8_0 matmul operands do not fit: x {} values for [{m}, {k}], w {} bytes for {n} \
              rows of {k}",
