@@ -14,12 +14,16 @@
 
 mod simd;
 
+use crate::linear::contiguous;
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
 use half::{bf16, f16};
 use rayon::prelude::*;
 use simd::Elem;
 use std::sync::OnceLock;
+
+/// What errors call this op.
+const HALF_MATMUL: &str = "half matmul";
 
 /// Output rows of a block are a multiple of this (whole tiles of the kernel).
 const ROW_ALIGN: usize = 16;
@@ -74,22 +78,14 @@ impl CustomOp2 for HalfMatmul {
         if k != wk || k == 0 {
             candle_core::bail!("cannot multiply x [{m}, {k}] by the transpose of w [{n}, {wk}]")
         }
-        let x = contiguous(xs.as_slice::<f32>()?, xl)?;
+        let x = contiguous(xs.as_slice::<f32>()?, xl, HALF_MATMUL)?;
         let y = match ws {
-            CpuStorage::F16(w) => product::<f16>(x, contiguous(w, wl)?, k),
-            CpuStorage::BF16(w) => product::<bf16>(x, contiguous(w, wl)?, k),
-            CpuStorage::F32(w) => product::<f32>(x, contiguous(w, wl)?, k),
+            CpuStorage::F16(w) => product::<f16>(x, contiguous(w, wl, HALF_MATMUL)?, k),
+            CpuStorage::BF16(w) => product::<bf16>(x, contiguous(w, wl, HALF_MATMUL)?, k),
+            CpuStorage::F32(w) => product::<f32>(x, contiguous(w, wl, HALF_MATMUL)?, k),
             other => candle_core::bail!("no half matmul for {:?} weights", other.dtype()),
         };
         Ok((CpuStorage::F32(y), Shape::from((m, n))))
-    }
-}
-
-/// The elements `layout` views in `data`, which must be contiguous.
-fn contiguous<'a, T>(data: &'a [T], layout: &Layout) -> Result<&'a [T]> {
-    match layout.contiguous_offsets() {
-        Some((start, end)) if end <= data.len() => Ok(&data[start..end]),
-        _ => candle_core::bail!("the half matmul needs contiguous operands"),
     }
 }
 
@@ -167,16 +163,7 @@ mod tests {
     use super::*;
     use candle_core::Device;
 
-    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
-    }
+    use crate::linear::max_diff;
 
     /// The op against candle's own F32 matmul of the widened weights, for one token and
     /// for a prompt, with `n` cut into several blocks (uneven last block).

@@ -28,6 +28,7 @@
 //! pool (the pool its quantized matmuls and [`crate::linear`] use). A one-token product
 //! splits the output rows over the threads.
 
+use crate::linear::contiguous;
 use candle_core::backend::BackendStorage;
 use candle_core::{bail, CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
 use half::f16;
@@ -142,12 +143,9 @@ impl CustomOp2 for Q8Matmul {
                 k.div_ceil(BLOCK) * BLOCK_BYTES
             )
         }
-        let (Some((x0, x1)), Some((w0, w1))) =
-            (x_layout.contiguous_offsets(), w_layout.contiguous_offsets())
-        else {
-            bail!("a Q8_0 matmul needs contiguous operands")
-        };
-        let out = matmul(&x[x0..x1], m, k, &w[w0..w1], n, Kernel::detect())?;
+        let x = contiguous(x, x_layout, "Q8_0 matmul")?;
+        let w = contiguous(w, w_layout, "Q8_0 matmul")?;
+        let out = matmul(x, m, k, w, n, Kernel::detect())?;
         Ok((CpuStorage::F32(out), Shape::from((m, n))))
     }
 }
@@ -654,14 +652,7 @@ mod tests {
         let want = QMatMul::from_qtensor(qw).unwrap().forward(&x).unwrap();
         let got = forward(&x, &blocks).unwrap();
         assert_eq!(got.dims(), [m, n]);
-        let diff = (got - want)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let diff = crate::linear::max_diff(&got, &want);
         assert!(diff < 1e-4, "largest difference {diff}");
     }
 

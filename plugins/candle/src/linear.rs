@@ -82,6 +82,29 @@ fn split(x: &Tensor, w: &Tensor, rows: usize) -> Result<Tensor> {
     Tensor::cat(&parts, 1)
 }
 
+/// The elements `layout` views in `data` (a CPU op's operand), which must be contiguous;
+/// `op` names the operation in the error.
+pub(crate) fn contiguous<'a, T>(
+    data: &'a [T],
+    layout: &candle_core::Layout,
+    op: &str,
+) -> Result<&'a [T]> {
+    match layout.contiguous_offsets() {
+        Some((start, end)) if end <= data.len() => Ok(&data[start..end]),
+        _ => candle_core::bail!("the {op} needs contiguous operands"),
+    }
+}
+
+/// The largest absolute difference of two F32 tensors (kernel tests).
+#[cfg(test)]
+pub(crate) fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+    (a - b)
+        .and_then(|d| d.abs())
+        .and_then(|d| d.max_all())
+        .and_then(|d| d.to_scalar::<f32>())
+        .unwrap_or(f32::INFINITY)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -98,14 +121,7 @@ mod tests {
         let got = split(&x, &w, 32).unwrap();
         let want = x.matmul(&w.t().unwrap()).unwrap();
         assert_eq!(got.dims(), [1, 300]);
-        let diff = (got - &want)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let diff = max_diff(&got, &want);
         assert!(diff <= 1e-4, "largest difference {diff}");
         // Prompts (several rows) are not split.
         let x2 = Tensor::cat(&[&x, &x], 0).unwrap();
