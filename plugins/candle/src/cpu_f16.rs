@@ -7,18 +7,19 @@
 //! ([`simd`]), with F32 sums: the results are those of the widened F32 weights up to the
 //! order of the additions.
 //!
-//! The product is cut by rows of `w` into blocks, a few per thread, each block's weights
-//! sized to stay in the L2 cache while every row of `x` passes over them. One token's blocks
-//! run on candle's spinning barrier pool (as [`crate::linear`] does for F32), a prompt's on
-//! rayon's pool.
+//! Prompts of [`crate::cpu_gemm::MIN_ROWS`] rows or more run on [`crate::cpu_gemm`]'s
+//! outer-product kernel (which also takes F32 weights, see [`crate::linear`]). Fewer rows are
+//! cut by rows of `w` into blocks, a few per thread, each block's weights sized to stay in the
+//! L2 cache while every row of `x` passes over them, on candle's spinning barrier pool (as
+//! [`crate::linear`] does for F32): rayon's threads would compete with the pool's spinning
+//! worker for the cores.
 
-mod simd;
+pub(crate) mod simd;
 
 use crate::linear::contiguous;
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
 use half::{bf16, f16};
-use rayon::prelude::*;
 use simd::Elem;
 use std::sync::OnceLock;
 
@@ -43,7 +44,8 @@ pub fn fast() -> bool {
 }
 
 /// Whether [`matmul`] takes these operands: F32 `x`, F16/BF16 `w`, both 2-D on the CPU. (F32
-/// weights stay on candle's GEMM: the same tile kernel measured no faster for prompts.)
+/// weights go through it only for prompts, see [`crate::linear`]: one token's F32 product
+/// stays on candle's `gemm`, split over the threads.)
 pub fn handles(x: &Tensor, w: &Tensor) -> bool {
     x.device().is_cpu()
         && x.dtype() == DType::F32
@@ -89,12 +91,17 @@ impl CustomOp2 for HalfMatmul {
     }
 }
 
-/// `x · wᵀ` (`[m, k]` by `[n, k]`, row-major) as a new `[m, n]` buffer, blocks of rows of `w`
-/// on the barrier pool (one token) or rayon (prompts).
+/// `x · wᵀ` (`[m, k]` by `[n, k]`, row-major) as a new `[m, n]` buffer: prompts on
+/// [`crate::cpu_gemm`], a few rows in blocks of rows of `w` on the barrier pool.
 fn product<W: Elem>(x: &[f32], w: &[W], k: usize) -> Vec<f32> {
     let (m, n) = (x.len() / k, w.len() / k);
     if m == 0 || n == 0 {
         return Vec::new();
+    }
+    if m >= crate::cpu_gemm::MIN_ROWS {
+        if let Some(y) = crate::cpu_gemm::matmul(x, w, k) {
+            return y;
+        }
     }
     let kind = simd::Kind::detect();
     let threads = candle_core::utils::barrier_pool().n_workers() + 1;
@@ -108,15 +115,7 @@ fn product<W: Elem>(x: &[f32], w: &[W], k: usize) -> Vec<f32> {
     if rows >= n {
         return block(0);
     }
-    let parts = match m {
-        1 => on_barrier_pool(n.div_ceil(rows), |i| block(i * rows)),
-        // Prompts: milliseconds a block, so rayon's wake-up costs nothing, and its work
-        // stealing copes with a thread the OS pauses (the spinning barrier pool waits for it).
-        _ => (0..n.div_ceil(rows))
-            .into_par_iter()
-            .map(|i| block(i * rows))
-            .collect(),
-    };
+    let parts = on_barrier_pool(n.div_ceil(rows), |i| block(i * rows));
     // Blocks are `[m, len]`; the product is `[m, n]`.
     let mut y = vec![0f32; m * n];
     for (i, part) in parts.into_iter().enumerate() {
@@ -128,8 +127,8 @@ fn product<W: Elem>(x: &[f32], w: &[W], k: usize) -> Vec<f32> {
     y
 }
 
-/// `f(0)..f(blocks)` on candle's barrier pool: for one token, where an op takes
-/// microseconds, the pool's spinning workers start at once (a sleeping pool would add a
+/// `f(0)..f(blocks)` on candle's barrier pool: where an op takes microseconds, the pool's
+/// spinning workers start at once (a sleeping pool would add a
 /// wake-up to each of the ~40 products of a token).
 fn on_barrier_pool(blocks: usize, f: impl Fn(usize) -> Vec<f32> + Sync) -> Vec<Vec<f32>> {
     let cells: Vec<OnceLock<Vec<f32>>> = (0..blocks).map(|_| OnceLock::new()).collect();

@@ -47,6 +47,7 @@ pub mod bert;
 pub mod bert_gguf;
 pub mod constraint;
 pub mod cpu_f16;
+pub mod cpu_gemm;
 pub mod cpu_q8;
 #[cfg(feature = "cuda")]
 pub mod decode_kernels;

@@ -5,8 +5,10 @@
 //! decode that is nearly all the work, so one of two cores idled while llama.cpp used both.
 //! Here a one-row product is cut by output rows into blocks of `w`; each block is still
 //! `gemm`'s matrix-vector product, so every output element is the same dot product over the
-//! same inputs as before, only computed on another thread. Several rows (prompts) keep
-//! `gemm`'s own parallel kernel.
+//! same inputs as before, only computed on another thread. Prompts (from
+//! [`crate::cpu_gemm::MIN_ROWS`] rows) run on [`crate::cpu_gemm`]'s AVX-512/AVX2 kernel where
+//! the CPU has one (`gemm` runs AVX2 only: 0.6x of llama.cpp's prompt speed), other row
+//! counts keep `gemm`'s own parallel kernel.
 //!
 //! The blocks run on candle's barrier pool (`CANDLE_NUM_THREADS`), the pool its quantized
 //! matmuls use: the calling thread works too and workers spin briefly between ops (a
@@ -33,11 +35,26 @@ pub fn forward(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     if crate::cpu_f16::handles(x, w) {
         return crate::cpu_f16::matmul(x, w);
     }
+    // Prompts with F32 weights: the outer-product kernel (candle's `gemm` runs AVX2 only).
+    if prompt_on_cpu_gemm(x, w)? {
+        return crate::cpu_f16::matmul(x, w);
+    }
     let threads = candle_core::utils::barrier_pool().n_workers() + 1;
     match block_rows(x, w, threads)? {
         Some(rows) => split(x, w, rows),
         None => x.matmul(&w.t()?),
     }
+}
+
+/// Whether `x · wᵀ` is a prompt-sized F32 product for [`crate::cpu_gemm`].
+fn prompt_on_cpu_gemm(x: &Tensor, w: &Tensor) -> Result<bool> {
+    Ok(x.device().is_cpu()
+        && x.dtype() == candle_core::DType::F32
+        && w.dtype() == candle_core::DType::F32
+        && x.rank() == 2
+        && w.rank() == 2
+        && x.dim(0)? >= crate::cpu_gemm::MIN_ROWS
+        && crate::cpu_gemm::available())
 }
 
 /// The rows of `w` per block when the product is split over `threads`, `None` when it runs

@@ -56,6 +56,11 @@ impl Kind {
 /// vector at a time (the `x86` loads).
 pub trait Elem: Copy + Send + Sync + 'static {
     fn to_f32(self) -> f32;
+    /// The elements themselves when they are F32 already (read in place, not widened).
+    fn as_f32(values: &[Self]) -> Option<&[f32]> {
+        let _ = values;
+        None
+    }
     /// 16 elements at `p` as F32 lanes (AVX-512F).
     ///
     /// # Safety
@@ -77,6 +82,9 @@ impl Elem for f32 {
     #[inline(always)]
     fn to_f32(self) -> f32 {
         self
+    }
+    fn as_f32(values: &[f32]) -> Option<&[f32]> {
+        Some(values)
     }
     #[cfg(target_arch = "x86_64")]
     #[inline(always)]
