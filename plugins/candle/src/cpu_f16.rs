@@ -1,4 +1,5 @@
-//! `x · wᵀ` on the CPU for F32 activations `x` and F16/BF16 weights `w` kept as stored.
+//! `x · wᵀ` on the CPU for F32 activations `x` and F16/BF16 weights `w` kept as stored (and F32
+//! weights, whose one-token products run faster here than on candle's `gemm`).
 //!
 //! Why: candle's CPU matmul needs both operands in one dtype, and its F16 GEMM is slow, so
 //! half-precision checkpoints used to be widened to F32 at load: every generated token then
@@ -43,13 +44,12 @@ pub fn fast() -> bool {
     simd::Kind::detect() != simd::Kind::Scalar
 }
 
-/// Whether [`matmul`] takes these operands: F32 `x`, F16/BF16 `w`, both 2-D on the CPU. (F32
-/// weights go through it only for prompts, see [`crate::linear`]: one token's F32 product
-/// stays on candle's `gemm`, split over the threads.)
+/// Whether [`matmul`] takes these operands: F32 `x`, F16/BF16 `w`, both 2-D on the CPU; F32
+/// `w` too where the CPU has a vector kernel ([`fast`]; else candle's `gemm` is faster).
 pub fn handles(x: &Tensor, w: &Tensor) -> bool {
     x.device().is_cpu()
         && x.dtype() == DType::F32
-        && matches!(w.dtype(), DType::F16 | DType::BF16)
+        && (matches!(w.dtype(), DType::F16 | DType::BF16) || w.dtype() == DType::F32 && fast())
         && x.rank() == 2
         && w.rank() == 2
 }

@@ -46,7 +46,11 @@ pub fn available() -> bool {
 /// `x · wᵀ` as a new `[m, n]` buffer; `None` when this CPU has no vector kernel (the caller
 /// keeps its own path). `x` holds `m × k` and `w` `n × k` elements.
 pub fn matmul<W: Elem>(x: &[f32], w: &[W], k: usize) -> Option<Vec<f32>> {
-    let kind = Kind::detect();
+    matmul_on(Kind::detect(), x, w, k)
+}
+
+/// [`matmul`] on the kernel of `kind` (tests run each one this CPU has).
+fn matmul_on<W: Elem>(kind: Kind, x: &[f32], w: &[W], k: usize) -> Option<Vec<f32>> {
     let shape = kernel::Shape::of(kind)?;
     if k == 0 || !x.len().is_multiple_of(k) || !w.len().is_multiple_of(k) {
         return None;
@@ -67,7 +71,13 @@ pub fn matmul<W: Elem>(x: &[f32], w: &[W], k: usize) -> Option<Vec<f32>> {
         SCRATCH.with(|scratch| {
             let mut scratch = scratch.borrow_mut();
             let padded = len.next_multiple_of(shape.nr);
-            let wide = widen(&w[start * k..(start + len) * k], k, padded, &mut scratch);
+            let wide = widen(
+                kind,
+                &w[start * k..(start + len) * k],
+                k,
+                padded,
+                &mut scratch,
+            );
             // SAFETY: `xp` is the packed `x` for `shape`, `wide` holds `padded` rows of `k`;
             // chunks write disjoint columns `start..start + len` of `y` (`[m, n]`), which
             // outlives the parallel loop.
@@ -125,7 +135,13 @@ fn pack_x(x: &[f32], m: usize, k: usize, mr: usize, pool: &BarrierPool) -> Vec<f
 
 /// The chunk's `rows` (`w`, `rows × k`) as F32 rows, zero rows padding them to `padded`: F32
 /// weights of a whole chunk are read in place, anything else is widened into `scratch`.
-fn widen<'a, W: Elem>(w: &'a [W], k: usize, padded: usize, scratch: &'a mut Vec<f32>) -> &'a [f32] {
+fn widen<'a, W: Elem>(
+    kind: Kind,
+    w: &'a [W],
+    k: usize,
+    padded: usize,
+    scratch: &'a mut Vec<f32>,
+) -> &'a [f32] {
     if let Some(wide) = W::as_f32(w) {
         if wide.len() == padded * k {
             return wide;
@@ -136,7 +152,7 @@ fn widen<'a, W: Elem>(w: &'a [W], k: usize, padded: usize, scratch: &'a mut Vec<
         scratch.resize(padded * k, 0.0);
     }
     let wide = &mut scratch[..padded * k];
-    kernel::widen(Kind::detect(), w, &mut wide[..w.len()]);
+    kernel::widen(kind, w, &mut wide[..w.len()]);
     wide[w.len()..].fill(0.0);
     wide
 }
@@ -184,7 +200,7 @@ mod tests {
         y
     }
 
-    fn check<W: Elem>(m: usize, n: usize, k: usize, to_w: fn(f32) -> W) {
+    fn check<W: Elem>(kind: Kind, m: usize, n: usize, k: usize, to_w: fn(f32) -> W) {
         let x = values(m * k, (m * 31 + k) as u64);
         let w: Vec<W> = values(n * k, (n * 17 + k) as u64)
             .into_iter()
@@ -192,15 +208,15 @@ mod tests {
             .collect();
         let wide: Vec<f32> = w.iter().map(|v| v.to_f32()).collect();
         let want = reference(&x, &wide, k);
-        let Some(got) = matmul(&x, &w, k) else {
-            panic!("this CPU has no vector kernel: the caller must not ask");
+        let Some(got) = matmul_on(kind, &x, &w, k) else {
+            panic!("{kind:?}: not run although this CPU has it");
         };
         assert_eq!(got.len(), m * n);
         for (idx, (g, r)) in got.iter().zip(&want).enumerate() {
             let tol = 1e-5 * k as f32;
             assert!(
                 (g - r).abs() <= tol,
-                "m {m} n {n} k {k}: y[{idx}] = {g}, reference {r}"
+                "{kind:?} m {m} n {n} k {k}: y[{idx}] = {g}, reference {r}"
             );
         }
     }
@@ -219,17 +235,23 @@ mod tests {
     ];
 
     #[test]
-    fn the_product_equals_the_reference_for_every_weight_type() {
-        if !available() {
-            // Callers check `available()` first; nothing here runs on such a CPU.
-            assert!(matmul(&[0f32; 8], &[0f32; 8], 1).is_none());
-            return;
+    fn every_kernel_equals_the_reference_for_every_weight_type() {
+        let mut ran = 0;
+        for kind in [Kind::Avx2, Kind::Avx512] {
+            if !kind.available() {
+                eprintln!("{kind:?}: not on this CPU, skipped");
+                continue;
+            }
+            ran += 1;
+            for (m, n, k) in SHAPES {
+                check(kind, m, n, k, |v| v);
+                check(kind, m, n, k, f16::from_f32);
+                check(kind, m, n, k, bf16::from_f32);
+            }
         }
-        for (m, n, k) in SHAPES {
-            check(m, n, k, |v| v);
-            check(m, n, k, f16::from_f32);
-            check(m, n, k, bf16::from_f32);
-        }
+        // Without a vector kernel the product is declined (callers keep their own path).
+        assert_eq!(ran > 0, available());
+        assert!(matmul_on(Kind::Scalar, &[0f32; 8], &[0f32; 8], 1).is_none());
     }
 
     #[test]

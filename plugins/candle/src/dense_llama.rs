@@ -338,8 +338,8 @@ impl Session {
     /// after every layer; the KV cache takes the new positions.
     fn layers(&mut self, model: &DenseLlama, mut x: Tensor, pos: usize) -> Result<Tensor> {
         let t = x.dim(0)?;
-        // The CUDA kernels mask inside the softmax.
-        let mask = match model.fused_on() {
+        // The CUDA kernels and the CPU's (`cpu_act`) mask inside the softmax.
+        let mask = match model.fused_on() || crate::cpu_act::handles(&x) {
             true => None,
             false => causal_mask(t, pos, x.device())?,
         };
@@ -455,8 +455,11 @@ fn attend(
     let q = q.reshape((s.kv_heads, group * t, s.head_dim))?;
     let scores = q.matmul(&keys.t()?)?;
     let weights = match mask {
-        // The scores' rows run (KV head, group, query), as the kernel needs.
+        // The scores' rows run (KV head, group, query), as the kernels need.
         _ if t > 1 && model.fused_on() => fused::causal_softmax(&scores, t, len - t)?,
+        _ if crate::cpu_act::handles(&scores) => {
+            crate::cpu_act::causal_softmax(&scores, t, len - t)?
+        }
         Some(mask) => softmax_last_dim(
             &scores
                 .reshape((s.kv_heads, group, t, len))?
@@ -609,11 +612,15 @@ mod fused {
 }
 
 /// SwiGLU feed-forward of `h` (`[t, hidden]`); `fused`: by the CUDA kernel (one pass, where
-/// candle's narrow views make silu and the product two slow strided passes).
+/// candle's narrow views make silu and the product two slow strided passes), on the CPU by
+/// [`crate::cpu_act`]'s one-pass kernel.
 fn mlp(layer: &Layer, h: &Tensor, fused: bool) -> Result<Tensor> {
     let gate_up = linear::forward(h, &layer.gate_up)?;
     if fused {
         return fused::swiglu(&gate_up)?.matmul(&layer.down.t()?);
+    }
+    if crate::cpu_act::handles(&gate_up) {
+        return linear::forward(&crate::cpu_act::swiglu(&gate_up)?, &layer.down);
     }
     let gate = gate_up.narrow(1, 0, layer.ffn)?;
     let up = gate_up.narrow(1, layer.ffn, layer.ffn)?;

@@ -46,6 +46,7 @@ pub mod backend;
 pub mod bert;
 pub mod bert_gguf;
 pub mod constraint;
+pub mod cpu_act;
 pub mod cpu_f16;
 pub mod cpu_gemm;
 pub mod cpu_q8;
