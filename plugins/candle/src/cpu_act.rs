@@ -14,12 +14,12 @@
 //! against F64 `exp` within 4 ulp.
 
 use crate::cpu_f16::simd::Kind;
+use crate::cpu_lanes::Lanes;
+#[cfg(target_arch = "x86_64")]
+use crate::cpu_lanes::{Avx2, Avx512};
 use crate::linear::contiguous;
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor};
 use std::sync::Mutex;
-
-#[cfg(target_arch = "x86_64")]
-use std::arch::x86_64::*;
 
 /// Whether these activations run here: F32 on the CPU.
 pub fn handles(x: &Tensor) -> bool {
@@ -157,25 +157,6 @@ fn softmax(kind: Kind, x: &[f32], out: &mut [f32]) {
     head.iter_mut().for_each(|v| *v *= inv);
 }
 
-/// The vector operations [`vexp`] and its callers are written in.
-trait Lanes {
-    const L: usize;
-    type V: Copy;
-    unsafe fn splat(v: f32) -> Self::V;
-    unsafe fn load(p: *const f32) -> Self::V;
-    unsafe fn store(p: *mut f32, v: Self::V);
-    unsafe fn add(a: Self::V, b: Self::V) -> Self::V;
-    unsafe fn mul(a: Self::V, b: Self::V) -> Self::V;
-    unsafe fn div(a: Self::V, b: Self::V) -> Self::V;
-    /// `a * b + c`.
-    unsafe fn fma(a: Self::V, b: Self::V, c: Self::V) -> Self::V;
-    unsafe fn clamp(v: Self::V, lo: f32, hi: f32) -> Self::V;
-    /// To the nearest integer (ties to even), still F32.
-    unsafe fn round(v: Self::V) -> Self::V;
-    /// `2^n` for integral `n` in [-126, 127].
-    unsafe fn pow2(n: Self::V) -> Self::V;
-}
-
 /// `e^x` per lane (see the module docs).
 #[inline(always)]
 unsafe fn vexp<I: Lanes>(x: I::V) -> I::V {
@@ -236,112 +217,6 @@ unsafe fn exp_shifted_with<I: Lanes>(x: &[f32], max: f32, out: &mut [f32]) -> us
         i += I::L;
     }
     body
-}
-
-#[cfg(target_arch = "x86_64")]
-struct Avx512;
-
-#[cfg(target_arch = "x86_64")]
-impl Lanes for Avx512 {
-    const L: usize = 16;
-    type V = __m512;
-    #[inline(always)]
-    unsafe fn splat(v: f32) -> __m512 {
-        _mm512_set1_ps(v)
-    }
-    #[inline(always)]
-    unsafe fn load(p: *const f32) -> __m512 {
-        _mm512_loadu_ps(p)
-    }
-    #[inline(always)]
-    unsafe fn store(p: *mut f32, v: __m512) {
-        _mm512_storeu_ps(p, v)
-    }
-    #[inline(always)]
-    unsafe fn add(a: __m512, b: __m512) -> __m512 {
-        _mm512_add_ps(a, b)
-    }
-    #[inline(always)]
-    unsafe fn mul(a: __m512, b: __m512) -> __m512 {
-        _mm512_mul_ps(a, b)
-    }
-    #[inline(always)]
-    unsafe fn div(a: __m512, b: __m512) -> __m512 {
-        _mm512_div_ps(a, b)
-    }
-    #[inline(always)]
-    unsafe fn fma(a: __m512, b: __m512, c: __m512) -> __m512 {
-        _mm512_fmadd_ps(a, b, c)
-    }
-    #[inline(always)]
-    unsafe fn clamp(v: __m512, lo: f32, hi: f32) -> __m512 {
-        _mm512_min_ps(_mm512_max_ps(v, _mm512_set1_ps(lo)), _mm512_set1_ps(hi))
-    }
-    #[inline(always)]
-    unsafe fn round(v: __m512) -> __m512 {
-        _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(v)
-    }
-    #[inline(always)]
-    unsafe fn pow2(n: __m512) -> __m512 {
-        let bits = _mm512_slli_epi32::<23>(_mm512_add_epi32(
-            _mm512_cvtps_epi32(n),
-            _mm512_set1_epi32(127),
-        ));
-        _mm512_castsi512_ps(bits)
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-struct Avx2;
-
-#[cfg(target_arch = "x86_64")]
-impl Lanes for Avx2 {
-    const L: usize = 8;
-    type V = __m256;
-    #[inline(always)]
-    unsafe fn splat(v: f32) -> __m256 {
-        _mm256_set1_ps(v)
-    }
-    #[inline(always)]
-    unsafe fn load(p: *const f32) -> __m256 {
-        _mm256_loadu_ps(p)
-    }
-    #[inline(always)]
-    unsafe fn store(p: *mut f32, v: __m256) {
-        _mm256_storeu_ps(p, v)
-    }
-    #[inline(always)]
-    unsafe fn add(a: __m256, b: __m256) -> __m256 {
-        _mm256_add_ps(a, b)
-    }
-    #[inline(always)]
-    unsafe fn mul(a: __m256, b: __m256) -> __m256 {
-        _mm256_mul_ps(a, b)
-    }
-    #[inline(always)]
-    unsafe fn div(a: __m256, b: __m256) -> __m256 {
-        _mm256_div_ps(a, b)
-    }
-    #[inline(always)]
-    unsafe fn fma(a: __m256, b: __m256, c: __m256) -> __m256 {
-        _mm256_fmadd_ps(a, b, c)
-    }
-    #[inline(always)]
-    unsafe fn clamp(v: __m256, lo: f32, hi: f32) -> __m256 {
-        _mm256_min_ps(_mm256_max_ps(v, _mm256_set1_ps(lo)), _mm256_set1_ps(hi))
-    }
-    #[inline(always)]
-    unsafe fn round(v: __m256) -> __m256 {
-        _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(v)
-    }
-    #[inline(always)]
-    unsafe fn pow2(n: __m256) -> __m256 {
-        let bits = _mm256_slli_epi32::<23>(_mm256_add_epi32(
-            _mm256_cvtps_epi32(n),
-            _mm256_set1_epi32(127),
-        ));
-        _mm256_castsi256_ps(bits)
-    }
 }
 
 #[cfg(target_arch = "x86_64")]

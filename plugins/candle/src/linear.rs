@@ -98,6 +98,67 @@ pub(crate) fn contiguous<'a, T>(
     }
 }
 
+/// `n` deterministic pseudo-random values in [-1, 1) (xorshift; kernel tests).
+#[cfg(test)]
+pub(crate) fn test_values(n: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            (s >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+        })
+        .collect()
+}
+
+/// `x · wᵀ` (`[m, k]` by `[n, k]`) by the plain triple loop in F64: the reference the kernel
+/// tests check against.
+#[cfg(test)]
+pub(crate) fn reference_product(x: &[f32], w: &[f32], k: usize) -> Vec<f32> {
+    let (m, n) = (x.len() / k, w.len() / k);
+    let mut y = vec![0f32; m * n];
+    for i in 0..m {
+        for j in 0..n {
+            let dot: f64 = (0..k)
+                .map(|p| x[i * k + p] as f64 * w[j * k + p] as f64)
+                .sum();
+            y[i * n + j] = dot as f32;
+        }
+    }
+    y
+}
+
+/// Checks a kernel's `x · wᵀ` for `[m, k]` by `[n, k]` (weights made with `to_w`) against
+/// [`reference_product`] of the weights as widened, within F32 sums' rounding (kernel tests);
+/// `what` names the kernel in a failure.
+#[cfg(test)]
+pub(crate) fn check_kernel<W: crate::cpu_f16::simd::Elem>(
+    what: &str,
+    (m, n, k): (usize, usize, usize),
+    to_w: fn(f32) -> W,
+    product: impl Fn(&[f32], &[W]) -> Vec<f32>,
+) {
+    let x = test_values(m * k, (m * 31 + k) as u64);
+    let w: Vec<W> = test_values(n * k, (n * 17 + k) as u64)
+        .into_iter()
+        .map(to_w)
+        .collect();
+    // The reference sees the weights exactly as the kernel widens them.
+    let wide: Vec<f32> = w.iter().map(|v| v.to_f32()).collect();
+    let want = reference_product(&x, &wide, k);
+    let got = product(&x, &w);
+    assert_eq!(got.len(), m * n, "{what} m {m} n {n} k {k}");
+    for (idx, (g, r)) in got.iter().zip(&want).enumerate() {
+        // F32 sums of k products of magnitude < 1, in another order.
+        let tol = 1e-5 * k as f32;
+        assert!(
+            (g - r).abs() <= tol,
+            "{what} m {m} n {n} k {k}: y[{idx}] = {g}, reference {r}"
+        );
+    }
+}
+
 /// The largest absolute difference of two F32 tensors (kernel tests).
 #[cfg(test)]
 pub(crate) fn max_diff(a: &Tensor, b: &Tensor) -> f32 {

@@ -403,53 +403,12 @@ pub fn matmul<W: Elem>(kind: Kind, x: &[f32], w: &[W], k: usize, y: &mut [f32]) 
 mod tests {
     use super::*;
 
-    /// A deterministic pseudo-random value in [-1, 1) (xorshift).
-    fn values(n: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        (0..n)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                (s >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-            })
-            .collect()
-    }
-
-    /// The plain triple loop in F64: the reference every kernel is checked against.
-    fn reference(x: &[f32], w: &[f32], k: usize) -> Vec<f32> {
-        let (m, n) = (x.len() / k, w.len() / k);
-        let mut y = vec![0f32; m * n];
-        for i in 0..m {
-            for j in 0..n {
-                let dot: f64 = (0..k)
-                    .map(|p| x[i * k + p] as f64 * w[j * k + p] as f64)
-                    .sum();
-                y[i * n + j] = dot as f32;
-            }
-        }
-        y
-    }
-
     fn check<W: Elem>(kind: Kind, m: usize, n: usize, k: usize, to_w: fn(f32) -> W) {
-        let x = values(m * k, (m * 31 + k) as u64);
-        let w: Vec<W> = values(n * k, (n * 17 + k) as u64)
-            .into_iter()
-            .map(to_w)
-            .collect();
-        // The reference sees the weights exactly as the kernel widens them.
-        let wide: Vec<f32> = w.iter().map(|v| v.to_f32()).collect();
-        let want = reference(&x, &wide, k);
-        let mut got = vec![f32::NAN; m * n];
-        matmul(kind, &x, &w, k, &mut got);
-        for (idx, (g, r)) in got.iter().zip(&want).enumerate() {
-            // F32 sums of k products of magnitude < 1, in another order.
-            let tol = 1e-5 * k as f32;
-            assert!(
-                (g - r).abs() <= tol,
-                "{kind:?} m {m} n {n} k {k}: y[{idx}] = {g}, reference {r}"
-            );
-        }
+        crate::linear::check_kernel(&format!("{kind:?}"), (m, n, k), to_w, |x, w| {
+            let mut y = vec![f32::NAN; m * n];
+            matmul(kind, x, w, k, &mut y);
+            y
+        });
     }
 
     /// Odd row counts (tails of `MR`), `n` not a multiple of `NR`, `k` not a multiple of

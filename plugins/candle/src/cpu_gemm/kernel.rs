@@ -7,9 +7,12 @@
 //! `#[inline(always)]`, so the intrinsics end up inside the target-feature function.
 
 use crate::cpu_f16::simd::{Elem, Kind};
+use crate::cpu_lanes::Lanes;
+#[cfg(target_arch = "x86_64")]
+use crate::cpu_lanes::{Avx2, Avx512};
 
 #[cfg(target_arch = "x86_64")]
-use std::arch::x86_64::*;
+use std::arch::x86_64::_mm512_storeu_ps;
 
 /// The tile of a kernel: rows of `x` (`mr`, a block of the packed `x`) by rows of `w`.
 #[derive(Debug, Clone, Copy)]
@@ -37,76 +40,6 @@ impl Shape {
             }),
             _ => None,
         }
-    }
-}
-
-/// The vector operations the kernel is written in.
-trait Lanes {
-    const L: usize;
-    type V: Copy;
-    unsafe fn zero() -> Self::V;
-    unsafe fn load(p: *const f32) -> Self::V;
-    unsafe fn splat(v: f32) -> Self::V;
-    /// `a * b + c`.
-    unsafe fn fma(a: Self::V, b: Self::V, c: Self::V) -> Self::V;
-    unsafe fn store(p: *mut f32, v: Self::V);
-}
-
-#[cfg(target_arch = "x86_64")]
-struct Avx512;
-
-#[cfg(target_arch = "x86_64")]
-impl Lanes for Avx512 {
-    const L: usize = 16;
-    type V = __m512;
-    #[inline(always)]
-    unsafe fn zero() -> __m512 {
-        _mm512_setzero_ps()
-    }
-    #[inline(always)]
-    unsafe fn load(p: *const f32) -> __m512 {
-        _mm512_loadu_ps(p)
-    }
-    #[inline(always)]
-    unsafe fn splat(v: f32) -> __m512 {
-        _mm512_set1_ps(v)
-    }
-    #[inline(always)]
-    unsafe fn fma(a: __m512, b: __m512, c: __m512) -> __m512 {
-        _mm512_fmadd_ps(a, b, c)
-    }
-    #[inline(always)]
-    unsafe fn store(p: *mut f32, v: __m512) {
-        _mm512_storeu_ps(p, v)
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-struct Avx2;
-
-#[cfg(target_arch = "x86_64")]
-impl Lanes for Avx2 {
-    const L: usize = 8;
-    type V = __m256;
-    #[inline(always)]
-    unsafe fn zero() -> __m256 {
-        _mm256_setzero_ps()
-    }
-    #[inline(always)]
-    unsafe fn load(p: *const f32) -> __m256 {
-        _mm256_loadu_ps(p)
-    }
-    #[inline(always)]
-    unsafe fn splat(v: f32) -> __m256 {
-        _mm256_set1_ps(v)
-    }
-    #[inline(always)]
-    unsafe fn fma(a: __m256, b: __m256, c: __m256) -> __m256 {
-        _mm256_fmadd_ps(a, b, c)
-    }
-    #[inline(always)]
-    unsafe fn store(p: *mut f32, v: __m256) {
-        _mm256_storeu_ps(p, v)
     }
 }
 
