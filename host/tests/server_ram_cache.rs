@@ -135,9 +135,17 @@ async fn reported_cache(server: &TestServer) -> (u64, f64) {
 async fn api_ps_and_metrics_report_the_bytes_the_ram_cache_holds_now() {
     let on = server(64).await;
     on.engine.load("story", None).await.expect("story loads");
-    assert_eq!(reported_cache(&on).await, (0, 0.0), "a fresh load holds nothing");
+    assert_eq!(
+        reported_cache(&on).await,
+        (0, 0.0),
+        "a fresh load holds nothing"
+    );
     chat(&on, &first_turn(A_SYSTEM, A_USER)).await;
-    assert_eq!(reported_cache(&on).await, (0, 0.0), "A is still in its slot");
+    assert_eq!(
+        reported_cache(&on).await,
+        (0, 0.0),
+        "A is still in its slot"
+    );
     // Chat B takes the only slot: A's state goes to RAM.
     let b = first_turn("Write poems about the sea.", "A poem about a boat, please.");
     chat(&on, &b).await;

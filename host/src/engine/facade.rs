@@ -193,10 +193,12 @@ impl Engine {
                 .map(|(name, model)| (name.clone(), prompt_cache::now(name, model)))
                 .collect()
         };
-        tokio::task::spawn_blocking(ask).await.unwrap_or_else(|err| {
-            tracing::debug!("the prompt cache size thread failed: {err}");
-            Vec::new()
-        })
+        tokio::task::spawn_blocking(ask)
+            .await
+            .unwrap_or_else(|err| {
+                tracing::debug!("the prompt cache size thread failed: {err}");
+                Vec::new()
+            })
     }
 
     /// The completion of the last generation that finished.

@@ -326,7 +326,11 @@ fn the_metadata_reports_the_bytes_the_kept_caches_hold_now() {
     let Some(dir) = stories() else { return };
     for kind in [Kind::HfLlama, Kind::GgufQuantized] {
         let model = load_kind(&dir, kind);
-        assert_eq!(prompt_cache_bytes(model.as_ref()), 0, "{kind:?}: fresh load");
+        assert_eq!(
+            prompt_cache_bytes(model.as_ref()),
+            0,
+            "{kind:?}: fresh load"
+        );
         let p = text_prompt(model.as_ref());
         run(model.as_ref(), greedy(&p, false));
         assert_eq!(
@@ -337,7 +341,13 @@ fn the_metadata_reports_the_bytes_the_kept_caches_hold_now() {
         run(model.as_ref(), greedy(&p, true));
         let kept = prompt_cache_bytes(model.as_ref());
         // At least the prompt's positions, each at least one K and one V value per layer.
-        assert!(kept >= 2 * p.len() as i64, "{kind:?}: {kept} bytes after one generation");
-        assert!(kept <= 1 << 30, "{kind:?}: {kept} bytes exceed the 1 GiB cap");
+        assert!(
+            kept >= 2 * p.len() as i64,
+            "{kind:?}: {kept} bytes after one generation"
+        );
+        assert!(
+            kept <= 1 << 30,
+            "{kind:?}: {kept} bytes exceed the 1 GiB cap"
+        );
     }
 }

@@ -188,8 +188,10 @@ impl<K: PartialEq, S> RamCache<K, S> {
     }
 
     fn show(&self) {
-        self.shown
-            .store(u64::try_from(self.used).unwrap_or(u64::MAX), Ordering::Relaxed);
+        self.shown.store(
+            u64::try_from(self.used).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
     }
 
     /// Bytes held and entries, for logs.
@@ -261,7 +263,11 @@ mod tests {
         cache.open(hit.index);
         cache.insert(0u8, run(200, 40), "c", 10);
         assert_eq!(cache.usage(), (20, 2));
-        assert_eq!(cache.gauge().load(Ordering::Relaxed), 20, "the gauge follows");
+        assert_eq!(
+            cache.gauge().load(Ordering::Relaxed),
+            20,
+            "the gauge follows"
+        );
         assert!(cache.best(&0, &run(100, 40)).is_none(), "b was evicted");
         assert!(cache.best(&0, &run(0, 40)).is_some());
         assert!(cache.best(&0, &run(200, 40)).is_some());

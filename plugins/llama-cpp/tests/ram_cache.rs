@@ -225,6 +225,10 @@ fn the_metadata_reports_the_bytes_saved_in_ram_now() {
     for mib in [None, Some(0)] {
         let model = one_slot(&path, mib);
         a_b_a(model.as_ref(), next_turn);
-        assert_eq!(prompt_cache_bytes(model.as_ref()), 0, "cache-ram-mib {mib:?}");
+        assert_eq!(
+            prompt_cache_bytes(model.as_ref()),
+            0,
+            "cache-ram-mib {mib:?}"
+        );
     }
 }
