@@ -55,7 +55,14 @@ fn plugins_lists_loaded_and_refused_with_reasons() {
         .lines()
         .find(|l| l.contains(&common::library_of("scripted")))
         .unwrap_or_else(|| panic!("no scripted row in:\n{stdout}"));
-    for cell in ["loaded", "scripted", "0.1.0", "2.3.0", "cpu", "parallel=4"] {
+    for cell in [
+        "loaded",
+        "scripted",
+        "0.1.0",
+        llmlocal::api::PLUGIN_API_VERSION,
+        "cpu",
+        "parallel=4",
+    ] {
         assert!(
             scripted_row.contains(cell),
             "{cell:?} missing from {scripted_row:?}"

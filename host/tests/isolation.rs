@@ -487,3 +487,35 @@ fn alive(pid: u32) -> bool {
         .and_then(|i| stat[i + 1..].split_whitespace().next());
     !matches!(state, Some("Z") | Some("X") | None)
 }
+
+/// A model in a worker reports its prompt caches' current size too (the metadata call goes
+/// through the worker at each `/api/ps`): with one slot, a long prompt pushed out by another
+/// is saved in the host-RAM cache, and `/api/ps` says how many bytes it holds.
+#[test]
+fn api_ps_reports_the_prompt_cache_of_a_model_in_a_worker() {
+    let server = stories_on_llama_cpp("\n[engine]\nparallel = 1\ncache_ram_mib = 16");
+    let cache_bytes = || {
+        let (status, body) = server.exchange("GET", "/api/ps", &json!({}));
+        assert_eq!(status, 200, "{body}");
+        let v: Value = serde_json::from_str(&body).expect("JSON");
+        v["models"][0]["prompt_cache_bytes"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no prompt_cache_bytes: {v}"))
+    };
+    // Token ids, so both prompts are long enough to be saved (32 tokens at least).
+    for start in [10u32, 300] {
+        let prompt: Vec<u32> = (start..start + 60).map(|id| id % 500 + 5).collect();
+        let body = json!({"model": "stories", "prompt": prompt, "max_tokens": 4,
+                          "temperature": 0});
+        let (status, body) = server.exchange("POST", "/v1/completions", &body);
+        assert_eq!(status, 200, "{body}");
+        if start == 10 {
+            assert_eq!(cache_bytes(), 0, "the first prompt is still in its slot");
+        }
+    }
+    let bytes = cache_bytes();
+    assert!(
+        bytes > 0 && bytes <= 16 << 20,
+        "{bytes} bytes after the first prompt was pushed out"
+    );
+}

@@ -2,13 +2,16 @@
 //! the llama-cpp backend and one slot (`parallel = 1`): two interleaved chats push each other
 //! out of the slot, and chat A's next turn comes back from RAM (reported in
 //! `usage.prompt_tokens_details.cached_tokens`) with the same answer as without the cache;
-//! after an edit in the middle of A's history only the common part is reused.
+//! after an edit in the middle of A's history only the common part is reused. `/api/ps` and
+//! `/metrics` report the bytes the cache holds now.
 
 mod server_support;
 
 use llmlocal::{engine::Engine, server::ServerSettings};
 use serde_json::{json, Value};
-use server_support::{llama_cpp_settings, post, registry, stories260k_gguf, TestServer};
+use server_support::{
+    client, get_json, llama_cpp_settings, metric, post, registry, stories260k_gguf, TestServer,
+};
 
 /// A server with stories260K as model `story`, one slot and `cache_ram_mib`.
 async fn server(cache_ram_mib: u64) -> TestServer {
@@ -109,4 +112,47 @@ async fn an_edit_in_the_middle_of_a_history_reuses_only_the_common_part() {
     let off = server(0).await;
     let (answers_off, _, _) = interleaved(&off, edited).await;
     assert_eq!(answers, answers_off, "the RAM cache changed an answer");
+}
+
+/// The `story` model's prompt cache bytes as `/api/ps` and the `/metrics` gauge report them.
+async fn reported_cache(server: &TestServer) -> (u64, f64) {
+    let ps = get_json(server, "/api/ps").await;
+    let story = ps["models"]
+        .as_array()
+        .and_then(|models| models.iter().find(|m| m["name"] == "story"))
+        .unwrap_or_else(|| panic!("story is not loaded: {ps}"));
+    let bytes = story["prompt_cache_bytes"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no prompt_cache_bytes: {story}"));
+    let response = client().get(server.url("/metrics")).send().await;
+    let text = response.expect("metrics").text().await.expect("text");
+    let gauge = metric(&text, "llmlocal_prompt_cache_bytes{model=\"story\"}")
+        .unwrap_or_else(|| panic!("no prompt cache gauge in:\n{text}"));
+    (bytes, gauge)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn api_ps_and_metrics_report_the_bytes_the_ram_cache_holds_now() {
+    let on = server(64).await;
+    on.engine.load("story", None).await.expect("story loads");
+    assert_eq!(
+        reported_cache(&on).await,
+        (0, 0.0),
+        "a fresh load holds nothing"
+    );
+    chat(&on, &first_turn(A_SYSTEM, A_USER)).await;
+    assert_eq!(
+        reported_cache(&on).await,
+        (0, 0.0),
+        "A is still in its slot"
+    );
+    // Chat B takes the only slot: A's state goes to RAM.
+    let b = first_turn("Write poems about the sea.", "A poem about a boat, please.");
+    chat(&on, &b).await;
+    let (bytes, gauge) = reported_cache(&on).await;
+    assert!(
+        bytes > 0 && bytes <= 64 << 20,
+        "{bytes} bytes after A was pushed out"
+    );
+    assert_eq!(gauge, bytes as f64, "the gauge says what /api/ps says");
 }

@@ -46,4 +46,11 @@ pub mod model_info {
     /// [`crate::capability::PREFIX_CACHE`] for the models it can do it for. Absent = the
     /// capability holds for this model.
     pub const PREFIX_CACHE: &str = "prefix-cache";
+
+    /// `Int(bytes)` (since 2.4): host memory the model's prompt caches hold now, beyond its
+    /// live sequences (the host-RAM cache's saved states, kept KV caches of finished
+    /// generations). They grow up to a cap and are outside the model's memory estimate, so
+    /// a host shows the figure; a plugin reporting it returns the current one at every
+    /// `metadata()` call. Absent = the plugin does not say (not "0").
+    pub const PROMPT_CACHE_BYTES: &str = "prompt-cache-bytes";
 }

@@ -9,6 +9,7 @@ use super::{
     memory,
     metrics::Metrics,
     pool::{BusyGuard, Gate, LoadedInfo, Pool, Slot},
+    prompt_cache,
     request::{Completion, Constraint, GenerationConfig, Prompt, TokenStream},
     runner::{self, Job, OnEnd, CHANNEL_CAPACITY},
     settings::{EngineSettings, ModelEntry},
@@ -179,6 +180,25 @@ impl Engine {
     /// The models loaded now.
     pub fn loaded(&self) -> Vec<LoadedInfo> {
         lock(&self.inner.pool).infos()
+    }
+
+    /// Bytes each loaded model's prompt caches hold now, by model name (see
+    /// [`super::prompt_cache`]): asked of the live models, not the metadata kept from the
+    /// load. 0 for a model whose backend does not say or whose call failed.
+    pub async fn prompt_cache_bytes(&self) -> Vec<(String, u64)> {
+        let models = lock(&self.inner.pool).handles();
+        let ask = move || {
+            models
+                .iter()
+                .map(|(name, model)| (name.clone(), prompt_cache::now(name, model)))
+                .collect()
+        };
+        tokio::task::spawn_blocking(ask)
+            .await
+            .unwrap_or_else(|err| {
+                tracing::debug!("the prompt cache size thread failed: {err}");
+                Vec::new()
+            })
     }
 
     /// The completion of the last generation that finished.

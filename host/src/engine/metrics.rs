@@ -57,6 +57,9 @@ pub struct Metrics {
     pub loaded_models: Gauge,
     pub active_generations: Gauge,
     pub queue_depth: Family<ModelLabel, Gauge>,
+    /// Bytes each loaded model's prompt caches hold now; set at every scrape
+    /// ([`Metrics::set_prompt_caches`]).
+    pub prompt_cache_bytes: Family<ModelLabel, Gauge>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -88,6 +91,7 @@ impl Metrics {
             loaded_models: Gauge::default(),
             active_generations: Gauge::default(),
             queue_depth: Family::default(),
+            prompt_cache_bytes: Family::default(),
         };
         m.register_all();
         m
@@ -158,6 +162,22 @@ impl Metrics {
             "Requests waiting for a model",
             self.queue_depth.clone(),
         );
+        r.register(
+            "prompt_cache_bytes",
+            "Bytes a loaded model's prompt caches hold in host memory now (not in its size estimate)",
+            self.prompt_cache_bytes.clone(),
+        );
+    }
+
+    /// The loaded models' prompt cache bytes, replacing the last scrape's: an unloaded
+    /// model's line goes.
+    pub fn set_prompt_caches(&self, figures: &[(String, u64)]) {
+        self.prompt_cache_bytes.clear();
+        for (model, bytes) in figures {
+            self.prompt_cache_bytes
+                .get_or_create(&Metrics::model(model))
+                .set(i64::try_from(*bytes).unwrap_or(i64::MAX));
+        }
     }
 
     pub fn model(name: &str) -> ModelLabel {

@@ -20,6 +20,7 @@ mod lora;
 pub mod memory;
 pub mod metrics;
 mod pool;
+mod prompt_cache;
 mod request;
 mod runner;
 pub mod settings;

@@ -291,6 +291,14 @@ impl Pool {
         self.slots.iter().map(LoadedInfo::from).collect()
     }
 
+    /// The loaded models' names and handles, to ask them something outside the pool's lock.
+    pub fn handles(&self) -> Vec<(String, LoadedModel)> {
+        self.slots
+            .iter()
+            .map(|s| (s.name.clone(), s.model.clone()))
+            .collect()
+    }
+
     /// Removes every instance of `name`, busy or not (running generations keep their model
     /// alive until they end); returns how many.
     pub fn remove(&mut self, name: &str) -> usize {

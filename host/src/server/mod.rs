@@ -203,6 +203,9 @@ async fn health(State(state): State<AppState>) -> Response {
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {
+    // Read now: the caches change with every generation, not only at loads.
+    let prompt_caches = state.engine.prompt_cache_bytes().await;
+    state.engine.metrics().set_prompt_caches(&prompt_caches);
     let text = state.engine.metrics().render();
     (
         [(

@@ -67,6 +67,11 @@ impl Shared {
         self.prefix_cache().put(tokens, session, checkpoints);
     }
 
+    /// Bytes the kept caches hold now (reported in the metadata at every call).
+    pub fn prefix_cache_bytes(&self) -> usize {
+        self.prefix_cache().bytes()
+    }
+
     fn prefix_cache(&self) -> std::sync::MutexGuard<'_, PrefixCache<Session>> {
         // A panic while the lock was held (caught by the export glue) may have left an entry
         // half-written: start over empty rather than reuse it.
@@ -157,6 +162,23 @@ impl CandleModel {
     }
 }
 
+/// The `model_info` extensions: whether the model keeps prefixes (only said when it does
+/// not) and the bytes its kept caches hold now.
+fn model_facts(s: &Shared) -> RVec<Extension> {
+    let mut facts = RVec::new();
+    if !s.net.keeps_prefixes() {
+        facts.push(Extension {
+            key: model_info::PREFIX_CACHE.into(),
+            value: ExtValue::Bool(false),
+        });
+    }
+    facts.push(Extension {
+        key: model_info::PROMPT_CACHE_BYTES.into(),
+        value: ExtValue::Int(i64::try_from(s.prefix_cache_bytes()).unwrap_or(i64::MAX)),
+    });
+    facts
+}
+
 impl Model for CandleModel {
     fn metadata(&self) -> ModelMetadata {
         let s = &self.shared;
@@ -184,14 +206,7 @@ impl Model for CandleModel {
                 .embedder
                 .own_pooling()
                 .map_or_else(RString::new, |p| RString::from(p.name())),
-            extensions: if s.net.keeps_prefixes() {
-                RVec::new()
-            } else {
-                RVec::from(vec![Extension {
-                    key: model_info::PREFIX_CACHE.into(),
-                    value: ExtValue::Bool(false),
-                }])
-            },
+            extensions: model_facts(s),
         }
     }
 

@@ -230,7 +230,9 @@ impl<S: Kv> PrefixCache<S> {
         self.entries.clear();
     }
 
-    fn bytes(&self) -> usize {
+    /// The bytes the kept caches count against the budget (their upper bound, see
+    /// [`kv_bytes_per_token`]): what the model reports as `prompt-cache-bytes`.
+    pub fn bytes(&self) -> usize {
         self.entries.iter().map(|e| e.bytes).sum()
     }
 }
@@ -496,8 +498,10 @@ mod tests {
             bytes_per_token: 1,
         });
         cache.put(seq(60), fake(&seq(60), true), Vec::new());
+        assert_eq!(cache.bytes(), 60);
         cache.put((100..150).collect(), fake(&seq(50), true), Vec::new());
         assert_eq!(cache.len(), 1, "60 + 50 bytes exceed 100");
+        assert_eq!(cache.bytes(), 50, "the sum follows evictions");
         cache.put(seq(101), fake(&seq(101), true), Vec::new());
         assert_eq!(cache.len(), 1, "a cache over the whole budget is not kept");
         assert!(cache.take(&seq(101)).is_none());

@@ -13,7 +13,8 @@ use llmlocal_backend_candle::net::Net;
 use llmlocal_backend_candle::CandleBackend;
 use llmlocal_plugin_api::{
     abi_stable::std_types::{ROption, RString},
-    AdapterRequest, Backend, GenerateRequest, LoadRequest, Model, Sampling, Step,
+    model_info, AdapterRequest, Backend, ExtValue, GenerateRequest, LoadRequest, Model, Sampling,
+    Step,
 };
 use std::collections::HashMap;
 use std::path::Path;
@@ -304,4 +305,49 @@ fn a_cache_is_never_shared_between_adapter_sets() {
     // Reuse within the adapter set's own load gives its own tokens.
     let again = same_as_uncached(lora.as_ref(), greedy, &p, "adapter P again");
     assert!(again.cached > 0);
+}
+
+/// The model's `prompt-cache-bytes` fact now (panics when the plugin does not report it).
+fn prompt_cache_bytes(model: &dyn Model) -> i64 {
+    let metadata = model.metadata();
+    let fact = metadata
+        .extensions
+        .iter()
+        .find(|e| e.key.as_str() == model_info::PROMPT_CACHE_BYTES)
+        .map(|e| e.value.clone());
+    match fact {
+        Some(ExtValue::Int(bytes)) => bytes,
+        other => panic!("prompt-cache-bytes is {other:?}"),
+    }
+}
+
+#[test]
+fn the_metadata_reports_the_bytes_the_kept_caches_hold_now() {
+    let Some(dir) = stories() else { return };
+    for kind in [Kind::HfLlama, Kind::GgufQuantized] {
+        let model = load_kind(&dir, kind);
+        assert_eq!(
+            prompt_cache_bytes(model.as_ref()),
+            0,
+            "{kind:?}: fresh load"
+        );
+        let p = text_prompt(model.as_ref());
+        run(model.as_ref(), greedy(&p, false));
+        assert_eq!(
+            prompt_cache_bytes(model.as_ref()),
+            0,
+            "{kind:?}: cache_prompt false keeps nothing"
+        );
+        run(model.as_ref(), greedy(&p, true));
+        let kept = prompt_cache_bytes(model.as_ref());
+        // At least the prompt's positions, each at least one K and one V value per layer.
+        assert!(
+            kept >= 2 * p.len() as i64,
+            "{kind:?}: {kept} bytes after one generation"
+        );
+        assert!(
+            kept <= 1 << 30,
+            "{kind:?}: {kept} bytes exceed the 1 GiB cap"
+        );
+    }
 }

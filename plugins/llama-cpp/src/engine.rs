@@ -82,7 +82,7 @@ use llmlocal_plugin_api::{FinishReason, PluginError, Step, Token, Utf8Decoder};
 use std::{
     collections::VecDeque,
     sync::{
-        atomic::{AtomicBool, AtomicU32, Ordering},
+        atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering},
         mpsc::{Receiver, RecvTimeoutError, Sender, SyncSender, TrySendError},
         Arc, Mutex,
     },
@@ -153,6 +153,9 @@ pub struct EngineConfig {
 pub struct Engine {
     commands: Mutex<Sender<Command>>,
     thread: Mutex<Option<JoinHandle<()>>>,
+    /// Bytes the host-RAM prompt cache holds ([`RamCache::gauge`]; the cache itself is the
+    /// decode thread's).
+    ram_cache_bytes: Arc<AtomicU64>,
 }
 
 impl Engine {
@@ -166,6 +169,8 @@ impl Engine {
     ) -> Result<Arc<Engine>, PluginError> {
         let (tx, rx) = std::sync::mpsc::channel();
         let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel(1);
+        let ram = RamCache::new(config.ram_cache_bytes);
+        let ram_cache_bytes = ram.gauge();
         let thread = std::thread::Builder::new()
             .name("llama-cpp-decode".into())
             .spawn(move || {
@@ -174,13 +179,14 @@ impl Engine {
                     config: &config,
                     reload: &reload,
                 };
-                thread_main(&shared, adapters, &rx, ready_tx)
+                thread_main(&shared, adapters, ram, &rx, ready_tx)
             })
             .map_err(|e| PluginError::internal(format!("cannot start the decode thread: {e}")))?;
         match ready_rx.recv() {
             Ok(Ok(())) => Ok(Arc::new(Engine {
                 commands: Mutex::new(tx),
                 thread: Mutex::new(Some(thread)),
+                ram_cache_bytes,
             })),
             Ok(Err(err)) => {
                 let _ = thread.join();
@@ -210,6 +216,11 @@ impl Engine {
 
     pub fn wake(&self) {
         let _ = self.send(Command::Wake);
+    }
+
+    /// Bytes of prompt states the host-RAM cache holds now (0 when it is off).
+    pub fn ram_cache_bytes(&self) -> u64 {
+        self.ram_cache_bytes.load(Ordering::Relaxed)
     }
 }
 
@@ -255,6 +266,7 @@ struct Shared<'a> {
 fn thread_main(
     shared: &Shared<'_>,
     adapters: AdapterStore,
+    ram: RamCache<AdapterSet, SeqState>,
     commands: &Receiver<Command>,
     ready: SyncSender<Result<(), PluginError>>,
 ) {
@@ -263,7 +275,7 @@ fn thread_main(
         queue: VecDeque::new(),
         adapters,
         active,
-        ram: RamCache::new(shared.config.ram_cache_bytes),
+        ram,
         shutting_down: false,
     };
     let mut ready = Some(ready);

@@ -11,7 +11,9 @@ use crate::{
 use llama_cpp_2::{model::LlamaModel, token::LlamaToken};
 use llmlocal_plugin_api::{
     abi_stable::std_types::{ROption, RString, RVec},
-    EmbedRequest, GenerateRequest, Generation, Model, ModelMetadata, PluginError, StatsClock,
+    metadata::model_info,
+    EmbedRequest, ExtValue, Extension, GenerateRequest, Generation, Model, ModelMetadata,
+    PluginError, StatsClock,
 };
 use std::sync::{
     atomic::{AtomicBool, AtomicU32},
@@ -248,7 +250,14 @@ fn pooling(model: &LlamaModel) -> &'static str {
 
 impl Model for LlamaCppModel {
     fn metadata(&self) -> ModelMetadata {
-        self.metadata.clone()
+        let mut metadata = self.metadata.clone();
+        // Read at every call: the RAM cache grows and shrinks while the model is loaded.
+        let bytes = i64::try_from(self.engine.ram_cache_bytes()).unwrap_or(i64::MAX);
+        metadata.extensions.push(Extension {
+            key: RString::from(model_info::PROMPT_CACHE_BYTES),
+            value: ExtValue::Int(bytes),
+        });
+        metadata
     }
 
     fn tokenize(

@@ -18,6 +18,10 @@
 use crate::prefix::common_prefix;
 use llama_cpp_2::token::LlamaToken;
 use llmlocal_plugin_api::{request::load_option, ExtValue, Extension, PluginError};
+use std::sync::{
+    atomic::{AtomicU64, Ordering},
+    Arc,
+};
 
 /// Prompts shorter than this are not saved: re-reading 32 tokens costs a few milliseconds
 /// on a CPU for small models, and such entries (a system prompt, a one-line request) would
@@ -74,6 +78,9 @@ pub struct RamCache<K, S> {
     entries: Vec<Entry<K, S>>,
     cap: usize,
     used: usize,
+    /// `used`, readable from other threads: the model's `metadata()` reports it without
+    /// waiting for the decode thread, which owns the cache.
+    shown: Arc<AtomicU64>,
     /// A counter, not a clock: only the order of uses matters.
     uses: u64,
 }
@@ -85,8 +92,14 @@ impl<K: PartialEq, S> RamCache<K, S> {
             entries: Vec::new(),
             cap,
             used: 0,
+            shown: Arc::new(AtomicU64::new(0)),
             uses: 0,
         }
+    }
+
+    /// The bytes held, kept current on every insert and removal, for other threads.
+    pub fn gauge(&self) -> Arc<AtomicU64> {
+        Arc::clone(&self.shown)
     }
 
     /// Whether saving `tokens` (computed under `key`) could add anything: the cache is on,
@@ -140,6 +153,7 @@ impl<K: PartialEq, S> RamCache<K, S> {
             last_used: self.uses,
         });
         self.evict_to_cap();
+        self.show();
         true
     }
 
@@ -169,7 +183,15 @@ impl<K: PartialEq, S> RamCache<K, S> {
         if index < self.entries.len() {
             let entry = self.entries.swap_remove(index);
             self.used -= entry.bytes;
+            self.show();
         }
+    }
+
+    fn show(&self) {
+        self.shown.store(
+            u64::try_from(self.used).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
     }
 
     /// Bytes held and entries, for logs.
@@ -241,6 +263,11 @@ mod tests {
         cache.open(hit.index);
         cache.insert(0u8, run(200, 40), "c", 10);
         assert_eq!(cache.usage(), (20, 2));
+        assert_eq!(
+            cache.gauge().load(Ordering::Relaxed),
+            20,
+            "the gauge follows"
+        );
         assert!(cache.best(&0, &run(100, 40)).is_none(), "b was evicted");
         assert!(cache.best(&0, &run(0, 40)).is_some());
         assert!(cache.best(&0, &run(200, 40)).is_some());

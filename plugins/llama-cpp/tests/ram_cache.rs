@@ -12,6 +12,7 @@ use adapter_files::write_lora_seeded;
 use common::*;
 use llmlocal_plugin_api::{
     abi_stable::std_types::{ROption, RString, RVec},
+    model_info,
     request::load_option,
     AdapterRequest, ExtValue, Extension, FinishReason, GenerateRequest, Model,
 };
@@ -185,4 +186,49 @@ fn a_saved_state_is_only_restored_under_its_own_adapters() {
     // Back to the load set: its saved state returns.
     let (got, cached) = run(model.as_ref(), &prompt);
     assert_eq!((got, cached), (base, 59));
+}
+
+/// The model's `prompt-cache-bytes` fact now (panics when the plugin does not report it).
+fn prompt_cache_bytes(model: &dyn Model) -> i64 {
+    let metadata = model.metadata();
+    let fact = metadata
+        .extensions
+        .iter()
+        .find(|e| e.key.as_str() == model_info::PROMPT_CACHE_BYTES)
+        .map(|e| e.value.clone());
+    match fact {
+        Some(ExtValue::Int(bytes)) => bytes,
+        other => panic!("prompt-cache-bytes is {other:?}"),
+    }
+}
+
+#[test]
+fn the_metadata_reports_the_bytes_saved_in_ram_now() {
+    let Some(path) = stories() else { return };
+    let model = one_slot(&path, Some(1));
+    assert_eq!(prompt_cache_bytes(model.as_ref()), 0, "fresh load");
+    run(model.as_ref(), &ids(10, 60));
+    assert_eq!(
+        prompt_cache_bytes(model.as_ref()),
+        0,
+        "A is still in its slot, nothing saved"
+    );
+    // B takes the only slot: A's state goes to RAM. stories260K's f16 KV takes 640 bytes a
+    // token, so A's ~70 tokens are at least 40 KiB, within the 1 MiB cap.
+    run(model.as_ref(), &ids(300, 60));
+    let saved = prompt_cache_bytes(model.as_ref());
+    assert!(
+        (60 * 640..=1 << 20).contains(&saved),
+        "{saved} bytes after A was pushed out"
+    );
+
+    for mib in [None, Some(0)] {
+        let model = one_slot(&path, mib);
+        a_b_a(model.as_ref(), next_turn);
+        assert_eq!(
+            prompt_cache_bytes(model.as_ref()),
+            0,
+            "cache-ram-mib {mib:?}"
+        );
+    }
 }

@@ -85,8 +85,9 @@ pub async fn tags(State(state): State<AppState>) -> Json<Value> {
 }
 
 /// One loaded model of `/api/ps`: the engine's memory figure for it (weights, KV cache and
-/// compute buffers), all of it in VRAM when the backend put it on a GPU.
-fn running(loaded: &LoadedInfo, facts: Option<&Facts>) -> Value {
+/// compute buffers), all of it in VRAM when the backend put it on a GPU, and apart from it
+/// the bytes its prompt caches hold now.
+fn running(loaded: &LoadedInfo, facts: Option<&Facts>, prompt_cache_bytes: u64) -> Value {
     let mut facts = facts.cloned().unwrap_or_default();
     fill_from_loaded(&mut facts, loaded);
     let device = loaded.metadata.device.as_str();
@@ -100,9 +101,10 @@ fn running(loaded: &LoadedInfo, facts: Option<&Facts>) -> Value {
         "expires_at": rfc3339(loaded.expires_at.unwrap_or(SystemTime::UNIX_EPOCH + NEVER)),
         "size_vram": if on_gpu { loaded.bytes } else { 0 },
         "context_length": loaded.metadata.context_length,
-        // Extensions: which backend and device run it.
+        // Extensions: which backend and device run it, and its prompt caches now.
         "backend": loaded.backend,
         "device": device,
+        "prompt_cache_bytes": prompt_cache_bytes,
     })
 }
 
@@ -114,10 +116,17 @@ pub async fn ps(State(state): State<AppState>) -> Json<Value> {
         .map(|l| Some(facts::locate_path(&l.path)))
         .collect();
     let all = read_all(located).await;
+    let prompt_caches = state.engine.prompt_cache_bytes().await;
+    let cache_of = |name: &str| {
+        prompt_caches
+            .iter()
+            .find(|(n, _)| n == name)
+            .map_or(0, |(_, bytes)| *bytes)
+    };
     let listed: Vec<Value> = loaded
         .iter()
         .enumerate()
-        .map(|(i, l)| running(l, all.get(i).and_then(Option::as_ref)))
+        .map(|(i, l)| running(l, all.get(i).and_then(Option::as_ref), cache_of(&l.name)))
         .collect();
     Json(json!({ "models": listed }))
 }
