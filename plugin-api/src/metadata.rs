@@ -53,4 +53,40 @@ pub mod model_info {
     /// a host shows the figure; a plugin reporting it returns the current one at every
     /// `metadata()` call. Absent = the plugin does not say (not "0").
     pub const PROMPT_CACHE_BYTES: &str = "prompt-cache-bytes";
+
+    /// The [`PROMPT_CACHE_BYTES`] figure among a model's extensions; `None` when it is absent
+    /// or not a non-negative `Int`.
+    pub fn prompt_cache_bytes(extensions: &[crate::extension::Extension]) -> Option<u64> {
+        extensions
+            .iter()
+            .find(|e| e.key.as_str() == PROMPT_CACHE_BYTES)
+            .and_then(|e| match e.value {
+                crate::extension::ExtValue::Int(bytes) => u64::try_from(bytes).ok(),
+                _ => None,
+            })
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+        use crate::extension::{ExtValue, Extension};
+
+        fn with(value: ExtValue) -> Vec<Extension> {
+            vec![Extension {
+                key: PROMPT_CACHE_BYTES.into(),
+                value,
+            }]
+        }
+
+        #[test]
+        fn the_prompt_cache_figure_is_read_and_a_bad_one_is_none() {
+            assert_eq!(prompt_cache_bytes(&with(ExtValue::Int(4096))), Some(4096));
+            assert_eq!(prompt_cache_bytes(&with(ExtValue::Int(-1))), None);
+            assert_eq!(
+                prompt_cache_bytes(&with(ExtValue::Text("4096".into()))),
+                None
+            );
+            assert_eq!(prompt_cache_bytes(&[]), None);
+        }
+    }
 }

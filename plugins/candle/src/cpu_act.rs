@@ -17,9 +17,9 @@ use crate::cpu_f16::simd::Kind;
 use crate::cpu_lanes::Lanes;
 #[cfg(target_arch = "x86_64")]
 use crate::cpu_lanes::{Avx2, Avx512};
+use crate::cpu_pool::for_each_chunk;
 use crate::linear::contiguous;
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor};
-use std::sync::Mutex;
 
 /// Whether these activations run here: F32 on the CPU.
 pub fn handles(x: &Tensor) -> bool {
@@ -55,7 +55,7 @@ impl CustomOp1 for SwiGlu {
         let ffn = two_ffn / 2;
         let x = contiguous(s.as_slice::<f32>()?, l, "swiglu")?;
         let mut y = vec![0f32; t * ffn];
-        rows_on_pool(&mut y, ffn, |i, out| {
+        for_each_chunk(&mut y, ffn, INLINE_ELEMENTS, |i, out| {
             let row = &x[i * two_ffn..(i + 1) * two_ffn];
             silu_mul(Kind::detect(), &row[..ffn], &row[ffn..], out)
         });
@@ -83,7 +83,7 @@ impl CustomOp1 for CausalSoftmax {
         }
         let x = contiguous(s.as_slice::<f32>()?, l, "causal softmax")?;
         let mut y = vec![0f32; heads * rows * len];
-        rows_on_pool(&mut y, len, |r, out| {
+        for_each_chunk(&mut y, len, INLINE_ELEMENTS, |r, out| {
             let visible = pos + r % t + 1;
             softmax(Kind::detect(), &x[r * len..r * len + visible], out);
         });
@@ -94,29 +94,6 @@ impl CustomOp1 for CausalSoftmax {
 /// Outputs below which an op runs on the calling thread: a generated token's activations
 /// (one SwiGLU row, a softmax row per head) take less time than handing them to the pool.
 const INLINE_ELEMENTS: usize = 1 << 14;
-
-/// `f(i, row i of y)` for every row (`width` long) of `y`, blocks of rows on the barrier pool
-/// (small outputs on this thread).
-fn rows_on_pool(y: &mut [f32], width: usize, f: impl Fn(usize, &mut [f32]) + Sync) {
-    if width == 0 {
-        return;
-    }
-    if y.len() < INLINE_ELEMENTS {
-        y.chunks_mut(width)
-            .enumerate()
-            .for_each(|(i, row)| f(i, row));
-        return;
-    }
-    let rows: Vec<Mutex<&mut [f32]>> = y.chunks_mut(width).map(Mutex::new).collect();
-    candle_core::utils::barrier_pool().execute_chunked(rows.len(), |range| {
-        for i in range {
-            // Each row is handed to one thread: the lock is never contended.
-            if let Ok(mut row) = rows[i].lock() {
-                f(i, &mut row);
-            }
-        }
-    });
-}
 
 /// `out[j] = silu(gate[j]) * up[j]`, `silu(g) = g / (1 + e^-g)` (candle's formula).
 fn silu_mul(kind: Kind, gate: &[f32], up: &[f32], out: &mut [f32]) {

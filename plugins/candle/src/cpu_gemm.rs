@@ -24,9 +24,8 @@
 mod kernel;
 
 use crate::cpu_f16::simd::{Elem, Kind};
-use candle_core::utils::BarrierPool;
+use crate::cpu_pool::{for_each_chunk, SyncPtr};
 use std::cell::RefCell;
-use std::sync::Mutex;
 
 /// Rows of `x` from which a product runs here: below it the per-call packing and the tile
 /// padding cost more than the row-at-a-time kernels save.
@@ -63,9 +62,10 @@ fn matmul_on<W: Elem>(kind: Kind, x: &[f32], w: &[W], k: usize) -> Option<Vec<f3
     // buffer is not zeroed first.
     let mut y: Vec<f32> = Vec::with_capacity(m * n);
     let pool = candle_core::utils::barrier_pool();
-    let xp = pack_x(x, m, k, shape.mr, pool);
+    let xp = pack_x(x, m, k, shape.mr);
     let rows = chunk_rows(n, k, shape.nr, pool.n_workers() + 1);
-    let out = OutPtr(y.as_mut_ptr());
+    // The chunks write disjoint columns of `y`.
+    let out = SyncPtr(y.as_mut_ptr());
     let run = |c: usize| {
         let (start, len) = (c * rows, rows.min(n - c * rows));
         SCRATCH.with(|scratch| {
@@ -81,7 +81,19 @@ fn matmul_on<W: Elem>(kind: Kind, x: &[f32], w: &[W], k: usize) -> Option<Vec<f3
             // SAFETY: `xp` is the packed `x` for `shape`, `wide` holds `padded` rows of `k`;
             // chunks write disjoint columns `start..start + len` of `y` (`[m, n]`), which
             // outlives the parallel loop.
-            unsafe { kernel::chunk(kind, &xp, m, k, wide, padded, out.at(start), n, len) }
+            unsafe {
+                kernel::chunk(
+                    kind,
+                    &xp,
+                    m,
+                    k,
+                    wide,
+                    padded,
+                    out.get().wrapping_add(start),
+                    n,
+                    len,
+                )
+            }
         });
     };
     pool.execute_chunked(n.div_ceil(rows), |range| range.for_each(run));
@@ -91,19 +103,6 @@ fn matmul_on<W: Elem>(kind: Kind, x: &[f32], w: &[W], k: usize) -> Option<Vec<f3
     Some(y)
 }
 
-/// `y`'s buffer, shared by the chunks: each writes only its own columns.
-#[derive(Clone, Copy)]
-struct OutPtr(*mut f32);
-// SAFETY: chunks write disjoint elements (see `matmul`).
-unsafe impl Send for OutPtr {}
-unsafe impl Sync for OutPtr {}
-
-impl OutPtr {
-    fn at(self, column: usize) -> *mut f32 {
-        self.0.wrapping_add(column)
-    }
-}
-
 thread_local! {
     /// Each thread's widened chunk of weights, reused from product to product.
     static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
@@ -111,25 +110,17 @@ thread_local! {
 
 /// `x` (`[m, k]`) as blocks of `mr` rows, each `[k][mr]` (a step along `k` reads the block's
 /// rows at that `k` as one run), zero rows padding the last block; blocks packed in parallel
-/// on `pool` (the product waits for all of them anyway).
-fn pack_x(x: &[f32], m: usize, k: usize, mr: usize, pool: &BarrierPool) -> Vec<f32> {
+/// on the pool (the product waits for all of them anyway).
+fn pack_x(x: &[f32], m: usize, k: usize, mr: usize) -> Vec<f32> {
     let mut xp = vec![0f32; m.div_ceil(mr) * k * mr];
-    let blocks: Vec<Mutex<&mut [f32]>> = xp.chunks_mut(k * mr).map(Mutex::new).collect();
-    pool.execute_chunked(blocks.len(), |range| {
-        for b in range {
-            // Each block is handed to one thread: the lock is never contended.
-            let Ok(mut block) = blocks[b].lock() else {
-                continue;
-            };
-            let rows = x[b * mr * k..].chunks_exact(k).take(mr);
-            for (i, row) in rows.enumerate() {
-                for (p, v) in row.iter().enumerate() {
-                    block[p * mr + i] = *v;
-                }
+    for_each_chunk(&mut xp, k * mr, 0, |b, block| {
+        let rows = x[b * mr * k..].chunks_exact(k).take(mr);
+        for (i, row) in rows.enumerate() {
+            for (p, v) in row.iter().enumerate() {
+                block[p * mr + i] = *v;
             }
         }
     });
-    drop(blocks);
     xp
 }
 
@@ -228,10 +219,6 @@ mod tests {
     fn packed_x_puts_one_k_of_a_block_together() {
         // 3 rows of k = 2, blocks of 2 rows: [[r0k0, r1k0], [r0k1, r1k1]], [[r2k0, 0], ...].
         let x = [1., 2., 3., 4., 5., 6.];
-        let pool = candle_core::utils::barrier_pool();
-        assert_eq!(
-            pack_x(&x, 3, 2, 2, pool),
-            vec![1., 3., 2., 4., 5., 0., 6., 0.]
-        );
+        assert_eq!(pack_x(&x, 3, 2, 2), vec![1., 3., 2., 4., 5., 0., 6., 0.]);
     }
 }

@@ -28,6 +28,7 @@
 //! pool (the pool its quantized matmuls and [`crate::linear`] use). A one-token product
 //! splits the output rows over the threads.
 
+use crate::cpu_pool::SyncPtr;
 use crate::linear::contiguous;
 use candle_core::backend::BackendStorage;
 use candle_core::{bail, CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
@@ -288,20 +289,6 @@ pub fn dequantize_rows(w: &Tensor, ids: &Tensor) -> Result<Tensor> {
     let mut out = vec![0f32; t * k];
     dequantize(&bytes, &mut out);
     Tensor::from_vec(out, (t, k), w.device())
-}
-
-/// A raw pointer the pool's threads may share: each writes only its own part.
-#[derive(Clone, Copy)]
-struct SyncPtr<T>(*mut T);
-// SAFETY: see the type's docs; users write disjoint ranges.
-unsafe impl<T> Sync for SyncPtr<T> {}
-unsafe impl<T> Send for SyncPtr<T> {}
-
-impl<T> SyncPtr<T> {
-    /// The pointer (a method, so closures capture the whole `Sync` wrapper).
-    fn get(self) -> *mut T {
-        self.0
-    }
 }
 
 /// The operands of one product as raw pointers, so the kernels index without bounds checks.

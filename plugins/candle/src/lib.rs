@@ -50,6 +50,7 @@ pub mod cpu_act;
 pub mod cpu_f16;
 pub mod cpu_gemm;
 pub(crate) mod cpu_lanes;
+pub(crate) mod cpu_pool;
 pub mod cpu_q8;
 #[cfg(feature = "cuda")]
 pub mod decode_kernels;

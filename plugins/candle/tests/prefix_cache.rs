@@ -13,8 +13,7 @@ use llmlocal_backend_candle::net::Net;
 use llmlocal_backend_candle::CandleBackend;
 use llmlocal_plugin_api::{
     abi_stable::std_types::{ROption, RString},
-    model_info, AdapterRequest, Backend, ExtValue, GenerateRequest, LoadRequest, Model, Sampling,
-    Step,
+    model_info, AdapterRequest, Backend, GenerateRequest, LoadRequest, Model, Sampling, Step,
 };
 use std::collections::HashMap;
 use std::path::Path;
@@ -308,17 +307,13 @@ fn a_cache_is_never_shared_between_adapter_sets() {
 }
 
 /// The model's `prompt-cache-bytes` fact now (panics when the plugin does not report it).
-fn prompt_cache_bytes(model: &dyn Model) -> i64 {
-    let metadata = model.metadata();
-    let fact = metadata
-        .extensions
-        .iter()
-        .find(|e| e.key.as_str() == model_info::PROMPT_CACHE_BYTES)
-        .map(|e| e.value.clone());
-    match fact {
-        Some(ExtValue::Int(bytes)) => bytes,
-        other => panic!("prompt-cache-bytes is {other:?}"),
-    }
+fn prompt_cache_bytes(model: &dyn Model) -> u64 {
+    model_info::prompt_cache_bytes(&model.metadata().extensions).unwrap_or_else(|| {
+        panic!(
+            "the plugin does not report {}",
+            model_info::PROMPT_CACHE_BYTES
+        )
+    })
 }
 
 #[test]
@@ -342,7 +337,7 @@ fn the_metadata_reports_the_bytes_the_kept_caches_hold_now() {
         let kept = prompt_cache_bytes(model.as_ref());
         // At least the prompt's positions, each at least one K and one V value per layer.
         assert!(
-            kept >= 2 * p.len() as i64,
+            kept >= 2 * p.len() as u64,
             "{kind:?}: {kept} bytes after one generation"
         );
         assert!(

@@ -189,17 +189,13 @@ fn a_saved_state_is_only_restored_under_its_own_adapters() {
 }
 
 /// The model's `prompt-cache-bytes` fact now (panics when the plugin does not report it).
-fn prompt_cache_bytes(model: &dyn Model) -> i64 {
-    let metadata = model.metadata();
-    let fact = metadata
-        .extensions
-        .iter()
-        .find(|e| e.key.as_str() == model_info::PROMPT_CACHE_BYTES)
-        .map(|e| e.value.clone());
-    match fact {
-        Some(ExtValue::Int(bytes)) => bytes,
-        other => panic!("prompt-cache-bytes is {other:?}"),
-    }
+fn prompt_cache_bytes(model: &dyn Model) -> u64 {
+    model_info::prompt_cache_bytes(&model.metadata().extensions).unwrap_or_else(|| {
+        panic!(
+            "the plugin does not report {}",
+            model_info::PROMPT_CACHE_BYTES
+        )
+    })
 }
 
 #[test]
