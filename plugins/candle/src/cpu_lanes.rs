@@ -1,9 +1,11 @@
-//! The F32 vector operations the CPU kernels ([`crate::cpu_gemm`], [`crate::cpu_act`]) are
-//! written in, once per instruction set: AVX-512F (16 lanes) and AVX2 + FMA (8 lanes). Every
+//! The F32 vector operations the CPU kernels ([`crate::cpu_gemm`], [`crate::cpu_act`],
+//! [`crate::cpu_f16`]'s row kernels) are written in, once per instruction set: AVX-512F (16
+//! lanes), AVX2 + FMA (8 lanes, F16C for half weights) and a one-lane [`Scalar`]. Every
 //! operation is `#[inline(always)]`, so it compiles into the caller's `#[target_feature]`
 //! function; calling one on a CPU without the instructions is undefined behaviour, hence
 //! `unsafe` (callers check [`crate::cpu_f16::simd::Kind::available`]).
 
+use crate::cpu_f16::simd::Elem;
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
 
@@ -25,6 +27,70 @@ pub trait Lanes {
     unsafe fn round(v: Self::V) -> Self::V;
     /// `2^n` for integral `n` in [-126, 127].
     unsafe fn pow2(n: Self::V) -> Self::V;
+    /// The sum of the lanes.
+    unsafe fn sum(v: Self::V) -> f32;
+    /// `L` weights at `p` widened to F32 lanes.
+    unsafe fn load_w<W: Elem>(p: *const W) -> Self::V;
+}
+
+/// One lane: the fallback off x86-64 and on x86-64 CPUs without AVX2.
+pub struct Scalar;
+
+impl Lanes for Scalar {
+    const L: usize = 1;
+    type V = f32;
+    #[inline(always)]
+    unsafe fn zero() -> f32 {
+        0.0
+    }
+    #[inline(always)]
+    unsafe fn splat(v: f32) -> f32 {
+        v
+    }
+    #[inline(always)]
+    unsafe fn load(p: *const f32) -> f32 {
+        *p
+    }
+    #[inline(always)]
+    unsafe fn store(p: *mut f32, v: f32) {
+        *p = v
+    }
+    #[inline(always)]
+    unsafe fn add(a: f32, b: f32) -> f32 {
+        a + b
+    }
+    #[inline(always)]
+    unsafe fn mul(a: f32, b: f32) -> f32 {
+        a * b
+    }
+    #[inline(always)]
+    unsafe fn div(a: f32, b: f32) -> f32 {
+        a / b
+    }
+    #[inline(always)]
+    unsafe fn fma(a: f32, b: f32, c: f32) -> f32 {
+        a * b + c
+    }
+    #[inline(always)]
+    unsafe fn clamp(v: f32, lo: f32, hi: f32) -> f32 {
+        v.clamp(lo, hi)
+    }
+    #[inline(always)]
+    unsafe fn round(v: f32) -> f32 {
+        v.round_ties_even()
+    }
+    #[inline(always)]
+    unsafe fn pow2(n: f32) -> f32 {
+        f32::from_bits(((n as i32 + 127) as u32) << 23)
+    }
+    #[inline(always)]
+    unsafe fn sum(v: f32) -> f32 {
+        v
+    }
+    #[inline(always)]
+    unsafe fn load_w<W: Elem>(p: *const W) -> f32 {
+        (*p).to_f32()
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -82,6 +148,14 @@ impl Lanes for Avx512 {
         ));
         _mm512_castsi512_ps(bits)
     }
+    #[inline(always)]
+    unsafe fn sum(v: __m512) -> f32 {
+        _mm512_reduce_add_ps(v)
+    }
+    #[inline(always)]
+    unsafe fn load_w<W: Elem>(p: *const W) -> __m512 {
+        W::load16(p)
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -138,5 +212,15 @@ impl Lanes for Avx2 {
             _mm256_set1_epi32(127),
         ));
         _mm256_castsi256_ps(bits)
+    }
+    #[inline(always)]
+    unsafe fn sum(v: __m256) -> f32 {
+        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        _mm_cvtss_f32(_mm_add_ss(s, _mm_shuffle_ps::<1>(s, s)))
+    }
+    #[inline(always)]
+    unsafe fn load_w<W: Elem>(p: *const W) -> __m256 {
+        W::load8(p)
     }
 }

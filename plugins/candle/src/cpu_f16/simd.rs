@@ -9,11 +9,14 @@
 //! memory-bound: it reads each weight once at half the bytes of F32) and prompts (the tile
 //! reuses every loaded weight `MR` times and every `x` vector `NR` times).
 //!
-//! One generic kernel is written once against [`Isa`]; the entry points compile it with
+//! One generic kernel is written once against [`Lanes`]; the entry points compile it with
 //! `#[target_feature]` for AVX-512F or AVX2+FMA+F16C, chosen at run time
 //! ([`Kind::detect`]); elsewhere a scalar instantiation runs. Every helper is
 //! `#[inline(always)]`, so the intrinsics end up inside the target-feature function.
 
+#[cfg(target_arch = "x86_64")]
+use crate::cpu_lanes::{Avx2, Avx512};
+use crate::cpu_lanes::{Lanes, Scalar};
 use half::{bf16, f16};
 
 /// The instruction set a product runs on.
@@ -135,113 +138,13 @@ impl Elem for bf16 {
     }
 }
 
-/// The vector operations the tile kernel is written in.
-trait Isa {
-    const LANES: usize;
-    type V: Copy;
-    unsafe fn zero() -> Self::V;
-    unsafe fn load_x(p: *const f32) -> Self::V;
-    unsafe fn load_w<W: Elem>(p: *const W) -> Self::V;
-    /// `a * b + c`.
-    unsafe fn fma(a: Self::V, b: Self::V, c: Self::V) -> Self::V;
-    unsafe fn sum(v: Self::V) -> f32;
-}
-
-/// One lane; the fallback off x86-64 and on x86-64 CPUs without AVX2.
-struct Scalar;
-
-impl Isa for Scalar {
-    const LANES: usize = 1;
-    type V = f32;
-    #[inline(always)]
-    unsafe fn zero() -> f32 {
-        0.0
-    }
-    #[inline(always)]
-    unsafe fn load_x(p: *const f32) -> f32 {
-        *p
-    }
-    #[inline(always)]
-    unsafe fn load_w<W: Elem>(p: *const W) -> f32 {
-        (*p).to_f32()
-    }
-    #[inline(always)]
-    unsafe fn fma(a: f32, b: f32, c: f32) -> f32 {
-        a * b + c
-    }
-    #[inline(always)]
-    unsafe fn sum(v: f32) -> f32 {
-        v
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-struct Avx512;
-
-#[cfg(target_arch = "x86_64")]
-impl Isa for Avx512 {
-    const LANES: usize = 16;
-    type V = __m512;
-    #[inline(always)]
-    unsafe fn zero() -> __m512 {
-        _mm512_setzero_ps()
-    }
-    #[inline(always)]
-    unsafe fn load_x(p: *const f32) -> __m512 {
-        _mm512_loadu_ps(p)
-    }
-    #[inline(always)]
-    unsafe fn load_w<W: Elem>(p: *const W) -> __m512 {
-        W::load16(p)
-    }
-    #[inline(always)]
-    unsafe fn fma(a: __m512, b: __m512, c: __m512) -> __m512 {
-        _mm512_fmadd_ps(a, b, c)
-    }
-    #[inline(always)]
-    unsafe fn sum(v: __m512) -> f32 {
-        _mm512_reduce_add_ps(v)
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-struct Avx2;
-
-#[cfg(target_arch = "x86_64")]
-impl Isa for Avx2 {
-    const LANES: usize = 8;
-    type V = __m256;
-    #[inline(always)]
-    unsafe fn zero() -> __m256 {
-        _mm256_setzero_ps()
-    }
-    #[inline(always)]
-    unsafe fn load_x(p: *const f32) -> __m256 {
-        _mm256_loadu_ps(p)
-    }
-    #[inline(always)]
-    unsafe fn load_w<W: Elem>(p: *const W) -> __m256 {
-        W::load8(p)
-    }
-    #[inline(always)]
-    unsafe fn fma(a: __m256, b: __m256, c: __m256) -> __m256 {
-        _mm256_fmadd_ps(a, b, c)
-    }
-    #[inline(always)]
-    unsafe fn sum(v: __m256) -> f32 {
-        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
-        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-        _mm_cvtss_f32(_mm_add_ss(s, _mm_shuffle_ps::<1>(s, s)))
-    }
-}
-
 /// `y[i * ldy + j] = x_i · w_j` for the `MR` rows of `x` and `NR` rows of `w` at the
 /// pointers (both `k` apart).
 ///
 /// # Safety
 /// `MR` rows of `k` readable at `x`, `NR` at `w`, the tile writable in `y`; `I` runs here.
 #[inline(always)]
-unsafe fn tile<I: Isa, W: Elem, const MR: usize, const NR: usize>(
+unsafe fn tile<I: Lanes, W: Elem, const MR: usize, const NR: usize>(
     x: *const f32,
     w: *const W,
     k: usize,
@@ -249,7 +152,7 @@ unsafe fn tile<I: Isa, W: Elem, const MR: usize, const NR: usize>(
     ldy: usize,
 ) {
     let mut acc = [[I::zero(); NR]; MR];
-    let body = k - k % I::LANES;
+    let body = k - k % I::L;
     let mut p = 0;
     while p < body {
         let mut wv = [I::zero(); NR];
@@ -257,12 +160,12 @@ unsafe fn tile<I: Isa, W: Elem, const MR: usize, const NR: usize>(
             *v = I::load_w(w.add(j * k + p));
         }
         for (i, row) in acc.iter_mut().enumerate() {
-            let xv = I::load_x(x.add(i * k + p));
+            let xv = I::load(x.add(i * k + p));
             for (a, wj) in row.iter_mut().zip(wv) {
                 *a = I::fma(xv, wj, *a);
             }
         }
-        p += I::LANES;
+        p += I::L;
     }
     for (i, row) in acc.iter().enumerate() {
         for (j, a) in row.iter().enumerate() {
@@ -280,7 +183,7 @@ unsafe fn tile<I: Isa, W: Elem, const MR: usize, const NR: usize>(
 /// # Safety
 /// As [`tile`], for `R` rows of `x`, `n` rows of `w` and `R × n` outputs (`ldy` apart).
 #[inline(always)]
-unsafe fn rows<I: Isa, W: Elem, const R: usize, const NR: usize>(
+unsafe fn rows<I: Lanes, W: Elem, const R: usize, const NR: usize>(
     x: *const f32,
     w: *const W,
     k: usize,
@@ -305,15 +208,15 @@ unsafe fn rows<I: Isa, W: Elem, const R: usize, const NR: usize>(
 /// # Safety
 /// `k` elements readable at `x` and at `w`; `I` runs here.
 #[inline(always)]
-unsafe fn row_dot<I: Isa, W: Elem>(x: *const f32, w: *const W, k: usize) -> f32 {
-    let step = 4 * I::LANES;
+unsafe fn row_dot<I: Lanes, W: Elem>(x: *const f32, w: *const W, k: usize) -> f32 {
+    let step = 4 * I::L;
     let body = k - k % step;
     let mut acc = [I::zero(); 4];
     let mut p = 0;
     while p < body {
         for (u, a) in acc.iter_mut().enumerate() {
-            let q = p + u * I::LANES;
-            *a = I::fma(I::load_x(x.add(q)), I::load_w(w.add(q)), *a);
+            let q = p + u * I::L;
+            *a = I::fma(I::load(x.add(q)), I::load_w(w.add(q)), *a);
         }
         p += step;
     }
@@ -332,7 +235,7 @@ unsafe fn row_dot<I: Isa, W: Elem>(x: *const f32, w: *const W, k: usize) -> f32 
 /// # Safety
 /// `x` holds `m × k`, `w` holds `n × k` and `y` holds `m × n` elements; `I` runs here.
 #[inline(always)]
-unsafe fn product<I: Isa, W: Elem, const MR: usize, const NR: usize>(
+unsafe fn product<I: Lanes, W: Elem, const MR: usize, const NR: usize>(
     x: &[f32],
     w: &[W],
     k: usize,
